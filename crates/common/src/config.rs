@@ -1,0 +1,74 @@
+//! Loading a daemon's TOML config from `/etc/uncloud/<daemon>.toml`.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+/// Directory that holds every daemon's config file.
+pub const CONFIG_DIR: &str = "/etc/uncloud";
+/// Directory under which each daemon keeps its data (`<dir>/<daemon>/`).
+pub const DATA_DIR: &str = "/var/lib/uncloud";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+}
+
+/// Reads `path` as TOML. A missing file gives the defaults (`T::default()`): a fresh machine
+/// runs without any config; any other read error or a malformed file is an error naming it.
+pub fn load<T: DeserializeOwned + Default>(path: &Path) -> Result<T, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(source) => Err(ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, serde::Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Sample {
+        port: u16,
+    }
+
+    #[test]
+    fn missing_file_gives_defaults_and_bad_file_names_itself() {
+        let dir = std::env::temp_dir().join(format!("uncloud-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.toml");
+        assert_eq!(load::<Sample>(&missing).unwrap(), Sample::default());
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "port = \"eighty\"\n").unwrap();
+        let err = load::<Sample>(&bad).unwrap_err().to_string();
+        assert!(err.contains("bad.toml"), "{err}");
+
+        let unknown = dir.join("unknown.toml");
+        std::fs::write(&unknown, "prot = 80\n").unwrap();
+        let err = load::<Sample>(&unknown).unwrap_err().to_string();
+        assert!(err.contains("prot"), "{err}");
+
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "port = 80\n").unwrap();
+        assert_eq!(load::<Sample>(&good).unwrap(), Sample { port: 80 });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

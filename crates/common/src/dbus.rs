@@ -1,0 +1,59 @@
+//! Names and proxies of Uncloud's local D-Bus APIs.
+//!
+//! Each daemon owns one well-known name on the system bus (a private bus in tests); the
+//! trailing `1` is the interface version. Large structures travel as JSON strings so every
+//! method stays callable from `busctl`.
+
+use std::collections::HashMap;
+
+/// Well-known name, object path and interface of `stated`.
+pub const STATE_NAME: &str = "org.uncloud.State1";
+pub const STATE_PATH: &str = "/org/uncloud/State1";
+
+/// Name of the D-Bus error stated returns for a bad argument (malformed JSON, invalid field).
+pub const STATE_ERROR_INVALID: &str = "org.uncloud.State1.Error.InvalidArgument";
+/// Name of the D-Bus error for an id that is not in the state.
+pub const STATE_ERROR_NOT_FOUND: &str = "org.uncloud.State1.Error.NotFound";
+/// Name of the D-Bus error for a write another machine owns.
+pub const STATE_ERROR_NOT_OWNER: &str = "org.uncloud.State1.Error.NotOwner";
+/// Name of the D-Bus error for a write that could not be made durable.
+pub const STATE_ERROR_STORAGE: &str = "org.uncloud.State1.Error.Storage";
+
+/// Client side of `org.uncloud.State1`; see `services/stated` for the server and docs.
+#[zbus::proxy(
+    interface = "org.uncloud.State1",
+    default_service = "org.uncloud.State1",
+    default_path = "/org/uncloud/State1"
+)]
+pub trait State {
+    /// The whole state as JSON.
+    fn get_state(&self) -> zbus::Result<String>;
+    /// One part (`network`, `machines`, `services`, `containers`, `routes`) as JSON, or one
+    /// entity of it when `id` is not empty.
+    fn get(&self, kind: &str, id: &str) -> zbus::Result<String>;
+    fn upsert_machine(&self, json: &str) -> zbus::Result<()>;
+    fn remove_machine(&self, id: &str) -> zbus::Result<()>;
+    fn upsert_service(&self, json: &str) -> zbus::Result<()>;
+    fn remove_service(&self, id: &str) -> zbus::Result<()>;
+    fn upsert_container(&self, json: &str) -> zbus::Result<()>;
+    fn remove_container(&self, id: &str) -> zbus::Result<()>;
+    fn upsert_route(&self, json: &str) -> zbus::Result<()>;
+    fn remove_route(&self, id: &str) -> zbus::Result<()>;
+    /// Machine id -> `alive` | `suspect` | `down`, as this machine sees them.
+    fn liveness(&self) -> zbus::Result<HashMap<String, String>>;
+
+    /// Emitted after the state changed, locally or by a merge: which part and which ids.
+    #[zbus(signal)]
+    fn changed(&self, kind: &str, ids: Vec<String>) -> zbus::Result<()>;
+    /// Emitted when a machine's liveness changes.
+    #[zbus(signal)]
+    fn liveness_changed(&self, machine_id: &str, liveness: &str) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn machine_id(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn network_id(&self) -> zbus::Result<String>;
+    /// Hex hashes of the document heads; equal on two machines means equal state.
+    #[zbus(property)]
+    fn heads(&self) -> zbus::Result<Vec<String>>;
+}

@@ -1,0 +1,26 @@
+//! Types shared by Uncloud's daemons and the `uc` CLI.
+//!
+//! # Background
+//! Uncloud is a set of small daemons (`stated`, `meshd`, `dnsd`, …) that talk over D-Bus on one
+//! machine and over tarpc between machines. Anything two of them need lives here once, so a
+//! daemon never carries a private copy of another's types.
+//!
+//! # Design
+//! - [`model`]: the replicated state (network, machines, services, containers, routes), as plain
+//!   serde types. With the `automerge` feature they also map onto an automerge document.
+//! - [`conflict`]: the deterministic rules that keep machine names and subnet indices unique after
+//!   partitions merge. Pure functions, so every machine computes the same winners.
+//! - [`liveness`]: a machine's view of the others (alive / suspect / down).
+//! - [`dbus`]: well-known names, object paths and zbus proxies of the local D-Bus APIs.
+//! - [`rpc`]: tarpc services spoken between machines over the mesh.
+//! - [`config`]: loading a daemon's TOML config with errors that name the file.
+//!
+//! # Limitations
+//! Only what `stated` needs exists so far; other daemons add their interfaces as they arrive.
+
+pub mod config;
+pub mod conflict;
+pub mod dbus;
+pub mod liveness;
+pub mod model;
+pub mod rpc;

@@ -1,0 +1,532 @@
+//! The replicated state of one Uncloud network.
+//!
+//! Every machine holds the whole [`NetworkState`]. Entities are keyed by stable ids (never by
+//! names, which may change when a conflict is resolved). Each entity has one owner that writes
+//! it, so concurrent edits rarely touch the same fields:
+//! - a [`Machine`] is written by the machine itself (and once by the member that adds it);
+//! - a [`Container`] only by the machine that runs it;
+//! - [`Service`]s and [`Route`]s by whichever machine accepted the user's command.
+//!
+//! With the `automerge` feature every type derives autosurgeon's `Reconcile`/`Hydrate`, which
+//! maps each struct field to its own automerge map key: two machines changing different fields
+//! of the same entity both keep their change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "automerge")]
+use autosurgeon::{Hydrate, Reconcile};
+
+/// Largest value a single string field may hold. State is replicated to every machine, so a
+/// runaway value costs everyone; anything bigger belongs somewhere else.
+pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+
+/// The whole replicated state of a network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct NetworkState {
+    pub network: NetworkInfo,
+    pub machines: BTreeMap<String, Machine>,
+    pub services: BTreeMap<String, Service>,
+    pub containers: BTreeMap<String, Container>,
+    pub routes: BTreeMap<String, Route>,
+}
+
+/// Settings fixed when the network is created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct NetworkInfo {
+    /// Random id of the network; peers with another id are refused.
+    pub id: String,
+    /// The whole mesh, e.g. `10.210.0.0/16`; machine X gets `10.210.X.0/24`.
+    pub mesh_cidr: String,
+}
+
+/// A machine of the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct Machine {
+    /// Stable random id (hex); the key in [`NetworkState::machines`].
+    pub id: String,
+    /// Unique DNS label: `<name>.machine.internal`.
+    pub name: String,
+    /// When `name` was claimed (ms since the Unix epoch); the older claim wins a conflict.
+    #[serde(default)]
+    pub name_claimed_at_ms: u64,
+    /// Index X of the machine's `10.210.X.0/24` subnet. Unique.
+    pub subnet: u32,
+    /// When `subnet` was claimed (ms since the Unix epoch); the older claim wins a conflict.
+    #[serde(default)]
+    pub subnet_claimed_at_ms: u64,
+    /// WireGuard public key (base64), empty until meshd publishes it.
+    #[serde(default)]
+    pub wireguard_public_key: String,
+    /// `ip:port` endpoints where the machine's WireGuard listens.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Roles such as `ingress`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// CPU architecture (`x86_64`, `aarch64`).
+    #[serde(default)]
+    pub arch: String,
+    /// Uncloud version the machine runs.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// A service: a named group of containers built from one spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct Service {
+    pub id: String,
+    pub name: String,
+    /// Project (compose project) the service belongs to; namespaces its DNS name.
+    #[serde(default)]
+    pub project: String,
+    /// Current revision, incremented on every spec change.
+    #[serde(default)]
+    pub revision: u64,
+    pub spec: ServiceSpec,
+    /// Earlier specs, oldest first, at most [`SERVICE_HISTORY_LEN`].
+    #[serde(default)]
+    pub history: Vec<ServiceRevision>,
+}
+
+/// How many earlier revisions of a service are kept.
+pub const SERVICE_HISTORY_LEN: usize = 10;
+
+/// What containers of a service run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct ServiceSpec {
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Published ports in Uncloud's `x-ports` syntax, e.g. `app.example.com:8000/https`.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// Wanted number of containers (replicated mode).
+    #[serde(default)]
+    pub replicas: u32,
+}
+
+/// One earlier spec of a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct ServiceRevision {
+    pub revision: u64,
+    pub spec: ServiceSpec,
+}
+
+impl Service {
+    /// Replaces the spec, pushing the old one onto the bounded history.
+    pub fn update_spec(&mut self, spec: ServiceSpec) {
+        if spec == self.spec {
+            return;
+        }
+        let old = std::mem::replace(&mut self.spec, spec);
+        self.history.push(ServiceRevision {
+            revision: self.revision,
+            spec: old,
+        });
+        if self.history.len() > SERVICE_HISTORY_LEN {
+            let excess = self.history.len() - SERVICE_HISTORY_LEN;
+            self.history.drain(..excess);
+        }
+        self.revision += 1;
+    }
+}
+
+/// Lifecycle state of a container as its machine last saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    #[default]
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Exited,
+    Dead,
+}
+
+/// A container, written only by the machine that runs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct Container {
+    /// Docker container id; the key in [`NetworkState::containers`].
+    pub id: String,
+    /// Id of the machine that runs it (the only writer).
+    pub machine_id: String,
+    pub name: String,
+    /// Service id, empty for a container outside any service.
+    #[serde(default)]
+    pub service_id: String,
+    #[serde(default)]
+    pub image: String,
+    /// Mesh address `10.210.X.Y`.
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default)]
+    pub state: ContainerState,
+    /// Docker health check verdict; containers without a check count as healthy.
+    #[serde(default = "default_true")]
+    pub healthy: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Protocol an ingress route is served with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+#[serde(rename_all = "lowercase")]
+pub enum RouteProtocol {
+    Http,
+    #[default]
+    Https,
+}
+
+/// An ingress route: a public hostname served by a service's containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct Route {
+    pub id: String,
+    pub hostname: String,
+    pub service_id: String,
+    pub container_port: u16,
+    #[serde(default)]
+    pub protocol: RouteProtocol,
+}
+
+/// Which part of the state an entity or a change belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Network,
+    Machines,
+    Services,
+    Containers,
+    Routes,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Network,
+        Kind::Machines,
+        Kind::Services,
+        Kind::Containers,
+        Kind::Routes,
+    ];
+
+    /// The key of this part at the root of the state (and in JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Network => "network",
+            Kind::Machines => "machines",
+            Kind::Services => "services",
+            Kind::Containers => "containers",
+            Kind::Routes => "routes",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an entity was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelError {
+    #[error("{what} must not be empty")]
+    Empty { what: &'static str },
+    #[error("{what} {value:?} is not valid: {why}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("{what} is {len} bytes, more than the {max} allowed")]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+}
+
+/// Ids are what keys the replicated maps: short, printable, no separators.
+pub fn validate_id(what: &'static str, id: &str) -> Result<(), ModelError> {
+    if id.is_empty() {
+        return Err(ModelError::Empty { what });
+    }
+    if id.len() > 128 {
+        return Err(ModelError::Invalid {
+            what,
+            value: id.chars().take(40).collect(),
+            why: "longer than 128 characters",
+        });
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(ModelError::Invalid {
+            what,
+            value: id.to_string(),
+            why: "only ASCII letters, digits, '-', '_' and '.' are allowed",
+        });
+    }
+    Ok(())
+}
+
+/// A name that becomes a DNS label (`<name>.machine.internal`): RFC 1123, lowercase.
+pub fn validate_dns_label(what: &'static str, name: &str) -> Result<(), ModelError> {
+    if name.is_empty() {
+        return Err(ModelError::Empty { what });
+    }
+    let invalid = |why| ModelError::Invalid {
+        what,
+        value: name.to_string(),
+        why,
+    };
+    if name.len() > 63 {
+        return Err(invalid("longer than 63 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(invalid(
+            "only lowercase letters, digits and '-' are allowed",
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(invalid("must not start or end with '-'"));
+    }
+    Ok(())
+}
+
+fn validate_size(what: &'static str, s: &str) -> Result<(), ModelError> {
+    if s.len() > MAX_FIELD_BYTES {
+        return Err(ModelError::TooLarge {
+            what,
+            len: s.len(),
+            max: MAX_FIELD_BYTES,
+        });
+    }
+    Ok(())
+}
+
+impl Machine {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        validate_id("machine id", &self.id)?;
+        validate_dns_label("machine name", &self.name)?;
+        if self.subnet == 0 {
+            return Err(ModelError::Invalid {
+                what: "subnet index",
+                value: "0".into(),
+                why: "index 0 is the network address; machines start at 1",
+            });
+        }
+        validate_size("wireguard public key", &self.wireguard_public_key)?;
+        for e in &self.endpoints {
+            if e.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ModelError::Invalid {
+                    what: "endpoint",
+                    value: e.clone(),
+                    why: "expected ip:port",
+                });
+            }
+        }
+        for r in &self.roles {
+            validate_dns_label("role", r)?;
+        }
+        for (k, v) in &self.labels {
+            validate_size("label key", k)?;
+            validate_size("label value", v)?;
+        }
+        validate_size("arch", &self.arch)?;
+        validate_size("version", &self.version)
+    }
+}
+
+impl Service {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        validate_id("service id", &self.id)?;
+        validate_dns_label("service name", &self.name)?;
+        if !self.project.is_empty() {
+            validate_dns_label("project", &self.project)?;
+        }
+        if self.spec.image.is_empty() {
+            return Err(ModelError::Empty {
+                what: "service image",
+            });
+        }
+        let spec_len = serde_json::to_string(&self.spec).map_or(0, |s| s.len());
+        if spec_len > MAX_FIELD_BYTES {
+            return Err(ModelError::TooLarge {
+                what: "service spec",
+                len: spec_len,
+                max: MAX_FIELD_BYTES,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Container {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        validate_id("container id", &self.id)?;
+        validate_id("container machine id", &self.machine_id)?;
+        if self.name.is_empty() {
+            return Err(ModelError::Empty {
+                what: "container name",
+            });
+        }
+        validate_size("container name", &self.name)?;
+        validate_size("container image", &self.image)?;
+        if !self.ip.is_empty() && self.ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(ModelError::Invalid {
+                what: "container ip",
+                value: self.ip.clone(),
+                why: "expected an IP address",
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Route {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        validate_id("route id", &self.id)?;
+        validate_id("route service id", &self.service_id)?;
+        if self.hostname.is_empty() {
+            return Err(ModelError::Empty {
+                what: "route hostname",
+            });
+        }
+        for label in self.hostname.split('.') {
+            validate_dns_label("route hostname label", label)?;
+        }
+        if self.container_port == 0 {
+            return Err(ModelError::Invalid {
+                what: "route container port",
+                value: "0".into(),
+                why: "ports start at 1",
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> Machine {
+        Machine {
+            id: "a1b2".into(),
+            name: "pi-1".into(),
+            subnet: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn machine_names_must_be_dns_labels() {
+        assert!(machine().validate().is_ok());
+        for bad in ["", "Pi", "pi_1", "-pi", "pi-", &"a".repeat(64)] {
+            let m = Machine {
+                name: bad.to_string(),
+                ..machine()
+            };
+            assert!(m.validate().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn subnet_zero_and_bad_endpoints_are_refused() {
+        let m = Machine {
+            subnet: 0,
+            ..machine()
+        };
+        assert!(m.validate().is_err());
+        let m = Machine {
+            endpoints: vec!["example.com".into()],
+            ..machine()
+        };
+        assert!(m.validate().is_err());
+        let m = Machine {
+            endpoints: vec!["203.0.113.5:51820".into(), "[2001:db8::1]:51820".into()],
+            ..machine()
+        };
+        assert!(m.validate().is_ok());
+    }
+
+    #[test]
+    fn oversized_values_are_refused() {
+        let m = Machine {
+            labels: [("k".to_string(), "v".repeat(MAX_FIELD_BYTES + 1))].into(),
+            ..machine()
+        };
+        assert!(matches!(m.validate(), Err(ModelError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn service_history_is_bounded_and_ordered() {
+        let mut s = Service {
+            id: "s1".into(),
+            name: "web".into(),
+            spec: ServiceSpec {
+                image: "nginx:1".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        for i in 2..30 {
+            s.update_spec(ServiceSpec {
+                image: format!("nginx:{i}"),
+                ..Default::default()
+            });
+        }
+        assert_eq!(s.revision, 28);
+        assert_eq!(s.history.len(), SERVICE_HISTORY_LEN);
+        assert_eq!(s.history.last().unwrap().spec.image, "nginx:28");
+        assert_eq!(s.history[0].revision, 18);
+        // An unchanged spec is not a new revision.
+        s.update_spec(s.spec.clone());
+        assert_eq!(s.revision, 28);
+    }
+
+    #[test]
+    fn json_round_trip_and_defaults() {
+        let c: Container =
+            serde_json::from_str(r#"{"id":"c1","machine_id":"m1","name":"web-1"}"#).unwrap();
+        assert!(c.healthy);
+        assert_eq!(c.state, ContainerState::Created);
+        let back: Container = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn kind_names_round_trip() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(Kind::parse("nope"), None);
+    }
+}
