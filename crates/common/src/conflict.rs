@@ -150,9 +150,8 @@ pub fn plan_fix(
     let stamp = next_claim_stamp(machines.values(), now_ms);
     let mut fixed = me.clone();
     if lost_subnet {
-        fixed.subnet = lowest_free_subnet(machines.values(), capacity).ok_or(NoFreeSubnet {
-            capacity,
-        })?;
+        fixed.subnet =
+            lowest_free_subnet(machines.values(), capacity).ok_or(NoFreeSubnet { capacity })?;
         fixed.subnet_claimed_at_ms = stamp;
     }
     if lost_name {
@@ -191,7 +190,11 @@ mod tests {
 
     #[test]
     fn older_claim_wins_and_ids_break_ties() {
-        let ms = [m("b", "pi", 2, 10), m("a", "pi", 2, 20), m("c", "vps", 3, 5)];
+        let ms = [
+            m("b", "pi", 2, 10),
+            m("a", "pi", 2, 20),
+            m("c", "vps", 3, 5),
+        ];
         let r = resolve(&ms);
         assert_eq!(r.name_losers, [("a".into(), "b".into())].into());
         assert_eq!(r.subnet_losers, [("a".into(), "b".into())].into());
@@ -202,7 +205,11 @@ mod tests {
 
     #[test]
     fn loser_takes_lowest_free_values_with_a_later_stamp() {
-        let ms = map(vec![m("a", "pi", 1, 10), m("b", "pi", 1, 20), m("c", "x", 2, 30)]);
+        let ms = map(vec![
+            m("a", "pi", 1, 10),
+            m("b", "pi", 1, 20),
+            m("c", "x", 2, 30),
+        ]);
         assert_eq!(plan_fix("a", &ms, 255, 0).unwrap(), None);
         let fixed = plan_fix("b", &ms, 255, 0).unwrap().unwrap();
         assert_eq!(fixed.subnet, 3);

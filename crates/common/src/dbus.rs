@@ -49,11 +49,12 @@ pub trait State {
     #[zbus(signal)]
     fn liveness_changed(&self, machine_id: &str, liveness: &str) -> zbus::Result<()>;
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn machine_id(&self) -> zbus::Result<String>;
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn network_id(&self) -> zbus::Result<String>;
-    /// Hex hashes of the document heads; equal on two machines means equal state.
-    #[zbus(property)]
+    /// Hex hashes of the document heads; equal on two machines means equal state. Not
+    /// announced on change (use `Changed`), so the proxy reads it afresh each time.
+    #[zbus(property(emits_changed_signal = "false"))]
     fn heads(&self) -> zbus::Result<Vec<String>>;
 }

@@ -1,1 +1,90 @@
-fn main(){}
+//! The `stated` daemon: see the crate docs and README.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use stated::config::{Config, DEFAULT_PATH};
+use stated::Node;
+
+/// Replicated state of an Uncloud network: holds the whole state on this machine, syncs it with
+/// every other machine, and serves it on D-Bus as org.uncloud.State1.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    after_help = "\
+Every setting lives in the config file and has a default; see the crate README for the list.
+Examples:
+  stated                                   # /etc/uncloud/stated.toml, system bus
+  stated --config ./node1.toml             # another config
+  stated --check-config --config x.toml    # validate and print the effective config
+Local API:
+  busctl introspect org.uncloud.State1 /org/uncloud/State1"
+)]
+struct Args {
+    /// Config file (TOML). A missing file means all defaults.
+    #[arg(long, short, default_value = DEFAULT_PATH, env = "STATED_CONFIG")]
+    config: PathBuf,
+    /// Validate the config, print the effective settings and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("stated: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config: Config = uncloud_common::config::load(&args.config)?;
+    config.validate()?;
+    if args.check_config {
+        println!("{config:#?}");
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let bus = config.bus.clone();
+    let node = Node::start(config).await?;
+    let dbus = stated::dbus::serve(node.shared().clone(), &bus).await?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!("ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    drop(dbus);
+    node.shutdown().await;
+    Ok(())
+}
+
+/// journald under systemd, stderr otherwise; `RUST_LOG` filters (default `info`).
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            registry.with(journald).init();
+            return;
+        }
+    }
+    registry
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+}

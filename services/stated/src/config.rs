@@ -1,0 +1,214 @@
+//! `/etc/uncloud/stated.toml`: every knob, its default, and why.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default config file path.
+pub const DEFAULT_PATH: &str = "/etc/uncloud/stated.toml";
+
+/// stated's configuration. Every field has a default, so an empty (or missing) file works.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Id of the network this machine belongs to. Peers with another id are refused.
+    /// Default: `uncloud`. `uc machine init` writes a random one.
+    pub network_id: String,
+    /// The mesh CIDR written to the state by the first machine. Default `10.210.0.0/16`.
+    pub mesh_cidr: String,
+    /// This machine's name (a DNS label). Default: the host name, lowercased.
+    pub machine_name: Option<String>,
+    /// Where the state store and the machine identity live. Default `/var/lib/uncloud/stated`.
+    pub data_dir: PathBuf,
+    /// Address gossip (UDP) and sync (TCP) listen on. In production this is the machine's mesh
+    /// address (10.210.X.1), which WireGuard authenticates; nothing listens publicly.
+    /// Default `127.0.0.1`.
+    pub listen_address: IpAddr,
+    /// UDP port of the gossip protocol (chitchat). Default 7946.
+    pub gossip_port: u16,
+    /// TCP port of the state sync RPC (tarpc). Default 7947.
+    pub sync_port: u16,
+    /// Gossip addresses (`ip:port`) of machines to contact first. Default: none.
+    pub seeds: Vec<String>,
+    /// How often each machine gossips with a few others, in ms. Lower detects failures and
+    /// missed pushes sooner and costs more idle traffic. Default 1000.
+    pub gossip_interval_ms: u64,
+    /// A live machine whose heartbeat has not advanced for this long is reported `suspect`.
+    /// Default 3000.
+    pub suspect_after_ms: u64,
+    /// Phi-accrual threshold above which the failure detector declares a machine dead.
+    /// Default 8 (chitchat's default).
+    pub phi_threshold: f64,
+    /// How often every live peer is synced even when gossip shows nothing missing, in ms.
+    /// A safety net behind push and gossip-driven pulls. Default 30000.
+    pub anti_entropy_interval_ms: u64,
+    /// How long one sync RPC may take before the session is abandoned, in ms. Default 5000.
+    pub sync_timeout_ms: u64,
+    /// Compact the store into one snapshot after this many appended entries. Default 1000.
+    pub compact_after_entries: u64,
+    /// ... or after this many appended bytes. Default 8 MiB.
+    pub compact_after_bytes: u64,
+    /// Register this machine in the state at start (name, subnet) if it is not there yet.
+    /// Default true. Later, `uc machine add` does it instead.
+    pub register_self: bool,
+    /// On a fresh machine with seeds, how long to wait for a first sync before registering,
+    /// so it sees which subnets are taken. Default 5000.
+    pub initial_sync_wait_ms: u64,
+    /// Which D-Bus to serve `org.uncloud.State1` on: `system`, `session`, `none`, or a bus
+    /// address such as `unix:path=/run/test-bus`. Default `system`.
+    pub bus: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            network_id: "uncloud".into(),
+            mesh_cidr: "10.210.0.0/16".into(),
+            machine_name: None,
+            data_dir: PathBuf::from(uncloud_common::config::DATA_DIR).join("stated"),
+            listen_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            gossip_port: 7946,
+            sync_port: 7947,
+            seeds: Vec::new(),
+            gossip_interval_ms: 1000,
+            suspect_after_ms: 3000,
+            phi_threshold: 8.0,
+            anti_entropy_interval_ms: 30_000,
+            sync_timeout_ms: 5000,
+            compact_after_entries: 1000,
+            compact_after_bytes: 8 * 1024 * 1024,
+            register_self: true,
+            initial_sync_wait_ms: 5000,
+            bus: "system".into(),
+        }
+    }
+}
+
+/// A value that makes no sense.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {key}: {why}")]
+pub struct ConfigInvalid {
+    pub key: &'static str,
+    pub why: String,
+}
+
+impl Config {
+    pub fn gossip_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.listen_address, self.gossip_port)
+    }
+
+    pub fn sync_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.listen_address, self.sync_port)
+    }
+
+    pub fn gossip_interval(&self) -> Duration {
+        Duration::from_millis(self.gossip_interval_ms)
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("state.redb")
+    }
+
+    /// The machine name to register: configured, else the host name.
+    pub fn machine_name(&self) -> String {
+        self.machine_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_else(|_| "machine".into());
+            sanitize_label(host.trim())
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigInvalid> {
+        let invalid = |key, why: String| Err(ConfigInvalid { key, why });
+        if let Err(e) = uncloud_common::model::validate_id("network id", &self.network_id) {
+            return invalid("network_id", e.to_string());
+        }
+        if uncloud_common::conflict::subnet_capacity(&self.mesh_cidr).is_none() {
+            return invalid(
+                "mesh_cidr",
+                format!(
+                    "{:?} must be an IPv4 CIDR with a prefix between /8 and /23",
+                    self.mesh_cidr
+                ),
+            );
+        }
+        if let Some(name) = &self.machine_name {
+            if let Err(e) = uncloud_common::model::validate_dns_label("machine name", name) {
+                return invalid("machine_name", e.to_string());
+            }
+        }
+        if self.gossip_interval_ms == 0 || self.sync_timeout_ms == 0 {
+            return invalid(
+                "gossip_interval_ms/sync_timeout_ms",
+                "must be above 0".into(),
+            );
+        }
+        if self.gossip_port != 0 && self.gossip_port == self.sync_port {
+            return invalid("sync_port", "must differ from gossip_port".into());
+        }
+        for seed in &self.seeds {
+            if seed.parse::<SocketAddr>().is_err() {
+                return invalid("seeds", format!("{seed:?} is not ip:port"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Turns a host name into a valid DNS label (`My_Host.local` -> `my-host`).
+pub fn sanitize_label(host: &str) -> String {
+    let first = host.split('.').next().unwrap_or_default();
+    let mut label: String = first
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    label = label.trim_matches('-').to_string();
+    if label.is_empty() {
+        "machine".into()
+    } else {
+        label
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_empty_file_gives_defaults() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let c = Config {
+            mesh_cidr: "10.0.0.0/30".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("mesh_cidr"));
+        let c = Config {
+            seeds: vec!["nope".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("seeds"));
+        assert!(toml::from_str::<Config>("gosip_port = 1").is_err());
+    }
+
+    #[test]
+    fn host_names_become_labels() {
+        assert_eq!(sanitize_label("My_Host.example.com"), "my-host");
+        assert_eq!(sanitize_label("--"), "machine");
+        assert_eq!(sanitize_label(&"x".repeat(80)).len(), 63);
+    }
+}

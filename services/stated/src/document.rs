@@ -1,0 +1,469 @@
+//! The network's automerge document behind typed accessors.
+//!
+//! Callers read and write [`NetworkState`] entities; the string paths inside the document live
+//! only here. Layout: `{network: {id, mesh_cidr}, machines: {<id>: Machine}, services: {…},
+//! containers: {…}, routes: {…}}`, one automerge map per entity so concurrent writers of
+//! different entities (or different fields) never conflict.
+//!
+//! Every machine starts from the same **genesis** change, built deterministically from the
+//! network id (fixed actor, fixed time), so its hash is identical everywhere. Without it two
+//! machines would each create their own `machines` map and, after a merge, one map would hide
+//! the other.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ROOT};
+use autosurgeon::{hydrate_prop, reconcile_prop, Hydrate};
+use serde::Serialize;
+use uncloud_common::model::{Container, Kind, Machine, NetworkState, Route, Service};
+
+/// Why a document operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error("no {kind} with id {id:?}")]
+    NotFound { kind: Kind, id: String },
+    #[error("the document has no {0} map; it was not created from this network's genesis")]
+    MissingRoot(Kind),
+    #[error("cannot write {kind} {id:?} into the document: {source}")]
+    Reconcile {
+        kind: Kind,
+        id: String,
+        source: Box<autosurgeon::ReconcileError>,
+    },
+    #[error("automerge rejected the operation: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+    #[error("malformed sync message: {0}")]
+    MalformedSync(String),
+}
+
+/// A typed change to the state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    UpsertMachine(Machine),
+    RemoveMachine(String),
+    UpsertService(Service),
+    RemoveService(String),
+    UpsertContainer(Container),
+    RemoveContainer(String),
+    UpsertRoute(Route),
+    RemoveRoute(String),
+    /// Sets the mesh CIDR; written once by the first machine.
+    SetMeshCidr(String),
+}
+
+impl Mutation {
+    /// The part of the state and the entity id it touches.
+    pub fn target(&self) -> (Kind, &str) {
+        match self {
+            Mutation::UpsertMachine(m) => (Kind::Machines, &m.id),
+            Mutation::RemoveMachine(id) => (Kind::Machines, id),
+            Mutation::UpsertService(s) => (Kind::Services, &s.id),
+            Mutation::RemoveService(id) => (Kind::Services, id),
+            Mutation::UpsertContainer(c) => (Kind::Containers, &c.id),
+            Mutation::RemoveContainer(id) => (Kind::Containers, id),
+            Mutation::UpsertRoute(r) => (Kind::Routes, &r.id),
+            Mutation::RemoveRoute(id) => (Kind::Routes, id),
+            Mutation::SetMeshCidr(_) => (Kind::Network, "mesh_cidr"),
+        }
+    }
+}
+
+/// The deterministic first change of a network's document.
+pub fn genesis(network_id: &str) -> Automerge {
+    let mut doc = Automerge::new().with_actor(ActorId::from(genesis_actor(network_id)));
+    let mut tx = doc.transaction();
+    let network = tx
+        .put_object(ROOT, Kind::Network.as_str(), ObjType::Map)
+        .expect("putting into a fresh map cannot fail");
+    tx.put(&network, "id", network_id)
+        .expect("putting into a fresh map cannot fail");
+    tx.put(&network, "mesh_cidr", "")
+        .expect("putting into a fresh map cannot fail");
+    for kind in [
+        Kind::Machines,
+        Kind::Services,
+        Kind::Containers,
+        Kind::Routes,
+    ] {
+        tx.put_object(ROOT, kind.as_str(), ObjType::Map)
+            .expect("putting into a fresh map cannot fail");
+    }
+    tx.commit_with(CommitOptions::default().with_time(0));
+    doc
+}
+
+/// Actor of the genesis change: a fixed prefix and the network id, so it never collides with
+/// a machine's random actor.
+fn genesis_actor(network_id: &str) -> Vec<u8> {
+    let mut actor = b"uncloud-genesis:".to_vec();
+    actor.extend_from_slice(network_id.as_bytes());
+    actor
+}
+
+/// The document with typed accessors.
+pub struct StateDoc {
+    doc: Automerge,
+}
+
+impl StateDoc {
+    /// Wraps a loaded document; new local changes are written under a fresh random actor
+    /// (reusing an actor after a crash could reuse sequence numbers).
+    pub fn new(mut doc: Automerge) -> Self {
+        doc.set_actor(ActorId::random());
+        StateDoc { doc }
+    }
+
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        let mut heads = self.doc.get_heads();
+        heads.sort_unstable();
+        heads
+    }
+
+    pub fn has_change(&self, hash: &ChangeHash) -> bool {
+        self.doc.get_change_by_hash(hash).is_some()
+    }
+
+    /// Encoded changes made after `heads` (for the store).
+    pub fn save_after(&self, heads: &[ChangeHash]) -> Vec<u8> {
+        self.doc.save_after(heads)
+    }
+
+    /// The whole document as one compact blob (a store snapshot).
+    pub fn save(&self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    fn kind_obj(&self, kind: Kind) -> Result<ObjId, DocError> {
+        match self.doc.get(ROOT, kind.as_str()) {
+            Ok(Some((automerge::Value::Object(ObjType::Map), id))) => Ok(id),
+            _ => Err(DocError::MissingRoot(kind)),
+        }
+    }
+
+    pub fn network_id(&self) -> String {
+        self.network().id
+    }
+
+    pub fn network(&self) -> uncloud_common::model::NetworkInfo {
+        hydrate_prop(&self.doc, ROOT, Kind::Network.as_str()).unwrap_or_default()
+    }
+
+    /// Every entity of one kind. Entities that do not hydrate (a peer running a newer or buggy
+    /// version wrote something else) are skipped with a warning rather than failing the read.
+    fn entities<T: Hydrate>(&self, kind: Kind) -> BTreeMap<String, T> {
+        let Ok(obj) = self.kind_obj(kind) else {
+            return BTreeMap::new();
+        };
+        let mut out = BTreeMap::new();
+        for key in self.doc.keys(&obj) {
+            match hydrate_prop::<_, T, _, _>(&self.doc, &obj, key.as_str()) {
+                Ok(value) => {
+                    out.insert(key, value);
+                }
+                Err(e) => {
+                    tracing::warn!(%kind, id = %key, error = %e, "skipping unreadable entity")
+                }
+            }
+        }
+        out
+    }
+
+    pub fn machines(&self) -> BTreeMap<String, Machine> {
+        self.entities(Kind::Machines)
+    }
+
+    pub fn machine(&self, id: &str) -> Option<Machine> {
+        let obj = self.kind_obj(Kind::Machines).ok()?;
+        self.doc.get(&obj, id).ok()??;
+        hydrate_prop(&self.doc, &obj, id).ok()
+    }
+
+    pub fn state(&self) -> NetworkState {
+        NetworkState {
+            network: self.network(),
+            machines: self.entities(Kind::Machines),
+            services: self.entities(Kind::Services),
+            containers: self.entities(Kind::Containers),
+            routes: self.entities(Kind::Routes),
+        }
+    }
+
+    /// One part of the state as JSON, or one entity of it when `id` is given.
+    pub fn part_json(&self, kind: Kind, id: Option<&str>) -> Result<serde_json::Value, DocError> {
+        fn pick<T: Serialize>(
+            map: BTreeMap<String, T>,
+            kind: Kind,
+            id: Option<&str>,
+        ) -> Result<serde_json::Value, DocError> {
+            let value = match id {
+                None => serde_json::to_value(map),
+                Some(id) => match map.get(id) {
+                    Some(v) => serde_json::to_value(v),
+                    None => {
+                        return Err(DocError::NotFound {
+                            kind,
+                            id: id.to_string(),
+                        })
+                    }
+                },
+            };
+            Ok(value.expect("model types always serialize"))
+        }
+        match kind {
+            Kind::Network => Ok(serde_json::to_value(self.network()).expect("serializes")),
+            Kind::Machines => pick(self.entities::<Machine>(kind), kind, id),
+            Kind::Services => pick(self.entities::<Service>(kind), kind, id),
+            Kind::Containers => pick(self.entities::<Container>(kind), kind, id),
+            Kind::Routes => pick(self.entities::<Route>(kind), kind, id),
+        }
+    }
+
+    /// Applies `mutation` as one automerge change. Returns whether the document changed.
+    pub fn apply(&mut self, mutation: &Mutation) -> Result<bool, DocError> {
+        let (kind, id) = mutation.target();
+        let obj = self.kind_obj(kind)?;
+        let before = self.doc.get_heads();
+        let mut tx = self.doc.transaction();
+        let result = match mutation {
+            Mutation::UpsertMachine(v) => reconcile_prop(&mut tx, &obj, id, v),
+            Mutation::UpsertService(v) => reconcile_prop(&mut tx, &obj, id, v),
+            Mutation::UpsertContainer(v) => reconcile_prop(&mut tx, &obj, id, v),
+            Mutation::UpsertRoute(v) => reconcile_prop(&mut tx, &obj, id, v),
+            Mutation::SetMeshCidr(cidr) => reconcile_prop(&mut tx, &obj, "mesh_cidr", cidr),
+            Mutation::RemoveMachine(_)
+            | Mutation::RemoveService(_)
+            | Mutation::RemoveContainer(_)
+            | Mutation::RemoveRoute(_) => {
+                if tx.get(&obj, id)?.is_none() {
+                    tx.rollback();
+                    return Err(DocError::NotFound {
+                        kind,
+                        id: id.to_string(),
+                    });
+                }
+                tx.delete(&obj, id)?;
+                Ok(())
+            }
+        };
+        if let Err(source) = result {
+            tx.rollback();
+            return Err(DocError::Reconcile {
+                kind,
+                id: id.to_string(),
+                source: Box::new(source),
+            });
+        }
+        tx.commit();
+        Ok(self.doc.get_heads() != before)
+    }
+
+    /// Which entities differ between two versions of the document.
+    pub fn changed_between(
+        &self,
+        before: &[ChangeHash],
+        after: &[ChangeHash],
+    ) -> BTreeMap<Kind, BTreeSet<String>> {
+        let mut out: BTreeMap<Kind, BTreeSet<String>> = BTreeMap::new();
+        for patch in self.doc.diff(before, after) {
+            let action_key = match &patch.action {
+                automerge::PatchAction::PutMap { key, .. }
+                | automerge::PatchAction::DeleteMap { key } => Some(key.clone()),
+                _ => None,
+            };
+            let mut props = patch.path.iter().map(|(_, p)| p).cloned();
+            let (kind_name, id) = match (props.next(), props.next()) {
+                (None, _) => (action_key, None),
+                (Some(Prop::Map(kind)), None) => (Some(kind), action_key),
+                (Some(Prop::Map(kind)), Some(Prop::Map(id))) => (Some(kind), Some(id)),
+                _ => (None, None),
+            };
+            let Some(kind) = kind_name.as_deref().and_then(Kind::parse) else {
+                continue;
+            };
+            let ids = out.entry(kind).or_default();
+            if kind != Kind::Network {
+                ids.extend(id);
+            }
+        }
+        out
+    }
+
+    /// The next sync message for the peer whose conversation is `state`.
+    pub fn generate_sync_message(&self, state: &mut sync::State) -> Option<Vec<u8>> {
+        self.doc.generate_sync_message(state).map(|m| m.encode())
+    }
+
+    /// Applies a sync message from a peer. Malformed bytes are refused without touching the
+    /// document.
+    pub fn receive_sync_message(
+        &mut self,
+        state: &mut sync::State,
+        bytes: &[u8],
+    ) -> Result<(), DocError> {
+        let message =
+            sync::Message::decode(bytes).map_err(|e| DocError::MalformedSync(e.to_string()))?;
+        self.doc
+            .receive_sync_message(state, message)
+            .map_err(|e| DocError::MalformedSync(e.to_string()))
+    }
+}
+
+/// Resets a sync conversation for a new session, keeping only what both sides are known to
+/// share (automerge's recommended way to reconnect).
+pub fn reset_sync_state(state: &sync::State) -> sync::State {
+    sync::State::decode(&state.encode()).unwrap_or_default()
+}
+
+/// Hex form of change hashes for gossip and D-Bus.
+pub fn heads_to_hex(heads: &[ChangeHash]) -> Vec<String> {
+    heads.iter().map(|h| h.to_string()).collect()
+}
+
+/// Parses hex change hashes; `None` if any is malformed.
+pub fn heads_from_hex<'a>(hex: impl IntoIterator<Item = &'a str>) -> Option<Vec<ChangeHash>> {
+    hex.into_iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(id: &str, name: &str, subnet: u32) -> Machine {
+        Machine {
+            id: id.into(),
+            name: name.into(),
+            subnet,
+            ..Default::default()
+        }
+    }
+
+    fn sync_pair(a: &mut StateDoc, b: &mut StateDoc) {
+        let (mut sa, mut sb) = (sync::State::new(), sync::State::new());
+        for _ in 0..20 {
+            let ma = a.generate_sync_message(&mut sa);
+            let mb = b.generate_sync_message(&mut sb);
+            if ma.is_none() && mb.is_none() {
+                return;
+            }
+            if let Some(m) = ma {
+                b.receive_sync_message(&mut sb, &m).unwrap();
+            }
+            if let Some(m) = mb {
+                a.receive_sync_message(&mut sa, &m).unwrap();
+            }
+        }
+        panic!("sync did not finish");
+    }
+
+    #[test]
+    fn genesis_is_identical_everywhere() {
+        assert_eq!(genesis("net-a").get_heads(), genesis("net-a").get_heads());
+        assert_ne!(genesis("net-a").get_heads(), genesis("net-b").get_heads());
+        let doc = StateDoc::new(genesis("net-a"));
+        assert_eq!(doc.network_id(), "net-a");
+        assert!(doc.machines().is_empty());
+    }
+
+    #[test]
+    fn concurrent_writers_on_separate_docs_merge_without_hiding_each_other() {
+        let mut a = StateDoc::new(genesis("n"));
+        let mut b = StateDoc::new(genesis("n"));
+        a.apply(&Mutation::UpsertMachine(machine("ma", "a", 1)))
+            .unwrap();
+        b.apply(&Mutation::UpsertMachine(machine("mb", "b", 2)))
+            .unwrap();
+        // Concurrent edits of different fields of the same machine both survive.
+        sync_pair(&mut a, &mut b);
+        let mut m = a.machine("ma").unwrap();
+        m.roles = vec!["ingress".into()];
+        a.apply(&Mutation::UpsertMachine(m)).unwrap();
+        let mut m = b.machine("ma").unwrap();
+        m.labels.insert("zone".into(), "eu".into());
+        b.apply(&Mutation::UpsertMachine(m)).unwrap();
+        sync_pair(&mut a, &mut b);
+        assert_eq!(a.heads(), b.heads());
+        assert_eq!(a.state(), b.state());
+        let merged = a.machine("ma").unwrap();
+        assert_eq!(merged.roles, vec!["ingress".to_string()]);
+        assert_eq!(merged.labels["zone"], "eu");
+        assert_eq!(a.machines().len(), 2);
+    }
+
+    #[test]
+    fn removing_a_missing_entity_is_not_found_and_changes_nothing() {
+        let mut d = StateDoc::new(genesis("n"));
+        let heads = d.heads();
+        let err = d
+            .apply(&Mutation::RemoveService("nope".into()))
+            .unwrap_err();
+        assert!(matches!(err, DocError::NotFound { .. }), "{err}");
+        assert_eq!(d.heads(), heads);
+    }
+
+    #[test]
+    fn rewriting_the_same_value_is_not_a_change() {
+        let mut d = StateDoc::new(genesis("n"));
+        assert!(d
+            .apply(&Mutation::UpsertMachine(machine("m1", "a", 1)))
+            .unwrap());
+        assert!(!d
+            .apply(&Mutation::UpsertMachine(machine("m1", "a", 1)))
+            .unwrap());
+    }
+
+    #[test]
+    fn changed_between_names_kinds_and_ids() {
+        let mut d = StateDoc::new(genesis("n"));
+        let before = d.heads();
+        d.apply(&Mutation::UpsertMachine(machine("m1", "a", 1)))
+            .unwrap();
+        d.apply(&Mutation::UpsertRoute(Route {
+            id: "r1".into(),
+            hostname: "app.example.com".into(),
+            service_id: "s1".into(),
+            container_port: 80,
+            ..Default::default()
+        }))
+        .unwrap();
+        let mid = d.heads();
+        let changed = d.changed_between(&before, &mid);
+        assert_eq!(changed[&Kind::Machines], BTreeSet::from(["m1".to_string()]));
+        assert_eq!(changed[&Kind::Routes], BTreeSet::from(["r1".to_string()]));
+        assert!(!changed.contains_key(&Kind::Services));
+
+        let mut m = d.machine("m1").unwrap();
+        m.subnet = 7;
+        d.apply(&Mutation::UpsertMachine(m)).unwrap();
+        d.apply(&Mutation::RemoveRoute("r1".into())).unwrap();
+        let changed = d.changed_between(&mid, &d.heads());
+        assert_eq!(changed[&Kind::Machines], BTreeSet::from(["m1".to_string()]));
+        assert_eq!(changed[&Kind::Routes], BTreeSet::from(["r1".to_string()]));
+    }
+
+    #[test]
+    fn malformed_sync_messages_are_refused_without_change() {
+        let mut d = StateDoc::new(genesis("n"));
+        let heads = d.heads();
+        let mut st = sync::State::new();
+        for bad in [&b""[..], b"\x42", b"garbage garbage", &[0x42; 300]] {
+            assert!(d.receive_sync_message(&mut st, bad).is_err());
+        }
+        assert_eq!(d.heads(), heads);
+    }
+
+    #[test]
+    fn heads_hex_round_trip() {
+        let d = StateDoc::new(genesis("n"));
+        let hex = heads_to_hex(&d.heads());
+        assert_eq!(
+            heads_from_hex(hex.iter().map(String::as_str)).unwrap(),
+            d.heads()
+        );
+        assert_eq!(heads_from_hex(["zz"]), None);
+    }
+}

@@ -1,0 +1,252 @@
+//! Membership and failure detection with chitchat (UDP).
+//!
+//! Each machine gossips two small values: `sync`, the address of its sync server, and `heads`,
+//! the hashes of its document heads. From every round we derive:
+//! - the liveness of every machine (alive / suspect / down, see [`crate::liveness`]);
+//! - the set of live peers, which gets a sync worker each;
+//! - anti-entropy: a peer whose heads we do not have is pulled from at once, so a missed push
+//!   or a healed partition converges within about one gossip interval.
+//!
+//! chitchat refuses messages whose cluster id differs, and the cluster id is the network id,
+//! so a machine of another network never enters the view.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
+use chitchat::{
+    spawn_chitchat, ChitchatConfig, ChitchatEnvelope, ChitchatHandle, ChitchatId,
+    FailureDetectorConfig, ProtocolVersion,
+};
+use tokio::task::JoinHandle;
+
+use crate::document::{heads_from_hex, heads_to_hex};
+use crate::links::Links;
+use crate::liveness::Observation;
+use crate::node::{now_ms, Event, Shared, StartError};
+
+const KEY_SYNC: &str = "sync";
+const KEY_HEADS: &str = "heads";
+
+pub(crate) struct Gossip {
+    handle: ChitchatHandle,
+}
+
+impl Gossip {
+    pub(crate) async fn start(
+        shared: Arc<Shared>,
+        sync_addr: SocketAddr,
+    ) -> Result<Gossip, StartError> {
+        let c = &shared.config;
+        let addr = c.gossip_addr();
+        let interval = c.gossip_interval();
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(shared.machine_id.as_str(), now_ms(), addr),
+            cluster_id: shared.network_id.clone(),
+            gossip_interval: interval,
+            listen_addr: addr,
+            seed_nodes: c.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: c.phi_threshold,
+                // Intervals are gossip-paced; start from a prior of a few rounds.
+                initial_interval: interval * 2,
+                max_interval: interval * 10,
+                dead_node_grace_period: Duration::from_secs(24 * 3600),
+                ..FailureDetectorConfig::default()
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V1,
+        };
+        let heads = heads_to_hex(&shared.heads_rx().borrow()).join(",");
+        let transport = FilteredTransport {
+            me: shared.machine_id.clone(),
+            links: shared.links.clone(),
+            shared: shared.clone(),
+        };
+        let handle = spawn_chitchat(
+            config,
+            vec![
+                (KEY_SYNC.to_string(), sync_addr.to_string()),
+                (KEY_HEADS.to_string(), heads),
+            ],
+            &transport,
+        )
+        .await
+        .map_err(|source| StartError::Gossip { addr, source })?;
+        Ok(Gossip { handle })
+    }
+
+    /// Tasks that publish our heads and read every round of gossip.
+    pub(crate) fn spawn_watchers(&self, shared: Arc<Shared>) -> Vec<JoinHandle<()>> {
+        let chitchat = self.handle.chitchat();
+        let publish = {
+            let chitchat = chitchat.clone();
+            let mut heads = shared.heads_rx();
+            tokio::spawn(async move {
+                while heads.changed().await.is_ok() {
+                    let hex = heads_to_hex(&heads.borrow_and_update()).join(",");
+                    chitchat.lock().await.self_node_state().set(KEY_HEADS, hex);
+                }
+            })
+        };
+        let observe = tokio::spawn(observe_loop(shared, chitchat));
+        vec![publish, observe]
+    }
+
+    pub(crate) async fn shutdown(self) {
+        let _ = self.handle.shutdown().await;
+    }
+}
+
+/// What one machine gossips, as read from chitchat.
+struct PeerView {
+    detection_timeout: Option<Duration>,
+    heartbeat: u64,
+    live: bool,
+    sync_addr: Option<SocketAddr>,
+    heads: Option<Vec<automerge::ChangeHash>>,
+}
+
+async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>) {
+    let mut tick = tokio::time::interval(shared.config.gossip_interval() / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watcher = chitchat.lock().await.live_nodes_watcher();
+    loop {
+        // Every half round, and as soon as a peer's values change.
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = watcher.changed() => if r.is_err() { return },
+        }
+        let views = {
+            let chitchat = chitchat.lock().await;
+            let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+            // A restarted machine appears once per generation; the newest one counts.
+            let mut newest: HashMap<String, (&ChitchatId, PeerView)> = HashMap::new();
+            for (id, state) in chitchat.node_states() {
+                if *id.node_id == *shared.machine_id {
+                    continue;
+                }
+                let view = PeerView {
+                    detection_timeout: chitchat.failure_detection_timeout(id),
+                    heartbeat: state.heartbeat().into(),
+                    live: live.contains(id),
+                    sync_addr: state.get(KEY_SYNC).and_then(|s| s.parse().ok()),
+                    heads: state
+                        .get(KEY_HEADS)
+                        .and_then(|h| heads_from_hex(h.split(','))),
+                };
+                match newest.get(&*id.node_id) {
+                    Some((old, _)) if old.generation_id >= id.generation_id => {}
+                    _ => {
+                        newest.insert(id.node_id.to_string(), (id, view));
+                    }
+                }
+            }
+            newest
+                .into_iter()
+                .map(|(k, (_, v))| (k, v))
+                .collect::<Vec<_>>()
+        };
+
+        let changes = shared.liveness.lock().unwrap().observe(
+            views.iter().map(|(id, v)| Observation {
+                machine_id: id.clone(),
+                heartbeat: v.heartbeat,
+                live: v.live,
+                detection_timeout: v.detection_timeout,
+            }),
+            Instant::now(),
+        );
+        for (machine_id, liveness) in changes {
+            tracing::info!(machine = %machine_id, %liveness, "liveness changed");
+            shared.emit(Event::Liveness {
+                machine_id,
+                liveness,
+            });
+        }
+
+        let live: HashMap<String, SocketAddr> = views
+            .iter()
+            .filter(|(_, v)| v.live)
+            .filter_map(|(id, v)| Some((id.clone(), v.sync_addr?)))
+            .collect();
+        shared.peers.update(&shared, &live);
+        for (id, v) in &views {
+            if let (true, Some(heads)) = (v.live, &v.heads) {
+                if !shared.has_changes(heads) {
+                    shared.peers.wake(id);
+                }
+            }
+        }
+    }
+}
+
+/// chitchat's UDP transport, passing every datagram through the node's [`Links`] and counting
+/// bytes for the benchmark.
+struct FilteredTransport {
+    me: String,
+    links: Links,
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl Transport for FilteredTransport {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let inner = UdpTransport.open(listen_addr).await?;
+        Ok(Box::new(FilteredSocket {
+            inner,
+            me: self.me.clone(),
+            links: self.links.clone(),
+            shared: self.shared.clone(),
+        }))
+    }
+}
+
+struct FilteredSocket {
+    inner: Box<dyn Socket>,
+    me: String,
+    links: Links,
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl Socket for FilteredSocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
+        if !self.links.allows_addr(&self.me, to) {
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
+        let outcome = self.inner.send(to, envelope).await?;
+        self.shared
+            .metrics
+            .gossip_bytes_sent
+            .fetch_add(outcome.num_bytes_sent as u64, Ordering::Relaxed);
+        Ok(outcome)
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        loop {
+            let outcome = self.inner.recv().await?;
+            if self.links.allows_from_addr(outcome.from_addr, &self.me) {
+                self.shared
+                    .metrics
+                    .gossip_bytes_received
+                    .fetch_add(outcome.num_bytes_received as u64, Ordering::Relaxed);
+                return Ok(outcome);
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! `stated`: the replicated state of an Uncloud network.
+//!
+//! # Background
+//! Uncloud has no control plane. Every machine holds the whole state (machines, services,
+//! containers, routes), any machine accepts writes, and each side of a partition keeps working;
+//! when the partition heals, everything converges. `stated` is the daemon that makes that true
+//! on each machine; the other daemons read and write through its D-Bus API.
+//!
+//! # Design
+//! - [`document`]: one automerge document per network behind typed accessors; every machine
+//!   starts from the same deterministic genesis change.
+//! - [`persist`]: each change is appended to a redb store (crate `uncloud-docstore`) before a
+//!   write is acknowledged; group commit, periodic compaction, salvage of a damaged file.
+//! - [`sync`]: automerge's sync protocol over tarpc/TCP; a write is pushed to live peers at once.
+//! - [`gossip`]: chitchat over UDP for membership, liveness and heads; a peer with heads we lack
+//!   is pulled from (anti-entropy), so missed pushes and healed partitions converge.
+//! - uniqueness of machine names and subnets: `uncloud_common::conflict`, applied after every
+//!   merge by the losing machine itself ([`node`]).
+//! - [`dbus`]: `org.uncloud.State1`; [`links`]: the seam where tests cut the network.
+//!
+//! # Limitations
+//! - Gossip and sync listen on `listen_address`; until meshd exists this is loopback by default.
+//! - A write is durable locally when acknowledged; it reaches other machines when they are
+//!   reachable. Concurrent writes of the same field resolve last-writer-wins (automerge).
+//! - Certificates and DNS extras are not in the model yet.
+
+pub mod config;
+pub mod dbus;
+pub mod document;
+pub mod gossip;
+pub mod identity;
+pub mod links;
+pub mod liveness;
+pub mod node;
+pub mod persist;
+pub mod sync;
+
+pub use node::{Event, Node, Shared, StartError, WriteError};

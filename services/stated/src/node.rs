@@ -1,0 +1,529 @@
+//! One machine's stated: the document, its durability, and everything that reacts to changes.
+//!
+//! [`Node::start`] opens the store, starts the store writer, the sync server, gossip and the
+//! background tasks, and returns a handle with the typed API that D-Bus, tests and the
+//! benchmark call. All writes go through [`Node::mutate`]; merges from peers go through
+//! [`Shared::receive_sync`]. Both end in [`Shared::after_change`], which announces what changed,
+//! publishes the new heads to gossip and re-checks the uniqueness rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use automerge::sync;
+use automerge::ChangeHash;
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::task::JoinHandle;
+use uncloud_common::conflict;
+use uncloud_common::liveness::Liveness;
+use uncloud_common::model::{Kind, Machine, ModelError, NetworkState};
+use uncloud_docstore::Store;
+
+use crate::config::Config;
+use crate::document::{genesis, DocError, Mutation, StateDoc};
+use crate::links::Links;
+use crate::liveness::LivenessTracker;
+use crate::persist::{CompactionPolicy, Writer};
+use crate::{gossip, identity, sync as statesync};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigInvalid),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error("cannot open the state store: {0}")]
+    Store(#[from] uncloud_docstore::StoreError),
+    #[error(
+        "the state store {path} belongs to network {stored:?} but the config says {configured:?}"
+    )]
+    WrongNetwork {
+        path: String,
+        stored: String,
+        configured: String,
+    },
+    #[error("cannot listen for sync on {addr}: {source}")]
+    SyncListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start gossip on {addr}: {source}")]
+    Gossip {
+        addr: SocketAddr,
+        source: anyhow::Error,
+    },
+}
+
+/// Why a write was refused or not made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Invalid(#[from] ModelError),
+    #[error("{kind} {id:?} belongs to machine {owner:?}; only that machine writes it")]
+    NotOwner {
+        kind: Kind,
+        id: String,
+        owner: String,
+    },
+    #[error(transparent)]
+    Doc(#[from] DocError),
+    #[error("the change was applied in memory but not made durable: {0}")]
+    Storage(String),
+}
+
+/// What changed, for the D-Bus signals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Changed {
+        kind: Kind,
+        ids: Vec<String>,
+    },
+    Liveness {
+        machine_id: String,
+        liveness: Liveness,
+    },
+}
+
+/// Traffic counters, read by the benchmark.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub gossip_bytes_sent: AtomicU64,
+    pub gossip_bytes_received: AtomicU64,
+    pub sync_bytes_sent: AtomicU64,
+    pub sync_bytes_received: AtomicU64,
+    pub sync_sessions: AtomicU64,
+}
+
+pub(crate) struct DocCell {
+    pub doc: StateDoc,
+    /// Heads up to which everything has been handed to the store writer.
+    pub saved_heads: Vec<ChangeHash>,
+}
+
+/// State shared by the node's tasks.
+pub struct Shared {
+    pub machine_id: String,
+    pub network_id: String,
+    pub config: Config,
+    pub(crate) doc: Arc<Mutex<DocCell>>,
+    writer: Mutex<Writer>,
+    events: broadcast::Sender<Event>,
+    heads: watch::Sender<Vec<ChangeHash>>,
+    pub(crate) liveness: Mutex<LivenessTracker>,
+    pub(crate) links: Links,
+    pub metrics: Metrics,
+    pub(crate) peers: statesync::Peers,
+    conflict_check: Notify,
+    /// Set once a sync session brought changes in (or there was nothing to wait for).
+    first_sync: watch::Sender<bool>,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+/// A running stated node.
+pub struct Node {
+    shared: Arc<Shared>,
+    gossip: Option<gossip::Gossip>,
+    sync_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Node {
+    /// Starts a node with real network links.
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        Self::start_with_links(config, Links::real()).await
+    }
+
+    /// Starts a node whose gossip and sync traffic passes through `links` (tests, benchmark).
+    pub async fn start_with_links(config: Config, links: Links) -> Result<Node, StartError> {
+        config.validate()?;
+        let machine_id = identity::load_or_create(&config.data_dir)?;
+        let store_path = config.store_path();
+        let (store, loaded) = Store::open(&store_path, || genesis(&config.network_id))?;
+        for problem in &loaded.report.problems {
+            tracing::error!(store = %store_path.display(), "{problem}");
+        }
+        if let Some(q) = &loaded.report.quarantined {
+            tracing::error!(
+                "the damaged store was kept at {}; everything readable in it was recovered",
+                q.display()
+            );
+        }
+        let doc = StateDoc::new(loaded.doc);
+        let stored_network = doc.network_id();
+        if stored_network != config.network_id {
+            return Err(StartError::WrongNetwork {
+                path: store_path.display().to_string(),
+                stored: stored_network,
+                configured: config.network_id.clone(),
+            });
+        }
+        let heads = doc.heads();
+        let doc = Arc::new(Mutex::new(DocCell {
+            doc,
+            saved_heads: heads.clone(),
+        }));
+        let snapshot_doc = doc.clone();
+        let writer = Writer::start(
+            store,
+            CompactionPolicy {
+                after_entries: config.compact_after_entries,
+                after_bytes: config.compact_after_bytes,
+            },
+            Arc::new(move || snapshot_doc.lock().unwrap().doc.save()),
+        );
+        let (events, _) = broadcast::channel(1024);
+        let no_wait = config.seeds.is_empty() || !doc.lock().unwrap().doc.machines().is_empty();
+        let shared = Arc::new(Shared {
+            machine_id: machine_id.clone(),
+            network_id: config.network_id.clone(),
+            liveness: Mutex::new(LivenessTracker::new(Duration::from_millis(
+                config.suspect_after_ms,
+            ))),
+            config,
+            doc,
+            writer: Mutex::new(writer),
+            events,
+            heads: watch::channel(heads).0,
+            links,
+            metrics: Metrics::default(),
+            peers: statesync::Peers::default(),
+            conflict_check: Notify::new(),
+            first_sync: watch::channel(no_wait).0,
+            shutdown: watch::channel(false).0,
+        });
+
+        let (sync_addr, sync_task) = statesync::serve(shared.clone()).await?;
+        let gossip = gossip::Gossip::start(shared.clone(), sync_addr).await?;
+        let mut tasks = vec![sync_task];
+        tasks.extend(gossip.spawn_watchers(shared.clone()));
+        tasks.push(tokio::spawn(conflict_loop(shared.clone())));
+        tasks.push(tokio::spawn(statesync::anti_entropy_loop(shared.clone())));
+        let node = Node {
+            shared,
+            gossip: Some(gossip),
+            sync_addr,
+            tasks,
+        };
+        tracing::info!(
+            machine = %machine_id,
+            network = %node.shared.network_id,
+            gossip = %node.shared.config.gossip_addr(),
+            sync = %sync_addr,
+            "stated started"
+        );
+        node.bootstrap().await;
+        Ok(node)
+    }
+
+    /// Writes the mesh CIDR and this machine's own entry if the state lacks them.
+    async fn bootstrap(&self) {
+        let s = &self.shared;
+        if s.doc.lock().unwrap().doc.network().mesh_cidr.is_empty() {
+            if let Err(e) = self
+                .mutate(Mutation::SetMeshCidr(s.config.mesh_cidr.clone()))
+                .await
+            {
+                tracing::error!(error = %e, "could not record the mesh CIDR");
+            }
+        }
+        if !s.config.register_self || self.machine(&s.machine_id).is_some() {
+            return;
+        }
+        let shared = s.clone();
+        tokio::spawn(async move {
+            // A fresh machine first learns which subnets are taken, if anyone answers.
+            let mut first = shared.first_sync.subscribe();
+            let wait = Duration::from_millis(shared.config.initial_sync_wait_ms);
+            let _ = tokio::time::timeout(wait, first.wait_for(|done| *done)).await;
+            if let Err(e) = register_self(&shared).await {
+                tracing::error!(error = %e, "could not register this machine in the state");
+            }
+        });
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn sync_addr(&self) -> SocketAddr {
+        self.sync_addr
+    }
+
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.shared.config.gossip_addr()
+    }
+
+    /// Stops every task, flushes the store and closes sockets.
+    pub async fn shutdown(mut self) {
+        self.stop().await;
+    }
+
+    async fn stop(&mut self) {
+        let _ = self.shared.shutdown.send(true);
+        self.shared.peers.clear();
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        if let Some(g) = self.gossip.take() {
+            g.shutdown().await;
+        }
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.writer.lock().unwrap().finish()).await;
+    }
+}
+
+impl std::ops::Deref for Node {
+    type Target = Arc<Shared>;
+
+    fn deref(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.shared.shutdown.send(true);
+        self.shared.peers.clear();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Shared {
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.heads.borrow().clone()
+    }
+
+    pub fn watch_heads(&self) -> watch::Receiver<Vec<ChangeHash>> {
+        self.heads.subscribe()
+    }
+
+    pub fn state(&self) -> NetworkState {
+        self.doc.lock().unwrap().doc.state()
+    }
+
+    pub fn machine(&self, id: &str) -> Option<Machine> {
+        self.doc.lock().unwrap().doc.machine(id)
+    }
+
+    pub fn part_json(&self, kind: Kind, id: Option<&str>) -> Result<serde_json::Value, DocError> {
+        self.doc.lock().unwrap().doc.part_json(kind, id)
+    }
+
+    pub fn liveness(&self) -> BTreeMap<String, Liveness> {
+        let mut all = self.liveness.lock().unwrap().all();
+        for id in self.doc.lock().unwrap().doc.machines().keys() {
+            all.entry(id.clone()).or_insert(Liveness::Down);
+        }
+        all.insert(self.machine_id.clone(), Liveness::Alive);
+        all
+    }
+
+    /// Validates and applies a local change; returns once it is durable.
+    pub async fn mutate(self: &Arc<Self>, mutation: Mutation) -> Result<(), WriteError> {
+        self.validate(&mutation)?;
+        let (ack, changed) = {
+            let mut cell = self.doc.lock().unwrap();
+            if let Mutation::RemoveContainer(id) = &mutation {
+                if let Some(c) = cell.doc.state().containers.get(id) {
+                    self.check_owner(Kind::Containers, id, &c.machine_id)?;
+                }
+            }
+            let before = cell.doc.heads();
+            if !cell.doc.apply(&mutation)? {
+                return Ok(());
+            }
+            let after = cell.doc.heads();
+            let blob = cell.doc.save_after(&cell.saved_heads);
+            cell.saved_heads = after.clone();
+            let ack = self.writer.lock().unwrap().submit(blob);
+            // Under the lock, so concurrent changes publish their heads in order.
+            self.heads.send_replace(after.clone());
+            (ack, cell.doc.changed_between(&before, &after))
+        };
+        self.after_change(changed, true);
+        match ack.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(WriteError::Storage(e)),
+            Err(_) => Err(WriteError::Storage("the store writer stopped".into())),
+        }
+    }
+
+    fn validate(&self, mutation: &Mutation) -> Result<(), WriteError> {
+        match mutation {
+            Mutation::UpsertMachine(m) => m.validate()?,
+            Mutation::UpsertService(s) => s.validate()?,
+            Mutation::UpsertContainer(c) => {
+                c.validate()?;
+                self.check_owner(Kind::Containers, &c.id, &c.machine_id)?;
+            }
+            Mutation::UpsertRoute(r) => r.validate()?,
+            Mutation::SetMeshCidr(cidr) => {
+                if conflict::subnet_capacity(cidr).is_none() {
+                    return Err(ModelError::Invalid {
+                        what: "mesh CIDR",
+                        value: cidr.clone(),
+                        why: "expected an IPv4 CIDR between /8 and /23",
+                    }
+                    .into());
+                }
+            }
+            Mutation::RemoveMachine(id)
+            | Mutation::RemoveService(id)
+            | Mutation::RemoveContainer(id)
+            | Mutation::RemoveRoute(id) => uncloud_common::model::validate_id("id", id)?,
+        }
+        Ok(())
+    }
+
+    fn check_owner(&self, kind: Kind, id: &str, owner: &str) -> Result<(), WriteError> {
+        if owner != self.machine_id {
+            return Err(WriteError::NotOwner {
+                kind,
+                id: id.to_string(),
+                owner: owner.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a sync message from a peer; changes it brings are persisted and announced.
+    pub(crate) fn receive_sync(
+        self: &Arc<Self>,
+        state: &mut sync::State,
+        bytes: &[u8],
+    ) -> Result<bool, DocError> {
+        let changed = {
+            let mut cell = self.doc.lock().unwrap();
+            let before = cell.doc.heads();
+            cell.doc.receive_sync_message(state, bytes)?;
+            let after = cell.doc.heads();
+            if before == after {
+                return Ok(false);
+            }
+            let blob = cell.doc.save_after(&cell.saved_heads);
+            cell.saved_heads = after.clone();
+            // Durable soon, in order; a peer still has it if we crash before.
+            drop(self.writer.lock().unwrap().submit(blob));
+            self.heads.send_replace(after.clone());
+            cell.doc.changed_between(&before, &after)
+        };
+        self.after_change(changed, false);
+        let _ = self.first_sync.send(true);
+        Ok(true)
+    }
+
+    pub(crate) fn generate_sync(&self, state: &mut sync::State) -> Option<Vec<u8>> {
+        self.doc.lock().unwrap().doc.generate_sync_message(state)
+    }
+
+    pub(crate) fn has_changes(&self, heads: &[ChangeHash]) -> bool {
+        let cell = self.doc.lock().unwrap();
+        heads.iter().all(|h| cell.doc.has_change(h))
+    }
+
+    pub(crate) fn heads_rx(&self) -> watch::Receiver<Vec<ChangeHash>> {
+        self.heads.subscribe()
+    }
+
+    pub(crate) fn mark_first_sync(&self) {
+        let _ = self.first_sync.send(true);
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    fn after_change(&self, changed: BTreeMap<Kind, BTreeSet<String>>, local: bool) {
+        let machines_changed = changed.contains_key(&Kind::Machines);
+        for (kind, ids) in changed {
+            self.emit(Event::Changed {
+                kind,
+                ids: ids.into_iter().collect(),
+            });
+        }
+        if local {
+            self.peers.push_all();
+        }
+        if machines_changed {
+            self.conflict_check.notify_one();
+        }
+    }
+}
+
+/// Registers this machine: lowest free subnet, configured name (or the next free variant).
+async fn register_self(shared: &Arc<Shared>) -> Result<(), WriteError> {
+    let machine = {
+        let cell = shared.doc.lock().unwrap();
+        if cell.doc.machine(&shared.machine_id).is_some() {
+            return Ok(());
+        }
+        let machines = cell.doc.machines();
+        let capacity = conflict::subnet_capacity(&cell.doc.network().mesh_cidr)
+            .or_else(|| conflict::subnet_capacity(&shared.config.mesh_cidr))
+            .unwrap_or(255);
+        let subnet = conflict::lowest_free_subnet(machines.values(), capacity).ok_or(
+            ModelError::Invalid {
+                what: "subnet index",
+                value: capacity.to_string(),
+                why: "every subnet of the mesh is taken",
+            },
+        )?;
+        let stamp = conflict::next_claim_stamp(machines.values(), now_ms());
+        Machine {
+            id: shared.machine_id.clone(),
+            name: conflict::free_name(&shared.config.machine_name(), machines.values()),
+            name_claimed_at_ms: stamp,
+            subnet,
+            subnet_claimed_at_ms: stamp,
+            arch: std::env::consts::ARCH.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        }
+    };
+    tracing::info!(name = %machine.name, subnet = machine.subnet, "registering this machine");
+    shared.mutate(Mutation::UpsertMachine(machine)).await
+}
+
+/// After every merge that touched machines: if this machine lost a name or subnet conflict,
+/// it takes new values (only the loser writes, so machines never fight over an entry).
+async fn conflict_loop(shared: Arc<Shared>) {
+    loop {
+        shared.conflict_check.notified().await;
+        let fix = {
+            let cell = shared.doc.lock().unwrap();
+            let machines = cell.doc.machines();
+            let capacity = conflict::subnet_capacity(&cell.doc.network().mesh_cidr).unwrap_or(255);
+            conflict::plan_fix(&shared.machine_id, &machines, capacity, now_ms())
+        };
+        match fix {
+            Ok(None) => {}
+            Ok(Some(fixed)) => {
+                tracing::warn!(
+                    name = %fixed.name,
+                    subnet = fixed.subnet,
+                    "this machine lost a name or subnet conflict after a merge; taking new values"
+                );
+                if let Err(e) = shared.mutate(Mutation::UpsertMachine(fixed)).await {
+                    tracing::error!(error = %e, "could not write the resolved machine entry");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot resolve a subnet conflict"),
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! State sync between machines: automerge's sync protocol over tarpc (TCP).
+//!
+//! Each peer gets one worker task that runs sync *sessions* with it, one at a time. A session
+//! is a loop of [`StateSync::sync`] calls: send our sync message, apply the reply, until
+//! neither side has anything to send, after which both documents hold the same changes.
+//! Workers are woken by: a local write (push to every live peer), gossip showing the peer has
+//! heads we lack (pull), and a slow periodic timer (anti-entropy safety net). Wake-ups while a
+//! session runs coalesce into one more session.
+//!
+//! The server keeps one `sync::State` per calling machine so later sessions exchange only what
+//! changed since the last one; a new session id resets its in-flight bookkeeping.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use automerge::sync;
+use futures::StreamExt;
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_serde::formats::Bincode;
+use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tarpc::{client, context};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use uncloud_common::rpc::{
+    StateSync, StateSyncClient, SyncError, SyncReply, SyncRequest, MAX_FRAME_BYTES,
+};
+
+use crate::document::reset_sync_state;
+use crate::node::{Shared, StartError};
+
+/// Most rounds one session may take; a healthy session needs 2–4.
+const MAX_ROUNDS: usize = 64;
+/// Server-side conversations kept at most (one per calling machine).
+const MAX_SERVER_SESSIONS: usize = 4096;
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec()
+}
+
+/// Binds the sync listener and serves it in a task.
+pub(crate) async fn serve(shared: Arc<Shared>) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+    let addr = shared.config.sync_addr();
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::SyncListen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::SyncListen { addr, source })?;
+    let server = SyncServer {
+        shared,
+        sessions: Arc::default(),
+    };
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sync accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let stream = Counting::new(stream, server.shared.clone());
+            let transport =
+                tarpc::serde_transport::new(Framed::new(stream, codec()), Bincode::default());
+            let server = server.clone();
+            tokio::spawn(async move {
+                BaseChannel::with_defaults(transport)
+                    .execute(server.serve())
+                    .for_each(|response| async {
+                        tokio::spawn(response);
+                    })
+                    .await;
+                tracing::trace!(%peer, "sync connection closed");
+            });
+        }
+    });
+    Ok((local, task))
+}
+
+struct ServerSession {
+    session: u64,
+    state: sync::State,
+    used: Instant,
+}
+
+#[derive(Clone)]
+struct SyncServer {
+    shared: Arc<Shared>,
+    sessions: Arc<Mutex<HashMap<String, ServerSession>>>,
+}
+
+impl SyncServer {
+    fn handle(&self, req: SyncRequest) -> Result<SyncReply, SyncError> {
+        let shared = &self.shared;
+        if req.network_id != shared.network_id {
+            tracing::warn!(
+                from = %req.from.chars().take(64).collect::<String>(),
+                theirs = %req.network_id.chars().take(64).collect::<String>(),
+                "refusing sync from a machine of another network"
+            );
+            return Err(SyncError::WrongNetwork {
+                ours: shared.network_id.clone(),
+                theirs: req.network_id,
+            });
+        }
+        if uncloud_common::model::validate_id("caller", &req.from).is_err() {
+            tracing::warn!("refusing sync from a caller with an invalid machine id");
+            return Err(SyncError::InvalidCaller(
+                req.from.chars().take(64).collect(),
+            ));
+        }
+        let me = &shared.machine_id;
+        if !shared.links.allows(&req.from, me) || !shared.links.allows(me, &req.from) {
+            return Err(SyncError::Unavailable);
+        }
+        let mut sessions = self.sessions.lock().unwrap();
+        if !sessions.contains_key(&req.from) && sessions.len() >= MAX_SERVER_SESSIONS {
+            // Forget the conversation unused the longest; it only costs a bigger first message.
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.used)
+                .map(|(k, _)| k.clone())
+            {
+                sessions.remove(&oldest);
+            }
+        }
+        let entry = sessions
+            .entry(req.from.clone())
+            .or_insert_with(|| ServerSession {
+                session: req.session,
+                state: sync::State::new(),
+                used: Instant::now(),
+            });
+        entry.used = Instant::now();
+        if entry.session != req.session {
+            entry.session = req.session;
+            entry.state = reset_sync_state(&entry.state);
+        }
+        if let Some(bytes) = &req.message {
+            if let Err(e) = shared.receive_sync(&mut entry.state, bytes) {
+                tracing::warn!(from = %req.from, error = %e, "refusing a malformed sync message");
+                entry.state = sync::State::new();
+                return Err(SyncError::Malformed(e.to_string()));
+            }
+        }
+        Ok(SyncReply {
+            message: shared.generate_sync(&mut entry.state),
+        })
+    }
+}
+
+impl StateSync for SyncServer {
+    async fn sync(self, _: context::Context, request: SyncRequest) -> Result<SyncReply, SyncError> {
+        self.handle(request)
+    }
+}
+
+/// The sync workers, one per live peer.
+#[derive(Default)]
+pub(crate) struct Peers {
+    workers: Mutex<HashMap<String, PeerWorker>>,
+}
+
+struct PeerWorker {
+    addr: SocketAddr,
+    wake: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Peers {
+    /// Makes the worker set match `live` (machine id -> sync address).
+    pub(crate) fn update(&self, shared: &Arc<Shared>, live: &HashMap<String, SocketAddr>) {
+        let mut workers = self.workers.lock().unwrap();
+        workers.retain(|id, w| {
+            let keep = live.get(id) == Some(&w.addr);
+            if !keep {
+                w.task.abort();
+            }
+            keep
+        });
+        for (id, addr) in live {
+            if workers.contains_key(id) {
+                continue;
+            }
+            let wake = Arc::new(Notify::new());
+            let task = tokio::spawn(peer_worker(shared.clone(), id.clone(), *addr, wake.clone()));
+            // A new peer is synced at once: it may have missed everything.
+            wake.notify_one();
+            workers.insert(
+                id.clone(),
+                PeerWorker {
+                    addr: *addr,
+                    wake,
+                    task,
+                },
+            );
+        }
+    }
+
+    pub(crate) fn wake(&self, id: &str) {
+        if let Some(w) = self.workers.lock().unwrap().get(id) {
+            w.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn push_all(&self) {
+        for w in self.workers.lock().unwrap().values() {
+            w.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        for (_, w) in self.workers.lock().unwrap().drain() {
+            w.task.abort();
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("link to the peer is down")]
+    Unreachable,
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("rpc: {0}")]
+    Rpc(#[from] tarpc::client::RpcError),
+    #[error("peer refused: {0}")]
+    Refused(#[from] SyncError),
+    #[error("peer sent a bad message: {0}")]
+    BadReply(#[from] crate::document::DocError),
+}
+
+async fn peer_worker(shared: Arc<Shared>, peer: String, addr: SocketAddr, wake: Arc<Notify>) {
+    let mut client: Option<StateSyncClient> = None;
+    let mut state = sync::State::new();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        wake.notified().await;
+        match session(&shared, &peer, addr, &mut client, &mut state).await {
+            Ok(settled) => {
+                backoff = Duration::from_millis(50);
+                if !settled {
+                    wake.notify_one();
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%peer, %addr, error = %e, "sync session failed");
+                client = None;
+                state = reset_sync_state(&state);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                // Try again later rather than dropping the wish to sync.
+                wake.notify_one();
+            }
+        }
+    }
+}
+
+async fn connect(shared: &Arc<Shared>, addr: SocketAddr) -> Result<StateSyncClient, SessionError> {
+    let timeout = Duration::from_millis(shared.config.sync_timeout_ms);
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| SessionError::Connect(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(SessionError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let stream = Counting::new(stream, shared.clone());
+    let transport = tarpc::serde_transport::new(Framed::new(stream, codec()), Bincode::default());
+    Ok(StateSyncClient::new(client::Config::default(), transport).spawn())
+}
+
+async fn session(
+    shared: &Arc<Shared>,
+    peer: &str,
+    addr: SocketAddr,
+    client: &mut Option<StateSyncClient>,
+    state: &mut sync::State,
+) -> Result<bool, SessionError> {
+    let me = shared.machine_id.as_str();
+    if !shared.links.allows(me, peer) {
+        return Err(SessionError::Unreachable);
+    }
+    let c = match client {
+        Some(c) => c,
+        None => client.insert(connect(shared, addr).await?),
+    };
+    *state = reset_sync_state(state);
+    let id = rand::random::<u64>();
+    shared.metrics.sync_sessions.fetch_add(1, Ordering::Relaxed);
+    let timeout = Duration::from_millis(shared.config.sync_timeout_ms);
+    for round in 0..MAX_ROUNDS {
+        let out = shared.generate_sync(state);
+        let sent_nothing = out.is_none();
+        if !shared.links.allows(me, peer) {
+            return Err(SessionError::Unreachable);
+        }
+        let mut ctx = context::current();
+        ctx.deadline = Instant::now() + timeout;
+        let reply = c
+            .sync(
+                ctx,
+                SyncRequest {
+                    network_id: shared.network_id.clone(),
+                    from: me.to_string(),
+                    session: id,
+                    message: out,
+                },
+            )
+            .await??;
+        if !shared.links.allows(peer, me) {
+            return Err(SessionError::Unreachable);
+        }
+        tracing::trace!(%peer, round, sent = !sent_nothing, got = reply.message.is_some(), "sync round");
+        match reply.message {
+            Some(bytes) => {
+                shared.receive_sync(state, &bytes)?;
+            }
+            None if sent_nothing => {
+                tracing::debug!(%peer, rounds = round + 1, "sync session done");
+                shared.mark_first_sync();
+                return Ok(true);
+            }
+            None => {}
+        }
+    }
+    // Writes keep arriving faster than the session settles: end here and go again, so one
+    // busy peer cannot hold the worker in a single endless session.
+    tracing::debug!(%peer, "sync session cut after {MAX_ROUNDS} rounds; another follows");
+    Ok(false)
+}
+
+/// Syncs with every live peer now and then, whatever gossip says.
+pub(crate) async fn anti_entropy_loop(shared: Arc<Shared>) {
+    let period = Duration::from_millis(shared.config.anti_entropy_interval_ms.max(100));
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        shared.peers.push_all();
+    }
+}
+
+/// A TCP stream that counts the bytes it carries into the node's metrics.
+struct Counting {
+    inner: TcpStream,
+    shared: Arc<Shared>,
+}
+
+impl Counting {
+    fn new(inner: TcpStream, shared: Arc<Shared>) -> Self {
+        Counting { inner, shared }
+    }
+
+    fn count(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Counting {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        Self::count(
+            &self.shared.metrics.sync_bytes_received,
+            buf.filled().len() - before,
+        );
+        res
+    }
+}
+
+impl AsyncWrite for Counting {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &res {
+            Self::count(&self.shared.metrics.sync_bytes_sent, *n);
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

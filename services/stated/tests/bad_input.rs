@@ -1,0 +1,165 @@
+//! Hostile or broken input over the network and the API: a clear log line, no panic, no state
+//! change, and the node keeps working.
+
+mod support;
+
+use std::time::Duration;
+
+use stated::document::Mutation;
+use support::{wait_for, write_service, Cluster};
+use tarpc::tokio_serde::formats::Bincode;
+use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tarpc::{client, context};
+use tokio::io::AsyncWriteExt;
+use uncloud_common::model::{Machine, ModelError, MAX_FIELD_BYTES};
+use uncloud_common::rpc::{StateSyncClient, SyncError, SyncRequest};
+
+async fn raw_client(addr: std::net::SocketAddr) -> StateSyncClient {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let transport = tarpc::serde_transport::new(
+        Framed::new(stream, LengthDelimitedCodec::new()),
+        Bincode::default(),
+    );
+    StateSyncClient::new(client::Config::default(), transport).spawn()
+}
+
+fn request(network: &str, from: &str, message: Option<Vec<u8>>) -> SyncRequest {
+    SyncRequest {
+        network_id: network.into(),
+        from: from.into(),
+        session: 7,
+        message,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_sync_and_wrong_network_are_refused() {
+    let cluster = Cluster::start(2).await;
+    cluster
+        .all_converged(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let node = cluster.node(0);
+    let heads = node.heads();
+    let client = raw_client(node.sync_addr()).await;
+
+    for garbage in [
+        vec![],
+        vec![0x42],
+        b"not an automerge message".to_vec(),
+        vec![0x43; 5000],
+    ] {
+        let r = client
+            .sync(
+                context::current(),
+                request("test-net", "intruder", Some(garbage)),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(r, Err(SyncError::Malformed(_))), "{r:?}");
+    }
+    let r = client
+        .sync(context::current(), request("other-net", "intruder", None))
+        .await
+        .unwrap();
+    assert!(matches!(r, Err(SyncError::WrongNetwork { .. })), "{r:?}");
+    let r = client
+        .sync(context::current(), request("test-net", "bad/id\n", None))
+        .await
+        .unwrap();
+    assert!(matches!(r, Err(SyncError::InvalidCaller(_))), "{r:?}");
+    assert_eq!(node.heads(), heads, "refused input changed the state");
+
+    // Raw garbage on the TCP port and the UDP gossip port.
+    let mut s = tokio::net::TcpStream::connect(node.sync_addr())
+        .await
+        .unwrap();
+    s.write_all(&[0xff; 64]).await.unwrap();
+    s.write_all(&u32::MAX.to_be_bytes()).await.unwrap(); // an absurd frame length
+    drop(s);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for len in [0usize, 1, 7, 512, 1400] {
+        let junk: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        udp.send_to(&junk, node.gossip_addr()).unwrap();
+    }
+
+    // The node still syncs normally.
+    write_service(cluster.node(1), "after-garbage", "img").await;
+    cluster
+        .all_converged(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(node.state().services.contains_key("after-garbage"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_invalid_values_change_nothing() {
+    let cluster = Cluster::start(1).await;
+    let node = cluster.node(0);
+    wait_for("self registration", Duration::from_secs(10), || {
+        node.machine(&node.machine_id).is_some()
+    })
+    .await;
+    let heads = node.heads();
+    let mut m = node.machine(&node.machine_id).unwrap();
+    m.labels
+        .insert("blob".into(), "x".repeat(MAX_FIELD_BYTES + 1));
+    let err = node.mutate(Mutation::UpsertMachine(m)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            stated::WriteError::Invalid(ModelError::TooLarge { .. })
+        ),
+        "{err}"
+    );
+    let err = node
+        .mutate(Mutation::UpsertMachine(Machine {
+            id: "x".into(),
+            name: "ok".into(),
+            subnet: 0,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("subnet"), "{err}");
+    let err = node
+        .mutate(Mutation::SetMeshCidr("192.168.0.0/30".into()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("CIDR"), "{err}");
+    assert_eq!(node.heads(), heads);
+}
+
+/// A machine configured with another network id, seeded with our machines, never enters
+/// their view and never exchanges state with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_of_another_network_stays_out() {
+    let cluster = Cluster::start(2).await;
+    cluster
+        .all_converged(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = stated::Node::start(support::test_config(
+        dir.path(),
+        "other-net",
+        vec![cluster.node(0).gossip_addr().to_string()],
+    ))
+    .await
+    .unwrap();
+    write_service(&stranger, "foreign", "img").await;
+    write_service(cluster.node(0), "native", "img").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (_, node) in cluster.running() {
+        assert!(!node.liveness().contains_key(&stranger.machine_id));
+        assert!(!node.state().services.contains_key("foreign"));
+    }
+    assert!(!stranger.state().services.contains_key("native"));
+    assert_eq!(
+        stranger.liveness().len(),
+        1,
+        "the stranger sees only itself"
+    );
+
+    stranger.shutdown().await;
+}

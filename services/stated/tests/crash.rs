@@ -1,0 +1,177 @@
+//! kill -9 of a real `stated` process during a write loop: every acknowledged write is there
+//! after the restart, and the restarted machine converges with its peer.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use support::bus::PrivateBus;
+use uncloud_common::dbus::StateProxy;
+
+struct Machine {
+    bus: PrivateBus,
+    config: std::path::PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+fn write_config(dir: &Path, bus: &str, gossip: u16, seed: u16, name: &str) -> std::path::PathBuf {
+    let path = dir.join("stated.toml");
+    let toml = format!(
+        r#"network_id = "crash-net"
+machine_name = "{name}"
+data_dir = "{data}"
+gossip_port = {gossip}
+sync_port = 0
+seeds = ["127.0.0.1:{seed}"]
+gossip_interval_ms = 150
+suspect_after_ms = 600
+sync_timeout_ms = 2000
+initial_sync_wait_ms = 500
+compact_after_entries = 40
+bus = "{bus}"
+"#,
+        data = dir.join("data").display()
+    );
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+impl Machine {
+    fn new(name: &str, gossip: u16, seed: u16) -> Machine {
+        let bus = PrivateBus::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &bus.address, gossip, seed, name);
+        Machine {
+            bus,
+            config,
+            child: None,
+            _dir: dir,
+        }
+    }
+
+    fn start(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_stated"))
+            .arg("--config")
+            .arg(&self.config)
+            .env(
+                "RUST_LOG",
+                std::env::var("STATED_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    async fn proxy(&self) -> StateProxy<'static> {
+        let start = Instant::now();
+        loop {
+            let conn = self.bus.connect().await;
+            if let Ok(p) = StateProxy::new(&conn).await {
+                if p.machine_id().await.is_ok() {
+                    return p;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "stated did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn service_json(id: &str) -> String {
+    format!(r#"{{"id":"{id}","name":"{id}","spec":{{"image":"busybox:{id}"}}}}"#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_writes_loses_no_acknowledged_write() {
+    let (ga, gb) = (support::free_udp_port(), support::free_udp_port());
+    let mut a = Machine::new("victim", ga, gb);
+    let mut b = Machine::new("witness", gb, ga);
+    a.start();
+    b.start();
+    let pb = b.proxy().await;
+    let mut acked: Vec<String> = Vec::new();
+    let mut rng = rand::rng();
+    for round in 0..3 {
+        let pa = a.proxy().await;
+        // Write as fast as acknowledgements come back; kill at a random moment.
+        let kill_after = Duration::from_millis(rng.random_range(300..1500));
+        let start = Instant::now();
+        let mut k = 0;
+        let mut in_flight = None;
+        while start.elapsed() < kill_after {
+            let id = format!("r{round}-w{k}");
+            pa.upsert_service(&service_json(&id)).await.unwrap();
+            acked.push(id);
+            k += 1;
+            if start.elapsed() >= kill_after / 2 && in_flight.is_none() {
+                // Keep one write in flight while the process dies.
+                let pa2 = pa.clone();
+                in_flight = Some(tokio::spawn(async move {
+                    pa2.upsert_service(&service_json("in-flight")).await
+                }));
+            }
+        }
+        a.kill9();
+        if let Some(h) = in_flight {
+            let _ = h.await;
+        }
+        eprintln!("round {round}: {k} writes acknowledged before kill -9");
+        assert!(k > 0);
+
+        a.start();
+        let pa = a.proxy().await;
+        let state: serde_json::Value =
+            serde_json::from_str(&pa.get_state().await.unwrap()).unwrap();
+        let services = state["services"].as_object().unwrap();
+        let lost: Vec<&String> = acked
+            .iter()
+            .filter(|id| !services.contains_key(*id))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "acknowledged writes lost after kill -9: {lost:?}"
+        );
+
+        // The restarted machine and its peer converge.
+        let start = Instant::now();
+        loop {
+            let (ha, hb) = (pa.heads().await.unwrap(), pb.heads().await.unwrap());
+            if ha == hb {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no convergence after restart: {ha:?} vs {hb:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let state_b: serde_json::Value =
+            serde_json::from_str(&pb.get_state().await.unwrap()).unwrap();
+        for id in &acked {
+            assert!(state_b["services"].get(id).is_some(), "peer lacks {id}");
+        }
+    }
+}
