@@ -34,5 +34,6 @@ pub mod liveness;
 pub mod node;
 pub mod persist;
 pub mod sync;
+pub mod testkit;
 
 pub use node::{Event, Node, Shared, StartError, WriteError};

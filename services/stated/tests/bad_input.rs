@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use stated::document::Mutation;
-use support::{wait_for, write_service, Cluster};
+use support::{wait_for, write_service};
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tarpc::{client, context};
@@ -34,7 +34,7 @@ fn request(network: &str, from: &str, message: Option<Vec<u8>>) -> SyncRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_sync_and_wrong_network_are_refused() {
-    let cluster = Cluster::start(2).await;
+    let cluster = support::cluster(2).await;
     cluster
         .all_converged(Duration::from_secs(10))
         .await
@@ -94,7 +94,7 @@ async fn malformed_sync_and_wrong_network_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_invalid_values_change_nothing() {
-    let cluster = Cluster::start(1).await;
+    let cluster = support::cluster(1).await;
     let node = cluster.node(0);
     wait_for("self registration", Duration::from_secs(10), || {
         node.machine(&node.machine_id).is_some()
@@ -134,7 +134,7 @@ async fn oversized_and_invalid_values_change_nothing() {
 /// their view and never exchanges state with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_machine_of_another_network_stays_out() {
-    let cluster = Cluster::start(2).await;
+    let cluster = support::cluster(2).await;
     cluster
         .all_converged(Duration::from_secs(10))
         .await

@@ -69,7 +69,7 @@ async fn partition_scenario(
     writes_per_side: usize,
     seed: u64,
 ) {
-    let cluster = Cluster::start(n).await;
+    let cluster = support::cluster(n).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let all: Vec<usize> = (0..n).collect();
     wait_all_alive(&cluster, Duration::from_secs(20)).await;
@@ -144,7 +144,7 @@ async fn twenty_nodes_split_in_halves_then_healed() {
 /// same name); after the heal every node computes the same winner and the loser renumbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_joins_in_a_partition_end_unique() {
-    let cluster = Cluster::start(4).await;
+    let cluster = support::cluster(4).await;
     wait_all_alive(&cluster, Duration::from_secs(20)).await;
     cluster
         .all_converged(Duration::from_secs(10))
@@ -239,7 +239,7 @@ async fn concurrent_joins_in_a_partition_end_unique() {
 /// receiver once gossip shows it the writer's heads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_push_is_pulled_by_anti_entropy() {
-    let cluster = Cluster::start(3).await;
+    let cluster = support::cluster(3).await;
     wait_all_alive(&cluster, Duration::from_secs(20)).await;
     cluster
         .all_converged(Duration::from_secs(10))
