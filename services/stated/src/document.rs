@@ -333,6 +333,8 @@ pub fn heads_from_hex<'a>(hex: impl IntoIterator<Item = &'a str>) -> Option<Vec<
 mod tests {
     use super::*;
 
+    use uncloud_common::model::Service;
+
     fn machine(id: &str, name: &str, subnet: u32) -> Machine {
         Machine {
             id: id.into(),
@@ -454,6 +456,42 @@ mod tests {
             assert!(d.receive_sync_message(&mut st, bad).is_err());
         }
         assert_eq!(d.heads(), heads);
+    }
+
+    proptest::proptest! {
+        /// Sync messages arrive from the network: damaged ones (bit flips, truncation,
+        /// splices of a real message) never panic, and a refused one changes nothing.
+        #[test]
+        fn damaged_sync_messages_never_panic(
+            flips in proptest::collection::vec((0usize..4096, 0u8..8), 0..6),
+            cut in 0usize..4096,
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let mut a = StateDoc::new(genesis("n"));
+            a.apply(&Mutation::UpsertMachine(machine("ma", "a", 1))).unwrap();
+            a.apply(&Mutation::UpsertService(Service {
+                id: "s".into(),
+                name: "s".into(),
+                spec: uncloud_common::model::ServiceSpec { image: "x".into(), ..Default::default() },
+                ..Default::default()
+            })).unwrap();
+            // A real message carrying changes: b asks, a answers.
+            let mut b = StateDoc::new(genesis("n"));
+            let (mut sa, mut sb) = (sync::State::new(), sync::State::new());
+            let ask = b.generate_sync_message(&mut sb).unwrap();
+            a.receive_sync_message(&mut sa, &ask).unwrap();
+            let mut msg = a.generate_sync_message(&mut sa).unwrap();
+            for (pos, bit) in flips {
+                let len = msg.len();
+                msg[pos % len] ^= 1 << bit;
+            }
+            msg.truncate(cut.max(1));
+            msg.extend(junk);
+            let heads = b.heads();
+            if b.receive_sync_message(&mut sb, &msg).is_err() {
+                proptest::prop_assert_eq!(b.heads(), heads);
+            }
+        }
     }
 
     #[test]
