@@ -63,7 +63,7 @@ impl Gossip {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V1,
         };
-        let heads = heads_to_hex(&shared.heads_rx().borrow()).join(",");
+        let heads = heads_to_hex(&shared.watch_heads().borrow()).join(",");
         let transport = FilteredTransport {
             me: shared.machine_id.clone(),
             links: shared.links.clone(),
@@ -87,7 +87,7 @@ impl Gossip {
         let chitchat = self.handle.chitchat();
         let publish = {
             let chitchat = chitchat.clone();
-            let mut heads = shared.heads_rx();
+            let mut heads = shared.watch_heads();
             tokio::spawn(async move {
                 while heads.changed().await.is_ok() {
                     let hex = heads_to_hex(&heads.borrow_and_update()).join(",");

@@ -437,10 +437,6 @@ impl Shared {
         heads.iter().all(|h| cell.doc.has_change(h))
     }
 
-    pub(crate) fn heads_rx(&self) -> watch::Receiver<Vec<ChangeHash>> {
-        self.heads.subscribe()
-    }
-
     pub(crate) fn mark_first_sync(&self) {
         let _ = self.first_sync.send(true);
     }

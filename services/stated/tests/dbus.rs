@@ -144,3 +144,118 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
     proxy.remove_container("c2").await.unwrap();
     node.shutdown().await;
 }
+
+/// The shipped bus policy, on a bus with the system bus's default policy: root may own
+/// `org.uncloud.State1`, an unprivileged user may not.
+#[test]
+fn shipped_bus_policy_lets_only_root_own_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("bus");
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/dist/org.uncloud.State1.conf");
+    let config = dir.path().join("bus.conf");
+    // The defaults of Debian's /usr/share/dbus-1/system.conf, then our file.
+    std::fs::write(
+        &config,
+        format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>custom</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>"#,
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = std::process::Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", config.display()))
+        .args(["--nofork", "--nopidfile"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dbus-daemon is required (apt-get install dbus)");
+    let start = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "dbus-daemon refused the policy file"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "dbus-daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Let an unprivileged user reach the socket.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let request_name = |as_nobody: bool| {
+        let mut cmd = if as_nobody {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"]);
+            c
+        } else {
+            std::process::Command::new("busctl")
+        };
+        cmd.arg(format!("--address=unix:path={}", socket.display()))
+            .args([
+                "call",
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus",
+                "RequestName",
+                "su",
+                "org.uncloud.State1",
+                "4", // DBUS_NAME_FLAG_DO_NOT_QUEUE
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(
+        running_as_root(),
+        "this test checks root vs nobody and must run as root"
+    );
+    let nobody = request_name(true);
+    let root = request_name(false);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        !nobody.status.success(),
+        "nobody could own org.uncloud.State1"
+    );
+    assert!(
+        String::from_utf8_lossy(&nobody.stderr).contains("ccess"),
+        "expected an access error: {}",
+        String::from_utf8_lossy(&nobody.stderr)
+    );
+    assert!(
+        root.status.success() && String::from_utf8_lossy(&root.stdout).contains("u 1"),
+        "root could not own the name: {}",
+        String::from_utf8_lossy(&root.stderr)
+    );
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
+}
