@@ -163,3 +163,44 @@ async fn a_machine_of_another_network_stays_out() {
 
     stranger.shutdown().await;
 }
+
+/// A store file damaged while the machine was off: stated starts anyway, says which file, keeps
+/// the damaged copy, recovers what is readable, and gets the rest back from its peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_salvaged_and_refilled_from_peers() {
+    let mut cluster = support::cluster(2).await;
+    cluster
+        .all_converged(Duration::from_secs(10))
+        .await
+        .unwrap();
+    for k in 0..30 {
+        write_service(cluster.node(0), &format!("s{k}"), "img").await;
+    }
+    cluster
+        .all_converged(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let node = cluster.nodes[0].take().unwrap();
+    node.shutdown().await;
+
+    // Cut the file in half.
+    let path = cluster.configs[0].store_path();
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+
+    let node = cluster.start_node(0).await;
+    let dir = path.parent().unwrap();
+    let kept: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("damaged"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the damaged file is kept aside");
+    cluster.nodes[0] = Some(node);
+    cluster
+        .all_converged(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let services = cluster.node(0).state().services;
+    assert!((0..30).all(|k| services.contains_key(&format!("s{k}"))));
+}

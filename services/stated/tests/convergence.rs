@@ -10,7 +10,8 @@ use rand::{Rng, SeedableRng};
 use support::{wait_for, write_service, Cluster};
 use uncloud_common::liveness::Liveness;
 
-/// Writes `count` services spread over the given nodes at random; returns their ids.
+/// Writes `count` services from random nodes among `nodes`, all nodes writing concurrently
+/// (each node's own writes in order); returns their ids.
 async fn random_writes(
     cluster: &Cluster,
     nodes: &[usize],
@@ -18,14 +19,18 @@ async fn random_writes(
     tag: &str,
     rng: &mut rand::rngs::StdRng,
 ) -> Vec<String> {
-    let mut ids = Vec::new();
+    let mut per_node: std::collections::BTreeMap<usize, Vec<String>> = Default::default();
     for k in 0..count {
         let i = nodes[rng.random_range(0..nodes.len())];
-        let id = format!("{tag}{k}");
-        write_service(cluster.node(i), &id, &format!("img:{}", cluster.ids[i])).await;
-        ids.push(id);
+        per_node.entry(i).or_default().push(format!("{tag}{k}"));
     }
-    ids
+    let writers = per_node.iter().map(|(&i, ids)| async move {
+        for id in ids {
+            write_service(cluster.node(i), id, &format!("img:{}", cluster.ids[i])).await;
+        }
+    });
+    futures::future::join_all(writers).await;
+    per_node.into_values().flatten().collect()
 }
 
 fn assert_all_have(cluster: &Cluster, ids: &[String]) {
@@ -39,7 +44,7 @@ fn assert_all_have(cluster: &Cluster, ids: &[String]) {
     }
 }
 
-async fn wait_all_alive(cluster: &Cluster, deadline: Duration) {
+async fn wait_all_reachable(cluster: &Cluster, deadline: Duration) {
     let n = cluster.nodes.len();
     let start = std::time::Instant::now();
     loop {
@@ -57,7 +62,7 @@ async fn wait_all_alive(cluster: &Cluster, deadline: Duration) {
         }
         assert!(
             start.elapsed() < deadline,
-            "not every node sees all {n} alive; alive counts per node: {views:?}"
+            "not every node sees all {n} reachable; counts per node: {views:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -72,7 +77,7 @@ async fn partition_scenario(
     let cluster = support::cluster(n).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let all: Vec<usize> = (0..n).collect();
-    wait_all_alive(&cluster, Duration::from_secs(20)).await;
+    wait_all_reachable(&cluster, Duration::from_secs(30)).await;
 
     // Connected: writes propagate.
     let mut written = random_writes(&cluster, &all, 10, "before-", &mut rng).await;
@@ -145,7 +150,7 @@ async fn twenty_nodes_split_in_halves_then_healed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_joins_in_a_partition_end_unique() {
     let cluster = support::cluster(4).await;
-    wait_all_alive(&cluster, Duration::from_secs(20)).await;
+    wait_all_reachable(&cluster, Duration::from_secs(30)).await;
     cluster
         .all_converged(Duration::from_secs(10))
         .await
@@ -240,7 +245,7 @@ async fn concurrent_joins_in_a_partition_end_unique() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_push_is_pulled_by_anti_entropy() {
     let cluster = support::cluster(3).await;
-    wait_all_alive(&cluster, Duration::from_secs(20)).await;
+    wait_all_reachable(&cluster, Duration::from_secs(30)).await;
     cluster
         .all_converged(Duration::from_secs(10))
         .await
