@@ -11,15 +11,17 @@ pub const DATA_DIR: &str = "/var/lib/uncloud";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // The cause is part of the message (not a `source`), so printing the error chain does not
+    // repeat it.
+    #[error("cannot read config file {path}: {reason}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    #[error("config file {path} is not valid: {source}")]
+    #[error("config file {path} is not valid: {reason}")]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        reason: Box<toml::de::Error>,
     },
 }
 
@@ -27,14 +29,14 @@ pub enum ConfigError {
 /// runs without any config; any other read error or a malformed file is an error naming it.
 pub fn load<T: DeserializeOwned + Default>(path: &Path) -> Result<T, ConfigError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        Ok(text) => toml::from_str(&text).map_err(|reason| ConfigError::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            reason: Box::new(reason),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-        Err(source) => Err(ConfigError::Read {
+        Err(reason) => Err(ConfigError::Read {
             path: path.to_owned(),
-            source,
+            reason,
         }),
     }
 }

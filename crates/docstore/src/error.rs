@@ -11,11 +11,11 @@ use std::{io, path::PathBuf};
 pub enum StoreError {
     /// An OS-level I/O operation outside redb failed (creating the directory, copying a damaged
     /// file aside, renaming the rebuilt file into place, ...).
-    #[error("{}: failed to {op}: {source}", path.display())]
+    #[error("{}: failed to {op}: {cause}", path.display())]
     Io {
         path: PathBuf,
         op: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
 
     /// Another process (or another `Store` in this process) has the file open. Never treated
@@ -24,12 +24,12 @@ pub enum StoreError {
     Locked { path: PathBuf },
 
     /// redb failed for a reason that is not damage to the file (I/O error, out of space, ...).
-    #[error("{}: redb failed to {op}: {source}", path.display())]
+    #[error("{}: redb failed to {op}: {cause}", path.display())]
     Redb {
         path: PathBuf,
         op: &'static str,
         // Boxed: redb::Error is large and this enum travels in every Result.
-        source: Box<redb::Error>,
+        cause: Box<redb::Error>,
     },
 
     /// The file was written by a newer docstore format. Refused rather than "repaired", so a
@@ -57,7 +57,7 @@ pub enum StoreError {
 impl StoreError {
     pub(crate) fn io(path: &std::path::Path, op: &'static str) -> impl FnOnce(io::Error) -> Self {
         let path = path.to_path_buf();
-        move |source| StoreError::Io { path, op, source }
+        move |cause| StoreError::Io { path, op, cause }
     }
 
     pub(crate) fn redb<E: Into<redb::Error>>(
@@ -70,7 +70,7 @@ impl StoreError {
             source => StoreError::Redb {
                 path,
                 op,
-                source: Box::new(source),
+                cause: Box::new(source),
             },
         }
     }

@@ -44,7 +44,7 @@ fn create_copy_file(path: &Path) -> Result<(PathBuf, File), StoreError> {
     Err(StoreError::Io {
         path: path.to_path_buf(),
         op: "find a free name for a copy of the damaged file",
-        source: io::Error::from(io::ErrorKind::AlreadyExists),
+        cause: io::Error::from(io::ErrorKind::AlreadyExists),
     })
 }
 

@@ -164,10 +164,10 @@ impl State1 {
 
 /// Why the D-Bus service could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot serve {STATE_NAME} on the {bus} bus: {source}")]
+#[error("cannot serve {STATE_NAME} on the {bus} bus: {reason}")]
 pub struct DbusError {
     bus: String,
-    source: zbus::Error,
+    reason: zbus::Error,
 }
 
 /// Connects to the configured bus, claims `org.uncloud.State1` and forwards node events as
@@ -176,9 +176,9 @@ pub async fn serve(
     shared: Arc<Shared>,
     bus: &str,
 ) -> Result<Option<(Connection, JoinHandle<()>)>, DbusError> {
-    let err = |source| DbusError {
+    let err = |reason| DbusError {
         bus: bus.to_string(),
-        source,
+        reason,
     };
     let builder = match bus {
         "none" => return Ok(None),

@@ -78,7 +78,7 @@ impl Gossip {
             &transport,
         )
         .await
-        .map_err(|source| StartError::Gossip { addr, source })?;
+        .map_err(|reason| StartError::Gossip { addr, reason })?;
         Ok(Gossip { handle })
     }
 

@@ -8,30 +8,30 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("cannot create data directory {path}: {source}")]
+    #[error("cannot create data directory {path}: {reason}")]
     CreateDir {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    #[error("cannot read machine id {path}: {source}")]
+    #[error("cannot read machine id {path}: {reason}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("machine id file {path} holds {content:?}, not a machine id")]
     Invalid { path: PathBuf, content: String },
-    #[error("cannot write machine id {path}: {source}")]
+    #[error("cannot write machine id {path}: {reason}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 }
 
 /// Reads the machine id, creating a random one on first start.
 pub fn load_or_create(data_dir: &Path) -> Result<String, IdentityError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| IdentityError::CreateDir {
+    std::fs::create_dir_all(data_dir).map_err(|reason| IdentityError::CreateDir {
         path: data_dir.to_owned(),
-        source,
+        reason,
     })?;
     let path = data_dir.join("machine-id");
     match std::fs::read_to_string(&path) {
@@ -48,10 +48,10 @@ pub fn load_or_create(data_dir: &Path) -> Result<String, IdentityError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = format!("{:016x}", rand::random::<u64>());
             write_atomically(&path, format!("{id}\n").as_bytes())
-                .map_err(|source| IdentityError::Write { path, source })?;
+                .map_err(|reason| IdentityError::Write { path, reason })?;
             Ok(id)
         }
-        Err(source) => Err(IdentityError::Read { path, source }),
+        Err(reason) => Err(IdentityError::Read { path, reason }),
     }
 }
 

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // stderr reaches the journal under systemd too.
             eprintln!("stated: {e:#}");
             ExitCode::FAILURE
         }

@@ -35,7 +35,7 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigInvalid),
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
-    #[error("cannot open the state store: {0}")]
+    #[error(transparent)]
     Store(#[from] uncloud_docstore::StoreError),
     #[error(
         "the state store {path} belongs to network {stored:?} but the config says {configured:?}"
@@ -45,15 +45,15 @@ pub enum StartError {
         stored: String,
         configured: String,
     },
-    #[error("cannot listen for sync on {addr}: {source}")]
+    #[error("cannot listen for sync on {addr}: {reason}")]
     SyncListen {
         addr: SocketAddr,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    #[error("cannot start gossip on {addr}: {source}")]
+    #[error("cannot start gossip on {addr}: {reason:#}")]
     Gossip {
         addr: SocketAddr,
-        source: anyhow::Error,
+        reason: anyhow::Error,
     },
 }
 

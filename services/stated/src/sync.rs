@@ -51,10 +51,10 @@ pub(crate) async fn serve(shared: Arc<Shared>) -> Result<(SocketAddr, JoinHandle
     let addr = shared.config.sync_addr();
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::SyncListen { addr, source })?;
+        .map_err(|reason| StartError::SyncListen { addr, reason })?;
     let local = listener
         .local_addr()
-        .map_err(|source| StartError::SyncListen { addr, source })?;
+        .map_err(|reason| StartError::SyncListen { addr, reason })?;
     let server = SyncServer {
         shared,
         sessions: Arc::default(),
