@@ -117,6 +117,7 @@ async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chit
     let mut tick = tokio::time::interval(shared.config.gossip_interval() / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watcher = chitchat.lock().await.live_nodes_watcher();
+    let mut last_heads: HashMap<String, Vec<automerge::ChangeHash>> = HashMap::new();
     loop {
         // Every half round, and as soon as a peer's values change.
         tokio::select! {
@@ -171,17 +172,20 @@ async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chit
             });
         }
 
-        let live: HashMap<String, SocketAddr> = views
+        // Every machine that gossips a sync address gets a worker; only live ones are pushed to.
+        let known: HashMap<String, (SocketAddr, bool)> = views
             .iter()
-            .filter(|(_, v)| v.live)
-            .filter_map(|(id, v)| Some((id.clone(), v.sync_addr?)))
+            .filter_map(|(id, v)| Some((id.clone(), (v.sync_addr?, v.live))))
             .collect();
-        shared.peers.update(&shared, &live);
+        shared.peers.update(&shared, &known);
         for (id, v) in &views {
-            if let (true, Some(heads)) = (v.live, &v.heads) {
-                if !shared.has_changes(heads) {
-                    shared.peers.wake(id);
-                }
+            let Some(heads) = &v.heads else { continue };
+            // Heads that are new since the last round are fresh evidence the machine is up and
+            // ahead of us, even before the failure detector calls it live again (right after a
+            // partition heals). Stale heads of a dead machine do not keep waking its worker.
+            let fresh = last_heads.insert(id.clone(), heads.clone()).as_ref() != Some(heads);
+            if (v.live || fresh) && !shared.has_changes(heads) {
+                shared.peers.wake(id);
             }
         }
     }

@@ -1,10 +1,13 @@
 //! State sync between machines: automerge's sync protocol over tarpc (TCP).
 //!
-//! Each peer gets one worker task that runs sync *sessions* with it, one at a time. A session
+//! Each machine that gossips a sync address gets one worker task that runs sync *sessions*
+//! with it, one at a time. A session
 //! is a loop of [`StateSync::sync`] calls: send our sync message, apply the reply, until
 //! neither side has anything to send, after which both documents hold the same changes.
 //! Workers are woken by: a local write (push to every live peer), gossip showing the peer has
-//! heads we lack (pull), and a slow periodic timer (anti-entropy safety net). Wake-ups while a
+//! heads we lack (pull; also for a peer not yet live again when those heads are new, which is
+//! what makes a healed partition converge within a gossip round), and a slow periodic timer
+//! (anti-entropy safety net). Wake-ups while a
 //! session runs coalesce into one more session.
 //!
 //! The server keeps one `sync::State` per calling machine so later sessions exchange only what
@@ -13,7 +16,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -166,7 +169,7 @@ impl StateSync for SyncServer {
     }
 }
 
-/// The sync workers, one per live peer.
+/// The sync workers, one per known peer.
 #[derive(Default)]
 pub(crate) struct Peers {
     workers: Mutex<HashMap<String, PeerWorker>>,
@@ -174,33 +177,51 @@ pub(crate) struct Peers {
 
 struct PeerWorker {
     addr: SocketAddr,
+    /// Whether the failure detector calls the peer live; only live peers get pushes and
+    /// retries.
+    live: Arc<AtomicBool>,
     wake: Arc<Notify>,
     task: JoinHandle<()>,
 }
 
 impl Peers {
-    /// Makes the worker set match `live` (machine id -> sync address).
-    pub(crate) fn update(&self, shared: &Arc<Shared>, live: &HashMap<String, SocketAddr>) {
+    /// Makes the worker set match `known` (machine id -> sync address, live).
+    pub(crate) fn update(&self, shared: &Arc<Shared>, known: &HashMap<String, (SocketAddr, bool)>) {
         let mut workers = self.workers.lock().unwrap();
         workers.retain(|id, w| {
-            let keep = live.get(id) == Some(&w.addr);
+            let keep = known.get(id).map(|(addr, _)| addr) == Some(&w.addr);
             if !keep {
                 w.task.abort();
             }
             keep
         });
-        for (id, addr) in live {
-            if workers.contains_key(id) {
+        for (id, (addr, live)) in known {
+            if let Some(w) = workers.get(id) {
+                let was_live = w.live.swap(*live, Ordering::Relaxed);
+                if *live && !was_live {
+                    // Back from the dead: it may have missed everything.
+                    w.wake.notify_one();
+                }
                 continue;
             }
             let wake = Arc::new(Notify::new());
-            let task = tokio::spawn(peer_worker(shared.clone(), id.clone(), *addr, wake.clone()));
-            // A new peer is synced at once: it may have missed everything.
-            wake.notify_one();
+            let live_flag = Arc::new(AtomicBool::new(*live));
+            let task = tokio::spawn(peer_worker(
+                shared.clone(),
+                id.clone(),
+                *addr,
+                wake.clone(),
+                live_flag.clone(),
+            ));
+            if *live {
+                // A new peer is synced at once: it may have missed everything.
+                wake.notify_one();
+            }
             workers.insert(
                 id.clone(),
                 PeerWorker {
                     addr: *addr,
+                    live: live_flag,
                     wake,
                     task,
                 },
@@ -208,15 +229,19 @@ impl Peers {
         }
     }
 
+    /// Wakes one peer's worker, live or not.
     pub(crate) fn wake(&self, id: &str) {
         if let Some(w) = self.workers.lock().unwrap().get(id) {
             w.wake.notify_one();
         }
     }
 
+    /// Wakes the worker of every live peer.
     pub(crate) fn push_all(&self) {
         for w in self.workers.lock().unwrap().values() {
-            w.wake.notify_one();
+            if w.live.load(Ordering::Relaxed) {
+                w.wake.notify_one();
+            }
         }
     }
 
@@ -241,7 +266,13 @@ enum SessionError {
     BadReply(#[from] crate::document::DocError),
 }
 
-async fn peer_worker(shared: Arc<Shared>, peer: String, addr: SocketAddr, wake: Arc<Notify>) {
+async fn peer_worker(
+    shared: Arc<Shared>,
+    peer: String,
+    addr: SocketAddr,
+    wake: Arc<Notify>,
+    live: Arc<AtomicBool>,
+) {
     let mut client: Option<StateSyncClient> = None;
     let mut state = sync::State::new();
     let mut backoff = Duration::from_millis(50);
@@ -260,8 +291,11 @@ async fn peer_worker(shared: Arc<Shared>, peer: String, addr: SocketAddr, wake: 
                 state = reset_sync_state(&state);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
-                // Try again later rather than dropping the wish to sync.
-                wake.notify_one();
+                // Try again later rather than dropping the wish to sync, while the peer is
+                // live; a dead one is retried when gossip shows it again.
+                if live.load(Ordering::Relaxed) {
+                    wake.notify_one();
+                }
             }
         }
     }

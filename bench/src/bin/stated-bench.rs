@@ -1,0 +1,71 @@
+//! `stated-bench`: propagation, healed-partition convergence, idle traffic and memory of
+//! `stated`, each beside a plain chitchat cluster, written to `bench/results/stated.{json,md}`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+use uncloud_bench::stated::{self, rss, Plan};
+use uncloud_bench::{progress, report::Verdict};
+
+#[derive(Parser)]
+#[command(
+    about = "Benchmark stated against a gossip-only chitchat reference, in one process on loopback"
+)]
+struct Args {
+    /// Small counts and 200 ms gossip, for a smoke run of a minute or two. Results go to a
+    /// temp dir unless --out is given.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for stated.json and stated.md. Default: bench/results (or a temp dir with --quick).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seed of the random choices (which node writes, timing jitter).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Internal: measure resident memory of one cluster in this process and print it.
+    #[arg(long, hide = true)]
+    rss_probe: Option<String>,
+    #[arg(long, hide = true, default_value_t = 50)]
+    nodes: usize,
+    #[arg(long, hide = true, default_value_t = 1000)]
+    gossip_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    uncloud_bench::logs::init();
+    if let Some(kind) = &args.rss_probe {
+        uncloud_bench::set_progress_label(&format!("{kind} memory probe"));
+        return rss::child(rss::Kind::parse(kind)?, args.nodes, args.gossip_ms).await;
+    }
+
+    let plan = if args.quick {
+        Plan::quick(args.seed)
+    } else {
+        Plan::full(args.seed)
+    };
+    let out = args.out.clone().unwrap_or_else(|| {
+        if args.quick {
+            std::env::temp_dir().join("uncloud-bench-quick")
+        } else {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
+        }
+    });
+    let extra: Vec<String> = std::env::args().skip(1).collect();
+    let command = format!(
+        "cargo run --release -p uncloud-bench --bin stated-bench{}{}",
+        if extra.is_empty() { "" } else { " -- " },
+        extra.join(" ")
+    );
+    progress(format!("plan: {plan:?}"));
+    let results = stated::run(&plan, &out, &command).await?;
+    for t in stated::targets() {
+        let v = t.verdict(&results);
+        if v != Verdict::NotMeasured {
+            progress(format!("target: {}: {}", t.what, v.as_str()));
+        }
+    }
+    Ok(())
+}

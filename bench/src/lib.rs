@@ -1,0 +1,39 @@
+//! Uncloud's benchmarks.
+//!
+//! Every benchmark runs a reference side by side in the same command and reports the ratio
+//! `value / reference`. Each writes `bench/results/<name>.json`
+//! (`{"<metric>": {"value": …, "reference": …, "ratio": …, "unit": "…"}, …}`) and a short
+//! `<name>.md` saying how it was run and on what. Only loopback addresses are used; every loop
+//! is bounded and everything a benchmark starts is stopped before it returns.
+//!
+//! - [`report`], [`stats`], [`sys`], [`logs`]: shared by every benchmark (result files,
+//!   percentiles, machine description and resident memory, logging).
+//! - [`stated`]: the replicated-state benchmark (binary `stated-bench`).
+
+pub mod logs;
+pub mod report;
+pub mod stated;
+pub mod stats;
+pub mod sys;
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+fn started() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+static LABEL: OnceLock<String> = OnceLock::new();
+
+/// Names this process in progress lines (default `bench`), e.g. for a child process.
+pub fn set_progress_label(label: &str) {
+    let _ = LABEL.set(label.to_string());
+}
+
+/// Prints a progress line to stderr, with the time since the first call.
+pub fn progress(msg: impl std::fmt::Display) {
+    let t = started().elapsed().as_secs_f64();
+    let label = LABEL.get().map_or("bench", String::as_str);
+    eprintln!("[{label} +{t:6.1}s] {msg}");
+}

@@ -1,0 +1,124 @@
+//! Result files: `<name>.json` with one entry per metric, and targets with their verdicts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+/// One measured figure beside its reference.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Metric {
+    pub value: f64,
+    pub reference: f64,
+    /// `value / reference`; below 1 means smaller (faster, leaner) than the reference.
+    pub ratio: f64,
+    pub unit: String,
+}
+
+impl Metric {
+    pub fn new(value: f64, reference: f64, unit: &str) -> Metric {
+        let ratio = if reference > 0.0 {
+            value / reference
+        } else {
+            f64::NAN
+        };
+        Metric {
+            value: round_to(value, 1),
+            reference: round_to(reference, 1),
+            ratio: round_to(ratio, 3),
+            unit: unit.to_string(),
+        }
+    }
+}
+
+fn round_to(x: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (x * f).round() / f
+}
+
+/// Metrics by name; serialized in name order.
+pub type Results = BTreeMap<String, Metric>;
+
+/// Writes `results` as pretty JSON to `path`.
+pub fn write_json(path: &Path, results: &Results) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(results)? + "\n";
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A figure a metric must stay below.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub metric: String,
+    pub below: f64,
+    /// How the target is stated, e.g. "p99 propagation under 100 ms at 10 nodes".
+    pub what: String,
+}
+
+/// Whether a target is met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// The metric was not measured in this run (e.g. a `--quick` run at other node counts).
+    NotMeasured,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::NotMeasured => "not measured",
+        }
+    }
+}
+
+impl Target {
+    pub fn new(metric: &str, below: f64, what: &str) -> Target {
+        Target {
+            metric: metric.into(),
+            below,
+            what: what.into(),
+        }
+    }
+
+    pub fn verdict(&self, results: &Results) -> Verdict {
+        match results.get(&self.metric) {
+            None => Verdict::NotMeasured,
+            Some(m) if m.value < self.below => Verdict::Pass,
+            Some(_) => Verdict::Fail,
+        }
+    }
+}
+
+/// Formats a number for a table: integers without decimals, others with one.
+pub fn fmt_num(x: f64) -> String {
+    if x.is_nan() {
+        "n/a".into()
+    } else if x.fract() == 0.0 || x.abs() >= 1000.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_json_has_exactly_the_four_fields() {
+        let mut r = Results::new();
+        r.insert("x_ms".into(), Metric::new(12.34, 24.68, "ms"));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"x_ms": {"value": 12.3, "reference": 24.7, "ratio": 0.5, "unit": "ms"}})
+        );
+        let t = Target::new("x_ms", 20.0, "x under 20 ms");
+        assert_eq!(t.verdict(&r), Verdict::Pass);
+        assert_eq!(Target::new("x_ms", 10.0, "").verdict(&r), Verdict::Fail);
+        assert_eq!(Target::new("y", 10.0, "").verdict(&r), Verdict::NotMeasured);
+    }
+}
