@@ -13,8 +13,8 @@ use anyhow::{bail, Result};
 use async_trait::async_trait;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
 use chitchat::{
-    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatEnvelope, ChitchatHandle, ChitchatId,
-    FailureDetectorConfig, KeyChangeEvent, ListenerHandle, ProtocolVersion,
+    spawn_chitchat, Chitchat, ChitchatEnvelope, ChitchatHandle, ChitchatId, KeyChangeEvent,
+    ListenerHandle,
 };
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -70,25 +70,14 @@ impl RefCluster {
             .map_or(0, |d| d.as_millis() as u64);
         let mut nodes = Vec::with_capacity(n);
         for (id, &addr) in ids.iter().zip(&addrs) {
-            let config = ChitchatConfig {
-                chitchat_id: ChitchatId::new(id.as_str(), generation, addr),
-                cluster_id: "bench-net".into(),
-                gossip_interval: interval,
-                listen_addr: addr,
-                seed_nodes: seeds.clone(),
-                // As stated configures it (services/stated/src/gossip.rs).
-                failure_detector_config: FailureDetectorConfig {
-                    phi_threshold: stated::config::Config::default().phi_threshold,
-                    initial_interval: interval * 2,
-                    max_interval: interval * 10,
-                    dead_node_grace_period: Duration::from_secs(24 * 3600),
-                    ..FailureDetectorConfig::default()
-                },
-                marked_for_deletion_grace_period: Duration::from_secs(3600),
-                catchup_callback: None,
-                extra_liveness_predicate: None,
-                protocol_version: ProtocolVersion::V1,
-            };
+            // Exactly as stated configures chitchat.
+            let config = stated::gossip::chitchat_config(
+                ChitchatId::new(id.as_str(), generation, addr),
+                "bench-net".into(),
+                seeds.clone(),
+                interval,
+                stated::config::Config::default().phi_threshold,
+            );
             let sent = Arc::new(AtomicU64::new(0));
             let transport = PartitionableUdp {
                 me: id.clone(),

@@ -189,11 +189,12 @@ fn uleb128(bytes: &[u8]) -> Result<(u64, usize), Framing> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use automerge::{transaction::Transactable, ReadDoc, ROOT};
 
-    fn doc_with_changes(n: usize) -> Automerge {
+    /// A document with `n` changes, one key each.
+    pub(crate) fn doc_with_changes(n: usize) -> Automerge {
         let mut doc = Automerge::new();
         for i in 0..n {
             let mut tx = doc.transaction();

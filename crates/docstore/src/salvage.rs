@@ -76,18 +76,8 @@ fn find_magic(bytes: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use automerge::{transaction::Transactable, ROOT};
+    use crate::chunk::tests::doc_with_changes;
     use proptest::prelude::*;
-
-    fn doc_with_changes(n: usize) -> Automerge {
-        let mut doc = Automerge::new();
-        for i in 0..n {
-            let mut tx = doc.transaction();
-            tx.put(ROOT, format!("k{i}"), i as i64).unwrap();
-            tx.commit();
-        }
-        doc
-    }
 
     #[test]
     fn finds_changes_between_garbage() {

@@ -44,25 +44,13 @@ impl Gossip {
         let c = &shared.config;
         let addr = c.gossip_addr();
         let interval = c.gossip_interval();
-        let config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(shared.machine_id.as_str(), now_ms(), addr),
-            cluster_id: shared.network_id.clone(),
-            gossip_interval: interval,
-            listen_addr: addr,
-            seed_nodes: c.seeds.clone(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: c.phi_threshold,
-                // Intervals are gossip-paced; start from a prior of a few rounds.
-                initial_interval: interval * 2,
-                max_interval: interval * 10,
-                dead_node_grace_period: Duration::from_secs(24 * 3600),
-                ..FailureDetectorConfig::default()
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            protocol_version: ProtocolVersion::V1,
-        };
+        let config = chitchat_config(
+            ChitchatId::new(shared.machine_id.as_str(), now_ms(), addr),
+            shared.network_id.clone(),
+            c.seeds.clone(),
+            interval,
+            c.phi_threshold,
+        );
         let heads = heads_to_hex(&shared.watch_heads().borrow()).join(",");
         let transport = FilteredTransport {
             me: shared.machine_id.clone(),
@@ -101,6 +89,36 @@ impl Gossip {
 
     pub(crate) async fn shutdown(self) {
         let _ = self.handle.shutdown().await;
+    }
+}
+
+/// chitchat's settings as stated uses them; public so the benchmark's chitchat-only reference
+/// gossips exactly the same way.
+pub fn chitchat_config(
+    id: ChitchatId,
+    cluster_id: String,
+    seeds: Vec<String>,
+    interval: Duration,
+    phi_threshold: f64,
+) -> ChitchatConfig {
+    ChitchatConfig {
+        listen_addr: id.gossip_advertise_addr,
+        chitchat_id: id,
+        cluster_id,
+        gossip_interval: interval,
+        seed_nodes: seeds,
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold,
+            // Intervals are gossip-paced; start from a prior of a few rounds.
+            initial_interval: interval * 2,
+            max_interval: interval * 10,
+            dead_node_grace_period: Duration::from_secs(24 * 3600),
+            ..FailureDetectorConfig::default()
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        protocol_version: ProtocolVersion::V1,
     }
 }
 

@@ -245,6 +245,16 @@ impl Peers {
         }
     }
 
+    /// Ids of the live peers.
+    pub(crate) fn live_ids(&self) -> Vec<String> {
+        let workers = self.workers.lock().unwrap();
+        workers
+            .iter()
+            .filter(|(_, w)| w.live.load(Ordering::Relaxed))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     pub(crate) fn clear(&self) {
         for (_, w) in self.workers.lock().unwrap().drain() {
             w.task.abort();
@@ -373,14 +383,23 @@ async fn session(
     Ok(false)
 }
 
-/// Syncs with every live peer now and then, whatever gossip says.
+/// Syncs with every live peer once per `anti_entropy_interval_ms`, whatever gossip says.
+/// Peers are visited one at a time, spread evenly over the period and starting at a random
+/// offset, so the safety net never becomes a burst of sessions that delays real pushes.
 pub(crate) async fn anti_entropy_loop(shared: Arc<Shared>) {
     let period = Duration::from_millis(shared.config.anti_entropy_interval_ms.max(100));
-    let mut tick = tokio::time::interval(period);
-    tick.tick().await;
+    tokio::time::sleep(period.mul_f64(rand::random::<f64>())).await;
     loop {
-        tick.tick().await;
-        shared.peers.push_all();
+        let live = shared.peers.live_ids();
+        if live.is_empty() {
+            tokio::time::sleep(period).await;
+            continue;
+        }
+        let gap = period / live.len() as u32;
+        for id in live {
+            shared.peers.wake(&id);
+            tokio::time::sleep(gap).await;
+        }
     }
 }
 
