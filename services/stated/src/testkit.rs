@@ -141,6 +141,37 @@ impl Cluster {
         }
     }
 
+    /// Waits until every running node has registered, no name or subnet conflict is left to
+    /// fix, and all heads are equal: after this, the state changes only when a test writes.
+    pub async fn settled(&self, deadline: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        let n = self.running().count();
+        loop {
+            let clean = self.running().all(|(_, node)| {
+                let machines = node.state().machines;
+                machines.len() >= n
+                    && uncloud_common::conflict::resolve(machines.values()).is_clean()
+            });
+            if clean {
+                let left = deadline.saturating_sub(start.elapsed());
+                self.all_converged(left).await?;
+                // Converged on a clean state: nobody has a conflict left to fix.
+                if self.running().all(|(_, node)| {
+                    uncloud_common::conflict::resolve(node.state().machines.values()).is_clean()
+                }) {
+                    return Ok(start.elapsed());
+                }
+            }
+            if start.elapsed() > deadline {
+                return Err(format!(
+                    "cluster did not settle: {}",
+                    self.describe_divergence(&self.running().map(|(i, _)| i).collect::<Vec<_>>())
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub async fn all_converged(&self, deadline: Duration) -> Result<Duration, String> {
         let members: Vec<usize> = self.running().map(|(i, _)| i).collect();
         self.converged(&members, deadline).await

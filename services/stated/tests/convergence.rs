@@ -152,9 +152,9 @@ async fn concurrent_joins_in_a_partition_end_unique() {
     let cluster = support::cluster(4).await;
     wait_all_reachable(&cluster, Duration::from_secs(30)).await;
     cluster
-        .all_converged(Duration::from_secs(10))
+        .settled(Duration::from_secs(20))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     let machines = cluster.node(0).state().machines;
     assert_eq!(machines.len(), 4, "every node registered itself");
 
