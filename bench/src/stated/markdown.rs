@@ -208,9 +208,9 @@ fn method(s: &mut String, plan: &Plan, d: &stated::config::Config) {
     line(
         s,
         "- **Reference**: a plain chitchat 0.13 cluster in the same process on loopback UDP, \
-         with the same node count, gossip interval, seeds, failure-detector settings and \
-         protocol version (V1) as stated's gossip; links through a `SimulatedNetwork` too (a \
-         wrapper around chitchat's `UdpTransport`, like stated's `FilteredTransport`). Each \
+         with the same node count and seeds, chitchat configured by stated's own \
+         `gossip::chitchat_config` and gossiping through stated's own `FilteredTransport` over a \
+         `SimulatedNetwork`, so gossip is identical on both sides. Each \
          write is a chitchat key whose value is the JSON of the same service stated writes. No \
          store, no CRDT merge, no sync protocol: what replicating the data by gossip alone costs.",
     );

@@ -10,15 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
-use async_trait::async_trait;
-use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
 use chitchat::{
-    spawn_chitchat, Chitchat, ChitchatEnvelope, ChitchatHandle, ChitchatId, KeyChangeEvent,
-    ListenerHandle,
+    spawn_chitchat, Chitchat, ChitchatHandle, ChitchatId, KeyChangeEvent, ListenerHandle,
 };
 use rand::rngs::StdRng;
 use rand::Rng;
-use stated::links::{LinkFilter, SimulatedNetwork};
+use stated::links::SimulatedNetwork;
 use stated::testkit::{free_udp_port, service};
 
 use super::{HealResult, Idle, POLL, SAMPLE_DEADLINE};
@@ -79,11 +76,13 @@ impl RefCluster {
                 stated::config::Config::default().phi_threshold,
             );
             let sent = Arc::new(AtomicU64::new(0));
-            let transport = PartitionableUdp {
-                me: id.clone(),
-                net: net.clone(),
-                sent: sent.clone(),
-            };
+            // The same transport stated gossips through.
+            let transport = stated::gossip::FilteredTransport::new(
+                id.clone(),
+                stated::links::Links::filtered(Arc::new(net.clone())),
+                sent.clone(),
+                Arc::default(),
+            );
             let handle = spawn_chitchat(config, Vec::new(), &transport).await?;
             let chitchat = handle.chitchat();
             let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -342,64 +341,4 @@ async fn heal_on(cluster: &RefCluster, writes: usize) -> Result<HealResult> {
         write_s,
         down_wait_s,
     })
-}
-
-/// chitchat's UDP transport with the links of a [`SimulatedNetwork`] (like stated's own
-/// `FilteredTransport`) and a counter of bytes sent.
-struct PartitionableUdp {
-    me: String,
-    net: SimulatedNetwork,
-    sent: Arc<AtomicU64>,
-}
-
-#[async_trait]
-impl Transport for PartitionableUdp {
-    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        Ok(Box::new(PartitionableSocket {
-            inner: UdpTransport.open(listen_addr).await?,
-            me: self.me.clone(),
-            net: self.net.clone(),
-            sent: self.sent.clone(),
-        }))
-    }
-}
-
-struct PartitionableSocket {
-    inner: Box<dyn Socket>,
-    me: String,
-    net: SimulatedNetwork,
-    sent: Arc<AtomicU64>,
-}
-
-#[async_trait]
-impl Socket for PartitionableSocket {
-    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    async fn send(
-        &mut self,
-        to: SocketAddr,
-        envelope: ChitchatEnvelope,
-    ) -> anyhow::Result<SendOutcome> {
-        if let Some(peer) = self.net.machine_at(to) {
-            if !self.net.allows(&self.me, &peer) {
-                return Ok(SendOutcome { num_bytes_sent: 0 });
-            }
-        }
-        let outcome = self.inner.send(to, envelope).await?;
-        self.sent
-            .fetch_add(outcome.num_bytes_sent as u64, Ordering::Relaxed);
-        Ok(outcome)
-    }
-
-    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
-        loop {
-            let outcome = self.inner.recv().await?;
-            match self.net.machine_at(outcome.from_addr) {
-                Some(peer) if !self.net.allows(&peer, &self.me) => continue,
-                _ => return Ok(outcome),
-            }
-        }
-    }
 }

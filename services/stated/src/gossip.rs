@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,11 +52,12 @@ impl Gossip {
             c.phi_threshold,
         );
         let heads = heads_to_hex(&shared.watch_heads().borrow()).join(",");
-        let transport = FilteredTransport {
-            me: shared.machine_id.clone(),
-            links: shared.links.clone(),
-            shared: shared.clone(),
-        };
+        let transport = FilteredTransport::new(
+            shared.machine_id.clone(),
+            shared.links.clone(),
+            shared.metrics.gossip_bytes_sent.clone(),
+            shared.metrics.gossip_bytes_received.clone(),
+        );
         let handle = spawn_chitchat(
             config,
             vec![
@@ -209,12 +210,25 @@ async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chit
     }
 }
 
-/// chitchat's UDP transport, passing every datagram through the node's [`Links`] and counting
-/// bytes for the benchmark.
-struct FilteredTransport {
+/// chitchat's UDP transport, passing every datagram through [`Links`] and counting bytes.
+/// Public so the benchmark's chitchat-only reference gossips through the very same path.
+pub struct FilteredTransport {
     me: String,
     links: Links,
-    shared: Arc<Shared>,
+    sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+}
+
+impl FilteredTransport {
+    /// A transport for machine `me`; bytes sent and received are added to the counters.
+    pub fn new(me: String, links: Links, sent: Arc<AtomicU64>, received: Arc<AtomicU64>) -> Self {
+        FilteredTransport {
+            me,
+            links,
+            sent,
+            received,
+        }
+    }
 }
 
 #[async_trait]
@@ -225,7 +239,8 @@ impl Transport for FilteredTransport {
             inner,
             me: self.me.clone(),
             links: self.links.clone(),
-            shared: self.shared.clone(),
+            sent: self.sent.clone(),
+            received: self.received.clone(),
         }))
     }
 }
@@ -234,7 +249,8 @@ struct FilteredSocket {
     inner: Box<dyn Socket>,
     me: String,
     links: Links,
-    shared: Arc<Shared>,
+    sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
 }
 
 #[async_trait]
@@ -252,9 +268,7 @@ impl Socket for FilteredSocket {
             return Ok(SendOutcome { num_bytes_sent: 0 });
         }
         let outcome = self.inner.send(to, envelope).await?;
-        self.shared
-            .metrics
-            .gossip_bytes_sent
+        self.sent
             .fetch_add(outcome.num_bytes_sent as u64, Ordering::Relaxed);
         Ok(outcome)
     }
@@ -263,9 +277,7 @@ impl Socket for FilteredSocket {
         loop {
             let outcome = self.inner.recv().await?;
             if self.links.allows_from_addr(outcome.from_addr, &self.me) {
-                self.shared
-                    .metrics
-                    .gossip_bytes_received
+                self.received
                     .fetch_add(outcome.num_bytes_received as u64, Ordering::Relaxed);
                 return Ok(outcome);
             }

@@ -90,8 +90,8 @@ pub enum Event {
 /// Traffic counters, read by the benchmark.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    pub gossip_bytes_sent: AtomicU64,
-    pub gossip_bytes_received: AtomicU64,
+    pub gossip_bytes_sent: Arc<AtomicU64>,
+    pub gossip_bytes_received: Arc<AtomicU64>,
     pub sync_bytes_sent: AtomicU64,
     pub sync_bytes_received: AtomicU64,
     pub sync_sessions: AtomicU64,
