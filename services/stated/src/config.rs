@@ -139,11 +139,11 @@ impl Config {
                 return invalid("machine_name", e.to_string());
             }
         }
-        if self.gossip_interval_ms == 0 || self.sync_timeout_ms == 0 {
-            return invalid(
-                "gossip_interval_ms/sync_timeout_ms",
-                "must be above 0".into(),
-            );
+        if self.gossip_interval_ms == 0 {
+            return invalid("gossip_interval_ms", "must be above 0".into());
+        }
+        if self.sync_timeout_ms == 0 {
+            return invalid("sync_timeout_ms", "must be above 0".into());
         }
         if self.gossip_port != 0 && self.gossip_port == self.sync_port {
             return invalid("sync_port", "must differ from gossip_port".into());

@@ -92,13 +92,6 @@ impl LivenessTracker {
             .map_or(self.suspect_after, |t| (t / 2).max(self.suspect_after))
     }
 
-    /// The status of a machine; never-seen machines are down.
-    pub fn status(&self, machine_id: &str) -> Liveness {
-        self.seen
-            .get(machine_id)
-            .map_or(Liveness::Down, |s| s.status)
-    }
-
     pub fn all(&self) -> BTreeMap<String, Liveness> {
         self.seen
             .iter()
@@ -141,7 +134,7 @@ mod tests {
         let t0 = Instant::now();
         let s = |ms| t0 + Duration::from_millis(ms);
         let mut t = LivenessTracker::new(Duration::from_secs(3));
-        assert_eq!(t.status("b"), Liveness::Down);
+        assert!(!t.all().contains_key("b"));
         assert_eq!(
             t.observe([obs("b", 1, true)], s(0)),
             vec![("b".into(), Liveness::Alive)]

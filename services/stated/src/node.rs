@@ -94,7 +94,6 @@ pub struct Metrics {
     pub gossip_bytes_received: Arc<AtomicU64>,
     pub sync_bytes_sent: AtomicU64,
     pub sync_bytes_received: AtomicU64,
-    pub sync_sessions: AtomicU64,
 }
 
 pub(crate) struct DocCell {

@@ -340,7 +340,6 @@ async fn session(
     };
     *state = reset_sync_state(state);
     let id = rand::random::<u64>();
-    shared.metrics.sync_sessions.fetch_add(1, Ordering::Relaxed);
     let timeout = Duration::from_millis(shared.config.sync_timeout_ms);
     for round in 0..MAX_ROUNDS {
         let out = shared.generate_sync(state);

@@ -6,7 +6,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use support::bus::PrivateBus;
-use uncloud_common::dbus::StateProxy;
+use uncloud_common::dbus::{
+    StateProxy, STATE_ERROR_INVALID, STATE_ERROR_NOT_FOUND, STATE_ERROR_NOT_OWNER,
+};
+
+/// The D-Bus error name of a failed method call.
+fn error_name(err: &zbus::Error) -> String {
+    match err {
+        zbus::Error::MethodError(name, _, _) => name.to_string(),
+        other => panic!("expected a D-Bus error reply, got {other}"),
+    }
+}
 
 const DEST: &str = "org.uncloud.State1";
 const PATH: &str = "/org/uncloud/State1";
@@ -126,10 +136,12 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
         "v".repeat(100_000)
     );
     let err = proxy.upsert_service(&big).await.unwrap_err();
-    assert!(
-        err.to_string().contains("InvalidArgument") || err.to_string().contains("more than"),
-        "{err}"
-    );
+    assert_eq!(error_name(&err), STATE_ERROR_INVALID, "{err}");
+    assert!(err.to_string().contains("more than"), "{err}");
+    let err = proxy.remove_route("nope").await.unwrap_err();
+    assert_eq!(error_name(&err), STATE_ERROR_NOT_FOUND, "{err}");
+    let err = proxy.upsert_container(foreign).await.unwrap_err();
+    assert_eq!(error_name(&err), STATE_ERROR_NOT_OWNER, "{err}");
     assert_eq!(
         proxy.heads().await.unwrap(),
         heads,
