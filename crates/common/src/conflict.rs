@@ -78,12 +78,10 @@ fn losers<'a>(groups: impl Iterator<Item = Vec<(u64, &'a str)>>) -> BTreeMap<Str
 /// Number of machine subnets a mesh CIDR holds with one /24 per machine, index 0 excluded.
 /// `10.210.0.0/16` gives 255 (indices 1..=255).
 pub fn subnet_capacity(mesh_cidr: &str) -> Option<u32> {
-    let (_, prefix) = mesh_cidr.split_once('/')?;
-    let prefix: u32 = prefix.parse().ok()?;
-    if !(8..=23).contains(&prefix) {
-        return None;
-    }
-    Some((1u32 << (24 - prefix)) - 1)
+    mesh_cidr
+        .parse::<crate::address::MeshCidr>()
+        .ok()
+        .map(|m| m.capacity())
 }
 
 /// The lowest subnet index in `1..=capacity` that no machine claims.

@@ -19,6 +19,18 @@ pub const STATE_ERROR_NOT_OWNER: &str = "org.uncloud.State1.Error.NotOwner";
 /// Name of the D-Bus error for a write that could not be made durable.
 pub const STATE_ERROR_STORAGE: &str = "org.uncloud.State1.Error.Storage";
 
+/// A connection builder for a bus named the way every daemon's `bus` setting names it:
+/// `system`, `session`, or an address such as `unix:path=/run/test-bus`. `none` gives `None`
+/// (the daemon runs without D-Bus).
+pub fn bus_builder(bus: &str) -> Option<zbus::connection::Builder<'_>> {
+    match bus {
+        "none" => None,
+        "system" => Some(zbus::connection::Builder::system()),
+        "session" => Some(zbus::connection::Builder::session()),
+        address => Some(zbus::connection::Builder::address(address)),
+    }
+}
+
 /// Client side of `org.uncloud.State1`; see `services/stated` for the server and docs.
 #[zbus::proxy(
     interface = "org.uncloud.State1",
@@ -33,6 +45,14 @@ pub trait State {
     fn get(&self, kind: &str, id: &str) -> zbus::Result<String>;
     fn upsert_machine(&self, json: &str) -> zbus::Result<()>;
     fn remove_machine(&self, id: &str) -> zbus::Result<()>;
+    /// Sets this machine's WireGuard public key, advertised endpoints and observed peer
+    /// endpoints (peer id -> `ip:port`), leaving its other fields alone. Used by meshd.
+    fn set_mesh(
+        &self,
+        public_key: &str,
+        endpoints: Vec<String>,
+        observed: HashMap<String, String>,
+    ) -> zbus::Result<()>;
     fn upsert_service(&self, json: &str) -> zbus::Result<()>;
     fn remove_service(&self, id: &str) -> zbus::Result<()>;
     fn upsert_container(&self, json: &str) -> zbus::Result<()>;
@@ -57,4 +77,49 @@ pub trait State {
     /// announced on change (use `Changed`), so the proxy reads it afresh each time.
     #[zbus(property(emits_changed_signal = "false"))]
     fn heads(&self) -> zbus::Result<Vec<String>>;
+}
+
+/// Well-known name and object path of `meshd`.
+pub const MESH_NAME: &str = "org.uncloud.Mesh1";
+pub const MESH_PATH: &str = "/org/uncloud/Mesh1";
+
+/// One peer as `org.uncloud.Mesh1.Peers` returns it: machine id, name, public key, subnet,
+/// endpoint in use, status, seconds since the last handshake (-1: never), rx bytes, tx bytes,
+/// path.
+pub type MeshPeerRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    u64,
+    u64,
+    String,
+);
+
+/// Client side of `org.uncloud.Mesh1`; see `services/meshd` for the server and docs.
+#[zbus::proxy(
+    interface = "org.uncloud.Mesh1",
+    default_service = "org.uncloud.Mesh1",
+    default_path = "/org/uncloud/Mesh1"
+)]
+pub trait Mesh {
+    fn peers(&self) -> zbus::Result<Vec<MeshPeerRow>>;
+    fn peers_json(&self) -> zbus::Result<String>;
+    #[zbus(signal)]
+    fn peer_up(&self, machine_id: &str, name: &str) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn peer_down(&self, machine_id: &str, name: &str) -> zbus::Result<()>;
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn public_key(&self) -> zbus::Result<String>;
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn address(&self) -> zbus::Result<String>;
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn interface(&self) -> zbus::Result<String>;
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn listen_port(&self) -> zbus::Result<u16>;
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn endpoints(&self) -> zbus::Result<Vec<String>>;
 }

@@ -6,6 +6,7 @@
 //! daemon never carries a private copy of another's types.
 //!
 //! # Design
+//! - [`address`]: the mesh address plan (one /24 per machine, `10.210.X.1` per machine).
 //! - [`model`]: the replicated state (network, machines, services, containers, routes), as plain
 //!   serde types. With the `automerge` feature they also map onto an automerge document.
 //! - [`conflict`]: the deterministic rules that keep machine names and subnet indices unique after
@@ -13,14 +14,17 @@
 //! - [`liveness`]: a machine's view of the others (alive / suspect / down).
 //! - [`dbus`]: well-known names, object paths and zbus proxies of the local D-Bus APIs.
 //! - [`rpc`]: tarpc services spoken between machines over the mesh.
+//! - [`logging`]: journald or stderr logging, the same in every daemon.
 //! - [`config`]: loading a daemon's TOML config with errors that name the file.
 //!
 //! # Limitations
 //! Only what `stated` needs exists so far; other daemons add their interfaces as they arrive.
 
+pub mod address;
 pub mod config;
 pub mod conflict;
 pub mod dbus;
 pub mod liveness;
+pub mod logging;
 pub mod model;
 pub mod rpc;

@@ -62,9 +62,15 @@ pub struct Machine {
     /// WireGuard public key (base64), empty until meshd publishes it.
     #[serde(default)]
     pub wireguard_public_key: String,
-    /// `ip:port` endpoints where the machine's WireGuard listens.
+    /// `ip:port` endpoints where the machine's WireGuard listens, as it advertises them
+    /// (its interfaces' addresses and any configured public address).
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// Peer machine id -> the `ip:port` this machine last received that peer's WireGuard
+    /// traffic from. Behind a NAT that is the peer's reflexive address, which the peer itself
+    /// cannot know; other machines add it to the peer's candidate endpoints.
+    #[serde(default)]
+    pub observed_endpoints: BTreeMap<String, String>,
     /// Roles such as `ingress`.
     #[serde(default)]
     pub roles: Vec<String>,
@@ -347,6 +353,16 @@ impl Machine {
             if e.parse::<std::net::SocketAddr>().is_err() {
                 return Err(ModelError::Invalid {
                     what: "endpoint",
+                    value: e.clone(),
+                    why: "expected ip:port",
+                });
+            }
+        }
+        for (peer, e) in &self.observed_endpoints {
+            validate_id("observed peer id", peer)?;
+            if e.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ModelError::Invalid {
+                    what: "observed endpoint",
                     value: e.clone(),
                     why: "expected ip:port",
                 });

@@ -13,9 +13,9 @@ use tokio::task::JoinHandle;
 use uncloud_common::dbus::{STATE_NAME, STATE_PATH};
 use uncloud_common::model::{Container, Kind, Machine, Route, Service};
 use zbus::object_server::SignalEmitter;
-use zbus::{connection, interface, Connection};
+use zbus::{interface, Connection};
 
-use crate::document::{DocError, Mutation};
+use crate::document::{DocError, MeshFields, Mutation};
 use crate::node::{Event, Shared, WriteError};
 
 /// Errors as D-Bus error names `org.uncloud.State1.Error.*`.
@@ -88,6 +88,24 @@ impl State1 {
             .shared
             .mutate(Mutation::RemoveMachine(id.into()))
             .await?)
+    }
+
+    /// Sets this machine's WireGuard public key, advertised endpoints (`ip:port`) and
+    /// observed peer endpoints (peer machine id -> `ip:port`), leaving its other fields
+    /// alone. meshd calls this; other machines' entries are refused with `NotOwner`.
+    async fn set_mesh(
+        &self,
+        public_key: &str,
+        endpoints: Vec<String>,
+        observed: HashMap<String, String>,
+    ) -> Result<(), StateError> {
+        let fields = MeshFields {
+            machine_id: self.shared.machine_id.clone(),
+            public_key: public_key.to_string(),
+            endpoints,
+            observed: observed.into_iter().collect(),
+        };
+        Ok(self.shared.mutate(Mutation::SetMachineMesh(fields)).await?)
     }
 
     async fn upsert_service(&self, json: &str) -> Result<(), StateError> {
@@ -180,11 +198,8 @@ pub async fn serve(
         bus: bus.to_string(),
         reason,
     };
-    let builder = match bus {
-        "none" => return Ok(None),
-        "system" => connection::Builder::system(),
-        "session" => connection::Builder::session(),
-        address => connection::Builder::address(address),
+    let Some(builder) = uncloud_common::dbus::bus_builder(bus) else {
+        return Ok(None);
     };
     let mut events = shared.subscribe();
     let conn = builder

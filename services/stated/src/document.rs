@@ -51,6 +51,18 @@ pub enum Mutation {
     RemoveRoute(String),
     /// Sets the mesh CIDR; written once by the first machine.
     SetMeshCidr(String),
+    /// Sets a machine's mesh fields (WireGuard key, advertised and observed endpoints) and
+    /// nothing else, so meshd never overwrites a concurrent rename or renumbering.
+    SetMachineMesh(MeshFields),
+}
+
+/// The fields of a [`Machine`] meshd owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshFields {
+    pub machine_id: String,
+    pub public_key: String,
+    pub endpoints: Vec<String>,
+    pub observed: BTreeMap<String, String>,
 }
 
 impl Mutation {
@@ -66,6 +78,7 @@ impl Mutation {
             Mutation::UpsertRoute(r) => (Kind::Routes, &r.id),
             Mutation::RemoveRoute(id) => (Kind::Routes, id),
             Mutation::SetMeshCidr(_) => (Kind::Network, "mesh_cidr"),
+            Mutation::SetMachineMesh(f) => (Kind::Machines, &f.machine_id),
         }
     }
 }
@@ -224,6 +237,23 @@ impl StateDoc {
     pub fn apply(&mut self, mutation: &Mutation) -> Result<bool, DocError> {
         let (kind, id) = mutation.target();
         let obj = self.kind_obj(kind)?;
+        // Read before the transaction: the new value is the stored machine with only the mesh
+        // fields replaced, all within this one (locked) apply.
+        let mesh_update = match mutation {
+            Mutation::SetMachineMesh(f) => {
+                let mut m = self
+                    .machine(&f.machine_id)
+                    .ok_or_else(|| DocError::NotFound {
+                        kind,
+                        id: id.to_string(),
+                    })?;
+                m.wireguard_public_key = f.public_key.clone();
+                m.endpoints = f.endpoints.clone();
+                m.observed_endpoints = f.observed.clone();
+                Some(m)
+            }
+            _ => None,
+        };
         let before = self.doc.get_heads();
         let mut tx = self.doc.transaction();
         let result = match mutation {
@@ -232,6 +262,10 @@ impl StateDoc {
             Mutation::UpsertContainer(v) => reconcile_prop(&mut tx, &obj, id, v),
             Mutation::UpsertRoute(v) => reconcile_prop(&mut tx, &obj, id, v),
             Mutation::SetMeshCidr(cidr) => reconcile_prop(&mut tx, &obj, "mesh_cidr", cidr),
+            Mutation::SetMachineMesh(_) => {
+                let m = mesh_update.as_ref().expect("read above for this mutation");
+                reconcile_prop(&mut tx, &obj, id, m)
+            }
             Mutation::RemoveMachine(_)
             | Mutation::RemoveService(_)
             | Mutation::RemoveContainer(_)

@@ -382,6 +382,19 @@ impl Shared {
                     .into());
                 }
             }
+            Mutation::SetMachineMesh(f) => {
+                // D-Bus only ever sets this machine's own fields. The same checks as a whole machine, on the fields that change.
+                Machine {
+                    id: f.machine_id.clone(),
+                    name: "m".into(),
+                    subnet: 1,
+                    wireguard_public_key: f.public_key.clone(),
+                    endpoints: f.endpoints.clone(),
+                    observed_endpoints: f.observed.clone(),
+                    ..Default::default()
+                }
+                .validate()?;
+            }
             Mutation::RemoveMachine(id)
             | Mutation::RemoveService(id)
             | Mutation::RemoveContainer(id)

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use support::bus::PrivateBus;
 use uncloud_common::dbus::StateProxy;
+use uncloud_testkit::PrivateBus;
 
 struct Machine {
     bus: PrivateBus,

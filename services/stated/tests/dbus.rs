@@ -5,10 +5,10 @@ mod support;
 use std::time::Duration;
 
 use futures::StreamExt;
-use support::bus::PrivateBus;
 use uncloud_common::dbus::{
     StateProxy, STATE_ERROR_INVALID, STATE_ERROR_NOT_FOUND, STATE_ERROR_NOT_OWNER,
 };
+use uncloud_testkit::PrivateBus;
 
 /// The D-Bus error name of a failed method call.
 fn error_name(err: &zbus::Error) -> String {

@@ -1,10 +1,8 @@
-//! Test support: the in-process harness lives in `stated::testkit`; this adds logging and a
-//! private D-Bus daemon.
+//! Test support: the in-process harness lives in `stated::testkit` (the private D-Bus daemon
+//! in `uncloud-testkit`); this adds logging.
 #![allow(dead_code)]
 
 pub use stated::testkit::*;
-
-pub mod bus;
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

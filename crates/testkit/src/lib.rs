@@ -1,0 +1,23 @@
+//! Test harness shared by Uncloud's crates.
+//!
+//! # Background
+//! Uncloud's tests run real components: a real `dbus-daemon`, real TUN devices in network
+//! namespaces, real child processes. The helpers for that live here once.
+//!
+//! # Design
+//! - [`bus`]: a private `dbus-daemon` per test and `busctl` against it.
+//! - [`netns`]: network namespaces, veth links and a bridge standing in for the internet, all
+//!   removed when the test's handles drop (also when it panics).
+//! - [`process`]: child processes that are killed when their handle drops.
+//!
+//! # Limitations
+//! Network namespaces need root (CAP_SYS_ADMIN and CAP_NET_ADMIN); tests that use them fail
+//! loudly without it rather than skip. Nothing here is used outside tests.
+
+pub mod bus;
+pub mod netns;
+pub mod process;
+
+pub use bus::PrivateBus;
+pub use netns::{Internet, Netns};
+pub use process::Daemon;

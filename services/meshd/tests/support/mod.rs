@@ -1,0 +1,200 @@
+//! Machines as network namespaces on one bridge ("the internet"), each running a real meshd
+//! process on a real TUN device. stated runs in the test process (one node per machine,
+//! gossiping over loopback) and serves each machine's private D-Bus daemon; a bus socket is
+//! a path, so meshd inside the namespace reaches it.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use stated::testkit::Cluster;
+use uncloud_common::dbus::MeshProxy;
+use uncloud_testkit::{Daemon, Internet, Netns, PrivateBus};
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// One machine. Field order is drop order: meshd stops before its namespace goes.
+pub struct Machine {
+    pub meshd: Option<Daemon>,
+    pub containers: Vec<Netns>,
+    pub dbus: Option<(zbus::Connection, tokio::task::JoinHandle<()>)>,
+    pub bus: PrivateBus,
+    pub ns: Netns,
+    pub dir: tempfile::TempDir,
+    pub id: String,
+    /// The internet address (`192.0.2.N`).
+    pub public_ip: String,
+    pub config: String,
+}
+
+impl Machine {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("meshd.toml")
+    }
+
+    pub fn start_meshd(&mut self) {
+        std::fs::write(self.config_path(), &self.config).unwrap();
+        let mut cmd = self.ns.command(env!("CARGO_BIN_EXE_meshd"));
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "meshd=debug,info");
+        let log = self.dir.path().join("meshd.log");
+        self.meshd = Some(Daemon::spawn(&format!("meshd-{}", self.id), cmd, log));
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("meshd.log")).unwrap_or_default()
+    }
+
+    pub async fn proxy(&self) -> MeshProxy<'static> {
+        let conn = self.bus.connect().await;
+        MeshProxy::new(&conn).await.unwrap()
+    }
+}
+
+pub struct TestMesh {
+    pub machines: Vec<Machine>,
+    pub cluster: Cluster,
+    pub internet: Internet,
+}
+
+/// Config every test machine starts from: short timelines so rotation shows within seconds.
+pub fn base_config(bus: &str, data_dir: &std::path::Path) -> String {
+    format!(
+        "bus = \"{bus}\"\ndata_dir = \"{}\"\nhandshake_timeout_secs = 3\ndown_after_secs = 30\n\
+         keepalive_secs = 5\ncontainer_bridge = \"ctr0\"\n",
+        data_dir.display()
+    )
+}
+
+impl TestMesh {
+    /// `n` machines `192.0.2.1..n` on the internet bridge; `extra(i)` is appended to machine
+    /// i's meshd config.
+    pub async fn start(n: usize, extra: impl Fn(usize) -> String) -> TestMesh {
+        init_tracing();
+        let internet = Internet::new();
+        let cluster = Cluster::start(n).await;
+        cluster
+            .settled(Duration::from_secs(60))
+            .await
+            .expect("stated settles");
+        let mut machines = Vec::new();
+        for i in 0..n {
+            let ns = Netns::new(&format!("m{i}"));
+            let public_ip = format!("192.0.2.{}", i + 1);
+            internet.attach(&ns, "eth0", &format!("{public_ip}/24"));
+            let bus = PrivateBus::start();
+            let dbus = stated::dbus::serve(cluster.node(i).shared().clone(), &bus.address)
+                .await
+                .expect("stated serves D-Bus");
+            let dir = tempfile::tempdir().unwrap();
+            let config = base_config(&bus.address, &dir.path().join("meshd")) + &extra(i);
+            let mut m = Machine {
+                meshd: None,
+                containers: Vec::new(),
+                dbus,
+                bus,
+                ns,
+                dir,
+                id: cluster.ids[i].clone(),
+                public_ip,
+                config,
+            };
+            m.start_meshd();
+            machines.push(m);
+        }
+        TestMesh {
+            machines,
+            cluster,
+            internet,
+        }
+    }
+
+    /// Machine i's subnet index, from its state.
+    pub fn subnet(&self, i: usize) -> u32 {
+        self.cluster
+            .node(i)
+            .machine(&self.machines[i].id)
+            .expect("registered")
+            .subnet
+    }
+
+    /// `10.210.X.1` of machine i.
+    pub fn mesh_ip(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 210, self.subnet(i) as u8, 1)
+    }
+
+    /// Waits until every machine in `who` reports `want` peers, all up.
+    pub async fn wait_all_up(&self, who: &[usize], want: usize, deadline: Duration) {
+        let start = Instant::now();
+        loop {
+            let mut missing = Vec::new();
+            for &i in who {
+                let rows = match self.machines[i].proxy().await.peers().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        missing.push(format!("machine {i}: {e}"));
+                        continue;
+                    }
+                };
+                let up = rows.iter().filter(|r| r.5 == "up").count();
+                if rows.len() != want || up != want {
+                    missing.push(format!(
+                        "machine {i}: {up}/{} up of {want}: {rows:?}",
+                        rows.len()
+                    ));
+                }
+            }
+            if missing.is_empty() {
+                return;
+            }
+            if start.elapsed() > deadline {
+                self.dump_logs();
+                panic!("mesh not up: {missing:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn dump_logs(&self) {
+        for m in &self.machines {
+            eprintln!("===== meshd log of {} =====\n{}", m.id, m.log());
+        }
+    }
+
+    /// Whether machine `from` pings `ip`, retrying for a few seconds.
+    pub fn pings(&self, from: usize, ip: &str) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if self.machines[from].ns.ping(ip, 1) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
+    /// A namespace standing in for a container on machine i: a veth `ctr0` (the configured
+    /// container bridge) with `10.210.X.1/24` on the machine side and `10.210.X.<host>/24` in
+    /// the container, its default route through the machine.
+    pub fn add_container(&mut self, i: usize, host: u8) -> Ipv4Addr {
+        let x = self.subnet(i) as u8;
+        let c = Netns::new(&format!("c{i}"));
+        let m = &mut self.machines[i];
+        m.ns.veth("ctr0", &c, "eth0");
+        m.ns.addr("ctr0", &format!("10.210.{x}.1/24"));
+        let ip = Ipv4Addr::new(10, 210, x, host);
+        c.addr("eth0", &format!("{ip}/24"));
+        c.ip(&["route", "add", "default", "via", &format!("10.210.{x}.1")]);
+        m.containers.push(c);
+        ip
+    }
+}
