@@ -10,6 +10,10 @@ use crate::endpoint::Timing;
 /// Default config file path.
 pub const DEFAULT_PATH: &str = "/etc/uncloud/meshd.toml";
 
+/// WireGuard renews a healthy session's keys (a new handshake) every 120 s; a peer is only
+/// silent for longer when something is wrong.
+pub const MIN_DOWN_AFTER_SECS: u64 = 135;
+
 /// meshd's configuration. Every field has a default, so an empty (or missing) file works.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -133,8 +137,11 @@ impl Config {
         if self.handshake_timeout_secs == 0 {
             return invalid("handshake_timeout_secs", "must be above 0");
         }
-        if self.down_after_secs <= self.handshake_timeout_secs {
-            return invalid("down_after_secs", "must exceed handshake_timeout_secs");
+        if self.down_after_secs < MIN_DOWN_AFTER_SECS {
+            return invalid(
+                "down_after_secs",
+                "must be at least 135: WireGuard handshakes only every 120 s on a healthy tunnel",
+            );
         }
         if self.keepalive_secs == 0 {
             return invalid("keepalive_secs", "must be above 0; NAT mappings expire");

@@ -24,6 +24,7 @@ use crate::keys::{self, KeyError};
 use crate::mesh::Mesh;
 use crate::netconf::{self, IpError};
 use crate::plan;
+use crate::relay::{RelayFactory, RelayTable};
 use crate::wg::{self, WgError};
 
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +156,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (machine_id, mut me) = wait_for_self(&state).await;
     let mut address = me.cidr.machine_ip(me.subnet).expect("checked in me_in");
     let mtu = config.mtu.unwrap_or_else(netconf::tun_mtu);
-    let device = wg::create(&config.interface, config.listen_port, secret).await?;
+    let table = Arc::new(Mutex::new(RelayTable {
+        my_index: me.subnet,
+        ..Default::default()
+    }));
+    let (udp, probes) = RelayFactory::new(table.clone());
+    let device = wg::create(&config.interface, config.listen_port, secret, udp).await?;
     netconf::configure_tun(&config.interface, address, mtu, &me.cidr)?;
     if let Err(e) = netconf::enable_forwarding() {
         tracing::warn!(error = %e, "cannot enable IPv4 forwarding; containers will not be reachable");
@@ -184,7 +190,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(bus_err)?;
 
-    let mut mesh = Mesh::new(device, config.timing(), config.keepalive_secs);
+    let mut mesh = Mesh::new(
+        device,
+        table,
+        probes,
+        config.timing(),
+        config.keepalive_secs,
+    );
     let mut published: Option<(Vec<String>, BTreeMap<String, String>)> = None;
     let mut replan = true;
     let mut ticks = 0u32;
@@ -230,6 +242,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                             snapshot.lock().unwrap().address = address.to_string();
                         }
                         me = new;
+                        mesh.set_my_index(me.subnet);
                     }
                     None => tracing::warn!(
                         "this machine has no usable entry in the state; keeping the current peers"

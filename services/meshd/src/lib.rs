@@ -14,6 +14,9 @@
 //! - [`endpoint`]: which of a peer's endpoints to use, as a pure function over time (after
 //!   Talos KubeSpan): a new endpoint gets a while to complete a handshake, then the next one is
 //!   tried; an established peer is down after a long silence and rotation resumes.
+//! - [`path`]: direct or through a relay, and back to direct when a probe answers. Pure.
+//! - [`relay`]: relaying ciphertext through a third machine and probing direct paths, on the
+//!   WireGuard port, as a layer around gotatun's UDP socket.
 //! - [`wg`]: the gotatun device on the TUN device.
 //! - [`mesh`]: keeps the device's peers equal to the plan, peer by peer, and drives the
 //!   endpoint timelines; reports peers up and down.
@@ -23,8 +26,8 @@
 //! - [`daemon`]: the wiring.
 //!
 //! # Limitations
-//! - Two machines that cannot reach each other directly (both behind NATs that defeat hole
-//!   punching) have no path yet: relaying through a third machine is still to come.
+//! - No hole punching beyond what WireGuard's roaming gives: two machines behind NATs talk
+//!   through a relay unless one of them is reachable directly.
 //! - IPv4 mesh addresses only (endpoints may be IPv6).
 
 pub mod config;
@@ -35,5 +38,7 @@ pub mod firewall;
 pub mod keys;
 pub mod mesh;
 pub mod netconf;
+pub mod path;
 pub mod plan;
+pub mod relay;
 pub mod wg;

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::endpoint::{self, Millis, PeerStatus, Selection, Timing};
+use crate::endpoint::{Millis, PeerStatus, Timing};
 use crate::keys;
+use crate::path::{self, PathInput, PathState};
 use crate::plan::{Plan, PlannedPeer};
+use crate::relay::{self, ProbeSender, SharedTable};
 use crate::wg::{self, WgDevice, WgError};
 
 /// A peer came up or went down.
@@ -30,30 +32,36 @@ pub struct PeerInfo {
     pub name: String,
     pub public_key: String,
     pub subnet: String,
-    /// The endpoint the device sends to now, if any.
+    /// The endpoint the device sends to now, if any; for a relayed peer, the relay's.
     pub endpoint: String,
+    /// Name of the machine relaying the traffic; empty when direct.
+    pub relay: String,
     /// `up`, `connecting` or `unreachable` (no endpoint known).
     pub status: &'static str,
     /// Seconds since the last completed handshake; -1 if none yet.
     pub last_handshake_secs: i64,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
-    /// `direct` (the only path so far; relaying is not built yet).
+    /// `direct` or `relayed`.
     pub path: &'static str,
 }
 
 struct Tracked {
     planned: PlannedPeer,
-    selection: Selection,
+    path: PathState,
     status: PeerStatus,
     up: bool,
     /// Last time a handshake was kicked while connecting.
     kicked_at: Millis,
+    /// Last time the direct candidates were probed.
+    probed_at: Option<Millis>,
     stats: Option<wg::PeerStats>,
 }
 
 pub struct Mesh {
     device: Arc<WgDevice>,
+    table: SharedTable,
+    probes: ProbeSender,
     timing: Timing,
     keepalive_secs: u16,
     epoch: Instant,
@@ -62,16 +70,31 @@ pub struct Mesh {
 
 /// WireGuard's own handshake retry interval (REKEY_TIMEOUT); kicking more often is useless.
 const KICK_EVERY: Millis = 5_000;
+/// How often a relayed peer's direct candidates are probed.
+const PROBE_EVERY: Millis = 5_000;
 
 impl Mesh {
-    pub fn new(device: Arc<WgDevice>, timing: Timing, keepalive_secs: u16) -> Mesh {
+    pub fn new(
+        device: Arc<WgDevice>,
+        table: SharedTable,
+        probes: ProbeSender,
+        timing: Timing,
+        keepalive_secs: u16,
+    ) -> Mesh {
         Mesh {
             device,
+            table,
+            probes,
             timing,
             keepalive_secs,
             epoch: Instant::now(),
             peers: BTreeMap::new(),
         }
+    }
+
+    /// This machine's subnet index (relay messages carry subnet indices).
+    pub fn set_my_index(&mut self, index: u32) {
+        self.table.lock().unwrap().my_index = index;
     }
 
     fn now(&self) -> Millis {
@@ -143,34 +166,41 @@ impl Mesh {
 
     async fn add(&mut self, p: &PlannedPeer) -> Result<(), WgError> {
         let now = self.now();
-        let first = endpoint::step(
-            &Selection::default(),
-            &p.candidates,
-            None,
-            now,
+        let first = path::decide(
+            &PathState::default(),
+            &PathInput {
+                candidates: &p.candidates,
+                relays: &[],
+                peer_index: p.subnet_index,
+                last_handshake: None,
+                device_endpoint: None,
+                pong: None,
+                now,
+            },
             &self.timing,
         );
         wg::upsert_peer(
             &self.device,
             p.public_key,
             p.subnet,
-            first.selection.current,
+            first.set_endpoint,
             self.keepalive_secs,
         )
         .await?;
-        if first.selection.current.is_some() {
+        if first.kick {
             self.kick(p.public_key);
         }
         tracing::info!(peer = %p.name, machine_id = %p.machine_id, subnet = %p.subnet,
-            endpoint = ?first.selection.current, "peer added");
+            endpoint = ?first.set_endpoint, "peer added");
         self.peers.insert(
             p.machine_id.clone(),
             Tracked {
                 planned: p.clone(),
-                selection: first.selection,
+                path: first.state,
                 status: first.status,
                 up: false,
                 kicked_at: now,
+                probed_at: None,
                 stats: None,
             },
         );
@@ -185,7 +215,7 @@ impl Mesh {
         );
     }
 
-    /// Reads the device's statistics and advances every peer's endpoint timeline.
+    /// Reads the device's statistics and advances every peer's path decision.
     pub async fn tick(&mut self) -> Result<Vec<PeerEvent>, WgError> {
         let now = self.now();
         let stats: BTreeMap<[u8; 32], wg::PeerStats> = wg::stats(&self.device)
@@ -193,38 +223,77 @@ impl Mesh {
             .into_iter()
             .map(|s| (s.public_key, s))
             .collect();
+        let last_handshake = |s: Option<&wg::PeerStats>| {
+            s.and_then(|s| s.last_handshake)
+                .map(|ago| now.saturating_sub(ago.as_millis() as Millis))
+        };
+        // Peers up over a direct path: who this machine relays for and accepts relayed
+        // packets from, and who can relay for us.
+        let direct: BTreeMap<String, (u32, SocketAddr)> = self
+            .peers
+            .iter()
+            .filter_map(|(id, t)| {
+                let s = stats.get(&t.planned.public_key)?;
+                let e = s.endpoint?;
+                let fresh = last_handshake(Some(s))
+                    .is_some_and(|h| now.saturating_sub(h) < self.timing.down_after);
+                (fresh && relay::parse_relay_addr(&e).is_none())
+                    .then(|| (id.clone(), (t.planned.subnet_index, e)))
+            })
+            .collect();
+        let pongs = {
+            let mut table = self.table.lock().unwrap();
+            table.set_direct(direct.values().copied().collect());
+            std::mem::take(&mut table.pongs)
+        };
+
         let mut events = Vec::new();
         let mut kicks = Vec::new();
+        let mut probes = Vec::new();
         for (id, t) in self.peers.iter_mut() {
             let s = stats.get(&t.planned.public_key).cloned();
-            let last_handshake = s
-                .as_ref()
-                .and_then(|s| s.last_handshake)
-                .map(|ago| now.saturating_sub(ago.as_millis() as Millis));
-            let d = endpoint::step(
-                &t.selection,
-                &t.planned.candidates,
-                last_handshake,
-                now,
+            let mut relays: Vec<u32> = t
+                .planned
+                .observed_by
+                .iter()
+                .filter_map(|r| direct.get(r).map(|(index, _)| *index))
+                .collect();
+            relays.sort_unstable();
+            let d = path::decide(
+                &t.path,
+                &PathInput {
+                    candidates: &t.planned.candidates,
+                    relays: &relays,
+                    peer_index: t.planned.subnet_index,
+                    last_handshake: last_handshake(s.as_ref()),
+                    device_endpoint: s.as_ref().and_then(|s| s.endpoint),
+                    pong: pongs.get(&t.planned.subnet_index).copied(),
+                    now,
+                },
                 &self.timing,
             );
-            if d.changed {
-                tracing::info!(peer = %t.planned.name, from = ?t.selection.current,
-                    to = ?d.selection.current, "trying the next endpoint");
-                wg::set_endpoint(&self.device, t.planned.public_key, d.selection.current).await?;
+            if let Some(e) = d.set_endpoint {
+                tracing::info!(peer = %t.planned.name, from = ?t.path.selection.current,
+                    to = %describe(e), "trying the next endpoint");
+                wg::set_endpoint(&self.device, t.planned.public_key, Some(e)).await?;
             }
-            if d.selection.current.is_some()
-                && d.status == PeerStatus::Connecting
-                && (d.changed || now.saturating_sub(t.kicked_at) >= KICK_EVERY)
-            {
+            let connecting = d.status == PeerStatus::Connecting;
+            if d.kick || (connecting && now.saturating_sub(t.kicked_at) >= KICK_EVERY) {
                 kicks.push(t.planned.public_key);
                 t.kicked_at = now;
+            }
+            if d.probe
+                && t.probed_at
+                    .is_none_or(|p| now.saturating_sub(p) >= PROBE_EVERY)
+            {
+                t.probed_at = Some(now);
+                probes.push((t.planned.subnet_index, t.planned.candidates.clone()));
             }
             let up = d.status == PeerStatus::Up;
             if up != t.up {
                 let (machine_id, name) = (id.clone(), t.planned.name.clone());
-                tracing::info!(peer = %name, endpoint = ?s.as_ref().and_then(|s| s.endpoint),
-                    "peer {}", if up { "up" } else { "down" });
+                let via = s.as_ref().and_then(|s| s.endpoint).map(describe);
+                tracing::info!(peer = %name, endpoint = ?via, "peer {}", if up { "up" } else { "down" });
                 events.push(if up {
                     PeerEvent::Up { machine_id, name }
                 } else {
@@ -233,13 +302,41 @@ impl Mesh {
             }
             t.up = up;
             t.status = d.status;
-            t.selection = d.selection;
+            t.path = d.state;
             t.stats = s;
         }
         for key in kicks {
             self.kick(key);
         }
+        self.probe(probes).await;
         Ok(events)
+    }
+
+    /// Pings every direct candidate of each listed peer; answers arrive in the relay table.
+    async fn probe(&self, probes: Vec<(u32, Vec<SocketAddr>)>) {
+        if probes.is_empty() {
+            return;
+        }
+        let mut sends = Vec::new();
+        {
+            let mut table = self.table.lock().unwrap();
+            let me = table.my_index;
+            for (peer, candidates) in probes {
+                let nonce: u64 = rand::random();
+                table.pings.insert(peer, nonce);
+                for c in candidates {
+                    sends.push((relay::ping(me, peer, nonce), c));
+                }
+            }
+        }
+        for (bytes, to) in sends {
+            self.probes.send(bytes, to).await;
+        }
+    }
+
+    /// How many packets this machine has relayed for others.
+    pub fn relayed_packets(&self) -> u64 {
+        self.table.lock().unwrap().relayed_packets
     }
 
     /// Peer machine id -> the endpoint its traffic last came from, for peers that are up.
@@ -250,25 +347,49 @@ impl Mesh {
             .filter(|(_, t)| t.up)
             .filter_map(|(id, t)| {
                 let e = t.stats.as_ref()?.endpoint?;
-                Some((id.clone(), e.to_string()))
+                // A relayed peer's real address is unknown here.
+                relay::parse_relay_addr(&e)
+                    .is_none()
+                    .then(|| (id.clone(), e.to_string()))
             })
             .collect()
     }
 
     pub fn info(&self) -> Vec<PeerInfo> {
+        let relay_names: BTreeMap<u32, (&str, SocketAddr)> = {
+            let table = self.table.lock().unwrap();
+            self.peers
+                .values()
+                .filter_map(|t| {
+                    let e = table.direct.get(&t.planned.subnet_index)?;
+                    Some((t.planned.subnet_index, (t.planned.name.as_str(), *e)))
+                })
+                .collect()
+        };
         self.peers
             .iter()
             .map(|(id, t)| {
                 let s = t.stats.as_ref();
+                let device_endpoint = s.and_then(|s| s.endpoint);
+                let via = device_endpoint
+                    .as_ref()
+                    .and_then(relay::parse_relay_addr)
+                    .map(|(r, _)| relay_names.get(&r).copied());
                 PeerInfo {
                     machine_id: id.clone(),
                     name: t.planned.name.clone(),
                     public_key: keys::encode(&t.planned.public_key),
                     subnet: format!("{}/24", t.planned.subnet),
-                    endpoint: s
-                        .and_then(|s| s.endpoint)
-                        .map(|e: SocketAddr| e.to_string())
-                        .unwrap_or_default(),
+                    endpoint: match (via, device_endpoint) {
+                        (Some(Some((_, relay_endpoint))), _) => relay_endpoint.to_string(),
+                        (Some(None), _) => String::new(),
+                        (None, e) => e.map(|e| e.to_string()).unwrap_or_default(),
+                    },
+                    relay: match via {
+                        Some(Some((name, _))) => name.to_string(),
+                        Some(None) => "?".into(),
+                        None => String::new(),
+                    },
                     status: match t.status {
                         PeerStatus::Up => "up",
                         PeerStatus::Connecting => "connecting",
@@ -280,9 +401,17 @@ impl Mesh {
                         .unwrap_or(-1),
                     rx_bytes: s.map(|s| s.rx_bytes).unwrap_or(0),
                     tx_bytes: s.map(|s| s.tx_bytes).unwrap_or(0),
-                    path: "direct",
+                    path: if via.is_some() { "relayed" } else { "direct" },
                 }
             })
             .collect()
+    }
+}
+
+/// An endpoint for logs: synthetic relay endpoints as `relay R -> peer P`.
+fn describe(e: SocketAddr) -> String {
+    match relay::parse_relay_addr(&e) {
+        Some((r, p)) => format!("via relay subnet {r} to subnet {p}"),
+        None => e.to_string(),
     }
 }

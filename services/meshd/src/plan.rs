@@ -32,6 +32,9 @@ pub struct PlannedPeer {
     /// Endpoints to try, in order: what the peer advertises, then where other machines
     /// observed it (its NAT's reflexive address), without duplicates.
     pub candidates: Vec<SocketAddr>,
+    /// Machines that have a live tunnel with this peer (they published where they see it):
+    /// the possible relays to it.
+    pub observed_by: Vec<String>,
 }
 
 /// A state entry that does not become a peer, and why.
@@ -135,6 +138,12 @@ pub fn plan(
             subnet_index: m.subnet,
             subnet,
             candidates: candidates(state, m),
+            observed_by: state
+                .machines
+                .values()
+                .filter(|o| o.id != m.id && o.observed_endpoints.contains_key(&m.id))
+                .map(|o| o.id.clone())
+                .collect(),
         });
     }
     out.peers.sort_by_key(|p| p.subnet_index);

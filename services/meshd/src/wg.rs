@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use gotatun::device::{Device, DeviceBuilder, Peer};
 use gotatun::tun::tun_async_device::TunDevice;
-use gotatun::udp::socket::UdpSocketFactory;
 use gotatun::x25519::{PublicKey, StaticSecret};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
-pub type WgDevice = Device<(UdpSocketFactory, TunDevice, TunDevice)>;
+use crate::relay::RelayFactory;
+
+/// gotatun on a TUN device, its UDP socket wrapped for relaying and probing.
+pub type WgDevice = Device<(RelayFactory, TunDevice, TunDevice)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WgError {
@@ -24,7 +26,12 @@ pub enum WgError {
 }
 
 /// Creates the TUN device `ifname` and a WireGuard device on it listening on `port`.
-pub async fn create(ifname: &str, port: u16, key: StaticSecret) -> Result<Arc<WgDevice>, WgError> {
+pub async fn create(
+    ifname: &str,
+    port: u16,
+    key: StaticSecret,
+    udp: RelayFactory,
+) -> Result<Arc<WgDevice>, WgError> {
     let tun = TunDevice::from_name(ifname).map_err(|e| WgError::Tun {
         ifname: ifname.into(),
         reason: e.to_string(),
@@ -34,7 +41,7 @@ pub async fn create(ifname: &str, port: u16, key: StaticSecret) -> Result<Arc<Wg
         reason: e.to_string(),
     };
     let device = DeviceBuilder::new()
-        .with_default_udp()
+        .with_udp(udp)
         .with_ip(tun)
         .with_private_key(key)
         .build()

@@ -28,9 +28,11 @@ pub struct Machine {
     pub dbus: Option<(zbus::Connection, tokio::task::JoinHandle<()>)>,
     pub bus: PrivateBus,
     pub ns: Netns,
+    /// The NAT router in front of the machine, if any.
+    pub nat: Option<Netns>,
     pub dir: tempfile::TempDir,
     pub id: String,
-    /// The internet address (`192.0.2.N`).
+    /// The internet address (`192.0.2.N`), the NAT's for a machine behind one.
     pub public_ip: String,
     pub config: String,
 }
@@ -69,16 +71,77 @@ pub struct TestMesh {
 /// Config every test machine starts from: short timelines so rotation shows within seconds.
 pub fn base_config(bus: &str, data_dir: &std::path::Path) -> String {
     format!(
-        "bus = \"{bus}\"\ndata_dir = \"{}\"\nhandshake_timeout_secs = 3\ndown_after_secs = 30\n\
-         keepalive_secs = 5\ncontainer_bridge = \"ctr0\"\n",
+        "bus = \"{bus}\"\ndata_dir = \"{}\"\nhandshake_timeout_secs = 3\nkeepalive_secs = 5\ncontainer_bridge = \"ctr0\"\n",
         data_dir.display()
     )
+}
+
+/// Where a machine sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// On the internet bridge as `192.0.2.<i+1>`.
+    Internet,
+    /// Behind a symmetric NAT (`masquerade fully-random`: a new external port per
+    /// destination, so no hole punching) at `192.0.2.<i+11>`, the machine at `10.0.<i>.2`.
+    /// With `forward`, the NAT forwards UDP 51820 to the machine, but a firewall table
+    /// `ip gate` drops what it forwards until the test deletes that table.
+    BehindNat { forward: bool },
+}
+
+/// Puts a NAT router namespace between `machine` and the internet; returns it and its
+/// public address.
+pub fn behind_nat(
+    internet: &Internet,
+    machine: &Netns,
+    i: usize,
+    forward: bool,
+) -> (Netns, String) {
+    let nat = Netns::new(&format!("nat{i}"));
+    let public_ip = format!("192.0.2.{}", i + 11);
+    internet.attach(&nat, "eth0", &format!("{public_ip}/24"));
+    nat.veth("lan0", machine, "eth0");
+    nat.addr("lan0", &format!("10.0.{i}.1/24"));
+    machine.addr("eth0", &format!("10.0.{i}.2/24"));
+    machine.ip(&["route", "add", "default", "via", &format!("10.0.{i}.1")]);
+    nat.sysctl("ipv4/ip_forward", "1");
+    let mut rules = String::from(
+        "table ip nat {\n\
+         chain postrouting { type nat hook postrouting priority srcnat; oifname \"eth0\" masquerade fully-random; }\n",
+    );
+    if forward {
+        rules += &format!(
+            "chain prerouting {{ type nat hook prerouting priority dstnat; iifname \"eth0\" udp dport 51820 dnat to 10.0.{i}.2:51820; }}\n"
+        );
+    }
+    rules += "}\n";
+    if forward {
+        rules += "table ip gate {\n chain forward { type filter hook forward priority filter; iifname \"eth0\" ct status dnat drop; }\n}\n";
+    }
+    let path = std::env::temp_dir().join(format!("{}.nft", nat.name()));
+    std::fs::write(&path, rules).unwrap();
+    let out = nat.exec("nft", &["-f", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "nft in the NAT: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (nat, public_ip)
 }
 
 impl TestMesh {
     /// `n` machines `192.0.2.1..n` on the internet bridge; `extra(i)` is appended to machine
     /// i's meshd config.
     pub async fn start(n: usize, extra: impl Fn(usize) -> String) -> TestMesh {
+        Self::start_with(n, extra, |_| Place::Internet).await
+    }
+
+    /// Like [`TestMesh::start`], with each machine placed by `place(i)`.
+    pub async fn start_with(
+        n: usize,
+        extra: impl Fn(usize) -> String,
+        place: impl Fn(usize) -> Place,
+    ) -> TestMesh {
         init_tracing();
         let internet = Internet::new();
         let cluster = Cluster::start(n).await;
@@ -89,8 +152,17 @@ impl TestMesh {
         let mut machines = Vec::new();
         for i in 0..n {
             let ns = Netns::new(&format!("m{i}"));
-            let public_ip = format!("192.0.2.{}", i + 1);
-            internet.attach(&ns, "eth0", &format!("{public_ip}/24"));
+            let (nat, public_ip) = match place(i) {
+                Place::Internet => {
+                    let ip = format!("192.0.2.{}", i + 1);
+                    internet.attach(&ns, "eth0", &format!("{ip}/24"));
+                    (None, ip)
+                }
+                Place::BehindNat { forward } => {
+                    let (nat, ip) = behind_nat(&internet, &ns, i, forward);
+                    (Some(nat), ip)
+                }
+            };
             let bus = PrivateBus::start();
             let dbus = stated::dbus::serve(cluster.node(i).shared().clone(), &bus.address)
                 .await
@@ -103,6 +175,7 @@ impl TestMesh {
                 dbus,
                 bus,
                 ns,
+                nat,
                 dir,
                 id: cluster.ids[i].clone(),
                 public_ip,
@@ -130,6 +203,39 @@ impl TestMesh {
     /// `10.210.X.1` of machine i.
     pub fn mesh_ip(&self, i: usize) -> Ipv4Addr {
         Ipv4Addr::new(10, 210, self.subnet(i) as u8, 1)
+    }
+
+    /// Machine `from`'s view of machine `to` on D-Bus.
+    pub async fn peer_row(
+        &self,
+        from: usize,
+        to: usize,
+    ) -> Option<uncloud_common::dbus::MeshPeerRow> {
+        let rows = self.machines[from].proxy().await.peers().await.ok()?;
+        rows.into_iter().find(|r| r.0 == self.machines[to].id)
+    }
+
+    /// Waits until `cond` holds for machine `from`'s row of machine `to`.
+    pub async fn wait_row(
+        &self,
+        from: usize,
+        to: usize,
+        what: &str,
+        deadline: Duration,
+        cond: impl Fn(&uncloud_common::dbus::MeshPeerRow) -> bool,
+    ) -> uncloud_common::dbus::MeshPeerRow {
+        let start = Instant::now();
+        loop {
+            let row = self.peer_row(from, to).await;
+            if let Some(r) = row.as_ref().filter(|r| cond(r)) {
+                return r.clone();
+            }
+            if start.elapsed() > deadline {
+                self.dump_logs();
+                panic!("machine {from} never saw machine {to} {what}; last: {row:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits until every machine in `who` reports `want` peers, all up.
