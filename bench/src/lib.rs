@@ -3,14 +3,17 @@
 //! Every benchmark runs a reference side by side in the same command and reports the ratio
 //! `value / reference`. Each writes `bench/results/<name>.json`
 //! (`{"<metric>": {"value": …, "reference": …, "ratio": …, "unit": "…"}, …}`) and a short
-//! `<name>.md` saying how it was run and on what. Only loopback addresses are used; every loop
-//! is bounded and everything a benchmark starts is stopped before it returns.
+//! `<name>.md` saying how it was run and on what. Only loopback addresses and network
+//! namespaces the benchmark creates are used; every loop is bounded and everything a
+//! benchmark starts is stopped (and every namespace removed) before it returns.
 //!
 //! - [`report`], [`stats`], [`sys`], [`logs`]: shared by every benchmark (result files,
 //!   percentiles, machine description and resident memory, logging).
 //! - [`stated`]: the replicated-state benchmark (binary `stated-bench`).
+//! - [`meshd`]: the mesh benchmark against wireguard-go and plain veth (binary `meshd-bench`).
 
 pub mod logs;
+pub mod meshd;
 pub mod report;
 pub mod stated;
 pub mod stats;

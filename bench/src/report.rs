@@ -17,15 +17,25 @@ pub struct Metric {
 }
 
 impl Metric {
+    /// Values rounded to one decimal.
     pub fn new(value: f64, reference: f64, unit: &str) -> Metric {
+        Self::rounded(value, reference, unit, 1)
+    }
+
+    /// Values rounded to three decimals, for small figures (sub-millisecond latencies).
+    pub fn precise(value: f64, reference: f64, unit: &str) -> Metric {
+        Self::rounded(value, reference, unit, 3)
+    }
+
+    fn rounded(value: f64, reference: f64, unit: &str, decimals: i32) -> Metric {
         let ratio = if reference > 0.0 {
             value / reference
         } else {
             f64::NAN
         };
         Metric {
-            value: round_to(value, 1),
-            reference: round_to(reference, 1),
+            value: round_to(value, decimals),
+            reference: round_to(reference, decimals),
             ratio: round_to(ratio, 3),
             unit: unit.to_string(),
         }

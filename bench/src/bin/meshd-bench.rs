@@ -1,0 +1,56 @@
+//! `meshd-bench`: throughput, latency, CPU per GB and memory of meshd beside wireguard-go
+//! (and the plain veth path), written to `bench/results/meshd.{json,md}`. Needs root.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+use uncloud_bench::meshd::{run_bench, Plan};
+use uncloud_bench::progress;
+
+#[derive(Parser)]
+#[command(
+    about = "Benchmark meshd against wireguard-go and plain veth between two network namespaces (needs root)"
+)]
+struct Args {
+    /// Short runs, for a smoke test of a minute. Results go to a temp dir unless --out is given.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for meshd.json and meshd.md. Default: bench/results (a temp dir with --quick).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    uncloud_bench::logs::init();
+    let plan = if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    let out = args.out.clone().unwrap_or_else(|| {
+        if args.quick {
+            std::env::temp_dir().join("uncloud-bench-quick")
+        } else {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
+        }
+    });
+    let extra: Vec<String> = std::env::args().skip(1).collect();
+    let command = format!(
+        "cargo run --release -p uncloud-bench --bin meshd-bench{}{}",
+        if extra.is_empty() { "" } else { " -- " },
+        extra.join(" ")
+    );
+    progress(format!("plan: {plan:?}"));
+    let results = run_bench(&plan, &out, &command).await?;
+    if let Some(r) = results.get("tcp_throughput_mbit_s") {
+        progress(format!(
+            "target: meshd throughput at least wireguard-go's: {} (ratio {:.3})",
+            if r.ratio >= 1.0 { "PASS" } else { "FAIL" },
+            r.ratio
+        ));
+    }
+    Ok(())
+}
