@@ -102,12 +102,16 @@ impl Target {
     }
 }
 
-/// Formats a number for a table: integers without decimals, others with one.
+/// Formats a number for a table: integers without decimals, figures below 1 with three,
+/// others with one.
 pub fn fmt_num(x: f64) -> String {
     if x.is_nan() {
         "n/a".into()
     } else if x.fract() == 0.0 || x.abs() >= 1000.0 {
         format!("{x:.0}")
+    } else if x.abs() < 1.0 {
+        // Sub-unit figures (latencies in ms) keep their precision.
+        format!("{x:.3}")
     } else {
         format!("{x:.1}")
     }

@@ -268,13 +268,16 @@ fn measure_path(
     Ok(f)
 }
 
+/// A private bus and stated's service on it.
+type Bus = (
+    PrivateBus,
+    Option<(zbus::Connection, tokio::task::JoinHandle<()>)>,
+);
+
 /// A meshd per machine, fed by stated on a private bus.
 struct Meshes {
     daemons: Vec<Daemon>,
-    _buses: Vec<(
-        PrivateBus,
-        Option<(zbus::Connection, tokio::task::JoinHandle<()>)>,
-    )>,
+    _buses: Vec<Bus>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -355,10 +358,12 @@ fn wg_genkey() -> Result<(String, String)> {
 
 /// Starts wireguard-go as interface `name` in `ns`, waits for its control socket.
 fn start_wg_go(ns: &Netns, name: &str, dir: &Path) -> Result<Daemon> {
+    // A socket left by a killed run would be found at once and refuse connections.
+    let sock = PathBuf::from(format!("/var/run/wireguard/{name}.sock"));
+    let _ = std::fs::remove_file(&sock);
     let mut cmd = ns.command("wireguard-go");
     cmd.args(["-f", name]);
     let d = Daemon::spawn("wireguard-go", cmd, dir.join(format!("{name}.log")));
-    let sock = PathBuf::from(format!("/var/run/wireguard/{name}.sock"));
     let start = Instant::now();
     while !sock.exists() {
         if start.elapsed() > Duration::from_secs(10) {
@@ -477,7 +482,9 @@ pub async fn run_bench(plan: &Plan, out_dir: &Path, command: &str) -> Result<Res
         .to_string();
     let pids = [wa.pid(), wb.pid()];
     m.wg_go = measure_path("wireguard-go", plan, &a, &b, "10.99.0.2", &pids)?;
-    drop((wa, wb));
+    for mut d in [wa, wb] {
+        d.stop(Duration::from_secs(5));
+    }
     drop(cluster);
 
     for &n in &plan.peer_counts {
@@ -550,7 +557,8 @@ async fn memory(bin: &Path, n: usize) -> Result<(usize, u64, u64)> {
     ns.ip(&["link", "set", "wgref-rss", "up"]);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let reference = rss_bytes(wg.pid());
-    drop(wg);
+    let mut wg = wg;
+    wg.stop(Duration::from_secs(5));
     progress(format!(
         "memory with {n} peers: meshd {:.1} MiB, wireguard-go {:.1} MiB",
         ours as f64 / 1048576.0,

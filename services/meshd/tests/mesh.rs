@@ -93,6 +93,21 @@ async fn three_machines_reach_each_other_and_containers_see_true_sources() {
         );
     }
 
+    // The same from busctl, as an operator would ask.
+    let (ok, out, err) = mesh.machines[0].bus.busctl(&[
+        "call",
+        "org.uncloud.Mesh1",
+        "/org/uncloud/Mesh1",
+        "org.uncloud.Mesh1",
+        "Peers",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("a(ssssssxtts) 2 "), "{out}");
+    assert!(
+        out.contains(&mesh.machines[1].id) && out.contains("\"direct\""),
+        "{out}"
+    );
+
     // Each machine observed the others at their internet addresses and published that.
     let state = mesh.cluster.node(0).state();
     for m in &mesh.machines {
@@ -129,7 +144,10 @@ async fn a_removed_machine_disappears_and_keys_survive_a_restart() {
     let key_before = mesh.machines[0].proxy().await.public_key().await.unwrap();
     let ip2 = mesh.mesh_ip(2).to_string();
 
-    // Remove machine 2 from the state: the others drop it, their tunnel to each other stays.
+    // Remove machine 2 from the state: the others drop it (announcing PeerDown), their tunnel
+    // to each other stays.
+    let proxy0 = mesh.machines[0].proxy().await;
+    let mut downs = proxy0.receive_peer_down().await.unwrap();
     mesh.cluster
         .node(0)
         .mutate(stated::document::Mutation::RemoveMachine(
@@ -152,6 +170,14 @@ async fn a_removed_machine_disappears_and_keys_survive_a_restart() {
         }
     });
     mesh.wait_all_up(&[0, 1], 1, UP).await;
+    let down = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut downs),
+    )
+    .await
+    .expect("PeerDown within 10 s")
+    .unwrap();
+    assert_eq!(down.args().unwrap().machine_id, mesh.machines[2].id);
     assert!(
         !mesh.machines[0].ns.ping(&ip2, 1),
         "removed machine still reachable"

@@ -442,6 +442,39 @@ mod tests {
     }
 
     #[test]
+    fn mesh_fields_merge_with_a_concurrent_renumbering() {
+        let mut a = StateDoc::new(genesis("n"));
+        a.apply(&Mutation::UpsertMachine(machine("m1", "a", 1)))
+            .unwrap();
+        let mut b = StateDoc::new(genesis("n"));
+        sync_pair(&mut a, &mut b);
+        // stated renumbers on one side while meshd publishes its key on the other.
+        let mut renumbered = b.machine("m1").unwrap();
+        renumbered.subnet = 7;
+        b.apply(&Mutation::UpsertMachine(renumbered)).unwrap();
+        let fields = MeshFields {
+            machine_id: "m1".into(),
+            public_key: "key".into(),
+            endpoints: vec!["192.0.2.1:51820".into()],
+            observed: [("m2".to_string(), "198.51.100.2:4000".to_string())].into(),
+        };
+        assert!(a.apply(&Mutation::SetMachineMesh(fields.clone())).unwrap());
+        sync_pair(&mut a, &mut b);
+        let m = b.machine("m1").unwrap();
+        assert_eq!((m.subnet, m.name.as_str()), (7, "a"));
+        assert_eq!(m.wireguard_public_key, "key");
+        assert_eq!(m.endpoints, fields.endpoints);
+        assert_eq!(m.observed_endpoints, fields.observed);
+        // Setting the mesh fields of a machine not in the state is NotFound.
+        let missing = MeshFields {
+            machine_id: "nope".into(),
+            ..fields
+        };
+        let err = a.apply(&Mutation::SetMachineMesh(missing)).unwrap_err();
+        assert!(matches!(err, DocError::NotFound { .. }), "{err}");
+    }
+
+    #[test]
     fn rewriting_the_same_value_is_not_a_change() {
         let mut d = StateDoc::new(genesis("n"));
         assert!(d
