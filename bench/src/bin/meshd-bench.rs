@@ -45,7 +45,9 @@ async fn main() -> Result<()> {
     );
     progress(format!("plan: {plan:?}"));
     let results = run_bench(&plan, &out, &command).await?;
-    if let Some(r) = results.get("tcp_throughput_mbit_s") {
+    if plan.quick {
+        progress("quick smoke run: figures are not judged against the target");
+    } else if let Some(r) = results.get("tcp_throughput_mbit_s") {
         progress(format!(
             "target: meshd throughput at least wireguard-go's: {} (ratio {:.3})",
             if r.ratio >= 1.0 { "PASS" } else { "FAIL" },
