@@ -549,6 +549,45 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever arrives from the internet: parsing and handling never panic, a relay
+        /// only ever forwards to a direct peer, and only what came from a direct peer is
+        /// delivered.
+        #[test]
+        fn arbitrary_datagrams_are_handled_safely(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            kind in 0x10u8..=0x13,
+            from_peer in proptest::prelude::any::<bool>(),
+        ) {
+            let mut t = table(3, &[(1, "198.51.100.1:4000"), (2, "203.0.113.2:5000")]);
+            let source = if from_peer { a("198.51.100.1:4000") } else { a("192.0.2.66:9") };
+            for d in [bytes.clone(), [vec![kind, 0, 0, 0], bytes].concat()] {
+                if let Some(msg) = parse(&d) {
+                    match handle(&mut t, &msg, source) {
+                        Handling::Send(_, to) => proptest::prop_assert!(
+                            t.direct.values().any(|e| *e == to) || to == source
+                        ),
+                        Handling::Deliver(addr) => {
+                            proptest::prop_assert!(from_peer);
+                            proptest::prop_assert!(parse_relay_addr(&addr).is_some());
+                        }
+                        Handling::Drop => {}
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn relay_messages_round_trip(index in proptest::prelude::any::<u32>(),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..100)) {
+            let encoded = encode(RELAY, index, &payload);
+            proptest::prop_assert_eq!(
+                parse(&encoded),
+                Some(Message::Relay { to: index, packet: &payload })
+            );
+        }
+    }
+
     #[test]
     fn pings_for_this_machine_are_answered_and_only_expected_pongs_count() {
         let mut t = table(2, &[]);
