@@ -108,12 +108,22 @@ async fn three_machines_reach_each_other_and_containers_see_true_sources() {
         "{out}"
     );
 
-    // Each machine observed the others at their internet addresses and published that.
-    let state = mesh.cluster.node(0).state();
-    for m in &mesh.machines {
-        let observed = &state.machines[&m.id].observed_endpoints;
-        assert_eq!(observed.len(), 2, "{} observed {observed:?}", m.id);
-    }
+    // Each machine observed the others at their internet addresses and published that
+    // (meshd publishes every few seconds, so wait for it).
+    let ids: Vec<String> = mesh.machines.iter().map(|m| m.id.clone()).collect();
+    let ips: Vec<String> = mesh.machines.iter().map(|m| m.public_ip.clone()).collect();
+    stated::testkit::wait_for("observed endpoints", Duration::from_secs(20), || {
+        let state = mesh.cluster.node(0).state();
+        ids.iter().all(|id| {
+            let observed = &state.machines[id].observed_endpoints;
+            observed.len() == 2
+                && observed.iter().all(|(peer, e)| {
+                    let j = ids.iter().position(|i| i == peer).unwrap();
+                    *e == format!("{}:51820", ips[j])
+                })
+        })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
