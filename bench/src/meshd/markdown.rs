@@ -107,7 +107,7 @@ pub fn render(
     line(
         s,
         format!(
-            "- TUN MTU: meshd {} (egress 1500 minus 80), wireguard-go {}",
+            "- TUN MTU: meshd {} (egress 1500 minus 88: WireGuard over IPv6 plus the relay header), wireguard-go {} (its default)",
             m.mtu_meshd, m.mtu_wg_go
         ),
     );

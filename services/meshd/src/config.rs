@@ -31,7 +31,7 @@ pub struct Config {
     /// ports, TUN devices or link-local addresses). Default true.
     pub advertise_interfaces: bool,
     /// MTU of the TUN device. Default: the MTU of the interface the default route uses, minus
-    /// WireGuard's worst-case overhead (80 bytes: IPv6 + UDP + WireGuard), or 1420.
+    /// the worst-case overhead (88 bytes: IPv6 + UDP + WireGuard + relay header), or 1412.
     pub mtu: Option<u16>,
     /// How long a newly tried endpoint may take to complete a handshake before the next one
     /// is tried, in seconds. Default 15.

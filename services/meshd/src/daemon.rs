@@ -227,21 +227,43 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             }
         }
         if replan {
-            replan = false;
+            // Cleared only once the state was read, so a failed read is retried next tick.
             if let Some(s) = read_state(&state).await {
+                replan = false;
                 match me_in(&s, &machine_id) {
                     Some(new) => {
                         let new_address = new.cidr.machine_ip(new.subnet).expect("checked");
-                        if new_address != address || new.cidr != me.cidr {
+                        let moved = new_address != address || new.cidr != me.cidr;
+                        if moved {
                             tracing::info!(from = %address, to = %new_address, "this machine was renumbered");
-                            netconf::configure_tun(&config.interface, new_address, mtu, &new.cidr)?;
-                            if config.firewall && new.cidr != me.cidr {
-                                firewall::apply(&rules(&new.cidr))?;
+                            let result = netconf::configure_tun(
+                                &config.interface,
+                                new_address,
+                                mtu,
+                                &new.cidr,
+                            )
+                            .map_err(DaemonError::from)
+                            .and_then(|()| {
+                                if config.firewall && new.cidr != me.cidr {
+                                    firewall::apply(&rules(&new.cidr))?;
+                                }
+                                Ok(())
+                            });
+                            match result {
+                                Ok(()) => {
+                                    address = new_address;
+                                    snapshot.lock().unwrap().address = address.to_string();
+                                    me = new;
+                                }
+                                // Keep the tunnels up on the old address and try again.
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot move to the new address; retrying");
+                                    replan = true;
+                                }
                             }
-                            address = new_address;
-                            snapshot.lock().unwrap().address = address.to_string();
+                        } else {
+                            me = new;
                         }
-                        me = new;
                         mesh.set_my_index(me.subnet);
                     }
                     None => tracing::warn!(
@@ -261,7 +283,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             signals.emit(&event).await;
         }
         if ticks % PUBLISH_EVERY_TICKS == 1 || published.is_none() {
-            let now = (advertised(&config, &me.cidr), mesh.observed());
+            // `ip` runs as a child process: off the async workers that also carry packets.
+            let endpoints = {
+                let (config, cidr) = (config.clone(), me.cidr);
+                tokio::task::spawn_blocking(move || advertised(&config, &cidr))
+                    .await
+                    .unwrap_or_default()
+            };
+            let now = (endpoints, mesh.observed());
             if published.as_ref() != Some(&now) {
                 let observed: HashMap<String, String> =
                     now.1.iter().map(|(k, v)| (k.clone(), v.clone())).collect();

@@ -10,7 +10,9 @@
 //! - an up peer with no handshake for [`Timing::down_after`] (275 s: WireGuard rekeys every
 //!   120 s and retries for 90 s more, so this is well past any healthy silence) is **down**,
 //!   and rotation resumes with the next candidate;
-//! - if the current endpoint disappears from the candidates, the first candidate is chosen.
+//! - if the current endpoint disappears from the candidates while the peer is not up, the
+//!   first candidate is chosen; an up peer keeps its endpoint (it works, whatever the state
+//!   now advertises).
 //!
 //! Time is a plain millisecond counter so every transition is table-tested without clocks.
 
@@ -96,18 +98,21 @@ pub fn step(
     let Some(current) = previous.current else {
         return choose(candidates.first().copied());
     };
-    let Some(position) = candidates.iter().position(|c| *c == current) else {
-        return choose(candidates.first().copied());
-    };
-    let next = candidates[(position + 1) % candidates.len()];
     let keep = |status| Decision {
         selection: previous.clone(),
         status,
         changed: false,
     };
     // A handshake counts for the current endpoint only if it happened after we chose it.
-    match last_handshake.filter(|&h| h >= previous.chosen_at) {
-        Some(h) if now.saturating_sub(h) < timing.down_after => keep(PeerStatus::Up),
+    let handshake = last_handshake.filter(|&h| h >= previous.chosen_at);
+    if handshake.is_some_and(|h| now.saturating_sub(h) < timing.down_after) {
+        return keep(PeerStatus::Up);
+    }
+    let Some(position) = candidates.iter().position(|c| *c == current) else {
+        return choose(candidates.first().copied());
+    };
+    let next = candidates[(position + 1) % candidates.len()];
+    match handshake {
         Some(_) => choose(Some(next)),
         None if now.saturating_sub(previous.chosen_at) < timing.handshake_timeout => {
             keep(PeerStatus::Connecting)
@@ -253,10 +258,20 @@ mod tests {
                 changed: true,
             },
             Row {
-                what: "current endpoint withdrawn: back to the first",
+                what: "current endpoint withdrawn while up: keep it, it works",
                 previous: sel(E2, 15_000),
                 candidates: vec![E3, E1],
                 handshake: Some(16_000),
+                now: 20_000,
+                endpoint: Some(E2),
+                status: PeerStatus::Up,
+                changed: false,
+            },
+            Row {
+                what: "current endpoint withdrawn while connecting: back to the first",
+                previous: sel(E2, 15_000),
+                candidates: vec![E3, E1],
+                handshake: None,
                 now: 20_000,
                 endpoint: Some(E3),
                 status: PeerStatus::Connecting,

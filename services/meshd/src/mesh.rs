@@ -56,6 +56,10 @@ struct Tracked {
     /// Last time the direct candidates were probed.
     probed_at: Option<Millis>,
     stats: Option<wg::PeerStats>,
+    /// Set when meshd itself pointed the device somewhere: the rx byte count then. Until
+    /// more arrives, the endpoint is only our guess, not an address WireGuard authenticated,
+    /// so the relay table does not trust it.
+    unverified_since_rx: Option<u64>,
 }
 
 pub struct Mesh {
@@ -202,6 +206,7 @@ impl Mesh {
                 kicked_at: now,
                 probed_at: None,
                 stats: None,
+                unverified_since_rx: Some(0),
             },
         );
         Ok(())
@@ -237,7 +242,10 @@ impl Mesh {
                 let e = s.endpoint?;
                 let fresh = last_handshake(Some(s))
                     .is_some_and(|h| now.saturating_sub(h) < self.timing.down_after);
-                (fresh && relay::parse_relay_addr(&e).is_none())
+                // Since meshd last set the endpoint, an authenticated packet has arrived, and
+                // WireGuard's roaming made its source the endpoint: a proven address.
+                let proven = t.unverified_since_rx.is_none_or(|rx| s.rx_bytes > rx);
+                (fresh && proven && relay::parse_relay_addr(&e).is_none())
                     .then(|| (id.clone(), (t.planned.subnet_index, e)))
             })
             .collect();
@@ -267,7 +275,11 @@ impl Mesh {
                     peer_index: t.planned.subnet_index,
                     last_handshake: last_handshake(s.as_ref()),
                     device_endpoint: s.as_ref().and_then(|s| s.endpoint),
-                    pong: pongs.get(&t.planned.subnet_index).copied(),
+                    // Only an answer from an address we probed counts.
+                    pong: pongs
+                        .get(&t.planned.subnet_index)
+                        .copied()
+                        .filter(|p| t.planned.candidates.contains(p)),
                     now,
                 },
                 &self.timing,
@@ -276,6 +288,11 @@ impl Mesh {
                 tracing::info!(peer = %t.planned.name, from = ?t.path.selection.current,
                     to = %describe(e), "trying the next endpoint");
                 wg::set_endpoint(&self.device, t.planned.public_key, Some(e)).await?;
+                t.unverified_since_rx = Some(s.as_ref().map_or(0, |s| s.rx_bytes));
+            } else if let (Some(rx), Some(s)) = (t.unverified_since_rx, s.as_ref()) {
+                if s.rx_bytes > rx {
+                    t.unverified_since_rx = None;
+                }
             }
             let connecting = d.status == PeerStatus::Connecting;
             if d.kick || (connecting && now.saturating_sub(t.kicked_at) >= KICK_EVERY) {

@@ -10,10 +10,11 @@ use std::process::Command;
 use serde::Deserialize;
 use uncloud_common::address::MeshCidr;
 
-/// WireGuard's worst-case overhead: IPv6 (40) + UDP (8) + WireGuard (32).
-pub const WIREGUARD_OVERHEAD: u16 = 80;
-/// The TUN MTU when the egress interface cannot be found (1500 - 80, as wg-quick).
-pub const FALLBACK_MTU: u16 = 1420;
+/// The worst-case overhead per packet: IPv6 (40) + UDP (8) + WireGuard (32) + meshd's relay
+/// header (8), so relayed packets over IPv6 fit the egress MTU too.
+pub const WIREGUARD_OVERHEAD: u16 = 88;
+/// The TUN MTU when the egress interface cannot be found (1500 - 88).
+pub const FALLBACK_MTU: u16 = 1412;
 
 #[derive(Debug, thiserror::Error)]
 #[error("`ip {args}` failed: {reason}")]
@@ -213,8 +214,8 @@ mod tests {
 
     #[test]
     fn mtu_leaves_room_for_wireguard() {
-        assert_eq!(mtu_for_egress(1500), 1420);
-        assert_eq!(mtu_for_egress(9000), 8920);
+        assert_eq!(mtu_for_egress(1500), 1412);
+        assert_eq!(mtu_for_egress(9000), 8912);
         assert_eq!(mtu_for_egress(1300), 1280);
     }
 }

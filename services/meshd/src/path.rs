@@ -21,6 +21,8 @@ pub struct PathState {
     pub selection: Selection,
     /// Since when the peer has not been up (None while up).
     pub connecting_since: Option<Millis>,
+    /// The relay tried last, so the next attempt tries the next one.
+    pub last_relay: Option<u32>,
 }
 
 /// What is known at this step.
@@ -63,14 +65,17 @@ pub fn decide(prev: &PathState, input: &PathInput<'_>, timing: &Timing) -> PathD
     // A direct endpoint answered while we were relayed: move to it, keeping the session (the
     // handshake that made it stays valid for this endpoint).
     if let Some(direct) = input.pong {
-        let up = input.last_handshake.is_some_and(recent);
+        let fresh = input.last_handshake.filter(|&h| recent(h));
+        let up = fresh.is_some();
         return PathDecision {
             state: PathState {
                 selection: Selection {
                     current: Some(direct),
-                    chosen_at: input.last_handshake.unwrap_or(now),
+                    // Without a live session the endpoint must prove itself with a handshake.
+                    chosen_at: fresh.unwrap_or(now),
                 },
                 connecting_since: if up { None } else { prev.connecting_since },
+                last_relay: prev.last_relay,
             },
             status: if up {
                 PeerStatus::Up
@@ -84,14 +89,18 @@ pub fn decide(prev: &PathState, input: &PathInput<'_>, timing: &Timing) -> PathD
     }
 
     // On a relay we chose.
-    if is_relay(prev.selection.current) {
+    if let Some((relay, _)) = prev.selection.current.as_ref().and_then(parse_relay_addr) {
         let chosen = prev.selection.chosen_at;
+        // A relay that is no longer up with us (or no longer reaches the peer) forwards
+        // nothing: give up on it at once.
+        let usable = input.relays.contains(&relay);
         match input.last_handshake.filter(|&h| h >= chosen) {
-            Some(h) if recent(h) => {
+            Some(h) if usable && recent(h) => {
                 return PathDecision {
                     state: PathState {
                         selection: prev.selection.clone(),
                         connecting_since: None,
+                        last_relay: prev.last_relay,
                     },
                     status: PeerStatus::Up,
                     set_endpoint: None,
@@ -99,7 +108,7 @@ pub fn decide(prev: &PathState, input: &PathInput<'_>, timing: &Timing) -> PathD
                     probe: true,
                 }
             }
-            None if now.saturating_sub(chosen) < timing.handshake_timeout => {
+            None if usable && now.saturating_sub(chosen) < timing.handshake_timeout => {
                 return PathDecision {
                     state: prev.clone(),
                     status: PeerStatus::Connecting,
@@ -115,6 +124,7 @@ pub fn decide(prev: &PathState, input: &PathInput<'_>, timing: &Timing) -> PathD
                     state: PathState {
                         selection: d.selection.clone(),
                         connecting_since: Some(now),
+                        last_relay: prev.last_relay,
                     },
                     status: d.status,
                     set_endpoint: d.selection.current,
@@ -134,10 +144,20 @@ pub fn decide(prev: &PathState, input: &PathInput<'_>, timing: &Timing) -> PathD
         timing,
     );
     if d.status == PeerStatus::Up {
+        // Roaming may have moved the device to another real address that works (the peer's
+        // NAT changed its mapping): that is the endpoint now, whatever we chose.
+        let mut selection = d.selection;
+        if let Some(e) = input
+            .device_endpoint
+            .filter(|e| parse_relay_addr(e).is_none())
+        {
+            selection.current = Some(e);
+        }
         return PathDecision {
             state: PathState {
-                selection: d.selection,
+                selection,
                 connecting_since: None,
+                last_relay: prev.last_relay,
             },
             status: PeerStatus::Up,
             set_endpoint: None,
@@ -149,7 +169,13 @@ pub fn decide(prev: &PathState, input: &PathInput<'_>, timing: &Timing) -> PathD
     let since = prev.connecting_since.unwrap_or(now);
     let round = timing.handshake_timeout * input.candidates.len().max(1) as Millis;
     if now.saturating_sub(since) >= round {
-        if let Some(&relay) = input.relays.first() {
+        // The relay after the one tried last, so one that cannot forward is not retried
+        // forever while others could.
+        let relay = prev
+            .last_relay
+            .and_then(|last| input.relays.iter().find(|&&r| r > last))
+            .or(input.relays.first());
+        if let Some(&relay) = relay {
             let via = relay_addr(relay, input.peer_index);
             return PathDecision {
                 state: PathState {
@@ -158,6 +184,7 @@ pub fn decide(prev: &PathState, input: &PathInput<'_>, timing: &Timing) -> PathD
                         chosen_at: now,
                     },
                     connecting_since: Some(now),
+                    last_relay: Some(relay),
                 },
                 status: PeerStatus::Connecting,
                 set_endpoint: Some(via),
@@ -172,6 +199,7 @@ pub fn decide(prev: &PathState, input: &PathInput<'_>, timing: &Timing) -> PathD
         state: PathState {
             selection: d.selection,
             connecting_since: Some(since),
+            last_relay: prev.last_relay,
         },
         status: d.status,
         probe: false,
@@ -247,6 +275,7 @@ mod tests {
                 chosen_at: 30_000,
             },
             connecting_since: Some(30_000),
+            last_relay: Some(3),
         };
         let mut i = input(&c, &[3], 31_000);
         i.last_handshake = Some(30_500);
@@ -266,6 +295,7 @@ mod tests {
                 chosen_at: 30_000,
             },
             connecting_since: Some(30_000),
+            last_relay: Some(3),
         };
         let d = decide(&s, &input(&c, &[3], 44_000), &T);
         assert_eq!(d.status, PeerStatus::Connecting);
@@ -289,6 +319,7 @@ mod tests {
                 chosen_at: 30_000,
             },
             connecting_since: None,
+            last_relay: Some(3),
         };
         let mut i = input(&c, &[3], 90_000);
         i.last_handshake = Some(31_000);
@@ -307,6 +338,95 @@ mod tests {
     }
 
     #[test]
+    fn a_relay_that_goes_away_is_dropped_at_once() {
+        let c = [a("10.0.2.2:51820")];
+        let s = PathState {
+            selection: Selection {
+                current: Some(relay_addr(3, 2)),
+                chosen_at: 30_000,
+            },
+            connecting_since: None,
+            last_relay: Some(3),
+        };
+        let mut i = input(&c, &[4], 40_000);
+        i.last_handshake = Some(31_000);
+        let d = decide(&s, &i, &T);
+        assert_eq!(d.set_endpoint, Some(c[0]));
+        assert_eq!(d.status, PeerStatus::Connecting);
+    }
+
+    #[test]
+    fn relays_are_tried_in_turn() {
+        let c = [a("10.0.2.2:51820")];
+        let relays = [3, 5, 8];
+        let mut s = PathState {
+            last_relay: Some(5),
+            connecting_since: Some(0),
+            ..Default::default()
+        };
+        s.selection = Selection {
+            current: Some(c[0]),
+            chosen_at: 0,
+        };
+        let d = decide(&s, &input(&c, &relays, 15_000), &T);
+        assert_eq!(d.set_endpoint, Some(relay_addr(8, 2)));
+        s.last_relay = Some(8);
+        let d = decide(&s, &input(&c, &relays, 15_000), &T);
+        assert_eq!(d.set_endpoint, Some(relay_addr(3, 2)), "wraps around");
+    }
+
+    #[test]
+    fn an_up_peer_follows_roaming_to_another_real_address() {
+        let c = [a("192.0.2.12:40000")];
+        let s = PathState {
+            selection: Selection {
+                current: Some(c[0]),
+                chosen_at: 0,
+            },
+            ..Default::default()
+        };
+        let mut i = input(&c, &[], 60_000);
+        i.last_handshake = Some(50_000);
+        i.device_endpoint = Some(a("192.0.2.12:41234"));
+        let d = decide(&s, &i, &T);
+        assert_eq!(d.status, PeerStatus::Up);
+        assert_eq!(d.state.selection.current, i.device_endpoint);
+        assert!(d.set_endpoint.is_none());
+        // The old endpoint leaving the candidates changes nothing while up.
+        let none: [SocketAddr; 0] = [];
+        let mut i2 = input(&none, &[], 61_000);
+        i2.last_handshake = Some(50_000);
+        i2.device_endpoint = i.device_endpoint;
+        let d = decide(&d.state, &i2, &T);
+        assert_eq!(d.status, PeerStatus::Up);
+        assert!(d.set_endpoint.is_none());
+    }
+
+    #[test]
+    fn a_probe_answer_without_a_live_session_must_prove_itself() {
+        let c = [a("192.0.2.12:51820")];
+        let s = PathState {
+            selection: Selection {
+                current: Some(relay_addr(3, 2)),
+                chosen_at: 0,
+            },
+            ..Default::default()
+        };
+        let mut i = input(&c, &[3], 500_000);
+        i.last_handshake = Some(1_000); // long ago
+        i.pong = Some(c[0]);
+        let d = decide(&s, &i, &T);
+        assert_eq!(d.status, PeerStatus::Connecting);
+        assert!(d.kick);
+        assert_eq!(d.state.selection.chosen_at, 500_000);
+        // One second later it is still given its handshake timeout.
+        i.pong = None;
+        i.now = 501_000;
+        let d = decide(&d.state, &i, &T);
+        assert!(d.set_endpoint.is_none());
+    }
+
+    #[test]
     fn a_peer_that_came_through_a_relay_is_probed() {
         let c = [a("192.0.2.12:51820")];
         let s = PathState {
@@ -315,6 +435,7 @@ mod tests {
                 chosen_at: 0,
             },
             connecting_since: Some(0),
+            last_relay: None,
         };
         let mut i = input(&c, &[3], 5_000);
         i.last_handshake = Some(4_000);

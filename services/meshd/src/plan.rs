@@ -160,7 +160,11 @@ fn candidates(state: &NetworkState, m: &Machine) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
     for e in m.endpoints.iter().chain(observed) {
         if let Ok(addr) = e.parse::<SocketAddr>() {
-            if !addr.ip().is_unspecified() && addr.port() != 0 && !out.contains(&addr) {
+            // A synthetic relay address in the state would make us relay to whoever wrote it.
+            let usable = !addr.ip().is_unspecified()
+                && addr.port() != 0
+                && crate::relay::parse_relay_addr(&addr).is_none();
+            if usable && !out.contains(&addr) {
                 out.push(addr);
             }
         }
@@ -262,6 +266,7 @@ mod tests {
             "10.0.0.2:51820".into(),
             "garbage".into(),
             "0.0.0.0:51820".into(),
+            "[fd75:6e63:6c6f:7564:0:3:0:2]:1".into(),
             "203.0.113.2:51820".into(),
         ];
         let mut c = machine("c", 3, 3, 0);

@@ -29,8 +29,10 @@
 //! an open relay. A receiver accepts relayed packets only from such a machine too.
 //!
 //! # Limitations
-//! Pings and pongs are not authenticated: a forged pong can only point traffic at an endpoint
-//! where the handshake then fails, and the endpoint timeline moves on. Relayed traffic costs
+//! Pings and pongs are not authenticated. The mesh engine takes an answer only from an address
+//! it probed (a candidate from the state) and trusts a peer's endpoint for relaying only after
+//! WireGuard authenticated traffic from it; a forged pong can at worst point traffic at a
+//! candidate where the handshake then fails, and the endpoint timeline moves on. Relayed traffic costs
 //! the relay's bandwidth; it is meant as a fallback, and probes move traffic back to a direct
 //! path as soon as one answers.
 
