@@ -211,8 +211,15 @@ async fn a_removed_machine_disappears_and_keys_survive_a_restart() {
         !out.status.success(),
         "firewall table left behind after stop"
     );
+    // Listen before it starts: the restarted meshd announces machine 1 coming up.
+    let mut ups = m0.proxy().await.receive_peer_up().await.unwrap();
     m0.start_meshd();
     mesh.wait_all_up(&[0, 1], 1, UP).await;
+    let up = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut ups))
+        .await
+        .expect("PeerUp within 10 s")
+        .unwrap();
+    assert_eq!(up.args().unwrap().machine_id, mesh.machines[1].id);
     assert_eq!(
         mesh.machines[0].proxy().await.public_key().await.unwrap(),
         key_before
