@@ -9,15 +9,18 @@
 //! - [`netns`]: network namespaces, veth links and a bridge standing in for the internet, all
 //!   removed when the test's handles drop (also when it panics).
 //! - [`process`]: child processes that are killed when their handle drops.
+//! - [`dockerd`]: a real Docker engine per test, in its own namespace and directories.
 //!
 //! # Limitations
 //! Network namespaces need root (CAP_SYS_ADMIN and CAP_NET_ADMIN); tests that use them fail
 //! loudly without it rather than skip. Nothing here is used outside tests.
 
 pub mod bus;
+pub mod dockerd;
 pub mod netns;
 pub mod process;
 
 pub use bus::PrivateBus;
+pub use dockerd::Dockerd;
 pub use netns::{Internet, Netns};
 pub use process::Daemon;

@@ -1,0 +1,160 @@
+//! A real Docker engine per test: Debian's docker.io with its own data root, exec root and
+//! socket, in a network namespace of its own so its bridges and iptables rules never touch
+//! the host. Stopped, unmounted and deleted when the handle drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Daemon, Netns};
+
+pub struct Dockerd {
+    daemon: Option<Daemon>,
+    pub socket: PathBuf,
+    pub ns: Netns,
+    dir: tempfile::TempDir,
+}
+
+impl Dockerd {
+    /// Starts dockerd and waits until it answers. Panics (never skips) if docker.io is not
+    /// installed: the README's test command installs it.
+    pub fn start() -> Dockerd {
+        let dir = tempfile::Builder::new()
+            .prefix("ucd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let socket = dir.path().join("docker.sock");
+        let mut d = Dockerd {
+            daemon: None,
+            socket,
+            ns: Netns::new("docker"),
+            dir,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self) {
+        let root = self.dir.path();
+        // nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroup
+        // hierarchies dockerd needs.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.ns.name()))
+            .arg("dockerd")
+            .arg(format!("--data-root={}", root.join("data").display()))
+            .arg(format!("--exec-root={}", root.join("exec").display()))
+            .arg(format!("--pidfile={}", root.join("dockerd.pid").display()))
+            .arg(format!("--host=unix://{}", self.socket.display()));
+        self.daemon = Some(Daemon::spawn("dockerd", cmd, root.join("dockerd.log")));
+        let start = Instant::now();
+        loop {
+            if self
+                .docker(&["version", "--format", "{{.Server.APIVersion}}"])
+                .status
+                .success()
+            {
+                return;
+            }
+            let running = self.daemon.as_mut().is_some_and(|d| d.is_running());
+            if !running || start.elapsed() > Duration::from_secs(60) {
+                panic!(
+                    "dockerd did not start (apt-get install docker.io):\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    /// `docker -H unix://<socket> ARGS`.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("the docker CLI is required (apt-get install docker.io)")
+    }
+
+    /// Like [`Dockerd::docker`], panicking with docker's error on failure; returns stdout.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Stops dockerd (SIGTERM; it stops its containers) and starts it again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Stops dockerd, SIGKILL after 30 s.
+    pub fn stop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.stop(Duration::from_secs(30));
+        }
+    }
+
+    /// Imports a busybox-static root filesystem as image `tag`: no registry is needed.
+    pub fn import_busybox(&self, tag: &str) {
+        let busybox = Path::new("/bin/busybox");
+        assert!(
+            busybox.exists(),
+            "/bin/busybox is required (apt-get install busybox-static)"
+        );
+        let root = self.dir.path().join("busybox-root");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "sleep", "echo", "cat", "ls", "nc", "wget", "true", "false", "hostname", "id",
+            "ps", "kill", "env", "ip", "ping", "httpd", "yes", "head",
+        ] {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+        let tar = self.dir.path().join("busybox.tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .expect("tar");
+        assert!(status.success());
+        self.docker_ok(&["import", tar.to_str().unwrap(), tag]);
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        self.stop();
+        // Whatever dockerd left mounted under its roots (overlays, netns bind mounts).
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = Command::new("umount").args(["-l", m]).status();
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! `/etc/uncloud/dockerd-shim.toml`: every knob, its default, and why.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Default config file path.
+pub const DEFAULT_PATH: &str = "/etc/uncloud/dockerd-shim.toml";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The Docker engine's API socket. Default `/var/run/docker.sock`.
+    pub docker_socket: PathBuf,
+    /// Name of the Docker network containers join. Default `uncloud`.
+    pub network: String,
+    /// Linux name of that network's bridge; meshd forwards mesh traffic only to it, so the two
+    /// must agree (meshd's `container_bridge`). Default `uncloud0`.
+    pub bridge: String,
+    /// MTU of the bridge. Default: the mesh TUN's (so containers never send packets the mesh
+    /// must fragment), read from `/sys/class/net/<mesh_interface>/mtu`, else 1412.
+    pub mtu: Option<u16>,
+    /// meshd's TUN device, whose MTU the bridge takes. Default `uncloud`.
+    pub mesh_interface: String,
+    /// Which D-Bus: `system`, `session` or an address. Default `system`.
+    pub bus: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            docker_socket: PathBuf::from("/var/run/docker.sock"),
+            network: "uncloud".into(),
+            bridge: "uncloud0".into(),
+            mtu: None,
+            mesh_interface: "uncloud".into(),
+            bus: "system".into(),
+        }
+    }
+}
+
+/// A value that makes no sense.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {key}: {why}")]
+pub struct ConfigInvalid {
+    pub key: &'static str,
+    pub why: String,
+}
+
+/// The MTU to use when nothing says otherwise (meshd's default over a 1500-byte uplink).
+pub const FALLBACK_MTU: u16 = 1412;
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigInvalid> {
+        let bad = |key, why: &str| {
+            Err(ConfigInvalid {
+                key,
+                why: why.into(),
+            })
+        };
+        if self.network.is_empty() {
+            return bad("network", "must not be empty");
+        }
+        if self.bridge.is_empty() || self.bridge.len() > 15 || self.bridge.contains('/') {
+            return bad(
+                "bridge",
+                "must be a Linux interface name (1-15 characters, no '/')",
+            );
+        }
+        if let Some(mtu) = self.mtu {
+            if mtu < 1280 {
+                return bad("mtu", "must be at least 1280");
+            }
+        }
+        Ok(())
+    }
+
+    /// The bridge MTU: configured, else the mesh TUN's, else [`FALLBACK_MTU`].
+    pub fn mtu(&self) -> u16 {
+        self.mtu.unwrap_or_else(|| {
+            std::fs::read_to_string(format!("/sys/class/net/{}/mtu", self.mesh_interface))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(FALLBACK_MTU)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_named() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+        for (text, key) in [
+            ("bridge = \"much-too-long-bridge\"", "bridge"),
+            ("network = \"\"", "network"),
+            ("mtu = 1000", "mtu"),
+        ] {
+            let c: Config = toml::from_str(text).unwrap();
+            assert_eq!(c.validate().unwrap_err().key, key, "{text}");
+        }
+        assert!(toml::from_str::<Config>("socket = 1").is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! `dockerd-shim`: the only process that talks to the Docker engine.
+//!
+//! # Background
+//! Every machine runs its containers with Debian's docker.io. The shim turns requests from
+//! anywhere in the network into containers on its machine and keeps the replicated state true
+//! to what really runs.
+//!
+//! # Design
+//! - [`config`]: `/etc/uncloud/dockerd-shim.toml`.
+//! - [`engine`]: the bollard connection, API version negotiated down to the engine's.
+//! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
+//!   pure function, created or repaired.
+//!
+//! # Limitations
+//! In progress (issue 4): only the network exists so far; containers, images, volumes, the
+//! state mirror and the D-Bus/tarpc APIs are still to come.
+
+pub mod config;
+pub mod engine;
+pub mod network;

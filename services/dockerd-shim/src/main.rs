@@ -1,0 +1,98 @@
+//! The `dockerd-shim` daemon: see the crate docs and README.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use dockerd_shim::config::{Config, DEFAULT_PATH};
+use dockerd_shim::network::{self, Desired};
+use uncloud_common::address::MeshCidr;
+use uncloud_common::dbus::StateProxy;
+use uncloud_common::model::NetworkState;
+
+/// Runs this machine's containers for the Uncloud network; the only client of the Docker engine.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    after_help = "\
+Every setting lives in the config file and has a default; see the crate README.
+Examples:
+  dockerd-shim                               # /etc/uncloud/dockerd-shim.toml, system bus
+  dockerd-shim --check-config --config x.toml"
+)]
+struct Args {
+    /// Config file (TOML). A missing file means all defaults.
+    #[arg(long, short, default_value = DEFAULT_PATH, env = "DOCKERD_SHIM_CONFIG")]
+    config: PathBuf,
+    /// Validate the config, print the effective settings and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    uncloud_common::logging::init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dockerd-shim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config: Config = uncloud_common::config::load(&args.config)?;
+    config.validate()?;
+    if args.check_config {
+        println!("{config:#?}");
+        return Ok(());
+    }
+    tokio::runtime::Runtime::new()?.block_on(serve(config))
+}
+
+/// This machine's subnet from the state, waiting for stated and for the entry.
+async fn own_subnet(state: &StateProxy<'_>) -> (MeshCidr, u32) {
+    loop {
+        if let Ok(id) = state.machine_id().await {
+            if let Ok(json) = state.get_state().await {
+                if let Ok(s) = serde_json::from_str::<NetworkState>(&json) {
+                    let cidr = s.network.mesh_cidr.parse().unwrap_or_default();
+                    if let Some(m) = s.machines.get(&id) {
+                        return (cidr, m.subnet);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let conn = uncloud_common::dbus::bus_builder(&config.bus)
+        .ok_or_else(|| anyhow::anyhow!("bus = \"none\": the shim needs stated on D-Bus"))?
+        .build()
+        .await?;
+    let state = StateProxy::new(&conn).await?;
+    let (cidr, subnet) = own_subnet(&state).await;
+    let docker = dockerd_shim::engine::connect(&config.docker_socket).await?;
+    let desired = Desired {
+        name: config.network.clone(),
+        bridge: config.bridge.clone(),
+        subnet: cidr
+            .subnet(subnet)
+            .ok_or_else(|| anyhow::anyhow!("subnet {subnet} is outside {cidr}"))?,
+        gateway: cidr.machine_ip(subnet).expect("inside the mesh"),
+        mtu: config.mtu(),
+    };
+    network::ensure(&docker, &desired).await?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!("ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
