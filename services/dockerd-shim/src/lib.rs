@@ -6,7 +6,7 @@
 //! to what really runs.
 //!
 //! # Design
-//! - [`config`]: `/etc/uncloud/dockerd-shim.toml`.
+//! - [`config`]: the config file, `/etc/uncloud/dockerd-shim.toml`.
 //! - [`engine`]: the bollard connection, API version negotiated down to the engine's.
 //! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
 //!   pure function, created or repaired.
