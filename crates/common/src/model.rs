@@ -110,16 +110,59 @@ pub const SERVICE_HISTORY_LEN: usize = 10;
 #[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
 pub struct ServiceSpec {
     pub image: String,
+    /// Replaces the image's `CMD` when not empty.
     #[serde(default)]
     pub command: Vec<String>,
+    /// Replaces the image's `ENTRYPOINT` when not empty.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Published ports in Uncloud's `x-ports` syntax, e.g. `app.example.com:8000/https`.
+    /// Published ports in Uncloud's `x-ports` syntax, e.g. `app.example.com:8000/https`
+    /// (served by ingress machines).
     #[serde(default)]
     pub ports: Vec<String>,
+    /// Host ports published on the machine that runs the container, in `docker run -p`
+    /// syntax: `[ip:]host:container[/tcp|/udp]`.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Named volumes and bind mounts in `docker run -v` syntax: `source:target[:ro]`; a source
+    /// starting with `/` is a bind mount.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// CPU limit in thousandths of a core; 0 is no limit.
+    #[serde(default)]
+    pub cpu_millis: u64,
+    /// Memory limit in bytes; 0 is no limit.
+    #[serde(default)]
+    pub memory_bytes: u64,
+    /// `no`, `always`, `on-failure` or `unless-stopped`; empty means `unless-stopped`.
+    #[serde(default)]
+    pub restart: String,
+    #[serde(default)]
+    pub healthcheck: Option<HealthCheck>,
+    /// Extra container labels (the shim adds its own under `org.uncloud.`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// Wanted number of containers (replicated mode).
     #[serde(default)]
     pub replicas: u32,
+}
+
+/// A container health check, as in a Dockerfile's `HEALTHCHECK`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct HealthCheck {
+    /// `["CMD", "prog", "arg"]` or `["CMD-SHELL", "command line"]`.
+    pub test: Vec<String>,
+    #[serde(default)]
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default)]
+    pub start_period_ms: u64,
 }
 
 /// One earlier spec of a service.
@@ -185,6 +228,19 @@ pub struct Container {
     /// Docker health check verdict; containers without a check count as healthy.
     #[serde(default = "default_true")]
     pub healthy: bool,
+    /// Revision of the service spec it was created from.
+    #[serde(default)]
+    pub revision: u64,
+    /// Image id (`sha256:…`) the container runs.
+    #[serde(default)]
+    pub image_digest: String,
+    /// Times in ms since the Unix epoch; 0 when it has not happened.
+    #[serde(default)]
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub started_at_ms: u64,
+    #[serde(default)]
+    pub finished_at_ms: u64,
 }
 
 fn default_true() -> bool {

@@ -8,6 +8,7 @@
 //! # Design
 //! - [`config`]: the config file, `/etc/uncloud/dockerd-shim.toml`.
 //! - [`engine`]: the bollard connection, API version negotiated down to the engine's.
+//! - [`spec`]: a service spec as a Docker create request (API 1.41 fields only). Pure.
 //! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
 //!   pure function, created or repaired.
 //!
@@ -18,3 +19,4 @@
 pub mod config;
 pub mod engine;
 pub mod network;
+pub mod spec;
