@@ -9,6 +9,7 @@
 //! - [`config`]: the config file, `/etc/uncloud/dockerd-shim.toml`.
 //! - [`engine`]: the bollard connection, API version negotiated down to the engine's.
 //! - [`spec`]: a service spec as a Docker create request (API 1.41 fields only). Pure.
+//! - [`containers`]: create-and-start (never half-made), stop, restart, remove, inspect.
 //! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
 //!   pure function, created or repaired.
 //!
@@ -17,6 +18,7 @@
 //! state mirror and the D-Bus/tarpc APIs are still to come.
 
 pub mod config;
+pub mod containers;
 pub mod engine;
 pub mod network;
 pub mod spec;

@@ -1,0 +1,271 @@
+//! Container lifecycle on this machine: create and start from a service, stop, restart,
+//! remove, inspect as the shared model's [`Container`].
+//!
+//! A failed create-and-start never leaves a container behind: if the engine created the
+//! container but could not start it (a host port already taken, say), it is removed before
+//! the error is returned.
+
+use std::net::Ipv4Addr;
+
+use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
+use bollard::query_parameters::{
+    CreateContainerOptions, RemoveContainerOptions, RestartContainerOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use uncloud_common::model::{Container, ContainerState, Service};
+
+use crate::spec::{self, SpecError, LABEL_REVISION, LABEL_SERVICE_ID};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("image {image} is not on this machine; pull or load it first")]
+    NoImage { image: String },
+    #[error("no container {0} on this machine")]
+    NotFound(String),
+    #[error("a container named {0} already exists")]
+    NameTaken(String),
+    #[error("cannot {what} container {name}: {reason}")]
+    Engine {
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
+}
+
+fn status(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn engine(what: &'static str, name: &str, e: bollard::errors::Error) -> ContainerError {
+    match status(&e) {
+        Some(404) => ContainerError::NotFound(name.to_string()),
+        _ => ContainerError::Engine {
+            what,
+            name: name.to_string(),
+            reason: match e {
+                bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+                other => other.to_string(),
+            },
+        },
+    }
+}
+
+/// Creates container `name` from `service` on `network` (DNS at `dns`) and starts it.
+/// Returns the container id.
+pub async fn run(
+    docker: &Docker,
+    service: &Service,
+    name: &str,
+    network: &str,
+    dns: Ipv4Addr,
+) -> Result<String, ContainerError> {
+    let body = spec::create_body(service, network, dns)?;
+    let created = docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.to_string()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .map_err(|e| match status(&e) {
+            Some(404) => ContainerError::NoImage {
+                image: service.spec.image.clone(),
+            },
+            Some(409) => ContainerError::NameTaken(name.to_string()),
+            _ => engine("create", name, e),
+        })?;
+    if let Err(e) = docker.start_container(&created.id, None).await {
+        let err = engine("start", name, e);
+        // Nothing half-made stays behind.
+        if let Err(cleanup) = remove(docker, &created.id).await {
+            tracing::warn!(container = name, error = %cleanup, "could not remove a container that failed to start");
+        }
+        return Err(err);
+    }
+    tracing::info!(container = name, id = %created.id, service = %service.name, "started");
+    Ok(created.id)
+}
+
+/// Stops a container, SIGKILL after `grace_secs`.
+pub async fn stop(docker: &Docker, id: &str, grace_secs: i32) -> Result<(), ContainerError> {
+    docker
+        .stop_container(
+            id,
+            Some(StopContainerOptions {
+                t: Some(grace_secs),
+                ..Default::default()
+            }),
+        )
+        .await
+        .or_else(|e| match status(&e) {
+            Some(304) => Ok(()), // already stopped
+            _ => Err(engine("stop", id, e)),
+        })
+}
+
+pub async fn start(docker: &Docker, id: &str) -> Result<(), ContainerError> {
+    docker
+        .start_container(id, None)
+        .await
+        .or_else(|e| match status(&e) {
+            Some(304) => Ok(()), // already running
+            _ => Err(engine("start", id, e)),
+        })
+}
+
+pub async fn restart(docker: &Docker, id: &str, grace_secs: i32) -> Result<(), ContainerError> {
+    docker
+        .restart_container(
+            id,
+            Some(RestartContainerOptions {
+                t: Some(grace_secs),
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|e| engine("restart", id, e))
+}
+
+/// Removes a container, stopping it first if it runs; its anonymous volumes go with it.
+pub async fn remove(docker: &Docker, id: &str) -> Result<(), ContainerError> {
+    docker
+        .remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|e| engine("remove", id, e))
+}
+
+/// The container as the shared model describes it.
+pub async fn inspect(
+    docker: &Docker,
+    id: &str,
+    machine_id: &str,
+    network: &str,
+) -> Result<Container, ContainerError> {
+    let i = docker
+        .inspect_container(id, None)
+        .await
+        .map_err(|e| engine("inspect", id, e))?;
+    Ok(to_model(&i, machine_id, network))
+}
+
+/// Maps an inspect response to the model. Pure.
+pub fn to_model(i: &ContainerInspectResponse, machine_id: &str, network: &str) -> Container {
+    let labels = i
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    let state = i.state.as_ref();
+    let health = state.and_then(|s| s.health.as_ref()).and_then(|h| h.status);
+    Container {
+        id: i.id.clone().unwrap_or_default(),
+        machine_id: machine_id.to_string(),
+        name: i
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        service_id: labels.get(LABEL_SERVICE_ID).cloned().unwrap_or_default(),
+        image: i
+            .config
+            .as_ref()
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default(),
+        ip: i
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .and_then(|n| n.get(network))
+            .and_then(|e| e.ip_address.clone())
+            .unwrap_or_default(),
+        state: match state.and_then(|s| s.status) {
+            Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
+            Some(ContainerStateStatusEnum::PAUSED) => ContainerState::Paused,
+            Some(ContainerStateStatusEnum::RESTARTING) => ContainerState::Restarting,
+            Some(ContainerStateStatusEnum::EXITED) => ContainerState::Exited,
+            Some(ContainerStateStatusEnum::DEAD) | Some(ContainerStateStatusEnum::REMOVING) => {
+                ContainerState::Dead
+            }
+            _ => ContainerState::Created,
+        },
+        // Without a check a container counts as healthy; while starting it is not yet.
+        healthy: !matches!(
+            health,
+            Some(HealthStatusEnum::UNHEALTHY) | Some(HealthStatusEnum::STARTING)
+        ),
+        revision: labels
+            .get(LABEL_REVISION)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0),
+        image_digest: i.image.clone().unwrap_or_default(),
+        created_at_ms: i.created.as_deref().and_then(rfc3339_ms).unwrap_or(0),
+        started_at_ms: state
+            .and_then(|s| s.started_at.as_deref())
+            .and_then(rfc3339_ms)
+            .unwrap_or(0),
+        finished_at_ms: state
+            .and_then(|s| s.finished_at.as_deref())
+            .and_then(rfc3339_ms)
+            .unwrap_or(0),
+    }
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 UTC time as Docker writes it
+/// (`2026-11-25T04:38:54.430206640Z`); `None` for Docker's "never" (`0001-01-01T00:00:00Z`)
+/// or anything unreadable.
+pub fn rfc3339_ms(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if y < 1970 || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let millis: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    let total = ((days * 24 + hh) * 60 + mm) * 60 + ss;
+    u64::try_from(total * 1000 + millis).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_times() {
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            rfc3339_ms("2026-11-25T04:38:54.430206640Z"),
+            Some(1_795_581_534_430)
+        );
+        assert_eq!(rfc3339_ms("2000-02-29T12:00:00.5Z"), Some(951_825_600_500));
+        assert_eq!(rfc3339_ms("0001-01-01T00:00:00Z"), None);
+        assert_eq!(rfc3339_ms("garbage"), None);
+        assert_eq!(rfc3339_ms("2026-13-01T00:00:00Z"), None);
+    }
+}
