@@ -120,10 +120,12 @@ impl Dockerd {
         let root = self.dir.path().join("busybox-root");
         std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
         std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
         for applet in [
             "sh", "sleep", "echo", "cat", "ls", "nc", "wget", "true", "false", "hostname", "id",
-            "ps", "kill", "env", "ip", "ping", "httpd", "yes", "head",
+            "ps", "kill", "env", "ip", "ping", "httpd", "yes", "head", "touch", "mkdir", "rm",
+            "test", "[",
         ] {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }

@@ -10,6 +10,7 @@
 //! - [`engine`]: the bollard connection, API version negotiated down to the engine's.
 //! - [`spec`]: a service spec as a Docker create request (API 1.41 fields only). Pure.
 //! - [`containers`]: create-and-start (never half-made), stop, restart, remove, inspect.
+//! - [`mirror`]: engine events and periodic resyncs written into the replicated state.
 //! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
 //!   pure function, created or repaired.
 //!
@@ -20,5 +21,6 @@
 pub mod config;
 pub mod containers;
 pub mod engine;
+pub mod mirror;
 pub mod network;
 pub mod spec;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use dockerd_shim::config::{Config, DEFAULT_PATH};
+use dockerd_shim::mirror::Mirror;
 use dockerd_shim::network::{self, Desired};
 use uncloud_common::address::MeshCidr;
 use uncloud_common::dbus::StateProxy;
@@ -87,12 +88,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         mtu: config.mtu(),
     };
     network::ensure(&docker, &desired).await?;
+    let machine_id = state.machine_id().await?;
+    let mirror = Mirror {
+        docker,
+        state,
+        machine_id,
+        network: config.network.clone(),
+    };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!("ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = mirror.run() => {}
     }
     Ok(())
 }

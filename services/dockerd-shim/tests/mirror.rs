@@ -1,0 +1,197 @@
+//! The state mirror against a real dockerd and stated (in process, on a private D-Bus).
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dockerd_shim::containers;
+use dockerd_shim::mirror::{records_of, Mirror};
+use dockerd_shim::network::{self, Desired};
+use stated::testkit::{wait_for, Cluster};
+use uncloud_common::dbus::StateProxy;
+use uncloud_common::model::{Container, ContainerState, HealthCheck, Service, ServiceSpec};
+use uncloud_testkit::{Dockerd, PrivateBus};
+
+const IMAGE: &str = "uncloud-test/busybox:1";
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 210, 3, 1);
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Setup {
+    cluster: Cluster,
+    engine: Dockerd,
+    docker: bollard::Docker,
+    mirror: tokio::task::JoinHandle<()>,
+    _bus: PrivateBus,
+    _dbus: Option<(zbus::Connection, tokio::task::JoinHandle<()>)>,
+}
+
+impl Setup {
+    fn machine(&self) -> String {
+        self.cluster.ids[0].clone()
+    }
+
+    fn records(&self) -> Vec<Container> {
+        records_of(&self.cluster.node(0).state(), &self.machine())
+    }
+
+    fn record(&self, id: &str) -> Option<Container> {
+        self.records().into_iter().find(|c| c.id == id)
+    }
+}
+
+async fn setup() -> Setup {
+    let cluster = Cluster::start(1).await;
+    cluster.settled(Duration::from_secs(30)).await.unwrap();
+    let bus = PrivateBus::start();
+    let dbus = stated::dbus::serve(cluster.node(0).shared().clone(), &bus.address)
+        .await
+        .unwrap();
+    let engine = Dockerd::start();
+    engine.import_busybox(IMAGE);
+    let docker = dockerd_shim::engine::connect(&engine.socket).await.unwrap();
+    network::ensure(
+        &docker,
+        &Desired {
+            name: "uncloud".into(),
+            bridge: "uncloud0".into(),
+            subnet: "10.210.3.0".parse().unwrap(),
+            gateway: GATEWAY,
+            mtu: 1412,
+        },
+    )
+    .await
+    .unwrap();
+    let conn = bus.connect().await;
+    let machine_id = cluster.ids[0].clone();
+    let docker2 = docker.clone();
+    let mirror = tokio::spawn(async move {
+        let m = Mirror {
+            docker: docker2,
+            state: StateProxy::new(&conn).await.unwrap(),
+            machine_id,
+            network: "uncloud".into(),
+        };
+        m.run().await
+    });
+    Setup {
+        cluster,
+        engine,
+        docker,
+        mirror,
+        _bus: bus,
+        _dbus: dbus,
+    }
+}
+
+fn service(id: &str, healthcheck: Option<HealthCheck>) -> Service {
+    Service {
+        id: id.into(),
+        name: format!("svc-{id}"),
+        spec: ServiceSpec {
+            image: IMAGE.into(),
+            command: vec!["sleep".into(), "300".into()],
+            healthcheck,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_follows_the_engine() {
+    let s = Arc::new(setup().await);
+    let svc = service("s1", None);
+    let id = containers::run(&s.docker, &svc, "web-1", "uncloud", GATEWAY)
+        .await
+        .unwrap();
+    wait_for("the running container in the state", DEADLINE, || {
+        s.record(&id)
+            .is_some_and(|c| c.state == ContainerState::Running && c.ip.starts_with("10.210.3."))
+    })
+    .await;
+    let c = s.record(&id).unwrap();
+    assert_eq!((c.service_id.as_str(), c.name.as_str()), ("s1", "web-1"));
+
+    // Killed outside Uncloud: reflected.
+    s.engine.docker_ok(&["kill", "web-1"]);
+    wait_for("the killed container as exited", DEADLINE, || {
+        s.record(&id)
+            .is_some_and(|c| c.state == ContainerState::Exited)
+    })
+    .await;
+
+    // Removed outside Uncloud: its record goes.
+    s.engine.docker_ok(&["rm", "-f", "web-1"]);
+    wait_for("the removed container's record gone", DEADLINE, || {
+        s.record(&id).is_none()
+    })
+    .await;
+
+    // A container the shim does not manage never appears.
+    s.engine
+        .docker_ok(&["run", "-d", "--name", "foreign", IMAGE, "sleep", "300"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(s.records().is_empty(), "{:?}", s.records());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_transitions_reach_the_state() {
+    let s = setup().await;
+    let check = HealthCheck {
+        test: vec!["CMD-SHELL".into(), "test -f /tmp/ok".into()],
+        interval_ms: 300,
+        timeout_ms: 1000,
+        retries: 1,
+        start_period_ms: 0,
+    };
+    let id = containers::run(
+        &s.docker,
+        &service("s2", Some(check)),
+        "hc",
+        "uncloud",
+        GATEWAY,
+    )
+    .await
+    .unwrap();
+    wait_for("unhealthy", DEADLINE, || {
+        s.record(&id).is_some_and(|c| !c.healthy)
+    })
+    .await;
+    s.engine.docker_ok(&["exec", "hc", "touch", "/tmp/ok"]);
+    wait_for("healthy", DEADLINE, || {
+        s.record(&id).is_some_and(|c| c.healthy)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dockerd_restart_is_survived_and_resynced() {
+    let mut s = setup().await;
+    let id = containers::run(&s.docker, &service("s3", None), "keep", "uncloud", GATEWAY)
+        .await
+        .unwrap();
+    let gone = containers::run(&s.docker, &service("s4", None), "gone", "uncloud", GATEWAY)
+        .await
+        .unwrap();
+    wait_for("both recorded", DEADLINE, || s.records().len() == 2).await;
+    let started = s.record(&id).unwrap().started_at_ms;
+
+    s.engine.stop();
+    // While the engine is down, a record goes stale; the shim keeps retrying.
+    s.engine.restart();
+    s.engine.docker_ok(&["rm", "-f", "gone"]);
+    // unless-stopped: the engine brings "keep" back; the state shows the new start and no
+    // record of the container removed meanwhile.
+    wait_for(
+        "resynced after the restart",
+        Duration::from_secs(40),
+        || {
+            s.record(&gone).is_none()
+                && s.record(&id).is_some_and(|c| {
+                    c.state == ContainerState::Running && c.started_at_ms > started
+                })
+        },
+    )
+    .await;
+    assert!(!s.mirror.is_finished());
+}
