@@ -10,6 +10,7 @@
 //! - [`engine`]: the bollard connection, API version negotiated down to the engine's.
 //! - [`spec`]: a service spec as a Docker create request (API 1.41 fields only). Pure.
 //! - [`containers`]: create-and-start (never half-made), stop, restart, remove, inspect.
+//! - [`dbus`]: `org.uncloud.Docker1`, container operations for other daemons and busctl.
 //! - [`mirror`]: engine events and periodic resyncs written into the replicated state.
 //! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
 //!   pure function, created or repaired.
@@ -20,6 +21,7 @@
 
 pub mod config;
 pub mod containers;
+pub mod dbus;
 pub mod engine;
 pub mod mirror;
 pub mod network;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use dockerd_shim::config::{Config, DEFAULT_PATH};
+use dockerd_shim::dbus::Docker1;
 use dockerd_shim::mirror::Mirror;
 use dockerd_shim::network::{self, Desired};
 use uncloud_common::address::MeshCidr;
@@ -89,6 +90,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     network::ensure(&docker, &desired).await?;
     let machine_id = state.machine_id().await?;
+    dockerd_shim::dbus::serve(
+        &conn,
+        Docker1 {
+            docker: docker.clone(),
+            machine_id: machine_id.clone(),
+            network: config.network.clone(),
+            dns: desired.gateway,
+        },
+    )
+    .await?;
     let mirror = Mirror {
         docker,
         state,

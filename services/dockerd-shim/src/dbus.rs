@@ -1,0 +1,107 @@
+//! `org.uncloud.Docker1` at `/org/uncloud/Docker1`: container operations on this machine.
+//!
+//! ```text
+//! busctl call org.uncloud.Docker1 /org/uncloud/Docker1 org.uncloud.Docker1 \
+//!     RunService ss '{"id":"s1","name":"web","spec":{"image":"nginx"}}' web-1
+//! busctl call org.uncloud.Docker1 /org/uncloud/Docker1 org.uncloud.Docker1 Stop si web-1 10
+//! busctl call org.uncloud.Docker1 /org/uncloud/Docker1 org.uncloud.Docker1 Inspect s web-1
+//! ```
+//!
+//! Services and containers travel as the shared model's JSON, so every call works from busctl.
+
+use std::net::Ipv4Addr;
+
+use bollard::Docker;
+use uncloud_common::model::Service;
+use zbus::{interface, Connection};
+
+use crate::containers::{self, ContainerError};
+
+pub const DOCKER_NAME: &str = "org.uncloud.Docker1";
+pub const DOCKER_PATH: &str = "/org/uncloud/Docker1";
+
+/// Errors as D-Bus error names `org.uncloud.Docker1.Error.*`.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.uncloud.Docker1.Error")]
+pub enum DockerError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// Malformed JSON or an invalid spec field.
+    InvalidArgument(String),
+    /// No such container.
+    NotFound(String),
+    /// The image is not on this machine.
+    NoImage(String),
+    /// A container with that name exists.
+    Conflict(String),
+    /// The engine refused or is unreachable.
+    Engine(String),
+}
+
+impl From<ContainerError> for DockerError {
+    fn from(e: ContainerError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ContainerError::Spec(_) => DockerError::InvalidArgument(msg),
+            ContainerError::NoImage { .. } => DockerError::NoImage(msg),
+            ContainerError::NotFound(_) => DockerError::NotFound(msg),
+            ContainerError::NameTaken(_) => DockerError::Conflict(msg),
+            ContainerError::Engine { .. } => DockerError::Engine(msg),
+        }
+    }
+}
+
+/// What the interface needs to act on this machine.
+pub struct Docker1 {
+    pub docker: Docker,
+    pub machine_id: String,
+    pub network: String,
+    /// DNS server for containers: the machine's mesh address.
+    pub dns: Ipv4Addr,
+}
+
+#[interface(name = "org.uncloud.Docker1")]
+impl Docker1 {
+    /// Creates and starts container `name` from a service (JSON); returns its id. Nothing is
+    /// left behind if it cannot start.
+    async fn run_service(&self, service_json: &str, name: &str) -> Result<String, DockerError> {
+        let service: Service = serde_json::from_str(service_json)
+            .map_err(|e| DockerError::InvalidArgument(format!("service: {e}")))?;
+        service
+            .validate()
+            .map_err(|e| DockerError::InvalidArgument(e.to_string()))?;
+        Ok(containers::run(&self.docker, &service, name, &self.network, self.dns).await?)
+    }
+
+    /// Stops a container (id or name), killing it after `grace_secs`.
+    async fn stop(&self, container: &str, grace_secs: i32) -> Result<(), DockerError> {
+        Ok(containers::stop(&self.docker, container, grace_secs).await?)
+    }
+
+    async fn start(&self, container: &str) -> Result<(), DockerError> {
+        Ok(containers::start(&self.docker, container).await?)
+    }
+
+    async fn restart(&self, container: &str, grace_secs: i32) -> Result<(), DockerError> {
+        Ok(containers::restart(&self.docker, container, grace_secs).await?)
+    }
+
+    /// Removes a container, stopping it first.
+    async fn remove(&self, container: &str) -> Result<(), DockerError> {
+        Ok(containers::remove(&self.docker, container).await?)
+    }
+
+    /// The container as the shared model's JSON.
+    async fn inspect(&self, container: &str) -> Result<String, DockerError> {
+        let c =
+            containers::inspect(&self.docker, container, &self.machine_id, &self.network).await?;
+        Ok(serde_json::to_string(&c).expect("the model serializes"))
+    }
+}
+
+/// Serves `org.uncloud.Docker1` on `conn` and claims the name.
+pub async fn serve(conn: &Connection, iface: Docker1) -> zbus::Result<()> {
+    conn.object_server().at(DOCKER_PATH, iface).await?;
+    conn.request_name(DOCKER_NAME).await?;
+    Ok(())
+}
