@@ -16,6 +16,7 @@ use uncloud_common::model::Service;
 use zbus::{interface, Connection};
 
 use crate::containers::{self, ContainerError};
+use crate::images::{self, ImageError};
 
 pub const DOCKER_NAME: &str = "org.uncloud.Docker1";
 pub const DOCKER_PATH: &str = "/org/uncloud/Docker1";
@@ -47,6 +48,17 @@ impl From<ContainerError> for DockerError {
             ContainerError::NotFound(_) => DockerError::NotFound(msg),
             ContainerError::NameTaken(_) => DockerError::Conflict(msg),
             ContainerError::Engine { .. } => DockerError::Engine(msg),
+        }
+    }
+}
+
+impl From<ImageError> for DockerError {
+    fn from(e: ImageError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ImageError::Load(_) => DockerError::InvalidArgument(msg),
+            ImageError::NotFound(_) => DockerError::NotFound(msg),
+            ImageError::Engine { .. } => DockerError::Engine(msg),
         }
     }
 }
@@ -89,6 +101,24 @@ impl Docker1 {
     /// Removes a container, stopping it first.
     async fn remove(&self, container: &str) -> Result<(), DockerError> {
         Ok(containers::remove(&self.docker, container).await?)
+    }
+
+    /// Loads a `docker save` tarball read from the passed file descriptor (a file or a pipe),
+    /// streamed to the engine in chunks; returns the loaded `name:tag`s.
+    async fn load_image(&self, tarball: zbus::OwnedFd) -> Result<Vec<String>, DockerError> {
+        let fd: std::os::fd::OwnedFd = tarball.into();
+        let file = tokio::fs::File::from_std(std::fs::File::from(fd));
+        images::load(&self.docker, file).await.map_err(Into::into)
+    }
+
+    /// Images on this machine as JSON: `[{"id", "tags", "size_bytes"}]`.
+    async fn list_images(&self) -> Result<String, DockerError> {
+        let list = images::list(&self.docker).await?;
+        Ok(serde_json::to_string(&list).expect("serializes"))
+    }
+
+    async fn remove_image(&self, name: &str) -> Result<(), DockerError> {
+        Ok(images::remove(&self.docker, name).await?)
     }
 
     /// The container as the shared model's JSON.

@@ -11,6 +11,7 @@
 //! - [`spec`]: a service spec as a Docker create request (API 1.41 fields only). Pure.
 //! - [`containers`]: create-and-start (never half-made), stop, restart, remove, inspect.
 //! - [`dbus`]: `org.uncloud.Docker1`, container operations for other daemons and busctl.
+//! - [`images`]: load a `docker save` tarball in chunks, list, remove.
 //! - [`mirror`]: engine events and periodic resyncs written into the replicated state.
 //! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
 //!   pure function, created or repaired.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod containers;
 pub mod dbus;
 pub mod engine;
+pub mod images;
 pub mod mirror;
 pub mod network;
 pub mod spec;

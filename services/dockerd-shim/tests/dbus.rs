@@ -110,4 +110,26 @@ async fn container_operations_from_busctl() {
     }
     let left = engine.docker_ok(&["ps", "-a", "--format", "{{.Names}}"]);
     assert!(left.is_empty(), "left behind: {left}");
+
+    // An image handed over as a file descriptor (as `uc` would pipe a `docker save`).
+    let tar = engine.dir().join("img.tar");
+    engine.docker_ok(&["save", "-o", tar.to_str().unwrap(), IMAGE]);
+    engine.docker_ok(&["rmi", IMAGE]);
+    let file = std::fs::File::open(&tar).unwrap();
+    let reply = client
+        .call_method(
+            Some("org.uncloud.Docker1"),
+            "/org/uncloud/Docker1",
+            Some("org.uncloud.Docker1"),
+            "LoadImage",
+            &(zbus::zvariant::Fd::from(&file),),
+        )
+        .await
+        .unwrap();
+    let loaded: Vec<String> = reply.body().deserialize().unwrap();
+    assert_eq!(loaded, vec![IMAGE.to_string()]);
+    let (ok, out, err) = call(&bus, &["ListImages"]);
+    assert!(ok && out.contains(IMAGE), "{out} {err}");
+    let (ok, _, err) = call(&bus, &["RemoveImage", "s", IMAGE]);
+    assert!(ok, "{err}");
 }
