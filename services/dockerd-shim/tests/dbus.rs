@@ -122,7 +122,7 @@ async fn container_operations_from_busctl() {
             "/org/uncloud/Docker1",
             Some("org.uncloud.Docker1"),
             "LoadImage",
-            &(zbus::zvariant::Fd::from(&file),),
+            &(zbus::Fd::from(&file),),
         )
         .await
         .unwrap();
