@@ -17,6 +17,7 @@ use zbus::{interface, Connection};
 
 use crate::containers::{self, ContainerError};
 use crate::images::{self, ImageError};
+use crate::volumes::{self, VolumeError};
 
 pub const DOCKER_NAME: &str = "org.uncloud.Docker1";
 pub const DOCKER_PATH: &str = "/org/uncloud/Docker1";
@@ -59,6 +60,18 @@ impl From<ImageError> for DockerError {
             ImageError::Load(_) => DockerError::InvalidArgument(msg),
             ImageError::NotFound(_) => DockerError::NotFound(msg),
             ImageError::Engine { .. } => DockerError::Engine(msg),
+        }
+    }
+}
+
+impl From<VolumeError> for DockerError {
+    fn from(e: VolumeError) -> Self {
+        let msg = e.to_string();
+        match e {
+            VolumeError::InvalidName(_) => DockerError::InvalidArgument(msg),
+            VolumeError::NotFound(_) => DockerError::NotFound(msg),
+            VolumeError::InUse(_) => DockerError::Conflict(msg),
+            VolumeError::Engine { .. } => DockerError::Engine(msg),
         }
     }
 }
@@ -119,6 +132,28 @@ impl Docker1 {
 
     async fn remove_image(&self, name: &str) -> Result<(), DockerError> {
         Ok(images::remove(&self.docker, name).await?)
+    }
+
+    /// Creates a named local volume (or returns the existing one) as JSON.
+    async fn create_volume(&self, name: &str) -> Result<String, DockerError> {
+        let v = volumes::create(&self.docker, name).await?;
+        Ok(serde_json::to_string(&v).expect("serializes"))
+    }
+
+    /// Volumes as JSON: `[{"name", "driver", "mountpoint", "labels"}]`.
+    async fn list_volumes(&self) -> Result<String, DockerError> {
+        let list = volumes::list(&self.docker).await?;
+        Ok(serde_json::to_string(&list).expect("serializes"))
+    }
+
+    async fn inspect_volume(&self, name: &str) -> Result<String, DockerError> {
+        let v = volumes::inspect(&self.docker, name).await?;
+        Ok(serde_json::to_string(&v).expect("serializes"))
+    }
+
+    /// Removes a volume; `Conflict` while a container uses it.
+    async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+        Ok(volumes::remove(&self.docker, name).await?)
     }
 
     /// The container as the shared model's JSON.

@@ -13,6 +13,7 @@
 //! - [`dbus`]: `org.uncloud.Docker1`, container operations for other daemons and busctl.
 //! - [`images`]: load a `docker save` tarball in chunks, list, remove.
 //! - [`mirror`]: engine events and periodic resyncs written into the replicated state.
+//! - [`volumes`]: named volumes: create, list, inspect, remove (never while in use).
 //! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
 //!   pure function, created or repaired.
 //!
@@ -28,3 +29,4 @@ pub mod images;
 pub mod mirror;
 pub mod network;
 pub mod spec;
+pub mod volumes;
