@@ -145,6 +145,18 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
+        // Kill the test's containers first: a shell as PID 1 ignores SIGTERM, and dockerd
+        // would wait 10 s for each.
+        if self.daemon.is_some() {
+            let ids = self.docker(&["ps", "-aq"]);
+            let ids = String::from_utf8_lossy(&ids.stdout).into_owned();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids);
+                let _ = self.docker(&args);
+            }
+        }
         self.stop();
         // Whatever dockerd left mounted under its roots (overlays, netns bind mounts).
         let root = self.dir.path().to_string_lossy().into_owned();

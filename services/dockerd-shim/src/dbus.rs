@@ -17,6 +17,7 @@ use zbus::{interface, Connection};
 
 use crate::containers::{self, ContainerError};
 use crate::images::{self, ImageError};
+use crate::logs;
 use crate::volumes::{self, VolumeError};
 
 pub const DOCKER_NAME: &str = "org.uncloud.Docker1";
@@ -154,6 +155,41 @@ impl Docker1 {
     /// Removes a volume; `Conflict` while a container uses it.
     async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
         Ok(volumes::remove(&self.docker, name).await?)
+    }
+
+    /// Streams a container's logs into two file descriptors the caller passes (stdout and
+    /// stderr lines go to the matching one) and returns at once; the copy runs until the logs
+    /// end (with `follow`, until the container stops) or the caller closes its end.
+    /// `since_secs` 0 for all, `tail` -1 for all lines.
+    async fn logs(
+        &self,
+        container: &str,
+        follow: bool,
+        since_secs: i32,
+        tail: i32,
+        stdout: zbus::OwnedFd,
+        stderr: zbus::OwnedFd,
+    ) -> Result<(), DockerError> {
+        // Fail now for a container that does not exist, rather than in the background.
+        containers::inspect(&self.docker, container, &self.machine_id, &self.network).await?;
+        let req = logs::LogsRequest {
+            follow,
+            since_secs,
+            tail: u32::try_from(tail).ok(),
+        };
+        let writer = |fd: zbus::OwnedFd| {
+            let fd: std::os::fd::OwnedFd = fd.into();
+            tokio::fs::File::from_std(std::fs::File::from(fd))
+        };
+        let (out, err) = (writer(stdout), writer(stderr));
+        let docker = self.docker.clone();
+        let container = container.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = logs::copy(&docker, &container, &req, out, err).await {
+                tracing::warn!(container, error = %e, "log stream ended with an error");
+            }
+        });
+        Ok(())
     }
 
     /// The container as the shared model's JSON.

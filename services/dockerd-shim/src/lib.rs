@@ -12,6 +12,7 @@
 //! - [`containers`]: create-and-start (never half-made), stop, restart, remove, inspect.
 //! - [`dbus`]: `org.uncloud.Docker1`, container operations for other daemons and busctl.
 //! - [`images`]: load a `docker save` tarball in chunks, list, remove.
+//! - [`logs`]: a container's logs, both streams, to two writers (file descriptors on D-Bus).
 //! - [`mirror`]: engine events and periodic resyncs written into the replicated state.
 //! - [`volumes`]: named volumes: create, list, inspect, remove (never while in use).
 //! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
@@ -26,6 +27,7 @@ pub mod containers;
 pub mod dbus;
 pub mod engine;
 pub mod images;
+pub mod logs;
 pub mod mirror;
 pub mod network;
 pub mod spec;

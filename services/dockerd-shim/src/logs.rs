@@ -1,0 +1,85 @@
+//! A container's logs, both streams, copied to two writers (on D-Bus: two file descriptors
+//! the caller passes, so a `uc logs -f` is a plain stream with no polling).
+
+use bollard::container::LogOutput;
+use bollard::query_parameters::LogsOptions;
+use bollard::Docker;
+use futures::StreamExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::containers::ContainerError;
+
+/// Which lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogsRequest {
+    /// Keep streaming new lines until the container stops or the reader goes away.
+    pub follow: bool,
+    /// Only lines since this Unix time (seconds); 0 for all.
+    pub since_secs: i32,
+    /// Only the last N lines; `None` for all.
+    pub tail: Option<u32>,
+}
+
+/// Copies the logs of `container` to `stdout` and `stderr` (container output to the
+/// matching writer). Ends when the logs end (or, following, when the container stops) or when
+/// a writer is closed by its reader; returns the bytes written.
+pub async fn copy<O, E>(
+    docker: &Docker,
+    container: &str,
+    req: &LogsRequest,
+    mut stdout: O,
+    mut stderr: E,
+) -> Result<u64, ContainerError>
+where
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let mut logs = docker.logs(
+        container,
+        Some(LogsOptions {
+            follow: req.follow,
+            stdout: true,
+            stderr: true,
+            since: req.since_secs,
+            tail: req
+                .tail
+                .map_or_else(|| "all".to_string(), |n| n.to_string()),
+            ..Default::default()
+        }),
+    );
+    let mut written = 0u64;
+    while let Some(item) = logs.next().await {
+        let item = item.map_err(|e| match e {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            } => ContainerError::NotFound(container.to_string()),
+            other => ContainerError::Engine {
+                what: "read the logs of",
+                name: container.to_string(),
+                reason: other.to_string(),
+            },
+        })?;
+        let result = match &item {
+            LogOutput::StdErr { message } => stderr.write_all(message).await,
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                stdout.write_all(message).await
+            }
+            LogOutput::StdIn { .. } => Ok(()),
+        };
+        match result {
+            Ok(()) => written += item.as_ref().len() as u64,
+            // The reader went away (`uc logs -f` interrupted): not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(e) => {
+                return Err(ContainerError::Engine {
+                    what: "pass on the logs of",
+                    name: container.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+    let _ = stdout.flush().await;
+    let _ = stderr.flush().await;
+    Ok(written)
+}
