@@ -17,8 +17,8 @@ use zbus::{interface, Connection};
 
 use crate::containers::{self, ContainerError};
 use crate::images::{self, ImageError};
-use crate::logs;
 use crate::volumes::{self, VolumeError};
+use crate::{exec, logs};
 
 pub const DOCKER_NAME: &str = "org.uncloud.Docker1";
 pub const DOCKER_PATH: &str = "/org/uncloud/Docker1";
@@ -190,6 +190,51 @@ impl Docker1 {
             }
         });
         Ok(())
+    }
+
+    /// Runs `cmd` in a container with the caller's file descriptors as stdin, stdout and
+    /// stderr, and returns the exec id at once; the command's output ends with EOF on the
+    /// descriptors, then `ExecExitCode` tells how it ended. With `tty`, output comes on
+    /// stdout only and `ResizeExec` sets the terminal size.
+    async fn exec(
+        &self,
+        container: &str,
+        cmd: Vec<String>,
+        tty: bool,
+        stdin: zbus::OwnedFd,
+        stdout: zbus::OwnedFd,
+        stderr: zbus::OwnedFd,
+    ) -> Result<String, DockerError> {
+        let req = exec::ExecRequest {
+            cmd,
+            tty,
+            stdin: true,
+            ..Default::default()
+        };
+        let id = exec::create(&self.docker, container, &req).await?;
+        let file = |fd: zbus::OwnedFd| {
+            let fd: std::os::fd::OwnedFd = fd.into();
+            tokio::fs::File::from_std(std::fs::File::from(fd))
+        };
+        let (i, o, e) = (file(stdin), file(stdout), file(stderr));
+        let docker = self.docker.clone();
+        let (container, exec_id) = (container.to_string(), id.clone());
+        tokio::spawn(async move {
+            if let Err(err) = exec::run(&docker, &container, &exec_id, tty, Some(i), o, e).await {
+                tracing::warn!(container, error = %err, "exec ended with an error");
+            }
+        });
+        Ok(id)
+    }
+
+    /// Sets the terminal size of a running exec started with `tty`.
+    async fn resize_exec(&self, exec_id: &str, height: u16, width: u16) -> Result<(), DockerError> {
+        Ok(exec::resize(&self.docker, exec_id, height, width).await?)
+    }
+
+    /// The exit code of an exec; -1 while it still runs.
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<i64, DockerError> {
+        Ok(exec::exit_code(&self.docker, exec_id).await?.unwrap_or(-1))
     }
 
     /// The container as the shared model's JSON.

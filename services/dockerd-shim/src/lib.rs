@@ -11,6 +11,7 @@
 //! - [`spec`]: a service spec as a Docker create request (API 1.41 fields only). Pure.
 //! - [`containers`]: create-and-start (never half-made), stop, restart, remove, inspect.
 //! - [`dbus`]: `org.uncloud.Docker1`, container operations for other daemons and busctl.
+//! - [`exec`]: a command in a container with stdin, stdout, stderr, TTY and resize.
 //! - [`images`]: load a `docker save` tarball in chunks, list, remove.
 //! - [`logs`]: a container's logs, both streams, to two writers (file descriptors on D-Bus).
 //! - [`mirror`]: engine events and periodic resyncs written into the replicated state.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod containers;
 pub mod dbus;
 pub mod engine;
+pub mod exec;
 pub mod images;
 pub mod logs;
 pub mod mirror;

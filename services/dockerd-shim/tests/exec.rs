@@ -1,0 +1,167 @@
+//! Commands in a real container: stdin, both streams, exit codes, TTY and resize, also over
+//! D-Bus file descriptors.
+
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use dockerd_shim::containers;
+use dockerd_shim::dbus::{serve, Docker1};
+use dockerd_shim::exec::{self, ExecRequest};
+use dockerd_shim::network::{self, Desired};
+use uncloud_common::model::{Service, ServiceSpec};
+use uncloud_testkit::{Dockerd, PrivateBus};
+
+const IMAGE: &str = "uncloud-test/busybox:1";
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 210, 7, 1);
+
+fn cmd(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_streams_exit_codes_and_tty() {
+    let engine = Dockerd::start();
+    engine.import_busybox(IMAGE);
+    let docker = dockerd_shim::engine::connect(&engine.socket).await.unwrap();
+    network::ensure(
+        &docker,
+        &Desired {
+            name: "uncloud".into(),
+            bridge: "uncloud0".into(),
+            subnet: "10.210.7.0".parse().unwrap(),
+            gateway: GATEWAY,
+            mtu: 1412,
+        },
+    )
+    .await
+    .unwrap();
+    let svc = Service {
+        id: "x".into(),
+        name: "box".into(),
+        spec: ServiceSpec {
+            image: IMAGE.into(),
+            command: cmd(&["sleep", "300"]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    containers::run(&docker, &svc, "box", "uncloud", GATEWAY)
+        .await
+        .unwrap();
+
+    // stdin in, stdout and stderr apart, the exit code after.
+    let req = ExecRequest {
+        cmd: cmd(&["sh", "-c", "cat; echo oops >&2; exit 3"]),
+        stdin: true,
+        ..Default::default()
+    };
+    let id = exec::create(&docker, "box", &req).await.unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = exec::run(
+        &docker,
+        "box",
+        &id,
+        false,
+        Some(&b"hello\n"[..]),
+        &mut out,
+        &mut err,
+    )
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out), "hello\n");
+    assert_eq!(String::from_utf8_lossy(&err), "oops\n");
+    assert_eq!(code, 3);
+    assert_eq!(exec::exit_code(&docker, &id).await.unwrap(), Some(3));
+
+    // Bad input: empty command, missing container.
+    let empty = ExecRequest::default();
+    assert!(exec::create(&docker, "box", &empty).await.is_err());
+    let missing = exec::create(&docker, "nothing", &req).await.unwrap_err();
+    assert!(
+        matches!(missing, containers::ContainerError::NotFound(_)),
+        "{missing}"
+    );
+
+    // Over D-Bus with a TTY: stderr arrives on stdout, and the size can be set while it runs.
+    let bus = PrivateBus::start();
+    let conn = bus.connect().await;
+    serve(
+        &conn,
+        Docker1 {
+            docker,
+            machine_id: "m".into(),
+            network: "uncloud".into(),
+            dns: GATEWAY,
+        },
+    )
+    .await
+    .unwrap();
+    let client = bus.connect().await;
+    let (in_r, mut in_w) = std::io::pipe().unwrap();
+    let (mut out_r, out_w) = std::io::pipe().unwrap();
+    let (_err_r, err_w) = std::io::pipe().unwrap();
+    let reply = client
+        .call_method(
+            Some("org.uncloud.Docker1"),
+            "/org/uncloud/Docker1",
+            Some("org.uncloud.Docker1"),
+            "Exec",
+            &(
+                "box",
+                cmd(&[
+                    "sh",
+                    "-c",
+                    "read line; echo got $line >&2; busybox stty size",
+                ]),
+                true,
+                zbus::Fd::from(&in_r),
+                zbus::Fd::from(&out_w),
+                zbus::Fd::from(&err_w),
+            ),
+        )
+        .await
+        .unwrap();
+    drop((in_r, out_w, err_w));
+    let exec_id: String = reply.body().deserialize().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client
+        .call_method(
+            Some("org.uncloud.Docker1"),
+            "/org/uncloud/Docker1",
+            Some("org.uncloud.Docker1"),
+            "ResizeExec",
+            &(exec_id.as_str(), 33u16, 101u16),
+        )
+        .await
+        .unwrap();
+    in_w.write_all(b"ping\n").unwrap();
+    // Keep stdin open until the output ends: on a TTY, closing it ends the session.
+    let text = tokio::task::spawn_blocking(move || {
+        let mut s = String::new();
+        out_r.read_to_string(&mut s).unwrap();
+        drop(in_w);
+        s
+    })
+    .await
+    .unwrap();
+    assert!(text.contains("got ping"), "{text:?}");
+    assert!(
+        text.contains("33 101"),
+        "terminal size not applied: {text:?}"
+    );
+    let code: i64 = client
+        .call_method(
+            Some("org.uncloud.Docker1"),
+            "/org/uncloud/Docker1",
+            Some("org.uncloud.Docker1"),
+            "ExecExitCode",
+            &(exec_id.as_str(),),
+        )
+        .await
+        .unwrap()
+        .body()
+        .deserialize()
+        .unwrap();
+    assert_eq!(code, 0);
+}
