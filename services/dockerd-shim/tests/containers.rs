@@ -1,13 +1,13 @@
 //! Container lifecycle and bad input against a real dockerd the test starts.
 
+mod support;
+
 use std::net::Ipv4Addr;
 
 use dockerd_shim::containers::{self, ContainerError};
-use dockerd_shim::network::{self, Desired};
+use support::IMAGE;
 use uncloud_common::model::{ContainerState, Service, ServiceSpec};
 use uncloud_testkit::Dockerd;
-
-const IMAGE: &str = "uncloud-test/busybox:1";
 
 fn service(id: &str, spec: ServiceSpec) -> Service {
     Service {
@@ -29,22 +29,7 @@ fn sleeper(publish: &[&str]) -> ServiceSpec {
 }
 
 async fn engine() -> (Dockerd, bollard::Docker) {
-    let engine = Dockerd::start();
-    engine.import_busybox(IMAGE);
-    let docker = dockerd_shim::engine::connect(&engine.socket).await.unwrap();
-    network::ensure(
-        &docker,
-        &Desired {
-            name: "uncloud".into(),
-            bridge: "uncloud0".into(),
-            subnet: "10.210.3.0".parse().unwrap(),
-            gateway: GATEWAY,
-            mtu: 1412,
-        },
-    )
-    .await
-    .unwrap();
-    (engine, docker)
+    support::engine(3).await
 }
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 210, 3, 1);

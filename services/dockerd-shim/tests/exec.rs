@@ -1,6 +1,8 @@
 //! Commands in a real container: stdin, both streams, exit codes, TTY and resize, also over
 //! D-Bus file descriptors.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -8,34 +10,15 @@ use std::time::Duration;
 use dockerd_shim::containers;
 use dockerd_shim::dbus::{serve, Docker1};
 use dockerd_shim::exec::{self, ExecRequest};
-use dockerd_shim::network::{self, Desired};
+use support::{cmd, IMAGE};
 use uncloud_common::model::{Service, ServiceSpec};
-use uncloud_testkit::{Dockerd, PrivateBus};
+use uncloud_testkit::PrivateBus;
 
-const IMAGE: &str = "uncloud-test/busybox:1";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 210, 7, 1);
-
-fn cmd(args: &[&str]) -> Vec<String> {
-    args.iter().map(|a| a.to_string()).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_streams_exit_codes_and_tty() {
-    let engine = Dockerd::start();
-    engine.import_busybox(IMAGE);
-    let docker = dockerd_shim::engine::connect(&engine.socket).await.unwrap();
-    network::ensure(
-        &docker,
-        &Desired {
-            name: "uncloud".into(),
-            bridge: "uncloud0".into(),
-            subnet: "10.210.7.0".parse().unwrap(),
-            gateway: GATEWAY,
-            mtu: 1412,
-        },
-    )
-    .await
-    .unwrap();
+    let (_engine, docker) = support::engine(7).await;
     let svc = Service {
         id: "x".into(),
         name: "box".into(),

@@ -1,5 +1,7 @@
 //! Logs of a real container: both streams, tail, and following over D-Bus file descriptors.
 
+mod support;
+
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -7,30 +9,15 @@ use std::time::{Duration, Instant};
 use dockerd_shim::containers;
 use dockerd_shim::dbus::{serve, Docker1};
 use dockerd_shim::logs::{self, LogsRequest};
-use dockerd_shim::network::{self, Desired};
+use support::IMAGE;
 use uncloud_common::model::{Service, ServiceSpec};
-use uncloud_testkit::{Dockerd, PrivateBus};
+use uncloud_testkit::PrivateBus;
 
-const IMAGE: &str = "uncloud-test/busybox:1";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 210, 6, 1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_both_streams_tail_and_follow() {
-    let engine = Dockerd::start();
-    engine.import_busybox(IMAGE);
-    let docker = dockerd_shim::engine::connect(&engine.socket).await.unwrap();
-    network::ensure(
-        &docker,
-        &Desired {
-            name: "uncloud".into(),
-            bridge: "uncloud0".into(),
-            subnet: "10.210.6.0".parse().unwrap(),
-            gateway: GATEWAY,
-            mtu: 1412,
-        },
-    )
-    .await
-    .unwrap();
+    let (_engine, docker) = support::engine(6).await;
     let script =
         "echo out1; echo err1 >&2; i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.3; done";
     let svc = Service {

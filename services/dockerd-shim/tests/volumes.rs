@@ -1,34 +1,20 @@
 //! Named volumes against a real dockerd: data survives the container, removal is refused while
 //! in use.
 
+mod support;
+
 use std::net::Ipv4Addr;
 
 use dockerd_shim::containers;
-use dockerd_shim::network::{self, Desired};
 use dockerd_shim::volumes::{self, VolumeError};
+use support::IMAGE;
 use uncloud_common::model::{Service, ServiceSpec};
-use uncloud_testkit::Dockerd;
 
-const IMAGE: &str = "uncloud-test/busybox:1";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 210, 4, 1);
 
 #[tokio::test]
 async fn volumes_keep_data_and_are_not_removed_while_used() {
-    let engine = Dockerd::start();
-    engine.import_busybox(IMAGE);
-    let docker = dockerd_shim::engine::connect(&engine.socket).await.unwrap();
-    network::ensure(
-        &docker,
-        &Desired {
-            name: "uncloud".into(),
-            bridge: "uncloud0".into(),
-            subnet: "10.210.4.0".parse().unwrap(),
-            gateway: GATEWAY,
-            mtu: 1412,
-        },
-    )
-    .await
-    .unwrap();
+    let (engine, docker) = support::engine(4).await;
 
     let v = volumes::create(&docker, "data").await.unwrap();
     assert_eq!((v.name.as_str(), v.driver.as_str()), ("data", "local"));
