@@ -54,6 +54,23 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// The machine as a markdown list (one `- key: value` line each), for `<name>.md`.
+    pub fn markdown_list(&self) -> String {
+        format!(
+            "- date: {}\n- CPUs (`nproc`): {}\n- CPU model: {}\n- kernel: {}\n- memory: {}\n\
+             - compiler: {} (release profile)\n- commit: {}\n",
+            self.date_utc,
+            self.cpus,
+            self.cpu_model,
+            self.kernel,
+            self.memory,
+            self.rustc,
+            self.commit
+        )
+    }
+}
+
 fn run(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status

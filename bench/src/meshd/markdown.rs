@@ -30,16 +30,7 @@ pub fn render(
         format!("Command (from the workspace root, as root):\n\n```\n{command}\n```\n"),
     );
     line(s, "## Machine\n");
-    line(s, format!("- date: {}", machine.date_utc));
-    line(s, format!("- CPUs (`nproc`): {}", machine.cpus));
-    line(s, format!("- CPU model: {}", machine.cpu_model));
-    line(s, format!("- kernel: {}", machine.kernel));
-    line(s, format!("- memory: {}", machine.memory));
-    line(
-        s,
-        format!("- compiler: {} (release profile)", machine.rustc),
-    );
-    line(s, format!("- commit: {}", machine.commit));
+    s.push_str(&machine.markdown_list());
     line(
         s,
         format!("- reference: Debian's wireguard-go {}\n", m.wg_go_version),

@@ -39,16 +39,7 @@ pub fn render(
     );
 
     line(s, "## Machine\n");
-    line(s, format!("- date: {}", machine.date_utc));
-    line(s, format!("- CPUs (`nproc`): {}", machine.cpus));
-    line(s, format!("- CPU model: {}", machine.cpu_model));
-    line(s, format!("- kernel: {}", machine.kernel));
-    line(s, format!("- memory: {}", machine.memory));
-    line(
-        s,
-        format!("- compiler: {} (release profile)", machine.rustc),
-    );
-    line(s, format!("- commit: {}", machine.commit));
+    s.push_str(&machine.markdown_list());
     line(
         s,
         format!(
