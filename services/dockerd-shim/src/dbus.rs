@@ -18,7 +18,7 @@ use zbus::{interface, Connection};
 use crate::containers::{self, ContainerError};
 use crate::images::{self, ImageError};
 use crate::volumes::{self, VolumeError};
-use crate::{exec, logs};
+use crate::{exec, logs, stats};
 
 pub const DOCKER_NAME: &str = "org.uncloud.Docker1";
 pub const DOCKER_PATH: &str = "/org/uncloud/Docker1";
@@ -235,6 +235,13 @@ impl Docker1 {
     /// The exit code of an exec; -1 while it still runs.
     async fn exec_exit_code(&self, exec_id: &str) -> Result<i64, DockerError> {
         Ok(exec::exit_code(&self.docker, exec_id).await?.unwrap_or(-1))
+    }
+
+    /// Resource use as JSON (`cpu_percent`, `memory_bytes`, `memory_limit_bytes`, `rx_bytes`,
+    /// `tx_bytes`, `pids`); takes about a second.
+    async fn stats(&self, container: &str) -> Result<String, DockerError> {
+        let s = stats::stats(&self.docker, container).await?;
+        Ok(serde_json::to_string(&s).expect("serializes"))
     }
 
     /// The container as the shared model's JSON.

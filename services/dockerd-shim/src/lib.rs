@@ -15,6 +15,7 @@
 //! - [`images`]: load a `docker save` tarball in chunks, list, remove.
 //! - [`logs`]: a container's logs, both streams, to two writers (file descriptors on D-Bus).
 //! - [`mirror`]: engine events and periodic resyncs written into the replicated state.
+//! - [`stats`]: a container's CPU, memory and network use.
 //! - [`volumes`]: named volumes: create, list, inspect, remove (never while in use).
 //! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
 //!   pure function, created or repaired.
@@ -33,4 +34,5 @@ pub mod logs;
 pub mod mirror;
 pub mod network;
 pub mod spec;
+pub mod stats;
 pub mod volumes;

@@ -79,6 +79,10 @@ async fn the_whole_lifecycle() {
         "[10.210.3.1] [internal] map[80/tcp:[map[HostIp: HostPort:18080]]]"
     );
 
+    let st = dockerd_shim::stats::stats(&docker, &id).await.unwrap();
+    assert!(st.memory_bytes > 0 && st.pids >= 1, "{st:?}");
+    assert!(st.cpu_percent >= 0.0, "{st:?}");
+
     containers::stop(&docker, &id, 1).await.unwrap();
     let c = containers::inspect(&docker, &id, "m1", "uncloud")
         .await
