@@ -58,7 +58,8 @@ impl From<ImageError> for DockerError {
     fn from(e: ImageError) -> Self {
         let msg = e.to_string();
         match e {
-            ImageError::Load(_) => DockerError::InvalidArgument(msg),
+            ImageError::Load(_) | ImageError::BadReference(_) => DockerError::InvalidArgument(msg),
+            ImageError::Pull { .. } => DockerError::Engine(msg),
             ImageError::NotFound(_) => DockerError::NotFound(msg),
             ImageError::Engine { .. } => DockerError::Engine(msg),
         }
@@ -124,6 +125,40 @@ impl Docker1 {
         let file = tokio::fs::File::from_std(std::fs::File::from(fd));
         images::load(&self.docker, file).await.map_err(Into::into)
     }
+
+    /// Pulls an image from its registry; returns when done, announcing each step with the
+    /// `PullProgress` signal (callers pulling big images should allow a long timeout).
+    async fn pull_image(
+        &self,
+        image: &str,
+        #[zbus(signal_emitter)] emitter: zbus::object_server::SignalEmitter<'_>,
+    ) -> Result<(), DockerError> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let pull = images::pull(&self.docker, image, move |p| {
+            let _ = tx.send(p);
+        });
+        let forward = async {
+            while let Some(p) = rx.recv().await {
+                let _ =
+                    Self::pull_progress(&emitter, image, &p.layer, &p.status, p.current, p.total)
+                        .await;
+            }
+        };
+        let (result, ()) = tokio::join!(pull, forward);
+        Ok(result?)
+    }
+
+    /// One step of a pull: image, layer (empty for the whole image), status, bytes so far,
+    /// bytes in all (0 when unknown).
+    #[zbus(signal)]
+    async fn pull_progress(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        image: &str,
+        layer: &str,
+        status: &str,
+        current: u64,
+        total: u64,
+    ) -> zbus::Result<()>;
 
     /// Images on this machine as JSON: `[{"id", "tags", "size_bytes"}]`.
     async fn list_images(&self) -> Result<String, DockerError> {

@@ -1,8 +1,10 @@
-//! Images on this machine: load a `docker save` tarball streamed in chunks (so an image can
-//! reach a machine with no registry), list, remove.
+//! Images on this machine: pull from a registry with progress, load a `docker save` tarball
+//! streamed in chunks (so an image can reach a machine with no registry), list, remove.
 
 use bollard::models::ImageSummary;
-use bollard::query_parameters::{ImportImageOptions, ListImagesOptions, RemoveImageOptions};
+use bollard::query_parameters::{
+    CreateImageOptions, ImportImageOptions, ListImagesOptions, RemoveImageOptions,
+};
 use bollard::Docker;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -14,6 +16,10 @@ pub const CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    #[error("invalid image reference {0:?}")]
+    BadReference(String),
+    #[error("cannot pull {image}: {reason}")]
+    Pull { image: String, reason: String },
     #[error("the engine could not load the image tarball: {0}")]
     Load(String),
     #[error("no image {0} on this machine")]
@@ -81,6 +87,80 @@ where
     Ok(loaded)
 }
 
+/// `name[:tag]` or `name@digest` split into what the pull API wants; no tag means `latest`.
+/// A registry port (`host:5000/app`) is not a tag.
+pub fn split_reference(image: &str) -> Result<(String, String), ImageError> {
+    let bad = || ImageError::BadReference(image.to_string());
+    if image.is_empty() || image.chars().any(|c| c.is_whitespace()) {
+        return Err(bad());
+    }
+    if let Some((name, digest)) = image.split_once('@') {
+        if name.is_empty() || !digest.contains(':') {
+            return Err(bad());
+        }
+        return Ok((name.to_string(), digest.to_string()));
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.rsplit_once(':') {
+        Some((_, "")) => Err(bad()),
+        Some((_, tag)) => {
+            let name = &image[..image.len() - tag.len() - 1];
+            Ok((name.to_string(), tag.to_string()))
+        }
+        None => Ok((image.to_string(), "latest".to_string())),
+    }
+}
+
+/// One step of a pull, as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullProgress {
+    /// Layer id, empty for messages about the whole image.
+    pub layer: String,
+    /// "Pulling fs layer", "Downloading", "Pull complete", …
+    pub status: String,
+    pub current: u64,
+    pub total: u64,
+}
+
+/// Pulls `image`, reporting each progress message to `on_progress`.
+pub async fn pull(
+    docker: &Docker,
+    image: &str,
+    mut on_progress: impl FnMut(PullProgress),
+) -> Result<(), ImageError> {
+    let (name, tag) = split_reference(image)?;
+    let mut stream = docker.create_image(
+        Some(CreateImageOptions {
+            from_image: Some(name),
+            tag: Some(tag),
+            ..Default::default()
+        }),
+        None,
+        None,
+    );
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| ImageError::Pull {
+            image: image.to_string(),
+            reason: reason(e),
+        })?;
+        if let Some(message) = info.error_detail.and_then(|d| d.message) {
+            return Err(ImageError::Pull {
+                image: image.to_string(),
+                reason: message,
+            });
+        }
+        let detail = info.progress_detail.unwrap_or_default();
+        on_progress(PullProgress {
+            layer: info.id.unwrap_or_default(),
+            status: info.status.unwrap_or_default(),
+            current: detail.current.unwrap_or(0).max(0) as u64,
+            total: detail.total.unwrap_or(0).max(0) as u64,
+        });
+    }
+    tracing::info!(image, "pulled");
+    Ok(())
+}
+
 /// An image as `ListImages` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageInfo {
@@ -129,4 +209,28 @@ pub async fn remove(docker: &Docker, name: &str) -> Result<(), ImageError> {
                 reason: reason(e),
             },
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn references() {
+        let ok = |r: &str, n: &str, t: &str| {
+            assert_eq!(
+                split_reference(r).unwrap(),
+                (n.to_string(), t.to_string()),
+                "{r}"
+            )
+        };
+        ok("nginx", "nginx", "latest");
+        ok("nginx:1.25", "nginx", "1.25");
+        ok("localhost:5000/app", "localhost:5000/app", "latest");
+        ok("localhost:5000/app:2", "localhost:5000/app", "2");
+        ok("app@sha256:abc", "app", "sha256:abc");
+        for bad in ["", "a b", "nginx:", "@sha256:x", "app@nodigest"] {
+            assert!(split_reference(bad).is_err(), "{bad}");
+        }
+    }
 }

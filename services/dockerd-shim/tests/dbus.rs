@@ -96,7 +96,11 @@ async fn container_operations_from_busctl() {
             "{body:?}"
         );
     }
-    for (method, container) in [("Inspect", "web-1"), ("Remove", "nothing")] {
+    for (method, container) in [
+        ("Inspect", "web-1"),
+        ("Remove", "nothing"),
+        ("PullImage", "bad ref"),
+    ] {
         let r = client
             .call_method(
                 Some("org.uncloud.Docker1"),
@@ -106,7 +110,16 @@ async fn container_operations_from_busctl() {
                 &(container,),
             )
             .await;
-        assert_eq!(name_of(r), "org.uncloud.Docker1.Error.NotFound", "{method}");
+        let want = if method == "PullImage" {
+            "InvalidArgument"
+        } else {
+            "NotFound"
+        };
+        assert_eq!(
+            name_of(r),
+            format!("org.uncloud.Docker1.Error.{want}"),
+            "{method}"
+        );
     }
     let left = engine.docker_ok(&["ps", "-a", "--format", "{{.Names}}"]);
     assert!(left.is_empty(), "left behind: {left}");

@@ -59,3 +59,71 @@ async fn an_image_travels_as_a_tarball() {
         Err(ImageError::NotFound(_))
     ));
 }
+
+/// A registry (Debian's docker-registry) inside the engine's namespace on 127.0.0.1:5000,
+/// which Docker treats as insecure-allowed: a pull with progress, and a clear error for an
+/// image the registry does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_with_progress_from_a_local_registry() {
+    let engine = Dockerd::start();
+    engine.import_busybox(IMAGE);
+    let dir = engine.dir().join("registry");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = engine.ns.command("docker-registry");
+    cmd.arg("serve").arg(&config);
+    let _registry = uncloud_testkit::Daemon::spawn("docker-registry", cmd, dir.join("log"));
+    let up = engine.ns.enter(|| {
+        (0..100).any(|_| {
+            let ok = std::net::TcpStream::connect("127.0.0.1:5000").is_ok();
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            ok
+        })
+    });
+    assert!(
+        up,
+        "docker-registry did not start (apt-get install docker-registry)"
+    );
+    let remote = "127.0.0.1:5000/test/busybox:1";
+    engine.docker_ok(&["tag", IMAGE, remote]);
+    engine.docker_ok(&["push", remote]);
+    engine.docker_ok(&["rmi", remote, IMAGE]);
+
+    let docker = dockerd_shim::engine::connect(&engine.socket).await.unwrap();
+    let mut steps = Vec::new();
+    images::pull(&docker, remote, |p| steps.push(p))
+        .await
+        .unwrap();
+    assert!(
+        steps.iter().any(|p| p.status.contains("Pull complete")),
+        "{steps:?}"
+    );
+    assert!(
+        steps.iter().any(|p| p.total > 0 && p.current > 0),
+        "no byte counts in {steps:?}"
+    );
+    assert!(images::list(&docker)
+        .await
+        .unwrap()
+        .iter()
+        .any(|i| i.tags.contains(&remote.to_string())));
+
+    let e = images::pull(&docker, "127.0.0.1:5000/test/missing:1", |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ImageError::Pull { .. }), "{e}");
+    assert!(matches!(
+        images::pull(&docker, "bad ref", |_| {}).await,
+        Err(ImageError::BadReference(_))
+    ));
+}
