@@ -25,6 +25,27 @@ pub enum ConfigError {
     },
 }
 
+/// A setting that makes no sense, named by its key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {key}: {why}")]
+pub struct ConfigInvalid {
+    pub key: &'static str,
+    pub why: String,
+}
+
+/// `Err(ConfigInvalid)` for `key`, for the body of a `validate`.
+pub fn invalid<T>(key: &'static str, why: impl Into<String>) -> Result<T, ConfigInvalid> {
+    Err(ConfigInvalid {
+        key,
+        why: why.into(),
+    })
+}
+
+/// A daemon's configuration: TOML where every key has a default, checked after loading.
+pub trait DaemonConfig: DeserializeOwned + Default + std::fmt::Debug {
+    fn validate(&self) -> Result<(), ConfigInvalid>;
+}
+
 /// Reads `path` as TOML. A missing file gives the defaults (`T::default()`): a fresh machine
 /// runs without any config; any other read error or a malformed file is an error naming it.
 pub fn load<T: DeserializeOwned + Default>(path: &Path) -> Result<T, ConfigError> {

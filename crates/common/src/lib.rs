@@ -15,14 +15,17 @@
 //! - [`dbus`]: well-known names, object paths and zbus proxies of the local D-Bus APIs.
 //! - [`rpc`]: tarpc services spoken between machines over the mesh.
 //! - [`logging`]: journald or stderr logging, the same in every daemon.
-//! - [`config`]: loading a daemon's TOML config with errors that name the file.
+//! - [`config`]: loading a daemon's TOML config with errors that name the file or the key.
+//! - [`daemon`]: the `main` every daemon shares (logging, config, `--check-config`, runtime).
 //!
 //! # Limitations
-//! Only what `stated` needs exists so far; other daemons add their interfaces as they arrive.
+//! Only what `stated`, `meshd` and `dockerd-shim` need exists so far; other daemons add their
+//! interfaces as they arrive.
 
 pub mod address;
 pub mod config;
 pub mod conflict;
+pub mod daemon;
 pub mod dbus;
 pub mod liveness;
 pub mod logging;

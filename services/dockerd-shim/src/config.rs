@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
+pub use uncloud_common::config::ConfigInvalid;
+use uncloud_common::config::{invalid, DaemonConfig};
 
 /// Default config file path.
 pub const DEFAULT_PATH: &str = "/etc/uncloud/dockerd-shim.toml";
@@ -39,42 +41,30 @@ impl Default for Config {
     }
 }
 
-/// A value that makes no sense.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid setting {key}: {why}")]
-pub struct ConfigInvalid {
-    pub key: &'static str,
-    pub why: String,
-}
-
-/// The MTU to use when nothing says otherwise (meshd's default over a 1500-byte uplink).
-pub const FALLBACK_MTU: u16 = 1412;
-
-impl Config {
-    pub fn validate(&self) -> Result<(), ConfigInvalid> {
-        let bad = |key, why: &str| {
-            Err(ConfigInvalid {
-                key,
-                why: why.into(),
-            })
-        };
+impl DaemonConfig for Config {
+    fn validate(&self) -> Result<(), ConfigInvalid> {
         if self.network.is_empty() {
-            return bad("network", "must not be empty");
+            return invalid("network", "must not be empty");
         }
         if self.bridge.is_empty() || self.bridge.len() > 15 || self.bridge.contains('/') {
-            return bad(
+            return invalid(
                 "bridge",
                 "must be a Linux interface name (1-15 characters, no '/')",
             );
         }
         if let Some(mtu) = self.mtu {
             if mtu < 1280 {
-                return bad("mtu", "must be at least 1280");
+                return invalid("mtu", "must be at least 1280");
             }
         }
         Ok(())
     }
+}
 
+/// The MTU to use when nothing says otherwise (meshd's default over a 1500-byte uplink).
+pub const FALLBACK_MTU: u16 = 1412;
+
+impl Config {
     /// The bridge MTU: configured, else the mesh TUN's, else [`FALLBACK_MTU`].
     pub fn mtu(&self) -> u16 {
         self.mtu.unwrap_or_else(|| {

@@ -34,24 +34,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    uncloud_common::logging::init();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("dockerd-shim: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(args: Args) -> anyhow::Result<()> {
-    let config: Config = uncloud_common::config::load(&args.config)?;
-    config.validate()?;
-    if args.check_config {
-        println!("{config:#?}");
-        return Ok(());
-    }
-    tokio::runtime::Runtime::new()?.block_on(serve(config))
+    uncloud_common::daemon::main("dockerd-shim", &args.config, args.check_config, serve)
 }
 
 /// This machine's subnet from the state, waiting for stated and for the entry.

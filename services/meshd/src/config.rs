@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+pub use uncloud_common::config::ConfigInvalid;
+use uncloud_common::config::{invalid, DaemonConfig};
 
 use crate::endpoint::Timing;
 
@@ -70,52 +72,8 @@ impl Default for Config {
     }
 }
 
-/// A value that makes no sense.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid setting {key}: {why}")]
-pub struct ConfigInvalid {
-    pub key: &'static str,
-    pub why: String,
-}
-
-impl Config {
-    pub fn key_path(&self) -> PathBuf {
-        self.data_dir.join("private.key")
-    }
-
-    pub fn timing(&self) -> Timing {
-        Timing {
-            handshake_timeout: self.handshake_timeout_secs * 1000,
-            down_after: self.down_after_secs * 1000,
-            keepalive: u64::from(self.keepalive_secs) * 1000,
-        }
-    }
-
-    /// The configured public endpoints with the listen port filled in where omitted.
-    pub fn public_endpoints(&self) -> Result<Vec<SocketAddr>, ConfigInvalid> {
-        self.public_endpoints
-            .iter()
-            .map(|e| {
-                e.parse::<SocketAddr>()
-                    .or_else(|_| {
-                        e.parse::<std::net::IpAddr>()
-                            .map(|ip| SocketAddr::new(ip, self.listen_port))
-                    })
-                    .map_err(|_| ConfigInvalid {
-                        key: "public_endpoints",
-                        why: format!("{e:?} is neither ip:port nor ip"),
-                    })
-            })
-            .collect()
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigInvalid> {
-        let invalid = |key, why: &str| {
-            Err(ConfigInvalid {
-                key,
-                why: why.to_string(),
-            })
-        };
+impl DaemonConfig for Config {
+    fn validate(&self) -> Result<(), ConfigInvalid> {
         // Linux interface names: 1-15 bytes, no '/', no whitespace.
         if self.interface.is_empty()
             || self.interface.len() > 15
@@ -148,6 +106,40 @@ impl Config {
         }
         self.public_endpoints()?;
         Ok(())
+    }
+}
+
+impl Config {
+    pub fn key_path(&self) -> PathBuf {
+        self.data_dir.join("private.key")
+    }
+
+    pub fn timing(&self) -> Timing {
+        Timing {
+            handshake_timeout: self.handshake_timeout_secs * 1000,
+            down_after: self.down_after_secs * 1000,
+            keepalive: u64::from(self.keepalive_secs) * 1000,
+        }
+    }
+
+    /// The configured public endpoints with the listen port filled in where omitted.
+    pub fn public_endpoints(&self) -> Result<Vec<SocketAddr>, ConfigInvalid> {
+        self.public_endpoints
+            .iter()
+            .map(|e| {
+                e.parse::<SocketAddr>()
+                    .or_else(|_| {
+                        e.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, self.listen_port))
+                    })
+                    .or_else(|_| {
+                        invalid(
+                            "public_endpoints",
+                            format!("{e:?} is neither ip:port nor ip"),
+                        )
+                    })
+            })
+            .collect()
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use gotatun::x25519::PublicKey;
 use uncloud_common::address::MeshCidr;
+use uncloud_common::config::DaemonConfig;
 use uncloud_common::dbus::StateProxy;
 use uncloud_common::model::NetworkState;
 

@@ -33,25 +33,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    uncloud_common::logging::init();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // stderr reaches the journal under systemd too.
-            eprintln!("meshd: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(args: Args) -> anyhow::Result<()> {
-    let config: Config = uncloud_common::config::load(&args.config)?;
-    config.validate()?;
-    if args.check_config {
-        println!("{config:#?}");
-        return Ok(());
-    }
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(meshd::daemon::run(config))?;
-    Ok(())
+    uncloud_common::daemon::main(
+        "meshd",
+        &args.config,
+        args.check_config,
+        |config: Config| async move { Ok(meshd::daemon::run(config).await?) },
+    )
 }

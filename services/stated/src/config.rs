@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+pub use uncloud_common::config::ConfigInvalid;
+use uncloud_common::config::{invalid, DaemonConfig};
 
 /// Default config file path.
 pub const DEFAULT_PATH: &str = "/etc/uncloud/stated.toml";
@@ -86,12 +88,41 @@ impl Default for Config {
     }
 }
 
-/// A value that makes no sense.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid setting {key}: {why}")]
-pub struct ConfigInvalid {
-    pub key: &'static str,
-    pub why: String,
+impl DaemonConfig for Config {
+    fn validate(&self) -> Result<(), ConfigInvalid> {
+        if let Err(e) = uncloud_common::model::validate_id("network id", &self.network_id) {
+            return invalid("network_id", e.to_string());
+        }
+        if uncloud_common::conflict::subnet_capacity(&self.mesh_cidr).is_none() {
+            return invalid(
+                "mesh_cidr",
+                format!(
+                    "{:?} must be an IPv4 CIDR with a prefix between /8 and /23",
+                    self.mesh_cidr
+                ),
+            );
+        }
+        if let Some(name) = &self.machine_name {
+            if let Err(e) = uncloud_common::model::validate_dns_label("machine name", name) {
+                return invalid("machine_name", e.to_string());
+            }
+        }
+        if self.gossip_interval_ms == 0 {
+            return invalid("gossip_interval_ms", "must be above 0");
+        }
+        if self.sync_timeout_ms == 0 {
+            return invalid("sync_timeout_ms", "must be above 0");
+        }
+        if self.gossip_port != 0 && self.gossip_port == self.sync_port {
+            return invalid("sync_port", "must differ from gossip_port");
+        }
+        for seed in &self.seeds {
+            if seed.parse::<SocketAddr>().is_err() {
+                return invalid("seeds", format!("{seed:?} is not ip:port"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -118,42 +149,6 @@ impl Config {
                 .unwrap_or_else(|_| "machine".into());
             sanitize_label(host.trim())
         })
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigInvalid> {
-        let invalid = |key, why: String| Err(ConfigInvalid { key, why });
-        if let Err(e) = uncloud_common::model::validate_id("network id", &self.network_id) {
-            return invalid("network_id", e.to_string());
-        }
-        if uncloud_common::conflict::subnet_capacity(&self.mesh_cidr).is_none() {
-            return invalid(
-                "mesh_cidr",
-                format!(
-                    "{:?} must be an IPv4 CIDR with a prefix between /8 and /23",
-                    self.mesh_cidr
-                ),
-            );
-        }
-        if let Some(name) = &self.machine_name {
-            if let Err(e) = uncloud_common::model::validate_dns_label("machine name", name) {
-                return invalid("machine_name", e.to_string());
-            }
-        }
-        if self.gossip_interval_ms == 0 {
-            return invalid("gossip_interval_ms", "must be above 0".into());
-        }
-        if self.sync_timeout_ms == 0 {
-            return invalid("sync_timeout_ms", "must be above 0".into());
-        }
-        if self.gossip_port != 0 && self.gossip_port == self.sync_port {
-            return invalid("sync_port", "must differ from gossip_port".into());
-        }
-        for seed in &self.seeds {
-            if seed.parse::<SocketAddr>().is_err() {
-                return invalid("seeds", format!("{seed:?} is not ip:port"));
-            }
-        }
-        Ok(())
     }
 }
 

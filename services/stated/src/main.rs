@@ -32,26 +32,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    uncloud_common::logging::init();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // stderr reaches the journal under systemd too.
-            eprintln!("stated: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(args: Args) -> anyhow::Result<()> {
-    let config: Config = uncloud_common::config::load(&args.config)?;
-    config.validate()?;
-    if args.check_config {
-        println!("{config:#?}");
-        return Ok(());
-    }
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(serve(config))
+    uncloud_common::daemon::main("stated", &args.config, args.check_config, serve)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use uncloud_common::config::DaemonConfig;
 
 use automerge::sync;
 use automerge::ChangeHash;

@@ -1,0 +1,36 @@
+//! The `main` every daemon shares (after Bottlerocket: `main` -> `run`).
+
+use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::{self, DaemonConfig};
+
+/// Sets up logging, loads and checks the config at `config_path` (a missing file means all
+/// defaults), prints it and exits with `check_config`, else runs `serve` on a tokio runtime.
+/// Any error is printed to stderr (the journal, under systemd) as `<name>: <error chain>` and
+/// the exit status is 1.
+pub fn main<C, F, Fut>(name: &str, config_path: &Path, check_config: bool, serve: F) -> ExitCode
+where
+    C: DaemonConfig,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    crate::logging::init();
+    let run = || -> anyhow::Result<()> {
+        let config: C = config::load(config_path)?;
+        config.validate()?;
+        if check_config {
+            println!("{config:#?}");
+            return Ok(());
+        }
+        tokio::runtime::Runtime::new()?.block_on(serve(config))
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
