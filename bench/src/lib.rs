@@ -40,3 +40,25 @@ pub fn progress(msg: impl std::fmt::Display) {
     let label = LABEL.get().map_or("bench", String::as_str);
     eprintln!("[{label} +{t:6.1}s] {msg}");
 }
+
+/// Where a benchmark writes its results: `--out` if given, else `bench/results` (or a temp
+/// dir for a `--quick` smoke run, whose figures must not overwrite the real ones).
+pub fn out_dir(out: Option<std::path::PathBuf>, quick: bool) -> std::path::PathBuf {
+    out.unwrap_or_else(|| {
+        if quick {
+            std::env::temp_dir().join("uncloud-bench-quick")
+        } else {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
+        }
+    })
+}
+
+/// The command that reproduces this run, for the result file.
+pub fn command_line(bin: &str) -> String {
+    let extra: Vec<String> = std::env::args().skip(1).collect();
+    format!(
+        "cargo run --release -p uncloud-bench --bin {bin}{}{}",
+        if extra.is_empty() { "" } else { " -- " },
+        extra.join(" ")
+    )
+}

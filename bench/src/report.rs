@@ -102,6 +102,12 @@ impl Target {
     }
 }
 
+/// Appends one line (or paragraph) and a newline to a markdown report.
+pub fn line(s: &mut String, text: impl AsRef<str>) {
+    s.push_str(text.as_ref());
+    s.push('\n');
+}
+
 /// Formats a number for a table: integers without decimals, figures below 1 with three,
 /// others with one.
 pub fn fmt_num(x: f64) -> String {

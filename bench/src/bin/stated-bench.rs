@@ -46,19 +46,8 @@ async fn main() -> Result<()> {
     } else {
         Plan::full(args.seed)
     };
-    let out = args.out.clone().unwrap_or_else(|| {
-        if args.quick {
-            std::env::temp_dir().join("uncloud-bench-quick")
-        } else {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
-        }
-    });
-    let extra: Vec<String> = std::env::args().skip(1).collect();
-    let command = format!(
-        "cargo run --release -p uncloud-bench --bin stated-bench{}{}",
-        if extra.is_empty() { "" } else { " -- " },
-        extra.join(" ")
-    );
+    let out = uncloud_bench::out_dir(args.out.clone(), args.quick);
+    let command = uncloud_bench::command_line("stated-bench");
     progress(format!("plan: {plan:?}"));
     let results = stated::run(&plan, &out, &command).await?;
     for t in stated::targets() {

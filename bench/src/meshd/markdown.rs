@@ -1,13 +1,8 @@
 //! `meshd.md`: how the run was made, on what, and the figures beside their references.
 
 use super::{Measured, Plan};
-use crate::report::{fmt_num, Results};
+use crate::report::{fmt_num, line, Results};
 use crate::sys::Machine;
-
-fn line(s: &mut String, text: impl AsRef<str>) {
-    s.push_str(text.as_ref());
-    s.push('\n');
-}
 
 pub fn render(
     plan: &Plan,

@@ -1,15 +1,9 @@
 //! `stated.md`: how the run was made, on what, the results beside their targets, and caveats.
 
 use super::{targets, HealResult, Measured, Plan};
-use crate::report::{fmt_num, Results, Verdict};
+use crate::report::{fmt_num, line, Results, Verdict};
 use crate::stats::summary_ms;
 use crate::sys::Machine;
-
-/// Appends one line (or paragraph) and a newline.
-fn line(s: &mut String, text: impl AsRef<str>) {
-    s.push_str(text.as_ref());
-    s.push('\n');
-}
 
 pub fn render(
     plan: &Plan,
