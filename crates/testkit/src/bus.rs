@@ -24,7 +24,9 @@ impl PrivateBus {
             .spawn()
             .expect("dbus-daemon is required for this test (apt-get install dbus)");
         let start = Instant::now();
-        while !socket.exists() {
+        // The socket file appears at bind(), a moment before the daemon listens: wait until a
+        // connection is accepted, or an early client gets "connection refused".
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
                 "dbus-daemon did not start"

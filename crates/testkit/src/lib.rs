@@ -24,3 +24,13 @@ pub use bus::PrivateBus;
 pub use dockerd::Dockerd;
 pub use netns::{Internet, Netns};
 pub use process::Daemon;
+
+/// Test logging (`RUST_LOG`, default `warn`) captured per test; call it from any test.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -12,7 +12,7 @@
 //! - [`containers`]: create-and-start (never half-made), stop, restart, remove, inspect.
 //! - [`dbus`]: `org.uncloud.Docker1`, container operations for other daemons and busctl.
 //! - [`exec`]: a command in a container with stdin, stdout, stderr, TTY and resize.
-//! - [`images`]: load a `docker save` tarball in chunks, list, remove.
+//! - [`images`]: pull with progress, load a `docker save` tarball in chunks, list, remove.
 //! - [`logs`]: a container's logs, both streams, to two writers (file descriptors on D-Bus).
 //! - [`mirror`]: engine events and periodic resyncs written into the replicated state.
 //! - [`stats`]: a container's CPU, memory and network use.
@@ -21,8 +21,8 @@
 //!   pure function, created or repaired.
 //!
 //! # Limitations
-//! In progress (issue 4): only the network exists so far; containers, images, volumes, the
-//! state mirror and the D-Bus/tarpc APIs are still to come.
+//! In progress (issue 4): no tarpc API on the mesh address yet (other machines cannot act
+//! here), no firewall rules between the mesh and the container bridge, no benchmark.
 
 pub mod config;
 pub mod containers;

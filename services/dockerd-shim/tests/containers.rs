@@ -32,7 +32,7 @@ async fn engine() -> (Dockerd, bollard::Docker) {
     support::engine(3).await
 }
 
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 210, 3, 1);
+const GATEWAY: Ipv4Addr = support::gateway(3);
 
 fn all_containers(engine: &Dockerd) -> Vec<String> {
     engine
@@ -81,7 +81,6 @@ async fn the_whole_lifecycle() {
 
     let st = dockerd_shim::stats::stats(&docker, &id).await.unwrap();
     assert!(st.memory_bytes > 0 && st.pids >= 1, "{st:?}");
-    assert!(st.cpu_percent >= 0.0, "{st:?}");
 
     containers::stop(&docker, &id, 1).await.unwrap();
     let c = containers::inspect(&docker, &id, "m1", "uncloud")

@@ -8,13 +8,11 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use dockerd_shim::containers;
-use dockerd_shim::dbus::{serve, Docker1};
 use dockerd_shim::exec::{self, ExecRequest};
 use support::{cmd, IMAGE};
 use uncloud_common::model::{Service, ServiceSpec};
-use uncloud_testkit::PrivateBus;
 
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 210, 7, 1);
+const GATEWAY: Ipv4Addr = support::gateway(7);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_streams_exit_codes_and_tty() {
@@ -67,28 +65,12 @@ async fn exec_streams_exit_codes_and_tty() {
     );
 
     // Over D-Bus with a TTY: stderr arrives on stdout, and the size can be set while it runs.
-    let bus = PrivateBus::start();
-    let conn = bus.connect().await;
-    serve(
-        &conn,
-        Docker1 {
-            docker,
-            machine_id: "m".into(),
-            network: "uncloud".into(),
-            dns: GATEWAY,
-        },
-    )
-    .await
-    .unwrap();
-    let client = bus.connect().await;
+    let api = support::serve_api(docker, 7).await;
     let (in_r, mut in_w) = std::io::pipe().unwrap();
     let (mut out_r, out_w) = std::io::pipe().unwrap();
     let (_err_r, err_w) = std::io::pipe().unwrap();
-    let reply = client
-        .call_method(
-            Some("org.uncloud.Docker1"),
-            "/org/uncloud/Docker1",
-            Some("org.uncloud.Docker1"),
+    let reply = api
+        .call(
             "Exec",
             &(
                 "box",
@@ -108,14 +90,7 @@ async fn exec_streams_exit_codes_and_tty() {
     drop((in_r, out_w, err_w));
     let exec_id: String = reply.body().deserialize().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    client
-        .call_method(
-            Some("org.uncloud.Docker1"),
-            "/org/uncloud/Docker1",
-            Some("org.uncloud.Docker1"),
-            "ResizeExec",
-            &(exec_id.as_str(), 33u16, 101u16),
-        )
+    api.call("ResizeExec", &(exec_id.as_str(), 33u16, 101u16))
         .await
         .unwrap();
     in_w.write_all(b"ping\n").unwrap();
@@ -133,14 +108,8 @@ async fn exec_streams_exit_codes_and_tty() {
         text.contains("33 101"),
         "terminal size not applied: {text:?}"
     );
-    let code: i64 = client
-        .call_method(
-            Some("org.uncloud.Docker1"),
-            "/org/uncloud/Docker1",
-            Some("org.uncloud.Docker1"),
-            "ExecExitCode",
-            &(exec_id.as_str(),),
-        )
+    let code: i64 = api
+        .call("ExecExitCode", &(exec_id.as_str(),))
         .await
         .unwrap()
         .body()

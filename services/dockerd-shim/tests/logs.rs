@@ -7,13 +7,11 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use dockerd_shim::containers;
-use dockerd_shim::dbus::{serve, Docker1};
 use dockerd_shim::logs::{self, LogsRequest};
 use support::IMAGE;
 use uncloud_common::model::{Service, ServiceSpec};
-use uncloud_testkit::PrivateBus;
 
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 210, 6, 1);
+const GATEWAY: Ipv4Addr = support::gateway(6);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_both_streams_tail_and_follow() {
@@ -65,39 +63,22 @@ async fn logs_both_streams_tail_and_follow() {
     assert!(last.starts_with("tick"), "{last}");
 
     // Following over D-Bus: the caller passes pipes and reads new lines as they come.
-    let bus = PrivateBus::start();
-    let conn = bus.connect().await;
-    serve(
-        &conn,
-        Docker1 {
-            docker,
-            machine_id: "m".into(),
-            network: "uncloud".into(),
-            dns: GATEWAY,
-        },
+    let api = support::serve_api(docker, 6).await;
+    let (mut out_r, out_w) = std::io::pipe().unwrap();
+    let (_err_r, err_w) = std::io::pipe().unwrap();
+    api.call(
+        "Logs",
+        &(
+            "ticker",
+            true,
+            0i32,
+            0i32,
+            zbus::Fd::from(&out_w),
+            zbus::Fd::from(&err_w),
+        ),
     )
     .await
     .unwrap();
-    let (mut out_r, out_w) = std::io::pipe().unwrap();
-    let (_err_r, err_w) = std::io::pipe().unwrap();
-    let client = bus.connect().await;
-    client
-        .call_method(
-            Some("org.uncloud.Docker1"),
-            "/org/uncloud/Docker1",
-            Some("org.uncloud.Docker1"),
-            "Logs",
-            &(
-                "ticker",
-                true,
-                0i32,
-                0i32,
-                zbus::Fd::from(&out_w),
-                zbus::Fd::from(&err_w),
-            ),
-        )
-        .await
-        .unwrap();
     drop((out_w, err_w));
     let seen = tokio::task::spawn_blocking(move || {
         // tail 0 + follow: only lines written from now on.
@@ -129,11 +110,8 @@ async fn logs_both_streams_tail_and_follow() {
 
     // A container that does not exist is an error before anything streams.
     let (_r, w) = std::io::pipe().unwrap();
-    let e = client
-        .call_method(
-            Some("org.uncloud.Docker1"),
-            "/org/uncloud/Docker1",
-            Some("org.uncloud.Docker1"),
+    let e = api
+        .call(
             "Logs",
             &(
                 "nothing",

@@ -1,19 +1,20 @@
 //! The state mirror against a real dockerd and stated (in process, on a private D-Bus).
 
+mod support;
+
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dockerd_shim::containers;
 use dockerd_shim::mirror::{records_of, Mirror};
-use dockerd_shim::network::{self, Desired};
 use stated::testkit::{wait_for, Cluster};
+use support::IMAGE;
 use uncloud_common::dbus::StateProxy;
 use uncloud_common::model::{Container, ContainerState, HealthCheck, Service, ServiceSpec};
 use uncloud_testkit::{Dockerd, PrivateBus};
 
-const IMAGE: &str = "uncloud-test/busybox:1";
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 210, 3, 1);
+const GATEWAY: Ipv4Addr = support::gateway(3);
 const DEADLINE: Duration = Duration::from_secs(20);
 
 struct Setup {
@@ -46,21 +47,7 @@ async fn setup() -> Setup {
     let dbus = stated::dbus::serve(cluster.node(0).shared().clone(), &bus.address)
         .await
         .unwrap();
-    let engine = Dockerd::start();
-    engine.import_busybox(IMAGE);
-    let docker = dockerd_shim::engine::connect(&engine.socket).await.unwrap();
-    network::ensure(
-        &docker,
-        &Desired {
-            name: "uncloud".into(),
-            bridge: "uncloud0".into(),
-            subnet: "10.210.3.0".parse().unwrap(),
-            gateway: GATEWAY,
-            mtu: 1412,
-        },
-    )
-    .await
-    .unwrap();
+    let (engine, docker) = support::engine(3).await;
     let conn = bus.connect().await;
     let machine_id = cluster.ids[0].clone();
     let docker2 = docker.clone();

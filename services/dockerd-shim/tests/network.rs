@@ -1,16 +1,13 @@
 //! The `uncloud` network against a real dockerd the test starts.
 
+mod support;
+
 use dockerd_shim::network::{self, Action, Desired};
+use support::IMAGE;
 use uncloud_testkit::Dockerd;
 
 fn desired() -> Desired {
-    Desired {
-        name: "uncloud".into(),
-        bridge: "uncloud0".into(),
-        subnet: "10.210.3.0".parse().unwrap(),
-        gateway: "10.210.3.1".parse().unwrap(),
-        mtu: 1412,
-    }
+    support::desired(3)
 }
 
 fn container_ip(engine: &Dockerd, name: &str, network: &str) -> String {
@@ -39,7 +36,7 @@ async fn the_network_gets_the_machine_subnet_and_is_kept() {
     ]);
     assert_eq!(ipam, "10.210.3.0/24 10.210.3.1");
     // The bridge device carries the name meshd forwards to and the mesh's MTU.
-    engine.import_busybox("uncloud-test/busybox:1");
+    engine.import_busybox(IMAGE);
     engine.docker_ok(&[
         "run",
         "-d",
@@ -47,7 +44,7 @@ async fn the_network_gets_the_machine_subnet_and_is_kept() {
         "c1",
         "--network",
         "uncloud",
-        "uncloud-test/busybox:1",
+        IMAGE,
         "sleep",
         "300",
     ]);
@@ -66,7 +63,7 @@ async fn the_network_gets_the_machine_subnet_and_is_kept() {
 #[tokio::test]
 async fn a_leftover_network_is_repaired_and_nothing_else_is_touched() {
     let engine = Dockerd::start();
-    engine.import_busybox("uncloud-test/busybox:1");
+    engine.import_busybox(IMAGE);
     // A network called uncloud from an earlier life with another subnet, a container on it;
     // and an unrelated network and container.
     engine.docker_ok(&["network", "create", "--subnet", "10.99.0.0/24", "uncloud"]);
@@ -79,7 +76,7 @@ async fn a_leftover_network_is_repaired_and_nothing_else_is_touched() {
             name,
             "--network",
             net,
-            "uncloud-test/busybox:1",
+            IMAGE,
             "sleep",
             "300",
         ]);

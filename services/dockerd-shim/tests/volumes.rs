@@ -10,7 +10,7 @@ use dockerd_shim::volumes::{self, VolumeError};
 use support::IMAGE;
 use uncloud_common::model::{Service, ServiceSpec};
 
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 210, 4, 1);
+const GATEWAY: Ipv4Addr = support::gateway(4);
 
 #[tokio::test]
 async fn volumes_keep_data_and_are_not_removed_while_used() {

@@ -19,7 +19,7 @@ pub fn desired(x: u8) -> Desired {
     }
 }
 
-pub fn gateway(x: u8) -> Ipv4Addr {
+pub const fn gateway(x: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 210, x, 1)
 }
 
@@ -34,4 +34,51 @@ pub async fn engine(x: u8) -> (Dockerd, bollard::Docker) {
 
 pub fn cmd(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
+}
+
+/// `org.uncloud.Docker1` for machine `x`, served on a private bus, and a client of it.
+pub struct Api {
+    pub bus: uncloud_testkit::PrivateBus,
+    pub client: zbus::Connection,
+    _server: zbus::Connection,
+}
+
+pub async fn serve_api(docker: bollard::Docker, x: u8) -> Api {
+    let bus = uncloud_testkit::PrivateBus::start();
+    let server = bus.connect().await;
+    dockerd_shim::dbus::serve(
+        &server,
+        dockerd_shim::dbus::Docker1 {
+            docker,
+            machine_id: "m".into(),
+            network: "uncloud".into(),
+            dns: gateway(x),
+        },
+    )
+    .await
+    .unwrap();
+    let client = bus.connect().await;
+    Api {
+        bus,
+        client,
+        _server: server,
+    }
+}
+
+impl Api {
+    /// Calls `method` with `body` (a tuple of arguments).
+    pub async fn call<B>(&self, method: &str, body: &B) -> zbus::Result<zbus::Message>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        self.client
+            .call_method(
+                Some("org.uncloud.Docker1"),
+                "/org/uncloud/Docker1",
+                Some("org.uncloud.Docker1"),
+                method,
+                body,
+            )
+            .await
+    }
 }

@@ -10,16 +10,7 @@ use std::time::{Duration, Instant};
 
 use stated::testkit::Cluster;
 use uncloud_common::dbus::MeshProxy;
-use uncloud_testkit::{Daemon, Internet, Netns, PrivateBus};
-
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+use uncloud_testkit::{init_tracing, Daemon, Internet, Netns, PrivateBus};
 
 /// One machine. Field order is drop order: meshd stops before its namespace goes.
 pub struct Machine {

@@ -3,15 +3,7 @@
 #![allow(dead_code)]
 
 pub use stated::testkit::*;
-
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+pub use uncloud_testkit::init_tracing;
 
 /// Starts `n` nodes with test logging on.
 pub async fn cluster(n: usize) -> Cluster {
