@@ -14,6 +14,8 @@
 //! - [`liveness`]: a machine's view of the others (alive / suspect / down).
 //! - [`dbus`]: well-known names, object paths and zbus proxies of the local D-Bus APIs.
 //! - [`rpc`]: tarpc services spoken between machines over the mesh.
+//! - [`docker`]: types of container operations (images, volumes, stats, logs, exec, errors).
+//! - [`nft`]: loading a daemon's own nftables table in one transaction.
 //! - [`logging`]: journald or stderr logging, the same in every daemon.
 //! - [`config`]: loading a daemon's TOML config with errors that name the file or the key.
 //! - [`daemon`]: the `main` every daemon shares (logging, config, `--check-config`, runtime).
@@ -27,7 +29,9 @@ pub mod config;
 pub mod conflict;
 pub mod daemon;
 pub mod dbus;
+pub mod docker;
 pub mod liveness;
 pub mod logging;
 pub mod model;
+pub mod nft;
 pub mod rpc;

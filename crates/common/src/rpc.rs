@@ -5,6 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::docker::{
+    ErrorKind, ExecRequest, ImageInfo, LogsRequest, OpsError, StatsSummary, StreamOutput,
+    VolumeInfo,
+};
+use crate::model::{Container, Service};
+
 /// Largest frame accepted on a machine-to-machine connection. A sync message carries at most
 /// the changes one side lacks; anything bigger is refused rather than buffered.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -46,4 +52,135 @@ pub enum SyncError {
     InvalidCaller(String),
     #[error("server is shutting down")]
     Unavailable,
+}
+
+/// A tarpc transport over a byte stream, framed with [`MAX_FRAME_BYTES`] and bincode: the
+/// same on every machine-to-machine connection.
+pub fn transport<S, Item, SinkItem>(
+    stream: S,
+) -> tarpc::serde_transport::Transport<
+    S,
+    Item,
+    SinkItem,
+    tarpc::tokio_serde::formats::Bincode<Item, SinkItem>,
+>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    Item: for<'de> Deserialize<'de>,
+    SinkItem: Serialize,
+{
+    let codec = tarpc::tokio_util::codec::LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec();
+    tarpc::serde_transport::new(
+        tarpc::tokio_util::codec::Framed::new(stream, codec),
+        tarpc::tokio_serde::formats::Bincode::default(),
+    )
+}
+
+/// TCP port of [`ContainerOps`] on a machine's mesh address.
+pub const CONTAINER_OPS_PORT: u16 = 7948;
+
+/// Largest chunk of an image tarball in one [`ContainerOps::load_image_chunk`] call.
+pub const MAX_UPLOAD_CHUNK: usize = 4 * 1024 * 1024;
+
+/// Longest a [`ContainerOps::stream_read`] waits for output. Below tarpc's default 10 s
+/// deadline, so callers need not change it.
+pub const MAX_STREAM_WAIT_MS: u32 = 5_000;
+
+/// Container operations on one machine, for other machines (apid's fan-out): served by that
+/// machine's dockerd-shim on its mesh address.
+///
+/// A connection starts with [`hello`](ContainerOps::hello); every other call fails with
+/// [`ErrorKind::Refused`](crate::docker::ErrorKind::Refused) until it succeeded. Only machine
+/// addresses (`10.210.X.1`) may connect, never containers.
+///
+/// Streams (logs, exec, pull progress) are opened by one call and then read with
+/// [`stream_read`](ContainerOps::stream_read), which waits up to `wait_ms` for output, until
+/// it reports the end; a stream nobody reads for a minute is closed. An image tarball is sent
+/// as `load_image_begin`, any number of `load_image_chunk`s (in order, each at most
+/// [`MAX_UPLOAD_CHUNK`]) and `load_image_end`.
+#[tarpc::service]
+pub trait ContainerOps {
+    /// Introduces the caller: its network id and machine id.
+    async fn hello(network_id: String, from: String) -> Result<(), OpsError>;
+    /// Creates and starts container `name` from `service`; returns its id.
+    async fn run_service(service: Service, name: String) -> Result<String, OpsError>;
+    async fn stop(container: String, grace_secs: i32) -> Result<(), OpsError>;
+    async fn start(container: String) -> Result<(), OpsError>;
+    async fn restart(container: String, grace_secs: i32) -> Result<(), OpsError>;
+    /// Removes a container, stopping it first.
+    async fn remove(container: String) -> Result<(), OpsError>;
+    async fn inspect(container: String) -> Result<Container, OpsError>;
+    async fn stats(container: String) -> Result<StatsSummary, OpsError>;
+    /// Opens a stream of the container's logs.
+    async fn logs(container: String, request: LogsRequest) -> Result<u64, OpsError>;
+    /// Starts a command in the container; its output is a stream, its input goes with
+    /// `stream_write`, and the end carries the exit code.
+    async fn exec(container: String, request: ExecRequest) -> Result<u64, OpsError>;
+    /// Sets the terminal size of an exec started with `tty`.
+    async fn exec_resize(stream: u64, height: u16, width: u16) -> Result<(), OpsError>;
+    /// Starts pulling an image; the stream carries [`PullProgress`](crate::docker::PullProgress) as JSON lines on stdout and
+    /// ends with the outcome.
+    async fn pull_image(image: String) -> Result<u64, OpsError>;
+    /// Output produced since the last read, waiting up to `wait_ms` (at most
+    /// [`MAX_STREAM_WAIT_MS`]) for some.
+    async fn stream_read(stream: u64, wait_ms: u32) -> Result<StreamOutput, OpsError>;
+    /// Input for an exec; `close` ends its stdin after `data`.
+    async fn stream_write(stream: u64, data: Vec<u8>, close: bool) -> Result<(), OpsError>;
+    /// Closes a stream early (stops following logs; an exec keeps running without its output).
+    async fn stream_close(stream: u64) -> Result<(), OpsError>;
+    async fn load_image_begin() -> Result<u64, OpsError>;
+    async fn load_image_chunk(upload: u64, data: Vec<u8>) -> Result<(), OpsError>;
+    /// Finishes an upload; returns the loaded `name:tag`s.
+    async fn load_image_end(upload: u64) -> Result<Vec<String>, OpsError>;
+    async fn list_images() -> Result<Vec<ImageInfo>, OpsError>;
+    async fn remove_image(name: String) -> Result<(), OpsError>;
+    async fn create_volume(name: String) -> Result<VolumeInfo, OpsError>;
+    async fn list_volumes() -> Result<Vec<VolumeInfo>, OpsError>;
+    async fn inspect_volume(name: String) -> Result<VolumeInfo, OpsError>;
+    async fn remove_volume(name: String) -> Result<(), OpsError>;
+}
+
+/// Connects to a machine's [`ContainerOps`] and introduces this machine.
+pub async fn connect_container_ops(
+    addr: std::net::SocketAddr,
+    network_id: &str,
+    from: &str,
+) -> Result<ContainerOpsClient, OpsError> {
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|e| unreachable(addr, &e))?
+    .map_err(|e| unreachable(addr, &e))?;
+    container_ops_client(stream, network_id, from).await
+}
+
+/// A [`ContainerOps`] client on a connected stream, introduced as machine `from`.
+pub async fn container_ops_client(
+    stream: tokio::net::TcpStream,
+    network_id: &str,
+    from: &str,
+) -> Result<ContainerOpsClient, OpsError> {
+    let addr = stream
+        .peer_addr()
+        .map_err(|e| OpsError::new(ErrorKind::Unreachable, e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let client =
+        ContainerOpsClient::new(tarpc::client::Config::default(), transport(stream)).spawn();
+    client
+        .hello(
+            tarpc::context::current(),
+            network_id.to_string(),
+            from.to_string(),
+        )
+        .await
+        .map_err(|e| unreachable(addr, &e))??;
+    Ok(client)
+}
+
+fn unreachable(addr: std::net::SocketAddr, e: &dyn std::fmt::Display) -> OpsError {
+    OpsError::new(ErrorKind::Unreachable, format!("cannot reach {addr}: {e}"))
 }

@@ -26,6 +26,14 @@ pub struct Config {
     pub mesh_interface: String,
     /// Which D-Bus: `system`, `session` or an address. Default `system`.
     pub bus: String,
+    /// Address other machines reach the container-ops RPC (tarpc) on. Default: this machine's
+    /// mesh address, never a public one.
+    pub rpc_address: Option<std::net::IpAddr>,
+    /// TCP port of that RPC. Default 7948; 0 turns it off.
+    pub rpc_port: u16,
+    /// Keep the forwarding and masquerade rules containers need (see the `firewall` module).
+    /// Default true; turn off only if the host's own firewall provides the same.
+    pub manage_firewall: bool,
 }
 
 impl Default for Config {
@@ -37,6 +45,9 @@ impl Default for Config {
             mtu: None,
             mesh_interface: "uncloud".into(),
             bus: "system".into(),
+            rpc_address: None,
+            rpc_port: uncloud_common::rpc::CONTAINER_OPS_PORT,
+            manage_firewall: true,
         }
     }
 }

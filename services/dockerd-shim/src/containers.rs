@@ -12,6 +12,7 @@ use bollard::query_parameters::{
     CreateContainerOptions, RemoveContainerOptions, RestartContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
+use uncloud_common::docker::{ErrorKind, OpsError};
 use uncloud_common::model::{Container, ContainerState, Service};
 
 use crate::spec::{self, SpecError, LABEL_REVISION, LABEL_SERVICE_ID};
@@ -32,6 +33,19 @@ pub enum ContainerError {
         name: String,
         reason: String,
     },
+}
+
+impl From<ContainerError> for OpsError {
+    fn from(e: ContainerError) -> Self {
+        let kind = match &e {
+            ContainerError::Spec(_) => ErrorKind::InvalidArgument,
+            ContainerError::NoImage { .. } => ErrorKind::NoImage,
+            ContainerError::NotFound(_) => ErrorKind::NotFound,
+            ContainerError::NameTaken(_) => ErrorKind::Conflict,
+            ContainerError::Engine { .. } => ErrorKind::Engine,
+        };
+        OpsError::new(kind, e.to_string())
+    }
 }
 
 fn status(e: &bollard::errors::Error) -> Option<u16> {

@@ -9,13 +9,12 @@
 //!
 //! Services and containers travel as the shared model's JSON, so every call works from busctl.
 
-use std::net::Ipv4Addr;
-
-use bollard::Docker;
+use uncloud_common::docker::{ErrorKind, OpsError};
 use uncloud_common::model::Service;
 use zbus::{interface, Connection};
 
 use crate::containers::{self, ContainerError};
+use crate::engine::Local;
 use crate::images::{self, ImageError};
 use crate::volumes::{self, VolumeError};
 use crate::{exec, logs, stats};
@@ -39,52 +38,42 @@ pub enum DockerError {
     Conflict(String),
     /// The engine refused or is unreachable.
     Engine(String),
+    /// The caller may not do this.
+    Refused(String),
+    /// Too much in flight; try again later.
+    Busy(String),
 }
 
-impl From<ContainerError> for DockerError {
-    fn from(e: ContainerError) -> Self {
-        let msg = e.to_string();
-        match e {
-            ContainerError::Spec(_) => DockerError::InvalidArgument(msg),
-            ContainerError::NoImage { .. } => DockerError::NoImage(msg),
-            ContainerError::NotFound(_) => DockerError::NotFound(msg),
-            ContainerError::NameTaken(_) => DockerError::Conflict(msg),
-            ContainerError::Engine { .. } => DockerError::Engine(msg),
+impl From<OpsError> for DockerError {
+    fn from(e: OpsError) -> Self {
+        let OpsError { kind, message } = e;
+        match kind {
+            ErrorKind::InvalidArgument => DockerError::InvalidArgument(message),
+            ErrorKind::NotFound => DockerError::NotFound(message),
+            ErrorKind::NoImage => DockerError::NoImage(message),
+            ErrorKind::Conflict => DockerError::Conflict(message),
+            ErrorKind::Engine | ErrorKind::Unreachable => DockerError::Engine(message),
+            ErrorKind::Refused => DockerError::Refused(message),
+            ErrorKind::Busy => DockerError::Busy(message),
         }
     }
 }
 
-impl From<ImageError> for DockerError {
-    fn from(e: ImageError) -> Self {
-        let msg = e.to_string();
-        match e {
-            ImageError::Load(_) | ImageError::BadReference(_) => DockerError::InvalidArgument(msg),
-            ImageError::Pull { .. } => DockerError::Engine(msg),
-            ImageError::NotFound(_) => DockerError::NotFound(msg),
-            ImageError::Engine { .. } => DockerError::Engine(msg),
+// Each module's error reaches D-Bus through its kind, decided once in that module.
+macro_rules! via_ops_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DockerError {
+            fn from(e: $t) -> Self {
+                OpsError::from(e).into()
+            }
         }
-    }
+    )*};
 }
+via_ops_error!(ContainerError, ImageError, VolumeError);
 
-impl From<VolumeError> for DockerError {
-    fn from(e: VolumeError) -> Self {
-        let msg = e.to_string();
-        match e {
-            VolumeError::InvalidName(_) => DockerError::InvalidArgument(msg),
-            VolumeError::NotFound(_) => DockerError::NotFound(msg),
-            VolumeError::InUse(_) => DockerError::Conflict(msg),
-            VolumeError::Engine { .. } => DockerError::Engine(msg),
-        }
-    }
-}
-
-/// What the interface needs to act on this machine.
+/// The interface, acting on this machine's engine.
 pub struct Docker1 {
-    pub docker: Docker,
-    pub machine_id: String,
-    pub network: String,
-    /// DNS server for containers: the machine's mesh address.
-    pub dns: Ipv4Addr,
+    pub local: Local,
 }
 
 #[interface(name = "org.uncloud.Docker1")]
@@ -94,28 +83,25 @@ impl Docker1 {
     async fn run_service(&self, service_json: &str, name: &str) -> Result<String, DockerError> {
         let service: Service = serde_json::from_str(service_json)
             .map_err(|e| DockerError::InvalidArgument(format!("service: {e}")))?;
-        service
-            .validate()
-            .map_err(|e| DockerError::InvalidArgument(e.to_string()))?;
-        Ok(containers::run(&self.docker, &service, name, &self.network, self.dns).await?)
+        Ok(self.local.run_service(&service, name).await?)
     }
 
     /// Stops a container (id or name), killing it after `grace_secs`.
     async fn stop(&self, container: &str, grace_secs: i32) -> Result<(), DockerError> {
-        Ok(containers::stop(&self.docker, container, grace_secs).await?)
+        Ok(containers::stop(&self.local.docker, container, grace_secs).await?)
     }
 
     async fn start(&self, container: &str) -> Result<(), DockerError> {
-        Ok(containers::start(&self.docker, container).await?)
+        Ok(containers::start(&self.local.docker, container).await?)
     }
 
     async fn restart(&self, container: &str, grace_secs: i32) -> Result<(), DockerError> {
-        Ok(containers::restart(&self.docker, container, grace_secs).await?)
+        Ok(containers::restart(&self.local.docker, container, grace_secs).await?)
     }
 
     /// Removes a container, stopping it first.
     async fn remove(&self, container: &str) -> Result<(), DockerError> {
-        Ok(containers::remove(&self.docker, container).await?)
+        Ok(containers::remove(&self.local.docker, container).await?)
     }
 
     /// Loads a `docker save` tarball read from the passed file descriptor (a file or a pipe),
@@ -123,7 +109,9 @@ impl Docker1 {
     async fn load_image(&self, tarball: zbus::OwnedFd) -> Result<Vec<String>, DockerError> {
         let fd: std::os::fd::OwnedFd = tarball.into();
         let file = tokio::fs::File::from_std(std::fs::File::from(fd));
-        images::load(&self.docker, file).await.map_err(Into::into)
+        images::load(&self.local.docker, file)
+            .await
+            .map_err(Into::into)
     }
 
     /// Pulls an image from its registry; returns when done, announcing each step with the
@@ -134,7 +122,7 @@ impl Docker1 {
         #[zbus(signal_emitter)] emitter: zbus::object_server::SignalEmitter<'_>,
     ) -> Result<(), DockerError> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let pull = images::pull(&self.docker, image, move |p| {
+        let pull = images::pull(&self.local.docker, image, move |p| {
             let _ = tx.send(p);
         });
         let forward = async {
@@ -162,34 +150,34 @@ impl Docker1 {
 
     /// Images on this machine as JSON: `[{"id", "tags", "size_bytes"}]`.
     async fn list_images(&self) -> Result<String, DockerError> {
-        let list = images::list(&self.docker).await?;
+        let list = images::list(&self.local.docker).await?;
         Ok(serde_json::to_string(&list).expect("serializes"))
     }
 
     async fn remove_image(&self, name: &str) -> Result<(), DockerError> {
-        Ok(images::remove(&self.docker, name).await?)
+        Ok(images::remove(&self.local.docker, name).await?)
     }
 
     /// Creates a named local volume (or returns the existing one) as JSON.
     async fn create_volume(&self, name: &str) -> Result<String, DockerError> {
-        let v = volumes::create(&self.docker, name).await?;
+        let v = volumes::create(&self.local.docker, name).await?;
         Ok(serde_json::to_string(&v).expect("serializes"))
     }
 
     /// Volumes as JSON: `[{"name", "driver", "mountpoint", "labels"}]`.
     async fn list_volumes(&self) -> Result<String, DockerError> {
-        let list = volumes::list(&self.docker).await?;
+        let list = volumes::list(&self.local.docker).await?;
         Ok(serde_json::to_string(&list).expect("serializes"))
     }
 
     async fn inspect_volume(&self, name: &str) -> Result<String, DockerError> {
-        let v = volumes::inspect(&self.docker, name).await?;
+        let v = volumes::inspect(&self.local.docker, name).await?;
         Ok(serde_json::to_string(&v).expect("serializes"))
     }
 
     /// Removes a volume; `Conflict` while a container uses it.
     async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
-        Ok(volumes::remove(&self.docker, name).await?)
+        Ok(volumes::remove(&self.local.docker, name).await?)
     }
 
     /// Streams a container's logs into two file descriptors the caller passes (stdout and
@@ -206,7 +194,7 @@ impl Docker1 {
         stderr: zbus::OwnedFd,
     ) -> Result<(), DockerError> {
         // Fail now for a container that does not exist, rather than in the background.
-        containers::inspect(&self.docker, container, &self.machine_id, &self.network).await?;
+        self.local.inspect(container).await?;
         let req = logs::LogsRequest {
             follow,
             since_secs,
@@ -217,7 +205,7 @@ impl Docker1 {
             tokio::fs::File::from_std(std::fs::File::from(fd))
         };
         let (out, err) = (writer(stdout), writer(stderr));
-        let docker = self.docker.clone();
+        let docker = self.local.docker.clone();
         let container = container.to_string();
         tokio::spawn(async move {
             if let Err(e) = logs::copy(&docker, &container, &req, out, err).await {
@@ -246,13 +234,13 @@ impl Docker1 {
             stdin: true,
             ..Default::default()
         };
-        let id = exec::create(&self.docker, container, &req).await?;
+        let id = exec::create(&self.local.docker, container, &req).await?;
         let file = |fd: zbus::OwnedFd| {
             let fd: std::os::fd::OwnedFd = fd.into();
             tokio::fs::File::from_std(std::fs::File::from(fd))
         };
         let (i, o, e) = (file(stdin), file(stdout), file(stderr));
-        let docker = self.docker.clone();
+        let docker = self.local.docker.clone();
         let (container, exec_id) = (container.to_string(), id.clone());
         tokio::spawn(async move {
             if let Err(err) = exec::run(&docker, &container, &exec_id, tty, Some(i), o, e).await {
@@ -264,25 +252,26 @@ impl Docker1 {
 
     /// Sets the terminal size of a running exec started with `tty`.
     async fn resize_exec(&self, exec_id: &str, height: u16, width: u16) -> Result<(), DockerError> {
-        Ok(exec::resize(&self.docker, exec_id, height, width).await?)
+        Ok(exec::resize(&self.local.docker, exec_id, height, width).await?)
     }
 
     /// The exit code of an exec; -1 while it still runs.
     async fn exec_exit_code(&self, exec_id: &str) -> Result<i64, DockerError> {
-        Ok(exec::exit_code(&self.docker, exec_id).await?.unwrap_or(-1))
+        Ok(exec::exit_code(&self.local.docker, exec_id)
+            .await?
+            .unwrap_or(-1))
     }
 
     /// Resource use as JSON (`cpu_percent`, `memory_bytes`, `memory_limit_bytes`, `rx_bytes`,
     /// `tx_bytes`, `pids`); takes about a second.
     async fn stats(&self, container: &str) -> Result<String, DockerError> {
-        let s = stats::stats(&self.docker, container).await?;
+        let s = stats::stats(&self.local.docker, container).await?;
         Ok(serde_json::to_string(&s).expect("serializes"))
     }
 
     /// The container as the shared model's JSON.
     async fn inspect(&self, container: &str) -> Result<String, DockerError> {
-        let c =
-            containers::inspect(&self.docker, container, &self.machine_id, &self.network).await?;
+        let c = self.local.inspect(container).await?;
         Ok(serde_json::to_string(&c).expect("the model serializes"))
     }
 }

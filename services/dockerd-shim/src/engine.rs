@@ -1,8 +1,13 @@
 //! The connection to the Docker engine, at the API version both sides speak.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use bollard::Docker;
+use uncloud_common::docker::{ErrorKind, OpsError};
+use uncloud_common::model::{Container, Service};
+
+use crate::containers;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach the Docker engine at {socket}: {reason}")]
@@ -27,4 +32,31 @@ pub async fn connect(socket: &Path) -> Result<Docker, EngineError> {
         .negotiate_version()
         .await
         .map_err(|e| err(e.to_string()))
+}
+
+/// The engine on this machine and what operations on it need to know; both APIs (D-Bus for
+/// this machine, tarpc for others) act through it.
+#[derive(Clone)]
+pub struct Local {
+    pub docker: Docker,
+    pub machine_id: String,
+    /// The Docker network containers join.
+    pub network: String,
+    /// DNS server for containers: the machine's mesh address.
+    pub dns: Ipv4Addr,
+}
+
+impl Local {
+    /// Validates the service, then creates and starts container `name`; returns its id.
+    pub async fn run_service(&self, service: &Service, name: &str) -> Result<String, OpsError> {
+        service
+            .validate()
+            .map_err(|e| OpsError::new(ErrorKind::InvalidArgument, e.to_string()))?;
+        Ok(containers::run(&self.docker, service, name, &self.network, self.dns).await?)
+    }
+
+    /// The container as the shared model describes it.
+    pub async fn inspect(&self, container: &str) -> Result<Container, OpsError> {
+        Ok(containers::inspect(&self.docker, container, &self.machine_id, &self.network).await?)
+    }
 }

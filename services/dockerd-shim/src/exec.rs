@@ -11,18 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::containers::ContainerError;
 
-/// What to run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecRequest {
-    pub cmd: Vec<String>,
-    /// A pseudo-terminal: output comes as one stream (on stdout), and the size can be set.
-    pub tty: bool,
-    /// Pass input to the command (its stdin closes when the input ends).
-    pub stdin: bool,
-    pub env: Vec<String>,
-    pub user: Option<String>,
-    pub working_dir: Option<String>,
-}
+pub use uncloud_common::docker::ExecRequest;
 
 fn engine(what: &'static str, container: &str, e: bollard::errors::Error) -> ContainerError {
     match e {

@@ -8,8 +8,9 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use bytes::Bytes;
 use futures::StreamExt;
-use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use uncloud_common::docker::{ErrorKind, OpsError};
+pub use uncloud_common::docker::{ImageInfo, PullProgress};
 
 /// Size of the chunks a tarball is streamed to the engine in.
 pub const CHUNK: usize = 256 * 1024;
@@ -30,6 +31,17 @@ pub enum ImageError {
         name: String,
         reason: String,
     },
+}
+
+impl From<ImageError> for OpsError {
+    fn from(e: ImageError) -> Self {
+        let kind = match &e {
+            ImageError::Load(_) | ImageError::BadReference(_) => ErrorKind::InvalidArgument,
+            ImageError::NotFound(_) => ErrorKind::NotFound,
+            ImageError::Pull { .. } | ImageError::Engine { .. } => ErrorKind::Engine,
+        };
+        OpsError::new(kind, e.to_string())
+    }
 }
 
 fn reason(e: bollard::errors::Error) -> String {
@@ -111,17 +123,6 @@ pub fn split_reference(image: &str) -> Result<(String, String), ImageError> {
     }
 }
 
-/// One step of a pull, as the engine reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PullProgress {
-    /// Layer id, empty for messages about the whole image.
-    pub layer: String,
-    /// "Pulling fs layer", "Downloading", "Pull complete", …
-    pub status: String,
-    pub current: u64,
-    pub total: u64,
-}
-
 /// Pulls `image`, reporting each progress message to `on_progress`.
 pub async fn pull(
     docker: &Docker,
@@ -159,14 +160,6 @@ pub async fn pull(
     }
     tracing::info!(image, "pulled");
     Ok(())
-}
-
-/// An image as `ListImages` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ImageInfo {
-    pub id: String,
-    pub tags: Vec<String>,
-    pub size_bytes: u64,
 }
 
 fn info(s: ImageSummary) -> ImageInfo {

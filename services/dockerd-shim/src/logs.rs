@@ -9,16 +9,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::containers::ContainerError;
 
-/// Which lines.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LogsRequest {
-    /// Keep streaming new lines until the container stops or the reader goes away.
-    pub follow: bool,
-    /// Only lines since this Unix time (seconds); 0 for all.
-    pub since_secs: i32,
-    /// Only the last N lines; `None` for all.
-    pub tail: Option<u32>,
-}
+pub use uncloud_common::docker::LogsRequest;
 
 /// Copies the logs of `container` to `stdout` and `stderr` (container output to the
 /// matching writer). Ends when the logs end (or, following, when the container stops) or when

@@ -1,14 +1,20 @@
 //! The `dockerd-shim` daemon: see the crate docs and README.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use dockerd_shim::config::{Config, DEFAULT_PATH};
 use dockerd_shim::dbus::Docker1;
+use dockerd_shim::engine::Local;
+use dockerd_shim::firewall;
 use dockerd_shim::mirror::Mirror;
 use dockerd_shim::network::{self, Desired};
+use dockerd_shim::remote::Remote;
+use tokio::net::TcpListener;
 use uncloud_common::address::MeshCidr;
 use uncloud_common::dbus::StateProxy;
 use uncloud_common::model::NetworkState;
@@ -54,6 +60,9 @@ async fn own_subnet(state: &StateProxy<'_>) -> (MeshCidr, u32) {
     }
 }
 
+/// How often the container firewall rules are re-applied.
+const FIREWALL_REFRESH: Duration = Duration::from_secs(30);
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let conn = uncloud_common::dbus::bus_builder(&config.bus)
         .ok_or_else(|| anyhow::anyhow!("bus = \"none\": the shim needs stated on D-Bus"))?
@@ -72,17 +81,62 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         mtu: config.mtu(),
     };
     network::ensure(&docker, &desired).await?;
+    let rules = firewall::Rules {
+        bridge: config.bridge.clone(),
+        mesh_interface: config.mesh_interface.clone(),
+        subnet: desired.subnet_cidr(),
+        mesh: cidr,
+    };
+    if config.manage_firewall {
+        firewall::apply(&rules)?;
+    }
+    let firewall = config.manage_firewall.then(|| {
+        tokio::spawn(async move {
+            // Re-applied because a host firewall reload or a dockerd restart can drop them.
+            let mut tick = tokio::time::interval(FIREWALL_REFRESH);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let rules = rules.clone();
+                let applied = tokio::task::spawn_blocking(move || firewall::apply(&rules)).await;
+                if let Ok(Err(e)) = applied {
+                    tracing::warn!(error = %e, "container firewall rules");
+                }
+            }
+        })
+    });
     let machine_id = state.machine_id().await?;
-    dockerd_shim::dbus::serve(
-        &conn,
-        Docker1 {
-            docker: docker.clone(),
-            machine_id: machine_id.clone(),
-            network: config.network.clone(),
-            dns: desired.gateway,
-        },
-    )
-    .await?;
+    let local = Local {
+        docker: docker.clone(),
+        machine_id: machine_id.clone(),
+        network: config.network.clone(),
+        dns: desired.gateway,
+    };
+    // The bridge holds the mesh address (its gateway) from here on, so binding works even
+    // before meshd is up.
+    let rpc = if config.rpc_port == 0 {
+        None
+    } else {
+        let addr = SocketAddr::new(
+            config.rpc_address.unwrap_or(desired.gateway.into()),
+            config.rpc_port,
+        );
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for container ops on {addr}: {e}"))?;
+        let remote = Remote::new(
+            local.clone(),
+            state.network_id().await?,
+            cidr,
+            desired.gateway,
+        );
+        tracing::info!(%addr, "container ops listening");
+        Some(tokio::spawn(dockerd_shim::remote::serve(
+            listener,
+            Arc::new(remote),
+        )))
+    };
+    dockerd_shim::dbus::serve(&conn, Docker1 { local }).await?;
     let mirror = Mirror {
         docker,
         state,
@@ -96,6 +150,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
         _ = mirror.run() => {}
+    }
+    for task in [rpc, firewall].into_iter().flatten() {
+        task.abort();
     }
     Ok(())
 }

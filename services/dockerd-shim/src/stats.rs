@@ -4,21 +4,10 @@ use bollard::models::ContainerStatsResponse;
 use bollard::query_parameters::StatsOptions;
 use bollard::Docker;
 use futures::StreamExt;
-use serde::Serialize;
 
 use crate::containers::ContainerError;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct StatsSummary {
-    /// Percent of one CPU (200 = two full cores), over the engine's ~1 s sample.
-    pub cpu_percent: f64,
-    pub memory_bytes: u64,
-    /// 0 when unlimited (the engine reports the host's memory then).
-    pub memory_limit_bytes: u64,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub pids: u64,
-}
+pub use uncloud_common::docker::StatsSummary;
 
 /// Summarizes one stats sample. Pure.
 pub fn summarize(s: &ContainerStatsResponse, host_memory: u64) -> StatsSummary {

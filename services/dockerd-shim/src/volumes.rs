@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use bollard::models::{Volume, VolumeCreateRequest};
 use bollard::query_parameters::{ListVolumesOptions, RemoveVolumeOptions};
 use bollard::Docker;
-use serde::Serialize;
+pub use uncloud_common::docker::VolumeInfo;
+use uncloud_common::docker::{ErrorKind, OpsError};
 
 use crate::network::MANAGED_LABEL;
 
@@ -25,21 +26,24 @@ pub enum VolumeError {
     },
 }
 
-/// A volume as the API reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VolumeInfo {
-    pub name: String,
-    pub driver: String,
-    pub mountpoint: String,
-    pub labels: std::collections::BTreeMap<String, String>,
-}
-
 fn info(v: Volume) -> VolumeInfo {
     VolumeInfo {
         name: v.name,
         driver: v.driver,
         mountpoint: v.mountpoint,
         labels: v.labels.into_iter().collect(),
+    }
+}
+
+impl From<VolumeError> for OpsError {
+    fn from(e: VolumeError) -> Self {
+        let kind = match &e {
+            VolumeError::InvalidName(_) => ErrorKind::InvalidArgument,
+            VolumeError::NotFound(_) => ErrorKind::NotFound,
+            VolumeError::InUse(_) => ErrorKind::Conflict,
+            VolumeError::Engine { .. } => ErrorKind::Engine,
+        };
+        OpsError::new(kind, e.to_string())
     }
 }
 

@@ -16,10 +16,9 @@
 //! `drop` in another table. A host firewall with a drop policy must accept the same traffic
 //! (the Uncloud image's does), and Docker's own `FORWARD` policy is dockerd-shim's concern.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use uncloud_common::address::MeshCidr;
+use uncloud_common::nft;
+pub use uncloud_common::nft::FirewallError;
 
 pub const TABLE: &str = "uncloud_mesh";
 
@@ -32,13 +31,6 @@ pub struct Rules {
     pub mesh: MeshCidr,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("nft {what} failed: {reason}")]
-pub struct FirewallError {
-    pub what: &'static str,
-    pub reason: String,
-}
-
 /// The whole table as an `nft -f` script that atomically replaces any previous version.
 pub fn ruleset(r: &Rules) -> String {
     let Rules {
@@ -47,10 +39,9 @@ pub fn ruleset(r: &Rules) -> String {
         listen_port,
         mesh,
     } = r;
+    let head = nft::replace_table("inet", TABLE);
     format!(
-        r#"table inet {TABLE} {{}}
-delete table inet {TABLE}
-table inet {TABLE} {{
+        r#"{head}table inet {TABLE} {{
   chain input {{
     type filter hook input priority filter; policy accept;
     udp dport {listen_port} accept comment "WireGuard"
@@ -69,43 +60,14 @@ table inet {TABLE} {{
     )
 }
 
-fn nft(args: &[&str], stdin: Option<&str>, what: &'static str) -> Result<(), FirewallError> {
-    let err = |reason: String| FirewallError { what, reason };
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| err(format!("cannot run nft (apt-get install nftables): {e}")))?;
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(text.as_bytes())
-            .map_err(|e| err(e.to_string()))?;
-    }
-    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
-    if !out.status.success() {
-        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
-    }
-    Ok(())
-}
-
 /// Loads the rules, replacing any previous version of the table.
 pub fn apply(r: &Rules) -> Result<(), FirewallError> {
-    nft(&["-f", "-"], Some(&ruleset(r)), "loading the mesh rules")
+    nft::load(&ruleset(r), "loading the mesh rules")
 }
 
 /// Deletes the table; no error if it is already gone.
 pub fn remove() -> Result<(), FirewallError> {
-    let script = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n");
-    nft(&["-f", "-"], Some(&script), "removing the mesh rules")
+    nft::delete_table("inet", TABLE, "removing the mesh rules")
 }
 
 #[cfg(test)]

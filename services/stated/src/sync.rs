@@ -24,15 +24,13 @@ use std::time::{Duration, Instant};
 use automerge::sync;
 use futures::StreamExt;
 use tarpc::server::{BaseChannel, Channel};
-use tarpc::tokio_serde::formats::Bincode;
-use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tarpc::{client, context};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uncloud_common::rpc::{
-    StateSync, StateSyncClient, SyncError, SyncReply, SyncRequest, MAX_FRAME_BYTES,
+    transport, StateSync, StateSyncClient, SyncError, SyncReply, SyncRequest,
 };
 
 use crate::document::reset_sync_state;
@@ -42,12 +40,6 @@ use crate::node::{Shared, StartError};
 const MAX_ROUNDS: usize = 64;
 /// Server-side conversations kept at most (one per calling machine).
 const MAX_SERVER_SESSIONS: usize = 4096;
-
-fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME_BYTES)
-        .new_codec()
-}
 
 /// Binds the sync listener and serves it in a task.
 pub(crate) async fn serve(shared: Arc<Shared>) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
@@ -74,8 +66,7 @@ pub(crate) async fn serve(shared: Arc<Shared>) -> Result<(SocketAddr, JoinHandle
             };
             let _ = stream.set_nodelay(true);
             let stream = Counting::new(stream, server.shared.clone());
-            let transport =
-                tarpc::serde_transport::new(Framed::new(stream, codec()), Bincode::default());
+            let transport = transport(stream);
             let server = server.clone();
             tokio::spawn(async move {
                 BaseChannel::with_defaults(transport)
@@ -319,8 +310,7 @@ async fn connect(shared: &Arc<Shared>, addr: SocketAddr) -> Result<StateSyncClie
         .map_err(SessionError::Connect)?;
     let _ = stream.set_nodelay(true);
     let stream = Counting::new(stream, shared.clone());
-    let transport = tarpc::serde_transport::new(Framed::new(stream, codec()), Bincode::default());
-    Ok(StateSyncClient::new(client::Config::default(), transport).spawn())
+    Ok(StateSyncClient::new(client::Config::default(), transport(stream)).spawn())
 }
 
 async fn session(

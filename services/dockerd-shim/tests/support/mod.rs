@@ -49,10 +49,7 @@ pub async fn serve_api(docker: bollard::Docker, x: u8) -> Api {
     dockerd_shim::dbus::serve(
         &server,
         dockerd_shim::dbus::Docker1 {
-            docker,
-            machine_id: "m".into(),
-            network: "uncloud".into(),
-            dns: gateway(x),
+            local: local(docker, x),
         },
     )
     .await
@@ -80,5 +77,15 @@ impl Api {
                 body,
             )
             .await
+    }
+}
+
+/// What operations on machine `x` (id `m`) need.
+pub fn local(docker: bollard::Docker, x: u8) -> dockerd_shim::engine::Local {
+    dockerd_shim::engine::Local {
+        docker,
+        machine_id: "m".into(),
+        network: "uncloud".into(),
+        dns: gateway(x),
     }
 }
