@@ -11,10 +11,13 @@
 //!   percentiles, machine description and resident memory, logging).
 //! - [`stated`]: the replicated-state benchmark (binary `stated-bench`).
 //! - [`meshd`]: the mesh benchmark against wireguard-go and plain veth (binary `meshd-bench`).
+//! - [`shim`]: containers through dockerd-shim against the docker CLI (binary
+//!   `dockerd-shim-bench`).
 
 pub mod logs;
 pub mod meshd;
 pub mod report;
+pub mod shim;
 pub mod stated;
 pub mod stats;
 pub mod sys;

@@ -48,7 +48,7 @@ impl Machine {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
                 .map_or_else(unknown, |kb| format!("{:.1} GiB", kb as f64 / 1048576.0)),
             date_utc: utc_now(),
-            rustc: run(Command::new("rustc").arg("-V")).unwrap_or_else(unknown),
+            rustc: output(Command::new("rustc").arg("-V")).unwrap_or_else(unknown),
             commit: commit(workspace).unwrap_or_else(unknown),
         }
     }
@@ -71,11 +71,9 @@ impl Machine {
     }
 }
 
-fn run(cmd: &mut Command) -> Option<String> {
-    let out = cmd.output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+/// Trimmed stdout of a command that succeeded.
+fn output(cmd: &mut Command) -> Option<String> {
+    run(cmd).ok().map(|s| s.trim().to_string())
 }
 
 fn commit(workspace: &Path) -> Option<String> {
@@ -84,9 +82,9 @@ fn commit(workspace: &Path) -> Option<String> {
         c.arg("-C").arg(workspace);
         c
     };
-    let head = run(git().args(["rev-parse", "--short", "HEAD"]))?;
-    let status =
-        run(git().args(["status", "--porcelain", "--untracked-files=normal"])).unwrap_or_default();
+    let head = output(git().args(["rev-parse", "--short", "HEAD"]))?;
+    let status = output(git().args(["status", "--porcelain", "--untracked-files=normal"]))
+        .unwrap_or_default();
     Some(describe_commit(&head, &status))
 }
 
@@ -139,6 +137,73 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// Finds (building it first when run through cargo) a workspace binary of the same profile
+/// next to this benchmark's: the daemon is measured as it ships, as its own process.
+pub fn workspace_binary(package: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no directory for this executable")?;
+    if let Ok(cargo) = std::env::var("CARGO") {
+        crate::progress(format!("building {package}"));
+        let profile = if dir.ends_with("release") {
+            "--release"
+        } else {
+            "--profile=dev"
+        };
+        let status = Command::new(cargo)
+            .args(["build", "-q", profile, "-p", package])
+            .status()?;
+        if !status.success() {
+            anyhow::bail!("building {package} failed");
+        }
+    }
+    let bin = dir.join(package);
+    if !bin.exists() {
+        anyhow::bail!(
+            "{} is missing: run `cargo build --release -p {package}` or start the benchmark \
+             with `cargo run --release -p uncloud-bench --bin …`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Fails with the package to install when `tool` is not on the PATH.
+pub fn need(tool: &str, package: &str) -> anyhow::Result<()> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+        .unwrap_or(false);
+    if !found {
+        anyhow::bail!("{tool} is required: apt-get install {package}");
+    }
+    Ok(())
+}
+
+/// Runs a command to success and returns its stdout.
+pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Resident set size of process `pid` in bytes; 0 if it is gone.
+pub fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 #[cfg(test)]

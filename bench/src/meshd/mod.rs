@@ -23,6 +23,7 @@ use uncloud_testkit::{Daemon, Internet, Netns, PrivateBus};
 
 use crate::progress;
 use crate::report::{write_json, Metric, Results};
+use crate::sys::{need, run};
 
 /// What to measure and how long.
 #[derive(Debug, Clone)]
@@ -99,56 +100,6 @@ pub struct Measured {
     pub wg_go_version: String,
 }
 
-/// Finds (building it if needed) the release meshd binary next to this benchmark's.
-fn meshd_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("no directory for this executable")?;
-    if let Ok(cargo) = std::env::var("CARGO") {
-        progress("building meshd (release)");
-        let profile = if dir.ends_with("release") {
-            "--release"
-        } else {
-            "--profile=dev"
-        };
-        let status = Command::new(cargo)
-            .args(["build", "-q", profile, "-p", "meshd"])
-            .status()?;
-        if !status.success() {
-            bail!("building meshd failed");
-        }
-    }
-    let bin = dir.join("meshd");
-    if !bin.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release -p meshd` or start this benchmark with \
-             `cargo run --release -p uncloud-bench --bin meshd-bench`",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-fn need(tool: &str, package: &str) -> Result<()> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
-        .unwrap_or(false);
-    if !found {
-        bail!("{tool} is required: apt-get install {package}");
-    }
-    Ok(())
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// User + system CPU seconds a process has used.
 fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -160,17 +111,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0 // USER_HZ is 100 on Linux.
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// Average and maximum round trip of `count` pings 10 ms apart.
@@ -386,7 +326,7 @@ pub async fn run_bench(plan: &Plan, out_dir: &Path, command: &str) -> Result<Res
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let machine = crate::sys::Machine::describe(&workspace);
-    let bin = meshd_binary()?;
+    let bin = crate::sys::workspace_binary("meshd")?;
     let mut m = Measured {
         wg_go_version: run(Command::new("dpkg-query").args([
             "-W",
@@ -534,7 +474,7 @@ async fn memory(bin: &Path, n: usize) -> Result<(usize, u64, u64)> {
     let meshes = start_meshd(bin, &cluster, &[&ns]).await?;
     wait_peers(&meshes, n, false, Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let ours = rss_bytes(meshes.daemons[0].pid());
+    let ours = crate::sys::rss_of(meshes.daemons[0].pid());
     drop(meshes);
 
     let dir = tempfile::tempdir()?;
@@ -556,7 +496,7 @@ async fn memory(bin: &Path, n: usize) -> Result<(usize, u64, u64)> {
     ]))?;
     ns.ip(&["link", "set", "wgref-rss", "up"]);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let reference = rss_bytes(wg.pid());
+    let reference = crate::sys::rss_of(wg.pid());
     let mut wg = wg;
     wg.stop(Duration::from_secs(5));
     progress(format!(

@@ -7,7 +7,8 @@
 //!
 //! # Design
 //! - [`config`]: the config file, `/etc/uncloud/dockerd-shim.toml`.
-//! - [`engine`]: the bollard connection, API version negotiated down to the engine's.
+//! - [`engine`]: the bollard connection, API version negotiated down to the engine's, and
+//!   [`engine::Local`], what both APIs act through.
 //! - [`spec`]: a service spec as a Docker create request (API 1.41 fields only). Pure.
 //! - [`containers`]: create-and-start (never half-made), stop, restart, remove, inspect.
 //! - [`dbus`]: `org.uncloud.Docker1`, container operations for other daemons and busctl.
@@ -20,9 +21,19 @@
 //! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
 //!   pure function, created or repaired.
 //!
+//! - [`remote`]: `ContainerOps` over tarpc on the mesh address, for other machines; with
+//!   [`streams`] (logs, exec, pull progress that outlive one call) and [`uploads`] (image
+//!   tarballs arriving in chunks).
+//! - [`firewall`]: the mesh into the bridge (Docker's `DOCKER-USER`), masquerade beyond the
+//!   mesh, no spoofed container sources.
+//!
 //! # Limitations
-//! In progress (issue 4): no tarpc API on the mesh address yet (other machines cannot act
-//! here), no firewall rules between the mesh and the container bridge, no benchmark.
+//! - Remote streams are polled (`stream_read` waits up to 5 s per call): tarpc has no server
+//!   streaming. Output is never lost, but an interactive remote exec pays a round trip per
+//!   read.
+//! - An exec whose stream is closed early keeps running in the container; Docker cannot kill
+//!   an exec.
+//! - Only IPv4 inside the mesh, like the address plan.
 
 pub mod config;
 pub mod containers;

@@ -1,0 +1,397 @@
+//! The container benchmark: how long from a request to a running container, and to that
+//! container being visible (running) in the replicated state, for one container at a time
+//! and for a batch started at once; side by side with the same containers started with the
+//! `docker` CLI against the same engine in the same run. And the shim's resident memory
+//! beside the engine's.
+//!
+//! Everything is real and private to the run: a dockerd in its own network namespace (with the
+//! busybox-static test image, no registry), stated in this process on a private D-Bus, and the
+//! release `dockerd-shim` binary as its own process in dockerd's namespace, exactly as it runs
+//! on a machine (network, firewall rules, mirror, D-Bus API).
+
+pub mod markdown;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use stated::testkit::Cluster;
+use uncloud_common::model::{ContainerState, Service, ServiceSpec};
+use uncloud_testkit::{Daemon, Dockerd, PrivateBus};
+
+use crate::progress;
+use crate::report::{write_json, Metric, Results};
+use crate::stats::percentile;
+
+const IMAGE: &str = "uncloud-bench/busybox:1";
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub quick: bool,
+    /// Single-container runs per tool; the median counts.
+    pub singles: usize,
+    /// Containers started at once in a batch.
+    pub batch: usize,
+    /// Batches per tool; the median counts.
+    pub batches: usize,
+}
+
+impl Plan {
+    pub fn full() -> Plan {
+        Plan {
+            quick: false,
+            singles: 15,
+            batch: 20,
+            batches: 3,
+        }
+    }
+
+    pub fn quick() -> Plan {
+        Plan {
+            quick: true,
+            singles: 2,
+            batch: 5,
+            batches: 1,
+        }
+    }
+}
+
+/// Raw figures, in milliseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    pub shim_running: Vec<f64>,
+    pub shim_visible: Vec<f64>,
+    pub cli_running: Vec<f64>,
+    pub batch_shim_running: Vec<f64>,
+    pub batch_shim_visible: Vec<f64>,
+    pub batch_cli_running: Vec<f64>,
+    pub shim_rss: u64,
+    pub dockerd_rss: u64,
+    pub engine_version: String,
+}
+
+fn median(v: &[f64]) -> f64 {
+    percentile(v, 0.5).unwrap_or(f64::NAN)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The shim as a process, on a private bus served by stated node 0.
+struct Shim {
+    daemon: Daemon,
+    conn: zbus::Connection,
+    _bus: PrivateBus,
+    _serve: Option<(zbus::Connection, tokio::task::JoinHandle<()>)>,
+    _dir: tempfile::TempDir,
+}
+
+/// Calls a method of `org.uncloud.Docker1`.
+async fn call<B>(conn: &zbus::Connection, method: &str, body: &B) -> zbus::Result<zbus::Message>
+where
+    B: serde::Serialize + zbus::zvariant::DynamicType,
+{
+    conn.call_method(
+        Some("org.uncloud.Docker1"),
+        "/org/uncloud/Docker1",
+        Some("org.uncloud.Docker1"),
+        method,
+        body,
+    )
+    .await
+}
+
+impl Shim {
+    async fn call<B>(&self, method: &str, body: &B) -> zbus::Result<zbus::Message>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        call(&self.conn, method, body).await
+    }
+
+    async fn run(&self, name: &str) -> Result<()> {
+        let service = Service {
+            id: "bench".into(),
+            name: "bench".into(),
+            spec: ServiceSpec {
+                image: IMAGE.into(),
+                command: vec!["sleep".into(), "600".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&service)?;
+        self.call("RunService", &(json.as_str(), name))
+            .await
+            .with_context(|| format!("RunService {name}"))?;
+        Ok(())
+    }
+}
+
+async fn start_shim(cluster: &Cluster, engine: &Dockerd) -> Result<Shim> {
+    let bin = crate::sys::workspace_binary("dockerd-shim")?;
+    let bus = PrivateBus::start();
+    let serve = stated::dbus::serve(cluster.node(0).shared().clone(), &bus.address).await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("dockerd-shim.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bus = \"{}\"\ndocker_socket = \"{}\"\nmtu = 1412\n",
+            bus.address,
+            engine.socket.display()
+        ),
+    )?;
+    // In dockerd's namespace, as on a machine: the bridge, its address and the rules are there.
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", engine.ns.name()))
+        .arg(&bin)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn");
+    let mut daemon = Daemon::spawn("dockerd-shim", cmd, dir.path().join("shim.log"));
+    let conn = bus.connect().await;
+    let start = Instant::now();
+    while call(&conn, "ListImages", &()).await.is_err() {
+        if !daemon.is_running() || start.elapsed() > Duration::from_secs(60) {
+            bail!("dockerd-shim did not come up:\n{}", daemon.log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Shim {
+        daemon,
+        conn,
+        _bus: bus,
+        _serve: serve,
+        _dir: dir,
+    })
+}
+
+/// Names of the shim's containers that the state shows running.
+fn running_in_state(cluster: &Cluster) -> BTreeSet<String> {
+    cluster
+        .node(0)
+        .state()
+        .containers
+        .into_values()
+        .filter(|c| c.state == ContainerState::Running)
+        .map(|c| c.name)
+        .collect()
+}
+
+/// Waits until the state shows all `names` running (or, with `gone`, none of them at all);
+/// returns when, measured from `t0`. Woken by every change of the document.
+async fn wait_state(
+    cluster: &Cluster,
+    names: &[String],
+    gone: bool,
+    t0: Instant,
+) -> Result<Duration> {
+    let mut heads = cluster.node(0).shared().watch_heads();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = if gone {
+            let all: BTreeSet<String> = cluster
+                .node(0)
+                .state()
+                .containers
+                .into_values()
+                .map(|c| c.name)
+                .collect();
+            names.iter().all(|n| !all.contains(n))
+        } else {
+            let running = running_in_state(cluster);
+            names.iter().all(|n| running.contains(n))
+        };
+        if done {
+            return Ok(t0.elapsed());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("the state did not show {names:?} (gone: {gone}) within 60 s");
+        }
+        let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), heads.changed()).await;
+    }
+}
+
+/// Starts `names` through the shim at once; returns (all running, all visible in the state).
+async fn shim_start(cluster: &Cluster, shim: &Shim, names: &[String]) -> Result<(f64, f64)> {
+    let t0 = Instant::now();
+    let requests = async {
+        let calls = names.iter().map(|n| shim.run(n));
+        for r in futures::future::join_all(calls).await {
+            r?;
+        }
+        Ok::<_, anyhow::Error>(t0.elapsed())
+    };
+    let (running, visible) = tokio::join!(requests, wait_state(cluster, names, false, t0));
+    Ok((ms(running?), ms(visible?)))
+}
+
+async fn shim_remove(cluster: &Cluster, shim: &Shim, names: &[String]) -> Result<()> {
+    for n in names {
+        shim.call("Remove", &(n.as_str(),)).await?;
+    }
+    wait_state(cluster, names, true, Instant::now()).await?;
+    Ok(())
+}
+
+/// Starts `names` with `docker run -d` processes at once; returns when all have returned.
+fn cli_start(engine: &Dockerd, names: &[String]) -> Result<f64> {
+    let t0 = Instant::now();
+    let children: Vec<_> = names
+        .iter()
+        .map(|n| {
+            Command::new("docker")
+                .arg("-H")
+                .arg(format!("unix://{}", engine.socket.display()))
+                .args(["run", "-d", "--network", "uncloud", "--name", n, IMAGE])
+                .args(["sleep", "600"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<std::io::Result<_>>()?;
+    for c in children {
+        let out = c.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "docker run failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(ms(t0.elapsed()))
+}
+
+fn cli_remove(engine: &Dockerd, names: &[String]) {
+    let mut args = vec!["rm", "-f"];
+    args.extend(names.iter().map(String::as_str));
+    engine.docker_ok(&args);
+}
+
+/// Runs the benchmark and writes `dockerd-shim.json` and `.md` into `out`.
+pub async fn run_bench(plan: &Plan, out: &Path, command: &str) -> Result<Results> {
+    crate::sys::need("dockerd", "docker.io")?;
+    crate::sys::need("busybox", "busybox-static")?;
+    crate::sys::need("nsenter", "util-linux")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
+    let machine = crate::sys::Machine::describe(&workspace);
+
+    progress("starting stated, dockerd and the shim");
+    let cluster = Cluster::start(1).await;
+    cluster
+        .settled(Duration::from_secs(30))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let engine = Dockerd::start();
+    engine.import_busybox(IMAGE);
+    let mut shim = start_shim(&cluster, &engine).await?;
+    let mut m = Measured {
+        engine_version: engine
+            .docker_ok(&[
+                "version",
+                "--format",
+                "{{.Server.Version}} (API {{.Server.APIVersion}})",
+            ])
+            .trim()
+            .to_string(),
+        ..Default::default()
+    };
+
+    progress(format!(
+        "== one container at a time, {} runs each",
+        plan.singles
+    ));
+    for i in 0..plan.singles {
+        let name = vec![format!("one-shim-{i}")];
+        let (running, visible) = shim_start(&cluster, &shim, &name).await?;
+        shim_remove(&cluster, &shim, &name).await?;
+        let cli_name = vec![format!("one-cli-{i}")];
+        let cli = cli_start(&engine, &cli_name)?;
+        cli_remove(&engine, &cli_name);
+        progress(format!(
+            "run {}: shim running {running:.0} ms, in state {visible:.0} ms; docker CLI {cli:.0} ms",
+            i + 1
+        ));
+        m.shim_running.push(running);
+        m.shim_visible.push(visible);
+        m.cli_running.push(cli);
+    }
+
+    progress(format!(
+        "== {} containers at once, {} batches each",
+        plan.batch, plan.batches
+    ));
+    for b in 0..plan.batches {
+        let names: Vec<String> = (0..plan.batch).map(|i| format!("b{b}-shim-{i}")).collect();
+        let (running, visible) = shim_start(&cluster, &shim, &names).await?;
+        let last = b + 1 == plan.batches;
+        if last {
+            // Memory with the batch running and mirrored.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            m.shim_rss = crate::sys::rss_of(shim.daemon.pid());
+            let pid = std::fs::read_to_string(engine.dir().join("dockerd.pid"))?;
+            m.dockerd_rss = crate::sys::rss_of(pid.trim().parse()?);
+        }
+        shim_remove(&cluster, &shim, &names).await?;
+        let cli_names: Vec<String> = (0..plan.batch).map(|i| format!("b{b}-cli-{i}")).collect();
+        let cli = cli_start(&engine, &cli_names)?;
+        cli_remove(&engine, &cli_names);
+        progress(format!(
+            "batch {}: shim all running {running:.0} ms, all in state {visible:.0} ms; docker CLI {cli:.0} ms",
+            b + 1
+        ));
+        m.batch_shim_running.push(running);
+        m.batch_shim_visible.push(visible);
+        m.batch_cli_running.push(cli);
+    }
+    if !shim.daemon.is_running() {
+        bail!("dockerd-shim died:\n{}", shim.daemon.log_text());
+    }
+    shim.daemon.stop(Duration::from_secs(5));
+
+    let n = plan.batch;
+    let mut results = Results::new();
+    let cli1 = median(&m.cli_running);
+    let clin = median(&m.batch_cli_running);
+    results.insert(
+        "run_1_to_running_ms".into(),
+        Metric::new(median(&m.shim_running), cli1, "ms"),
+    );
+    results.insert(
+        "run_1_to_state_ms".into(),
+        Metric::new(median(&m.shim_visible), cli1, "ms"),
+    );
+    results.insert(
+        format!("run_{n}_to_running_ms"),
+        Metric::new(median(&m.batch_shim_running), clin, "ms"),
+    );
+    results.insert(
+        format!("run_{n}_to_state_ms"),
+        Metric::new(median(&m.batch_shim_visible), clin, "ms"),
+    );
+    results.insert(
+        "rss_mib".into(),
+        Metric::new(
+            m.shim_rss as f64 / 1048576.0,
+            m.dockerd_rss as f64 / 1048576.0,
+            "MiB",
+        ),
+    );
+    std::fs::create_dir_all(out)?;
+    write_json(&out.join("dockerd-shim.json"), &results)?;
+    std::fs::write(
+        out.join("dockerd-shim.md"),
+        markdown::render(plan, &m, &results, command, &machine),
+    )?;
+    progress(format!("wrote {}", out.join("dockerd-shim.json").display()));
+    Ok(results)
+}
