@@ -11,14 +11,13 @@
 
 pub mod markdown;
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use stated::testkit::Cluster;
-use uncloud_common::model::{ContainerState, Service, ServiceSpec};
+use uncloud_common::model::{ContainerState, HealthCheck, NetworkState, Service, ServiceSpec};
 use uncloud_testkit::{Daemon, Dockerd, PrivateBus};
 
 use crate::progress;
@@ -37,6 +36,8 @@ pub struct Plan {
     pub batch: usize,
     /// Batches per tool; the median counts.
     pub batches: usize,
+    /// Health transitions timed.
+    pub health_flips: usize,
 }
 
 impl Plan {
@@ -46,6 +47,7 @@ impl Plan {
             singles: 15,
             batch: 20,
             batches: 3,
+            health_flips: 10,
         }
     }
 
@@ -55,6 +57,7 @@ impl Plan {
             singles: 2,
             batch: 5,
             batches: 1,
+            health_flips: 2,
         }
     }
 }
@@ -68,6 +71,9 @@ pub struct Measured {
     pub batch_shim_running: Vec<f64>,
     pub batch_shim_visible: Vec<f64>,
     pub batch_cli_running: Vec<f64>,
+    /// A health check flipping: until the state shows it, and until `docker events` does.
+    pub health_state: Vec<f64>,
+    pub health_events: Vec<f64>,
     pub shim_rss: u64,
     pub dockerd_rss: u64,
     pub engine_version: String,
@@ -114,12 +120,17 @@ impl Shim {
     }
 
     async fn run(&self, name: &str) -> Result<()> {
+        self.run_with(name, None).await
+    }
+
+    async fn run_with(&self, name: &str, healthcheck: Option<HealthCheck>) -> Result<()> {
         let service = Service {
             id: "bench".into(),
             name: "bench".into(),
             spec: ServiceSpec {
                 image: IMAGE.into(),
                 command: vec!["sleep".into(), "600".into()],
+                healthcheck,
                 ..Default::default()
             },
             ..Default::default()
@@ -171,51 +182,40 @@ async fn start_shim(cluster: &Cluster, engine: &Dockerd) -> Result<Shim> {
     })
 }
 
-/// Names of the shim's containers that the state shows running.
-fn running_in_state(cluster: &Cluster) -> BTreeSet<String> {
-    cluster
-        .node(0)
-        .state()
-        .containers
-        .into_values()
-        .filter(|c| c.state == ContainerState::Running)
-        .map(|c| c.name)
-        .collect()
-}
-
-/// Waits until the state shows all `names` running (or, with `gone`, none of them at all);
-/// returns when, measured from `t0`. Woken by every change of the document.
+/// Waits until `done` holds for the state; returns when, measured from `t0`. Woken by every
+/// change of the document.
 async fn wait_state(
     cluster: &Cluster,
-    names: &[String],
-    gone: bool,
+    what: &str,
     t0: Instant,
+    done: impl Fn(&NetworkState) -> bool,
 ) -> Result<Duration> {
     let mut heads = cluster.node(0).shared().watch_heads();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let done = if gone {
-            let all: BTreeSet<String> = cluster
-                .node(0)
-                .state()
-                .containers
-                .into_values()
-                .map(|c| c.name)
-                .collect();
-            names.iter().all(|n| !all.contains(n))
-        } else {
-            let running = running_in_state(cluster);
-            names.iter().all(|n| running.contains(n))
-        };
-        if done {
+        if done(&cluster.node(0).state()) {
             return Ok(t0.elapsed());
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            bail!("the state did not show {names:?} (gone: {gone}) within 60 s");
+            bail!("the state did not show {what} within 60 s");
         }
         let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), heads.changed()).await;
     }
+}
+
+/// Whether the state shows every one of `names` running.
+fn all_running(s: &NetworkState, names: &[String]) -> bool {
+    names.iter().all(|n| {
+        s.containers
+            .values()
+            .any(|c| &c.name == n && c.state == ContainerState::Running)
+    })
+}
+
+/// Whether the state shows none of `names`.
+fn none_left(s: &NetworkState, names: &[String]) -> bool {
+    !s.containers.values().any(|c| names.contains(&c.name))
 }
 
 /// Starts `names` through the shim at once; returns (all running, all visible in the state).
@@ -228,7 +228,8 @@ async fn shim_start(cluster: &Cluster, shim: &Shim, names: &[String]) -> Result<
         }
         Ok::<_, anyhow::Error>(t0.elapsed())
     };
-    let (running, visible) = tokio::join!(requests, wait_state(cluster, names, false, t0));
+    let visible = wait_state(cluster, "the batch running", t0, |s| all_running(s, names));
+    let (running, visible) = tokio::join!(requests, visible);
     Ok((ms(running?), ms(visible?)))
 }
 
@@ -236,7 +237,10 @@ async fn shim_remove(cluster: &Cluster, shim: &Shim, names: &[String]) -> Result
     for n in names {
         shim.call("Remove", &(n.as_str(),)).await?;
     }
-    wait_state(cluster, names, true, Instant::now()).await?;
+    wait_state(cluster, "the batch gone", Instant::now(), |s| {
+        none_left(s, names)
+    })
+    .await?;
     Ok(())
 }
 
@@ -272,6 +276,101 @@ fn cli_remove(engine: &Dockerd, names: &[String]) {
     let mut args = vec!["rm", "-f"];
     args.extend(names.iter().map(String::as_str));
     engine.docker_ok(&args);
+}
+
+/// Flips a container's health check `flips` times (a file its check tests, created and
+/// removed); returns, per flip, the time until the state shows the new verdict and until
+/// `docker events` reports it, both from the flip.
+async fn health_flips(
+    cluster: &Cluster,
+    shim: &Shim,
+    engine: &Dockerd,
+    flips: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let check = HealthCheck {
+        test: vec!["CMD-SHELL".into(), "test -f /tmp/ok".into()],
+        interval_ms: 500,
+        timeout_ms: 2000,
+        retries: 1,
+        start_period_ms: 0,
+    };
+    let name = "health".to_string();
+    // The engine's own report of each transition, read as it happens.
+    let mut events = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}", engine.socket.display()))
+        .args(["events", "--filter", "event=health_status"])
+        .args(["--filter", &format!("container={name}")])
+        .args(["--format", "{{.Status}}"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = events.stdout.take().context("docker events stdout")?;
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let result = async {
+        shim.run_with(&name, Some(check)).await?;
+        let health = |healthy: bool| {
+            let name = name.clone();
+            move |s: &NetworkState| {
+                s.containers
+                    .values()
+                    .any(|c| c.name == name && c.healthy == healthy)
+            }
+        };
+        wait_state(
+            cluster,
+            "the container unhealthy",
+            Instant::now(),
+            health(false),
+        )
+        .await?;
+        let (mut state, mut reported) = (Vec::new(), Vec::new());
+        for i in 0..flips {
+            let healthy = i % 2 == 0;
+            while rx.try_recv().is_ok() {} // earlier reports
+            let t0 = Instant::now();
+            let op = if healthy { "touch" } else { "rm" };
+            engine.docker_ok(&["exec", &name, op, "/tmp/ok"]);
+            let want = if healthy {
+                "health_status: healthy"
+            } else {
+                "health_status: unhealthy"
+            };
+            let from_events = async {
+                while let Some((at, line)) = rx.recv().await {
+                    if line.trim() == want {
+                        return Ok(at.duration_since(t0));
+                    }
+                }
+                bail!("docker events ended")
+            };
+            let in_state = wait_state(cluster, "the health verdict", t0, health(healthy));
+            let (from_events, in_state) = tokio::join!(
+                tokio::time::timeout(Duration::from_secs(30), from_events),
+                in_state
+            );
+            let from_events = from_events.context("docker events said nothing for 30 s")??;
+            state.push(ms(in_state?));
+            reported.push(ms(from_events));
+        }
+        shim_remove(cluster, shim, std::slice::from_ref(&name)).await?;
+        Ok((state, reported))
+    }
+    .await;
+    let _ = events.kill();
+    let _ = events.wait();
+    result
 }
 
 /// Runs the benchmark and writes `dockerd-shim.json` and `.md` into `out`.
@@ -353,6 +452,19 @@ pub async fn run_bench(plan: &Plan, out: &Path, command: &str) -> Result<Results
         m.batch_shim_visible.push(visible);
         m.batch_cli_running.push(cli);
     }
+    progress(format!(
+        "== a health check flipping {} times",
+        plan.health_flips
+    ));
+    let (state, events) = health_flips(&cluster, &shim, &engine, plan.health_flips).await?;
+    for (i, (s, e)) in state.iter().zip(&events).enumerate() {
+        progress(format!(
+            "flip {}: in the state {s:.0} ms, in docker events {e:.0} ms after the change",
+            i + 1
+        ));
+    }
+    m.health_state = state;
+    m.health_events = events;
     if !shim.daemon.is_running() {
         bail!("dockerd-shim died:\n{}", shim.daemon.log_text());
     }
@@ -377,6 +489,10 @@ pub async fn run_bench(plan: &Plan, out: &Path, command: &str) -> Result<Results
     results.insert(
         format!("run_{n}_to_state_ms"),
         Metric::new(median(&m.batch_shim_visible), clin, "ms"),
+    );
+    results.insert(
+        "health_to_state_ms".into(),
+        Metric::new(median(&m.health_state), median(&m.health_events), "ms"),
     );
     results.insert(
         "rss_mib".into(),
