@@ -69,8 +69,26 @@ where
     Item: for<'de> Deserialize<'de>,
     SinkItem: Serialize,
 {
+    transport_capped(stream, MAX_FRAME_BYTES)
+}
+
+/// [`transport`] with a smaller frame cap, for services whose messages are small.
+pub fn transport_capped<S, Item, SinkItem>(
+    stream: S,
+    max_frame_bytes: usize,
+) -> tarpc::serde_transport::Transport<
+    S,
+    Item,
+    SinkItem,
+    tarpc::tokio_serde::formats::Bincode<Item, SinkItem>,
+>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    Item: for<'de> Deserialize<'de>,
+    SinkItem: Serialize,
+{
     let codec = tarpc::tokio_util::codec::LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME_BYTES)
+        .max_frame_length(max_frame_bytes)
         .new_codec();
     tarpc::serde_transport::new(
         tarpc::tokio_util::codec::Framed::new(stream, codec),
@@ -83,6 +101,10 @@ pub const CONTAINER_OPS_PORT: u16 = 7948;
 
 /// Largest chunk of an image tarball in one [`ContainerOps::load_image_chunk`] call.
 pub const MAX_UPLOAD_CHUNK: usize = 4 * 1024 * 1024;
+
+/// Largest [`ContainerOps`] frame: a full chunk plus room for the envelope. A request is
+/// decoded before any check, so this bounds what one frame can make the server hold.
+pub const CONTAINER_OPS_MAX_FRAME: usize = MAX_UPLOAD_CHUNK + 64 * 1024;
 
 /// Longest a [`ContainerOps::stream_read`] waits for output. Below tarpc's default 10 s
 /// deadline, so callers need not change it.
@@ -100,6 +122,10 @@ pub const MAX_STREAM_WAIT_MS: u32 = 5_000;
 /// it reports the end; a stream nobody reads for a minute is closed. An image tarball is sent
 /// as `load_image_begin`, any number of `load_image_chunk`s (in order, each at most
 /// [`MAX_UPLOAD_CHUNK`]) and `load_image_end`.
+///
+/// Streams and uploads belong to the calling machine's address (not to the id it says in
+/// `hello`). tarpc's default deadline is 10 s: a caller of `stop`/`restart` with a long grace
+/// period or of `load_image_end` for a big image sets a longer one.
 #[tarpc::service]
 pub trait ContainerOps {
     /// Introduces the caller: its network id and machine id.
@@ -168,8 +194,8 @@ pub async fn container_ops_client(
         .peer_addr()
         .map_err(|e| OpsError::new(ErrorKind::Unreachable, e.to_string()))?;
     let _ = stream.set_nodelay(true);
-    let client =
-        ContainerOpsClient::new(tarpc::client::Config::default(), transport(stream)).spawn();
+    let transport = transport_capped(stream, CONTAINER_OPS_MAX_FRAME);
+    let client = ContainerOpsClient::new(tarpc::client::Config::default(), transport).spawn();
     client
         .hello(
             tarpc::context::current(),

@@ -24,17 +24,21 @@ use uncloud_common::docker::{
     StreamOutput, VolumeInfo,
 };
 use uncloud_common::model::{Container, Service};
-use uncloud_common::rpc::{ContainerOps, MAX_STREAM_WAIT_MS};
+use uncloud_common::rpc::{ContainerOps, CONTAINER_OPS_MAX_FRAME, MAX_STREAM_WAIT_MS};
 
 use crate::engine::Local;
 use crate::streams::Streams;
 use crate::uploads::Uploads;
 use crate::{containers, exec, images, logs, stats, volumes};
 
-/// Streams open at once, over all callers.
-const MAX_STREAMS: usize = 256;
+/// Streams open at once, over all callers (each buffers at most 1 MiB).
+const MAX_STREAMS: usize = 64;
 /// Image uploads at once, over all callers.
 const MAX_UPLOADS: usize = 8;
+/// Connections at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 256;
+/// Requests in flight per connection; more are answered with an error by tarpc.
+const MAX_IN_FLIGHT: usize = 32;
 
 /// Whether a connection from `peer` may be served. Pure.
 pub fn allowed_peer(peer: IpAddr, own: Ipv4Addr, mesh: &MeshCidr) -> Result<(), String> {
@@ -96,7 +100,10 @@ pub async fn serve(listener: TcpListener, remote: Arc<Remote>) {
         }
     };
     let accept = async {
+        // Owned here, so stopping `serve` stops every connection.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
+            while connections.try_join_next().is_some() {}
             let (stream, peer) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -109,14 +116,21 @@ pub async fn serve(listener: TcpListener, remote: Arc<Remote>) {
                 tracing::warn!(%peer, why, "refused a container-ops connection");
                 continue; // dropping the stream closes it
             }
+            if connections.len() >= MAX_CONNECTIONS {
+                tracing::warn!(%peer, "too many container-ops connections; closing");
+                continue;
+            }
             let _ = stream.set_nodelay(true);
             let conn = Conn {
                 remote: remote.clone(),
                 peer,
                 caller: Arc::default(),
             };
-            tokio::spawn(async move {
-                BaseChannel::with_defaults(uncloud_common::rpc::transport(stream))
+            connections.spawn(async move {
+                let transport =
+                    uncloud_common::rpc::transport_capped(stream, CONTAINER_OPS_MAX_FRAME);
+                BaseChannel::with_defaults(transport)
+                    .max_concurrent_requests(MAX_IN_FLIGHT)
                     .execute(conn.serve())
                     .for_each(|response| async {
                         tokio::spawn(response);
@@ -145,6 +159,13 @@ impl Conn {
             .ok_or_else(|| OpsError::new(ErrorKind::Refused, "say hello first"))
     }
 
+    /// Who owns the streams and uploads this connection opens: the peer's machine address,
+    /// which the mesh authenticates (the id in `hello` is only what the caller says).
+    fn owner(&self) -> Result<String, OpsError> {
+        self.caller()?;
+        Ok(self.peer.ip().to_string())
+    }
+
     fn local(&self) -> Result<&Local, OpsError> {
         self.caller()?;
         Ok(&self.remote.local)
@@ -161,7 +182,7 @@ impl Conn {
         F: FnOnce(crate::streams::Producer) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let (id, producer) = self.remote.streams.open(self.caller()?, stdin, exec_id)?;
+        let (id, producer) = self.remote.streams.open(&self.owner()?, stdin, exec_id)?;
         let task = tokio::spawn(op(producer));
         self.remote.streams.attach(id, task.abort_handle());
         Ok(id)
@@ -195,15 +216,14 @@ impl ContainerOps for Conn {
         }
         uncloud_common::model::validate_id("caller", &from)
             .map_err(|e| OpsError::new(ErrorKind::InvalidArgument, e.to_string()))?;
-        if let Some(before) = self.caller.get() {
-            if *before != from {
-                return Err(OpsError::new(
-                    ErrorKind::Refused,
-                    "a connection speaks for one machine",
-                ));
-            }
+        // A second hello (even a concurrent one) must name the same machine.
+        let first = self.caller.get_or_init(|| from.clone());
+        if *first != from {
+            return Err(OpsError::new(
+                ErrorKind::Refused,
+                "a connection speaks for one machine",
+            ));
         }
-        let _ = self.caller.set(from);
         Ok(())
     }
 
@@ -264,6 +284,8 @@ impl ContainerOps for Conn {
         request: ExecRequest,
     ) -> Result<u64, OpsError> {
         let local = self.local()?.clone();
+        // Refuse before the engine holds an exec nobody would start.
+        self.remote.streams.has_room()?;
         let exec_id = exec::create(&local.docker, &container, &request).await?;
         let (input, command_side) = if request.stdin {
             let (a, b) = tokio::io::duplex(64 * 1024);
@@ -299,18 +321,20 @@ impl ContainerOps for Conn {
         height: u16,
         width: u16,
     ) -> Result<(), OpsError> {
-        let exec_id = self.remote.streams.exec_id(self.caller()?, stream)?;
+        let exec_id = self.remote.streams.exec_id(&self.owner()?, stream)?;
         Ok(exec::resize(&self.remote.local.docker, &exec_id, height, width).await?)
     }
 
     async fn pull_image(self, _: context::Context, image: String) -> Result<u64, OpsError> {
-        images::split_reference(&image)?;
         let local = self.local()?.clone();
+        images::split_reference(&image)?;
         self.spawn_stream(None, None, move |mut p| async move {
             use tokio::io::AsyncWriteExt;
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            // Progress is advisory: when the reader lags, steps are dropped, never queued
+            // without bound.
+            let (tx, mut rx) = tokio::sync::mpsc::channel(256);
             let pull = images::pull(&local.docker, &image, move |progress| {
-                let _ = tx.send(progress);
+                let _ = tx.try_send(progress);
             });
             let stdout = &mut p.stdout;
             let forward = async {
@@ -334,7 +358,7 @@ impl ContainerOps for Conn {
         wait_ms: u32,
     ) -> Result<StreamOutput, OpsError> {
         let wait = Duration::from_millis(wait_ms.min(MAX_STREAM_WAIT_MS).into());
-        self.remote.streams.read(self.caller()?, stream, wait).await
+        self.remote.streams.read(&self.owner()?, stream, wait).await
     }
 
     async fn stream_write(
@@ -346,19 +370,19 @@ impl ContainerOps for Conn {
     ) -> Result<(), OpsError> {
         self.remote
             .streams
-            .write(self.caller()?, stream, &data, close)
+            .write(&self.owner()?, stream, &data, close)
             .await
     }
 
     async fn stream_close(self, _: context::Context, stream: u64) -> Result<(), OpsError> {
-        self.remote.streams.close(self.caller()?, stream)
+        self.remote.streams.close(&self.owner()?, stream)
     }
 
     async fn load_image_begin(self, _: context::Context) -> Result<u64, OpsError> {
         let docker = self.local()?.docker.clone();
         self.remote
             .uploads
-            .begin(self.caller()?, move |pipe| async move {
+            .begin(&self.owner()?, move |pipe| async move {
                 Ok(images::load(&docker, pipe).await?)
             })
     }
@@ -371,7 +395,7 @@ impl ContainerOps for Conn {
     ) -> Result<(), OpsError> {
         self.remote
             .uploads
-            .chunk(self.caller()?, upload, &data)
+            .chunk(&self.owner()?, upload, &data)
             .await
     }
 
@@ -380,7 +404,7 @@ impl ContainerOps for Conn {
         _: context::Context,
         upload: u64,
     ) -> Result<Vec<String>, OpsError> {
-        self.remote.uploads.end(self.caller()?, upload).await
+        self.remote.uploads.end(&self.owner()?, upload).await
     }
 
     async fn list_images(self, _: context::Context) -> Result<Vec<ImageInfo>, OpsError> {

@@ -24,8 +24,8 @@ use uncloud_common::docker::{ErrorKind, OpsError, StreamEnd, StreamKind, StreamO
 
 /// A stream not read for this long is closed.
 pub const IDLE: Duration = Duration::from_secs(60);
-/// Chunks buffered per stream before the producer waits for the reader.
-const QUEUE: usize = 64;
+/// Chunks buffered per stream before the producer waits for the reader (at most 1 MiB).
+const QUEUE: usize = 16;
 /// Largest chunk one write produces.
 const MAX_CHUNK: usize = 64 * 1024;
 /// A read returns at most about this much.
@@ -130,13 +130,8 @@ impl Streams {
         stdin: Option<DuplexStream>,
         exec_id: Option<String>,
     ) -> Result<(u64, Producer), OpsError> {
+        self.has_room()?;
         let mut entries = self.entries.lock().expect("not poisoned");
-        if entries.len() >= self.max {
-            return Err(OpsError::new(
-                ErrorKind::Busy,
-                format!("{} streams are open; close some first", entries.len()),
-            ));
-        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let id = loop {
             let id = rand::random::<u64>();
@@ -167,6 +162,18 @@ impl Streams {
                 end: tx,
             },
         ))
+    }
+
+    /// `Busy` when no stream can be opened now.
+    pub fn has_room(&self) -> Result<(), OpsError> {
+        let n = self.entries.lock().expect("not poisoned").len();
+        if n >= self.max {
+            return Err(OpsError::new(
+                ErrorKind::Busy,
+                format!("{n} streams are open; close some first"),
+            ));
+        }
+        Ok(())
     }
 
     /// Ties the operation's task to the stream, so closing the stream aborts it.
@@ -266,7 +273,13 @@ impl Streams {
         let stdin = self.with(owner, id, |e| e.stdin.clone())?.ok_or_else(|| {
             OpsError::new(ErrorKind::InvalidArgument, "the stream takes no input")
         })?;
-        let mut stdin = stdin.lock().await;
+        // One write at a time; a concurrent one is refused rather than queued with its data.
+        let mut stdin = stdin.try_lock().map_err(|_| {
+            OpsError::new(
+                ErrorKind::Busy,
+                "another write to this stream is in progress",
+            )
+        })?;
         let Some(pipe) = stdin.as_mut() else {
             return Err(OpsError::new(
                 ErrorKind::InvalidArgument,

@@ -26,6 +26,8 @@ type Load = JoinHandle<Result<Vec<String>, OpsError>>;
 
 struct Upload {
     owner: String,
+    /// A chunk was cut off halfway (its call was cancelled): the tarball is corrupt.
+    broken: bool,
     pipe: Option<DuplexStream>,
     task: Option<Load>,
     used: Instant,
@@ -77,6 +79,7 @@ impl Uploads {
             id,
             Arc::new(tokio::sync::Mutex::new(Upload {
                 owner: owner.to_string(),
+                broken: false,
                 pipe: Some(pipe),
                 task: Some(task),
                 used: Instant::now(),
@@ -118,11 +121,25 @@ impl Uploads {
             ));
         }
         let upload = self.get(id)?;
-        let mut u = upload.lock().await;
+        // Chunks come in order, one at a time; a concurrent one is refused rather than queued
+        // with its data.
+        let mut u = upload.try_lock().map_err(|_| {
+            OpsError::new(
+                ErrorKind::Busy,
+                "another chunk of this upload is in progress",
+            )
+        })?;
         if u.owner != owner {
             return Err(not_found(id));
         }
+        if u.broken {
+            return Err(OpsError::new(
+                ErrorKind::Conflict,
+                "an earlier chunk was cut off; start the upload again",
+            ));
+        }
         u.used = Instant::now();
+        u.broken = true; // until this chunk is wholly written
         let Some(pipe) = u.pipe.as_mut() else {
             return Err(not_found(id));
         };
@@ -130,6 +147,7 @@ impl Uploads {
             // The engine stopped reading: it has given up on the tarball.
             return Err(self.outcome(id, &mut u).await);
         }
+        u.broken = false;
         Ok(())
     }
 
@@ -139,6 +157,18 @@ impl Uploads {
         let mut u = upload.lock().await;
         if u.owner != owner {
             return Err(not_found(id));
+        }
+        if u.broken {
+            // Cutting the request short makes the engine load nothing.
+            self.entries.lock().expect("not poisoned").remove(&id);
+            u.pipe = None;
+            if let Some(t) = u.task.take() {
+                t.abort();
+            }
+            return Err(OpsError::new(
+                ErrorKind::Conflict,
+                "a chunk was cut off; nothing was loaded",
+            ));
         }
         self.entries.lock().expect("not poisoned").remove(&id);
         if let Some(mut pipe) = u.pipe.take() {
@@ -235,6 +265,28 @@ mod tests {
             let e = err.expect("the failure surfaces");
             assert_eq!(e.message, "not a tarball");
             assert!(u.is_empty());
+        });
+    }
+
+    #[test]
+    fn a_chunk_cut_off_halfway_breaks_the_upload() {
+        rt().block_on(async {
+            let u = Uploads::new(2);
+            // An engine that never reads: the pipe fills and the chunk's write waits.
+            let id = u
+                .begin("a", |r| async move {
+                    let _keep = r;
+                    std::future::pending::<()>().await;
+                    Ok(vec![])
+                })
+                .unwrap();
+            let big = vec![0u8; PIPE + 1024];
+            let cut = tokio::time::timeout(Duration::from_millis(50), u.chunk("a", id, &big)).await;
+            assert!(cut.is_err(), "the write waits for the engine");
+            let e = u.chunk("a", id, b"more").await.unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+            let e = u.end("a", id).await;
+            assert!(e.is_err());
         });
     }
 

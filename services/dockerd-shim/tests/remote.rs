@@ -2,7 +2,7 @@
 //! with real network namespaces around a real dockerd:
 //!
 //! ```text
-//!  remote machine (10.210.2.1, and 10.210.2.5 posing as a container)
+//!  remote machines 10.210.2.1 and 10.210.3.1, and 10.210.2.5 posing as a container
 //!      │ veth "ucmesh" (stands in for meshd's TUN)
 //!  dockerd's namespace: machine 1, bridge uncloud0 10.210.1.0/24, the shim's RPC on 10.210.1.1
 //!      │ veth "uplink" 192.0.2.1
@@ -46,8 +46,10 @@ fn remote_machine(docker_ns: &Netns) -> Netns {
     docker_ns.veth("ucmesh", &r, "eth0");
     docker_ns.addr("ucmesh", "10.210.1.1/32");
     docker_ns.ip(&["route", "add", "10.210.2.0/24", "dev", "ucmesh"]);
+    docker_ns.ip(&["route", "add", "10.210.3.0/24", "dev", "ucmesh"]);
     r.addr("eth0", "10.210.2.1/32");
     r.addr("eth0", "10.210.2.5/32");
+    r.addr("eth0", "10.210.3.1/32"); // a third machine
     r.ip(&[
         "route",
         "add",
@@ -200,7 +202,7 @@ async fn another_machine_acts_here_over_the_mesh() {
     }
     assert_eq!(logs, ("out\n".to_string(), "err\n".to_string()));
 
-    // A stream belongs to the machine that opened it.
+    // A stream belongs to the machine (address) that opened it.
     let following = c
         .logs(
             ctx(),
@@ -214,7 +216,7 @@ async fn another_machine_acts_here_over_the_mesh() {
         .unwrap()
         .unwrap();
     let other = container_ops_client(
-        connect_from(&r, "10.210.2.1", addr).await.unwrap(),
+        connect_from(&r, "10.210.3.1", addr).await.unwrap(),
         NETWORK,
         "m3",
     )
