@@ -15,6 +15,7 @@ use bollard::Docker;
 use uncloud_common::docker::{ErrorKind, OpsError};
 use uncloud_common::model::{Container, ContainerState, Service};
 
+use crate::engine::{reason, status};
 use crate::spec::{self, SpecError, LABEL_REVISION, LABEL_SERVICE_ID};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,23 +49,14 @@ impl From<ContainerError> for OpsError {
     }
 }
 
-fn status(e: &bollard::errors::Error) -> Option<u16> {
-    match e {
-        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
-        _ => None,
-    }
-}
-
-fn engine(what: &'static str, name: &str, e: bollard::errors::Error) -> ContainerError {
+/// An engine error about container `name`: `NotFound` for a 404, else what the engine said.
+pub(crate) fn engine(what: &'static str, name: &str, e: bollard::errors::Error) -> ContainerError {
     match status(&e) {
         Some(404) => ContainerError::NotFound(name.to_string()),
         _ => ContainerError::Engine {
             what,
             name: name.to_string(),
-            reason: match e {
-                bollard::errors::Error::DockerResponseServerError { message, .. } => message,
-                other => other.to_string(),
-            },
+            reason: reason(e),
         },
     }
 }

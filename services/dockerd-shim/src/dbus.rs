@@ -38,10 +38,6 @@ pub enum DockerError {
     Conflict(String),
     /// The engine refused or is unreachable.
     Engine(String),
-    /// The caller may not do this.
-    Refused(String),
-    /// Too much in flight; try again later.
-    Busy(String),
 }
 
 impl From<OpsError> for DockerError {
@@ -52,9 +48,11 @@ impl From<OpsError> for DockerError {
             ErrorKind::NotFound => DockerError::NotFound(message),
             ErrorKind::NoImage => DockerError::NoImage(message),
             ErrorKind::Conflict => DockerError::Conflict(message),
-            ErrorKind::Engine | ErrorKind::Unreachable => DockerError::Engine(message),
-            ErrorKind::Refused => DockerError::Refused(message),
-            ErrorKind::Busy => DockerError::Busy(message),
+            // Refused, Busy and Unreachable belong to the remote API's streams and
+            // connections, which D-Bus does not have.
+            ErrorKind::Engine | ErrorKind::Refused | ErrorKind::Busy | ErrorKind::Unreachable => {
+                DockerError::Engine(message)
+            }
         }
     }
 }

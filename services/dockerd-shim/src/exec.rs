@@ -9,29 +9,9 @@ use bollard::Docker;
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::containers::ContainerError;
+use crate::containers::{engine, ContainerError};
 
 pub use uncloud_common::docker::ExecRequest;
-
-fn engine(what: &'static str, container: &str, e: bollard::errors::Error) -> ContainerError {
-    match e {
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        } => ContainerError::NotFound(container.to_string()),
-        bollard::errors::Error::DockerResponseServerError { message, .. } => {
-            ContainerError::Engine {
-                what,
-                name: container.to_string(),
-                reason: message,
-            }
-        }
-        other => ContainerError::Engine {
-            what,
-            name: container.to_string(),
-            reason: other.to_string(),
-        },
-    }
-}
 
 /// Creates the exec instance; returns its id (needed to resize it or read its exit code).
 pub async fn create(

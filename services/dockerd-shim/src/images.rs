@@ -12,6 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use uncloud_common::docker::{ErrorKind, OpsError};
 pub use uncloud_common::docker::{ImageInfo, PullProgress};
 
+use crate::engine::reason;
+
 /// Size of the chunks a tarball is streamed to the engine in.
 pub const CHUNK: usize = 256 * 1024;
 
@@ -41,13 +43,6 @@ impl From<ImageError> for OpsError {
             ImageError::Pull { .. } | ImageError::Engine { .. } => ErrorKind::Engine,
         };
         OpsError::new(kind, e.to_string())
-    }
-}
-
-fn reason(e: bollard::errors::Error) -> String {
-    match e {
-        bollard::errors::Error::DockerResponseServerError { message, .. } => message,
-        other => other.to_string(),
     }
 }
 

@@ -7,7 +7,7 @@ use bollard::Docker;
 use futures::StreamExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::containers::ContainerError;
+use crate::containers::{engine, ContainerError};
 
 pub use uncloud_common::docker::LogsRequest;
 
@@ -40,16 +40,7 @@ where
     );
     let mut written = 0u64;
     while let Some(item) = logs.next().await {
-        let item = item.map_err(|e| match e {
-            bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            } => ContainerError::NotFound(container.to_string()),
-            other => ContainerError::Engine {
-                what: "read the logs of",
-                name: container.to_string(),
-                reason: other.to_string(),
-            },
-        })?;
+        let item = item.map_err(|e| engine("read the logs of", container, e))?;
         let result = match &item {
             LogOutput::StdErr { message } => stderr.write_all(message).await,
             LogOutput::StdOut { message } | LogOutput::Console { message } => {

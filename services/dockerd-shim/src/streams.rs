@@ -341,107 +341,92 @@ impl Streams {
 mod tests {
     use super::*;
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
+    #[tokio::test]
+    async fn output_keeps_its_order_and_the_end_removes_the_stream() {
+        let s = Streams::new(4);
+        let (id, mut p) = s.open("a", None, None).unwrap();
+        p.stdout.write_all(b"one ").await.unwrap();
+        p.stderr.write_all(b"two ").await.unwrap();
+        p.stdout.write_all(b"three").await.unwrap();
+        p.finish(StreamEnd {
+            exit_code: Some(3),
+            error: None,
+        })
+        .await;
+        let out = s.read("a", id, Duration::from_secs(1)).await.unwrap();
+        let kinds: Vec<_> = out.chunks.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            [StreamKind::Stdout, StreamKind::Stderr, StreamKind::Stdout]
+        );
+        assert_eq!(out.chunks[2].1, b"three");
+        assert_eq!(out.end.unwrap().exit_code, Some(3));
+        assert!(s.is_empty());
+        let again = s.read("a", id, Duration::ZERO).await.unwrap_err();
+        assert_eq!(again.kind, ErrorKind::NotFound);
     }
 
-    #[test]
-    fn output_keeps_its_order_and_the_end_removes_the_stream() {
-        rt().block_on(async {
-            let s = Streams::new(4);
-            let (id, mut p) = s.open("a", None, None).unwrap();
-            p.stdout.write_all(b"one ").await.unwrap();
-            p.stderr.write_all(b"two ").await.unwrap();
-            p.stdout.write_all(b"three").await.unwrap();
+    #[tokio::test]
+    async fn another_owner_cannot_touch_a_stream_and_a_full_table_is_busy() {
+        let s = Streams::new(1);
+        let (id, _p) = s.open("a", None, None).unwrap();
+        assert_eq!(
+            s.read("b", id, Duration::ZERO).await.unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+        assert_eq!(s.close("b", id).unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(s.open("a", None, None).err().unwrap().kind, ErrorKind::Busy);
+        // An empty read is not an end.
+        let out = s.read("a", id, Duration::from_millis(10)).await.unwrap();
+        assert!(out.chunks.is_empty() && out.end.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_holds_the_producer_back_and_idle_streams_expire() {
+        let s = Arc::new(Streams::new(4));
+        let (id, mut p) = s.open("a", None, None).unwrap();
+        let writer = tokio::spawn(async move {
+            for _ in 0..(QUEUE * 4) {
+                p.stdout.write_all(b"x").await.unwrap();
+            }
             p.finish(StreamEnd {
-                exit_code: Some(3),
+                exit_code: None,
                 error: None,
             })
             .await;
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!writer.is_finished(), "the queue is bounded");
+        let mut total = 0;
+        loop {
             let out = s.read("a", id, Duration::from_secs(1)).await.unwrap();
-            let kinds: Vec<_> = out.chunks.iter().map(|(k, _)| *k).collect();
-            assert_eq!(
-                kinds,
-                [StreamKind::Stdout, StreamKind::Stderr, StreamKind::Stdout]
-            );
-            assert_eq!(out.chunks[2].1, b"three");
-            assert_eq!(out.end.unwrap().exit_code, Some(3));
-            assert!(s.is_empty());
-            let again = s.read("a", id, Duration::ZERO).await.unwrap_err();
-            assert_eq!(again.kind, ErrorKind::NotFound);
-        });
-    }
-
-    #[test]
-    fn another_owner_cannot_touch_a_stream_and_a_full_table_is_busy() {
-        rt().block_on(async {
-            let s = Streams::new(1);
-            let (id, _p) = s.open("a", None, None).unwrap();
-            assert_eq!(
-                s.read("b", id, Duration::ZERO).await.unwrap_err().kind,
-                ErrorKind::NotFound
-            );
-            assert_eq!(s.close("b", id).unwrap_err().kind, ErrorKind::NotFound);
-            assert_eq!(s.open("a", None, None).err().unwrap().kind, ErrorKind::Busy);
-            // An empty read is not an end.
-            let out = s.read("a", id, Duration::from_millis(10)).await.unwrap();
-            assert!(out.chunks.is_empty() && out.end.is_none());
-        });
-    }
-
-    #[test]
-    fn a_slow_reader_holds_the_producer_back_and_idle_streams_expire() {
-        rt().block_on(async {
-            let s = Arc::new(Streams::new(4));
-            let (id, mut p) = s.open("a", None, None).unwrap();
-            let writer = tokio::spawn(async move {
-                for _ in 0..(QUEUE * 4) {
-                    p.stdout.write_all(b"x").await.unwrap();
-                }
-                p.finish(StreamEnd {
-                    exit_code: None,
-                    error: None,
-                })
-                .await;
-            });
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            assert!(!writer.is_finished(), "the queue is bounded");
-            let mut total = 0;
-            loop {
-                let out = s.read("a", id, Duration::from_secs(1)).await.unwrap();
-                total += out.chunks.len();
-                if out.end.is_some() {
-                    break;
-                }
+            total += out.chunks.len();
+            if out.end.is_some() {
+                break;
             }
-            assert_eq!(total, QUEUE * 4);
-            writer.await.unwrap();
+        }
+        assert_eq!(total, QUEUE * 4);
+        writer.await.unwrap();
 
-            let (id, _p) = s.open("a", None, None).unwrap();
-            assert_eq!(s.expire(Duration::from_secs(3600)), 0);
-            assert_eq!(s.expire(Duration::ZERO), 1);
-            assert!(s.read("a", id, Duration::ZERO).await.is_err());
-        });
+        let (id, _p) = s.open("a", None, None).unwrap();
+        assert_eq!(s.expire(Duration::from_secs(3600)), 0);
+        assert_eq!(s.expire(Duration::ZERO), 1);
+        assert!(s.read("a", id, Duration::ZERO).await.is_err());
     }
 
-    #[test]
-    fn input_reaches_the_pipe_and_close_ends_it() {
-        rt().block_on(async {
-            use tokio::io::AsyncReadExt;
-            let s = Streams::new(4);
-            let (mine, mut theirs) = tokio::io::duplex(1024);
-            let (id, _p) = s.open("a", Some(mine), None).unwrap();
-            s.write("a", id, b"hello", true).await.unwrap();
-            let mut got = String::new();
-            theirs.read_to_string(&mut got).await.unwrap();
-            assert_eq!(got, "hello");
-            let e = s.write("a", id, b"more", false).await.unwrap_err();
-            assert_eq!(e.kind, ErrorKind::InvalidArgument);
-            let (no_input, _p) = s.open("a", None, None).unwrap();
-            assert!(s.write("a", no_input, b"x", false).await.is_err());
-        });
+    #[tokio::test]
+    async fn input_reaches_the_pipe_and_close_ends_it() {
+        use tokio::io::AsyncReadExt;
+        let s = Streams::new(4);
+        let (mine, mut theirs) = tokio::io::duplex(1024);
+        let (id, _p) = s.open("a", Some(mine), None).unwrap();
+        s.write("a", id, b"hello", true).await.unwrap();
+        let mut got = String::new();
+        theirs.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello");
+        let e = s.write("a", id, b"more", false).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        let (no_input, _p) = s.open("a", None, None).unwrap();
+        assert!(s.write("a", no_input, b"x", false).await.is_err());
     }
 }

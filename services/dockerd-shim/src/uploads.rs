@@ -218,96 +218,81 @@ mod tests {
 
     use super::*;
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
     async fn count(mut r: DuplexStream) -> Result<Vec<String>, OpsError> {
         let mut all = Vec::new();
         r.read_to_end(&mut all).await.unwrap();
         Ok(vec![format!("{} bytes", all.len())])
     }
 
-    #[test]
-    fn chunks_arrive_in_order_and_end_returns_the_outcome() {
-        rt().block_on(async {
-            let u = Uploads::new(2);
-            let id = u.begin("a", count).unwrap();
-            for _ in 0..5 {
-                u.chunk("a", id, &[7u8; 300_000]).await.unwrap();
+    #[tokio::test]
+    async fn chunks_arrive_in_order_and_end_returns_the_outcome() {
+        let u = Uploads::new(2);
+        let id = u.begin("a", count).unwrap();
+        for _ in 0..5 {
+            u.chunk("a", id, &[7u8; 300_000]).await.unwrap();
+        }
+        assert_eq!(u.end("a", id).await.unwrap(), ["1500000 bytes"]);
+        assert!(u.is_empty());
+        assert_eq!(u.end("a", id).await.unwrap_err().kind, ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_gives_up_is_reported_on_the_next_chunk() {
+        let u = Uploads::new(2);
+        let id = u
+            .begin("a", |_r| async {
+                Err(OpsError::new(ErrorKind::InvalidArgument, "not a tarball"))
+            })
+            .unwrap();
+        let mut err = None;
+        // The pipe buffers a little first; the engine's refusal shows within a few chunks.
+        for _ in 0..8 {
+            if let Err(e) = u.chunk("a", id, &[0u8; 512 * 1024]).await {
+                err = Some(e);
+                break;
             }
-            assert_eq!(u.end("a", id).await.unwrap(), ["1500000 bytes"]);
-            assert!(u.is_empty());
-            assert_eq!(u.end("a", id).await.unwrap_err().kind, ErrorKind::NotFound);
-        });
+        }
+        let e = err.expect("the failure surfaces");
+        assert_eq!(e.message, "not a tarball");
+        assert!(u.is_empty());
     }
 
-    #[test]
-    fn an_engine_that_gives_up_is_reported_on_the_next_chunk() {
-        rt().block_on(async {
-            let u = Uploads::new(2);
-            let id = u
-                .begin("a", |_r| async {
-                    Err(OpsError::new(ErrorKind::InvalidArgument, "not a tarball"))
-                })
-                .unwrap();
-            let mut err = None;
-            // The pipe buffers a little first; the engine's refusal shows within a few chunks.
-            for _ in 0..8 {
-                if let Err(e) = u.chunk("a", id, &[0u8; 512 * 1024]).await {
-                    err = Some(e);
-                    break;
-                }
-            }
-            let e = err.expect("the failure surfaces");
-            assert_eq!(e.message, "not a tarball");
-            assert!(u.is_empty());
-        });
+    #[tokio::test]
+    async fn a_chunk_cut_off_halfway_breaks_the_upload() {
+        let u = Uploads::new(2);
+        // An engine that never reads: the pipe fills and the chunk's write waits.
+        let id = u
+            .begin("a", |r| async move {
+                let _keep = r;
+                std::future::pending::<()>().await;
+                Ok(vec![])
+            })
+            .unwrap();
+        let big = vec![0u8; PIPE + 1024];
+        let cut = tokio::time::timeout(Duration::from_millis(50), u.chunk("a", id, &big)).await;
+        assert!(cut.is_err(), "the write waits for the engine");
+        let e = u.chunk("a", id, b"more").await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+        let e = u.end("a", id).await;
+        assert!(e.is_err());
     }
 
-    #[test]
-    fn a_chunk_cut_off_halfway_breaks_the_upload() {
-        rt().block_on(async {
-            let u = Uploads::new(2);
-            // An engine that never reads: the pipe fills and the chunk's write waits.
-            let id = u
-                .begin("a", |r| async move {
-                    let _keep = r;
-                    std::future::pending::<()>().await;
-                    Ok(vec![])
-                })
-                .unwrap();
-            let big = vec![0u8; PIPE + 1024];
-            let cut = tokio::time::timeout(Duration::from_millis(50), u.chunk("a", id, &big)).await;
-            assert!(cut.is_err(), "the write waits for the engine");
-            let e = u.chunk("a", id, b"more").await.unwrap_err();
-            assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
-            let e = u.end("a", id).await;
-            assert!(e.is_err());
-        });
-    }
-
-    #[test]
-    fn limits_owners_and_idle_uploads() {
-        rt().block_on(async {
-            let u = Uploads::new(1);
-            let id = u.begin("a", count).unwrap();
-            assert_eq!(u.begin("a", count).unwrap_err().kind, ErrorKind::Busy);
-            assert_eq!(
-                u.chunk("b", id, b"x").await.unwrap_err().kind,
-                ErrorKind::NotFound
-            );
-            let big = vec![0u8; MAX_UPLOAD_CHUNK + 1];
-            assert_eq!(
-                u.chunk("a", id, &big).await.unwrap_err().kind,
-                ErrorKind::InvalidArgument
-            );
-            assert_eq!(u.expire(Duration::from_secs(3600)), 0);
-            assert_eq!(u.expire(Duration::ZERO), 1);
-            assert!(u.chunk("a", id, b"x").await.is_err());
-        });
+    #[tokio::test]
+    async fn limits_owners_and_idle_uploads() {
+        let u = Uploads::new(1);
+        let id = u.begin("a", count).unwrap();
+        assert_eq!(u.begin("a", count).unwrap_err().kind, ErrorKind::Busy);
+        assert_eq!(
+            u.chunk("b", id, b"x").await.unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+        let big = vec![0u8; MAX_UPLOAD_CHUNK + 1];
+        assert_eq!(
+            u.chunk("a", id, &big).await.unwrap_err().kind,
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(u.expire(Duration::from_secs(3600)), 0);
+        assert_eq!(u.expire(Duration::ZERO), 1);
+        assert!(u.chunk("a", id, b"x").await.is_err());
     }
 }

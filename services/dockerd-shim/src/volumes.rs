@@ -55,22 +55,13 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 fn engine(what: &'static str, name: &str, e: bollard::errors::Error) -> VolumeError {
-    match e {
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        } => VolumeError::NotFound(name.to_string()),
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 409, ..
-        } => VolumeError::InUse(name.to_string()),
-        bollard::errors::Error::DockerResponseServerError { message, .. } => VolumeError::Engine {
+    match crate::engine::status(&e) {
+        Some(404) => VolumeError::NotFound(name.to_string()),
+        Some(409) => VolumeError::InUse(name.to_string()),
+        _ => VolumeError::Engine {
             what,
             name: name.to_string(),
-            reason: message,
-        },
-        other => VolumeError::Engine {
-            what,
-            name: name.to_string(),
-            reason: other.to_string(),
+            reason: crate::engine::reason(e),
         },
     }
 }
