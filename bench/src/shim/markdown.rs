@@ -128,8 +128,8 @@ pub fn render(
              shows the new verdict, and (reference) until `docker events` prints the engine's \
              `health_status` for it. Both include waiting for the next check; the difference is \
              what the shim adds.\n\
-             - Memory: VmRSS of the shim and of dockerd with the last shim batch running and \
-             mirrored.",
+             - Memory: VmRSS of the shim and of dockerd with a batch started through the shim \
+             running and mirrored, after the timed runs.",
             plan.singles, plan.batch, plan.batches, plan.health_flips
         ),
     );

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use stated::testkit::Cluster;
+use uncloud_common::dbus::DockerProxy;
 use uncloud_common::model::{ContainerState, HealthCheck, NetworkState, Service, ServiceSpec};
 use uncloud_testkit::{Daemon, Dockerd, PrivateBus};
 
@@ -90,35 +91,13 @@ fn ms(d: Duration) -> f64 {
 /// The shim as a process, on a private bus served by stated node 0.
 struct Shim {
     daemon: Daemon,
-    conn: zbus::Connection,
+    api: DockerProxy<'static>,
     _bus: PrivateBus,
     _serve: Option<(zbus::Connection, tokio::task::JoinHandle<()>)>,
     _dir: tempfile::TempDir,
 }
 
-/// Calls a method of `org.uncloud.Docker1`.
-async fn call<B>(conn: &zbus::Connection, method: &str, body: &B) -> zbus::Result<zbus::Message>
-where
-    B: serde::Serialize + zbus::zvariant::DynamicType,
-{
-    conn.call_method(
-        Some("org.uncloud.Docker1"),
-        "/org/uncloud/Docker1",
-        Some("org.uncloud.Docker1"),
-        method,
-        body,
-    )
-    .await
-}
-
 impl Shim {
-    async fn call<B>(&self, method: &str, body: &B) -> zbus::Result<zbus::Message>
-    where
-        B: serde::Serialize + zbus::zvariant::DynamicType,
-    {
-        call(&self.conn, method, body).await
-    }
-
     async fn run(&self, name: &str) -> Result<()> {
         self.run_with(name, None).await
     }
@@ -136,7 +115,8 @@ impl Shim {
             ..Default::default()
         };
         let json = serde_json::to_string(&service)?;
-        self.call("RunService", &(json.as_str(), name))
+        self.api
+            .run_service(&json, name)
             .await
             .with_context(|| format!("RunService {name}"))?;
         Ok(())
@@ -165,9 +145,9 @@ async fn start_shim(cluster: &Cluster, engine: &Dockerd) -> Result<Shim> {
         .arg(&config)
         .env("RUST_LOG", "warn");
     let mut daemon = Daemon::spawn("dockerd-shim", cmd, dir.path().join("shim.log"));
-    let conn = bus.connect().await;
+    let api = DockerProxy::new(&bus.connect().await).await?;
     let start = Instant::now();
-    while call(&conn, "ListImages", &()).await.is_err() {
+    while api.list_images().await.is_err() {
         if !daemon.is_running() || start.elapsed() > Duration::from_secs(60) {
             bail!("dockerd-shim did not come up:\n{}", daemon.log_text());
         }
@@ -175,7 +155,7 @@ async fn start_shim(cluster: &Cluster, engine: &Dockerd) -> Result<Shim> {
     }
     Ok(Shim {
         daemon,
-        conn,
+        api,
         _bus: bus,
         _serve: serve,
         _dir: dir,
@@ -235,7 +215,7 @@ async fn shim_start(cluster: &Cluster, shim: &Shim, names: &[String]) -> Result<
 
 async fn shim_remove(cluster: &Cluster, shim: &Shim, names: &[String]) -> Result<()> {
     for n in names {
-        shim.call("Remove", &(n.as_str(),)).await?;
+        shim.api.remove(n).await?;
     }
     wait_state(cluster, "the batch gone", Instant::now(), |s| {
         none_left(s, names)
@@ -276,6 +256,26 @@ fn cli_remove(engine: &Dockerd, names: &[String]) {
     let mut args = vec!["rm", "-f"];
     args.extend(names.iter().map(String::as_str));
     engine.docker_ok(&args);
+}
+
+/// `n` containers started at once through the shim, then removed; then `n` with the docker
+/// CLI. Returns (shim: all running, shim: all in the state, CLI: all running) in ms.
+async fn round(
+    cluster: &Cluster,
+    shim: &Shim,
+    engine: &Dockerd,
+    label: &str,
+    n: usize,
+) -> Result<(f64, f64, f64)> {
+    let names =
+        |tool: &str| -> Vec<String> { (0..n).map(|i| format!("{label}-{tool}-{i}")).collect() };
+    let shim_names = names("shim");
+    let (running, visible) = shim_start(cluster, shim, &shim_names).await?;
+    shim_remove(cluster, shim, &shim_names).await?;
+    let cli_names = names("cli");
+    let cli = cli_start(engine, &cli_names)?;
+    cli_remove(engine, &cli_names);
+    Ok((running, visible, cli))
 }
 
 /// Flips a container's health check `flips` times (a file its check tests, created and
@@ -410,12 +410,8 @@ pub async fn run_bench(plan: &Plan, out: &Path, command: &str) -> Result<Results
         plan.singles
     ));
     for i in 0..plan.singles {
-        let name = vec![format!("one-shim-{i}")];
-        let (running, visible) = shim_start(&cluster, &shim, &name).await?;
-        shim_remove(&cluster, &shim, &name).await?;
-        let cli_name = vec![format!("one-cli-{i}")];
-        let cli = cli_start(&engine, &cli_name)?;
-        cli_remove(&engine, &cli_name);
+        let (running, visible, cli) =
+            round(&cluster, &shim, &engine, &format!("one{i}"), 1).await?;
         progress(format!(
             "run {}: shim running {running:.0} ms, in state {visible:.0} ms; docker CLI {cli:.0} ms",
             i + 1
@@ -430,20 +426,8 @@ pub async fn run_bench(plan: &Plan, out: &Path, command: &str) -> Result<Results
         plan.batch, plan.batches
     ));
     for b in 0..plan.batches {
-        let names: Vec<String> = (0..plan.batch).map(|i| format!("b{b}-shim-{i}")).collect();
-        let (running, visible) = shim_start(&cluster, &shim, &names).await?;
-        let last = b + 1 == plan.batches;
-        if last {
-            // Memory with the batch running and mirrored.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            m.shim_rss = crate::sys::rss_of(shim.daemon.pid());
-            let pid = std::fs::read_to_string(engine.dir().join("dockerd.pid"))?;
-            m.dockerd_rss = crate::sys::rss_of(pid.trim().parse()?);
-        }
-        shim_remove(&cluster, &shim, &names).await?;
-        let cli_names: Vec<String> = (0..plan.batch).map(|i| format!("b{b}-cli-{i}")).collect();
-        let cli = cli_start(&engine, &cli_names)?;
-        cli_remove(&engine, &cli_names);
+        let (running, visible, cli) =
+            round(&cluster, &shim, &engine, &format!("b{b}"), plan.batch).await?;
         progress(format!(
             "batch {}: shim all running {running:.0} ms, all in state {visible:.0} ms; docker CLI {cli:.0} ms",
             b + 1
@@ -452,6 +436,15 @@ pub async fn run_bench(plan: &Plan, out: &Path, command: &str) -> Result<Results
         m.batch_shim_visible.push(visible);
         m.batch_cli_running.push(cli);
     }
+    // Memory with a batch running and mirrored.
+    let names: Vec<String> = (0..plan.batch).map(|i| format!("mem-{i}")).collect();
+    shim_start(&cluster, &shim, &names).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    m.shim_rss = crate::sys::rss_of(shim.daemon.pid());
+    let pid = std::fs::read_to_string(engine.dir().join("dockerd.pid"))?;
+    m.dockerd_rss = crate::sys::rss_of(pid.trim().parse()?);
+    shim_remove(&cluster, &shim, &names).await?;
+
     progress(format!(
         "== a health check flipping {} times",
         plan.health_flips

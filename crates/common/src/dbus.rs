@@ -123,3 +123,42 @@ pub trait Mesh {
     #[zbus(property(emits_changed_signal = "false"))]
     fn endpoints(&self) -> zbus::Result<Vec<String>>;
 }
+
+pub const DOCKER_NAME: &str = "org.uncloud.Docker1";
+pub const DOCKER_PATH: &str = "/org/uncloud/Docker1";
+
+/// Client side of `org.uncloud.Docker1`; see `services/dockerd-shim` for the server and docs.
+/// Structures travel as JSON ([`crate::model`], [`crate::docker`]). The methods that pass
+/// file descriptors (`Logs`, `Exec`, `LoadImage`) are left to callers that need them.
+#[zbus::proxy(
+    interface = "org.uncloud.Docker1",
+    default_service = "org.uncloud.Docker1",
+    default_path = "/org/uncloud/Docker1"
+)]
+pub trait Docker {
+    fn run_service(&self, service_json: &str, name: &str) -> zbus::Result<String>;
+    fn stop(&self, container: &str, grace_secs: i32) -> zbus::Result<()>;
+    fn start(&self, container: &str) -> zbus::Result<()>;
+    fn restart(&self, container: &str, grace_secs: i32) -> zbus::Result<()>;
+    fn remove(&self, container: &str) -> zbus::Result<()>;
+    fn inspect(&self, container: &str) -> zbus::Result<String>;
+    fn stats(&self, container: &str) -> zbus::Result<String>;
+    fn pull_image(&self, image: &str) -> zbus::Result<()>;
+    fn list_images(&self) -> zbus::Result<String>;
+    fn remove_image(&self, name: &str) -> zbus::Result<()>;
+    fn create_volume(&self, name: &str) -> zbus::Result<String>;
+    fn list_volumes(&self) -> zbus::Result<String>;
+    fn inspect_volume(&self, name: &str) -> zbus::Result<String>;
+    fn remove_volume(&self, name: &str) -> zbus::Result<()>;
+    fn resize_exec(&self, exec_id: &str, height: u16, width: u16) -> zbus::Result<()>;
+    fn exec_exit_code(&self, exec_id: &str) -> zbus::Result<i64>;
+    #[zbus(signal)]
+    fn pull_progress(
+        &self,
+        image: &str,
+        layer: &str,
+        status: &str,
+        current: u64,
+        total: u64,
+    ) -> zbus::Result<()>;
+}

@@ -19,8 +19,7 @@ use crate::images::{self, ImageError};
 use crate::volumes::{self, VolumeError};
 use crate::{exec, logs, stats};
 
-pub const DOCKER_NAME: &str = "org.uncloud.Docker1";
-pub const DOCKER_PATH: &str = "/org/uncloud/Docker1";
+pub use uncloud_common::dbus::{DOCKER_NAME, DOCKER_PATH};
 
 /// Errors as D-Bus error names `org.uncloud.Docker1.Error.*`.
 #[derive(Debug, zbus::DBusError)]
