@@ -13,7 +13,10 @@
 //! - [`meshd`]: the mesh benchmark against wireguard-go and plain veth (binary `meshd-bench`).
 //! - [`shim`]: containers through dockerd-shim against the docker CLI (binary
 //!   `dockerd-shim-bench`).
+//! - [`image`]: the images' boot to ready under QEMU against plain Debian boots of the same
+//!   images, and their size (binary `image-bench`).
 
+pub mod image;
 pub mod logs;
 pub mod meshd;
 pub mod report;

@@ -62,6 +62,31 @@ pub fn load<T: DeserializeOwned + Default>(path: &Path) -> Result<T, ConfigError
     }
 }
 
+/// Checks a daemon's shipped config file (`dist/<daemon>.toml`, every key commented out with
+/// its default): as shipped it must give the defaults, and with every `#key = value` line
+/// uncommented it must parse and validate, so each documented key exists and its example has
+/// the right type. For the daemons' unit tests.
+pub fn check_shipped_config<T: DaemonConfig + PartialEq>(text: &str) -> Result<(), String> {
+    let shipped: T = toml::from_str(text).map_err(|e| format!("as shipped: {e}"))?;
+    if shipped != T::default() {
+        return Err(format!("as shipped it is not the defaults: {shipped:?}"));
+    }
+    let uncommented: String = text
+        .lines()
+        .map(|line| match line.strip_prefix('#') {
+            Some(rest) if !rest.starts_with([' ', '#']) && rest.contains(" = ") => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    if uncommented == text {
+        return Err("no commented-out `#key = value` lines".into());
+    }
+    let all: T = toml::from_str(&uncommented).map_err(|e| format!("uncommented: {e}"))?;
+    all.validate()
+        .map_err(|e| format!("uncommented, it does not validate: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

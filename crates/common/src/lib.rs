@@ -19,6 +19,8 @@
 //! - [`logging`]: journald or stderr logging, the same in every daemon.
 //! - [`config`]: loading a daemon's TOML config with errors that name the file or the key.
 //! - [`daemon`]: the `main` every daemon shares (logging, config, `--check-config`, runtime).
+//! - [`identity`]: where the machine's TLS key, certificate, setup token and join ticket live
+//!   (written by `uncloud-firstboot`, served by `apid`).
 //!
 //! # Limitations
 //! Only what `stated`, `meshd` and `dockerd-shim` need exists so far; other daemons add their
@@ -30,6 +32,7 @@ pub mod conflict;
 pub mod daemon;
 pub mod dbus;
 pub mod docker;
+pub mod identity;
 pub mod liveness;
 pub mod logging;
 pub mod model;

@@ -92,6 +92,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_config_documents_valid_keys() {
+        uncloud_common::config::check_shipped_config::<Config>(include_str!(
+            "../dist/dockerd-shim.toml"
+        ))
+        .unwrap();
+    }
+
+    #[test]
     fn defaults_are_valid_and_bad_values_named() {
         let c: Config = toml::from_str("").unwrap();
         assert_eq!(c, Config::default());

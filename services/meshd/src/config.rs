@@ -148,6 +148,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_config_documents_valid_keys() {
+        uncloud_common::config::check_shipped_config::<Config>(include_str!("../dist/meshd.toml"))
+            .unwrap();
+    }
+
+    #[test]
     fn empty_file_gives_valid_defaults() {
         let c: Config = toml::from_str("").unwrap();
         assert_eq!(c, Config::default());

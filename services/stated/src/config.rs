@@ -179,6 +179,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_config_documents_valid_keys() {
+        uncloud_common::config::check_shipped_config::<Config>(include_str!("../dist/stated.toml"))
+            .unwrap();
+    }
+
+    #[test]
     fn defaults_are_valid_and_empty_file_gives_defaults() {
         let c: Config = toml::from_str("").unwrap();
         assert_eq!(c, Config::default());

@@ -1,0 +1,51 @@
+//! `image-bench`: boot-to-ready of the built images under QEMU TCG beside the same images with
+//! Uncloud masked, and the compressed image size. Written to `bench/results/image.{json,md}`.
+//! Needs the images (`image/build`).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+use uncloud_bench::image::{run_bench, Plan};
+use uncloud_bench::progress;
+
+#[derive(Parser)]
+#[command(
+    about = "Benchmark the images' boot to ready under QEMU TCG against plain Debian boots of the same images"
+)]
+struct Args {
+    /// One amd64 UEFI boot of each kind, for a smoke test. Results go to a temp dir unless
+    /// --out is given.
+    #[arg(long)]
+    quick: bool,
+    /// Where image/build wrote the images. Default: image/out.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Directory for image.json and .md. Default: bench/results (a temp dir with --quick).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    uncloud_bench::logs::init();
+    let plan = if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    let images = args
+        .images
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../image/out"));
+    let out = uncloud_bench::out_dir(args.out, args.quick);
+    let command = uncloud_bench::command_line("image-bench");
+    progress(format!("plan: {plan:?}"));
+    let results = run_bench(&plan, &images, &out, &command)?;
+    for (name, r) in &results {
+        progress(format!(
+            "{name}: {} vs {} {} (ratio {:.3})",
+            r.value, r.reference, r.unit, r.ratio
+        ));
+    }
+    Ok(())
+}

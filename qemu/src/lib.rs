@@ -1,0 +1,27 @@
+//! QEMU harness of Uncloud's image tests.
+//!
+//! # Background
+//! The appliance image is tested the way it is used: booted whole, with its real firmware
+//! (OVMF or SeaBIOS on x86_64, AAVMF on arm64), its own boot loader, kernel and units. These
+//! machines have no KVM, so QEMU runs with TCG (software emulation), which is slow: every wait
+//! here is generous and measured rather than assumed.
+//!
+//! # Design
+//! - [`machine`]: what to boot and how, turned into a QEMU command line (pure, unit-tested).
+//! - [`console`]: the serial console as text: escape sequences stripped, searched by line.
+//! - [`seed`]: NoCloud seed disks (a FAT filesystem labelled `CIDATA`), made with mtools, so
+//!   no loop device or mount is needed.
+//! - [`vm`]: a running VM; killed when its handle drops, its console kept on failure.
+//!
+//! # Limitations
+//! The tests see a VM only through its serial console: the image has no login and no SSH.
+//! What a test must observe, the image prints there (the Uncloud console banner).
+
+pub mod console;
+pub mod machine;
+pub mod seed;
+pub mod vm;
+
+pub use machine::{Arch, Boot, Machine};
+pub use seed::NoCloudSeed;
+pub use vm::{Vm, VmError};

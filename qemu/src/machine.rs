@@ -1,0 +1,273 @@
+//! What to boot and how: a QEMU command line.
+
+use std::path::{Path, PathBuf};
+
+/// The guest's architecture, and so which QEMU and which firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+/// How the guest boots.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Boot {
+    /// UEFI firmware (OVMF on x86_64, AAVMF on arm64) with a fresh copy of its variables.
+    Uefi,
+    /// Legacy BIOS: SeaBIOS, QEMU's default on x86_64.
+    Bios,
+    /// Kernel, initrd and device tree handed to QEMU: the Raspberry Pi machine, whose GPU
+    /// firmware (which would read config.txt) QEMU cannot run.
+    Direct {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        dtb: Option<PathBuf>,
+        cmdline: String,
+    },
+}
+
+/// Where Debian's packages put the firmware (ovmf, qemu-efi-aarch64).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+
+/// One virtual machine to boot.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// Names its files and log; unique among the VMs of a test.
+    pub name: String,
+    pub arch: Arch,
+    pub boot: Boot,
+    /// QEMU's machine type; default `q35` (UEFI), `pc` (BIOS) or `virt` (arm64).
+    pub machine_type: Option<String>,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Each VM its own MAC: QEMU's default is the same for all.
+    pub mac: String,
+    /// Size the disk grows to (the image's partition and filesystem then grow on boot).
+    pub disk_size_bytes: Option<u64>,
+}
+
+impl Machine {
+    /// A VM with 1.5 GiB and 2 CPUs (Docker under TCG wants both).
+    pub fn new(name: &str, arch: Arch, boot: Boot) -> Machine {
+        // A locally administered MAC derived from the name.
+        let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+        Machine {
+            name: name.to_owned(),
+            arch,
+            boot,
+            machine_type: None,
+            memory_mib: 1536,
+            cpus: 2,
+            mac: format!(
+                "52:54:00:{:02x}:{:02x}:{:02x}",
+                (h >> 16) as u8,
+                (h >> 8) as u8,
+                h as u8
+            ),
+            disk_size_bytes: None,
+        }
+    }
+
+    pub fn program(&self) -> &'static str {
+        match self.arch {
+            Arch::Amd64 => "qemu-system-x86_64",
+            Arch::Arm64 => "qemu-system-aarch64",
+        }
+    }
+
+    /// Firmware code and variable template for [`Boot::Uefi`].
+    pub fn uefi_firmware(&self) -> (&'static str, &'static str) {
+        match self.arch {
+            Arch::Amd64 => (OVMF_CODE, OVMF_VARS),
+            Arch::Arm64 => (AAVMF_CODE, AAVMF_VARS),
+        }
+    }
+
+    fn is_raspi(&self) -> bool {
+        self.machine_type
+            .as_deref()
+            .is_some_and(|m| m.starts_with("raspi"))
+    }
+
+    /// QEMU's arguments. `disk` is the (overlay) disk, `console` the file the serial console
+    /// is written to, `vars` the writable UEFI variable store, `seed` a NoCloud seed disk.
+    pub fn args(
+        &self,
+        disk: &Path,
+        disk_format: &str,
+        console: &Path,
+        vars: Option<&Path>,
+        seed: Option<&Path>,
+    ) -> Vec<String> {
+        let machine = self.machine_type.clone().unwrap_or_else(|| {
+            match (self.arch, &self.boot) {
+                (Arch::Amd64, Boot::Bios) => "pc",
+                (Arch::Amd64, _) => "q35",
+                (Arch::Arm64, _) => "virt",
+            }
+            .to_owned()
+        });
+        let mut a: Vec<String> = vec!["-machine".into(), machine];
+        a.extend(["-accel".into(), "tcg,tb-size=256".into()]);
+        match self.arch {
+            // Baseline x86-64: what the workspace is built for, and what every VPS has.
+            Arch::Amd64 => a.extend(["-cpu".into(), "qemu64".into()]),
+            Arch::Arm64 if !self.is_raspi() => a.extend(["-cpu".into(), "cortex-a72".into()]),
+            Arch::Arm64 => {}
+        }
+        if !self.is_raspi() {
+            // The Raspberry Pi machine has fixed memory and CPUs.
+            a.extend(["-m".into(), self.memory_mib.to_string()]);
+            a.extend(["-smp".into(), self.cpus.to_string()]);
+        }
+        a.extend(["-nographic".into(), "-monitor".into(), "none".into()]);
+        a.extend(["-serial".into(), format!("file:{}", console.display())]);
+        match &self.boot {
+            Boot::Uefi => {
+                let (code, _) = self.uefi_firmware();
+                a.extend([
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,readonly=on,file={code}"),
+                ]);
+                if let Some(vars) = vars {
+                    a.extend([
+                        "-drive".into(),
+                        format!("if=pflash,format=raw,file={}", vars.display()),
+                    ]);
+                }
+            }
+            Boot::Bios => {}
+            Boot::Direct {
+                kernel,
+                initrd,
+                dtb,
+                cmdline,
+            } => {
+                a.extend(["-kernel".into(), kernel.display().to_string()]);
+                a.extend(["-initrd".into(), initrd.display().to_string()]);
+                if let Some(dtb) = dtb {
+                    a.extend(["-dtb".into(), dtb.display().to_string()]);
+                }
+                a.extend(["-append".into(), cmdline.clone()]);
+            }
+        }
+        if self.is_raspi() {
+            a.extend([
+                "-drive".into(),
+                format!("file={},if=sd,format={disk_format}", disk.display()),
+                "-usb".into(),
+                "-device".into(),
+                format!("usb-net,netdev=n0,mac={}", self.mac),
+            ]);
+        } else {
+            a.extend([
+                "-drive".into(),
+                format!(
+                    "file={},if=virtio,format={disk_format},cache=unsafe",
+                    disk.display()
+                ),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=n0,mac={}", self.mac),
+            ]);
+            if let Some(seed) = seed {
+                a.extend([
+                    "-drive".into(),
+                    format!("file={},if=virtio,format=raw,readonly=on", seed.display()),
+                ]);
+            }
+        }
+        a.extend(["-netdev".into(), "user,id=n0".into()]);
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(m: &Machine, vars: Option<&Path>) -> String {
+        m.args(
+            Path::new("/d.qcow2"),
+            "qcow2",
+            Path::new("/c.log"),
+            vars,
+            Some(Path::new("/seed.img")),
+        )
+        .join(" ")
+    }
+
+    #[test]
+    fn uefi_x86_uses_q35_ovmf_and_its_own_variables() {
+        let m = Machine::new("a", Arch::Amd64, Boot::Uefi);
+        let args = joined(&m, Some(Path::new("/vars.fd")));
+        assert!(args.starts_with("-machine q35 -accel tcg"), "{args}");
+        assert!(
+            args.contains(&format!("readonly=on,file={OVMF_CODE}")),
+            "{args}"
+        );
+        assert!(
+            args.contains("if=pflash,format=raw,file=/vars.fd"),
+            "{args}"
+        );
+        assert!(args.contains("-serial file:/c.log"), "{args}");
+        assert!(
+            args.contains("file=/seed.img,if=virtio,format=raw,readonly=on"),
+            "{args}"
+        );
+    }
+
+    #[test]
+    fn bios_x86_has_no_pflash_and_arm64_uses_virt_with_aavmf() {
+        let bios = joined(&Machine::new("b", Arch::Amd64, Boot::Bios), None);
+        assert!(bios.starts_with("-machine pc "), "{bios}");
+        assert!(!bios.contains("pflash"), "{bios}");
+        let arm = joined(
+            &Machine::new("c", Arch::Arm64, Boot::Uefi),
+            Some(Path::new("/v")),
+        );
+        assert!(
+            arm.starts_with("-machine virt -accel tcg,tb-size=256 -cpu cortex-a72"),
+            "{arm}"
+        );
+        assert!(arm.contains(AAVMF_CODE), "{arm}");
+    }
+
+    #[test]
+    fn raspi_boots_directly_from_an_sd_card_with_usb_network() {
+        let mut m = Machine::new(
+            "pi",
+            Arch::Arm64,
+            Boot::Direct {
+                kernel: "/k".into(),
+                initrd: "/i".into(),
+                dtb: Some("/d.dtb".into()),
+                cmdline: "console=ttyAMA0".into(),
+            },
+        );
+        m.machine_type = Some("raspi3b".into());
+        let args = m.args(Path::new("/sd.img"), "raw", Path::new("/c"), None, None);
+        let joined = args.join(" ");
+        assert!(
+            joined.contains("-kernel /k -initrd /i -dtb /d.dtb"),
+            "{joined}"
+        );
+        assert!(joined.contains("file=/sd.img,if=sd,format=raw"), "{joined}");
+        assert!(joined.contains("usb-net"), "{joined}");
+        assert!(!joined.contains("-m "), "{joined}");
+        // The command line stays one argument.
+        assert!(args.contains(&"console=ttyAMA0".to_string()));
+    }
+
+    #[test]
+    fn macs_differ_between_vms_and_are_locally_administered() {
+        let a = Machine::new("vm-a", Arch::Amd64, Boot::Uefi).mac;
+        let b = Machine::new("vm-b", Arch::Amd64, Boot::Uefi).mac;
+        assert_ne!(a, b);
+        assert!(a.starts_with("52:54:00:"));
+    }
+}

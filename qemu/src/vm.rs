@@ -1,0 +1,209 @@
+//! A running VM: started from an image through a copy-on-write overlay, watched through its
+//! serial console, killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::console;
+use crate::machine::{Boot, Machine};
+use crate::seed::{NoCloudSeed, SeedError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Seed(#[from] SeedError),
+    #[error("qemu-img could not make an overlay of {image}: {reason}")]
+    Overlay { image: PathBuf, reason: String },
+    #[error("{vm}: no {what} after {secs} s; the console ends with:\n{tail}")]
+    Timeout {
+        vm: String,
+        what: String,
+        secs: u64,
+        tail: String,
+    },
+    #[error("{vm}: QEMU exited ({status}) while waiting for {what}; the console ends with:\n{tail}\nQEMU said: {stderr}")]
+    Exited {
+        vm: String,
+        what: String,
+        status: String,
+        tail: String,
+        stderr: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+    let what = what.into();
+    move |source| VmError::Io { what, source }
+}
+
+/// A booting or booted VM.
+pub struct Vm {
+    name: String,
+    child: Child,
+    dir: tempfile::TempDir,
+    console_path: PathBuf,
+    started: Instant,
+}
+
+impl Vm {
+    /// Boots `image` (raw or qcow2, never written: the VM writes to an overlay) as `machine`,
+    /// with an optional NoCloud seed disk.
+    pub fn start(
+        machine: &Machine,
+        image: &Path,
+        seed: Option<&NoCloudSeed>,
+    ) -> Result<Vm, VmError> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("uncloud-vm-{}-", machine.name))
+            .tempdir()
+            .map_err(io("cannot make the VM's directory"))?;
+        let image =
+            std::fs::canonicalize(image).map_err(io(format!("image {}", image.display())))?;
+        let image_format = if image.extension().is_some_and(|e| e == "qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        let disk = dir.path().join("disk.qcow2");
+        let mut create = Command::new("qemu-img");
+        create.args(["create", "-q", "-f", "qcow2", "-F", image_format, "-b"]);
+        create.arg(&image).arg(&disk);
+        if let Some(size) = machine.disk_size_bytes {
+            create.arg(size.to_string());
+        }
+        let out = create
+            .output()
+            .map_err(io("cannot run qemu-img (package qemu-utils)"))?;
+        if !out.status.success() {
+            return Err(VmError::Overlay {
+                image,
+                reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        let vars = match machine.boot {
+            Boot::Uefi => {
+                let (_, template) = machine.uefi_firmware();
+                let vars = dir.path().join("vars.fd");
+                std::fs::copy(template, &vars).map_err(io(format!(
+                    "UEFI variables {template} (package ovmf or qemu-efi-aarch64)"
+                )))?;
+                Some(vars)
+            }
+            _ => None,
+        };
+        let seed_path = match seed {
+            Some(seed) => {
+                let path = dir.path().join("seed.img");
+                seed.write(&path)?;
+                Some(path)
+            }
+            None => None,
+        };
+        let console_path = dir.path().join("console.log");
+        std::fs::write(&console_path, b"").map_err(io("cannot create the console log"))?;
+        let args = machine.args(
+            &disk,
+            "qcow2",
+            &console_path,
+            vars.as_deref(),
+            seed_path.as_deref(),
+        );
+        let stderr = std::fs::File::create(dir.path().join("qemu.stderr"))
+            .map_err(io("cannot create QEMU's stderr log"))?;
+        let child = Command::new(machine.program())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(io(format!(
+                "cannot start {} (packages qemu-system-x86, qemu-system-arm)",
+                machine.program()
+            )))?;
+        Ok(Vm {
+            name: machine.name.clone(),
+            child,
+            dir,
+            console_path,
+            started: Instant::now(),
+        })
+    }
+
+    /// Time since QEMU was started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Everything the serial console printed so far, as plain text.
+    pub fn console(&self) -> String {
+        let raw = std::fs::read(&self.console_path).unwrap_or_default();
+        console::strip_escapes(&String::from_utf8_lossy(&raw))
+    }
+
+    /// Waits until a console line satisfies `matches`, and returns that line. Fails when the
+    /// time is up or QEMU exits, showing the end of the console.
+    pub fn wait_for_line(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<String, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.console();
+            if let Some(line) = console::find_line(&text, &matches) {
+                return Ok(line.to_owned());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(VmError::Exited {
+                    vm: self.name.clone(),
+                    what: what.to_owned(),
+                    status: status.to_string(),
+                    tail: console::tail(&text, 40),
+                    stderr: std::fs::read_to_string(self.dir.path().join("qemu.stderr"))
+                        .unwrap_or_default(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::Timeout {
+                    vm: self.name.clone(),
+                    what: what.to_owned(),
+                    secs: timeout.as_secs(),
+                    tail: console::tail(&text, 40),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Saves the whole console to `dir/<name>.console.log` (for CI artefacts) and returns
+    /// the path.
+    pub fn save_console(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{}.console.log", self.name));
+        std::fs::write(&path, self.console())?;
+        Ok(path)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            // Keep what the VM printed: the test's failure message only has the tail.
+            let dir = std::env::var_os("UNCLOUD_VM_LOGS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| std::env::temp_dir().join("uncloud-vm-logs"));
+            if let Ok(path) = self.save_console(&dir) {
+                eprintln!("{}: console saved to {}", self.name, path.display());
+            }
+        }
+    }
+}

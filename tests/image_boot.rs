@@ -1,0 +1,237 @@
+//! The images boot under QEMU (TCG) to a ready Uncloud machine.
+//!
+//! Each test boots one image with its real firmware and waits for the console banner that
+//! `uncloud-banner.service` prints once every Uncloud unit and Docker have started. They
+//! need the images (`image/build`) and are run by `scripts/test` with `--ignored`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use uncloud_e2e::{image, is_status_line, Banner};
+use uncloud_qemu::{Arch, Boot, Machine, NoCloudSeed, Vm};
+
+/// Under TCG on 2 cores, x86_64 is ready in about a minute and arm64 in a few; this bounds a
+/// hung boot, not a slow one.
+const READY_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The units every image must have active once booted.
+const UNITS: &[&str] = &[
+    "stated.service",
+    "meshd.service",
+    "dockerd-shim.service",
+    "docker.service",
+];
+
+fn boot_until_ready(machine: &Machine, image: &Path, seed: Option<&NoCloudSeed>) -> (Vm, Banner) {
+    let mut vm = Vm::start(machine, image, seed).unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_line("the console banner", READY_TIMEOUT, is_status_line)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The banner's lines follow its first one; give them a moment to reach the console.
+    std::thread::sleep(Duration::from_secs(2));
+    let console = vm.console();
+    let banner = Banner::parse_last(&console).expect("a banner was seen");
+    eprintln!(
+        "{}: banner after {:.0?}: {banner:?}",
+        machine.name,
+        vm.elapsed()
+    );
+    assert!(banner.ready, "not ready: {}\n{console}", banner.status);
+    for unit in UNITS {
+        assert_eq!(banner.unit(unit), Some("active"), "{unit} in {banner:?}");
+    }
+    // Reached multi-user: systemd says so on the console.
+    vm.wait_for_line("multi-user.target", Duration::from_secs(120), |l| {
+        l.contains("Reached target") && l.contains("multi-user.target")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    (vm, banner)
+}
+
+/// A generated token: 5 groups of 5 letters and digits, dashes between.
+fn is_generated_token(token: &str) -> bool {
+    let groups: Vec<&str> = token.split('-').collect();
+    groups.len() == 5
+        && groups.iter().all(|g| {
+            g.len() == 5
+                && g.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
+}
+
+fn seed(hostname: &str, token: &str) -> NoCloudSeed {
+    NoCloudSeed::cloud_config(
+        &format!("iid-{hostname}"),
+        &format!(
+            "hostname: {hostname}\n\
+             write_files:\n\
+             - path: /etc/uncloud/setup-token\n\
+             \x20 permissions: '0600'\n\
+             \x20 content: {token}\n"
+        ),
+    )
+}
+
+#[test]
+#[ignore = "boots the amd64 image in QEMU: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
+fn amd64_uefi_boots_ready_and_honours_cloud_init_user_data() {
+    let mut machine = Machine::new("amd64-uefi", Arch::Amd64, Boot::Uefi);
+    // Larger than the image: the root partition grows on first boot.
+    machine.disk_size_bytes = Some(4 << 30);
+    let token = "e2e-uefi-token-0123456789";
+    let (vm, banner) = boot_until_ready(
+        &machine,
+        &image("-amd64.qcow2"),
+        Some(&seed("e2e-uefi", token)),
+    );
+    assert_eq!(banner.hostname, "e2e-uefi", "cloud-init set the hostname");
+    assert_eq!(
+        banner.setup_token.as_deref(),
+        Some(token),
+        "cloud-init's token is the one shown"
+    );
+    assert!(
+        banner
+            .certificate_sha256
+            .as_deref()
+            .is_some_and(|f| f.len() == 95),
+        "{banner:?}"
+    );
+    assert!(
+        banner
+            .mode
+            .as_deref()
+            .is_some_and(|m| m.starts_with("maintenance")),
+        "{banner:?}"
+    );
+    let console = vm.console();
+    assert!(
+        console.lines().any(|l| l.contains("growroot: CHANGED")),
+        "the root partition grew to the 4 GiB disk"
+    );
+}
+
+#[test]
+#[ignore = "boots the amd64 image in QEMU: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
+fn amd64_bios_boots_ready_with_a_generated_setup_token() {
+    let machine = Machine::new("amd64-bios", Arch::Amd64, Boot::Bios);
+    let (_vm, banner) = boot_until_ready(&machine, &image("-amd64.qcow2"), None);
+    assert_eq!(banner.hostname, "uncloud");
+    let token = banner.setup_token.clone().unwrap_or_default();
+    assert!(is_generated_token(&token), "generated token {token:?}");
+}
+
+#[test]
+#[ignore = "boots the arm64 image in QEMU: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
+fn arm64_uefi_boots_ready_and_honours_cloud_init_user_data() {
+    let machine = Machine::new("arm64-uefi", Arch::Arm64, Boot::Uefi);
+    let token = "e2e-arm64-token-0123456789";
+    let (_vm, banner) = boot_until_ready(
+        &machine,
+        &image("-arm64.qcow2"),
+        Some(&seed("e2e-arm64", token)),
+    );
+    assert_eq!(banner.hostname, "e2e-arm64");
+    assert_eq!(banner.setup_token.as_deref(), Some(token));
+}
+
+/// The Raspberry Pi SD image's boot partition holds what the Pi firmware reads.
+#[test]
+#[ignore = "reads the Raspberry Pi image: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
+fn rpi_boot_partition_has_what_the_firmware_needs() {
+    let dir = tempfile_dir();
+    let img = dir.join("rpi.img");
+    decompress(&image("-arm64-rpi.img.xz"), &img);
+    // MBR: partition 1 FAT32 (LBA) from 4 MiB, partition 2 Linux.
+    let table = run("sfdisk", &["--dump", img.to_str().unwrap()]);
+    assert!(table.contains("label: dos"), "{table}");
+    let parts: Vec<&str> = table.lines().filter(|l| l.contains(" : start=")).collect();
+    assert_eq!(parts.len(), 2, "{table}");
+    assert!(
+        parts[0].contains("start=        8192") && parts[0].contains("type=c"),
+        "{table}"
+    );
+    assert!(parts[1].contains("type=83"), "{table}");
+    let size = std::fs::metadata(&img).unwrap().len();
+    assert!(
+        size.is_power_of_two(),
+        "SD image size {size} is a power of two"
+    );
+    let fat = format!("{}@@4M", img.display());
+    let files = run("mdir", &["-b", "-i", &fat, "::/"]);
+    for needed in [
+        "start4.elf",
+        "fixup4.dat",
+        "config.txt",
+        "cmdline.txt",
+        "bcm2711-rpi-4-b.dtb",
+        "bcm2711-rpi-400.dtb",
+        "uncloud-setup.toml",
+    ] {
+        assert!(
+            files.contains(&format!("::/{needed}")),
+            "{needed} missing from:\n{files}"
+        );
+    }
+    let config = run("mtype", &["-i", &fat, "::/config.txt"]);
+    assert!(config.contains("arm_64bit=1"), "{config}");
+    // config.txt names a kernel and an initramfs that exist on the partition.
+    let kernel = config
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel="))
+        .expect("kernel= line");
+    let initrd = config
+        .lines()
+        .find_map(|l| l.strip_prefix("initramfs "))
+        .expect("initramfs line")
+        .split_whitespace()
+        .next()
+        .unwrap();
+    for f in [kernel, initrd] {
+        assert!(
+            files.contains(&format!("::/{f}")),
+            "{f} named in config.txt is missing"
+        );
+    }
+    let cmdline = run("mtype", &["-i", &fat, "::/cmdline.txt"]);
+    assert!(cmdline.contains("root=LABEL=rootfs"), "{cmdline}");
+    assert_eq!(cmdline.lines().count(), 1, "cmdline.txt is one line");
+    let setup = run("mtype", &["-i", &fat, "::/uncloud-setup.toml"]);
+    assert!(
+        setup.contains("setup_token") && setup.contains("join_ticket"),
+        "{setup}"
+    );
+    let label = run("mlabel", &["-s", "-i", &fat, "::"]);
+    assert!(label.contains("RASPIFIRM"), "{label}");
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("uncloud-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn decompress(xz: &Path, to: &Path) {
+    let out = std::fs::File::create(to).unwrap();
+    let status = Command::new("xz")
+        .args(["-dc"])
+        .arg(xz)
+        .stdout(out)
+        .status()
+        .expect("xz");
+    assert!(status.success(), "xz -dc {}", xz.display());
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

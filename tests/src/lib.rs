@@ -1,0 +1,141 @@
+//! Helpers of Uncloud's end-to-end tests: finding the built images, reading the console
+//! banner the image prints.
+//!
+//! The tests boot real images (`image/build`) in QEMU under TCG. They are `#[ignore]`d in a
+//! plain `cargo test` because they need the images and take minutes; `scripts/test` builds
+//! the images and runs them with `--ignored`. A missing image fails the test, never skips it.
+
+use std::path::PathBuf;
+
+/// Where `image/build` wrote the images: `$UNCLOUD_IMAGE_DIR`, else `image/out`.
+pub fn images_dir() -> PathBuf {
+    std::env::var_os("UNCLOUD_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../image/out"))
+}
+
+/// The one image in [`images_dir`] whose name ends with `suffix` (such as `-amd64.qcow2`).
+pub fn image(suffix: &str) -> PathBuf {
+    let dir = images_dir();
+    let found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| {
+            panic!(
+                "no images in {} ({e}): run image/build first",
+                dir.display()
+            )
+        })
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(suffix))
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => one.clone(),
+        [] => panic!(
+            "no image *{suffix} in {}: run image/build first",
+            dir.display()
+        ),
+        many => panic!("several images *{suffix} in {}: {many:?}", dir.display()),
+    }
+}
+
+/// What the console banner (`uncloud-firstboot banner`) says, parsed from console text.
+#[derive(Debug, Default, PartialEq)]
+pub struct Banner {
+    /// From the first line `uncloud: <hostname> ready` (or `NOT ready: ...`).
+    pub hostname: String,
+    pub ready: bool,
+    /// The first line, as printed.
+    pub status: String,
+    /// `<unit>: <state>` lines.
+    pub units: Vec<(String, String)>,
+    pub setup_token: Option<String>,
+    pub certificate_sha256: Option<String>,
+    pub mode: Option<String>,
+}
+
+impl Banner {
+    /// The last banner printed in `console`, if any.
+    pub fn parse_last(console: &str) -> Option<Banner> {
+        let lines: Vec<&str> = console.lines().collect();
+        let start = lines.iter().rposition(|l| is_status_line(l))?;
+        let status = lines[start].trim();
+        let rest = status.strip_prefix("uncloud: ")?;
+        let (hostname, ready) = match rest.split_once(' ') {
+            Some((host, "ready")) => (host, true),
+            Some((host, _)) => (host, false),
+            None => return None,
+        };
+        let mut banner = Banner {
+            hostname: hostname.to_owned(),
+            ready,
+            status: status.to_owned(),
+            ..Banner::default()
+        };
+        for line in &lines[start + 1..] {
+            let line = line.trim();
+            if let Some(token) = line.strip_prefix("setup token: ") {
+                banner.setup_token = Some(token.to_owned());
+            } else if let Some(fp) = line.strip_prefix("certificate sha256: ") {
+                banner.certificate_sha256 = Some(fp.to_owned());
+            } else if let Some(mode) = line.strip_prefix("mode: ") {
+                banner.mode = Some(mode.to_owned());
+            } else if let Some((unit, state)) = line.split_once(": ") {
+                if unit.ends_with(".service") || unit.ends_with(".target") {
+                    banner.units.push((unit.to_owned(), state.to_owned()));
+                }
+            }
+        }
+        Some(banner)
+    }
+
+    pub fn unit(&self, name: &str) -> Option<&str> {
+        self.units
+            .iter()
+            .find(|(u, _)| u == name)
+            .map(|(_, s)| s.as_str())
+    }
+}
+
+/// The banner's first line: `uncloud: <host> ready` or `uncloud: <host> NOT ready: ...`.
+pub fn is_status_line(line: &str) -> bool {
+    let line = line.trim();
+    line.starts_with("uncloud: ") && (line.ends_with(" ready") || line.contains(" NOT ready"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_banner_is_parsed_between_other_console_output() {
+        let console = "uncloud: old NOT ready: docker.service activating\n\
+            [  OK  ] Started x.\n\
+            uncloud: vm1 ready\n\
+            mode: maintenance (not initialised)\n\
+            addresses: enp0s2 10.0.2.15\n\
+            [   40.1] random kernel line\n\
+            certificate sha256: AA:BB\n\
+            setup token: abcde-fghjk\n\
+            stated.service: active\n\
+            docker.service: active\n";
+        let b = Banner::parse_last(console).unwrap();
+        assert_eq!(b.hostname, "vm1");
+        assert!(b.ready);
+        assert_eq!(b.setup_token.as_deref(), Some("abcde-fghjk"));
+        assert_eq!(b.certificate_sha256.as_deref(), Some("AA:BB"));
+        assert_eq!(b.unit("stated.service"), Some("active"));
+        assert_eq!(b.unit("docker.service"), Some("active"));
+        assert_eq!(b.unit("meshd.service"), None);
+        assert!(b.mode.unwrap().starts_with("maintenance"));
+    }
+
+    #[test]
+    fn not_ready_and_no_banner() {
+        let b = Banner::parse_last("uncloud: vm NOT ready: meshd.service failed\n").unwrap();
+        assert!(!b.ready);
+        assert_eq!(b.hostname, "vm");
+        assert_eq!(Banner::parse_last("nothing here\n"), None);
+    }
+}
