@@ -126,6 +126,11 @@ impl Machine {
             a.extend(["-smp".into(), self.cpus.to_string()]);
         }
         a.extend(["-nographic".into(), "-monitor".into(), "none".into()]);
+        if self.is_raspi() {
+            // The Pi's PL011 (QEMU's first serial port) belongs to Bluetooth; the console on
+            // GPIO 14/15 is the mini UART, QEMU's second (ttyS1 in the guest).
+            a.extend(["-serial".into(), "null".into()]);
+        }
         a.extend(["-serial".into(), format!("file:{}", console.display())]);
         match &self.boot {
             Boot::Uefi => {
@@ -258,6 +263,10 @@ mod tests {
         );
         assert!(joined.contains("file=/sd.img,if=sd,format=raw"), "{joined}");
         assert!(joined.contains("usb-net"), "{joined}");
+        assert!(
+            joined.contains("-serial null -serial file:/c"),
+            "the console is the mini UART: {joined}"
+        );
         assert!(!joined.contains("-m "), "{joined}");
         // The command line stays one argument.
         assert!(args.contains(&"console=ttyAMA0".to_string()));

@@ -182,6 +182,28 @@ impl Vm {
         }
     }
 
+    /// Pulls the plug (kills QEMU) and writes the VM's disk as it was then, as a raw image at
+    /// `to`: for checking what the guest wrote. Only what the guest had flushed is certain
+    /// to be there.
+    pub fn power_off_and_save_disk(&mut self, to: &Path) -> Result<(), VmError> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let disk = self.dir.path().join("disk.qcow2");
+        let out = Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(&disk)
+            .arg(to)
+            .output()
+            .map_err(io("cannot run qemu-img (package qemu-utils)"))?;
+        if !out.status.success() {
+            return Err(VmError::Overlay {
+                image: disk,
+                reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Saves the whole console to `dir/<name>.console.log` (for CI artefacts) and returns
     /// the path.
     pub fn save_console(&self, dir: &Path) -> std::io::Result<PathBuf> {

@@ -250,20 +250,23 @@ pub fn consoles() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Writes `text` to every console; returns the ones written to. Serial consoles want CR LF.
-pub fn show(text: &str, consoles: &[String]) -> Vec<String> {
+/// Writes `text` to every console; returns the ones written to and, for the others, why not
+/// (a Pi's PL011 owned by Bluetooth is busy, say). Serial consoles want CR LF.
+pub fn show(text: &str, consoles: &[String]) -> (Vec<String>, Vec<String>) {
     let crlf = text.replace('\n', "\r\n");
     let mut written = Vec::new();
+    let mut failed = Vec::new();
     for dev in consoles {
-        let ok = std::fs::OpenOptions::new()
+        let result = std::fs::OpenOptions::new()
             .write(true)
             .open(dev)
             .and_then(|mut f| f.write_all(crlf.as_bytes()));
-        if ok.is_ok() {
-            written.push(dev.clone());
+        match result {
+            Ok(()) => written.push(dev.clone()),
+            Err(e) => failed.push(format!("{dev}: {e}")),
         }
     }
-    written
+    (written, failed)
 }
 
 #[cfg(test)]

@@ -85,9 +85,15 @@ fn run(args: Args) -> anyhow::Result<()> {
                 print!("{text}");
             } else {
                 let consoles = banner::consoles();
-                let shown = banner::show(&text, &consoles);
+                let (shown, failed) = banner::show(&text, &consoles);
+                for f in &failed {
+                    tracing::warn!("cannot show the banner on {f}");
+                }
                 if shown.is_empty() {
-                    anyhow::bail!("no console to show the banner on (tried {consoles:?})");
+                    anyhow::bail!(
+                        "no console to show the banner on (/sys/class/tty/console/active: {consoles:?}; {})",
+                        failed.join("; ")
+                    );
                 }
                 // The journal gets the status, never the token.
                 tracing::info!(
