@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use uncloud_e2e::{image, is_status_line, Banner};
-use uncloud_qemu::{Arch, Boot, Machine, NoCloudSeed, Vm};
+use uncloud_qemu::{rpi, Arch, Boot, Machine, NoCloudSeed, Vm};
 
 /// Under TCG on 2 cores, x86_64 is ready in about a minute and arm64 in a few; this bounds a
 /// hung boot, not a slow one.
@@ -176,7 +176,7 @@ fn rpi_boot_partition_has_what_the_firmware_needs() {
     let config = run("mtype", &["-i", &fat, "::/config.txt"]);
     assert!(config.contains("arm_64bit=1"), "{config}");
     // config.txt names a kernel and an initramfs that exist on the partition.
-    let (kernel, initrd) = kernel_and_initrd(&config);
+    let (kernel, initrd) = rpi::kernel_and_initrd(&img, &config).unwrap();
     for f in [kernel, initrd] {
         assert!(
             files.contains(&format!("::/{f}")),
@@ -199,15 +199,14 @@ fn rpi_boot_partition_has_what_the_firmware_needs() {
 /// The Raspberry Pi image boots on QEMU's Raspberry Pi 3 machine, takes the hostname and
 /// setup token the user wrote into `uncloud-setup.toml` on the card's boot partition, and
 /// leaves no secret on the card. QEMU cannot run the Pi's GPU firmware, so the kernel, initrd
-/// and device tree that `config.txt` names are taken from the boot partition and handed to
-/// QEMU, with `cmdline.txt`, as the firmware would.
+/// and device tree that `config.txt` names are handed to QEMU with `cmdline.txt` as shipped
+/// (`uncloud_qemu::rpi`).
 #[test]
 #[ignore = "boots the Raspberry Pi image in QEMU: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
 fn rpi_image_boots_on_qemus_raspberry_pi_and_takes_its_setup_file() {
     let dir = tempfile_dir();
     let img = dir.join("rpi-boot.img");
     decompress(&image("-arm64-rpi.img.xz"), &img);
-    let fat = format!("{}@@4M", img.display());
     // What the user does on a laptop before the first boot.
     let token = "e2e-pi-token-0123456789";
     let setup = dir.join("uncloud-setup.toml");
@@ -216,49 +215,9 @@ fn rpi_image_boots_on_qemus_raspberry_pi_and_takes_its_setup_file() {
         format!("# mine\nhostname = \"e2e-pi\"\nsetup_token = \"{token}\"\n"),
     )
     .unwrap();
-    run(
-        "mcopy",
-        &[
-            "-o",
-            "-i",
-            &fat,
-            setup.to_str().unwrap(),
-            "::/uncloud-setup.toml",
-        ],
-    );
-    let config = run("mtype", &["-i", &fat, "::/config.txt"]);
-    let (kernel, initrd) = kernel_and_initrd(&config);
-    let mut files = Vec::new();
-    for (name, to) in [
-        (kernel.as_str(), "kernel"),
-        (initrd.as_str(), "initrd"),
-        ("bcm2837-rpi-3-b.dtb", "dtb"),
-    ] {
-        let path = dir.join(to);
-        run(
-            "mcopy",
-            &[
-                "-o",
-                "-i",
-                &fat,
-                &format!("::/{name}"),
-                path.to_str().unwrap(),
-            ],
-        );
-        files.push(path);
-    }
-    // As shipped: its serial console is the mini UART, which the harness reads.
-    let cmdline = run("mtype", &["-i", &fat, "::/cmdline.txt"]);
-    let mut machine = Machine::new(
-        "rpi3b",
-        Arch::Arm64,
-        Boot::Direct {
-            kernel: files[0].clone(),
-            initrd: files[1].clone(),
-            dtb: Some(files[2].clone()),
-            cmdline: cmdline.trim().to_owned(),
-        },
-    );
+    rpi::write_boot_file(&img, "uncloud-setup.toml", &setup).unwrap_or_else(|e| panic!("{e}"));
+    let boot = rpi::direct_boot(&img, &dir, "").unwrap_or_else(|e| panic!("{e}"));
+    let mut machine = Machine::new("rpi3b", Arch::Arm64, boot);
     machine.machine_type = Some("raspi3b".into());
     let (mut vm, banner) = boot_until_ready(&machine, &img, None);
     assert_eq!(banner.hostname, "e2e-pi", "the setup file's hostname");
@@ -270,14 +229,7 @@ fn rpi_image_boots_on_qemus_raspberry_pi_and_takes_its_setup_file() {
     let after = dir.join("rpi-after.img");
     vm.power_off_and_save_disk(&after)
         .unwrap_or_else(|e| panic!("{e}"));
-    let left = run(
-        "mtype",
-        &[
-            "-i",
-            &format!("{}@@4M", after.display()),
-            "::/uncloud-setup.toml",
-        ],
-    );
+    let left = rpi::read_boot_file(&after, "uncloud-setup.toml").unwrap_or_else(|e| panic!("{e}"));
     assert!(
         !left.contains(token),
         "the token is still on the card:\n{left}"
@@ -290,20 +242,69 @@ fn rpi_image_boots_on_qemus_raspberry_pi_and_takes_its_setup_file() {
     let _ = std::fs::remove_file(&after);
 }
 
-/// The kernel and initramfs that config.txt names.
-fn kernel_and_initrd(config: &str) -> (String, String) {
-    let kernel = config
-        .lines()
-        .find_map(|l| l.strip_prefix("kernel="))
-        .expect("kernel= line in config.txt");
-    let initrd = config
-        .lines()
-        .find_map(|l| l.strip_prefix("initramfs "))
-        .expect("initramfs line in config.txt")
-        .split_whitespace()
-        .next()
-        .unwrap();
-    (kernel.trim().to_owned(), initrd.to_owned())
+/// Each image's manifest lists every daemon's package and the right hash and size of each
+/// file it describes.
+#[test]
+#[ignore = "reads the built images: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
+fn manifests_list_every_daemon_and_the_hashes_of_the_files() {
+    let services = Path::new(env!("CARGO_MANIFEST_DIR")).join("../services");
+    let daemons: Vec<String> = std::fs::read_dir(&services)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("dist").is_dir())
+        .map(|p| format!("uncloud-{}", p.file_name().unwrap().to_string_lossy()))
+        .collect();
+    assert!(daemons.len() >= 4, "{daemons:?}");
+    for suffix in [
+        "-amd64.manifest.json",
+        "-arm64.manifest.json",
+        "-arm64-rpi.manifest.json",
+    ] {
+        let path = image(suffix);
+        let text = std::fs::read_to_string(&path).unwrap();
+        for d in daemons
+            .iter()
+            .map(String::as_str)
+            .chain(["uncloud", "docker.io", "cloud-init"])
+        {
+            assert!(
+                text.contains(&format!("\"package\": \"{d}\"")),
+                "{} does not list {d}",
+                path.display()
+            );
+        }
+        for (file, sha) in manifest_files(&text) {
+            let file = path.parent().unwrap().join(&file);
+            let sum = run("sha256sum", &[file.to_str().unwrap()]);
+            assert_eq!(
+                sum.split_whitespace().next(),
+                Some(sha.as_str()),
+                "{}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// `(file, sha256)` of a manifest's `files`, read without a JSON parser: each entry has
+/// `"file": "..."` followed by `"sha256": "..."`.
+fn manifest_files(text: &str) -> Vec<(String, String)> {
+    let value = |line: &str, key: &str| {
+        line.trim()
+            .strip_prefix(&format!("\"{key}\": \""))
+            .map(|r| r.trim_end_matches(',').trim_end_matches('"').to_owned())
+    };
+    let mut out = Vec::new();
+    let mut file = None;
+    for line in text.lines() {
+        if let Some(f) = value(line, "file") {
+            file = Some(f);
+        } else if let (Some(sha), Some(f)) = (value(line, "sha256"), file.take()) {
+            out.push((f, sha));
+        }
+    }
+    assert!(!out.is_empty(), "no files in the manifest");
+    out
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

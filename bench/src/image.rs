@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use uncloud_qemu::{Arch, Boot, Machine, Vm};
+use uncloud_qemu::{rpi, Arch, Boot, Machine, Vm};
 
 use crate::progress;
 use crate::report::{line, write_json, Metric, Results};
@@ -63,51 +63,113 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 /// The compressed x86_64 image must stay under this (MB = 10^6 bytes).
 const SIZE_TARGET_MB: f64 = 150.0;
 
+/// One kind of boot: which image, on which machine.
+struct Case {
+    name: &'static str,
+    arch: Arch,
+    /// `None`: the Raspberry Pi image on `raspi3b`, booted directly.
+    boot: Option<Boot>,
+    suffix: &'static str,
+}
+
 pub fn run_bench(plan: &Plan, images: &Path, out: &Path, command: &str) -> Result<Results> {
     let mut results = Results::new();
     let work = tempfile::Builder::new()
         .prefix("uncloud-image-bench-")
         .tempdir()?;
-    let mut cases = vec![("amd64_uefi", Arch::Amd64, Boot::Uefi, "-amd64.qcow2")];
+    let case = |name, arch, boot, suffix| Case {
+        name,
+        arch,
+        boot,
+        suffix,
+    };
+    let mut cases = vec![case(
+        "amd64_uefi",
+        Arch::Amd64,
+        Some(Boot::Uefi),
+        "-amd64.qcow2",
+    )];
     if plan.bios {
-        cases.push(("amd64_bios", Arch::Amd64, Boot::Bios, "-amd64.qcow2"));
+        cases.push(case(
+            "amd64_bios",
+            Arch::Amd64,
+            Some(Boot::Bios),
+            "-amd64.qcow2",
+        ));
     }
     if plan.arm64 {
-        cases.push(("arm64_uefi", Arch::Arm64, Boot::Uefi, "-arm64.qcow2"));
+        cases.push(case(
+            "arm64_uefi",
+            Arch::Arm64,
+            Some(Boot::Uefi),
+            "-arm64.qcow2",
+        ));
+        cases.push(case(
+            "arm64_raspi3b",
+            Arch::Arm64,
+            None,
+            "-arm64-rpi.img.xz",
+        ));
     }
-    for (name, arch, boot, suffix) in cases {
-        let image = find_image(images, suffix)?;
-        // A raw copy whose boot entries can be edited for the reference boot.
-        let raw = work.path().join(format!("{name}.raw"));
-        let plain = work.path().join(format!("{name}-plain.raw"));
-        if !raw.exists() {
-            convert_to_raw(&image, &raw)?;
-        }
-        std::fs::copy(&raw, &plain)?;
-        mask_units(&plain, arch)?;
+    let masks: String = MASKED
+        .iter()
+        .map(|u| format!(" systemd.mask={u}"))
+        .collect();
+    for c in cases {
+        let image = find_image(images, c.suffix)?;
+        let raw = work.path().join(format!("{}.raw", c.name));
+        let plain = work.path().join(format!("{}-plain.raw", c.name));
+        // The machine for Uncloud's boot and for the reference boot of the same image.
+        let (machine, reference_machine, reference_image) = match &c.boot {
+            Some(boot) => {
+                convert_to_raw(&image, &raw)?;
+                // A copy whose boot entries mask the units, for the reference boot.
+                std::fs::copy(&raw, &plain)?;
+                mask_units(&plain, c.arch, &masks)?;
+                let m = Machine::new(&format!("bench-{}", c.name), c.arch, boot.clone());
+                let r = Machine::new(&format!("bench-{}-plain", c.name), c.arch, boot.clone());
+                (m, r, plain.clone())
+            }
+            None => {
+                decompress_xz(&image, &raw)?;
+                let dir = work.path().join(c.name);
+                std::fs::create_dir_all(dir.join("plain"))?;
+                let boot = rpi::direct_boot(&raw, &dir, "")?;
+                let plain_boot = rpi::direct_boot(&raw, &dir.join("plain"), masks.trim())?;
+                let mut m = Machine::new(&format!("bench-{}", c.name), c.arch, boot);
+                let mut r = Machine::new(&format!("bench-{}-plain", c.name), c.arch, plain_boot);
+                m.machine_type = Some("raspi3b".into());
+                r.machine_type = Some("raspi3b".into());
+                (m, r, raw.clone())
+            }
+        };
         let mut uncloud = Vec::new();
         let mut reference = Vec::new();
         for run in 0..plan.runs {
-            let machine = Machine::new(&format!("bench-{name}-{run}"), arch, boot.clone());
-            let t = boot_to(&machine, &raw, "the ready banner", |l| {
-                l.starts_with("uncloud: ") && l.ends_with(" ready")
-            })?;
-            progress(format!("{name} run {run}: Uncloud ready after {t:.1} s"));
-            uncloud.push(t);
-            let machine = Machine::new(&format!("bench-{name}-plain-{run}"), arch, boot.clone());
-            let t = boot_to(&machine, &plain, "multi-user.target", |l| {
-                l.contains("Reached target") && l.contains("multi-user.target")
-            })?;
+            let t = boot_to_ready(&machine, &raw)?;
             progress(format!(
-                "{name} run {run}: plain Debian multi-user after {t:.1} s"
+                "{} run {run}: Uncloud ready after {t:.1} s",
+                c.name
+            ));
+            uncloud.push(t);
+            let t = boot_to(
+                &reference_machine,
+                &reference_image,
+                "multi-user.target",
+                |l| l.contains("Reached target") && l.contains("multi-user.target"),
+            )?;
+            progress(format!(
+                "{} run {run}: plain Debian multi-user after {t:.1} s",
+                c.name
             ));
             reference.push(t);
         }
         results.insert(
-            format!("boot_to_ready_{name}"),
+            format!("boot_to_ready_{}", c.name),
             Metric::new(median(&mut uncloud), median(&mut reference), "s"),
         );
         let _ = std::fs::remove_file(&plain);
+        let _ = std::fs::remove_file(&raw);
     }
     let xz = find_image(images, "-amd64.raw.xz")?;
     let mb = std::fs::metadata(&xz)?.len() as f64 / 1e6;
@@ -122,6 +184,19 @@ pub fn run_bench(plan: &Plan, images: &Path, out: &Path, command: &str) -> Resul
         markdown(plan, images, &results, command)?,
     )?;
     Ok(results)
+}
+
+/// Seconds from starting QEMU to the banner saying the machine is ready; a banner saying it
+/// is not ready is an error.
+fn boot_to_ready(machine: &Machine, image: &Path) -> Result<f64> {
+    let mut vm = Vm::start(machine, image, None)?;
+    let line = vm.wait_for_line("the console banner", BOOT_TIMEOUT, |l| {
+        l.starts_with("uncloud: ") && (l.ends_with(" ready") || l.contains(" NOT ready"))
+    })?;
+    if line.contains(" NOT ready") {
+        bail!("{}: {line}", machine.name);
+    }
+    Ok(vm.elapsed().as_secs_f64())
 }
 
 /// Seconds from starting QEMU to the first console line `matches` accepts.
@@ -163,6 +238,15 @@ fn find_image(dir: &Path, suffix: &str) -> Result<PathBuf> {
     }
 }
 
+fn decompress_xz(xz: &Path, raw: &Path) -> Result<()> {
+    let out = std::fs::File::create(raw)?;
+    let status = Command::new("xz").arg("-dc").arg(xz).stdout(out).status()?;
+    if !status.success() {
+        bail!("xz -dc {} failed", xz.display());
+    }
+    Ok(())
+}
+
 fn convert_to_raw(image: &Path, raw: &Path) -> Result<()> {
     crate::sys::run(
         Command::new("qemu-img")
@@ -176,11 +260,7 @@ fn convert_to_raw(image: &Path, raw: &Path) -> Result<()> {
 
 /// Adds `systemd.mask=` for every Uncloud and Docker unit to the image's boot entries: the
 /// systemd-boot entry (UEFI) and, on x86_64, SYSLINUX's (BIOS). The ESP starts at 1 MiB.
-fn mask_units(raw: &Path, arch: Arch) -> Result<()> {
-    let masks: String = MASKED
-        .iter()
-        .map(|u| format!(" systemd.mask={u}"))
-        .collect();
+fn mask_units(raw: &Path, arch: Arch, masks: &str) -> Result<()> {
     let fat = format!("{}@@1M", raw.display());
     let mut files = vec![("/loader/entries/uncloud.conf", "options ")];
     if arch == Arch::Amd64 {
@@ -250,7 +330,11 @@ fn markdown(plan: &Plan, images: &Path, results: &Results, command: &str) -> Res
          **reference**: the same image with those units (and the first-boot ones) masked on the \
          kernel command line, to systemd's `Reached target multi-user.target`: plain Debian 12 on \
          the same firmware and kernel. The ratio is what Uncloud and Docker add to a boot under \
-         emulation; on real hardware or KVM every figure is several times smaller.\n",
+         emulation; on real hardware or KVM every figure is several times smaller. Every boot \
+         is a first boot (a fresh copy-on-write overlay of the image), so it includes making \
+         the machine's keys and token. `arm64_raspi3b` is the Raspberry Pi SD image on QEMU's \
+         `raspi3b` (4 Cortex-A53, 1 GiB, SD card, USB network), started with the kernel, initrd \
+         and device tree from its boot partition since QEMU cannot run the Pi's GPU firmware.\n",
     );
     line(
         &mut md,
@@ -281,7 +365,7 @@ fn markdown(plan: &Plan, images: &Path, results: &Results, command: &str) -> Res
     line(&mut md, "Image files:\n");
     let mut files: Vec<_> = std::fs::read_dir(images)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| !p.to_string_lossy().ends_with(".json"))
+        .filter(|p| !p.to_string_lossy().ends_with(".json") && !p.is_dir())
         .collect();
     files.sort();
     for f in files {
@@ -295,7 +379,57 @@ fn markdown(plan: &Plan, images: &Path, results: &Results, command: &str) -> Res
             ),
         );
     }
+    line(
+        &mut md,
+        "\nBuild times of these images (`image/build`, seconds per step, from each \
+         `NAME.manifest.json`; `base` is 0 when the cached Debian base was reused):\n",
+    );
+    line(&mut md, "| image | base | debs | rootfs | disk | compress | total |\n|---|---:|---:|---:|---:|---:|---:|");
+    for (name, steps) in build_times(images)? {
+        let get = |k: &str| {
+            steps
+                .get(k)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        line(
+            &mut md,
+            format!(
+                "| {name} | {} | {} | {} | {} | {} | {} |",
+                get("base"),
+                get("debs"),
+                get("rootfs"),
+                get("disk"),
+                get("compress"),
+                get("total")
+            ),
+        );
+    }
     line(&mut md, "\nMachine:\n");
     md.push_str(&host.markdown_list());
     Ok(md)
+}
+
+/// `build_seconds` of every image manifest in `images`, by image name.
+fn build_times(images: &Path) -> Result<Vec<(String, serde_json::Map<String, serde_json::Value>)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(images)? {
+        let path = entry?.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".manifest.json"))
+        else {
+            continue;
+        };
+        let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let steps = manifest["build_seconds"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        out.push((name.to_owned(), steps));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
 }

@@ -12,6 +12,7 @@
 //! - [`seed`]: NoCloud seed disks (a FAT filesystem labelled `CIDATA`), made with mtools, so
 //!   no loop device or mount is needed.
 //! - [`vm`]: a running VM; killed when its handle drops, its console kept on failure.
+//! - [`rpi`]: the Raspberry Pi SD image booted the way its firmware would, for `raspi3b`.
 //!
 //! # Limitations
 //! The tests see a VM only through its serial console: the image has no login and no SSH.
@@ -19,6 +20,7 @@
 
 pub mod console;
 pub mod machine;
+pub mod rpi;
 pub mod seed;
 pub mod vm;
 

@@ -171,6 +171,25 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        // The file is whatever someone typed on another computer: any text gives a value or
+        // an error, never a panic, and what is written back never holds a secret.
+        #[test]
+        fn any_text_parses_or_errs_and_scrubbing_leaves_no_secret(
+            text in "(hostname|setup_token|join_ticket|#|=|\"|'|\\[|\\]|[a-z0-9 .-]|\n){0,80}"
+        ) {
+            let _ = SetupFile::parse(&text);
+            if let Some(out) = without_secrets(&text) {
+                proptest::prop_assert!(!SetupFile::parse(&out).unwrap().has_secrets());
+            }
+        }
+
+        #[test]
+        fn any_hostname_check_is_total(h in "\\PC{0,300}") {
+            let _ = check_hostname(&h);
+        }
+    }
+
     #[test]
     fn secrets_are_scrubbed_and_the_rest_kept() {
         let text = "# my Pi\nhostname = \"pi-kitchen\"\nsetup_token = \"pick-a-long-random-token\"\n  join_ticket=\"abc\"\n";
