@@ -227,7 +227,7 @@ fn rpi_image_boots_on_qemus_raspberry_pi_and_takes_its_setup_file() {
         "the setup file's token"
     );
     let after = dir.join("rpi-after.img");
-    vm.power_off_and_save_disk(&after)
+    vm.stop_and_save_disk(&after)
         .unwrap_or_else(|e| panic!("{e}"));
     let left = rpi::read_boot_file(&after, "uncloud-setup.toml").unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -286,25 +286,22 @@ fn manifests_list_every_daemon_and_the_hashes_of_the_files() {
     }
 }
 
-/// `(file, sha256)` of a manifest's `files`, read without a JSON parser: each entry has
-/// `"file": "..."` followed by `"sha256": "..."`.
+/// `(file, sha256)` of each entry of a manifest's `files`.
 fn manifest_files(text: &str) -> Vec<(String, String)> {
-    let value = |line: &str, key: &str| {
-        line.trim()
-            .strip_prefix(&format!("\"{key}\": \""))
-            .map(|r| r.trim_end_matches(',').trim_end_matches('"').to_owned())
-    };
-    let mut out = Vec::new();
-    let mut file = None;
-    for line in text.lines() {
-        if let Some(f) = value(line, "file") {
-            file = Some(f);
-        } else if let (Some(sha), Some(f)) = (value(line, "sha256"), file.take()) {
-            out.push((f, sha));
-        }
-    }
-    assert!(!out.is_empty(), "no files in the manifest");
-    out
+    let manifest: serde_json::Value = serde_json::from_str(text).expect("the manifest is JSON");
+    let files: Vec<(String, String)> = manifest["files"]
+        .as_array()
+        .expect("a files array")
+        .iter()
+        .map(|f| {
+            (
+                f["file"].as_str().expect("file").to_owned(),
+                f["sha256"].as_str().expect("sha256").to_owned(),
+            )
+        })
+        .collect();
+    assert!(!files.is_empty(), "no files in the manifest");
+    files
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

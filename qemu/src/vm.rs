@@ -182,10 +182,18 @@ impl Vm {
         }
     }
 
-    /// Pulls the plug (kills QEMU) and writes the VM's disk as it was then, as a raw image at
-    /// `to`: for checking what the guest wrote. Only what the guest had flushed is certain
-    /// to be there.
-    pub fn power_off_and_save_disk(&mut self, to: &Path) -> Result<(), VmError> {
+    /// Stops QEMU and writes the VM's disk as it was then, as a raw image at `to`: for
+    /// checking what the guest wrote. The guest is not shut down (as if its power were cut),
+    /// but QEMU ends on SIGTERM, writing out its own caches of the disk image: an emulated SD
+    /// card has no flush command, so a SIGKILL could lose writes the guest had made.
+    pub fn stop_and_save_disk(&mut self, to: &Path) -> Result<(), VmError> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let disk = self.dir.path().join("disk.qcow2");
