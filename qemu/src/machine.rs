@@ -88,6 +88,17 @@ impl Machine {
         }
     }
 
+    /// The size the VM's disk is given: [`Machine::disk_size_bytes`], else the image's own,
+    /// rounded up to a power of two on the Raspberry Pi machine (QEMU's SD card accepts no
+    /// other size; the image is not padded, so it fits the smallest card it can).
+    pub fn disk_size(&self, image_bytes: u64) -> Option<u64> {
+        match self.disk_size_bytes {
+            Some(size) => Some(size),
+            None if self.is_raspi() => Some(image_bytes.next_power_of_two()),
+            None => None,
+        }
+    }
+
     fn is_raspi(&self) -> bool {
         self.machine_type
             .as_deref()
@@ -270,6 +281,18 @@ mod tests {
         assert!(!joined.contains("-m "), "{joined}");
         // The command line stays one argument.
         assert!(args.contains(&"console=ttyAMA0".to_string()));
+    }
+
+    #[test]
+    fn sd_cards_are_a_power_of_two_and_other_disks_their_image() {
+        let mut pi = Machine::new("pi", Arch::Arm64, Boot::Bios);
+        pi.machine_type = Some("raspi3b".into());
+        assert_eq!(pi.disk_size(1405 << 20), Some(2048 << 20));
+        assert_eq!(pi.disk_size(2048 << 20), Some(2048 << 20));
+        let vm = Machine::new("vm", Arch::Amd64, Boot::Uefi);
+        assert_eq!(vm.disk_size(1405 << 20), None);
+        pi.disk_size_bytes = Some(8 << 30);
+        assert_eq!(pi.disk_size(1405 << 20), Some(8 << 30));
     }
 
     #[test]

@@ -74,7 +74,9 @@ impl Vm {
         let mut create = Command::new("qemu-img");
         create.args(["create", "-q", "-f", "qcow2", "-F", image_format, "-b"]);
         create.arg(&image).arg(&disk);
-        if let Some(size) = machine.disk_size_bytes {
+        // Only raw images need their size here (the Pi's SD card); a qcow2 keeps its own.
+        let image_bytes = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
+        if let Some(size) = machine.disk_size(image_bytes) {
             create.arg(size.to_string());
         }
         let out = create

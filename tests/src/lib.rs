@@ -53,6 +53,8 @@ pub struct Banner {
     pub setup_token: Option<String>,
     pub certificate_sha256: Option<String>,
     pub mode: Option<String>,
+    /// The `addresses:` line, as printed.
+    pub addresses: Option<String>,
 }
 
 impl Banner {
@@ -81,6 +83,8 @@ impl Banner {
                 banner.certificate_sha256 = Some(fp.to_owned());
             } else if let Some(mode) = line.strip_prefix("mode: ") {
                 banner.mode = Some(mode.to_owned());
+            } else if let Some(addresses) = line.strip_prefix("addresses: ") {
+                banner.addresses = Some(addresses.to_owned());
             } else if let Some((unit, state)) = line.split_once(": ") {
                 if unit.ends_with(".service") || unit.ends_with(".target") {
                     banner.units.push((unit.to_owned(), state.to_owned()));
@@ -125,6 +129,7 @@ mod tests {
         assert!(b.ready);
         assert_eq!(b.setup_token.as_deref(), Some("abcde-fghjk"));
         assert_eq!(b.certificate_sha256.as_deref(), Some("AA:BB"));
+        assert_eq!(b.addresses.as_deref(), Some("enp0s2 10.0.2.15"));
         assert_eq!(b.unit("stated.service"), Some("active"));
         assert_eq!(b.unit("docker.service"), Some("active"));
         assert_eq!(b.unit("meshd.service"), None);

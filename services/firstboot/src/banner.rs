@@ -19,6 +19,7 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -156,12 +157,14 @@ fn systemctl(args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-/// Waits until every unit is active, at most `wait`; returns the last states seen.
+/// Waits until every unit is active or has failed for good, at most `wait`; returns the last
+/// states seen. A unit that restarts is `activating` between tries, not `failed`.
 pub fn wait_for_units(units: &[String], wait: Duration) -> Vec<(String, String)> {
     let deadline = Instant::now() + wait;
     loop {
         let states = unit_states(units);
-        if states.iter().all(|(_, s)| s == "active") || Instant::now() >= deadline {
+        let settled = states.iter().all(|(_, s)| s == "active" || s == "failed");
+        if settled || Instant::now() >= deadline {
             return states;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -257,8 +260,11 @@ pub fn show(text: &str, consoles: &[String]) -> (Vec<String>, Vec<String>) {
     let mut written = Vec::new();
     let mut failed = Vec::new();
     for dev in consoles {
+        // O_NOCTTY: the unit is a session leader and must not take the console as its
+        // terminal; O_NONBLOCK: a serial line without carrier must not block the open.
         let result = std::fs::OpenOptions::new()
             .write(true)
+            .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)
             .open(dev)
             .and_then(|mut f| f.write_all(crlf.as_bytes()));
         match result {

@@ -119,17 +119,26 @@ impl Init {
             store::write_atomic(&id.join_ticket(), format!("{value}\n").as_bytes(), 0o600)?;
             out.done.push(format!("join ticket taken from {from}"));
         }
+        // Failing to remove a source leaves a copy behind, but the machine has its secret:
+        // a warning, and the rest of the setup goes on.
         for path in consumed {
-            store::remove(&path)?;
+            if let Err(e) = store::remove(&path) {
+                out.warnings.push(format!("{e}; remove it by hand"));
+            }
         }
         if let Some(text) = boot_text {
             if SetupFile::parse(&text).is_ok_and(|f| f.has_secrets()) {
                 let scrubbed =
                     setup_file::without_secrets(&text).unwrap_or_else(|| SETUP_TEMPLATE.to_owned());
                 // FAT has no modes; the partition is mounted 0077 anyway.
-                store::write_atomic(&boot_file, scrubbed.as_bytes(), 0o600)?;
-                out.done
-                    .push(format!("secrets removed from {}", boot_file.display()));
+                match store::write_atomic(&boot_file, scrubbed.as_bytes(), 0o600) {
+                    Ok(()) => out
+                        .done
+                        .push(format!("secrets removed from {}", boot_file.display())),
+                    Err(e) => out.warnings.push(format!(
+                        "{e}: the secrets are still on the boot partition; remove them by hand"
+                    )),
+                }
             }
         }
 
@@ -178,10 +187,11 @@ impl Init {
         if store::read_optional(&etc)?.as_deref().map(str::trim) == Some(host) {
             return Ok(());
         }
-        store::write_atomic(&etc, format!("{host}\n").as_bytes(), 0o644)?;
+        // The kernel first: a name it refuses is not written to /etc/hostname either.
         if self.apply_hostname {
             nix::unistd::sethostname(host).map_err(|e| InitError::Hostname(host.to_owned(), e))?;
         }
+        store::write_atomic(&etc, format!("{host}\n").as_bytes(), 0o644)?;
         out.done.push(format!("hostname set to {host}"));
         Ok(())
     }

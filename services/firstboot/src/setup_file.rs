@@ -21,8 +21,13 @@ pub struct SetupFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupFileError {
-    #[error("it is not valid TOML: {0}")]
-    Toml(#[from] toml::de::Error),
+    /// Where and what, never the offending line itself: it may hold the token.
+    #[error("it is not valid TOML: line {line}, column {column}: {message}")]
+    Toml {
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("hostname {0:?}: {1}")]
     Hostname(String, &'static str),
     #[error("{0}")]
@@ -32,7 +37,7 @@ pub enum SetupFileError {
 impl SetupFile {
     /// Parses and checks the file: a bad hostname, token or ticket is an error naming it.
     pub fn parse(text: &str) -> Result<SetupFile, SetupFileError> {
-        let mut file: SetupFile = toml::from_str(text)?;
+        let mut file: SetupFile = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         if let Some(h) = &file.hostname {
             check_hostname(h).map_err(|why| SetupFileError::Hostname(h.clone(), why))?;
         }
@@ -54,11 +59,28 @@ impl SetupFile {
     }
 }
 
+fn toml_error(text: &str, e: &toml::de::Error) -> SetupFileError {
+    let at = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+    let before = &text.as_bytes()[..at];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = at
+        - before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1)
+        + 1;
+    SetupFileError::Toml {
+        line,
+        column,
+        message: e.message().trim().to_owned(),
+    }
+}
+
 /// A hostname the machine can take: dot-separated labels of letters, digits and `-`, none
-/// starting or ending with `-`, each at most 63 characters, 253 in all.
+/// starting or ending with `-`, each at most 63 characters, 64 in all (the kernel's limit).
 pub fn check_hostname(h: &str) -> Result<(), &'static str> {
-    if h.is_empty() || h.len() > 253 {
-        return Err("a hostname has 1 to 253 characters");
+    if h.is_empty() || h.len() > 64 {
+        return Err("a hostname has 1 to 64 characters");
     }
     for label in h.split('.') {
         if label.is_empty() || label.len() > 63 {
@@ -159,6 +181,20 @@ mod tests {
             .to_string();
         assert!(e.contains("16 to 128"), "{e}");
         assert!(SetupFile::parse("hostname = ").is_err());
+        // A mistake next to a secret names the place, never the secret.
+        for bad in [
+            "setup_token = my-secret-token-value\n",
+            "setup_tokn = \"my-secret-token-value\"\n",
+            "setup_token = \"my-secret-token\\qvalue\"\n",
+            "setup_token = \"my-secret token-value\"\n",
+        ] {
+            let e = SetupFile::parse(bad).unwrap_err().to_string();
+            assert!(!e.contains("secret"), "{bad:?} gave {e}");
+        }
+        let e = SetupFile::parse("# x\nhostname = \"pi\"\nsetup_token = oops\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3"), "{e}");
     }
 
     #[test]
@@ -166,7 +202,15 @@ mod tests {
         for ok in ["pi", "pi-kitchen", "vps-1.example.com", "a1"] {
             check_hostname(ok).unwrap();
         }
-        for bad in ["", "-pi", "pi-", "a..b", "pi kitchen", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-pi",
+            "pi-",
+            "a..b",
+            "pi kitchen",
+            &"a".repeat(64),
+            &format!("{}.{}", "a".repeat(40), "b".repeat(30)),
+        ] {
             assert!(check_hostname(bad).is_err(), "{bad:?}");
         }
     }

@@ -22,10 +22,16 @@ fn err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) ->
     }
 }
 
-/// Creates `dir` (and its parents) if missing and makes it `mode`.
+/// Creates `dir` (and its parents) if missing and makes it `mode`; a new directory's entry
+/// is made durable too.
 pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), StoreError> {
+    let existed = dir.is_dir();
     fs::create_dir_all(dir).map_err(err("cannot create", dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(err("cannot chmod", dir))
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(err("cannot chmod", dir))?;
+    match dir.parent() {
+        Some(parent) if !existed => sync_dir(parent),
+        _ => Ok(()),
+    }
 }
 
 /// Replaces `path` with `contents` atomically and durably, with permissions `mode`.

@@ -20,7 +20,9 @@ pub const TICKET_MAX: usize = 16 * 1024;
 pub enum SecretError {
     #[error("the setup token has {0} characters; it needs {TOKEN_MIN} to {TOKEN_MAX}")]
     TokenLength(usize),
-    #[error("the {what} may hold only printable ASCII without spaces (found {found:?} at position {at})")]
+    // The character itself is not shown: the message goes to the journal and the console,
+    // and the text around it is a secret.
+    #[error("the {what} may hold only printable ASCII without spaces (character {} is not)", at + 1)]
     Character {
         what: &'static str,
         found: char,
