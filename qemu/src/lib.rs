@@ -12,6 +12,7 @@
 //! - [`seed`]: NoCloud seed disks (a FAT filesystem labelled `CIDATA`), made with mtools, so
 //!   no loop device or mount is needed.
 //! - [`vm`]: a running VM; killed when its handle drops, its console kept on failure.
+//! - [`tool`]: running mtools and dosfstools with errors naming the command.
 //! - [`rpi`]: the Raspberry Pi SD image booted the way its firmware would, for `raspi3b`.
 //!
 //! # Limitations
@@ -22,6 +23,7 @@ pub mod console;
 pub mod machine;
 pub mod rpi;
 pub mod seed;
+pub mod tool;
 pub mod vm;
 
 pub use machine::{Arch, Boot, Machine};

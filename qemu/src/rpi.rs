@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::machine::Boot;
+use crate::tool::{run, ToolError};
 
 /// Where the boot partition starts in the SD image (the Pi convention), as mtools writes it.
 const BOOT_OFFSET: &str = "@@4M";
@@ -15,33 +16,29 @@ pub const RASPI3B_DTB: &str = "bcm2837-rpi-3-b.dtb";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RpiError {
-    #[error("{command} failed: {reason} (is mtools installed?)")]
-    Tool { command: String, reason: String },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
     #[error("config.txt on {image} has no {what} line")]
     Config { image: PathBuf, what: &'static str },
 }
 
 /// The text of `name` (such as `config.txt`) on the image's boot partition.
 pub fn read_boot_file(image: &Path, name: &str) -> Result<String, RpiError> {
-    mtools(
-        Command::new("mtype")
-            .arg("-i")
-            .arg(fat(image))
-            .arg(format!("::/{name}")),
-    )
+    Ok(run(Command::new("mtype")
+        .arg("-i")
+        .arg(fat(image))
+        .arg(format!("::/{name}")))?)
 }
 
 /// Copies `from` onto the boot partition as `name`, replacing it: what a user does with the
 /// card on another computer.
 pub fn write_boot_file(image: &Path, name: &str, from: &Path) -> Result<(), RpiError> {
-    mtools(
-        Command::new("mcopy")
-            .args(["-o", "-i"])
-            .arg(fat(image))
-            .arg(from)
-            .arg(format!("::/{name}")),
-    )
-    .map(drop)
+    run(Command::new("mcopy")
+        .args(["-o", "-i"])
+        .arg(fat(image))
+        .arg(from)
+        .arg(format!("::/{name}")))?;
+    Ok(())
 }
 
 /// The kernel and initramfs that `config.txt` names.
@@ -74,13 +71,11 @@ pub fn direct_boot(image: &Path, dir: &Path, extra_cmdline: &str) -> Result<Boot
         (RASPI3B_DTB, "dtb"),
     ] {
         let path = dir.join(to);
-        mtools(
-            Command::new("mcopy")
-                .args(["-o", "-i"])
-                .arg(fat(image))
-                .arg(format!("::/{name}"))
-                .arg(&path),
-        )?;
+        run(Command::new("mcopy")
+            .args(["-o", "-i"])
+            .arg(fat(image))
+            .arg(format!("::/{name}"))
+            .arg(&path))?;
         paths.push(path);
     }
     let mut cmdline = read_boot_file(image, "cmdline.txt")?.trim().to_owned();
@@ -98,21 +93,6 @@ pub fn direct_boot(image: &Path, dir: &Path, extra_cmdline: &str) -> Result<Boot
 
 fn fat(image: &Path) -> String {
     format!("{}{BOOT_OFFSET}", image.display())
-}
-
-fn mtools(command: &mut Command) -> Result<String, RpiError> {
-    let shown = format!("{command:?}");
-    match command.env("MTOOLS_SKIP_CHECK", "1").output() {
-        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(out) => Err(RpiError::Tool {
-            command: shown,
-            reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        }),
-        Err(e) => Err(RpiError::Tool {
-            command: shown,
-            reason: e.to_string(),
-        }),
-    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::tool::{run, ToolError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
     #[error("cannot write {path}: {source}")]
@@ -10,8 +12,8 @@ pub enum SeedError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{command} failed: {reason} (are dosfstools and mtools installed?)")]
-    Tool { command: String, reason: String },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
 }
 
 /// The files cloud-init's NoCloud datasource reads from a disk labelled `CIDATA`.
@@ -58,7 +60,6 @@ impl NoCloudSeed {
                 source,
             })?;
             run(Command::new("mcopy")
-                .env("MTOOLS_SKIP_CHECK", "1")
                 .arg("-i")
                 .arg(path)
                 .arg(&file)
@@ -66,21 +67,6 @@ impl NoCloudSeed {
         }
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
-    }
-}
-
-fn run(command: &mut Command) -> Result<(), SeedError> {
-    let shown = format!("{command:?}");
-    match command.output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(SeedError::Tool {
-            command: shown,
-            reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        }),
-        Err(e) => Err(SeedError::Tool {
-            command: shown,
-            reason: e.to_string(),
-        }),
     }
 }
 
