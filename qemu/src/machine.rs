@@ -189,6 +189,11 @@ impl Machine {
                 ),
                 "-device".into(),
                 format!("virtio-net-pci,netdev=n0,mac={}", self.mac),
+                // Entropy from the host, as VPSes give it: `-cpu qemu64` has no RDRAND, and
+                // the kernel's jitter entropy under TCG can stall the first read of
+                // /dev/urandom for minutes.
+                "-device".into(),
+                "virtio-rng-pci".into(),
             ]);
             if let Some(seed) = seed {
                 a.extend([
@@ -231,6 +236,7 @@ mod tests {
             "{args}"
         );
         assert!(args.contains("-serial file:/c.log"), "{args}");
+        assert!(args.contains("virtio-rng-pci"), "{args}");
         assert!(
             args.contains("file=/seed.img,if=virtio,format=raw,readonly=on"),
             "{args}"
