@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use uncloud_e2e::{image, is_status_line, Banner};
-use uncloud_qemu::{rpi, Arch, Boot, Machine, NoCloudSeed, Vm};
+use uncloud_qemu::{rpi, Arch, Boot, Hetzner, Machine, SeedDisk, Vm};
 
 /// Under TCG on 2 cores, x86_64 is ready in about a minute and arm64 in a few; this bounds a
 /// hung boot, not a slow one.
@@ -23,7 +23,7 @@ const UNITS: &[&str] = &[
     "docker.service",
 ];
 
-fn boot_until_ready(machine: &Machine, image: &Path, seed: Option<&NoCloudSeed>) -> (Vm, Banner) {
+fn boot_until_ready(machine: &Machine, image: &Path, seed: Option<&SeedDisk>) -> (Vm, Banner) {
     let mut vm = Vm::start(machine, image, seed).unwrap_or_else(|e| panic!("{e}"));
     vm.wait_for_line("the console banner", READY_TIMEOUT, is_status_line)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -40,13 +40,14 @@ fn boot_until_ready(machine: &Machine, image: &Path, seed: Option<&NoCloudSeed>)
     for unit in UNITS {
         assert_eq!(banner.unit(unit), Some("active"), "{unit} in {banner:?}");
     }
-    // QEMU's user network hands out 10.0.2.15 by DHCP: the network came up.
+    // QEMU's user network hands out one address by DHCP: the network came up.
     assert!(
         banner
             .addresses
             .as_deref()
-            .is_some_and(|a| a.contains("10.0.2.15/24")),
-        "no DHCP address: {banner:?}"
+            .is_some_and(|a| a.contains(machine.guest_address())),
+        "no DHCP address {}: {banner:?}",
+        machine.guest_address()
     );
     // Reached multi-user: systemd says so on the console.
     vm.wait_for_line("multi-user.target", Duration::from_secs(120), |l| {
@@ -67,15 +68,23 @@ fn is_generated_token(token: &str) -> bool {
         })
 }
 
-fn seed(hostname: &str, token: &str) -> NoCloudSeed {
-    NoCloudSeed::cloud_config(
+/// User-data that writes `content` to `/etc/uncloud/<file>` (`setup-token`, `join-ticket`),
+/// as image/README.md tells people to.
+fn write_uncloud_file(file: &str, content: &str) -> String {
+    format!(
+        "write_files:\n\
+         - path: /etc/uncloud/{file}\n\
+         \x20 permissions: '0600'\n\
+         \x20 content: {content}\n"
+    )
+}
+
+fn seed(hostname: &str, token: &str) -> SeedDisk {
+    SeedDisk::nocloud(
         &format!("iid-{hostname}"),
         &format!(
-            "hostname: {hostname}\n\
-             write_files:\n\
-             - path: /etc/uncloud/setup-token\n\
-             \x20 permissions: '0600'\n\
-             \x20 content: {token}\n"
+            "hostname: {hostname}\n{}",
+            write_uncloud_file("setup-token", token)
         ),
     )
 }
@@ -119,28 +128,65 @@ fn amd64_uefi_boots_ready_and_honours_cloud_init_user_data() {
     );
 }
 
+/// A VPS with a config drive (OpenStack's layout, which several providers use): the hostname
+/// comes from its metadata, a join ticket from its user-data, and with no token given the
+/// machine makes one.
 #[test]
 #[ignore = "boots the amd64 image in QEMU: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
-fn amd64_bios_boots_ready_with_a_generated_setup_token() {
+fn amd64_bios_boots_ready_from_a_config_drive_with_a_join_ticket() {
     let machine = Machine::new("amd64-bios", Arch::Amd64, Boot::Bios);
-    let (_vm, banner) = boot_until_ready(&machine, &image("-amd64.qcow2"), None);
-    assert_eq!(banner.hostname, "uncloud");
+    let ticket = "e2e-join-ticket-0123456789";
+    let drive = SeedDisk::config_drive(
+        "0b5e3d2c-9a41-4f7e-8d55-e2e0c0ffee01",
+        "e2e-bios",
+        &write_uncloud_file("join-ticket", ticket),
+    );
+    let (vm, banner) = boot_until_ready(&machine, &image("-amd64.qcow2"), Some(&drive));
+    assert_eq!(banner.hostname, "e2e-bios", "the config drive's hostname");
+    assert!(banner.join_ticket, "the ticket was taken: {banner:?}");
     let token = banner.setup_token.clone().unwrap_or_default();
     assert!(is_generated_token(&token), "generated token {token:?}");
+    assert!(
+        !vm.console().contains(ticket),
+        "the join ticket is a secret: it must not reach the console"
+    );
 }
 
+/// An arm64 server on Hetzner Cloud (its CAX line): cloud-init finds the provider by its DMI
+/// strings, gets an address by DHCP and reads the hostname and user-data from the metadata
+/// service at 169.254.169.254, as it would there.
 #[test]
 #[ignore = "boots the arm64 image in QEMU: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
-fn arm64_uefi_boots_ready_and_honours_cloud_init_user_data() {
-    let machine = Machine::new("arm64-uefi", Arch::Arm64, Boot::Uefi);
-    let token = "e2e-arm64-token-0123456789";
-    let (_vm, banner) = boot_until_ready(
-        &machine,
-        &image("-arm64.qcow2"),
-        Some(&seed("e2e-arm64", token)),
+fn arm64_uefi_boots_ready_on_hetzners_metadata_service() {
+    let mut machine = Machine::new("arm64-hetzner", Arch::Arm64, Boot::Uefi);
+    let token = "e2e-hetzner-token-0123456789";
+    let hetzner = Hetzner {
+        server_id: 52_000_042,
+        hostname: "e2e-hetzner".into(),
+        user_data: format!(
+            "#cloud-config\n{}",
+            write_uncloud_file("setup-token", token)
+        ),
+    };
+    machine.smbios.push(hetzner.smbios());
+    machine.metadata =
+        Some(hetzner.service(Path::new(env!("CARGO_BIN_EXE_metadata-http")), &machine.mac));
+    let (vm, banner) = boot_until_ready(&machine, &image("-arm64.qcow2"), None);
+    assert_eq!(banner.hostname, "e2e-hetzner", "the metadata's hostname");
+    assert_eq!(
+        banner.setup_token.as_deref(),
+        Some(token),
+        "the user-data's token"
     );
-    assert_eq!(banner.hostname, "e2e-arm64");
-    assert_eq!(banner.setup_token.as_deref(), Some(token));
+    // Hetzner's network config names the NIC eth0 by its MAC; cloud-init renamed it.
+    assert!(
+        banner
+            .addresses
+            .as_deref()
+            .is_some_and(|a| a.contains(&format!("eth0 {}", machine.guest_address()))),
+        "{banner:?}\n{}",
+        vm.console()
+    );
 }
 
 /// The Raspberry Pi SD image's boot partition holds what the Pi firmware reads.

@@ -9,8 +9,10 @@
 //! # Design
 //! - [`machine`]: what to boot and how, turned into a QEMU command line (pure, unit-tested).
 //! - [`console`]: the serial console as text: escape sequences stripped, searched by line.
-//! - [`seed`]: NoCloud seed disks (a FAT filesystem labelled `CIDATA`), made with mtools, so
-//!   no loop device or mount is needed.
+//! - [`seed`]: seed disks as cloud-init's NoCloud (`CIDATA`) and ConfigDrive (`config-2`)
+//!   datasources read them, made with mtools, so no loop device or mount is needed.
+//! - [`metadata`]: a provider's metadata service at 169.254.169.254 (Hetzner's), served
+//!   through QEMU's user network, with the provider's DMI strings.
 //! - [`vm`]: a running VM; killed when its handle drops, its console kept on failure.
 //! - [`tool`]: running mtools and dosfstools with errors naming the command.
 //! - [`rpi`]: the Raspberry Pi SD image booted the way its firmware would, for `raspi3b`.
@@ -21,11 +23,13 @@
 
 pub mod console;
 pub mod machine;
+pub mod metadata;
 pub mod rpi;
 pub mod seed;
 pub mod tool;
 pub mod vm;
 
-pub use machine::{Arch, Boot, Machine};
-pub use seed::NoCloudSeed;
+pub use machine::{Arch, Boot, Machine, VmFiles};
+pub use metadata::{Hetzner, MetadataService};
+pub use seed::SeedDisk;
 pub use vm::{Vm, VmError};

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::metadata::{self, MetadataService};
+
 /// The guest's architecture, and so which QEMU and which firmware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -47,6 +49,27 @@ pub struct Machine {
     pub mac: String,
     /// Size the disk grows to (the image's partition and filesystem then grow on boot).
     pub disk_size_bytes: Option<u64>,
+    /// `-smbios` arguments: the DMI strings cloud-init tells providers apart by.
+    pub smbios: Vec<String>,
+    /// A provider's metadata service at 169.254.169.254 (the VM's network is then
+    /// [`metadata::NETWORK`]).
+    pub metadata: Option<MetadataService>,
+}
+
+/// Where a VM's files are, for its command line.
+#[derive(Debug, Clone, Copy)]
+pub struct VmFiles<'a> {
+    /// The (overlay) disk, and its format.
+    pub disk: &'a Path,
+    pub disk_format: &'a str,
+    /// The file the serial console is written to.
+    pub console: &'a Path,
+    /// The writable UEFI variable store.
+    pub vars: Option<&'a Path>,
+    /// A seed disk (NoCloud or ConfigDrive).
+    pub seed: Option<&'a Path>,
+    /// The directory [`Machine::metadata`]'s routes were written to.
+    pub metadata_routes: Option<&'a Path>,
 }
 
 impl Machine {
@@ -70,6 +93,16 @@ impl Machine {
                 h as u8
             ),
             disk_size_bytes: None,
+            smbios: Vec::new(),
+            metadata: None,
+        }
+    }
+
+    /// The address (with prefix) QEMU's DHCP server gives this VM.
+    pub fn guest_address(&self) -> &'static str {
+        match self.metadata {
+            Some(_) => metadata::GUEST_ADDRESS,
+            None => "10.0.2.15/24",
         }
     }
 
@@ -105,16 +138,16 @@ impl Machine {
             .is_some_and(|m| m.starts_with("raspi"))
     }
 
-    /// QEMU's arguments. `disk` is the (overlay) disk, `console` the file the serial console
-    /// is written to, `vars` the writable UEFI variable store, `seed` a NoCloud seed disk.
-    pub fn args(
-        &self,
-        disk: &Path,
-        disk_format: &str,
-        console: &Path,
-        vars: Option<&Path>,
-        seed: Option<&Path>,
-    ) -> Vec<String> {
+    /// QEMU's arguments, with the VM's files at `files`.
+    pub fn args(&self, files: &VmFiles) -> Vec<String> {
+        let VmFiles {
+            disk,
+            disk_format,
+            console,
+            vars,
+            seed,
+            metadata_routes,
+        } = *files;
         let machine = self.machine_type.clone().unwrap_or_else(|| {
             match (self.arch, &self.boot) {
                 (Arch::Amd64, Boot::Bios) => "pc",
@@ -202,7 +235,16 @@ impl Machine {
                 ]);
             }
         }
-        a.extend(["-netdev".into(), "user,id=n0".into()]);
+        for smbios in &self.smbios {
+            a.extend(["-smbios".into(), smbios.clone()]);
+        }
+        let netdev = match (&self.metadata, metadata_routes) {
+            (Some(service), Some(routes)) => {
+                format!("user,id=n0,{}", service.netdev_options(routes))
+            }
+            _ => "user,id=n0".into(),
+        };
+        a.extend(["-netdev".into(), netdev]);
         a
     }
 }
@@ -211,15 +253,19 @@ impl Machine {
 mod tests {
     use super::*;
 
-    fn joined(m: &Machine, vars: Option<&Path>) -> String {
-        m.args(
-            Path::new("/d.qcow2"),
-            "qcow2",
-            Path::new("/c.log"),
+    fn files<'a>(vars: Option<&'a Path>, seed: Option<&'a Path>) -> VmFiles<'a> {
+        VmFiles {
+            disk: Path::new("/d.qcow2"),
+            disk_format: "qcow2",
+            console: Path::new("/c.log"),
             vars,
-            Some(Path::new("/seed.img")),
-        )
-        .join(" ")
+            seed,
+            metadata_routes: Some(Path::new("/routes")),
+        }
+    }
+
+    fn joined(m: &Machine, vars: Option<&Path>) -> String {
+        m.args(&files(vars, Some(Path::new("/seed.img")))).join(" ")
     }
 
     #[test]
@@ -272,7 +318,12 @@ mod tests {
             },
         );
         m.machine_type = Some("raspi3b".into());
-        let args = m.args(Path::new("/sd.img"), "raw", Path::new("/c"), None, None);
+        let args = m.args(&VmFiles {
+            disk: Path::new("/sd.img"),
+            disk_format: "raw",
+            console: Path::new("/c"),
+            ..files(None, None)
+        });
         let joined = args.join(" ");
         assert!(
             joined.contains("-kernel /k -initrd /i -dtb /d.dtb"),
@@ -287,6 +338,34 @@ mod tests {
         assert!(!joined.contains("-m "), "{joined}");
         // The command line stays one argument.
         assert!(args.contains(&"console=ttyAMA0".to_string()));
+    }
+
+    #[test]
+    fn a_provider_vm_gets_its_dmi_strings_and_a_network_with_the_metadata_service() {
+        let plain = Machine::new("p", Arch::Amd64, Boot::Uefi);
+        let args = joined(&plain, None);
+        assert!(args.ends_with("-netdev user,id=n0"), "{args}");
+        assert!(!args.contains("-smbios"), "{args}");
+        assert_eq!(plain.guest_address(), "10.0.2.15/24");
+        let mut vps = plain.clone();
+        let hetzner = metadata::Hetzner {
+            server_id: 7,
+            hostname: "h".into(),
+            user_data: String::new(),
+        };
+        vps.smbios.push(hetzner.smbios());
+        vps.metadata = Some(hetzner.service(Path::new("/resp"), &vps.mac));
+        let args = joined(&vps, None);
+        assert!(
+            args.contains("-smbios type=1,manufacturer=Hetzner,product=vServer,serial=7"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-netdev user,id=n0,net=169.0.0.0/8,")
+                && args.ends_with("-cmd:/resp /routes"),
+            "{args}"
+        );
+        assert_eq!(vps.guest_address(), "169.0.0.15/8");
     }
 
     #[test]

@@ -1,4 +1,12 @@
-//! NoCloud seed disks: how a test hands cloud-init its user-data.
+//! Seed disks: how a test hands cloud-init its metadata and user-data on a disk, laid out as
+//! one of two datasources reads it.
+//!
+//! - NoCloud: a filesystem labelled `CIDATA` with `meta-data`, `user-data` (and optionally
+//!   `network-config`) at its root: what people use on their own hypervisors.
+//! - ConfigDrive: a filesystem labelled `config-2` with `openstack/latest/meta_data.json` and
+//!   `openstack/latest/user_data`: what OpenStack clouds and several VPS providers attach.
+//!
+//! Both are written as small FAT images with mtools, so no loop device or mount is needed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,45 +24,85 @@ pub enum SeedError {
     Tool(#[from] ToolError),
 }
 
-/// The files cloud-init's NoCloud datasource reads from a disk labelled `CIDATA`.
-#[derive(Debug, Clone, Default)]
-pub struct NoCloudSeed {
-    pub user_data: String,
-    pub meta_data: String,
-    pub network_config: Option<String>,
+/// A FAT disk with a label and files (paths relative to its root, `/`-separated).
+#[derive(Debug, Clone)]
+pub struct SeedDisk {
+    pub label: String,
+    pub files: Vec<(String, String)>,
 }
 
-impl NoCloudSeed {
-    /// `user-data` given as a `#cloud-config` document, with an instance id in `meta-data`.
-    pub fn cloud_config(instance_id: &str, cloud_config: &str) -> NoCloudSeed {
-        NoCloudSeed {
-            user_data: format!("#cloud-config\n{cloud_config}"),
-            meta_data: format!("instance-id: {instance_id}\n"),
-            network_config: None,
+impl SeedDisk {
+    /// NoCloud: `user-data` given as a `#cloud-config` document, with an instance id in
+    /// `meta-data`.
+    pub fn nocloud(instance_id: &str, cloud_config: &str) -> SeedDisk {
+        SeedDisk {
+            label: "CIDATA".into(),
+            files: vec![
+                ("meta-data".into(), format!("instance-id: {instance_id}\n")),
+                ("user-data".into(), format!("#cloud-config\n{cloud_config}")),
+            ],
         }
     }
 
-    /// Writes the seed as a small FAT disk image at `path` (mkfs.vfat and mcopy: no mount).
+    /// ConfigDrive (OpenStack's layout, version `latest`): the instance's uuid and hostname
+    /// in `meta_data.json`, and a `#cloud-config` document as `user_data`.
+    pub fn config_drive(uuid: &str, hostname: &str, cloud_config: &str) -> SeedDisk {
+        let meta = serde_json::json!({ "uuid": uuid, "hostname": hostname, "name": hostname });
+        SeedDisk {
+            // cloud-init looks for either case; FAT labels are upper case.
+            label: "CONFIG-2".into(),
+            files: vec![
+                (
+                    "openstack/latest/meta_data.json".into(),
+                    format!("{meta}\n"),
+                ),
+                (
+                    "openstack/latest/user_data".into(),
+                    format!("#cloud-config\n{cloud_config}"),
+                ),
+            ],
+        }
+    }
+
+    /// The directories to make, parents first, for the files' paths.
+    fn directories(&self) -> Vec<String> {
+        let mut dirs: Vec<String> = Vec::new();
+        for (path, _) in &self.files {
+            let mut prefix = String::new();
+            let parts: Vec<&str> = path.split('/').collect();
+            for part in &parts[..parts.len() - 1] {
+                if !prefix.is_empty() {
+                    prefix.push('/');
+                }
+                prefix.push_str(part);
+                if !dirs.contains(&prefix) {
+                    dirs.push(prefix.clone());
+                }
+            }
+        }
+        dirs
+    }
+
+    /// Writes the seed as a small FAT disk image at `path` (mkfs.vfat and mtools: no mount).
     pub fn write(&self, path: &Path) -> Result<(), SeedError> {
-        let dir = path.with_extension("files");
-        std::fs::create_dir_all(&dir).map_err(|source| SeedError::Write {
-            path: dir.clone(),
+        let staging = path.with_extension("files");
+        std::fs::create_dir_all(&staging).map_err(|source| SeedError::Write {
+            path: staging.clone(),
             source,
         })?;
         let _ = std::fs::remove_file(path);
         run(Command::new("mkfs.vfat")
-            .args(["-n", "CIDATA", "-C"])
+            .args(["-n", &self.label, "-C"])
             .arg(path)
             .arg("2048"))?;
-        let mut files = vec![
-            ("user-data", self.user_data.as_str()),
-            ("meta-data", self.meta_data.as_str()),
-        ];
-        if let Some(n) = &self.network_config {
-            files.push(("network-config", n.as_str()));
+        for dir in self.directories() {
+            run(Command::new("mmd")
+                .arg("-i")
+                .arg(path)
+                .arg(format!("::/{dir}")))?;
         }
-        for (name, text) in files {
-            let file = dir.join(name);
+        for (i, (name, text)) in self.files.iter().enumerate() {
+            let file = staging.join(i.to_string());
             std::fs::write(&file, text).map_err(|source| SeedError::Write {
                 path: file.clone(),
                 source,
@@ -65,7 +113,7 @@ impl NoCloudSeed {
                 .arg(&file)
                 .arg(format!("::/{name}")))?;
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&staging);
         Ok(())
     }
 }
@@ -74,30 +122,55 @@ impl NoCloudSeed {
 mod tests {
     use super::*;
 
-    #[test]
-    fn seed_disk_is_a_fat_labelled_cidata_holding_the_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("seed.img");
-        let seed = NoCloudSeed::cloud_config("i-1", "hostname: e2e\n");
-        seed.write(&path).expect("mkfs.vfat and mcopy are needed");
-        let label = Command::new("mlabel")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .args(["-s", "-i"])
-            .arg(&path)
-            .arg("::")
-            .output()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&label.stdout).contains("CIDATA"));
-        let user_data = Command::new("mtype")
+    fn mtools(program: &str, args: &[&str], image: &Path) -> String {
+        let out = Command::new(program)
             .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-i")
-            .arg(&path)
-            .arg("::/user-data")
+            .arg(image)
+            .args(args)
             .output()
             .unwrap();
+        assert!(out.status.success(), "{program} {args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn nocloud_seed_is_a_fat_labelled_cidata_holding_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seed.img");
+        let seed = SeedDisk::nocloud("i-1", "hostname: e2e\n");
+        seed.write(&path).expect("mkfs.vfat and mcopy are needed");
+        assert!(mtools("mlabel", &["-s", "::"], &path).contains("CIDATA"));
         assert_eq!(
-            String::from_utf8_lossy(&user_data.stdout),
+            mtools("mtype", &["::/user-data"], &path),
             "#cloud-config\nhostname: e2e\n"
+        );
+        assert_eq!(
+            mtools("mtype", &["::/meta-data"], &path),
+            "instance-id: i-1\n"
+        );
+    }
+
+    #[test]
+    fn config_drive_holds_openstacks_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config-drive.img");
+        let seed = SeedDisk::config_drive("u-1", "vps \"one\"", "hostname: x\n");
+        assert_eq!(seed.directories(), ["openstack", "openstack/latest"]);
+        seed.write(&path)
+            .expect("mkfs.vfat, mmd and mcopy are needed");
+        assert!(mtools("mlabel", &["-s", "::"], &path).contains("CONFIG-2"));
+        let meta: serde_json::Value = serde_json::from_str(&mtools(
+            "mtype",
+            &["::/openstack/latest/meta_data.json"],
+            &path,
+        ))
+        .unwrap();
+        assert_eq!(meta["uuid"], "u-1");
+        assert_eq!(meta["hostname"], "vps \"one\"");
+        assert_eq!(
+            mtools("mtype", &["::/openstack/latest/user_data"], &path),
+            "#cloud-config\nhostname: x\n"
         );
     }
 }

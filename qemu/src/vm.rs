@@ -6,8 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::console;
-use crate::machine::{Boot, Machine};
-use crate::seed::{NoCloudSeed, SeedError};
+use crate::machine::{Boot, Machine, VmFiles};
+use crate::seed::{SeedDisk, SeedError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -53,12 +53,8 @@ pub struct Vm {
 
 impl Vm {
     /// Boots `image` (raw or qcow2, never written: the VM writes to an overlay) as `machine`,
-    /// with an optional NoCloud seed disk.
-    pub fn start(
-        machine: &Machine,
-        image: &Path,
-        seed: Option<&NoCloudSeed>,
-    ) -> Result<Vm, VmError> {
+    /// with an optional seed disk.
+    pub fn start(machine: &Machine, image: &Path, seed: Option<&SeedDisk>) -> Result<Vm, VmError> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("uncloud-vm-{}-", machine.name))
             .tempdir()
@@ -107,15 +103,26 @@ impl Vm {
             }
             None => None,
         };
+        let routes = match &machine.metadata {
+            Some(service) => {
+                let routes = dir.path().join("metadata");
+                service
+                    .write_routes(&routes)
+                    .map_err(io("cannot write the metadata service's documents"))?;
+                Some(routes)
+            }
+            None => None,
+        };
         let console_path = dir.path().join("console.log");
         std::fs::write(&console_path, b"").map_err(io("cannot create the console log"))?;
-        let args = machine.args(
-            &disk,
-            "qcow2",
-            &console_path,
-            vars.as_deref(),
-            seed_path.as_deref(),
-        );
+        let args = machine.args(&VmFiles {
+            disk: &disk,
+            disk_format: "qcow2",
+            console: &console_path,
+            vars: vars.as_deref(),
+            seed: seed_path.as_deref(),
+            metadata_routes: routes.as_deref(),
+        });
         let stderr = std::fs::File::create(dir.path().join("qemu.stderr"))
             .map_err(io("cannot create QEMU's stderr log"))?;
         let child = Command::new(machine.program())

@@ -51,6 +51,8 @@ pub struct Banner {
     /// `<unit>: <state>` lines.
     pub units: Vec<(String, String)>,
     pub setup_token: Option<String>,
+    /// A `join ticket:` line was shown (a ticket was given and not used yet).
+    pub join_ticket: bool,
     pub certificate_sha256: Option<String>,
     pub mode: Option<String>,
     /// The `addresses:` line, as printed.
@@ -79,6 +81,8 @@ impl Banner {
             let line = line.trim();
             if let Some(token) = line.strip_prefix("setup token: ") {
                 banner.setup_token = Some(token.to_owned());
+            } else if line.starts_with("join ticket: ") {
+                banner.join_ticket = true;
             } else if let Some(fp) = line.strip_prefix("certificate sha256: ") {
                 banner.certificate_sha256 = Some(fp.to_owned());
             } else if let Some(mode) = line.strip_prefix("mode: ") {
@@ -122,12 +126,14 @@ mod tests {
             [   40.1] random kernel line\n\
             certificate sha256: AA:BB\n\
             setup token: abcde-fghjk\n\
+            join ticket: received, not used yet\n\
             stated.service: active\n\
             docker.service: active\n";
         let b = Banner::parse_last(console).unwrap();
         assert_eq!(b.hostname, "vm1");
         assert!(b.ready);
         assert_eq!(b.setup_token.as_deref(), Some("abcde-fghjk"));
+        assert!(b.join_ticket);
         assert_eq!(b.certificate_sha256.as_deref(), Some("AA:BB"));
         assert_eq!(b.addresses.as_deref(), Some("enp0s2 10.0.2.15"));
         assert_eq!(b.unit("stated.service"), Some("active"));
@@ -141,6 +147,7 @@ mod tests {
         let b = Banner::parse_last("uncloud: vm NOT ready: meshd.service failed\n").unwrap();
         assert!(!b.ready);
         assert_eq!(b.hostname, "vm");
+        assert!(!b.join_ticket);
         assert_eq!(Banner::parse_last("nothing here\n"), None);
     }
 }

@@ -8,6 +8,7 @@
 //! addresses: enp0s2 10.0.2.15/24, enp0s2 fec0::5054:ff:fe12:3456/64
 //! certificate sha256: 3F:A2:...
 //! setup token: k3mqz-8xw2r-...
+//! join ticket: received, not used yet      (only when one was given)
 //! stated.service: active
 //! ...
 //! ```
@@ -42,6 +43,8 @@ pub struct Facts {
     pub addresses: Vec<(String, String)>,
     pub certificate_sha256: Option<String>,
     pub setup_token: Option<String>,
+    /// Whether a join ticket was given and not used yet (its text is never shown).
+    pub join_ticket: bool,
     /// `(unit, ActiveState)`, in the order shown.
     pub units: Vec<(String, String)>,
     pub warnings: Vec<String>,
@@ -107,6 +110,9 @@ pub fn render(f: &Facts) -> String {
                 .as_deref()
                 .unwrap_or("none (uncloud-firstboot did not run)")
         ));
+        if f.join_ticket {
+            line("join ticket: received, not used yet".into());
+        }
     }
     for (unit, state) in &f.units {
         line(format!("{unit}: {state}"));
@@ -236,6 +242,7 @@ pub fn gather(root: &Path, units: Vec<(String, String)>) -> Facts {
         addresses: addresses(),
         certificate_sha256: read(id.tls_cert()).and_then(|pem| crate::tls::fingerprint(&pem).ok()),
         setup_token: read(id.setup_token()),
+        join_ticket: id.join_ticket().exists(),
         units,
         warnings: crate::init::last_warnings(root),
     }
@@ -286,6 +293,7 @@ mod tests {
             addresses: vec![("enp0s2".into(), "10.0.2.15/24".into())],
             certificate_sha256: Some("AA:BB".into()),
             setup_token: Some("abcde-fghjk".into()),
+            join_ticket: false,
             units: vec![
                 ("docker.service".into(), "active".into()),
                 ("stated.service".into(), "active".into()),
@@ -307,6 +315,21 @@ mod tests {
              docker.service: active\n\
              stated.service: active\n"
         );
+    }
+
+    #[test]
+    fn a_join_ticket_is_acknowledged_without_its_text_until_initialised() {
+        let mut f = facts();
+        f.join_ticket = true;
+        let text = render(&f);
+        assert!(
+            text.contains("setup token: abcde-fghjk\njoin ticket: received, not used yet\n"),
+            "{text}"
+        );
+        f.initialised = true;
+        let text = render(&f);
+        assert!(!text.contains("join ticket"), "{text}");
+        assert!(!text.contains("setup token"), "{text}");
     }
 
     #[test]
