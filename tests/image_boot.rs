@@ -30,6 +30,8 @@ fn boot_until_ready(machine: &Machine, image: &Path, seed: Option<&SeedDisk>) ->
     // The banner's lines follow its first one; give them a moment to reach the console.
     std::thread::sleep(Duration::from_secs(2));
     let console = vm.console();
+    // Kept for reading where a boot spends its time, failed or not.
+    let _ = vm.save_console(&uncloud_qemu::vm::logs_dir());
     let banner = Banner::parse_last(&console).expect("a banner was seen");
     eprintln!(
         "{}: banner after {:.0?}: {banner:?}",
@@ -48,6 +50,17 @@ fn boot_until_ready(machine: &Machine, image: &Path, seed: Option<&SeedDisk>) ->
             .is_some_and(|a| a.contains(machine.guest_address())),
         "no DHCP address {}: {banner:?}",
         machine.guest_address()
+    );
+    // cloud-init (when a datasource was found) took our settings and the user-data without
+    // complaint: it logs schema errors and ignored keys as warnings on the console.
+    let warnings: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("cloud-init[") && (l.contains("WARNING") || l.contains("ERROR")))
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "cloud-init warned:\n{}",
+        warnings.join("\n")
     );
     // Reached multi-user: systemd says so on the console.
     vm.wait_for_line("multi-user.target", Duration::from_secs(120), |l| {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use uncloud_qemu::{rpi, Arch, Boot, Machine, Vm};
+use uncloud_qemu::{rpi, Arch, Boot, Machine, SeedDisk, Vm};
 
 use crate::progress;
 use crate::report::{line, write_json, Metric, Results};
@@ -22,6 +22,8 @@ pub struct Plan {
     /// Architectures to boot (amd64 with UEFI and with BIOS, arm64 with UEFI).
     pub arm64: bool,
     pub bios: bool,
+    /// Also an amd64 UEFI boot with cloud-init given user-data, as on a VPS.
+    pub cloud_init: bool,
     /// Boots of each kind (Uncloud, reference); the median is reported.
     pub runs: usize,
 }
@@ -31,6 +33,7 @@ impl Plan {
         Plan {
             arm64: true,
             bios: true,
+            cloud_init: true,
             runs: 2,
         }
     }
@@ -40,6 +43,7 @@ impl Plan {
         Plan {
             arm64: false,
             bios: false,
+            cloud_init: false,
             runs: 1,
         }
     }
@@ -70,6 +74,20 @@ struct Case {
     /// `None`: the Raspberry Pi image on `raspi3b`, booted directly.
     boot: Option<Boot>,
     suffix: &'static str,
+    /// A NoCloud seed: cloud-init then runs (as on a VPS), in both boots.
+    seed: Option<SeedDisk>,
+}
+
+/// What a VPS's first boot is given: a hostname and a setup token by cloud-init user-data.
+fn vps_seed() -> SeedDisk {
+    SeedDisk::nocloud(
+        "iid-bench",
+        "hostname: bench\n\
+         write_files:\n\
+         - path: /etc/uncloud/setup-token\n\
+         \x20 permissions: '0600'\n\
+         \x20 content: bench-token-0123456789\n",
+    )
 }
 
 pub fn run_bench(plan: &Plan, images: &Path, out: &Path, command: &str) -> Result<Results> {
@@ -82,6 +100,7 @@ pub fn run_bench(plan: &Plan, images: &Path, out: &Path, command: &str) -> Resul
         arch,
         boot,
         suffix,
+        seed: None,
     };
     let mut cases = vec![case(
         "amd64_uefi",
@@ -89,6 +108,17 @@ pub fn run_bench(plan: &Plan, images: &Path, out: &Path, command: &str) -> Resul
         Some(Boot::Uefi),
         "-amd64.qcow2",
     )];
+    if plan.cloud_init {
+        cases.push(Case {
+            seed: Some(vps_seed()),
+            ..case(
+                "amd64_uefi_cloud_init",
+                Arch::Amd64,
+                Some(Boot::Uefi),
+                "-amd64.qcow2",
+            )
+        });
+    }
     if plan.bios {
         cases.push(case(
             "amd64_bios",
@@ -146,7 +176,7 @@ pub fn run_bench(plan: &Plan, images: &Path, out: &Path, command: &str) -> Resul
         let mut uncloud = Vec::new();
         let mut reference = Vec::new();
         for run in 0..plan.runs {
-            let t = boot_to_ready(&machine, &raw)?;
+            let t = boot_to_ready(&machine, &raw, c.seed.as_ref())?;
             progress(format!(
                 "{} run {run}: Uncloud ready after {t:.1} s",
                 c.name
@@ -155,6 +185,7 @@ pub fn run_bench(plan: &Plan, images: &Path, out: &Path, command: &str) -> Resul
             let t = boot_to(
                 &reference_machine,
                 &reference_image,
+                c.seed.as_ref(),
                 "multi-user.target",
                 |l| l.contains("Reached target") && l.contains("multi-user.target"),
             )?;
@@ -188,8 +219,8 @@ pub fn run_bench(plan: &Plan, images: &Path, out: &Path, command: &str) -> Resul
 
 /// Seconds from starting QEMU to the banner saying the machine is ready; a banner saying it
 /// is not ready is an error.
-fn boot_to_ready(machine: &Machine, image: &Path) -> Result<f64> {
-    let mut vm = Vm::start(machine, image, None)?;
+fn boot_to_ready(machine: &Machine, image: &Path, seed: Option<&SeedDisk>) -> Result<f64> {
+    let mut vm = Vm::start(machine, image, seed)?;
     let line = vm.wait_for_line("the console banner", BOOT_TIMEOUT, |l| {
         l.starts_with("uncloud: ") && (l.ends_with(" ready") || l.contains(" NOT ready"))
     })?;
@@ -203,10 +234,11 @@ fn boot_to_ready(machine: &Machine, image: &Path) -> Result<f64> {
 fn boot_to(
     machine: &Machine,
     image: &Path,
+    seed: Option<&SeedDisk>,
     what: &str,
     matches: impl Fn(&str) -> bool,
 ) -> Result<f64> {
-    let mut vm = Vm::start(machine, image, None)?;
+    let mut vm = Vm::start(machine, image, seed)?;
     vm.wait_for_line(what, BOOT_TIMEOUT, matches)?;
     Ok(vm.elapsed().as_secs_f64())
 }
@@ -334,7 +366,10 @@ fn markdown(plan: &Plan, images: &Path, results: &Results, command: &str) -> Res
          is a first boot (a fresh copy-on-write overlay of the image), so it includes making \
          the machine's keys and token. `arm64_raspi3b` is the Raspberry Pi SD image on QEMU's \
          `raspi3b` (4 Cortex-A53, 1 GiB, SD card, USB network), started with the kernel, initrd \
-         and device tree from its boot partition since QEMU cannot run the Pi's GPU firmware.\n",
+         and device tree from its boot partition since QEMU cannot run the Pi's GPU firmware. \
+         Without user-data cloud-init finds no datasource and stays off; \
+         `amd64_uefi_cloud_init` is booted with a NoCloud seed disk (hostname and setup token), \
+         as a VPS's first boot runs cloud-init, in both of its boots.\n",
     );
     line(
         &mut md,

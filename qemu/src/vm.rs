@@ -231,16 +231,21 @@ impl Vm {
     }
 }
 
+/// Where consoles are kept: `$UNCLOUD_VM_LOGS`, else `uncloud-vm-logs` in the temporary
+/// directory.
+pub fn logs_dir() -> PathBuf {
+    std::env::var_os("UNCLOUD_VM_LOGS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("uncloud-vm-logs"))
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
             // Keep what the VM printed: the test's failure message only has the tail.
-            let dir = std::env::var_os("UNCLOUD_VM_LOGS")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| std::env::temp_dir().join("uncloud-vm-logs"));
-            if let Ok(path) = self.save_console(&dir) {
+            if let Ok(path) = self.save_console(&logs_dir()) {
                 eprintln!("{}: console saved to {}", self.name, path.display());
             }
         }
