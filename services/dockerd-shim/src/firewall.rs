@@ -10,7 +10,11 @@
 //! - in a table of its own, `ip uncloud_containers`, replaced atomically on every apply:
 //!   - masquerade for container traffic leaving the mesh (the internet sees the machine);
 //!   - drop anything from the bridge whose source is not this machine's subnet, so a container
-//!     cannot speak with another machine's or container's address.
+//!     cannot speak with another machine's or container's address;
+//!   - drop anything forwarded to the cloud provider's metadata service (169.254.169.254), from
+//!     containers on any bridge: its user-data can hold the machine's setup token or join
+//!     ticket. The machine itself (cloud-init) still reaches it: its own traffic is not
+//!     forwarded.
 //!
 //! Both are re-applied periodically, since a host firewall reload can flush them. They stay
 //! when the shim stops: the containers keep running and keep needing them.
@@ -23,6 +27,9 @@ use uncloud_common::address::MeshCidr;
 use uncloud_common::nft::{self, FirewallError};
 
 pub const TABLE: &str = "uncloud_containers";
+
+/// Where VPS providers serve metadata and user-data (EC2, GCE, Azure, Hetzner, …).
+pub const METADATA_ADDRESS: &str = "169.254.169.254";
 
 /// What the rules are about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +61,7 @@ pub fn ruleset(r: &Rules) -> String {
   chain forward {{
     type filter hook forward priority filter; policy accept;
     iifname "{bridge}" ip saddr != {subnet} drop comment "containers speak only from their own addresses"
+    ip daddr {METADATA_ADDRESS} drop comment "containers do not read the provider's metadata"
   }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
@@ -124,6 +132,12 @@ mod tests {
             r#"ip saddr 10.210.3.0/24 ip daddr != 10.210.0.0/16 oifname != "uncloud0" masquerade"#
         ));
         assert!(text.contains(r#"iifname "uncloud0" ip saddr != 10.210.3.0/24 drop"#));
+        let forward =
+            &text[text.find("chain forward").unwrap()..text.find("chain postrouting").unwrap()];
+        assert!(
+            forward.contains("ip daddr 169.254.169.254 drop"),
+            "{forward}"
+        );
         let rule = docker_user_rule(&r).join(" ");
         assert!(rule.starts_with("-i uncloud -o uncloud0 "), "{rule}");
         assert!(rule.ends_with("-j ACCEPT"));

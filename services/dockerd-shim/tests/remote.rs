@@ -331,7 +331,8 @@ async fn another_machine_acts_here_over_the_mesh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn containers_reach_the_mesh_directly_and_the_internet_masqueraded() {
+async fn containers_reach_the_mesh_directly_and_the_internet_masqueraded_but_not_the_metadata_service(
+) {
     init_tracing();
     let (engine, docker) = support::engine(1).await;
     let d = &engine.ns;
@@ -394,4 +395,31 @@ async fn containers_reach_the_mesh_directly_and_the_internet_masqueraded() {
     );
     let peer = peer_of(internet_server, "192.0.2.2 9002").await.unwrap();
     assert_eq!(peer.to_string(), "192.0.2.1", "masqueraded beyond the mesh");
+
+    // The provider's metadata service, beyond the uplink as on a VPS: the machine reaches it,
+    // its containers do not (user-data can hold the setup token).
+    internet.addr("eth0", "169.254.169.254/32");
+    d.ip(&["route", "add", "169.254.169.254/32", "via", "192.0.2.2"]);
+    let metadata = listen_in(&internet, "169.254.169.254:80");
+    let to: SocketAddr = "169.254.169.254:80".parse().unwrap();
+    d.enter(|| std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5)))
+        .expect("the machine itself reaches the metadata service");
+    let (_, peer) = tokio::time::timeout(Duration::from_secs(10), metadata.accept())
+        .await
+        .expect("the machine's connection arrives")
+        .unwrap();
+    assert_eq!(peer.ip().to_string(), "192.0.2.1");
+    engine.docker(&[
+        "exec",
+        "box-1",
+        "sh",
+        "-c",
+        "echo hi | nc -w 2 169.254.169.254 80",
+    ]);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), metadata.accept())
+            .await
+            .is_err(),
+        "a container reached the metadata service"
+    );
 }
