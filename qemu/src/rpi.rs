@@ -95,9 +95,30 @@ fn fat(image: &Path) -> String {
     format!("{}{BOOT_OFFSET}", image.display())
 }
 
+/// Whether QEMU's emulated USB controller (dwc2) failed to enumerate the Pi's USB network
+/// device (behind QEMU's USB hub) on this boot: the kernel power-cycled a port and never
+/// found the device. It happens now and then under TCG on a loaded host, and the same image
+/// finds the device on the next boot, so it is the emulator's failure rather than the image's.
+pub fn usb_network_missing(console: &str) -> bool {
+    console.contains(": attempt power cycle")
+        && !console.contains("Product: RNDIS/QEMU USB Network Device")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_usb_network_device_given_up_on_is_told_from_one_found_after_a_retry() {
+        let failed = "usb 1-1: new full-speed USB device number 4 using dwc2\n\
+                      usb usb1-port1: attempt power cycle\n\
+                      usb 1-1: new full-speed USB device number 5 using dwc2\n";
+        assert!(usb_network_missing(failed));
+        let found = format!("{failed}usb 1-1.1: Product: RNDIS/QEMU USB Network Device\n");
+        assert!(!usb_network_missing(&found));
+        // A boot without a power cycle is judged by the test, not retried.
+        assert!(!usb_network_missing("usb 1-1: Product: QEMU USB Hub\n"));
+    }
 
     #[test]
     fn config_txt_names_the_kernel_and_initramfs() {
