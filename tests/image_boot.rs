@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use uncloud_e2e::{image, is_status_line, Banner};
+use uncloud_qemu::seed::write_uncloud_file;
 use uncloud_qemu::{rpi, Arch, Boot, Hetzner, Machine, SeedDisk, Vm};
 
 /// Under TCG on 2 cores, x86_64 is ready in about a minute and arm64 in a few; this bounds a
@@ -95,17 +96,6 @@ fn is_generated_token(token: &str) -> bool {
                 && g.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         })
-}
-
-/// User-data that writes `content` to `/etc/uncloud/<file>` (`setup-token`, `join-ticket`),
-/// as image/README.md tells people to.
-fn write_uncloud_file(file: &str, content: &str) -> String {
-    format!(
-        "write_files:\n\
-         - path: /etc/uncloud/{file}\n\
-         \x20 permissions: '0600'\n\
-         \x20 content: {content}\n"
-    )
 }
 
 fn seed(hostname: &str, token: &str) -> SeedDisk {
@@ -197,7 +187,6 @@ fn arm64_uefi_boots_ready_on_hetzners_metadata_service() {
             write_uncloud_file("setup-token", token)
         ),
     };
-    machine.smbios.push(hetzner.smbios());
     machine.metadata =
         Some(hetzner.service(Path::new(env!("CARGO_BIN_EXE_metadata-http")), &machine.mac));
     let (vm, banner) = boot_until_ready(&machine, &image("-arm64.qcow2"), None);

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use uncloud_qemu::seed::write_uncloud_file;
 use uncloud_qemu::{rpi, Arch, Boot, Machine, SeedDisk, Vm};
 
 use crate::progress;
@@ -82,11 +83,10 @@ struct Case {
 fn vps_seed() -> SeedDisk {
     SeedDisk::nocloud(
         "iid-bench",
-        "hostname: bench\n\
-         write_files:\n\
-         - path: /etc/uncloud/setup-token\n\
-         \x20 permissions: '0600'\n\
-         \x20 content: bench-token-0123456789\n",
+        &format!(
+            "hostname: bench\n{}",
+            write_uncloud_file("setup-token", "bench-token-0123456789")
+        ),
     )
 }
 

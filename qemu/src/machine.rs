@@ -49,10 +49,8 @@ pub struct Machine {
     pub mac: String,
     /// Size the disk grows to (the image's partition and filesystem then grow on boot).
     pub disk_size_bytes: Option<u64>,
-    /// `-smbios` arguments: the DMI strings cloud-init tells providers apart by.
-    pub smbios: Vec<String>,
-    /// A provider's metadata service at 169.254.169.254 (the VM's network is then
-    /// [`metadata::NETWORK`]).
+    /// A provider: its DMI strings, and its metadata service at 169.254.169.254 (the VM's
+    /// network is then [`metadata::NETWORK`]).
     pub metadata: Option<MetadataService>,
 }
 
@@ -93,7 +91,6 @@ impl Machine {
                 h as u8
             ),
             disk_size_bytes: None,
-            smbios: Vec::new(),
             metadata: None,
         }
     }
@@ -235,11 +232,9 @@ impl Machine {
                 ]);
             }
         }
-        for smbios in &self.smbios {
-            a.extend(["-smbios".into(), smbios.clone()]);
-        }
         let netdev = match (&self.metadata, metadata_routes) {
             (Some(service), Some(routes)) => {
+                a.extend(["-smbios".into(), service.smbios.clone()]);
                 format!("user,id=n0,{}", service.netdev_options(routes))
             }
             _ => "user,id=n0".into(),
@@ -353,7 +348,6 @@ mod tests {
             hostname: "h".into(),
             user_data: String::new(),
         };
-        vps.smbios.push(hetzner.smbios());
         vps.metadata = Some(hetzner.service(Path::new("/resp"), &vps.mac));
         let args = joined(&vps, None);
         assert!(

@@ -26,10 +26,12 @@ pub const GUEST_ADDRESS: &str = "169.0.0.15/8";
 /// The longest request head read; a metadata client sends a few hundred bytes.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
-/// A metadata service: the program QEMU runs for each connection (one that calls
-/// [`serve_connection`]) and what it serves, by URL path.
+/// A provider as a VM sees it: its DMI strings, and a metadata service (the program QEMU runs
+/// for each connection, one that calls [`serve_connection`], and what it serves, by URL path).
 #[derive(Debug, Clone)]
 pub struct MetadataService {
+    /// QEMU's `-smbios` argument: what ds-identify and the datasource tell the provider by.
+    pub smbios: String,
     pub responder: PathBuf,
     pub routes: Vec<(String, Vec<u8>)>,
 }
@@ -121,16 +123,10 @@ pub struct Hetzner {
 }
 
 impl Hetzner {
-    /// QEMU's `-smbios` argument: what ds-identify and the datasource check.
-    pub fn smbios(&self) -> String {
-        format!(
-            "type=1,manufacturer=Hetzner,product=vServer,serial={}",
-            self.server_id
-        )
-    }
-
-    /// What the service serves a server whose NIC has `mac`. The metadata is JSON, which is
-    /// YAML too; its network config is Hetzner's: DHCP on `eth0`, named by MAC.
+    /// The provider for a server whose NIC has `mac`: DMI vendor `Hetzner` with the server id
+    /// as serial number (the datasource checks it against the metadata's), and what the
+    /// service serves. The metadata is JSON, which is YAML too; its network config is
+    /// Hetzner's: DHCP on `eth0`, named by MAC.
     pub fn service(&self, responder: &Path, mac: &str) -> MetadataService {
         let metadata = serde_json::json!({
             "hostname": self.hostname,
@@ -150,6 +146,10 @@ impl Hetzner {
         });
         let base = "/hetzner/v1";
         MetadataService {
+            smbios: format!(
+                "type=1,manufacturer=Hetzner,product=vServer,serial={}",
+                self.server_id
+            ),
             responder: responder.to_owned(),
             routes: vec![
                 (

@@ -24,6 +24,17 @@ pub enum SeedError {
     Tool(#[from] ToolError),
 }
 
+/// Cloud-config that writes `content` to `/etc/uncloud/<file>` (`setup-token`,
+/// `join-ticket`): how image/README.md tells people to hand a machine its setup.
+pub fn write_uncloud_file(file: &str, content: &str) -> String {
+    format!(
+        "write_files:\n\
+         - path: /etc/uncloud/{file}\n\
+         \x20 permissions: '0600'\n\
+         \x20 content: {content}\n"
+    )
+}
+
 /// A FAT disk with a label and files (paths relative to its root, `/`-separated).
 #[derive(Debug, Clone)]
 pub struct SeedDisk {
