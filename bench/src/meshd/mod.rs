@@ -229,7 +229,11 @@ async fn start_meshd(bin: &Path, cluster: &Cluster, machines: &[&Netns]) -> Resu
     };
     for (i, ns) in machines.iter().enumerate() {
         let bus = PrivateBus::start();
-        let serve = stated::dbus::serve(cluster.node(i).shared().clone(), &bus.address).await?;
+        let serve = stated::dbus::serve(
+            stated::Membership::of_running(cluster.node(i).shared().clone()),
+            &bus.address,
+        )
+        .await?;
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("meshd.toml");
         std::fs::write(

@@ -126,7 +126,11 @@ impl Shim {
 async fn start_shim(cluster: &Cluster, engine: &Dockerd) -> Result<Shim> {
     let bin = crate::sys::workspace_binary("dockerd-shim")?;
     let bus = PrivateBus::start();
-    let serve = stated::dbus::serve(cluster.node(0).shared().clone(), &bus.address).await?;
+    let serve = stated::dbus::serve(
+        stated::Membership::of_running(cluster.node(0).shared().clone()),
+        &bus.address,
+    )
+    .await?;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("dockerd-shim.toml");
     std::fs::write(

@@ -28,7 +28,6 @@ pub fn tune(gossip_interval_ms: u64) -> impl Fn(&mut Config) {
         c.suspect_after_ms = d.suspect_after_ms;
         c.anti_entropy_interval_ms = d.anti_entropy_interval_ms;
         c.sync_timeout_ms = d.sync_timeout_ms;
-        c.initial_sync_wait_ms = d.initial_sync_wait_ms.min(5 * gossip_interval_ms);
     }
 }
 

@@ -34,3 +34,15 @@ where
         }
     }
 }
+
+/// Tells systemd the daemon is up while it waits for this machine to belong to a network.
+///
+/// On a fresh machine (maintenance mode) meshd and dockerd-shim have nothing to do until
+/// `uc machine init` or a join; they count as started (so the boot completes and the banner
+/// shows the machine ready for setup) and say what they wait for in `systemctl status`.
+pub fn notify_waiting_for_membership() {
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("waiting: this machine belongs to no network yet"),
+    ]);
+}

@@ -43,7 +43,18 @@ pub trait State {
     /// One part (`network`, `machines`, `services`, `containers`, `routes`) as JSON, or one
     /// entity of it when `id` is not empty.
     fn get(&self, kind: &str, id: &str) -> zbus::Result<String>;
-    fn upsert_machine(&self, json: &str) -> zbus::Result<()>;
+    /// Creates a network with this machine as its first member; returns its entry (JSON).
+    fn create_network(&self, network_id: &str, mesh_cidr: &str, name: &str)
+        -> zbus::Result<String>;
+    /// Joins with the whole document of the member that admitted this machine.
+    fn join_network(&self, document: &[u8]) -> zbus::Result<String>;
+    /// Admits a machine (`{"machine_id", "name", …}`); returns its entry (JSON).
+    fn admit_machine(&self, json: &str) -> zbus::Result<String>;
+    /// The whole document, for a machine this member admitted.
+    fn save_document(&self) -> zbus::Result<Vec<u8>>;
+    fn set_machine_name(&self, id: &str, name: &str) -> zbus::Result<()>;
+    fn set_machine_roles(&self, id: &str, roles: &[&str]) -> zbus::Result<()>;
+    fn set_machine_labels(&self, id: &str, labels: HashMap<&str, &str>) -> zbus::Result<()>;
     fn remove_machine(&self, id: &str) -> zbus::Result<()>;
     /// Sets this machine's WireGuard public key, advertised endpoints and observed peer
     /// endpoints (peer id -> `ip:port`), leaving its other fields alone. Used by meshd.
@@ -71,8 +82,12 @@ pub trait State {
 
     #[zbus(property(emits_changed_signal = "const"))]
     fn machine_id(&self) -> zbus::Result<String>;
-    #[zbus(property(emits_changed_signal = "const"))]
+    /// Empty while the machine is fresh.
+    #[zbus(property)]
     fn network_id(&self) -> zbus::Result<String>;
+    /// `fresh` or `member`.
+    #[zbus(property)]
+    fn mode(&self) -> zbus::Result<String>;
     /// Hex hashes of the document heads; equal on two machines means equal state. Not
     /// announced on change (use `Changed`), so the proxy reads it afresh each time.
     #[zbus(property(emits_changed_signal = "false"))]

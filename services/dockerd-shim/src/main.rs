@@ -43,8 +43,10 @@ fn main() -> ExitCode {
     uncloud_common::daemon::main("dockerd-shim", &args.config, args.check_config, serve)
 }
 
-/// This machine's subnet from the state, waiting for stated and for the entry.
+/// This machine's subnet from the state, waiting for stated and for the entry (a fresh
+/// machine has none until it creates or joins a network).
 async fn own_subnet(state: &StateProxy<'_>) -> (MeshCidr, u32) {
+    let mut told = false;
     loop {
         if let Ok(id) = state.machine_id().await {
             if let Ok(json) = state.get_state().await {
@@ -54,6 +56,13 @@ async fn own_subnet(state: &StateProxy<'_>) -> (MeshCidr, u32) {
                         return (cidr, m.subnet);
                     }
                 }
+            }
+            if !told && state.mode().await.is_ok_and(|m| m == "fresh") {
+                tracing::info!(
+                    "this machine belongs to no network yet; waiting until it joins one"
+                );
+                uncloud_common::daemon::notify_waiting_for_membership();
+                told = true;
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -143,7 +152,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         machine_id,
         network: config.network.clone(),
     };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("ready"),
+    ]);
     tracing::info!("ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -44,9 +44,12 @@ async fn setup() -> Setup {
     let cluster = Cluster::start(1).await;
     cluster.settled(Duration::from_secs(30)).await.unwrap();
     let bus = PrivateBus::start();
-    let dbus = stated::dbus::serve(cluster.node(0).shared().clone(), &bus.address)
-        .await
-        .unwrap();
+    let dbus = stated::dbus::serve(
+        stated::Membership::of_running(cluster.node(0).shared().clone()),
+        &bus.address,
+    )
+    .await
+    .unwrap();
     let (engine, docker) = support::engine(3).await;
     let conn = bus.connect().await;
     let machine_id = cluster.ids[0].clone();

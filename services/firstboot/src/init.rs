@@ -68,6 +68,9 @@ impl Init {
         let mut ticket: Option<(String, String)> = None;
         let mut consumed: Vec<PathBuf> = Vec::new();
 
+        if let Some(warning) = self.boot_partition_missing() {
+            out.warnings.push(warning);
+        }
         let boot_file = self.path(setup_file::PATH.trim_start_matches('/'));
         let mut boot_text = None;
         if let Some(text) = store::read_optional(&boot_file)? {
@@ -172,6 +175,33 @@ impl Init {
     }
 
     /// The hostname the certificate names: `/etc/hostname`, else the default.
+    /// A machine with a boot partition (the Pi: fstab mounts it at `/boot/firmware`) whose
+    /// partition is not mounted would silently lose the setup file on it. The unit waits for
+    /// the mount (fstab gives the device minutes to appear); if it still is not there, say so.
+    fn boot_partition_missing(&self) -> Option<String> {
+        let mount = setup_file::BOOT_MOUNT;
+        let fstab = std::fs::read_to_string(self.path("etc/fstab")).ok()?;
+        let listed = fstab
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .any(|l| l.split_whitespace().nth(1) == Some(mount));
+        if !listed {
+            return None;
+        }
+        let mountinfo =
+            std::fs::read_to_string(self.path("proc/self/mountinfo")).unwrap_or_default();
+        let mounted = mountinfo
+            .lines()
+            .any(|l| l.split_whitespace().nth(4) == Some(mount));
+        (!mounted).then(|| {
+            format!(
+                "the boot partition ({mount}) is not mounted, so {} could not be read: its \
+                 hostname, token and ticket were not used; check the SD card and reboot",
+                setup_file::PATH
+            )
+        })
+    }
+
     fn hostname(&self) -> Result<String, InitError> {
         let text = store::read_optional(&self.path("etc/hostname"))?.unwrap_or_default();
         let h = text.trim();
@@ -345,6 +375,38 @@ mod tests {
         assert_eq!(read(root, boot).as_deref(), Some(text));
         assert!(out.warnings[0].contains("uncloud-setup.toml"), "{out:?}");
         assert_eq!(read(root, "etc/hostname"), None);
+    }
+
+    #[test]
+    fn a_boot_partition_that_did_not_mount_is_named_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let fstab = "LABEL=rootfs / ext4 defaults 0 1\n\
+                     LABEL=RASPIFIRM /boot/firmware vfat defaults,nofail 0 2\n";
+        write(dir.path(), "etc/fstab", fstab);
+        write(
+            dir.path(),
+            "proc/self/mountinfo",
+            "22 1 254:1 / / rw,relatime - ext4 /dev/vda1 rw\n",
+        );
+        let out = init(dir.path()).run().unwrap();
+        assert!(
+            out.warnings
+                .iter()
+                .any(|w| w.contains("/boot/firmware) is not mounted")),
+            "{:?}",
+            out.warnings
+        );
+        // Mounted: no warning. A machine without a boot partition: none either.
+        write(
+            dir.path(),
+            "proc/self/mountinfo",
+            "22 1 254:1 / / rw - ext4 /dev/vda1 rw\n\
+             30 22 179:1 / /boot/firmware rw - vfat /dev/mmcblk0p1 rw\n",
+        );
+        assert!(init(dir.path()).run().unwrap().warnings.is_empty());
+        write(dir.path(), "etc/fstab", "LABEL=rootfs / ext4 defaults 0 1\n");
+        write(dir.path(), "proc/self/mountinfo", "");
+        assert!(init(dir.path()).run().unwrap().warnings.is_empty());
     }
 
     #[test]

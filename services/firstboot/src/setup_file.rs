@@ -7,6 +7,8 @@ use serde::Deserialize;
 use crate::token::{self, SecretError};
 
 /// Where the Pi's boot partition is mounted (Debian's raspi-firmware convention).
+pub const BOOT_MOUNT: &str = "/boot/firmware";
+/// The setup file on it.
 pub const PATH: &str = "/boot/firmware/uncloud-setup.toml";
 
 /// What the file may say. Every key is optional; unknown keys are an error, so a typo is

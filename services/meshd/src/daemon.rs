@@ -99,9 +99,18 @@ fn me_in(state: &NetworkState, machine_id: &str) -> Option<Me> {
 /// Waits until stated answers and this machine has an entry with a usable subnet.
 async fn wait_for_self(state: &StateProxy<'_>) -> (String, Me) {
     let mut waited = 0u32;
+    let mut told = false;
     loop {
         if let Ok(id) = state.machine_id().await {
-            if let Some(me) = read_state(state).await.and_then(|s| me_in(&s, &id)) {
+            if state.mode().await.is_ok_and(|m| m == "fresh") {
+                if !told {
+                    tracing::info!(
+                        "this machine belongs to no network yet; waiting until it joins one"
+                    );
+                    uncloud_common::daemon::notify_waiting_for_membership();
+                    told = true;
+                }
+            } else if let Some(me) = read_state(state).await.and_then(|s| me_in(&s, &id)) {
                 return (id, me);
             }
         }
@@ -205,7 +214,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(DaemonError::Signal)?;
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("ready"),
+    ]);
     tracing::info!("ready");
 
     loop {

@@ -15,12 +15,16 @@ pub const DEFAULT_PATH: &str = "/etc/uncloud/stated.toml";
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Id of the network this machine belongs to. Peers with another id are refused.
-    /// Default: `uncloud`. `uc machine init` writes a random one.
-    pub network_id: String,
-    /// The mesh CIDR written to the state by the first machine. Default `10.210.0.0/16`.
+    /// Makes this machine a member of the named network at start, with an empty state (tests
+    /// and hand-made setups). Default: none: a fresh machine belongs to no network until
+    /// `uc machine init` creates one or a member admits it (`CreateNetwork`/`JoinNetwork` on
+    /// D-Bus); after that the network id is kept in `<data_dir>/membership`.
+    pub network_id: Option<String>,
+    /// The mesh CIDR of a network this machine creates when `CreateNetwork` names none.
+    /// Default `10.210.0.0/16`.
     pub mesh_cidr: String,
-    /// This machine's name (a DNS label). Default: the host name, lowercased.
+    /// The name this machine asks for when it creates or joins a network and the caller
+    /// names none (a DNS label). Default: the host name, lowercased.
     pub machine_name: Option<String>,
     /// Where the state store and the machine identity live. Default `/var/lib/uncloud/stated`.
     pub data_dir: PathBuf,
@@ -52,12 +56,6 @@ pub struct Config {
     pub compact_after_entries: u64,
     /// ... or after this many appended bytes. Default 8 MiB.
     pub compact_after_bytes: u64,
-    /// Register this machine in the state at start (name, subnet) if it is not there yet.
-    /// Default true. Later, `uc machine add` does it instead.
-    pub register_self: bool,
-    /// On a fresh machine with seeds, how long to wait for a first sync before registering,
-    /// so it sees which subnets are taken. Default 5000.
-    pub initial_sync_wait_ms: u64,
     /// Which D-Bus to serve `org.uncloud.State1` on: `system`, `session`, `none`, or a bus
     /// address such as `unix:path=/run/test-bus`. Default `system`.
     pub bus: String,
@@ -66,7 +64,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            network_id: "uncloud".into(),
+            network_id: None,
             mesh_cidr: "10.210.0.0/16".into(),
             machine_name: None,
             data_dir: PathBuf::from(uncloud_common::config::DATA_DIR).join("stated"),
@@ -81,8 +79,6 @@ impl Default for Config {
             sync_timeout_ms: 5000,
             compact_after_entries: 1000,
             compact_after_bytes: 8 * 1024 * 1024,
-            register_self: true,
-            initial_sync_wait_ms: 5000,
             bus: "system".into(),
         }
     }
@@ -90,8 +86,10 @@ impl Default for Config {
 
 impl DaemonConfig for Config {
     fn validate(&self) -> Result<(), ConfigInvalid> {
-        if let Err(e) = uncloud_common::model::validate_id("network id", &self.network_id) {
-            return invalid("network_id", e.to_string());
+        if let Some(id) = &self.network_id {
+            if let Err(e) = uncloud_common::model::validate_id("network id", id) {
+                return invalid("network_id", e.to_string());
+            }
         }
         if uncloud_common::conflict::subnet_capacity(&self.mesh_cidr).is_none() {
             return invalid(
@@ -142,7 +140,12 @@ impl Config {
         self.data_dir.join("state.redb")
     }
 
-    /// The machine name to register: configured, else the host name.
+    /// The file that says which network this machine belongs to (absent: fresh).
+    pub fn membership_path(&self) -> PathBuf {
+        self.data_dir.join("membership")
+    }
+
+    /// The name to ask for when none is given: configured, else the host name.
     pub fn machine_name(&self) -> String {
         self.machine_name.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -3,6 +3,10 @@
 //! Entities travel as JSON strings (the model's serde form), so every call works from `busctl`.
 //! Writes return once the change is durable. Changes, local or merged from peers, are announced
 //! with `Changed(kind, ids)`; liveness transitions with `LivenessChanged(machine_id, liveness)`.
+//!
+//! A fresh machine (`Mode` = `fresh`) answers every read and write with `NotMember` until
+//! `CreateNetwork` or `JoinNetwork` makes it a member; `Mode` and `NetworkId` then change
+//! (with `PropertiesChanged`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,12 +15,13 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use uncloud_common::dbus::{STATE_NAME, STATE_PATH};
-use uncloud_common::model::{Container, Kind, Machine, Route, Service};
+use uncloud_common::model::{Container, Kind, Route, Service};
 use zbus::object_server::SignalEmitter;
 use zbus::{interface, Connection};
 
-use crate::document::{DocError, MeshFields, Mutation};
-use crate::node::{Event, Shared, WriteError};
+use crate::document::{DocError, MachineUpdate, MeshFields, Mutation};
+use crate::membership::{Membership, MembershipError};
+use crate::node::{now_ms, Admission, Event, Shared, WriteError};
 
 /// Errors as D-Bus error names `org.uncloud.State1.Error.*`.
 #[derive(Debug, zbus::DBusError)]
@@ -32,6 +37,26 @@ pub enum StateError {
     NotOwner(String),
     /// The change could not be made durable.
     Storage(String),
+    /// This machine belongs to no network yet.
+    NotMember(String),
+    /// This machine already belongs to a network.
+    AlreadyMember(String),
+    /// The machine is already in the state.
+    Exists(String),
+}
+
+impl From<MembershipError> for StateError {
+    fn from(e: MembershipError) -> Self {
+        let msg = e.to_string();
+        match e {
+            MembershipError::AlreadyMember(_) => StateError::AlreadyMember(msg),
+            MembershipError::Invalid(_)
+            | MembershipError::HandedOver(_)
+            | MembershipError::NotAdmitted(_) => StateError::InvalidArgument(msg),
+            MembershipError::Write(w) => w.into(),
+            MembershipError::Start(_) | MembershipError::Io { .. } => StateError::Storage(msg),
+        }
+    }
 }
 
 impl From<WriteError> for StateError {
@@ -41,6 +66,7 @@ impl From<WriteError> for StateError {
             WriteError::Invalid(_) => StateError::InvalidArgument(msg),
             WriteError::NotOwner { .. } => StateError::NotOwner(msg),
             WriteError::Doc(DocError::NotFound { .. }) => StateError::NotFound(msg),
+            WriteError::AlreadyAdmitted(_) => StateError::Exists(msg),
             WriteError::Doc(_) | WriteError::Storage(_) => StateError::Storage(msg),
         }
     }
@@ -50,16 +76,72 @@ fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, StateError> {
     serde_json::from_str(json).map_err(|e| StateError::InvalidArgument(format!("{what}: {e}")))
 }
 
-/// The D-Bus object; a thin layer over [`Shared`].
+/// The D-Bus object; a thin layer over [`Membership`] and, once a member, [`Shared`].
 pub struct State1 {
-    shared: Arc<Shared>,
+    membership: Arc<Membership>,
+}
+
+impl State1 {
+    fn member(&self) -> Result<Arc<Shared>, StateError> {
+        self.membership.member().ok_or_else(|| {
+            StateError::NotMember(
+                "this machine is fresh: it belongs to no network yet (`uc machine init` creates \
+                 one, `uc machine add` joins one)"
+                    .into(),
+            )
+        })
+    }
+
+    async fn update_machine(&self, update: MachineUpdate) -> Result<(), StateError> {
+        Ok(self
+            .member()?
+            .mutate(Mutation::UpdateMachine(update))
+            .await?)
+    }
 }
 
 #[interface(name = "org.uncloud.State1")]
 impl State1 {
+    /// Creates a new network with this machine as its first member (subnet 1) and returns
+    /// this machine's entry as JSON. An empty `mesh_cidr` or `name` takes the configured one
+    /// (the name defaults to the host name). Only on a fresh machine; apid calls it for
+    /// `uc machine init`.
+    async fn create_network(
+        &self,
+        network_id: &str,
+        mesh_cidr: &str,
+        name: &str,
+    ) -> Result<String, StateError> {
+        let m = self.membership.create(network_id, mesh_cidr, name).await?;
+        Ok(serde_json::to_string(&m).expect("the model serializes"))
+    }
+
+    /// Joins the network whose whole document (`SaveDocument` of the member that admitted
+    /// this machine) is `document`; returns this machine's entry as JSON. Only on a fresh
+    /// machine.
+    async fn join_network(&self, document: Vec<u8>) -> Result<String, StateError> {
+        let m = self.membership.join(&document).await?;
+        Ok(serde_json::to_string(&m).expect("the model serializes"))
+    }
+
+    /// Admits a machine: `{"machine_id", "name", "wireguard_public_key", "endpoints", "arch",
+    /// "version"}`. Writes its entry with the asked name (or the next free variant) and the
+    /// lowest free subnet; returns the entry as JSON. `Exists` if it is a member already.
+    async fn admit_machine(&self, json: &str) -> Result<String, StateError> {
+        let admission: Admission = parse("admission", json)?;
+        let m = self.member()?.admit(admission).await?;
+        Ok(serde_json::to_string(&m).expect("the model serializes"))
+    }
+
+    /// The whole document (automerge's compact form), to hand to a machine this member
+    /// admitted (its `JoinNetwork`).
+    fn save_document(&self) -> Result<Vec<u8>, StateError> {
+        Ok(self.member()?.save_document())
+    }
+
     /// The whole state as JSON.
-    fn get_state(&self) -> String {
-        serde_json::to_string(&self.shared.state()).expect("the model serializes")
+    fn get_state(&self) -> Result<String, StateError> {
+        Ok(serde_json::to_string(&self.member()?.state()).expect("the model serializes"))
     }
 
     /// One part of the state (`network`, `machines`, `services`, `containers`, `routes`) as JSON,
@@ -71,21 +153,63 @@ impl State1 {
             ))
         })?;
         let id = (!id.is_empty()).then_some(id);
-        match self.shared.part_json(kind, id) {
+        match self.member()?.part_json(kind, id) {
             Ok(v) => Ok(v.to_string()),
             Err(e @ DocError::NotFound { .. }) => Err(StateError::NotFound(e.to_string())),
             Err(e) => Err(StateError::Storage(e.to_string())),
         }
     }
 
-    async fn upsert_machine(&self, json: &str) -> Result<(), StateError> {
-        let m: Machine = parse("machine", json)?;
-        Ok(self.shared.mutate(Mutation::UpsertMachine(m)).await?)
+    /// Renames a machine (a DNS label not used by another machine), leaving its other fields.
+    async fn set_machine_name(&self, id: &str, name: &str) -> Result<(), StateError> {
+        let shared = self.member()?;
+        let taken = shared
+            .state()
+            .machines
+            .values()
+            .any(|m| m.name == name && m.id != id);
+        if taken {
+            return Err(StateError::InvalidArgument(format!(
+                "the name {name:?} is taken by another machine"
+            )));
+        }
+        let stamp =
+            uncloud_common::conflict::next_claim_stamp(shared.state().machines.values(), now_ms());
+        self.update_machine(MachineUpdate {
+            machine_id: id.into(),
+            name: Some((name.into(), stamp)),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Sets a machine's roles (such as `ingress`), leaving its other fields.
+    async fn set_machine_roles(&self, id: &str, roles: Vec<String>) -> Result<(), StateError> {
+        self.update_machine(MachineUpdate {
+            machine_id: id.into(),
+            roles: Some(roles),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Sets a machine's labels, leaving its other fields.
+    async fn set_machine_labels(
+        &self,
+        id: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), StateError> {
+        self.update_machine(MachineUpdate {
+            machine_id: id.into(),
+            labels: Some(labels.into_iter().collect()),
+            ..Default::default()
+        })
+        .await
     }
 
     async fn remove_machine(&self, id: &str) -> Result<(), StateError> {
         Ok(self
-            .shared
+            .member()?
             .mutate(Mutation::RemoveMachine(id.into()))
             .await?)
     }
@@ -99,55 +223,62 @@ impl State1 {
         endpoints: Vec<String>,
         observed: HashMap<String, String>,
     ) -> Result<(), StateError> {
-        let fields = MeshFields {
-            machine_id: self.shared.machine_id.clone(),
-            public_key: public_key.to_string(),
-            endpoints,
-            observed: observed.into_iter().collect(),
-        };
-        Ok(self.shared.mutate(Mutation::SetMachineMesh(fields)).await?)
+        self.update_machine(MachineUpdate {
+            machine_id: self.membership.machine_id().to_string(),
+            mesh: Some(MeshFields {
+                public_key: public_key.to_string(),
+                endpoints,
+                observed: observed.into_iter().collect(),
+            }),
+            ..Default::default()
+        })
+        .await
     }
 
     async fn upsert_service(&self, json: &str) -> Result<(), StateError> {
         let s: Service = parse("service", json)?;
-        Ok(self.shared.mutate(Mutation::UpsertService(s)).await?)
+        Ok(self.member()?.mutate(Mutation::UpsertService(s)).await?)
     }
 
     async fn remove_service(&self, id: &str) -> Result<(), StateError> {
         Ok(self
-            .shared
+            .member()?
             .mutate(Mutation::RemoveService(id.into()))
             .await?)
     }
 
     async fn upsert_container(&self, json: &str) -> Result<(), StateError> {
         let c: Container = parse("container", json)?;
-        Ok(self.shared.mutate(Mutation::UpsertContainer(c)).await?)
+        Ok(self.member()?.mutate(Mutation::UpsertContainer(c)).await?)
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), StateError> {
         Ok(self
-            .shared
+            .member()?
             .mutate(Mutation::RemoveContainer(id.into()))
             .await?)
     }
 
     async fn upsert_route(&self, json: &str) -> Result<(), StateError> {
         let r: Route = parse("route", json)?;
-        Ok(self.shared.mutate(Mutation::UpsertRoute(r)).await?)
+        Ok(self.member()?.mutate(Mutation::UpsertRoute(r)).await?)
     }
 
     async fn remove_route(&self, id: &str) -> Result<(), StateError> {
-        Ok(self.shared.mutate(Mutation::RemoveRoute(id.into())).await?)
+        Ok(self
+            .member()?
+            .mutate(Mutation::RemoveRoute(id.into()))
+            .await?)
     }
 
     /// Machine id -> `alive` | `suspect` | `down`, as this machine sees them.
-    fn liveness(&self) -> HashMap<String, String> {
-        self.shared
+    fn liveness(&self) -> Result<HashMap<String, String>, StateError> {
+        Ok(self
+            .member()?
             .liveness()
             .into_iter()
             .map(|(id, l)| (id, l.as_str().to_string()))
-            .collect()
+            .collect())
     }
 
     /// Emitted after the state changed: which part and which entity ids.
@@ -165,18 +296,36 @@ impl State1 {
 
     #[zbus(property(emits_changed_signal = "const"))]
     fn machine_id(&self) -> String {
-        self.shared.machine_id.clone()
+        self.membership.machine_id().to_string()
     }
 
-    #[zbus(property(emits_changed_signal = "const"))]
+    /// The network this machine belongs to; empty while fresh.
+    #[zbus(property)]
     fn network_id(&self) -> String {
-        self.shared.network_id.clone()
+        self.membership
+            .member()
+            .map(|s| s.network_id.clone())
+            .unwrap_or_default()
     }
 
-    /// Hex hashes of the document heads; equal on two machines means equal state.
+    /// `fresh` (no network yet) or `member`.
+    #[zbus(property)]
+    fn mode(&self) -> &'static str {
+        if self.membership.member().is_some() {
+            "member"
+        } else {
+            "fresh"
+        }
+    }
+
+    /// Hex hashes of the document heads; equal on two machines means equal state. Empty
+    /// while fresh.
     #[zbus(property(emits_changed_signal = "false"))]
     fn heads(&self) -> Vec<String> {
-        crate::document::heads_to_hex(&self.shared.heads())
+        self.membership
+            .member()
+            .map(|s| crate::document::heads_to_hex(&s.heads()))
+            .unwrap_or_default()
     }
 }
 
@@ -189,9 +338,9 @@ pub struct DbusError {
 }
 
 /// Connects to the configured bus, claims `org.uncloud.State1` and forwards node events as
-/// signals. Returns `None` when `bus = "none"`.
+/// signals (from the moment the machine is a member). Returns `None` when `bus = "none"`.
 pub async fn serve(
-    shared: Arc<Shared>,
+    membership: Arc<Membership>,
     bus: &str,
 ) -> Result<Option<(Connection, JoinHandle<()>)>, DbusError> {
     let err = |reason| DbusError {
@@ -201,10 +350,10 @@ pub async fn serve(
     let Some(builder) = uncloud_common::dbus::bus_builder(bus) else {
         return Ok(None);
     };
-    let mut events = shared.subscribe();
+    let mut current = membership.watch();
     let conn = builder
         .name(STATE_NAME)
-        .serve_at(STATE_PATH, State1 { shared })
+        .serve_at(STATE_PATH, State1 { membership })
         .build()
         .await
         .map_err(err)?;
@@ -214,6 +363,19 @@ pub async fn serve(
         .await
         .map_err(err)?;
     let task = tokio::spawn(async move {
+        let shared = match current.wait_for(|m| m.is_some()).await {
+            Ok(m) => m.clone().expect("waited for a member"),
+            Err(_) => return,
+        };
+        let mut events = shared.subscribe();
+        drop(shared);
+        let ctx = iface.signal_emitter();
+        let guard = iface.get().await;
+        if let Err(e) = guard.mode_changed(ctx).await {
+            tracing::warn!(error = %e, "could not announce the membership");
+        }
+        let _ = guard.network_id_changed(ctx).await;
+        drop(guard);
         loop {
             let result = match events.recv().await {
                 Ok(Event::Changed { kind, ids }) => iface.changed(kind.as_str(), ids).await,

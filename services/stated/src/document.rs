@@ -36,6 +36,8 @@ pub enum DocError {
     Automerge(#[from] automerge::AutomergeError),
     #[error("malformed sync message: {0}")]
     MalformedSync(String),
+    #[error("not a network's state: {0}")]
+    NotAState(String),
 }
 
 /// A typed change to the state.
@@ -51,18 +53,60 @@ pub enum Mutation {
     RemoveRoute(String),
     /// Sets the mesh CIDR; written once by the first machine.
     SetMeshCidr(String),
-    /// Sets a machine's mesh fields (WireGuard key, advertised and observed endpoints) and
-    /// nothing else, so meshd never overwrites a concurrent rename or renumbering.
-    SetMachineMesh(MeshFields),
+    /// Sets some fields of a machine and nothing else, so writers of different fields (meshd
+    /// its keys, the machine itself a renumbering, `uc` its roles) never revert each other.
+    UpdateMachine(MachineUpdate),
 }
 
 /// The fields of a [`Machine`] meshd owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshFields {
-    pub machine_id: String,
     pub public_key: String,
     pub endpoints: Vec<String>,
     pub observed: BTreeMap<String, String>,
+}
+
+/// A per-field update of one machine: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachineUpdate {
+    pub machine_id: String,
+    /// A new name and when it was claimed (the claim stamp decides name conflicts).
+    pub name: Option<(String, u64)>,
+    /// A new subnet and when it was claimed.
+    pub subnet: Option<(u32, u64)>,
+    pub mesh: Option<MeshFields>,
+    pub roles: Option<Vec<String>>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub version: Option<String>,
+}
+
+impl MachineUpdate {
+    /// `machine` with this update's fields replaced.
+    pub fn applied_to(&self, mut machine: Machine) -> Machine {
+        if let Some((name, at)) = &self.name {
+            machine.name = name.clone();
+            machine.name_claimed_at_ms = *at;
+        }
+        if let Some((subnet, at)) = self.subnet {
+            machine.subnet = subnet;
+            machine.subnet_claimed_at_ms = at;
+        }
+        if let Some(mesh) = &self.mesh {
+            machine.wireguard_public_key = mesh.public_key.clone();
+            machine.endpoints = mesh.endpoints.clone();
+            machine.observed_endpoints = mesh.observed.clone();
+        }
+        if let Some(roles) = &self.roles {
+            machine.roles = roles.clone();
+        }
+        if let Some(labels) = &self.labels {
+            machine.labels = labels.clone();
+        }
+        if let Some(version) = &self.version {
+            machine.version = version.clone();
+        }
+        machine
+    }
 }
 
 impl Mutation {
@@ -78,7 +122,7 @@ impl Mutation {
             Mutation::UpsertRoute(r) => (Kind::Routes, &r.id),
             Mutation::RemoveRoute(id) => (Kind::Routes, id),
             Mutation::SetMeshCidr(_) => (Kind::Network, "mesh_cidr"),
-            Mutation::SetMachineMesh(f) => (Kind::Machines, &f.machine_id),
+            Mutation::UpdateMachine(u) => (Kind::Machines, &u.machine_id),
         }
     }
 }
@@ -105,6 +149,38 @@ pub fn genesis(network_id: &str) -> Automerge {
     }
     tx.commit_with(CommitOptions::default().with_time(0));
     doc
+}
+
+/// Largest document a member may hand to a machine it admits.
+pub const MAX_HANDED_OVER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Loads a whole document that a member handed over when it admitted this machine, and checks
+/// that it is a network's state: it holds that network's genesis change (so it merges with
+/// every other member's document) and an id.
+pub fn handed_over(bytes: &[u8]) -> Result<Automerge, DocError> {
+    if bytes.len() > MAX_HANDED_OVER_BYTES {
+        return Err(DocError::NotAState(format!(
+            "{} bytes, more than the {MAX_HANDED_OVER_BYTES} accepted",
+            bytes.len()
+        )));
+    }
+    let doc = Automerge::load(bytes).map_err(|e| DocError::NotAState(e.to_string()))?;
+    let info: uncloud_common::model::NetworkInfo = hydrate_prop(&doc, ROOT, Kind::Network.as_str())
+        .map_err(|e| DocError::NotAState(format!("no network settings: {e}")))?;
+    if uncloud_common::model::validate_id("network id", &info.id).is_err() {
+        return Err(DocError::NotAState(format!(
+            "network id {:?} is not valid",
+            info.id.chars().take(64).collect::<String>()
+        )));
+    }
+    let root = genesis(&info.id).get_heads();
+    if !root.iter().all(|h| doc.get_change_by_hash(h).is_some()) {
+        return Err(DocError::NotAState(format!(
+            "it does not start from network {}'s genesis",
+            info.id
+        )));
+    }
+    Ok(doc)
 }
 
 /// Actor of the genesis change: a fixed prefix and the network id, so it never collides with
@@ -237,20 +313,17 @@ impl StateDoc {
     pub fn apply(&mut self, mutation: &Mutation) -> Result<bool, DocError> {
         let (kind, id) = mutation.target();
         let obj = self.kind_obj(kind)?;
-        // Read before the transaction: the new value is the stored machine with only the mesh
-        // fields replaced, all within this one (locked) apply.
-        let mesh_update = match mutation {
-            Mutation::SetMachineMesh(f) => {
-                let mut m = self
-                    .machine(&f.machine_id)
-                    .ok_or_else(|| DocError::NotFound {
+        // Read before the transaction: the new value is the stored machine with only the
+        // updated fields replaced, all within this one (locked) apply. Reconciling writes only
+        // the fields whose value differs, so other fields keep their concurrent changes.
+        let updated = match mutation {
+            Mutation::UpdateMachine(u) => {
+                Some(u.applied_to(self.machine(&u.machine_id).ok_or_else(|| {
+                    DocError::NotFound {
                         kind,
                         id: id.to_string(),
-                    })?;
-                m.wireguard_public_key = f.public_key.clone();
-                m.endpoints = f.endpoints.clone();
-                m.observed_endpoints = f.observed.clone();
-                Some(m)
+                    }
+                })?))
             }
             _ => None,
         };
@@ -262,8 +335,8 @@ impl StateDoc {
             Mutation::UpsertContainer(v) => reconcile_prop(&mut tx, &obj, id, v),
             Mutation::UpsertRoute(v) => reconcile_prop(&mut tx, &obj, id, v),
             Mutation::SetMeshCidr(cidr) => reconcile_prop(&mut tx, &obj, "mesh_cidr", cidr),
-            Mutation::SetMachineMesh(_) => {
-                let m = mesh_update.as_ref().expect("read above for this mutation");
+            Mutation::UpdateMachine(_) => {
+                let m = updated.as_ref().expect("read above for this mutation");
                 reconcile_prop(&mut tx, &obj, id, m)
             }
             Mutation::RemoveMachine(_)
@@ -442,35 +515,54 @@ mod tests {
     }
 
     #[test]
-    fn mesh_fields_merge_with_a_concurrent_renumbering() {
+    fn field_updates_merge_with_concurrent_updates_of_other_fields() {
         let mut a = StateDoc::new(genesis("n"));
         a.apply(&Mutation::UpsertMachine(machine("m1", "a", 1)))
             .unwrap();
         let mut b = StateDoc::new(genesis("n"));
         sync_pair(&mut a, &mut b);
-        // stated renumbers on one side while meshd publishes its key on the other.
-        let mut renumbered = b.machine("m1").unwrap();
-        renumbered.subnet = 7;
-        b.apply(&Mutation::UpsertMachine(renumbered)).unwrap();
-        let fields = MeshFields {
+        // The machine renumbers on one side while meshd publishes its key and an admin adds
+        // a role on the other.
+        b.apply(&Mutation::UpdateMachine(MachineUpdate {
             machine_id: "m1".into(),
+            subnet: Some((7, 5)),
+            ..Default::default()
+        }))
+        .unwrap();
+        let fields = MeshFields {
             public_key: "key".into(),
             endpoints: vec!["192.0.2.1:51820".into()],
             observed: [("m2".to_string(), "198.51.100.2:4000".to_string())].into(),
         };
-        assert!(a.apply(&Mutation::SetMachineMesh(fields.clone())).unwrap());
+        let update = MachineUpdate {
+            machine_id: "m1".into(),
+            mesh: Some(fields.clone()),
+            ..Default::default()
+        };
+        assert!(a.apply(&Mutation::UpdateMachine(update.clone())).unwrap());
+        assert!(a
+            .apply(&Mutation::UpdateMachine(MachineUpdate {
+                machine_id: "m1".into(),
+                roles: Some(vec!["ingress".into()]),
+                ..Default::default()
+            }))
+            .unwrap());
         sync_pair(&mut a, &mut b);
         let m = b.machine("m1").unwrap();
-        assert_eq!((m.subnet, m.name.as_str()), (7, "a"));
+        assert_eq!(
+            (m.subnet, m.subnet_claimed_at_ms, m.name.as_str()),
+            (7, 5, "a")
+        );
         assert_eq!(m.wireguard_public_key, "key");
         assert_eq!(m.endpoints, fields.endpoints);
         assert_eq!(m.observed_endpoints, fields.observed);
-        // Setting the mesh fields of a machine not in the state is NotFound.
-        let missing = MeshFields {
+        assert_eq!(m.roles, vec!["ingress".to_string()]);
+        // Updating a machine not in the state is NotFound.
+        let missing = MachineUpdate {
             machine_id: "nope".into(),
-            ..fields
+            ..update
         };
-        let err = a.apply(&Mutation::SetMachineMesh(missing)).unwrap_err();
+        let err = a.apply(&Mutation::UpdateMachine(missing)).unwrap_err();
         assert!(matches!(err, DocError::NotFound { .. }), "{err}");
     }
 
@@ -559,6 +651,25 @@ mod tests {
                 proptest::prop_assert_eq!(b.heads(), heads);
             }
         }
+    }
+
+    #[test]
+    fn a_handed_over_document_must_descend_from_its_networks_genesis() {
+        let mut d = StateDoc::new(genesis("net-a"));
+        d.apply(&Mutation::UpsertMachine(machine("m1", "a", 1)))
+            .unwrap();
+        let doc = handed_over(&d.save()).unwrap();
+        assert_eq!(StateDoc::new(doc).machines().len(), 1);
+        // Not automerge, or a document made without the genesis change.
+        assert!(handed_over(b"junk").is_err());
+        let mut forged = Automerge::new();
+        let mut tx = forged.transaction();
+        let n = tx.put_object(ROOT, "network", ObjType::Map).unwrap();
+        tx.put(&n, "id", "net-a").unwrap();
+        tx.put(&n, "mesh_cidr", "").unwrap();
+        tx.commit();
+        let err = handed_over(&forged.save()).unwrap_err().to_string();
+        assert!(err.contains("genesis"), "{err}");
     }
 
     #[test]

@@ -31,9 +31,11 @@ pub mod gossip;
 pub mod identity;
 pub mod links;
 pub mod liveness;
+pub mod membership;
 pub mod node;
 pub mod persist;
 pub mod sync;
 pub mod testkit;
 
-pub use node::{Event, Node, Shared, StartError, WriteError};
+pub use membership::{Membership, MembershipError};
+pub use node::{Admission, Event, Node, Shared, StartError, WriteError};

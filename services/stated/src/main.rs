@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use stated::config::{Config, DEFAULT_PATH};
-use stated::Node;
+use stated::links::Links;
+use stated::Membership;
 
 /// Replicated state of an Uncloud network: holds the whole state on this machine, syncs it with
 /// every other machine, and serves it on D-Bus as org.uncloud.State1.
@@ -37,8 +38,8 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let bus = config.bus.clone();
-    let node = Node::start(config).await?;
-    let dbus = stated::dbus::serve(node.shared().clone(), &bus).await?;
+    let membership = Membership::start(config, Links::real()).await?;
+    let dbus = stated::dbus::serve(membership.clone(), &bus).await?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!("ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -49,6 +50,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("stopping");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     drop(dbus);
-    node.shutdown().await;
+    membership.shutdown().await;
     Ok(())
 }

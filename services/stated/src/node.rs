@@ -23,7 +23,7 @@ use uncloud_common::model::{Kind, Machine, ModelError, NetworkState};
 use uncloud_docstore::Store;
 
 use crate::config::Config;
-use crate::document::{genesis, DocError, Mutation, StateDoc};
+use crate::document::{genesis, DocError, MachineUpdate, Mutation, StateDoc};
 use crate::links::Links;
 use crate::liveness::LivenessTracker;
 use crate::persist::{CompactionPolicy, Writer};
@@ -46,6 +46,10 @@ pub enum StartError {
         stored: String,
         configured: String,
     },
+    #[error("no network to start: this machine is fresh (create or join one first)")]
+    NoNetwork,
+    #[error("membership record: {0}")]
+    Membership(String),
     #[error("cannot listen for sync on {addr}: {reason}")]
     SyncListen {
         addr: SocketAddr,
@@ -73,6 +77,8 @@ pub enum WriteError {
     Doc(#[from] DocError),
     #[error("the change was applied in memory but not made durable: {0}")]
     Storage(String),
+    #[error("machine {0:?} is already a member of this network")]
+    AlreadyAdmitted(String),
 }
 
 /// What changed, for the D-Bus signals.
@@ -117,8 +123,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub(crate) peers: statesync::Peers,
     conflict_check: Notify,
-    /// Set once a sync session brought changes in (or there was nothing to wait for).
-    first_sync: watch::Sender<bool>,
+    /// Admissions on this machine one at a time, so two never pick the same free subnet.
+    admissions: tokio::sync::Mutex<()>,
     pub(crate) shutdown: watch::Sender<bool>,
 }
 
@@ -137,17 +143,30 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Node {
-    /// Starts a node with real network links.
+    /// Starts a member of `config.network_id` with real network links (tests, hand-made
+    /// setups); the daemon goes through [`crate::membership`].
     pub async fn start(config: Config) -> Result<Node, StartError> {
         Self::start_with_links(config, Links::real()).await
     }
 
-    /// Starts a node whose gossip and sync traffic passes through `links` (tests, benchmark).
+    /// Like [`Node::start`], with gossip and sync traffic through `links` (tests, benchmark).
     pub async fn start_with_links(config: Config, links: Links) -> Result<Node, StartError> {
+        let network = config.network_id.clone().ok_or(StartError::NoNetwork)?;
+        Self::open(config, links, &network, || genesis(&network)).await
+    }
+
+    /// Starts a member of `network`: opens its store (built by `fresh` when there is none, or
+    /// nothing in it could be read) and starts syncing.
+    pub async fn open(
+        config: Config,
+        links: Links,
+        network: &str,
+        fresh: impl FnOnce() -> automerge::Automerge,
+    ) -> Result<Node, StartError> {
         config.validate()?;
         let machine_id = identity::load_or_create(&config.data_dir)?;
         let store_path = config.store_path();
-        let (store, loaded) = Store::open(&store_path, || genesis(&config.network_id))?;
+        let (store, loaded) = Store::open(&store_path, fresh)?;
         for problem in &loaded.report.problems {
             tracing::error!(store = %store_path.display(), "{problem}");
         }
@@ -159,11 +178,11 @@ impl Node {
         }
         let doc = StateDoc::new(loaded.doc);
         let stored_network = doc.network_id();
-        if stored_network != config.network_id {
+        if stored_network != network {
             return Err(StartError::WrongNetwork {
                 path: store_path.display().to_string(),
                 stored: stored_network,
-                configured: config.network_id.clone(),
+                configured: network.to_string(),
             });
         }
         let heads = doc.heads();
@@ -181,10 +200,9 @@ impl Node {
             Arc::new(move || snapshot_doc.lock().unwrap().doc.save()),
         );
         let (events, _) = broadcast::channel(1024);
-        let no_wait = config.seeds.is_empty() || !doc.lock().unwrap().doc.machines().is_empty();
         let shared = Arc::new(Shared {
             machine_id: machine_id.clone(),
-            network_id: config.network_id.clone(),
+            network_id: network.to_string(),
             liveness: Mutex::new(LivenessTracker::new(Duration::from_millis(
                 config.suspect_after_ms,
             ))),
@@ -197,7 +215,7 @@ impl Node {
             metrics: Metrics::default(),
             peers: statesync::Peers::default(),
             conflict_check: Notify::new(),
-            first_sync: watch::channel(no_wait).0,
+            admissions: tokio::sync::Mutex::new(()),
             shutdown: watch::channel(false).0,
         });
 
@@ -207,6 +225,8 @@ impl Node {
         tasks.extend(gossip.spawn_watchers(shared.clone()));
         tasks.push(tokio::spawn(conflict_loop(shared.clone())));
         tasks.push(tokio::spawn(statesync::anti_entropy_loop(shared.clone())));
+        // A conflict merged before a restart is fixed now, not at the next merge.
+        shared.conflict_check.notify_one();
         let node = Node {
             shared,
             gossip: Some(gossip),
@@ -220,34 +240,7 @@ impl Node {
             sync = %sync_addr,
             "stated started"
         );
-        node.bootstrap().await;
         Ok(node)
-    }
-
-    /// Writes the mesh CIDR and this machine's own entry if the state lacks them.
-    async fn bootstrap(&self) {
-        let s = &self.shared;
-        if s.doc.lock().unwrap().doc.network().mesh_cidr.is_empty() {
-            if let Err(e) = self
-                .mutate(Mutation::SetMeshCidr(s.config.mesh_cidr.clone()))
-                .await
-            {
-                tracing::error!(error = %e, "could not record the mesh CIDR");
-            }
-        }
-        if !s.config.register_self || self.machine(&s.machine_id).is_some() {
-            return;
-        }
-        let shared = s.clone();
-        tokio::spawn(async move {
-            // A fresh machine first learns which subnets are taken, if anyone answers.
-            let mut first = shared.first_sync.subscribe();
-            let wait = Duration::from_millis(shared.config.initial_sync_wait_ms);
-            let _ = tokio::time::timeout(wait, first.wait_for(|done| *done)).await;
-            if let Err(e) = register_self(&shared).await {
-                tracing::error!(error = %e, "could not register this machine in the state");
-            }
-        });
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -383,17 +376,14 @@ impl Shared {
                     .into());
                 }
             }
-            Mutation::SetMachineMesh(f) => {
-                // D-Bus only ever sets this machine's own fields. The same checks as a whole machine, on the fields that change.
-                Machine {
-                    id: f.machine_id.clone(),
+            Mutation::UpdateMachine(u) => {
+                // The same checks as a whole machine, on the fields that change.
+                u.applied_to(Machine {
+                    id: u.machine_id.clone(),
                     name: "m".into(),
                     subnet: 1,
-                    wireguard_public_key: f.public_key.clone(),
-                    endpoints: f.endpoints.clone(),
-                    observed_endpoints: f.observed.clone(),
                     ..Default::default()
-                }
+                })
                 .validate()?;
             }
             Mutation::RemoveMachine(id)
@@ -437,7 +427,6 @@ impl Shared {
             cell.doc.changed_between(&before, &after)
         };
         self.after_change(changed, false);
-        let _ = self.first_sync.send(true);
         Ok(true)
     }
 
@@ -448,10 +437,6 @@ impl Shared {
     pub(crate) fn has_changes(&self, heads: &[ChangeHash]) -> bool {
         let cell = self.doc.lock().unwrap();
         heads.iter().all(|h| cell.doc.has_change(h))
-    }
-
-    pub(crate) fn mark_first_sync(&self) {
-        let _ = self.first_sync.send(true);
     }
 
     pub(crate) fn emit(&self, event: Event) {
@@ -475,38 +460,76 @@ impl Shared {
     }
 }
 
-/// Registers this machine: lowest free subnet, configured name (or the next free variant).
-async fn register_self(shared: &Arc<Shared>) -> Result<(), WriteError> {
-    let machine = {
-        let cell = shared.doc.lock().unwrap();
-        if cell.doc.machine(&shared.machine_id).is_some() {
-            return Ok(());
-        }
-        let machines = cell.doc.machines();
-        let capacity = conflict::subnet_capacity(&cell.doc.network().mesh_cidr)
-            .or_else(|| conflict::subnet_capacity(&shared.config.mesh_cidr))
-            .unwrap_or(255);
-        let subnet = conflict::lowest_free_subnet(machines.values(), capacity).ok_or(
-            ModelError::Invalid {
-                what: "subnet index",
-                value: capacity.to_string(),
-                why: "every subnet of the mesh is taken",
-            },
-        )?;
-        let stamp = conflict::next_claim_stamp(machines.values(), now_ms());
-        Machine {
-            id: shared.machine_id.clone(),
-            name: conflict::free_name(&shared.config.machine_name(), machines.values()),
-            name_claimed_at_ms: stamp,
-            subnet,
-            subnet_claimed_at_ms: stamp,
-            arch: std::env::consts::ARCH.to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            ..Default::default()
-        }
-    };
-    tracing::info!(name = %machine.name, subnet = machine.subnet, "registering this machine");
-    shared.mutate(Mutation::UpsertMachine(machine)).await
+/// What a member needs to admit a machine: its id and what it asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Admission {
+    /// The new machine's id (its stated's `MachineId`).
+    pub machine_id: String,
+    /// The name it asks for; it gets the next free variant (`pi-2`) when taken.
+    pub name: String,
+    #[serde(default)]
+    pub wireguard_public_key: String,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub arch: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+impl Shared {
+    /// Admits a machine: writes its entry with its name (or the next free variant) and the
+    /// lowest subnet this member sees as free, so a joiner never claims blind. Two members
+    /// admitting concurrently on both sides of a partition may pick the same values; the
+    /// older claim wins after the merge and the other machine renumbers itself.
+    pub async fn admit(self: &Arc<Self>, admission: Admission) -> Result<Machine, WriteError> {
+        let _one_at_a_time = self.admissions.lock().await;
+        let machine = {
+            let cell = self.doc.lock().unwrap();
+            if cell.doc.machine(&admission.machine_id).is_some() {
+                return Err(WriteError::AlreadyAdmitted(admission.machine_id));
+            }
+            let machines = cell.doc.machines();
+            let capacity = conflict::subnet_capacity(&cell.doc.network().mesh_cidr)
+                .or_else(|| conflict::subnet_capacity(&self.config.mesh_cidr))
+                .unwrap_or(255);
+            let subnet = conflict::lowest_free_subnet(machines.values(), capacity).ok_or(
+                ModelError::Invalid {
+                    what: "subnet index",
+                    value: capacity.to_string(),
+                    why: "every subnet of the mesh is taken",
+                },
+            )?;
+            let stamp = conflict::next_claim_stamp(machines.values(), now_ms());
+            let name = if admission.name.is_empty() {
+                "machine".to_string()
+            } else {
+                admission.name.clone()
+            };
+            Machine {
+                id: admission.machine_id.clone(),
+                name: conflict::free_name(&name, machines.values()),
+                name_claimed_at_ms: stamp,
+                subnet,
+                subnet_claimed_at_ms: stamp,
+                wireguard_public_key: admission.wireguard_public_key,
+                endpoints: admission.endpoints,
+                arch: admission.arch,
+                version: admission.version,
+                ..Default::default()
+            }
+        };
+        tracing::info!(machine = %machine.id, name = %machine.name, subnet = machine.subnet,
+            "admitting a machine");
+        self.mutate(Mutation::UpsertMachine(machine.clone()))
+            .await?;
+        Ok(machine)
+    }
+
+    /// The whole document, to hand to a machine this member admits.
+    pub fn save_document(&self) -> Vec<u8> {
+        self.doc.lock().unwrap().doc.save()
+    }
 }
 
 /// After every merge that touched machines: if this machine lost a name or subnet conflict,
@@ -528,7 +551,15 @@ async fn conflict_loop(shared: Arc<Shared>) {
                     subnet = fixed.subnet,
                     "this machine lost a name or subnet conflict after a merge; taking new values"
                 );
-                if let Err(e) = shared.mutate(Mutation::UpsertMachine(fixed)).await {
+                // Only the two fields the rule decides: nothing else the entry's other writers
+                // changed meanwhile is reverted.
+                let update = MachineUpdate {
+                    machine_id: fixed.id.clone(),
+                    name: Some((fixed.name.clone(), fixed.name_claimed_at_ms)),
+                    subnet: Some((fixed.subnet, fixed.subnet_claimed_at_ms)),
+                    ..Default::default()
+                };
+                if let Err(e) = shared.mutate(Mutation::UpdateMachine(update)).await {
                     tracing::error!(error = %e, "could not write the resolved machine entry");
                 }
             }

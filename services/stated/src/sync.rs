@@ -360,7 +360,6 @@ async fn session(
             }
             None if sent_nothing => {
                 tracing::debug!(%peer, rounds = round + 1, "sync session done");
-                shared.mark_first_sync();
                 return Ok(true);
             }
             None => {}

@@ -27,7 +27,7 @@ pub fn free_udp_port() -> u16 {
 /// Config for a test node: fast gossip, sync on an ephemeral port, no D-Bus.
 pub fn test_config(dir: &std::path::Path, network: &str, seeds: Vec<String>) -> Config {
     Config {
-        network_id: network.into(),
+        network_id: Some(network.into()),
         data_dir: dir.to_owned(),
         gossip_port: free_udp_port(),
         sync_port: 0,
@@ -36,7 +36,6 @@ pub fn test_config(dir: &std::path::Path, network: &str, seeds: Vec<String>) -> 
         suspect_after_ms: 600,
         anti_entropy_interval_ms: 2_000,
         sync_timeout_ms: 2_000,
-        initial_sync_wait_ms: 1_500,
         bus: "none".into(),
         ..Config::default()
     }
@@ -52,7 +51,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` nodes `n00`, `n01`, …; the first three are everyone's seeds.
+    /// Starts `n` nodes `n00`, `n01`, …, members of one network whose first node admitted
+    /// all of them (`node-0` on subnet 1, `node-1` on 2, …); the first three are everyone's
+    /// seeds.
     pub async fn start(n: usize) -> Cluster {
         Self::start_with(n, |_| {}).await
     }
@@ -94,7 +95,22 @@ impl Cluster {
             let node = cluster.start_node(i).await;
             cluster.nodes.push(Some(node));
         }
+        for i in 0..n {
+            cluster.admit(0, i).await;
+        }
         cluster
+    }
+
+    /// Node `by` admits node `who` under its configured name.
+    pub async fn admit(&self, by: usize, who: usize) -> uncloud_common::model::Machine {
+        self.node(by)
+            .admit(crate::Admission {
+                machine_id: self.ids[who].clone(),
+                name: self.configs[who].machine_name(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{} admitting {}: {e}", self.ids[by], self.ids[who]))
     }
 
     pub async fn start_node(&self, i: usize) -> Node {

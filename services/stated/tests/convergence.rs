@@ -145,8 +145,9 @@ async fn twenty_nodes_split_in_halves_then_healed() {
     partition_scenario(20, 0..10, 40, 2).await;
 }
 
-/// Machines joining on both sides of a partition take the same lowest free subnet (and the
-/// same name); after the heal every node computes the same winner and the loser renumbers.
+/// Machines admitted on both sides of a partition get the same lowest free subnet (and the
+/// same name); after the heal every node computes the same winner and the loser renumbers
+/// itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_joins_in_a_partition_end_unique() {
     let cluster = support::cluster(4).await;
@@ -156,9 +157,9 @@ async fn concurrent_joins_in_a_partition_end_unique() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let machines = cluster.node(0).state().machines;
-    assert_eq!(machines.len(), 4, "every node registered itself");
+    assert_eq!(machines.len(), 4, "every node was admitted");
 
-    // Two more machines with the same name join, one on each side of a partition.
+    // Two more machines with the same name are admitted, one on each side of a partition.
     let mut cluster = cluster;
     let net = cluster.net.clone();
     let mut extra = Vec::new();
@@ -188,23 +189,17 @@ async fn concurrent_joins_in_a_partition_end_unique() {
         cluster.ids[5].clone(),
     ];
     net.partition(&[side_a, side_b]);
-    for k in [4, 5] {
-        let node = cluster.start_node(k).await;
-        cluster.nodes.push(Some(node));
-    }
-    let id4 = cluster.ids[4].clone();
-    let id5 = cluster.ids[5].clone();
-    wait_for("both newcomers registered", Duration::from_secs(20), || {
-        cluster.node(4).machine(&id4).is_some() && cluster.node(5).machine(&id5).is_some()
-    })
-    .await;
-    let a = cluster.node(4).machine(&id4).unwrap();
-    let b = cluster.node(5).machine(&id5).unwrap();
+    let a = cluster.admit(0, 4).await;
+    let b = cluster.admit(2, 5).await;
     assert_eq!(
         a.subnet, b.subnet,
         "both sides handed out the same free subnet"
     );
     assert_eq!(a.name, b.name);
+    for k in [4, 5] {
+        let node = cluster.start_node(k).await;
+        cluster.nodes.push(Some(node));
+    }
 
     net.heal();
     wait_for(

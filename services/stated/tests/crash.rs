@@ -21,8 +21,7 @@ struct Machine {
 fn write_config(dir: &Path, bus: &str, gossip: u16, seed: u16, name: &str) -> std::path::PathBuf {
     let path = dir.join("stated.toml");
     let toml = format!(
-        r#"network_id = "crash-net"
-machine_name = "{name}"
+        r#"machine_name = "{name}"
 data_dir = "{data}"
 gossip_port = {gossip}
 sync_port = 0
@@ -30,7 +29,6 @@ seeds = ["127.0.0.1:{seed}"]
 gossip_interval_ms = 150
 suspect_after_ms = 600
 sync_timeout_ms = 2000
-initial_sync_wait_ms = 500
 compact_after_entries = 40
 bus = "{bus}"
 "#,
@@ -111,7 +109,21 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
     let mut b = Machine::new("witness", gb, ga);
     a.start();
     b.start();
+    // Both start fresh; a creates the network and admits b, which joins with a's document,
+    // as apid does for `uc machine init` and `uc machine add`.
     let pb = b.proxy().await;
+    let pa = a.proxy().await;
+    assert_eq!(pa.mode().await.unwrap(), "fresh");
+    pa.create_network("crash-net", "", "").await.unwrap();
+    let admission = format!(
+        r#"{{"machine_id":"{}","name":"witness"}}"#,
+        pb.machine_id().await.unwrap()
+    );
+    pa.admit_machine(&admission).await.unwrap();
+    pb.join_network(&pa.save_document().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(pb.network_id().await.unwrap(), "crash-net");
     let mut acked: Vec<String> = Vec::new();
     let mut rng = rand::rng();
     for round in 0..3 {
@@ -143,6 +155,11 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
 
         a.start();
         let pa = a.proxy().await;
+        assert_eq!(
+            pa.mode().await.unwrap(),
+            "member",
+            "a restart is a member of the recorded network"
+        );
         let state: serde_json::Value =
             serde_json::from_str(&pa.get_state().await.unwrap()).unwrap();
         let services = state["services"].as_object().unwrap();

@@ -27,13 +27,48 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
     support::init_tracing();
     let bus = PrivateBus::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = support::test_config(dir.path(), "dbus-net", vec![]);
+    let mut config = support::test_config(dir.path(), "unused", vec![]);
+    config.network_id = None;
     config.machine_name = Some("alpha".into());
-    let node = stated::Node::start(config).await.unwrap();
-    let _served = stated::dbus::serve(node.shared().clone(), &bus.address)
+    let membership = stated::Membership::start(config, stated::links::Links::real())
+        .await
+        .unwrap();
+    let _served = stated::dbus::serve(membership.clone(), &bus.address)
         .await
         .unwrap()
         .expect("a bus was configured");
+
+    // Fresh: no network, every read says so, and busctl creates one.
+    let (ok, out, _) = bus.busctl(&["get-property", DEST, PATH, IFACE, "Mode"]);
+    assert!(ok && out.contains("fresh"), "{out}");
+    let (ok, _, err) = bus.busctl(&["call", DEST, PATH, IFACE, "GetState"]);
+    assert!(!ok && err.contains("belongs to no network"), "{err}");
+    let (ok, _, err) = bus.busctl(&[
+        "call",
+        DEST,
+        PATH,
+        IFACE,
+        "CreateNetwork",
+        "sss",
+        "dbus-net",
+        "",
+        "",
+    ]);
+    assert!(ok, "CreateNetwork: {err}");
+    let (ok, out, _) = bus.busctl(&["get-property", DEST, PATH, IFACE, "Mode"]);
+    assert!(ok && out.contains("member"), "{out}");
+    let (ok, _, err) = bus.busctl(&[
+        "call",
+        DEST,
+        PATH,
+        IFACE,
+        "CreateNetwork",
+        "sss",
+        "again",
+        "",
+        "",
+    ]);
+    assert!(!ok && err.contains("already a member"), "{err}");
 
     // The API is discoverable.
     let (ok, out, err) = bus.busctl(&["introspect", DEST, PATH]);
@@ -41,7 +76,14 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
     for member in [
         ".GetState",
         ".Get",
-        ".UpsertMachine",
+        ".CreateNetwork",
+        ".JoinNetwork",
+        ".AdmitMachine",
+        ".SaveDocument",
+        ".SetMachineName",
+        ".SetMachineRoles",
+        ".SetMachineLabels",
+        ".SetMesh",
         ".RemoveMachine",
         ".UpsertService",
         ".RemoveService",
@@ -54,6 +96,7 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
         ".LivenessChanged",
         ".MachineId",
         ".NetworkId",
+        ".Mode",
         ".Heads",
     ] {
         assert!(out.contains(member), "introspection lacks {member}:\n{out}");
@@ -100,9 +143,35 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
     let state: serde_json::Value = serde_json::from_str(&proxy.get_state().await.unwrap()).unwrap();
     assert_eq!(state["services"]["web"]["spec"]["replicas"], 2);
     assert_eq!(state["network"]["id"], "dbus-net");
-    // The node registered itself.
+    // The machine that created the network is its first member, under its configured name.
     let machine_id = proxy.machine_id().await.unwrap();
     assert_eq!(state["machines"][&machine_id]["name"], "alpha");
+    assert_eq!(state["machines"][&machine_id]["subnet"], 1);
+
+    // Per-field machine writes: roles and labels leave the name and subnet alone.
+    let (ok, _, err) = bus.busctl(&[
+        "call",
+        DEST,
+        PATH,
+        IFACE,
+        "SetMachineRoles",
+        "sas",
+        &machine_id,
+        "1",
+        "ingress",
+    ]);
+    assert!(ok, "{err}");
+    let mut labels = std::collections::HashMap::new();
+    labels.insert("zone", "eu");
+    proxy.set_machine_labels(&machine_id, labels).await.unwrap();
+    let me: serde_json::Value =
+        serde_json::from_str(&proxy.get("machines", &machine_id).await.unwrap()).unwrap();
+    assert_eq!(me["roles"][0], "ingress");
+    assert_eq!(me["labels"]["zone"], "eu");
+    assert_eq!(
+        (me["name"].as_str(), me["subnet"].as_u64()),
+        (Some("alpha"), Some(1))
+    );
     let (ok, out, _) = bus.busctl(&["get-property", DEST, PATH, IFACE, "MachineId"]);
     assert!(ok && out.contains(&machine_id), "{out}");
     let liveness = proxy.liveness().await.unwrap();
@@ -118,9 +187,10 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
         DEST,
         PATH,
         IFACE,
-        "UpsertMachine",
-        "s",
-        r#"{"id":"m2","name":"Bad Name","subnet":2}"#,
+        "SetMachineName",
+        "ss",
+        &machine_id,
+        "Bad Name",
     ]);
     assert!(!ok);
     assert!(err.contains("machine name"), "{err}");
@@ -154,7 +224,7 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
     );
     proxy.upsert_container(&own).await.unwrap();
     proxy.remove_container("c2").await.unwrap();
-    node.shutdown().await;
+    membership.shutdown().await;
 }
 
 /// The shipped bus policy, on a bus with the system bus's default policy: root may own

@@ -155,9 +155,12 @@ impl TestMesh {
                 }
             };
             let bus = PrivateBus::start();
-            let dbus = stated::dbus::serve(cluster.node(i).shared().clone(), &bus.address)
-                .await
-                .expect("stated serves D-Bus");
+            let dbus = stated::dbus::serve(
+                stated::Membership::of_running(cluster.node(i).shared().clone()),
+                &bus.address,
+            )
+            .await
+            .expect("stated serves D-Bus");
             let dir = tempfile::tempdir().unwrap();
             let config = base_config(&bus.address, &dir.path().join("meshd")) + &extra(i);
             let mut m = Machine {
