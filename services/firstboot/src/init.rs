@@ -404,7 +404,11 @@ mod tests {
              30 22 179:1 / /boot/firmware rw - vfat /dev/mmcblk0p1 rw\n",
         );
         assert!(init(dir.path()).run().unwrap().warnings.is_empty());
-        write(dir.path(), "etc/fstab", "LABEL=rootfs / ext4 defaults 0 1\n");
+        write(
+            dir.path(),
+            "etc/fstab",
+            "LABEL=rootfs / ext4 defaults 0 1\n",
+        );
         write(dir.path(), "proc/self/mountinfo", "");
         assert!(init(dir.path()).run().unwrap().warnings.is_empty());
     }
