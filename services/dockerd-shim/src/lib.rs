@@ -26,6 +26,7 @@
 //!   tarballs arriving in chunks).
 //! - [`firewall`]: the mesh into the bridge (Docker's `DOCKER-USER`), masquerade beyond the
 //!   mesh, no spoofed container sources.
+//! - [`renumbering`]: the daemon restarts when this machine moves to another subnet.
 //!
 //! # Limitations
 //! - Remote streams are polled (`stream_read` waits up to 5 s per call): tarpc has no server
@@ -46,6 +47,7 @@ pub mod logs;
 pub mod mirror;
 pub mod network;
 pub mod remote;
+pub mod renumbering;
 pub mod spec;
 pub mod stats;
 pub mod streams;

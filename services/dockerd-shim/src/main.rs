@@ -146,6 +146,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )))
     };
     dockerd_shim::dbus::serve(&conn, Docker1 { local }).await?;
+    let machine_id_for_renumbering = machine_id.clone();
     let mirror = Mirror {
         docker,
         state,
@@ -158,13 +159,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ]);
     tracing::info!("ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let renumbering = StateProxy::new(&conn).await?;
+    let mut renumbered = None;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
         _ = mirror.run() => {}
+        new = dockerd_shim::renumbering::until_renumbered(&renumbering, &machine_id_for_renumbering, subnet) => {
+            renumbered = Some(new);
+        }
     }
     for task in [rpc, firewall].into_iter().flatten() {
         task.abort();
+    }
+    if let Some(new) = renumbered {
+        // systemd (Restart=always) starts the shim again, which moves the network.
+        anyhow::bail!(
+            "this machine moved from subnet {subnet} to {new} (it lost a conflict after a \
+             partition); exiting so that the restart moves the container network"
+        );
     }
     Ok(())
 }
