@@ -82,11 +82,12 @@ pub trait State {
 
     #[zbus(property(emits_changed_signal = "const"))]
     fn machine_id(&self) -> zbus::Result<String>;
-    /// Empty while the machine is fresh.
-    #[zbus(property)]
+    /// Empty while the machine is fresh. Read afresh each time (not from the proxy's cache,
+    /// which could lag the change from fresh to member).
+    #[zbus(property(emits_changed_signal = "false"))]
     fn network_id(&self) -> zbus::Result<String>;
-    /// `fresh` or `member`.
-    #[zbus(property)]
+    /// `fresh` or `member`; read afresh each time.
+    #[zbus(property(emits_changed_signal = "false"))]
     fn mode(&self) -> zbus::Result<String>;
     /// Hex hashes of the document heads; equal on two machines means equal state. Not
     /// announced on change (use `Changed`), so the proxy reads it afresh each time.

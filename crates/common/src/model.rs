@@ -31,6 +31,21 @@ pub struct NetworkState {
     pub services: BTreeMap<String, Service>,
     pub containers: BTreeMap<String, Container>,
     pub routes: BTreeMap<String, Route>,
+    /// Machines removed for good, by id: they never come back under that id.
+    #[serde(default)]
+    pub removed: BTreeMap<String, Removal>,
+}
+
+/// A machine removed from the network (a tombstone: grow-only, never deleted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct Removal {
+    /// Its name when it was removed (for people reading the state).
+    pub name: String,
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// The machine that removed it.
+    pub by: String,
 }
 
 /// Settings fixed when the network is created.
@@ -278,15 +293,17 @@ pub enum Kind {
     Services,
     Containers,
     Routes,
+    Removed,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Network,
         Kind::Machines,
         Kind::Services,
         Kind::Containers,
         Kind::Routes,
+        Kind::Removed,
     ];
 
     /// The key of this part at the root of the state (and in JSON).
@@ -297,6 +314,7 @@ impl Kind {
             Kind::Services => "services",
             Kind::Containers => "containers",
             Kind::Routes => "routes",
+            Kind::Removed => "removed",
         }
     }
 

@@ -39,7 +39,10 @@ async fn a_new_subnet_is_noticed_and_other_changes_are_not() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!watcher.is_finished(), "a role change was taken for a renumbering");
+    assert!(
+        !watcher.is_finished(),
+        "a role change was taken for a renumbering"
+    );
 
     cluster
         .node(0)

@@ -161,7 +161,11 @@ async fn a_removed_machine_disappears_and_keys_survive_a_restart() {
     mesh.cluster
         .node(0)
         .mutate(stated::document::Mutation::RemoveMachine(
-            mesh.machines[2].id.clone(),
+            stated::document::MachineRemoval {
+                machine_id: mesh.machines[2].id.clone(),
+                by: mesh.machines[0].id.clone(),
+                at_ms: 1,
+            },
         ))
         .await
         .unwrap();

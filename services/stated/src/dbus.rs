@@ -19,7 +19,7 @@ use uncloud_common::model::{Container, Kind, Route, Service};
 use zbus::object_server::SignalEmitter;
 use zbus::{interface, Connection};
 
-use crate::document::{DocError, MachineUpdate, MeshFields, Mutation};
+use crate::document::{DocError, MachineRemoval, MachineUpdate, MeshFields, Mutation};
 use crate::membership::{Membership, MembershipError};
 use crate::node::{now_ms, Admission, Event, Shared, WriteError};
 
@@ -67,6 +67,7 @@ impl From<WriteError> for StateError {
             WriteError::NotOwner { .. } => StateError::NotOwner(msg),
             WriteError::Doc(DocError::NotFound { .. }) => StateError::NotFound(msg),
             WriteError::AlreadyAdmitted(_) => StateError::Exists(msg),
+            WriteError::Removed(_) => StateError::InvalidArgument(msg),
             WriteError::Doc(_) | WriteError::Storage(_) => StateError::Storage(msg),
         }
     }
@@ -207,11 +208,16 @@ impl State1 {
         .await
     }
 
+    /// Removes a machine for good: a tombstone (its id never comes back), its entry and its
+    /// containers' records deleted everywhere; members refuse its sync from then on.
     async fn remove_machine(&self, id: &str) -> Result<(), StateError> {
-        Ok(self
-            .member()?
-            .mutate(Mutation::RemoveMachine(id.into()))
-            .await?)
+        let shared = self.member()?;
+        let removal = MachineRemoval {
+            machine_id: id.into(),
+            by: shared.machine_id.clone(),
+            at_ms: now_ms(),
+        };
+        Ok(shared.mutate(Mutation::RemoveMachine(removal)).await?)
     }
 
     /// Sets this machine's WireGuard public key, advertised endpoints (`ip:port`) and

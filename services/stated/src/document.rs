@@ -17,7 +17,7 @@ use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ROOT};
 use autosurgeon::{hydrate_prop, reconcile_prop, Hydrate};
 use serde::Serialize;
-use uncloud_common::model::{Container, Kind, Machine, NetworkState, Route, Service};
+use uncloud_common::model::{Container, Kind, Machine, NetworkState, Removal, Route, Service};
 
 /// Why a document operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,12 @@ pub enum DocError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
     UpsertMachine(Machine),
-    RemoveMachine(String),
+    /// Removes a machine for good: a tombstone in `removed`, its entry and its containers'
+    /// records deleted, all in one change.
+    RemoveMachine(MachineRemoval),
+    /// Deletes what a removed machine still has in the state (an entry or container records
+    /// that a peer merged in after the removal); any member may.
+    SweepRemoved,
     UpsertService(Service),
     RemoveService(String),
     UpsertContainer(Container),
@@ -56,6 +61,14 @@ pub enum Mutation {
     /// Sets some fields of a machine and nothing else, so writers of different fields (meshd
     /// its keys, the machine itself a renumbering, `uc` its roles) never revert each other.
     UpdateMachine(MachineUpdate),
+}
+
+/// Who removes which machine, when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineRemoval {
+    pub machine_id: String,
+    pub by: String,
+    pub at_ms: u64,
 }
 
 /// The fields of a [`Machine`] meshd owns.
@@ -114,7 +127,8 @@ impl Mutation {
     pub fn target(&self) -> (Kind, &str) {
         match self {
             Mutation::UpsertMachine(m) => (Kind::Machines, &m.id),
-            Mutation::RemoveMachine(id) => (Kind::Machines, id),
+            Mutation::RemoveMachine(r) => (Kind::Machines, &r.machine_id),
+            Mutation::SweepRemoved => (Kind::Removed, ""),
             Mutation::UpsertService(s) => (Kind::Services, &s.id),
             Mutation::RemoveService(id) => (Kind::Services, id),
             Mutation::UpsertContainer(c) => (Kind::Containers, &c.id),
@@ -143,6 +157,7 @@ pub fn genesis(network_id: &str) -> Automerge {
         Kind::Services,
         Kind::Containers,
         Kind::Routes,
+        Kind::Removed,
     ] {
         tx.put_object(ROOT, kind.as_str(), ObjType::Map)
             .expect("putting into a fresh map cannot fail");
@@ -276,6 +291,7 @@ impl StateDoc {
             services: self.entities(Kind::Services),
             containers: self.entities(Kind::Containers),
             routes: self.entities(Kind::Routes),
+            removed: self.entities(Kind::Removed),
         }
     }
 
@@ -306,11 +322,111 @@ impl StateDoc {
             Kind::Services => pick(self.entities::<Service>(kind), kind, id),
             Kind::Containers => pick(self.entities::<Container>(kind), kind, id),
             Kind::Routes => pick(self.entities::<Route>(kind), kind, id),
+            Kind::Removed => pick(self.entities::<Removal>(kind), kind, id),
         }
+    }
+
+    /// What a removed machine still has in the state: (machine entries, container records).
+    pub fn leftovers_of_removed(&self) -> (Vec<String>, Vec<String>) {
+        let removed = self.entities::<Removal>(Kind::Removed);
+        if removed.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let machines = self
+            .machines()
+            .into_keys()
+            .filter(|id| removed.contains_key(id))
+            .collect();
+        let containers = self
+            .entities::<Container>(Kind::Containers)
+            .into_iter()
+            .filter(|(_, c)| removed.contains_key(&c.machine_id))
+            .map(|(id, _)| id)
+            .collect();
+        (machines, containers)
+    }
+
+    /// The tombstone of a removed machine.
+    pub fn removal(&self, id: &str) -> Option<Removal> {
+        let obj = self.kind_obj(Kind::Removed).ok()?;
+        self.doc.get(&obj, id).ok()??;
+        hydrate_prop(&self.doc, &obj, id).ok()
+    }
+
+    fn remove_machine(&mut self, r: &MachineRemoval) -> Result<bool, DocError> {
+        let (machines, removed) = (
+            self.kind_obj(Kind::Machines)?,
+            self.kind_obj(Kind::Removed)?,
+        );
+        let containers = self.kind_obj(Kind::Containers)?;
+        let entry = self.machine(&r.machine_id);
+        let tombstone = self.removal(&r.machine_id);
+        if entry.is_none() && tombstone.is_none() {
+            return Err(DocError::NotFound {
+                kind: Kind::Machines,
+                id: r.machine_id.clone(),
+            });
+        }
+        let records: Vec<String> = self
+            .entities::<Container>(Kind::Containers)
+            .into_iter()
+            .filter(|(_, c)| c.machine_id == r.machine_id)
+            .map(|(id, _)| id)
+            .collect();
+        let before = self.doc.get_heads();
+        let mut tx = self.doc.transaction();
+        if tombstone.is_none() {
+            let t = Removal {
+                name: entry.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+                at_ms: r.at_ms,
+                by: r.by.clone(),
+            };
+            if let Err(source) = reconcile_prop(&mut tx, &removed, r.machine_id.as_str(), &t) {
+                tx.rollback();
+                return Err(DocError::Reconcile {
+                    kind: Kind::Removed,
+                    id: r.machine_id.clone(),
+                    source: Box::new(source),
+                });
+            }
+        }
+        if entry.is_some() {
+            tx.delete(&machines, r.machine_id.as_str())?;
+        }
+        for id in records {
+            tx.delete(&containers, id.as_str())?;
+        }
+        tx.commit();
+        Ok(self.doc.get_heads() != before)
+    }
+
+    fn sweep_removed(&mut self) -> Result<bool, DocError> {
+        let (machine_ids, container_ids) = self.leftovers_of_removed();
+        if machine_ids.is_empty() && container_ids.is_empty() {
+            return Ok(false);
+        }
+        let (machines, containers) = (
+            self.kind_obj(Kind::Machines)?,
+            self.kind_obj(Kind::Containers)?,
+        );
+        let mut tx = self.doc.transaction();
+        for id in machine_ids {
+            tx.delete(&machines, id.as_str())?;
+        }
+        for id in container_ids {
+            tx.delete(&containers, id.as_str())?;
+        }
+        tx.commit();
+        Ok(true)
     }
 
     /// Applies `mutation` as one automerge change. Returns whether the document changed.
     pub fn apply(&mut self, mutation: &Mutation) -> Result<bool, DocError> {
+        match mutation {
+            Mutation::RemoveMachine(r) => return self.remove_machine(r),
+            Mutation::SweepRemoved => return self.sweep_removed(),
+            _ => {}
+        }
         let (kind, id) = mutation.target();
         let obj = self.kind_obj(kind)?;
         // Read before the transaction: the new value is the stored machine with only the
@@ -339,8 +455,10 @@ impl StateDoc {
                 let m = updated.as_ref().expect("read above for this mutation");
                 reconcile_prop(&mut tx, &obj, id, m)
             }
-            Mutation::RemoveMachine(_)
-            | Mutation::RemoveService(_)
+            Mutation::RemoveMachine(_) | Mutation::SweepRemoved => {
+                unreachable!("handled before the transaction")
+            }
+            Mutation::RemoveService(_)
             | Mutation::RemoveContainer(_)
             | Mutation::RemoveRoute(_) => {
                 if tx.get(&obj, id)?.is_none() {
@@ -670,6 +788,63 @@ mod tests {
         tx.commit();
         let err = handed_over(&forged.save()).unwrap_err().to_string();
         assert!(err.contains("genesis"), "{err}");
+    }
+
+    #[test]
+    fn a_removed_machine_leaves_a_tombstone_and_takes_its_containers_along() {
+        let mut a = StateDoc::new(genesis("n"));
+        a.apply(&Mutation::UpsertMachine(machine("m1", "a", 1)))
+            .unwrap();
+        a.apply(&Mutation::UpsertMachine(machine("m2", "b", 2)))
+            .unwrap();
+        for (cid, owner) in [("c1", "m1"), ("c2", "m2")] {
+            a.apply(&Mutation::UpsertContainer(Container {
+                id: cid.into(),
+                machine_id: owner.into(),
+                name: cid.into(),
+                ..Default::default()
+            }))
+            .unwrap();
+        }
+        let mut b = StateDoc::new(genesis("n"));
+        sync_pair(&mut a, &mut b);
+        let removal = MachineRemoval {
+            machine_id: "m2".into(),
+            by: "m1".into(),
+            at_ms: 42,
+        };
+        assert!(a.apply(&Mutation::RemoveMachine(removal.clone())).unwrap());
+        let s = a.state();
+        assert!(!s.machines.contains_key("m2"));
+        assert_eq!(s.containers.keys().collect::<Vec<_>>(), vec!["c1"]);
+        assert_eq!(s.removed["m2"].name, "b");
+        // Removing again changes nothing; an unknown machine is NotFound.
+        assert!(!a.apply(&Mutation::RemoveMachine(removal)).unwrap());
+        let err = a
+            .apply(&Mutation::RemoveMachine(MachineRemoval {
+                machine_id: "nope".into(),
+                by: "m1".into(),
+                at_ms: 1,
+            }))
+            .unwrap_err();
+        assert!(matches!(err, DocError::NotFound { .. }), "{err}");
+
+        // Meanwhile, on the other side, the removed machine wrote a new container record.
+        b.apply(&Mutation::UpsertContainer(Container {
+            id: "c3".into(),
+            machine_id: "m2".into(),
+            name: "c3".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        sync_pair(&mut a, &mut b);
+        assert_eq!(a.leftovers_of_removed(), (vec![], vec!["c3".to_string()]));
+        assert!(a.apply(&Mutation::SweepRemoved).unwrap());
+        assert_eq!(a.leftovers_of_removed(), (vec![], vec![]));
+        assert!(!a.apply(&Mutation::SweepRemoved).unwrap());
+        sync_pair(&mut a, &mut b);
+        assert_eq!(b.state(), a.state());
+        assert!(!b.state().machines.contains_key("m2"));
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub enum WriteError {
     Storage(String),
     #[error("machine {0:?} is already a member of this network")]
     AlreadyAdmitted(String),
+    #[error("machine {0:?} was removed from this network and cannot come back under that id")]
+    Removed(String),
 }
 
 /// What changed, for the D-Bus signals.
@@ -334,7 +336,10 @@ impl Shared {
             let mut cell = self.doc.lock().unwrap();
             if let Mutation::RemoveContainer(id) = &mutation {
                 if let Some(c) = cell.doc.state().containers.get(id) {
-                    self.check_owner(Kind::Containers, id, &c.machine_id)?;
+                    // A removed machine's records are the one exception: any member deletes them.
+                    if cell.doc.removal(&c.machine_id).is_none() {
+                        self.check_owner(Kind::Containers, id, &c.machine_id)?;
+                    }
                 }
             }
             let before = cell.doc.heads();
@@ -386,8 +391,11 @@ impl Shared {
                 })
                 .validate()?;
             }
-            Mutation::RemoveMachine(id)
-            | Mutation::RemoveService(id)
+            Mutation::RemoveMachine(r) => {
+                uncloud_common::model::validate_id("machine id", &r.machine_id)?
+            }
+            Mutation::SweepRemoved => {}
+            Mutation::RemoveService(id)
             | Mutation::RemoveContainer(id)
             | Mutation::RemoveRoute(id) => uncloud_common::model::validate_id("id", id)?,
         }
@@ -443,8 +451,15 @@ impl Shared {
         let _ = self.events.send(event);
     }
 
+    /// Whether `machine_id` was removed from the network.
+    pub fn is_removed(&self, machine_id: &str) -> bool {
+        self.doc.lock().unwrap().doc.removal(machine_id).is_some()
+    }
+
     fn after_change(&self, changed: BTreeMap<Kind, BTreeSet<String>>, local: bool) {
-        let machines_changed = changed.contains_key(&Kind::Machines);
+        let machines_changed = [Kind::Machines, Kind::Removed, Kind::Containers]
+            .iter()
+            .any(|k| changed.contains_key(k));
         for (kind, ids) in changed {
             self.emit(Event::Changed {
                 kind,
@@ -488,6 +503,9 @@ impl Shared {
             let cell = self.doc.lock().unwrap();
             if cell.doc.machine(&admission.machine_id).is_some() {
                 return Err(WriteError::AlreadyAdmitted(admission.machine_id));
+            }
+            if cell.doc.removal(&admission.machine_id).is_some() {
+                return Err(WriteError::Removed(admission.machine_id));
             }
             let machines = cell.doc.machines();
             let capacity = conflict::subnet_capacity(&cell.doc.network().mesh_cidr)
@@ -535,8 +553,27 @@ impl Shared {
 /// After every merge that touched machines: if this machine lost a name or subnet conflict,
 /// it takes new values (only the loser writes, so machines never fight over an entry).
 async fn conflict_loop(shared: Arc<Shared>) {
+    let mut told_removed = false;
     loop {
         shared.conflict_check.notified().await;
+        if shared.is_removed(&shared.machine_id) {
+            if !told_removed {
+                tracing::error!(
+                    "this machine was removed from the network: the other machines refuse it; \
+                     reinstall it to use it again"
+                );
+                told_removed = true;
+            }
+            continue;
+        }
+        let leftovers = shared.doc.lock().unwrap().doc.leftovers_of_removed();
+        if leftovers != (Vec::new(), Vec::new()) {
+            tracing::info!(machines = ?leftovers.0, containers = ?leftovers.1,
+                "deleting what removed machines still had in the state");
+            if let Err(e) = shared.mutate(Mutation::SweepRemoved).await {
+                tracing::error!(error = %e, "could not delete a removed machine's leftovers");
+            }
+        }
         let fix = {
             let cell = shared.doc.lock().unwrap();
             let machines = cell.doc.machines();

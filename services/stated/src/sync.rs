@@ -114,6 +114,13 @@ impl SyncServer {
                 req.from.chars().take(64).collect(),
             ));
         }
+        if shared.is_removed(&req.from) {
+            tracing::warn!(from = %req.from, "refusing sync from a removed machine");
+            return Err(SyncError::InvalidCaller(format!(
+                "machine {} was removed from this network",
+                req.from
+            )));
+        }
         let me = &shared.machine_id;
         if !shared.links.allows(&req.from, me) || !shared.links.allows(me, &req.from) {
             return Err(SyncError::Unavailable);
@@ -187,6 +194,12 @@ impl Peers {
             keep
         });
         for (id, (addr, live)) in known {
+            if shared.is_removed(id) {
+                if let Some(w) = workers.remove(id) {
+                    w.task.abort();
+                }
+                continue;
+            }
             if let Some(w) = workers.get(id) {
                 let was_live = w.live.swap(*live, Ordering::Relaxed);
                 if *live && !was_live {
