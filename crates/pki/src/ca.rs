@@ -128,18 +128,16 @@ impl MachineCa {
     ) -> Result<Issued, PkiError> {
         let public = SubjectPublicKeyInfo::from_der(spki_der)
             .map_err(|e| PkiError::BadKey(e.to_string()))?;
-        let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, who);
         dn.push(DnType::OrganizationName, role.as_str());
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.serial_number = Some(random_serial());
-        params.not_before = now - BACKDATE;
-        params.not_after = now + validity;
-        params.use_authority_key_identifier_extension = true;
+        let params = leaf(
+            CertificateParams::default(),
+            dn,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            now,
+            validity,
+        );
         let cert = params.signed_by(&public, &self.issuer()?)?;
         Ok(Issued {
             cert_pem: cert.pem(),
@@ -151,20 +149,18 @@ impl MachineCa {
     /// and IP addresses it is reached by).
     pub fn issue_server(&self, names: &[String], now: OffsetDateTime) -> Result<Issued, PkiError> {
         let key = KeyPair::generate().map_err(PkiError::from)?;
-        let mut params = CertificateParams::new(names.to_vec())?;
         let mut dn = DistinguishedName::new();
         dn.push(
             DnType::CommonName,
             names.first().cloned().unwrap_or_else(|| "uncloud".into()),
         );
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.serial_number = Some(random_serial());
-        params.not_before = now - BACKDATE;
-        params.not_after = now + SERVER_VALIDITY;
-        params.use_authority_key_identifier_extension = true;
+        let params = leaf(
+            CertificateParams::new(names.to_vec())?,
+            dn,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            now,
+            SERVER_VALIDITY,
+        );
         let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok(Issued {
             cert_pem: cert.pem(),
@@ -207,6 +203,26 @@ pub fn verify_with_certificate(cert_der: &[u8], message: &[u8], signature: &[u8]
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, point)
         .verify(message, signature)
         .is_ok()
+}
+
+/// A leaf certificate's parameters: not a CA, signing only, one extended usage, a random
+/// serial, back-dated for clock skew.
+fn leaf(
+    mut params: CertificateParams,
+    dn: DistinguishedName,
+    usage: ExtendedKeyUsagePurpose,
+    now: OffsetDateTime,
+    validity: Duration,
+) -> CertificateParams {
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    params.serial_number = Some(random_serial());
+    params.not_before = now - BACKDATE;
+    params.not_after = now + validity;
+    params.use_authority_key_identifier_extension = true;
+    params
 }
 
 /// A random positive 16-byte serial: serials name certificates in the revocation list.
