@@ -163,19 +163,13 @@ impl State1 {
 
     /// Renames a machine (a DNS label not used by another machine), leaving its other fields.
     async fn set_machine_name(&self, id: &str, name: &str) -> Result<(), StateError> {
-        let shared = self.member()?;
-        let taken = shared
-            .state()
-            .machines
-            .values()
-            .any(|m| m.name == name && m.id != id);
-        if taken {
+        let machines = self.member()?.state().machines;
+        if machines.values().any(|m| m.name == name && m.id != id) {
             return Err(StateError::InvalidArgument(format!(
                 "the name {name:?} is taken by another machine"
             )));
         }
-        let stamp =
-            uncloud_common::conflict::next_claim_stamp(shared.state().machines.values(), now_ms());
+        let stamp = uncloud_common::conflict::next_claim_stamp(machines.values(), now_ms());
         self.update_machine(MachineUpdate {
             machine_id: id.into(),
             name: Some((name.into(), stamp)),
