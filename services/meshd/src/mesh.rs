@@ -223,6 +223,7 @@ impl Mesh {
     /// Reads the device's statistics and advances every peer's path decision.
     pub async fn tick(&mut self) -> Result<Vec<PeerEvent>, WgError> {
         let now = self.now();
+        let stats_read = Instant::now();
         let stats: BTreeMap<[u8; 32], wg::PeerStats> = wg::stats(&self.device)
             .await
             .into_iter()
@@ -284,6 +285,21 @@ impl Mesh {
                 },
                 &self.timing,
             );
+            let moved_by_peer = match d.set_endpoint {
+                Some(_) => {
+                    handshake_since(&self.device, &t.planned.public_key, s.as_ref(), &stats_read)
+                        .await
+                }
+                None => false,
+            };
+            if moved_by_peer {
+                // The peer completed a handshake after the statistics were read: WireGuard
+                // moved the endpoint to the address it came from, which is proven; moving it
+                // away now would strand a working session (a peer's keepalives do not move
+                // it back). Decide again at the next tick with the new handshake.
+                tracing::debug!(peer = %t.planned.name, "handshake just completed; endpoint kept");
+                continue;
+            }
             if let Some(e) = d.set_endpoint {
                 tracing::info!(peer = %t.planned.name, from = ?t.path.selection.current,
                     to = %describe(e), "trying the next endpoint");
@@ -422,6 +438,33 @@ impl Mesh {
                 }
             })
             .collect()
+    }
+}
+
+/// Whether the peer completed a handshake after `before` (its statistics read at `read_at`).
+async fn handshake_since(
+    device: &WgDevice,
+    key: &[u8; 32],
+    before: Option<&wg::PeerStats>,
+    read_at: &Instant,
+) -> bool {
+    let Some(now) = wg::stats(device)
+        .await
+        .into_iter()
+        .find(|p| &p.public_key == key)
+    else {
+        return false;
+    };
+    let at = |ago: Duration, read: Instant| read.checked_sub(ago);
+    let new = now.last_handshake.and_then(|ago| at(ago, Instant::now()));
+    let old = before
+        .and_then(|b| b.last_handshake)
+        .and_then(|ago| at(ago, *read_at));
+    match (old, new) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        // A second of slack: both are computed from "ago" durations read at different times.
+        (Some(o), Some(n)) => n > o + Duration::from_secs(1),
     }
 }
 

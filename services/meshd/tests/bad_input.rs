@@ -108,8 +108,8 @@ async fn garbage_udp_and_bogus_peers_are_ignored() {
             );
         }
     }
-    let mut ms = mesh.machines;
-    for m in ms.iter_mut() {
+    let mut mesh = mesh;
+    for m in mesh.machines.iter_mut() {
         assert!(m.meshd.as_mut().unwrap().is_running(), "{} died", m.id);
     }
 }

@@ -120,6 +120,15 @@ pub fn behind_nat(
     (nat, public_ip)
 }
 
+/// A failing test shows every machine's log, whichever assertion failed.
+impl Drop for TestMesh {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+    }
+}
+
 impl TestMesh {
     /// `n` machines `192.0.2.1..n` on the internet bridge; `extra(i)` is appended to machine
     /// i's meshd config.
@@ -225,7 +234,6 @@ impl TestMesh {
                 return r.clone();
             }
             if start.elapsed() > deadline {
-                self.dump_logs();
                 panic!("machine {from} never saw machine {to} {what}; last: {row:?}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -257,7 +265,6 @@ impl TestMesh {
                 return;
             }
             if start.elapsed() > deadline {
-                self.dump_logs();
                 panic!("mesh not up: {missing:#?}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
