@@ -32,6 +32,7 @@ pub mod conflict;
 pub mod daemon;
 pub mod dbus;
 pub mod docker;
+pub mod durable;
 pub mod identity;
 pub mod liveness;
 pub mod logging;

@@ -1,9 +1,8 @@
 //! Writing the machine's secret files so that a power cut never leaves half of one: a
 //! temporary file in the same directory, fsync, rename, fsync of the directory.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,28 +35,8 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), StoreError> {
 
 /// Replaces `path` with `contents` atomically and durably, with permissions `mode`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err("cannot create", &tmp))?;
-    // The mode given to open is masked by the umask; set it exactly.
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(err("cannot chmod", &tmp))?;
-    f.write_all(contents).map_err(err("cannot write", &tmp))?;
-    f.sync_all().map_err(err("cannot fsync", &tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(err("cannot rename into", path))?;
-    sync_dir(dir)
+    uncloud_common::durable::write_atomically(path, contents, mode)
+        .map_err(err("cannot write durably", path))
 }
 
 /// Removes `path` durably (a missing file is fine).

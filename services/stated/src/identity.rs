@@ -3,7 +3,6 @@
 //! It is created once, on first start, and written atomically (temp file, fsync, rename), so a
 //! crash never leaves a half-written id that would make the machine a stranger to its network.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,15 +56,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<String, IdentityError> {
 
 /// Writes `bytes` to `path` so that a crash leaves the old file or the new one, never a mix.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    uncloud_common::durable::write_atomically(path, bytes, 0o644)
 }
 
 #[cfg(test)]

@@ -1,0 +1,155 @@
+//! The calls apid answers and what they carry.
+//!
+//! Everything travels as JSON (self-describing): a field added later is `#[serde(default)]`
+//! and ignored by an older peer, so `uc` and apid of different versions keep working during a
+//! rolling upgrade. Error kinds an older `uc` does not know read as [`ErrorKind::Other`].
+
+use serde::{Deserialize, Serialize};
+
+/// The TCP port apid listens on (TLS), on every address. The only public port besides
+/// WireGuard's.
+pub const PORT: u16 = 7443;
+
+/// Version of this API; a reply's `api_version` says what the server speaks.
+pub const API_VERSION: u32 = 1;
+
+/// Largest JSON frame either side accepts.
+pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+#[tarpc::service]
+pub trait Api {
+    /// Maintenance mode only: creates a network with this machine as its first member and
+    /// returns the first admin credentials.
+    async fn init(request: InitRequest) -> Result<InitReply, ApiError>;
+    /// Member mode, any role: this machine and its network.
+    async fn info() -> Result<MachineInfo, ApiError>;
+    /// Member mode, any role: every machine in the state.
+    async fn machines() -> Result<Vec<MachineRow>, ApiError>;
+}
+
+/// `uc machine init`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InitRequest {
+    /// The one-time setup token the machine's console shows.
+    pub token: String,
+    /// The machine's name in the network; empty: its host name.
+    #[serde(default)]
+    pub machine_name: String,
+    /// The mesh range, for example `10.210.0.0/16`; empty: the default.
+    #[serde(default)]
+    pub mesh_cidr: String,
+    /// The client's public key (DER SubjectPublicKeyInfo); its private key never leaves the
+    /// client.
+    pub client_public_key: Vec<u8>,
+    /// Who the client certificate names (a person or a laptop).
+    #[serde(default)]
+    pub client_name: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InitReply {
+    pub network_id: String,
+    pub machine_id: String,
+    pub machine_name: String,
+    /// PEM CA certificate of the machine: the client trusts apid through it.
+    pub ca_cert: String,
+    /// PEM admin client certificate for the client's public key.
+    pub client_cert: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MachineInfo {
+    pub api_version: u32,
+    /// `member` (maintenance mode answers only `init`).
+    pub mode: String,
+    pub network_id: String,
+    pub machine_id: String,
+    pub machine_name: String,
+    /// Role of the calling client certificate.
+    pub role: String,
+    /// The calling certificate's subject.
+    pub client: String,
+}
+
+/// One machine, as `uc machine ls` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MachineRow {
+    pub id: String,
+    pub name: String,
+    /// `10.210.X.0/24`.
+    pub subnet: String,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub version: String,
+}
+
+/// Why a call failed: a kind the client acts on and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The setup token is wrong (or was used already).
+    BadToken,
+    /// Too many failed attempts: wait and retry.
+    RateLimited,
+    /// The call needs a fresh machine (maintenance mode); this one is a member.
+    AlreadyMember,
+    /// The call needs a member; this machine is in maintenance mode.
+    NotMember,
+    /// The client certificate does not allow this call (missing, or reader for a write).
+    Forbidden,
+    /// The request itself is malformed.
+    Invalid,
+    /// The machine failed to do it (its state service, its disk).
+    Internal,
+    /// A kind this client does not know (a newer server).
+    #[serde(other)]
+    Other,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_reader_ignores_new_fields_and_unknown_error_kinds() {
+        // A newer server's reply with a field this version does not have.
+        let newer = r#"{"id":"a","name":"m","subnet":"10.210.1.0/24","endpoints":[],
+            "roles":[],"version":"9","added_in_v9":{"x":1}}"#;
+        let row: MachineRow = serde_json::from_str(newer).unwrap();
+        assert_eq!(row.name, "m");
+        // An older server's reply without the optional fields.
+        let older = r#"{"id":"a","name":"m","subnet":"10.210.1.0/24"}"#;
+        let row: MachineRow = serde_json::from_str(older).unwrap();
+        assert!(row.roles.is_empty());
+        let e: ApiError =
+            serde_json::from_str(r#"{"kind":"quota_exceeded","message":"later"}"#).unwrap();
+        assert_eq!(e.kind, ErrorKind::Other);
+        assert_eq!(e.to_string(), "later");
+    }
+
+    #[test]
+    fn an_init_request_from_an_older_client_reads() {
+        let r: InitRequest =
+            serde_json::from_str(r#"{"token":"t","client_public_key":[1,2]}"#).unwrap();
+        assert!(r.machine_name.is_empty() && r.mesh_cidr.is_empty());
+    }
+}

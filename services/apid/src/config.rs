@@ -1,0 +1,66 @@
+//! apid's settings, `/etc/uncloud/apid.toml`; every key has a default.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use uncloud_common::config::{invalid, ConfigInvalid, DaemonConfig, DATA_DIR};
+
+pub const DEFAULT_PATH: &str = "/etc/uncloud/apid.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the API listens (TLS). Default `0.0.0.0:7443`.
+    pub listen: SocketAddr,
+    /// `system`, `session`, or a D-Bus address.
+    pub bus: String,
+    /// Root under which the identity directory (`/var/lib/uncloud/identity`) is found; `/`
+    /// on a machine, a temporary directory in tests.
+    pub root: PathBuf,
+    /// apid's own files: the machine's CA and server certificate.
+    pub data_dir: PathBuf,
+    /// Mesh range for a network created here; empty: stated's setting.
+    pub mesh_cidr: String,
+    /// Longest wait imposed after repeated wrong setup tokens.
+    pub token_backoff_max_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, uncloud_api::wire::PORT)),
+            bus: "system".into(),
+            root: PathBuf::from("/"),
+            data_dir: PathBuf::from(DATA_DIR).join("apid"),
+            mesh_cidr: String::new(),
+            token_backoff_max_secs: 60,
+        }
+    }
+}
+
+impl DaemonConfig for Config {
+    fn validate(&self) -> Result<(), ConfigInvalid> {
+        if self.token_backoff_max_secs == 0 {
+            return invalid(
+                "token_backoff_max_secs",
+                "must be at least 1 (wrong tokens must cost time)",
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_valid_defaults() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+        assert_eq!(c.listen.port(), 7443);
+        assert!(toml::from_str::<Config>("listen_port = 1").is_err());
+    }
+}

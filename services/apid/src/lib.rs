@@ -1,0 +1,34 @@
+//! `apid`: a machine's management API, the one public port besides WireGuard.
+//!
+//! # Background
+//! An appliance has no shell to log in to: people manage it with `uc` over the network. A
+//! fresh machine must be claimable only by whoever holds its console's setup token, and a
+//! member only by holders of client certificates of its network.
+//!
+//! # Design
+//! - [`api`]: what each call does for a [`api::Caller`]; transport-free.
+//! - [`server`]: TLS on [`uncloud_api::wire::PORT`], one tarpc channel of JSON frames per
+//!   connection; the caller comes from the TLS session.
+//! - [`tls`]: the two faces. **Maintenance mode** (stated says `fresh`): the identity key
+//!   firstboot made, whose fingerprint the console shows; only `init` is served, with the
+//!   one-time setup token ([`token`]: constant-time compare, backoff after failures).
+//!   **Member mode**: a certificate from the machine's own CA ([`credentials`], decision
+//!   0009); client certificates carry the role (`admin`, `reader`).
+//! - `init` asks stated to create the network, makes the CA, issues an admin certificate for
+//!   the public key the client sent (its private key never leaves the client), then consumes
+//!   the token. Until the token is consumed the same token may retry, so a crash half-way
+//!   never locks the user out.
+//!
+//! # Limitations
+//! - Joining (tickets), fan-out to other machines, revocation and `org.uncloud.Api1` are not
+//!   built yet; trust is this machine's own CA only.
+
+pub mod api;
+pub mod config;
+pub mod credentials;
+pub mod server;
+pub mod tls;
+pub mod token;
+
+pub use api::Apid;
+pub use config::Config;

@@ -1,0 +1,140 @@
+//! The TLS listener: one tarpc channel per connection, JSON frames, the caller taken from the
+//! TLS session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_serde::formats::Json;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::LengthDelimitedCodec;
+use uncloud_api::wire::MAX_FRAME_BYTES;
+use uncloud_api::wire::{Api, ApiError, InitReply, InitRequest, MachineInfo, MachineRow};
+
+use crate::api::{Apid, Caller};
+
+/// Connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 256;
+/// Calls in flight on one connection.
+const MAX_IN_FLIGHT: usize = 16;
+/// A TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, apid: Arc<Apid>) {
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many connections; closing");
+            continue;
+        };
+        let apid = apid.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(tcp, peer, apid).await;
+        });
+    }
+}
+
+async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, apid: Arc<Apid>) {
+    let _ = tcp.set_nodelay(true);
+    let acceptor = TlsAcceptor::from(apid.server_tls());
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let caller = match caller_of(&stream, &apid) {
+        Ok(c) => c,
+        Err(reason) => {
+            tracing::warn!(%peer, %reason, "client certificate refused");
+            return;
+        }
+    };
+    tracing::debug!(%peer, ?caller, "connection");
+    let framed = LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_framed(stream);
+    let transport = tarpc::serde_transport::new(framed, Json::default());
+    let conn = Connection { apid, caller };
+    BaseChannel::with_defaults(transport)
+        .max_concurrent_requests(MAX_IN_FLIGHT)
+        .execute(conn.serve())
+        .for_each(|response| async {
+            tokio::spawn(response);
+        })
+        .await;
+}
+
+/// Who is calling, from the TLS session. rustls has checked the chain already; this adds the
+/// role and the revocation list.
+fn caller_of(
+    stream: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    apid: &Apid,
+) -> Result<Caller, String> {
+    if apid.member().is_none() {
+        return Ok(Caller::Maintenance);
+    }
+    let Some(cert) = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    else {
+        return Ok(Caller::Anonymous);
+    };
+    let revoked = Default::default();
+    let info = uncloud_pki::check_client(
+        cert.as_ref(),
+        &apid.trusted_cas(),
+        &revoked,
+        OffsetDateTime::now_utc(),
+    )
+    .map_err(|r| r.to_string())?;
+    Ok(Caller::Client {
+        subject: info.subject,
+        role: info.role.expect("check_client requires a role"),
+    })
+}
+
+#[derive(Clone)]
+struct Connection {
+    apid: Arc<Apid>,
+    caller: Caller,
+}
+
+impl Api for Connection {
+    async fn init(
+        self,
+        _: tarpc::context::Context,
+        request: InitRequest,
+    ) -> Result<InitReply, ApiError> {
+        self.apid.init(&self.caller, request).await
+    }
+
+    async fn info(self, _: tarpc::context::Context) -> Result<MachineInfo, ApiError> {
+        self.apid.info(&self.caller).await
+    }
+
+    async fn machines(self, _: tarpc::context::Context) -> Result<Vec<MachineRow>, ApiError> {
+        self.apid.machines(&self.caller).await
+    }
+}
