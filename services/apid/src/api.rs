@@ -65,8 +65,8 @@ pub enum StartError {
     Identity { path: String, reason: String },
     #[error(transparent)]
     Tls(#[from] uncloud_api::tls::TlsError),
-    #[error(transparent)]
-    Credentials(#[from] crate::credentials::CredentialsError),
+    #[error("cannot set up member mode: {0}")]
+    Member(#[from] BecomeError),
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
@@ -89,11 +89,7 @@ impl Apid {
             init_lock: tokio::sync::Mutex::new(()),
         };
         if apid.state.mode().await? == "member" {
-            let member = apid.become_member().await.map_err(|e| match e {
-                BecomeError::State(e) => StartError::State(e),
-                BecomeError::Credentials(e) => StartError::Credentials(e),
-                BecomeError::Tls(e) => StartError::Tls(e),
-            })?;
+            let member = apid.become_member().await?;
             *apid.member.write().unwrap() = Some(member);
         } else {
             let read = |p: std::path::PathBuf| {
@@ -140,8 +136,8 @@ impl Apid {
         let machine_id = self.state.machine_id().await?;
         let me: Machine = serde_json::from_str(&self.state.get("machines", &machine_id).await?)
             .map_err(|e| BecomeError::State(zbus::Error::Failure(e.to_string())))?;
-        let mut names = vec![me.name.clone(), "localhost".to_string()];
-        names.push(self.config.listen.ip().to_string());
+        // Clients check the chain, not the name (a machine has many addresses).
+        let names = [me.name.clone(), "localhost".to_string()];
         let credentials =
             Credentials::load_or_create(&self.config.data_dir, &network_id, &machine_id, &names)?;
         let tls = tls::member(
@@ -160,9 +156,9 @@ impl Apid {
 
     /// `uc machine init`: creates the network, or finishes an init that was interrupted
     /// before the token was consumed (so a crash never locks the user out).
-    pub async fn init(&self, caller: &Caller, req: InitRequest) -> Result<InitReply, ApiError> {
+    pub async fn init(&self, req: InitRequest) -> Result<InitReply, ApiError> {
         let _one = self.init_lock.lock().await;
-        if !matches!(caller, Caller::Maintenance) && self.paths.initialised().exists() {
+        if self.paths.initialised().exists() {
             return Err(ApiError::new(
                 ErrorKind::AlreadyMember,
                 "this machine already belongs to a network; use `uc machine add` to add \
@@ -349,7 +345,7 @@ impl Apid {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum BecomeError {
+pub enum BecomeError {
     #[error("stated: {0}")]
     State(#[from] zbus::Error),
     #[error(transparent)]

@@ -63,4 +63,10 @@ mod tests {
         assert_eq!(c.listen.port(), 7443);
         assert!(toml::from_str::<Config>("listen_port = 1").is_err());
     }
+
+    #[test]
+    fn shipped_config_documents_valid_keys() {
+        uncloud_common::config::check_shipped_config::<Config>(include_str!("../dist/apid.toml"))
+            .unwrap();
+    }
 }

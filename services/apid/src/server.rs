@@ -127,7 +127,7 @@ impl Api for Connection {
         _: tarpc::context::Context,
         request: InitRequest,
     ) -> Result<InitReply, ApiError> {
-        self.apid.init(&self.caller, request).await
+        self.apid.init(request).await
     }
 
     async fn info(self, _: tarpc::context::Context) -> Result<MachineInfo, ApiError> {
