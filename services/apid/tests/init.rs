@@ -110,10 +110,9 @@ async fn init_needs_the_token_once_then_only_certificates_of_the_network_get_in(
 
     // A wrong fingerprint: the TLS handshake itself fails.
     let other = Fingerprint([7; 32]);
-    let err = connect(m.addr, tls::client_pinned(other).unwrap(), WAIT)
-        .await
-        .err()
-        .expect("a wrong fingerprint is refused");
+    let Err(err) = connect(m.addr, tls::client_pinned(other).unwrap(), WAIT).await else {
+        panic!("a wrong fingerprint is refused");
+    };
     assert!(err.to_string().contains("TLS"), "{err}");
 
     // Maintenance mode: a wrong token is refused, and the next attempt must wait.
