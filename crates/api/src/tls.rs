@@ -189,6 +189,86 @@ impl ServerCertVerifier for NetworkServer {
     }
 }
 
+/// Accepts a server whose certificate was issued by the CA with this SPKI fingerprint, the CA
+/// certificate sent along in the chain. Validity dates are not checked: a joining machine
+/// (a Raspberry Pi without a real-time clock) may not know the time yet, and the pin is
+/// what identifies the issuer.
+#[derive(Debug)]
+pub struct PinnedIssuer {
+    pin: Fingerprint,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedIssuer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let pinned = intermediates
+            .iter()
+            .find(|ca| Fingerprint::of_certificate(ca).is_ok_and(|f| f == self.pin));
+        match pinned {
+            Some(ca) if uncloud_pki::issued_by(end_entity, ca) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            _ => Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// For a joining machine redeeming a ticket: the issuer is known by its CA's fingerprint (in
+/// the ticket); no client certificate.
+pub fn client_issuer(pin: Fingerprint) -> Result<Arc<ClientConfig>, TlsError> {
+    let config = builder()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedIssuer {
+            pin,
+            provider: provider(),
+        }))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 fn builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, TlsError> {
     Ok(ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?)
 }

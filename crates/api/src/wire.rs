@@ -25,6 +25,80 @@ pub trait Api {
     async fn info() -> Result<MachineInfo, ApiError>;
     /// Member mode, any role: every machine in the state.
     async fn machines() -> Result<Vec<MachineRow>, ApiError>;
+    /// Maintenance mode only: joins the network of `request.ticket` (`uc machine add`).
+    /// Needs the machine's setup token, like `init`.
+    async fn join(request: JoinRequest) -> Result<JoinReply, ApiError>;
+    /// Member mode, admin: a join ticket redeemable at this machine.
+    async fn issue_ticket(request: TicketRequest) -> Result<TicketReply, ApiError>;
+    /// Member mode, no client certificate needed (the ticket is the credential): a joining
+    /// machine's apid redeems its ticket and gets the state that admits it.
+    async fn redeem(request: RedeemRequest) -> Result<RedeemReply, ApiError>;
+}
+
+/// `uc machine add`, to the new machine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The new machine's one-time setup token.
+    pub token: String,
+    /// A ticket from a member (`issue_ticket`).
+    pub ticket: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JoinReply {
+    pub network_id: String,
+    pub machine_id: String,
+    pub machine_name: String,
+    /// `10.210.X.0/24`.
+    pub subnet: String,
+    /// The new machine's CA certificate (PEM), for the client's trust bundle.
+    #[serde(default)]
+    pub ca_cert: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TicketRequest {
+    /// How long the ticket is valid, in seconds; 0: the member's default.
+    #[serde(default)]
+    pub ttl_secs: u64,
+    /// The name the new machine gets; empty: its own host name.
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TicketReply {
+    pub ticket: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// What a joining machine sends to the member that issued its ticket: its public keys only.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RedeemRequest {
+    pub ticket: String,
+    /// The joining machine's id (its stated's).
+    pub machine_id: String,
+    /// The name it asks for (the ticket's name wins).
+    #[serde(default)]
+    pub name: String,
+    /// Its WireGuard public key (base64).
+    pub wireguard_public_key: String,
+    /// Where its WireGuard listens (`ip:port`), as it sees itself.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub arch: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RedeemReply {
+    /// The whole state (automerge document, base64), with the joining machine's entry.
+    pub document: String,
+    /// The entry the member wrote for it (name, subnet).
+    pub machine_name: String,
 }
 
 /// `uc machine init`.
@@ -84,6 +158,9 @@ pub struct MachineRow {
     pub roles: Vec<String>,
     #[serde(default)]
     pub version: String,
+    /// PEM certificate of the machine's CA; empty until it published one.
+    #[serde(default)]
+    pub ca_cert: String,
 }
 
 /// Why a call failed: a kind the client acts on and a message for people.
@@ -118,6 +195,10 @@ pub enum ErrorKind {
     Forbidden,
     /// The request itself is malformed.
     Invalid,
+    /// The join ticket is not usable: expired, used, tampered with, or of another network.
+    BadTicket,
+    /// Another machine could not be reached (a ticket's issuer, a forwarding target).
+    Unreachable,
     /// The machine failed to do it (its state service, its disk).
     Internal,
     /// A kind this client does not know (a newer server).

@@ -64,6 +64,7 @@ pub trait State {
         endpoints: Vec<String>,
         observed: HashMap<String, String>,
     ) -> zbus::Result<()>;
+    fn set_machine_ca(&self, ca_cert: &str) -> zbus::Result<()>;
     fn upsert_service(&self, json: &str) -> zbus::Result<()>;
     fn remove_service(&self, id: &str) -> zbus::Result<()>;
     fn upsert_container(&self, json: &str) -> zbus::Result<()>;

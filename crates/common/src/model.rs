@@ -97,6 +97,12 @@ pub struct Machine {
     /// Uncloud version the machine runs.
     #[serde(default)]
     pub version: String,
+    /// PEM certificate of the machine's own CA (decision 0009): client certificates it issued
+    /// are trusted network-wide while the machine is in the state. Empty until its apid
+    /// publishes it. Absent in entries written before it existed.
+    #[serde(default)]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub ca_cert: String,
 }
 
 /// A service: a named group of containers built from one spec.

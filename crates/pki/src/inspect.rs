@@ -95,6 +95,17 @@ pub enum Refusal {
     Revoked(String),
 }
 
+/// Whether `cert_der` was signed by the CA `ca_der` (names and signature; not validity).
+pub fn issued_by(cert_der: &[u8], ca_der: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        x509_parser::parse_x509_certificate(cert_der),
+        x509_parser::parse_x509_certificate(ca_der),
+    ) else {
+        return false;
+    };
+    ca.subject() == cert.issuer() && cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 /// Decides on a client certificate (DER): it must be signed by one of `trusted` (DER CA
 /// certificates of the network's machines), valid at `now`, for client auth, not revoked, and
 /// carry a role. Returns what it is.
@@ -106,11 +117,7 @@ pub fn check_client(
 ) -> Result<CertInfo, Refusal> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| Refusal::Unreadable(e.to_string()))?;
-    let signed_by_trusted = trusted.iter().any(|ca_der| {
-        x509_parser::parse_x509_certificate(ca_der).is_ok_and(|(_, ca)| {
-            ca.subject() == cert.issuer() && cert.verify_signature(Some(ca.public_key())).is_ok()
-        })
-    });
+    let signed_by_trusted = trusted.iter().any(|ca_der| issued_by(der, ca_der));
     if !signed_by_trusted {
         return Err(Refusal::UnknownIssuer);
     }

@@ -31,7 +31,7 @@ pub mod ticket;
 
 pub use ca::{Issued, MachineCa};
 pub use fingerprint::Fingerprint;
-pub use inspect::{check_client, CertInfo, Refusal};
+pub use inspect::{check_client, issued_by, CertInfo, Refusal};
 
 /// What a client certificate allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,26 +1,34 @@
 //! What apid does for each call, given who is calling. Transport-free: the server module
 //! turns connections into [`Caller`]s and calls in here.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustls::ServerConfig;
 use time::OffsetDateTime;
 use uncloud_api::wire::{
-    ApiError, ErrorKind, InitReply, InitRequest, MachineInfo, MachineRow, API_VERSION,
+    ApiError, ErrorKind, InitReply, InitRequest, JoinReply, JoinRequest, MachineInfo, MachineRow,
+    RedeemReply, RedeemRequest, TicketReply, TicketRequest, API_VERSION,
 };
 use uncloud_common::address::MeshCidr;
-use uncloud_common::dbus::StateProxy;
+use uncloud_common::dbus::{MeshProxy, StateProxy};
 use uncloud_common::durable;
 use uncloud_common::identity::IdentityPaths;
 use uncloud_common::model::Machine;
 use uncloud_pki::ca::CLIENT_VALIDITY;
-use uncloud_pki::Role;
+use uncloud_pki::{ticket, Role};
 
 use crate::config::Config;
 use crate::credentials::Credentials;
+use crate::redeemed::Redeemed;
 use crate::tls;
 use crate::token::{self, Limiter};
+
+/// How long a joining machine waits for each of the issuer's endpoints.
+const REDEEM_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often the trusted CAs are re-read from the state, at most.
+const TRUST_REFRESH: Duration = Duration::from_secs(1);
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +58,11 @@ pub struct Apid {
     epoch: Instant,
     maintenance_tls: Option<Arc<ServerConfig>>,
     member: RwLock<Option<Arc<Member>>>,
-    /// One `init` at a time.
+    /// One `init` or `join` at a time.
     init_lock: tokio::sync::Mutex<()>,
+    /// CA certificates (DER) of the machines in the state, and when they were read.
+    trust: RwLock<(Vec<Vec<u8>>, Option<Instant>)>,
+    redeemed: Redeemed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +88,7 @@ impl Apid {
     /// Reads the machine's mode from stated and prepares the matching TLS face.
     pub async fn start(config: Config, state: StateProxy<'static>) -> Result<Apid, StartError> {
         let paths = IdentityPaths::under(&config.root);
+        let config_redeemed_path = config.data_dir.join("redeemed");
         let limiter = Mutex::new(Limiter::new(config.token_backoff_max_secs * 1000));
         let mut apid = Apid {
             config,
@@ -87,6 +99,8 @@ impl Apid {
             maintenance_tls: None,
             member: RwLock::new(None),
             init_lock: tokio::sync::Mutex::new(()),
+            trust: RwLock::new((Vec::new(), None)),
+            redeemed: Redeemed::new(config_redeemed_path),
         };
         if apid.state.mode().await? == "member" {
             let member = apid.become_member().await?;
@@ -120,11 +134,57 @@ impl Apid {
         self.member.read().unwrap().clone()
     }
 
-    /// CA certificates (DER) whose client certificates are trusted.
+    /// CA certificates (DER) whose client certificates are trusted: those of the machines in
+    /// the state, and always this machine's own.
     pub fn trusted_cas(&self) -> Vec<Vec<u8>> {
-        self.member()
-            .map(|m| vec![m.credentials.ca.cert_der().to_vec()])
-            .unwrap_or_default()
+        let Some(member) = self.member() else {
+            return Vec::new();
+        };
+        let mut cas = self.trust.read().unwrap().0.clone();
+        let own = member.credentials.ca.cert_der().to_vec();
+        if !cas.contains(&own) {
+            cas.push(own);
+        }
+        cas
+    }
+
+    /// Re-reads the machines' CAs from the state unless that was done very recently. A
+    /// removed machine's CA leaves the trust as its removal arrives.
+    pub async fn refresh_trust(&self) {
+        if self.member().is_none() {
+            return;
+        }
+        let fresh = self
+            .trust
+            .read()
+            .unwrap()
+            .1
+            .is_some_and(|at| at.elapsed() < TRUST_REFRESH);
+        if fresh {
+            return;
+        }
+        match self.read_machines().await {
+            Ok(machines) => {
+                let cas = machines
+                    .values()
+                    .filter(|m| !m.ca_cert.is_empty())
+                    .filter_map(|m| uncloud_pki::pem_to_der(&m.ca_cert).ok())
+                    .collect();
+                *self.trust.write().unwrap() = (cas, Some(Instant::now()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the machines' CAs; keeping the last ones")
+            }
+        }
+    }
+
+    async fn read_machines(&self) -> Result<std::collections::BTreeMap<String, Machine>, ApiError> {
+        let json = self
+            .state
+            .get("machines", "")
+            .await
+            .map_err(|e| internal("stated", e))?;
+        serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))
     }
 
     fn now_ms(&self) -> u64 {
@@ -140,11 +200,16 @@ impl Apid {
         let names = [me.name.clone(), "localhost".to_string()];
         let credentials =
             Credentials::load_or_create(&self.config.data_dir, &network_id, &machine_id, &names)?;
-        let tls = tls::member(
-            &[credentials.ca.cert_der().to_vec()],
-            &credentials.server_cert_pem,
-            &credentials.server_key_pem,
-        )?;
+        let chain = format!(
+            "{}{}",
+            credentials.server_cert_pem,
+            credentials.ca.cert_pem()
+        );
+        let tls = tls::member(&chain, &credentials.server_key_pem)?;
+        if me.ca_cert != credentials.ca.cert_pem() {
+            self.state.set_machine_ca(credentials.ca.cert_pem()).await?;
+            tracing::info!(fingerprint = %credentials.ca.fingerprint(), "published this machine's CA");
+        }
         Ok(Arc::new(Member {
             network_id,
             machine_id,
@@ -159,42 +224,9 @@ impl Apid {
     pub async fn init(&self, req: InitRequest) -> Result<InitReply, ApiError> {
         let _one = self.init_lock.lock().await;
         if self.paths.initialised().exists() {
-            return Err(ApiError::new(
-                ErrorKind::AlreadyMember,
-                "this machine already belongs to a network; use `uc machine add` to add \
-                 machines to it",
-            ));
+            return Err(Self::already_member());
         }
-        let token_path = self.paths.setup_token();
-        let expected = match std::fs::read_to_string(&token_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ApiError::new(
-                    ErrorKind::AlreadyMember,
-                    "this machine's setup token was used already: it belongs to a network",
-                ))
-            }
-            Err(e) => return Err(internal("cannot read the setup token", e)),
-        };
-        let now = self.now_ms();
-        if let Err(wait) = self.limiter.lock().unwrap().check(now) {
-            return Err(ApiError::new(
-                ErrorKind::RateLimited,
-                format!(
-                    "too many wrong setup tokens; retry in {} s",
-                    wait.div_ceil(1000)
-                ),
-            ));
-        }
-        if !token::matches(&req.token, &expected) {
-            self.limiter.lock().unwrap().failed(now);
-            tracing::warn!("init refused: wrong setup token");
-            return Err(ApiError::new(
-                ErrorKind::BadToken,
-                "wrong setup token: use the one this machine's console shows",
-            ));
-        }
-        self.limiter.lock().unwrap().succeeded();
+        self.check_token(&req.token)?;
         if req.client_public_key.is_empty() {
             return Err(ApiError::new(
                 ErrorKind::Invalid,
@@ -222,17 +254,7 @@ impl Apid {
                 })?;
             tracing::info!(%network_id, "network created");
         }
-        let member = match self.member() {
-            Some(m) => m,
-            None => {
-                let m = self
-                    .become_member()
-                    .await
-                    .map_err(|e| internal("cannot set up this machine's CA", e))?;
-                *self.member.write().unwrap() = Some(m.clone());
-                m
-            }
-        };
+        let member = self.enter_member_mode().await?;
         let who = if req.client_name.is_empty() {
             "admin"
         } else {
@@ -249,10 +271,7 @@ impl Apid {
                 CLIENT_VALIDITY,
             )
             .map_err(|e| ApiError::new(ErrorKind::Invalid, e.to_string()))?;
-        // Consumed only now: everything before can be retried with the same token.
-        durable::write_atomically(&self.paths.initialised(), b"", 0o600)
-            .map_err(|e| internal("cannot record the init", e))?;
-        durable::remove(&token_path).map_err(|e| internal("cannot consume the setup token", e))?;
+        self.finish_enrolment()?;
         tracing::info!(client = %who, "init done; admin certificate issued");
         Ok(InitReply {
             network_id: member.network_id.clone(),
@@ -260,6 +279,388 @@ impl Apid {
             machine_name: member.machine_name.clone(),
             ca_cert: member.credentials.ca.cert_pem().to_owned(),
             client_cert: issued.cert_pem,
+        })
+    }
+
+    /// Checks a setup token: constant time, rate-limited.
+    fn check_token(&self, given: &str) -> Result<(), ApiError> {
+        let expected = match std::fs::read_to_string(self.paths.setup_token()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ApiError::new(
+                    ErrorKind::AlreadyMember,
+                    "this machine's setup token was used already: it belongs to a network",
+                ))
+            }
+            Err(e) => return Err(internal("cannot read the setup token", e)),
+        };
+        let now = self.now_ms();
+        if let Err(wait) = self.limiter.lock().unwrap().check(now) {
+            return Err(ApiError::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "too many wrong setup tokens; retry in {} s",
+                    wait.div_ceil(1000)
+                ),
+            ));
+        }
+        if !token::matches(given, &expected) {
+            self.limiter.lock().unwrap().failed(now);
+            tracing::warn!("refused: wrong setup token");
+            return Err(ApiError::new(
+                ErrorKind::BadToken,
+                "wrong setup token: use the one this machine's console shows",
+            ));
+        }
+        self.limiter.lock().unwrap().succeeded();
+        Ok(())
+    }
+
+    /// The machine is a member: records it, then consumes the setup token and a pre-seeded
+    /// ticket. Only now, so an init or join interrupted before can be retried.
+    fn finish_enrolment(&self) -> Result<(), ApiError> {
+        durable::write_atomically(&self.paths.initialised(), b"", 0o600)
+            .map_err(|e| internal("cannot record the membership", e))?;
+        durable::remove(&self.paths.setup_token())
+            .map_err(|e| internal("cannot consume the setup token", e))?;
+        durable::remove(&self.paths.join_ticket())
+            .map_err(|e| internal("cannot remove the redeemed join ticket", e))?;
+        Ok(())
+    }
+
+    fn already_member() -> ApiError {
+        ApiError::new(
+            ErrorKind::AlreadyMember,
+            "this machine already belongs to a network; use `uc machine add` to add \
+             machines to it",
+        )
+    }
+
+    /// `uc machine add`, on the new machine: joins with a ticket, given the setup token.
+    pub async fn join(&self, req: JoinRequest) -> Result<JoinReply, ApiError> {
+        let _one = self.init_lock.lock().await;
+        if self.paths.initialised().exists() {
+            return Err(Self::already_member());
+        }
+        self.check_token(&req.token)?;
+        self.join_with_ticket(&req.ticket).await
+    }
+
+    /// Joins with the ticket pre-seeded on this machine (user-data, the SD card), if any and
+    /// if still fresh. Retries while the issuer cannot be reached; gives up, loudly, on a
+    /// ticket the issuer refuses.
+    pub async fn redeem_preseeded(&self) {
+        let path = self.paths.join_ticket();
+        let mut delay = Duration::from_secs(2);
+        loop {
+            let ticket = match std::fs::read_to_string(&path) {
+                Ok(t) if !t.trim().is_empty() => t,
+                _ => return,
+            };
+            let result = {
+                let _one = self.init_lock.lock().await;
+                if self.paths.initialised().exists() {
+                    return;
+                }
+                self.join_with_ticket(&ticket).await
+            };
+            match result {
+                Ok(joined) => {
+                    tracing::info!(network = %joined.network_id, name = %joined.machine_name,
+                        subnet = %joined.subnet, "joined the network with the pre-seeded ticket");
+                    return;
+                }
+                Err(e) if matches!(e.kind, ErrorKind::Unreachable | ErrorKind::Internal) => {
+                    tracing::warn!(error = %e, retry_in_secs = delay.as_secs(),
+                        "cannot redeem the pre-seeded join ticket yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, path = %path.display(),
+                        "the pre-seeded join ticket was refused; this machine stays fresh: \
+                         add it with `uc machine add` instead");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn join_with_ticket(&self, ticket_text: &str) -> Result<JoinReply, ApiError> {
+        let bad = |e: uncloud_pki::PkiError| ApiError::new(ErrorKind::BadTicket, e.to_string());
+        let (claims, _, _) = ticket::read(ticket_text).map_err(bad)?;
+        let pin = claims.issuer_ca().map_err(bad)?;
+        let mode = self.state.mode().await.map_err(|e| internal("stated", e))?;
+        if mode != "member" {
+            let document = self.redeem_at_issuer(ticket_text, &claims, pin).await?;
+            let bytes = {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(&document)
+                    .map_err(|e| internal("the issuer's state is not base64", e))?
+            };
+            self.state
+                .join_network(&bytes)
+                .await
+                .map_err(|e| internal("stated could not join", e))?;
+        }
+        let member = self.enter_member_mode().await?;
+        self.finish_enrolment()?;
+        let me = self
+            .read_machines()
+            .await?
+            .remove(&member.machine_id)
+            .unwrap_or_default();
+        tracing::info!(network = %member.network_id, name = %member.machine_name, "joined");
+        Ok(JoinReply {
+            network_id: member.network_id.clone(),
+            machine_id: member.machine_id.clone(),
+            machine_name: member.machine_name.clone(),
+            subnet: self.subnet_text(me.subnet).await,
+            ca_cert: member.credentials.ca.cert_pem().to_owned(),
+        })
+    }
+
+    async fn enter_member_mode(&self) -> Result<Arc<Member>, ApiError> {
+        if let Some(m) = self.member() {
+            return Ok(m);
+        }
+        let m = self
+            .become_member()
+            .await
+            .map_err(|e| internal("cannot set up this machine's CA", e))?;
+        *self.member.write().unwrap() = Some(m.clone());
+        Ok(m)
+    }
+
+    async fn subnet_text(&self, index: u32) -> String {
+        let Ok(json) = self.state.get("network", "").await else {
+            return String::new();
+        };
+        let network: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        let cidr: MeshCidr = network["mesh_cidr"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or_default();
+        cidr.subnet(index)
+            .map(|s| format!("{s}/24"))
+            .unwrap_or_default()
+    }
+
+    /// Sends this machine's public keys to the ticket's issuer, checked by its CA fingerprint,
+    /// and returns the state it hands back (base64).
+    async fn redeem_at_issuer(
+        &self,
+        ticket_text: &str,
+        claims: &ticket::Claims,
+        pin: uncloud_pki::Fingerprint,
+    ) -> Result<String, ApiError> {
+        let conn = self.state.inner().connection();
+        let mesh = MeshProxy::new(conn)
+            .await
+            .map_err(|e| internal("meshd", e))?;
+        let wireguard_public_key = mesh.public_key().await.map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("meshd does not answer yet (its WireGuard key is needed): {e}"),
+            )
+        })?;
+        let endpoints = mesh.endpoints().await.unwrap_or_default();
+        let request = RedeemRequest {
+            ticket: ticket_text.trim().to_string(),
+            machine_id: self
+                .state
+                .machine_id()
+                .await
+                .map_err(|e| internal("stated", e))?,
+            name: String::new(),
+            wireguard_public_key,
+            endpoints,
+            arch: std::env::consts::ARCH.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let tls = uncloud_api::tls::client_issuer(pin).map_err(|e| internal("TLS", e))?;
+        let mut tried = Vec::new();
+        for endpoint in &claims.endpoints {
+            let Ok(addr) = endpoint.parse::<SocketAddr>() else {
+                tried.push(format!("{endpoint}: not ip:port"));
+                continue;
+            };
+            let client = match uncloud_api::client::connect(addr, tls.clone(), REDEEM_TIMEOUT).await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(%addr, error = %e, "ticket issuer not reachable here");
+                    tried.push(e.to_string());
+                    continue;
+                }
+            };
+            match client
+                .redeem(
+                    uncloud_api::client::context(REDEEM_TIMEOUT),
+                    request.clone(),
+                )
+                .await
+            {
+                Ok(Ok(reply)) => return Ok(reply.document),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => tried.push(format!("{addr}: {e}")),
+            }
+        }
+        Err(ApiError::new(
+            ErrorKind::Unreachable,
+            format!(
+                "cannot reach the member that issued the ticket ({}); is it up and reachable \
+                 from this machine?",
+                tried.join("; ")
+            ),
+        ))
+    }
+
+    /// `uc machine token` / `uc machine add`: a ticket redeemable at this machine.
+    pub async fn issue_ticket(
+        &self,
+        caller: &Caller,
+        local: SocketAddr,
+        req: TicketRequest,
+    ) -> Result<TicketReply, ApiError> {
+        let member = self.require(caller, Role::Admin)?;
+        if !req.name.is_empty() {
+            uncloud_common::model::validate_dns_label("machine name", &req.name)
+                .map_err(|e| ApiError::new(ErrorKind::Invalid, e.to_string()))?;
+        }
+        let ttl = match req.ttl_secs {
+            0 => self.config.ticket_ttl_secs,
+            t if t > self.config.ticket_max_ttl_secs => {
+                return Err(ApiError::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "a ticket may be valid for at most {} s (ticket_max_ttl_secs)",
+                        self.config.ticket_max_ttl_secs
+                    ),
+                ))
+            }
+            t => t,
+        };
+        let me = self
+            .read_machines()
+            .await?
+            .remove(&member.machine_id)
+            .unwrap_or_default();
+        let port = self.config.listen.port();
+        let mut endpoints = Vec::new();
+        if !local.ip().is_loopback() && !local.ip().is_unspecified() {
+            endpoints.push(SocketAddr::new(local.ip(), port).to_string());
+        }
+        for e in &me.endpoints {
+            if let Ok(wg) = e.parse::<SocketAddr>() {
+                let api = SocketAddr::new(wg.ip(), port).to_string();
+                if !endpoints.contains(&api) {
+                    endpoints.push(api);
+                }
+            }
+        }
+        if endpoints.is_empty() {
+            endpoints.push(SocketAddr::new(local.ip(), port).to_string());
+        }
+        let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+        let claims = ticket::Claims {
+            id: ticket::new_id(),
+            network_id: member.network_id.clone(),
+            issuer: member.machine_id.clone(),
+            issuer_ca: member.credentials.ca.fingerprint().to_string(),
+            endpoints,
+            issued_at: now,
+            expires_at: now + ttl,
+            name: req.name,
+        };
+        let text = ticket::issue(&claims, &member.credentials.ca)
+            .map_err(|e| internal("cannot sign the ticket", e))?;
+        tracing::info!(id = %claims.id, ttl_secs = ttl, endpoints = ?claims.endpoints,
+            "join ticket issued");
+        Ok(TicketReply {
+            ticket: text,
+            expires_at: claims.expires_at,
+        })
+    }
+
+    /// A joining machine redeems its ticket: checked, recorded as used, the machine admitted,
+    /// and the state handed over. A machine that redeems the same ticket again (it lost the
+    /// reply) gets the state again; any other machine is refused.
+    pub async fn redeem(&self, req: RedeemRequest) -> Result<RedeemReply, ApiError> {
+        let member = self.member().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::NotMember,
+                "this machine belongs to no network: it cannot redeem tickets",
+            )
+        })?;
+        let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+        let claims = ticket::verify(
+            &req.ticket,
+            &member.credentials.ca,
+            &member.network_id,
+            &member.machine_id,
+            now,
+        )
+        .map_err(|e| ApiError::new(ErrorKind::BadTicket, e.to_string()))?;
+        uncloud_common::model::validate_id("machine id", &req.machine_id)
+            .map_err(|e| ApiError::new(ErrorKind::Invalid, e.to_string()))?;
+        if req.wireguard_public_key.is_empty() || req.wireguard_public_key.len() > 64 {
+            return Err(ApiError::new(
+                ErrorKind::Invalid,
+                "no usable WireGuard public key in the request",
+            ));
+        }
+        self.redeemed
+            .claim(&claims.id, &req.machine_id)
+            .map_err(|e| match e {
+                crate::redeemed::ClaimError::Used => ApiError::new(
+                    ErrorKind::BadTicket,
+                    "this ticket was used already: ask for a new one with `uc machine token`",
+                ),
+                e => internal("cannot record the ticket as used", e),
+            })?;
+        let name = if claims.name.is_empty() {
+            req.name.clone()
+        } else {
+            claims.name.clone()
+        };
+        let admission = serde_json::json!({
+            "machine_id": req.machine_id,
+            "name": name,
+            "wireguard_public_key": req.wireguard_public_key,
+            "endpoints": req.endpoints.iter().take(16).collect::<Vec<_>>(),
+            "arch": req.arch.chars().take(32).collect::<String>(),
+            "version": req.version.chars().take(64).collect::<String>(),
+        });
+        let entry: Machine = match self.state.admit_machine(&admission.to_string()).await {
+            Ok(json) => serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))?,
+            // Admitted by an earlier redeem of this very ticket by this machine.
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with(".Exists") => self
+                .read_machines()
+                .await?
+                .remove(&req.machine_id)
+                .ok_or_else(|| internal("admitted but not in the state", ""))?,
+            // A removed machine, a name that is not a DNS label.
+            Err(zbus::Error::MethodError(name, msg, _))
+                if name.as_str().ends_with(".InvalidArgument") =>
+            {
+                return Err(ApiError::new(ErrorKind::Invalid, msg.unwrap_or_default()))
+            }
+            Err(e) => return Err(internal("stated could not admit the machine", e)),
+        };
+        let document = self
+            .state
+            .save_document()
+            .await
+            .map_err(|e| internal("stated", e))?;
+        tracing::info!(machine = %entry.id, name = %entry.name, subnet = entry.subnet,
+            ticket = %claims.id, "admitted a machine");
+        use base64::Engine;
+        Ok(RedeemReply {
+            document: base64::engine::general_purpose::STANDARD.encode(document),
+            machine_name: entry.name,
         })
     }
 
@@ -305,13 +706,7 @@ impl Apid {
 
     pub async fn machines(&self, caller: &Caller) -> Result<Vec<MachineRow>, ApiError> {
         self.require(caller, Role::Reader)?;
-        let json = self
-            .state
-            .get("machines", "")
-            .await
-            .map_err(|e| internal("stated", e))?;
-        let machines: std::collections::BTreeMap<String, Machine> =
-            serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))?;
+        let machines = self.read_machines().await?;
         let network: serde_json::Value = serde_json::from_str(
             &self
                 .state
@@ -337,6 +732,7 @@ impl Apid {
                 endpoints: m.endpoints,
                 roles: m.roles,
                 version: m.version,
+                ca_cert: m.ca_cert,
             })
             .collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));

@@ -24,6 +24,11 @@ pub struct Config {
     pub mesh_cidr: String,
     /// Longest wait imposed after repeated wrong setup tokens.
     pub token_backoff_max_secs: u64,
+    /// Validity of a join ticket when `uc` asks for none (`uc machine add`). Default 600.
+    pub ticket_ttl_secs: u64,
+    /// Longest validity a ticket may be given (`uc machine token --ttl`, pre-seeded in
+    /// user-data or on an SD card that may wait on a shelf). Default 30 days.
+    pub ticket_max_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -35,6 +40,8 @@ impl Default for Config {
             data_dir: PathBuf::from(DATA_DIR).join("apid"),
             mesh_cidr: String::new(),
             token_backoff_max_secs: 60,
+            ticket_ttl_secs: 600,
+            ticket_max_ttl_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -45,6 +52,12 @@ impl DaemonConfig for Config {
             return invalid(
                 "token_backoff_max_secs",
                 "must be at least 1 (wrong tokens must cost time)",
+            );
+        }
+        if self.ticket_ttl_secs == 0 || self.ticket_ttl_secs > self.ticket_max_ttl_secs {
+            return invalid(
+                "ticket_ttl_secs",
+                "must be at least 1 and at most ticket_max_ttl_secs",
             );
         }
         Ok(())

@@ -26,6 +26,7 @@
 pub mod api;
 pub mod config;
 pub mod credentials;
+pub mod redeemed;
 pub mod server;
 pub mod tls;
 pub mod token;

@@ -64,6 +64,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "maintenance"
     };
     tracing::info!(%listen, mode, "ready");
+    if apid.member().is_none() {
+        let apid = apid.clone();
+        tokio::spawn(async move { apid.redeem_preseeded().await });
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

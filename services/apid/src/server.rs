@@ -13,7 +13,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::LengthDelimitedCodec;
 use uncloud_api::wire::MAX_FRAME_BYTES;
-use uncloud_api::wire::{Api, ApiError, InitReply, InitRequest, MachineInfo, MachineRow};
+use uncloud_api::wire::{
+    Api, ApiError, InitReply, InitRequest, JoinReply, JoinRequest, MachineInfo, MachineRow,
+    RedeemReply, RedeemRequest, TicketReply, TicketRequest,
+};
 
 use crate::api::{Apid, Caller};
 
@@ -62,6 +65,12 @@ async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, apid: Ar
             return;
         }
     };
+    let local = stream
+        .get_ref()
+        .0
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    apid.refresh_trust().await;
     let caller = match caller_of(&stream, &apid) {
         Ok(c) => c,
         Err(reason) => {
@@ -74,7 +83,11 @@ async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, apid: Ar
         .max_frame_length(MAX_FRAME_BYTES)
         .new_framed(stream);
     let transport = tarpc::serde_transport::new(framed, Json::default());
-    let conn = Connection { apid, caller };
+    let conn = Connection {
+        apid,
+        caller,
+        local,
+    };
     BaseChannel::with_defaults(transport)
         .max_concurrent_requests(MAX_IN_FLIGHT)
         .execute(conn.serve())
@@ -119,6 +132,8 @@ fn caller_of(
 struct Connection {
     apid: Arc<Apid>,
     caller: Caller,
+    /// Our end of the connection: the address the client reached us at.
+    local: SocketAddr,
 }
 
 impl Api for Connection {
@@ -136,5 +151,31 @@ impl Api for Connection {
 
     async fn machines(self, _: tarpc::context::Context) -> Result<Vec<MachineRow>, ApiError> {
         self.apid.machines(&self.caller).await
+    }
+
+    async fn join(
+        self,
+        _: tarpc::context::Context,
+        request: JoinRequest,
+    ) -> Result<JoinReply, ApiError> {
+        self.apid.join(request).await
+    }
+
+    async fn issue_ticket(
+        self,
+        _: tarpc::context::Context,
+        request: TicketRequest,
+    ) -> Result<TicketReply, ApiError> {
+        self.apid
+            .issue_ticket(&self.caller, self.local, request)
+            .await
+    }
+
+    async fn redeem(
+        self,
+        _: tarpc::context::Context,
+        request: RedeemRequest,
+    ) -> Result<RedeemReply, ApiError> {
+        self.apid.redeem(request).await
     }
 }

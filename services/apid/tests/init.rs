@@ -49,7 +49,7 @@ async fn fresh_machine() -> Machine {
     let fingerprint = Fingerprint::of_certificate(cert.der()).unwrap();
 
     let stated_config: stated::config::Config = toml::from_str(&format!(
-        "machine_name = \"alpha\"\ndata_dir = \"{}\"\ngossip_port = 0\nsync_port = 0\nbus = \"{}\"\n",
+        "machine_name = \"alpha\"\ndata_dir = \"{}\"\ngossip_port = 0\nsync_port = 0\nlisten_address = \"127.0.0.1\"\nbus = \"{}\"\n",
         dir.path().join("stated").display(),
         bus.address
     ))

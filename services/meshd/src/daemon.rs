@@ -163,6 +163,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // Subscribe before the first read, so no change between the two is missed.
     let mut changes = state.receive_changed().await.map_err(bus_err)?;
 
+    // Serve the public key and endpoints while still fresh: apid puts them in the request a
+    // joining machine sends, so the admitting member can add it as a peer at once.
+    let snapshot = Arc::new(Mutex::new(Snapshot {
+        public_key: public_key.clone(),
+        interface: config.interface.clone(),
+        listen_port: config.listen_port,
+        endpoints: advertised(&config, &MeshCidr::default()),
+        ..Default::default()
+    }));
+    let signals = dbus::serve(&conn, snapshot.clone())
+        .await
+        .map_err(bus_err)?;
+
     let (machine_id, mut me) = wait_for_self(&state).await;
     let mut address = me.cidr.machine_ip(me.subnet).expect("checked in me_in");
     let mtu = config.mtu.unwrap_or_else(netconf::tun_mtu);
@@ -188,17 +201,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(machine_id = %machine_id, %address, mtu, port = config.listen_port,
         public_key = %public_key, "mesh device up");
 
-    let snapshot = Arc::new(Mutex::new(Snapshot {
-        machine_id: machine_id.clone(),
-        public_key: public_key.clone(),
-        address: address.to_string(),
-        interface: config.interface.clone(),
-        listen_port: config.listen_port,
-        ..Default::default()
-    }));
-    let signals = dbus::serve(&conn, snapshot.clone())
-        .await
-        .map_err(bus_err)?;
+    {
+        let mut s = snapshot.lock().unwrap();
+        s.machine_id = machine_id.clone();
+        s.address = address.to_string();
+    }
 
     let mut mesh = Mesh::new(
         device,

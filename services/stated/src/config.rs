@@ -28,10 +28,13 @@ pub struct Config {
     pub machine_name: Option<String>,
     /// Where the state store and the machine identity live. Default `/var/lib/uncloud/stated`.
     pub data_dir: PathBuf,
-    /// Address gossip (UDP) and sync (TCP) listen on. In production this is the machine's mesh
-    /// address (10.210.X.1), which WireGuard authenticates; nothing listens publicly.
-    /// Default `127.0.0.1`.
-    pub listen_address: IpAddr,
+    /// Where gossip (UDP) and sync (TCP) listen. `"mesh"`: the machine's mesh address
+    /// (10.210.X.1), bound once meshd has put it on the mesh device and moved when the machine
+    /// is renumbered; peers are then dialled only at the mesh addresses of the machines in the
+    /// state and accepted only from them (never at an address gossip advertises). An IP
+    /// address instead (tests, hand-made setups on one host) listens there and dials what the
+    /// `seeds` and gossip say. Default `"mesh"`.
+    pub listen_address: Listen,
     /// UDP port of the gossip protocol (chitchat). Default 7946.
     pub gossip_port: u16,
     /// TCP port of the state sync RPC (tarpc). Default 7947.
@@ -68,7 +71,7 @@ impl Default for Config {
             mesh_cidr: "10.210.0.0/16".into(),
             machine_name: None,
             data_dir: PathBuf::from(uncloud_common::config::DATA_DIR).join("stated"),
-            listen_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            listen_address: Listen::Mesh,
             gossip_port: 7946,
             sync_port: 7947,
             seeds: Vec::new(),
@@ -123,13 +126,49 @@ impl DaemonConfig for Config {
     }
 }
 
+/// Where gossip and sync listen: see [`Config::listen_address`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Mesh,
+    Address(IpAddr),
+}
+
+impl Listen {
+    pub const LOOPBACK: Listen = Listen::Address(IpAddr::V4(Ipv4Addr::LOCALHOST));
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "mesh" {
+            return Ok(Listen::Mesh);
+        }
+        text.parse().map(Listen::Address).map_err(|_| {
+            serde::de::Error::custom(format!("{text:?} is neither \"mesh\" nor an IP address"))
+        })
+    }
+}
+
 impl Config {
+    /// The gossip address with a fixed listen address; with `mesh`, the unspecified address
+    /// (the real one is known only once the machine has a subnet).
     pub fn gossip_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.listen_address, self.gossip_port)
+        SocketAddr::new(self.fixed_ip(), self.gossip_port)
     }
 
     pub fn sync_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.listen_address, self.sync_port)
+        SocketAddr::new(self.fixed_ip(), self.sync_port)
+    }
+
+    fn fixed_ip(&self) -> IpAddr {
+        match self.listen_address {
+            Listen::Address(ip) => ip,
+            Listen::Mesh => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
+    }
+
+    pub fn on_mesh(&self) -> bool {
+        self.listen_address == Listen::Mesh
     }
 
     pub fn gossip_interval(&self) -> Duration {
@@ -207,6 +246,11 @@ mod tests {
         };
         assert!(c.validate().unwrap_err().to_string().contains("seeds"));
         assert!(toml::from_str::<Config>("gosip_port = 1").is_err());
+        let err = toml::from_str::<Config>("listen_address = \"everywhere\"").unwrap_err();
+        assert!(err.to_string().contains("neither"), "{err}");
+        let c: Config = toml::from_str("listen_address = \"127.0.0.1\"").unwrap();
+        assert_eq!(c.listen_address, Listen::LOOPBACK);
+        assert!(Config::default().on_mesh());
     }
 
     #[test]

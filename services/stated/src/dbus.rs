@@ -235,6 +235,22 @@ impl State1 {
         .await
     }
 
+    /// Publishes this machine's CA certificate (PEM), leaving its other fields alone. apid
+    /// calls this when the machine becomes a member.
+    async fn set_machine_ca(&self, ca_cert: &str) -> Result<(), StateError> {
+        if !ca_cert.contains("BEGIN CERTIFICATE") || ca_cert.len() > 16 * 1024 {
+            return Err(StateError::InvalidArgument(
+                "the CA certificate must be one PEM certificate of at most 16 KiB".into(),
+            ));
+        }
+        self.update_machine(MachineUpdate {
+            machine_id: self.membership.machine_id().to_string(),
+            ca_cert: Some(ca_cert.to_string()),
+            ..Default::default()
+        })
+        .await
+    }
+
     async fn upsert_service(&self, json: &str) -> Result<(), StateError> {
         let s: Service = parse("service", json)?;
         Ok(self.member()?.mutate(Mutation::UpsertService(s)).await?)

@@ -91,6 +91,8 @@ pub struct MachineUpdate {
     pub roles: Option<Vec<String>>,
     pub labels: Option<BTreeMap<String, String>>,
     pub version: Option<String>,
+    /// The machine's CA certificate (PEM); only the machine itself sets it.
+    pub ca_cert: Option<String>,
 }
 
 impl MachineUpdate {
@@ -117,6 +119,9 @@ impl MachineUpdate {
         }
         if let Some(version) = &self.version {
             machine.version = version.clone();
+        }
+        if let Some(ca) = &self.ca_cert {
+            machine.ca_cert = ca.clone();
         }
         machine
     }

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use crate::document::{heads_from_hex, heads_to_hex};
 use crate::links::Links;
 use crate::liveness::Observation;
+use crate::mesh_peers::MeshPeers;
 use crate::node::{now_ms, Event, Shared, StartError};
 
 const KEY_SYNC: &str = "sync";
@@ -37,27 +38,32 @@ pub(crate) struct Gossip {
 }
 
 impl Gossip {
+    /// Gossips on `addr`, starting from `seeds` (`ip:port`).
     pub(crate) async fn start(
         shared: Arc<Shared>,
+        addr: SocketAddr,
         sync_addr: SocketAddr,
+        seeds: Vec<String>,
     ) -> Result<Gossip, StartError> {
         let c = &shared.config;
-        let addr = c.gossip_addr();
         let interval = c.gossip_interval();
         let config = chitchat_config(
             ChitchatId::new(shared.machine_id.as_str(), now_ms(), addr),
             shared.network_id.clone(),
-            c.seeds.clone(),
+            seeds,
             interval,
             c.phi_threshold,
         );
         let heads = heads_to_hex(&shared.watch_heads().borrow()).join(",");
-        let transport = FilteredTransport::new(
+        let mut transport = FilteredTransport::new(
             shared.machine_id.clone(),
             shared.links.clone(),
             shared.metrics.gossip_bytes_sent.clone(),
             shared.metrics.gossip_bytes_received.clone(),
         );
+        if c.on_mesh() {
+            transport.mesh = Some(shared.mesh_peers.clone());
+        }
         let handle = spawn_chitchat(
             config,
             vec![
@@ -192,9 +198,18 @@ async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chit
         }
 
         // Every machine that gossips a sync address gets a worker; only live ones are pushed to.
+        // On the mesh, a machine is synced with at the mesh address its entry implies, never
+        // at the address it gossips.
+        let mesh = shared.config.on_mesh().then(|| shared.mesh_peers());
         let known: HashMap<String, (SocketAddr, bool)> = views
             .iter()
-            .filter_map(|(id, v)| Some((id.clone(), (v.sync_addr?, v.live))))
+            .filter_map(|(id, v)| {
+                let addr = match &mesh {
+                    Some(m) => m.addr_of(id, shared.config.sync_port)?,
+                    None => v.sync_addr?,
+                };
+                Some((id.clone(), (addr, v.live)))
+            })
             .collect();
         shared.peers.update(&shared, &known);
         for (id, v) in &views {
@@ -217,6 +232,15 @@ pub struct FilteredTransport {
     links: Links,
     sent: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
+    /// On the mesh: datagrams go to and come from the machines' mesh addresses only.
+    mesh: Option<MeshFilter>,
+}
+
+type MeshFilter = Arc<std::sync::RwLock<Arc<MeshPeers>>>;
+
+fn mesh_allows(mesh: &Option<MeshFilter>, addr: SocketAddr) -> bool {
+    mesh.as_ref()
+        .is_none_or(|m| m.read().unwrap().allows(addr.ip()))
 }
 
 impl FilteredTransport {
@@ -227,6 +251,7 @@ impl FilteredTransport {
             links,
             sent,
             received,
+            mesh: None,
         }
     }
 }
@@ -241,6 +266,7 @@ impl Transport for FilteredTransport {
             links: self.links.clone(),
             sent: self.sent.clone(),
             received: self.received.clone(),
+            mesh: self.mesh.clone(),
         }))
     }
 }
@@ -251,6 +277,7 @@ struct FilteredSocket {
     links: Links,
     sent: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
+    mesh: Option<MeshFilter>,
 }
 
 #[async_trait]
@@ -264,7 +291,7 @@ impl Socket for FilteredSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
-        if !self.links.allows_addr(&self.me, to) {
+        if !self.links.allows_addr(&self.me, to) || !mesh_allows(&self.mesh, to) {
             return Ok(SendOutcome { num_bytes_sent: 0 });
         }
         let outcome = self.inner.send(to, envelope).await?;
@@ -276,7 +303,9 @@ impl Socket for FilteredSocket {
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
             let outcome = self.inner.recv().await?;
-            if self.links.allows_from_addr(outcome.from_addr, &self.me) {
+            if self.links.allows_from_addr(outcome.from_addr, &self.me)
+                && mesh_allows(&self.mesh, outcome.from_addr)
+            {
                 self.received
                     .fetch_add(outcome.num_bytes_received as u64, Ordering::Relaxed);
                 return Ok(outcome);

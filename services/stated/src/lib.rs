@@ -19,7 +19,8 @@
 //! - [`dbus`]: `org.uncloud.State1`; [`links`]: the seam where tests cut the network.
 //!
 //! # Limitations
-//! - Gossip and sync listen on `listen_address`; until meshd exists this is loopback by default.
+//! - Gossip and sync listen on the machine's mesh address ([`mesh_listener`]), so they work
+//!   only once meshd has configured it; a fresh machine listens nowhere.
 //! - A write is durable locally when acknowledged; it reaches other machines when they are
 //!   reachable. Concurrent writes of the same field resolve last-writer-wins (automerge).
 //! - Certificates and DNS extras are not in the model yet.
@@ -32,6 +33,8 @@ pub mod identity;
 pub mod links;
 pub mod liveness;
 pub mod membership;
+pub mod mesh_listener;
+pub mod mesh_peers;
 pub mod node;
 pub mod persist;
 pub mod sync;

@@ -280,6 +280,7 @@ mod tests {
             sync_port: 0,
             bus: "none".into(),
             machine_name: Some("first".into()),
+            listen_address: crate::config::Listen::LOOPBACK,
             ..Config::default()
         }
     }

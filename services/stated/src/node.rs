@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::document::{genesis, DocError, MachineUpdate, Mutation, StateDoc};
 use crate::links::Links;
 use crate::liveness::LivenessTracker;
+use crate::mesh_peers::MeshPeers;
 use crate::persist::{CompactionPolicy, Writer};
 use crate::{gossip, identity, sync as statesync};
 
@@ -128,6 +129,10 @@ pub struct Shared {
     /// Admissions on this machine one at a time, so two never pick the same free subnet.
     admissions: tokio::sync::Mutex<()>,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// The machines' mesh addresses, when listening on the mesh ([`crate::mesh_peers`]).
+    pub(crate) mesh_peers: Arc<std::sync::RwLock<Arc<MeshPeers>>>,
+    /// This machine's mesh address, as its entry says.
+    pub(crate) mesh_me: watch::Sender<Option<std::net::IpAddr>>,
 }
 
 /// A running stated node.
@@ -136,6 +141,8 @@ pub struct Node {
     gossip: Option<gossip::Gossip>,
     sync_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    /// Binds gossip and sync on the mesh address once it exists (`listen_address = "mesh"`).
+    mesh_listener: Option<JoinHandle<()>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -219,21 +226,40 @@ impl Node {
             conflict_check: Notify::new(),
             admissions: tokio::sync::Mutex::new(()),
             shutdown: watch::channel(false).0,
+            mesh_peers: Arc::default(),
+            mesh_me: watch::channel(None).0,
         });
+        shared.refresh_mesh_peers();
 
-        let (sync_addr, sync_task) = statesync::serve(shared.clone()).await?;
-        let gossip = gossip::Gossip::start(shared.clone(), sync_addr).await?;
-        let mut tasks = vec![sync_task];
-        tasks.extend(gossip.spawn_watchers(shared.clone()));
+        let mut tasks = Vec::new();
+        let (sync_addr, gossip, mesh_listener) = if shared.config.on_mesh() {
+            let listener = tokio::spawn(crate::mesh_listener::run(shared.clone()));
+            (shared.config.sync_addr(), None, Some(listener))
+        } else {
+            let (sync_addr, sync_task) =
+                statesync::serve(shared.clone(), shared.config.sync_addr()).await?;
+            let seeds = shared.config.seeds.clone();
+            let gossip = gossip::Gossip::start(
+                shared.clone(),
+                shared.config.gossip_addr(),
+                sync_addr,
+                seeds,
+            )
+            .await?;
+            tasks.push(sync_task);
+            tasks.extend(gossip.spawn_watchers(shared.clone()));
+            (sync_addr, Some(gossip), None)
+        };
         tasks.push(tokio::spawn(conflict_loop(shared.clone())));
         tasks.push(tokio::spawn(statesync::anti_entropy_loop(shared.clone())));
         // A conflict merged before a restart is fixed now, not at the next merge.
         shared.conflict_check.notify_one();
         let node = Node {
             shared,
-            gossip: Some(gossip),
+            gossip,
             sync_addr,
             tasks,
+            mesh_listener,
         };
         tracing::info!(
             machine = %machine_id,
@@ -264,6 +290,16 @@ impl Node {
 
     async fn stop(&mut self) {
         let _ = self.shared.shutdown.send(true);
+        if let Some(listener) = self.mesh_listener.take() {
+            // It closes its sockets itself on shutdown; abort only if it hangs.
+            let abort = listener.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), listener)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
         self.shared.peers.clear();
         for t in self.tasks.drain(..) {
             t.abort();
@@ -290,6 +326,9 @@ impl Drop for Node {
         let _ = self.shared.shutdown.send(true);
         self.shared.peers.clear();
         for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(t) = &self.mesh_listener {
             t.abort();
         }
     }
@@ -456,10 +495,40 @@ impl Shared {
         self.doc.lock().unwrap().doc.removal(machine_id).is_some()
     }
 
+    /// Recomputes the machines' mesh addresses from the document.
+    pub(crate) fn refresh_mesh_peers(&self) {
+        let peers = {
+            let cell = self.doc.lock().unwrap();
+            MeshPeers::compute(
+                &cell.doc.network().mesh_cidr,
+                &cell.doc.machines(),
+                &self.machine_id,
+            )
+        };
+        self.mesh_me.send_if_modified(|me| {
+            let changed = *me != peers.me;
+            *me = peers.me;
+            changed
+        });
+        *self.mesh_peers.write().unwrap() = Arc::new(peers);
+    }
+
+    /// The machines' mesh addresses as last computed.
+    pub(crate) fn mesh_peers(&self) -> Arc<MeshPeers> {
+        self.mesh_peers.read().unwrap().clone()
+    }
+
     fn after_change(&self, changed: BTreeMap<Kind, BTreeSet<String>>, local: bool) {
         let machines_changed = [Kind::Machines, Kind::Removed, Kind::Containers]
             .iter()
             .any(|k| changed.contains_key(k));
+        if self.config.on_mesh()
+            && [Kind::Machines, Kind::Removed, Kind::Network]
+                .iter()
+                .any(|k| changed.contains_key(k))
+        {
+            self.refresh_mesh_peers();
+        }
         for (kind, ids) in changed {
             self.emit(Event::Changed {
                 kind,

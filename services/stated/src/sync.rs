@@ -42,8 +42,10 @@ const MAX_ROUNDS: usize = 64;
 const MAX_SERVER_SESSIONS: usize = 4096;
 
 /// Binds the sync listener and serves it in a task.
-pub(crate) async fn serve(shared: Arc<Shared>) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
-    let addr = shared.config.sync_addr();
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|reason| StartError::SyncListen { addr, reason })?;
@@ -64,6 +66,10 @@ pub(crate) async fn serve(shared: Arc<Shared>) -> Result<(SocketAddr, JoinHandle
                     continue;
                 }
             };
+            if server.shared.config.on_mesh() && !server.shared.mesh_peers().allows(peer.ip()) {
+                tracing::warn!(%peer, "refusing sync from an address that is no machine's");
+                continue;
+            }
             let _ = stream.set_nodelay(true);
             let stream = Counting::new(stream, server.shared.clone());
             let transport = transport(stream);

@@ -37,6 +37,7 @@ pub fn test_config(dir: &std::path::Path, network: &str, seeds: Vec<String>) -> 
         anti_entropy_interval_ms: 2_000,
         sync_timeout_ms: 2_000,
         bus: "none".into(),
+        listen_address: crate::config::Listen::LOOPBACK,
         ..Config::default()
     }
 }

@@ -26,6 +26,7 @@ data_dir = "{data}"
 gossip_port = {gossip}
 sync_port = 0
 seeds = ["127.0.0.1:{seed}"]
+listen_address = "127.0.0.1"
 gossip_interval_ms = 150
 suspect_after_ms = 600
 sync_timeout_ms = 2000
