@@ -161,6 +161,9 @@ pub struct MachineRow {
     /// PEM certificate of the machine's CA; empty until it published one.
     #[serde(default)]
     pub ca_cert: String,
+    /// As the answering machine sees it: `alive`, `suspect` or `down`.
+    #[serde(default)]
+    pub state: String,
 }
 
 /// Why a call failed: a kind the client acts on and a message for people.

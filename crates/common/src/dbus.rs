@@ -87,6 +87,8 @@ pub trait State {
     /// which could lag the change from fresh to member).
     #[zbus(property(emits_changed_signal = "false"))]
     fn network_id(&self) -> zbus::Result<String>;
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn default_name(&self) -> zbus::Result<String>;
     /// `fresh` or `member`; read afresh each time.
     #[zbus(property(emits_changed_signal = "false"))]
     fn mode(&self) -> zbus::Result<String>;

@@ -10,6 +10,9 @@
 //!   removed when the test's handles drop (also when it panics).
 //! - [`process`]: child processes that are killed when their handle drops.
 //! - [`dockerd`]: a real Docker engine per test, in its own namespace and directories.
+//! - [`network`]: a local Uncloud network of machines as namespaces running the real
+//!   daemons, and a laptop namespace running `uc` (the harness of every multi-machine test
+//!   and of `./scripts/up`).
 //!
 //! # Limitations
 //! Network namespaces need root (CAP_SYS_ADMIN and CAP_NET_ADMIN); tests that use them fail
@@ -18,6 +21,7 @@
 pub mod bus;
 pub mod dockerd;
 pub mod netns;
+pub mod network;
 pub mod process;
 
 pub use bus::PrivateBus;

@@ -474,7 +474,7 @@ impl Apid {
                 .machine_id()
                 .await
                 .map_err(|e| internal("stated", e))?,
-            name: String::new(),
+            name: self.state.default_name().await.unwrap_or_default(),
             wireguard_public_key,
             endpoints,
             arch: std::env::consts::ARCH.to_string(),
@@ -650,6 +650,7 @@ impl Apid {
             }
             Err(e) => return Err(internal("stated could not admit the machine", e)),
         };
+        self.wait_for_own_mesh_key(&member.machine_id).await?;
         let document = self
             .state
             .save_document()
@@ -662,6 +663,28 @@ impl Apid {
             document: base64::engine::general_purpose::STANDARD.encode(document),
             machine_name: entry.name,
         })
+    }
+
+    /// The state handed to a joining machine must hold this machine's WireGuard key: it is
+    /// how the new machine accepts this one's handshakes, and the only way the mesh (over
+    /// which everything else syncs) comes up. Right after `init`, meshd may not have
+    /// published it yet.
+    async fn wait_for_own_mesh_key(&self, machine_id: &str) -> Result<(), ApiError> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let me = self.read_machines().await?.remove(machine_id);
+            if me.is_some_and(|m| !m.wireguard_public_key.is_empty()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ApiError::new(
+                    ErrorKind::Unreachable,
+                    "this machine's mesh is not up yet (meshd has not published its key); \
+                     retry in a moment",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn require(&self, caller: &Caller, need: Role) -> Result<Arc<Member>, ApiError> {
@@ -707,6 +730,7 @@ impl Apid {
     pub async fn machines(&self, caller: &Caller) -> Result<Vec<MachineRow>, ApiError> {
         self.require(caller, Role::Reader)?;
         let machines = self.read_machines().await?;
+        let liveness = self.state.liveness().await.unwrap_or_default();
         let network: serde_json::Value = serde_json::from_str(
             &self
                 .state
@@ -727,6 +751,7 @@ impl Apid {
                     .subnet(m.subnet)
                     .map(|s| format!("{s}/24"))
                     .unwrap_or_default(),
+                state: liveness.get(&m.id).cloned().unwrap_or_default(),
                 id: m.id,
                 name: m.name,
                 endpoints: m.endpoints,

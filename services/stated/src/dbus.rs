@@ -315,6 +315,13 @@ impl State1 {
         self.membership.machine_id().to_string()
     }
 
+    /// The name this machine asks for when it creates or joins a network: the configured
+    /// `machine_name`, else its host name as a DNS label.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn default_name(&self) -> String {
+        self.membership.default_name()
+    }
+
     /// The network this machine belongs to; empty while fresh.
     #[zbus(property)]
     fn network_id(&self) -> String {

@@ -201,6 +201,11 @@ impl Membership {
         *slot = Some(node);
     }
 
+    /// The name this machine asks for when none is given.
+    pub fn default_name(&self) -> String {
+        self.config.machine_name()
+    }
+
     fn name_or_default(&self, name: &str) -> Result<String, ModelError> {
         let name = if name.is_empty() {
             self.config.machine_name()

@@ -1,0 +1,280 @@
+//! `uc machine …`: forming the network and looking at its machines.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use clap::Subcommand;
+use rcgen::{KeyPair, PublicKeyData};
+use uncloud_api::wire::{InitRequest, JoinRequest, TicketRequest};
+use uncloud_pki::Fingerprint;
+
+use crate::context::{Context, Store};
+use crate::output::{self, Format, Spinner};
+use crate::remote::{self, answer};
+use crate::Global;
+
+#[derive(Debug, Subcommand)]
+pub enum Machine {
+    /// Create a network on a fresh machine and make a context for it.
+    ///
+    /// The machine's console (or serial log) shows its fingerprint and setup token after its
+    /// first boot.
+    #[command(
+        after_help = "Example:\n  uc machine init 203.0.113.10 --fingerprint sha256:4f2a… --token 7KQ2-…"
+    )]
+    Init {
+        /// Address of the fresh machine (`HOST` or `HOST:PORT`; apid's port is 7443).
+        host: String,
+        /// The SHA-256 fingerprint its console shows.
+        #[arg(long)]
+        fingerprint: Fingerprint,
+        /// The setup token its console shows.
+        #[arg(long, env = "UNCLOUD_SETUP_TOKEN")]
+        token: String,
+        /// The machine's name in the network (default: its host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The name of the new context (default: `default`, or the network id if taken).
+        #[arg(long = "new-context")]
+        new_context: Option<String>,
+        /// The mesh range (default 10.210.0.0/16).
+        #[arg(long)]
+        mesh_cidr: Option<String>,
+    },
+    /// Add a fresh machine to the network.
+    ///
+    /// Asks a member for a join ticket and hands it to the fresh machine, which redeems it
+    /// at that member and joins.
+    #[command(
+        after_help = "Example:\n  uc machine add 198.51.100.7 --fingerprint sha256:9c01… --token QX4M-… --name pi-kitchen"
+    )]
+    Add {
+        host: String,
+        #[arg(long)]
+        fingerprint: Fingerprint,
+        #[arg(long, env = "UNCLOUD_SETUP_TOKEN")]
+        token: String,
+        /// Its name in the network (default: its host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Print a join ticket to pre-seed on a machine before its first boot.
+    ///
+    /// Put it in cloud-init user-data (`write_files` to
+    /// /var/lib/uncloud/identity/join-ticket) or in `uncloud-setup.toml` on a Raspberry Pi's
+    /// SD card (`join_ticket = "…"`): the machine joins by itself when it boots.
+    #[command(after_help = "Example:\n  uc machine token --ttl 7d --name pi-garage > ticket")]
+    Token {
+        /// How long it stays valid: seconds, or a number with s, m, h or d (default: the
+        /// member's, 10 minutes).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<u64>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the network's machines as the connected machine sees them.
+    Ls,
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 10m, 24h or 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+pub async fn run(cmd: Machine, g: &Global) -> anyhow::Result<()> {
+    let store = Store::default_location();
+    match cmd {
+        Machine::Init {
+            host,
+            fingerprint,
+            token,
+            name,
+            new_context,
+            mesh_cidr,
+        } => {
+            let key = KeyPair::generate().context("cannot make a client key")?;
+            let client = remote::fresh_machine(&host, fingerprint).await?;
+            let spin = Spinner::start(format!("creating the network on {host}"));
+            let reply = answer(
+                client
+                    .init(
+                        remote::ctx(),
+                        InitRequest {
+                            token,
+                            machine_name: name.unwrap_or_default(),
+                            mesh_cidr: mesh_cidr.unwrap_or_default(),
+                            client_public_key: key.subject_public_key_info(),
+                            client_name: client_name(),
+                        },
+                    )
+                    .await,
+            )?;
+            spin.done("done");
+            let ctx_name = match new_context.or_else(|| g.context.clone()) {
+                Some(n) => n,
+                None if !store.exists("default") => "default".into(),
+                None => reply.network_id.clone(),
+            };
+            if store.exists(&ctx_name) {
+                bail!("a context named {ctx_name:?} exists already; choose another with --new-context (the network was created: its admin certificate is printed below)\n{}", reply.client_cert);
+            }
+            let endpoint = remote::resolve(&host)?.to_string();
+            let ctx = Context {
+                name: ctx_name.clone(),
+                network_id: reply.network_id.clone(),
+                endpoints: vec![endpoint],
+                ca_pem: reply.ca_cert,
+                cert_pem: reply.client_cert,
+                key_pem: key.serialize_pem(),
+            };
+            store.save(&ctx)?;
+            store.set_current(&ctx_name)?;
+            eprintln!(
+                "network {} created; {} is its first machine. Context {:?} is now current.\n\
+                 Next: `uc machine add HOST --fingerprint … --token …` for each other machine.",
+                reply.network_id, reply.machine_name, ctx_name
+            );
+            Ok(())
+        }
+        Machine::Add {
+            host,
+            fingerprint,
+            token,
+            name,
+        } => {
+            let mut ctx = store.load(g.context.as_deref())?;
+            let (member, via) = remote::member(&ctx, g).await?;
+            let ticket = answer(
+                member
+                    .issue_ticket(
+                        remote::ctx(),
+                        TicketRequest {
+                            ttl_secs: 0,
+                            name: name.unwrap_or_default(),
+                        },
+                    )
+                    .await,
+            )?;
+            let fresh = remote::fresh_machine(&host, fingerprint).await?;
+            let spin = Spinner::start(format!("{host} is joining through {via}"));
+            let joined = answer(
+                fresh
+                    .join(
+                        remote::ctx(),
+                        JoinRequest {
+                            token,
+                            ticket: ticket.ticket,
+                        },
+                    )
+                    .await,
+            )?;
+            spin.done(&format!(
+                "joined as {} ({})",
+                joined.machine_name, joined.subnet
+            ));
+            ctx.add_cas([joined.ca_cert.as_str()]);
+            ctx.add_endpoint(&remote::resolve(&host)?.to_string());
+            store.save(&ctx)?;
+            Ok(())
+        }
+        Machine::Token { ttl, name } => {
+            let ctx = store.load(g.context.as_deref())?;
+            let (member, via) = remote::member(&ctx, g).await?;
+            let reply = answer(
+                member
+                    .issue_ticket(
+                        remote::ctx(),
+                        TicketRequest {
+                            ttl_secs: ttl.unwrap_or(0),
+                            name: name.unwrap_or_default(),
+                        },
+                    )
+                    .await,
+            )?;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            eprintln!(
+                "a join ticket from {via}, valid for {} s, redeemable once, at that machine",
+                reply.expires_at.saturating_sub(now)
+            );
+            println!("{}", reply.ticket);
+            Ok(())
+        }
+        Machine::Ls => {
+            let mut ctx = store.load(g.context.as_deref())?;
+            let (member, _) = remote::member(&ctx, g).await?;
+            let rows = answer(member.machines(remote::ctx()).await)?;
+            // Learn the CAs of machines that joined since: any of them can be reached next.
+            if ctx.add_cas(rows.iter().map(|r| r.ca_cert.as_str())) {
+                store.save(&ctx)?;
+            }
+            match g.output {
+                Format::Json => print!("{}", output::json(&rows)),
+                Format::Table => {
+                    let table: Vec<Vec<String>> = rows
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.name.clone(),
+                                r.state.clone(),
+                                r.subnet.clone(),
+                                r.endpoints.join(","),
+                                r.roles.join(","),
+                                r.version.clone(),
+                            ]
+                        })
+                        .collect();
+                    print!(
+                        "{}",
+                        output::table(
+                            &["NAME", "STATE", "SUBNET", "ENDPOINTS", "ROLES", "VERSION"],
+                            &table
+                        )
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Who this client is, for the certificate's subject: `user@host`.
+fn client_name() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "admin".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        user
+    } else {
+        format!("{user}@{host}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("10m"), Ok(600));
+        assert_eq!(parse_duration("7d"), Ok(7 * 86400));
+        assert!(parse_duration("7w").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! `uc`: the command line of an Uncloud network.
+//!
+//! # Background
+//! An Uncloud machine has no shell to log into: everything is done through apid, the TLS API
+//! every machine serves on port 7443. `uc` is its client. It talks to a fresh machine by the
+//! key fingerprint on the machine's console, and to a network through a *context* (the
+//! network's CA certificates, this client's certificate and key, endpoints to try).
+//!
+//! # Design
+//! One module per command group ([`machine`], [`ctx`]); [`remote`] connects and turns errors
+//! into advice; [`context`] keeps contexts on disk; [`output`] prints tables, JSON and
+//! progress. Adding a command is a variant and a match arm.
+//!
+//! # Limitations
+//! Services, DNS, ingress, certificates and other machines' logs come with later issues.
+
+mod context;
+mod ctx;
+mod machine;
+mod output;
+mod remote;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// Manage an Uncloud network: machines you own, one flat WireGuard mesh, no control plane.
+#[derive(Debug, Parser)]
+#[command(
+    name = "uc",
+    version,
+    after_help = "\
+Start here:
+  uc machine init 203.0.113.10 --fingerprint sha256:… --token …   # a network of one
+  uc machine add 198.51.100.7 --fingerprint sha256:… --token …    # grow it
+  uc machine ls                                                   # look at it
+
+Contexts live in $XDG_CONFIG_HOME/uncloud (or ~/.config/uncloud); UNCLOUD_CONFIG_DIR overrides."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// The context (network) to use instead of the current one.
+    #[arg(long, global = true, env = "UNCLOUD_CONTEXT")]
+    pub context: Option<String>,
+    /// Talk to this machine of the network (`HOST[:PORT]`) instead of the context's
+    /// endpoints in turn.
+    #[arg(long, global = true, env = "UNCLOUD_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t)]
+    pub output: output::Format,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the network, add and list machines.
+    #[command(subcommand)]
+    Machine(machine::Machine),
+    /// Contexts: the networks this client knows.
+    #[command(subcommand)]
+    Ctx(ctx::Ctx),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Example:\n  uc completion bash > /etc/bash_completion.d/uc")]
+    Completion { shell: clap_complete::Shell },
+    /// Print uc's version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Machine(m) => machine::run(m, &cli.global).await,
+        Command::Ctx(c) => ctx::run(c, &cli.global),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "uc", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Version => {
+            println!("uc {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! A local Uncloud network: machines as network namespaces on one "internet" bridge, each
+//! with its own D-Bus daemon and the real `stated`, `meshd` and `apid` processes, set up by
+//! the real `uncloud-firstboot`, and a "laptop" namespace on the same bridge where `uc` runs.
+//! Nothing is joined for you: tests (and `./scripts/up`) form the network with `uc` exactly
+//! as a user would.
+//!
+//! A machine's files live under its own root directory (`<root>/etc/uncloud`,
+//! `<root>/var/lib/uncloud/...`), laid out as on the image.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::{Daemon, Internet, Netns, PrivateBus};
+
+/// The Uncloud programs a network runs, found next to each other in a cargo target dir.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    /// The directory holding `any_binary` (for example `env!("CARGO_BIN_EXE_apid")`).
+    pub fn beside(any_binary: &str) -> Binaries {
+        let dir = Path::new(any_binary)
+            .parent()
+            .expect("a binary has a directory")
+            .to_owned();
+        Binaries { dir }
+    }
+
+    /// The path of `name`; panics (never skips) when it was not built.
+    pub fn get(&self, name: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        assert!(
+            p.exists(),
+            "{} is missing: build every binary first (`cargo build --workspace --bins`)",
+            p.display()
+        );
+        p
+    }
+}
+
+/// The "internet" address of machine `i` (0-based).
+pub fn public_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 10 + i as u8)
+}
+
+/// One machine. Field order is drop order: daemons stop before the bus and the namespace go.
+pub struct LocalMachine {
+    pub apid: Option<Daemon>,
+    pub meshd: Option<Daemon>,
+    pub stated: Option<Daemon>,
+    pub bus: PrivateBus,
+    pub ns: Netns,
+    pub root: tempfile::TempDir,
+    pub name: String,
+    pub public_ip: Ipv4Addr,
+    bins: Binaries,
+}
+
+impl LocalMachine {
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn identity(&self, file: &str) -> PathBuf {
+        self.root().join("var/lib/uncloud/identity").join(file)
+    }
+
+    /// The one-time setup token, as the console shows it.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.identity("setup-token"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The SHA-256 fingerprint of apid's maintenance key, as the console shows it.
+    pub fn fingerprint(&self) -> String {
+        let pem =
+            std::fs::read_to_string(self.identity("tls.crt")).expect("firstboot made tls.crt");
+        let der = uncloud_pki::pem_to_der(&pem).expect("a PEM certificate");
+        uncloud_pki::Fingerprint::of_certificate(&der)
+            .expect("a certificate")
+            .to_string()
+    }
+
+    /// `apid` address on the internet.
+    pub fn api(&self) -> String {
+        format!("{}:7443", self.public_ip)
+    }
+
+    pub fn busctl(&self, args: &[&str]) -> (bool, String, String) {
+        self.bus.busctl(args)
+    }
+
+    /// stated's view of the network (`GetState`), parsed; `None` while fresh.
+    pub fn state(&self) -> Option<serde_json::Value> {
+        let (ok, out, _) = self.busctl(&[
+            "--json=short",
+            "call",
+            "org.uncloud.State1",
+            "/org/uncloud/State1",
+            "org.uncloud.State1",
+            "GetState",
+        ]);
+        if !ok {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        serde_json::from_str(v["data"][0].as_str()?).ok()
+    }
+
+    /// The machine's mesh address, once it is a member.
+    pub fn mesh_ip(&self) -> Option<String> {
+        let (ok, out, _) = self.busctl(&[
+            "get-property",
+            "org.uncloud.Mesh1",
+            "/org/uncloud/Mesh1",
+            "org.uncloud.Mesh1",
+            "Address",
+        ]);
+        let ip = out.trim().strip_prefix("s ")?.trim_matches('"').to_string();
+        (ok && !ip.is_empty()).then_some(ip)
+    }
+
+    /// Every daemon's log, for a failing test.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for d in ["stated", "meshd", "apid", "firstboot"] {
+            let text =
+                std::fs::read_to_string(self.root().join(format!("{d}.log"))).unwrap_or_default();
+            // A panic's message first: its backtrace would push it out of the tail.
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, l) in lines.iter().enumerate() {
+                if l.contains("panicked at") {
+                    out += &format!(
+                        "----- {} {d} PANIC: {}\n",
+                        self.name,
+                        lines[i..lines.len().min(i + 3)].join(" | ")
+                    );
+                }
+            }
+            let tail: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with("  ") && !l.contains("close_notify"))
+                .rev()
+                .take(60)
+                .collect();
+            out += &format!("----- {} {d} (last {} lines)\n", self.name, tail.len());
+            for l in tail.into_iter().rev() {
+                out += l;
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn spawn(&self, program: &str, config: &str) -> Daemon {
+        let path = self.root().join(format!("etc/uncloud/{program}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = self.ns.command(self.bins.get(program));
+        cmd.arg("--config")
+            .arg(&path)
+            .env(
+                "RUST_LOG",
+                std::env::var("UNCLOUD_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1");
+        Daemon::spawn(
+            &format!("{program}-{}", self.name),
+            cmd,
+            self.root().join(format!("{program}.log")),
+        )
+    }
+
+    /// Starts the daemons (as systemd would after firstboot).
+    pub fn start(&mut self) {
+        let root = self.root().display().to_string();
+        let bus = self.bus.address.clone();
+        self.stated = Some(self.spawn(
+            "stated",
+            &format!(
+                "machine_name = \"{name}\"\ndata_dir = \"{root}/var/lib/uncloud/stated\"\n\
+                 bus = \"{bus}\"\ngossip_interval_ms = 300\nsuspect_after_ms = 1500\n",
+                name = self.name
+            ),
+        ));
+        self.meshd = Some(self.spawn(
+            "meshd",
+            &format!(
+                "data_dir = \"{root}/var/lib/uncloud/meshd\"\nbus = \"{bus}\"\n\
+                 keepalive_secs = 5\nhandshake_timeout_secs = 5\n"
+            ),
+        ));
+        self.apid = Some(self.spawn(
+            "apid",
+            &format!(
+                "root = \"{root}\"\ndata_dir = \"{root}/var/lib/uncloud/apid\"\nbus = \"{bus}\"\n\
+                 token_backoff_max_secs = 2\n"
+            ),
+        ));
+    }
+
+    /// Stops the daemons (SIGTERM).
+    pub fn stop(&mut self) {
+        for d in [&mut self.apid, &mut self.meshd, &mut self.stated] {
+            if let Some(mut d) = d.take() {
+                d.stop(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Machines, the internet between them, and a laptop running `uc`.
+pub struct LocalNetwork {
+    pub machines: Vec<LocalMachine>,
+    pub laptop: Netns,
+    pub internet: Internet,
+    /// `uc`'s contexts (`UNCLOUD_CONFIG_DIR`).
+    pub uc_config: tempfile::TempDir,
+    pub bins: Binaries,
+}
+
+impl LocalNetwork {
+    pub fn new(bins: Binaries) -> LocalNetwork {
+        let internet = Internet::new();
+        let laptop = Netns::new("laptop");
+        internet.attach(&laptop, "eth0", "192.0.2.2/24");
+        LocalNetwork {
+            machines: Vec::new(),
+            laptop,
+            internet,
+            uc_config: tempfile::tempdir().unwrap(),
+            bins,
+        }
+    }
+
+    /// Boots a fresh machine: its namespace on the internet, firstboot (with a pre-seeded
+    /// join ticket, as cloud-init user-data would leave it), then its daemons. Returns its
+    /// index.
+    pub fn boot(&mut self, name: &str, ticket: Option<&str>) -> usize {
+        let i = self.machines.len();
+        let ns = Netns::new(name);
+        let ip = public_ip(i);
+        self.internet.attach(&ns, "eth0", &format!("{ip}/24"));
+        let root = tempfile::Builder::new()
+            .prefix(&format!("uncloud-{name}-"))
+            .tempdir()
+            .unwrap();
+        if std::env::var_os("UNCLOUD_KEEP").is_some() {
+            eprintln!("{name}'s files: {}", root.path().display());
+        }
+        std::fs::create_dir_all(root.path().join("etc/uncloud")).unwrap();
+        if let Some(t) = ticket {
+            std::fs::write(root.path().join("etc/uncloud/join-ticket"), t).unwrap();
+        }
+        let out = Command::new(self.bins.get("uncloud-firstboot"))
+            .args(["init", "--root"])
+            .arg(root.path())
+            .output()
+            .expect("uncloud-firstboot runs");
+        std::fs::write(
+            root.path().join("firstboot.log"),
+            [&out.stdout[..], &out.stderr[..]].concat(),
+        )
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "firstboot failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut m = LocalMachine {
+            apid: None,
+            meshd: None,
+            stated: None,
+            bus: PrivateBus::start(),
+            ns,
+            root,
+            name: name.to_string(),
+            public_ip: ip,
+            bins: self.bins.clone(),
+        };
+        m.start();
+        self.machines.push(m);
+        self.wait_for_api(i);
+        i
+    }
+
+    /// Waits until machine `i`'s apid accepts connections.
+    pub fn wait_for_api(&self, i: usize) {
+        let addr = std::net::SocketAddr::from((public_ip(i), 7443));
+        let start = Instant::now();
+        loop {
+            let ok = self.laptop.enter(|| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "apid of {} did not listen within 60 s\n{}",
+                self.machines[i].name,
+                self.machines[i].logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `uc ARGS` on the laptop.
+    pub fn uc(&self, args: &[&str]) -> Output {
+        self.laptop
+            .command(self.bins.get("uc"))
+            .args(args)
+            .env("UNCLOUD_CONFIG_DIR", self.uc_config.path())
+            .env_remove("UNCLOUD_CONTEXT")
+            .output()
+            .expect("uc runs")
+    }
+
+    /// `uc ARGS` that must succeed; returns its stdout.
+    pub fn uc_ok(&self, args: &[&str]) -> String {
+        let out = self.uc(args);
+        assert!(
+            out.status.success(),
+            "uc {} failed: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `uc ARGS` that must fail; returns its stderr.
+    pub fn uc_fails(&self, args: &[&str]) -> String {
+        let out = self.uc(args);
+        assert!(
+            !out.status.success(),
+            "uc {} succeeded but should have failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Every machine's logs.
+    pub fn logs(&self) -> String {
+        self.machines.iter().map(|m| m.logs()).collect()
+    }
+
+    /// Polls `check` until it is true, or panics after `secs` with every log.
+    pub fn wait_until(&self, what: &str, secs: u64, mut check: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !check() {
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "not within {secs} s: {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! A network forms the way a user forms it: three fresh machines (namespaces running the real
+//! daemons), `uc machine init` on the first, `uc machine add` for the second, a ticket from
+//! `uc machine token` pre-seeded on the third, which joins by itself when it boots. Then
+//! everyone sees everyone, over the mesh, and the front door refuses what it should.
+
+use uncloud_testkit::network::{Binaries, LocalNetwork};
+
+fn machine_names(json: &str) -> Vec<(String, String)> {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
+    let mut net = LocalNetwork::new(Binaries::beside(env!("CARGO_BIN_EXE_apid")));
+    let alpha = net.boot("alpha", None);
+    let beta = net.boot("beta", None);
+
+    // A wrong fingerprint or token is refused with advice, and nothing changes.
+    let (a_api, a_fp, a_token) = {
+        let m = &net.machines[alpha];
+        (m.api(), m.fingerprint(), m.token())
+    };
+    let (b_api, b_fp, b_token) = {
+        let m = &net.machines[beta];
+        (m.api(), m.fingerprint(), m.token())
+    };
+    let err = net.uc_fails(&[
+        "machine",
+        "init",
+        &a_api,
+        "--fingerprint",
+        &b_fp,
+        "--token",
+        &a_token,
+    ]);
+    assert!(err.contains("fingerprint"), "{err}");
+    let err = net.uc_fails(&[
+        "machine",
+        "init",
+        &a_api,
+        "--fingerprint",
+        &a_fp,
+        "--token",
+        "WRONG",
+    ]);
+    assert!(err.contains("wrong setup token"), "{err}");
+    assert!(net.machines[alpha].state().is_none(), "still fresh");
+    let err = net.uc_fails(&[
+        "machine",
+        "init",
+        &a_api,
+        "--fingerprint",
+        &a_fp,
+        "--token",
+        &a_token,
+    ]);
+    assert!(
+        err.contains("too many wrong setup tokens"),
+        "right after a wrong one: {err}"
+    );
+    // The harness caps apid's backoff at 2 s.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+
+    // init: a network of one, and a context for it.
+    net.uc_ok(&[
+        "machine",
+        "init",
+        &a_api,
+        "--fingerprint",
+        &a_fp,
+        "--token",
+        &a_token,
+    ]);
+    let err = net.uc_fails(&[
+        "machine",
+        "init",
+        &a_api,
+        "--fingerprint",
+        &a_fp,
+        "--token",
+        &a_token,
+    ]);
+    assert!(!err.is_empty(), "a member is not initialised twice");
+    assert!(
+        net.machines[alpha].token().is_empty(),
+        "the token was consumed"
+    );
+
+    // add: beta joins through alpha.
+    net.uc_ok(&[
+        "machine",
+        "add",
+        &b_api,
+        "--fingerprint",
+        &b_fp,
+        "--token",
+        &b_token,
+    ]);
+    assert!(
+        net.machines[beta].token().is_empty(),
+        "beta's token was consumed"
+    );
+
+    // A pre-seeded ticket: gamma joins by itself at boot.
+    let ticket = net.uc_ok(&["machine", "token", "--ttl", "1h", "--name", "gamma"]);
+    let gamma = net.boot("gamma", Some(ticket.trim()));
+    net.wait_until("gamma joins with its pre-seeded ticket", 60, || {
+        net.machines[gamma].state().is_some()
+    });
+    assert!(
+        !net.machines[gamma].identity("join-ticket").exists(),
+        "the redeemed ticket file is removed"
+    );
+
+    // Every machine, asked directly, lists all three alive.
+    for m in [alpha, beta, gamma] {
+        let api = net.machines[m].api();
+        net.wait_until(&format!("{api} sees three machines alive"), 60, || {
+            let out = net.uc(&["machine", "ls", "-o", "json", "--endpoint", &api]);
+            out.status.success() && {
+                let rows = machine_names(&String::from_utf8_lossy(&out.stdout));
+                rows.len() == 3 && rows.iter().all(|(_, s)| s == "alive")
+            }
+        });
+    }
+    let table = net.uc_ok(&["machine", "ls"]);
+    for name in ["alpha", "beta", "gamma"] {
+        assert!(table.contains(name), "{table}");
+    }
+
+    // Every pair pings over the mesh.
+    let ips: Vec<String> = net
+        .machines
+        .iter()
+        .map(|m| m.mesh_ip().expect("a member has a mesh address"))
+        .collect();
+    for (i, m) in net.machines.iter().enumerate() {
+        for (j, ip) in ips.iter().enumerate() {
+            if i != j {
+                assert!(
+                    m.ns.ping(ip, 5),
+                    "{} cannot ping {ip}\n{}",
+                    m.name,
+                    net.logs()
+                );
+            }
+        }
+    }
+
+    // The ticket was single-use: a fourth machine pre-seeded with it stays fresh.
+    let delta = net.boot("delta", Some(ticket.trim()));
+    net.wait_until("delta's reused ticket is refused", 30, || {
+        std::fs::read_to_string(net.machines[delta].root().join("apid.log"))
+            .unwrap_or_default()
+            .contains("was refused")
+    });
+    assert!(net.machines[delta].state().is_none(), "delta stays fresh");
+    let log = std::fs::read_to_string(net.machines[delta].root().join("apid.log")).unwrap();
+    assert!(log.contains("used already"), "{log}");
+
+    // Nothing but apid and WireGuard answers on a machine's public address: stated's ports
+    // are bound to the mesh address only.
+    for port in [7946u16, 7947] {
+        let addr = std::net::SocketAddr::from((net.machines[alpha].public_ip, port));
+        let open = net.laptop.enter(|| {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok()
+        });
+        assert!(!open, "{addr} answers from the internet");
+    }
+}
