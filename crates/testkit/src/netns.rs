@@ -180,6 +180,39 @@ impl Internet {
     }
 }
 
+impl Internet {
+    /// Plugs this host itself (the root namespace) into the bridge as `ifname` with address
+    /// `cidr`, so programs on the host reach the machines. Removed with the internet.
+    pub fn attach_host(&self, ifname: &str, cidr: &str) {
+        let net = cidr.rsplit_once('.').map_or(cidr, |(n, _)| n);
+        let routes = run("ip", &["-4", "route"]);
+        assert!(
+            !routes.contains(&format!("{net}.")),
+            "this host already routes {net}.x ({routes}); not plugging it into a test internet there"
+        );
+        let port = format!("port{}", self.ports.fetch_add(1, Ordering::Relaxed));
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                ifname,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &self.ns.name,
+            ],
+        );
+        self.ns.ip(&["link", "set", &port, "master", "br0"]);
+        self.ns.ip(&["link", "set", &port, "up"]);
+        run("ip", &["addr", "add", cidr, "dev", ifname]);
+        run("ip", &["link", "set", ifname, "up"]);
+    }
+}
+
 impl Default for Internet {
     fn default() -> Self {
         Self::new()

@@ -42,9 +42,14 @@ impl Binaries {
     }
 }
 
+/// The "internet" the machines share: 198.18.0.0/24 (a range reserved for network tests,
+/// RFC 2544), chosen so that plugging the host in (`./scripts/up`) cannot clash with a
+/// documentation range the host itself may use.
+pub const INTERNET_PREFIX: &str = "198.18.0";
+
 /// The "internet" address of machine `i` (0-based).
 pub fn public_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(192, 0, 2, 10 + i as u8)
+    Ipv4Addr::new(198, 18, 0, 10 + i as u8)
 }
 
 /// One machine. Field order is drop order: daemons stop before the bus and the namespace go.
@@ -227,7 +232,7 @@ impl LocalNetwork {
     pub fn new(bins: Binaries) -> LocalNetwork {
         let internet = Internet::new();
         let laptop = Netns::new("laptop");
-        internet.attach(&laptop, "eth0", "192.0.2.2/24");
+        internet.attach(&laptop, "eth0", &format!("{INTERNET_PREFIX}.2/24"));
         LocalNetwork {
             machines: Vec::new(),
             laptop,

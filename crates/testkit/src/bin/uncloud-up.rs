@@ -1,0 +1,188 @@
+//! `uncloud-up`: a local Uncloud network on this host, formed with `uc` as a user forms one,
+//! kept running until SIGTERM or Ctrl-C. `./scripts/up` builds everything and runs it in the
+//! background; `./scripts/up --down` stops it.
+//!
+//! Machines are network namespaces on an "internet" bridge (198.18.0.0/24) that this host is
+//! plugged into as 198.18.0.1, each running the real firstboot, stated, meshd and apid. The
+//! first is initialised with `uc machine init`, the second added with `uc machine add`, the
+//! rest join by themselves with a ticket from `uc machine token` pre-seeded before they boot.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
+use uncloud_testkit::network::{Binaries, LocalNetwork, INTERNET_PREFIX};
+
+#[derive(Debug, Parser)]
+#[command(about = "A local Uncloud network of machines as network namespaces (needs root)")]
+struct Args {
+    /// Where the Uncloud binaries are (a cargo target's `debug` directory).
+    #[arg(long)]
+    bin_dir: PathBuf,
+    /// How many machines (1 to 20).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=20))]
+    machines: u8,
+    /// The `uc` context to (re)create for it.
+    #[arg(long, default_value = "local")]
+    context: String,
+    /// A file written once the network is up (scripts wait for it).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+const NAMES: [&str; 20] = [
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+    "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon",
+];
+
+fn uc(bins: &Binaries, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(bins.get("uc"))
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run uc: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "uc {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        // The network was dropped (removed) on the way out.
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args = Args::parse();
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        return Err("uncloud-up needs root (network namespaces, TUN devices)".into());
+    }
+    // Block the stop signals before any thread starts, so the wait below receives them.
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    stop.thread_block().expect("block signals");
+
+    let started = Instant::now();
+    let bins = Binaries { dir: args.bin_dir };
+    let mut net = LocalNetwork::new(bins.clone());
+    net.internet
+        .attach_host("uncloud-up0", &format!("{INTERNET_PREFIX}.1/24"));
+    let step = |what: &str| eprintln!("[{:>5.1}s] {what}", started.elapsed().as_secs_f64());
+
+    let names = &NAMES[..args.machines as usize];
+    step(&format!("booting {} (fresh)", names[0]));
+    let first = net.boot(names[0], None);
+    // Forget an older context of the same name: it pointed at a network that is gone.
+    let config = uncloud_config_dir();
+    let _ = std::fs::remove_dir_all(config.join("contexts").join(&args.context));
+    let (api, fp, token) = {
+        let m = &net.machines[first];
+        (m.api(), m.fingerprint(), m.token())
+    };
+    step(&format!("uc machine init {api}"));
+    uc(
+        &bins,
+        &[
+            "machine",
+            "init",
+            &api,
+            "--fingerprint",
+            &fp,
+            "--token",
+            &token,
+            "--new-context",
+            &args.context,
+        ],
+    )?;
+    let ctx = ["--context", args.context.as_str()];
+    if names.len() > 1 {
+        step(&format!("booting {} (fresh)", names[1]));
+        let i = net.boot(names[1], None);
+        let (api, fp, token) = {
+            let m = &net.machines[i];
+            (m.api(), m.fingerprint(), m.token())
+        };
+        step(&format!("uc machine add {api}"));
+        let mut a = vec![
+            "machine",
+            "add",
+            &api,
+            "--fingerprint",
+            &fp,
+            "--token",
+            &token,
+        ];
+        a.extend(ctx);
+        uc(&bins, &a)?;
+    }
+    for name in names.iter().skip(2) {
+        let mut a = vec!["machine", "token", "--ttl", "1h", "--name", name];
+        a.extend(ctx);
+        let ticket = uc(&bins, &a)?;
+        step(&format!("booting {name} with a pre-seeded ticket"));
+        net.boot(name, Some(ticket.trim()));
+    }
+    step("waiting until every machine sees every other alive");
+    net.wait_until("every machine alive", 120, || {
+        net.machines.iter().all(|m| {
+            m.state()
+                .is_some_and(|s| s["machines"].as_object().map_or(0, |o| o.len()) == names.len())
+        }) && {
+            let out = Command::new(bins.get("uc"))
+                .args(["machine", "ls", "-o", "json", "--context", &args.context])
+                .output()
+                .expect("uc runs");
+            let rows: Vec<serde_json::Value> =
+                serde_json::from_slice(&out.stdout).unwrap_or_default();
+            rows.len() == names.len() && rows.iter().all(|r| r["state"] == "alive")
+        }
+    });
+    let mut ls = vec!["machine", "ls"];
+    ls.extend(ctx);
+    print!("{}", uc(&bins, &ls)?);
+    for m in &net.machines {
+        eprintln!(
+            "  {:<8} {}  busctl --address={}  ip netns exec {} …",
+            m.name,
+            m.api(),
+            m.bus.address,
+            m.ns.name()
+        );
+    }
+    step(&format!(
+        "up. Context {:?} is current: try `uc machine ls`. Stop with ./scripts/up --down",
+        args.context
+    ));
+    if let Some(f) = &args.ready_file {
+        let _ = std::fs::write(f, format!("{}\n", std::process::id()));
+    }
+    let _ = stop.wait();
+    eprintln!("stopping the local network");
+    drop(net);
+    if let Some(f) = &args.ready_file {
+        let _ = std::fs::remove_file(f);
+    }
+    eprintln!("stopped and removed");
+    Ok(())
+}
+
+fn uncloud_config_dir() -> PathBuf {
+    std::env::var_os("UNCLOUD_CONFIG_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CONFIG_HOME").map(|d| PathBuf::from(d).join("uncloud")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/uncloud")))
+        .unwrap_or_else(|| PathBuf::from(".uncloud"))
+}
