@@ -20,8 +20,9 @@ pub enum RemoteError {
     BadAddress(String),
     #[error(
         "the machine at {addr} did not show the key with fingerprint {pin}: check the \
-         fingerprint on its console (if it is right, something between you and it is not the \
-         machine)"
+         fingerprint on its console; a machine that already belongs to a network shows its \
+         network certificate instead (it must be removed from that network first); if neither, \
+         something between you and it is not the machine"
     )]
     WrongFingerprint { addr: SocketAddr, pin: Fingerprint },
     #[error(

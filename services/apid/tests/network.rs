@@ -155,6 +155,20 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
         }
     }
 
+    // A member cannot be added again (here or to another network): it no longer shows its
+    // maintenance key.
+    let (g_api, g_fp) = (net.machines[gamma].api(), net.machines[gamma].fingerprint());
+    let err = net.uc_fails(&[
+        "machine",
+        "add",
+        &g_api,
+        "--fingerprint",
+        &g_fp,
+        "--token",
+        "x",
+    ]);
+    assert!(err.contains("already belongs to a network"), "{err}");
+
     // The ticket was single-use: a fourth machine pre-seeded with it stays fresh.
     let delta = net.boot("delta", Some(ticket.trim()));
     net.wait_until("delta's reused ticket is refused", 30, || {
@@ -165,6 +179,27 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
     assert!(net.machines[delta].state().is_none(), "delta stays fresh");
     let log = std::fs::read_to_string(net.machines[delta].root().join("apid.log")).unwrap();
     assert!(log.contains("used already"), "{log}");
+
+    // A host on the internet that routes the mesh range to alpha cannot reach alpha's stated
+    // at its mesh address: machine ports answer only through the mesh device.
+    let alpha_mesh = ips[alpha].clone();
+    let via = net.machines[alpha].public_ip.to_string();
+    net.laptop
+        .ip(&["route", "add", "10.210.0.0/16", "via", &via]);
+    let sync = std::net::SocketAddr::new(alpha_mesh.parse().unwrap(), 7947);
+    let reached = net.laptop.enter(|| {
+        std::net::TcpStream::connect_timeout(&sync, std::time::Duration::from_secs(2)).is_ok()
+    });
+    assert!(!reached, "{sync} answered a host outside the mesh");
+    // ... while apid, on every address, does: the route itself works.
+    let api = std::net::SocketAddr::new(alpha_mesh.parse().unwrap(), 7443);
+    let reached = net.laptop.enter(|| {
+        std::net::TcpStream::connect_timeout(&api, std::time::Duration::from_secs(2)).is_ok()
+    });
+    assert!(
+        reached,
+        "{api} should answer through the route (the check above would prove nothing)"
+    );
 
     // Nothing but apid and WireGuard answers on a machine's public address: stated's ports
     // are bound to the mesh address only.

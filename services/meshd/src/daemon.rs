@@ -194,6 +194,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         bridge: config.container_bridge.clone(),
         listen_port: config.listen_port,
         mesh: *cidr,
+        machine_tcp_ports: config.machine_tcp_ports.clone(),
+        machine_udp_ports: config.machine_udp_ports.clone(),
     };
     if config.firewall {
         firewall::apply(&rules(&me.cidr))?;
