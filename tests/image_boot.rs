@@ -332,7 +332,7 @@ fn rpi_image_boots_on_qemus_raspberry_pi_and_takes_its_setup_file() {
 #[test]
 #[ignore = "reads the built images: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
 fn manifests_list_every_daemon_and_the_hashes_of_the_files() {
-    let services = Path::new(env!("CARGO_MANIFEST_DIR")).join("../services");
+    let services = uncloud_e2e::workspace().join("services");
     let daemons: Vec<String> = std::fs::read_dir(&services)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 fn services() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../services");
+    let dir = uncloud_e2e::workspace().join("services");
     let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

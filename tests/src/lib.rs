@@ -7,11 +7,21 @@
 
 use std::path::PathBuf;
 
+/// The workspace this test runs from. Read at run time (cargo sets it for tests): a test
+/// binary reused from another checkout sharing the target directory would otherwise read
+/// the folder it was compiled in.
+pub fn workspace() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("..")
+}
+
 /// Where `image/build` wrote the images: `$UNCLOUD_IMAGE_DIR`, else `image/out`.
 pub fn images_dir() -> PathBuf {
     std::env::var_os("UNCLOUD_IMAGE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../image/out"))
+        .unwrap_or_else(|| workspace().join("image/out"))
 }
 
 /// The one image in [`images_dir`] whose name ends with `suffix` (such as `-amd64.qcow2`).
