@@ -2,7 +2,7 @@
 //! package of each crate under `services/` that has a `dist/` folder, so a daemon without one
 //! would silently be missing from the image. These checks need no image.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn services() -> Vec<PathBuf> {
     let dir = uncloud_e2e::workspace().join("services");
