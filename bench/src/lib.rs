@@ -15,6 +15,8 @@
 //!   `dockerd-shim-bench`).
 //! - [`image`]: the images' boot to ready under QEMU against plain Debian boots of the same
 //!   images, and their size (binary `image-bench`).
+//! - `apid-bench` (a binary only): joins with `uc machine add` in a local network of
+//!   namespaces, `uc machine ls` beside `busctl`, apid's memory.
 
 pub mod image;
 pub mod logs;
