@@ -164,6 +164,21 @@ impl Store {
         write_file(&dir.join("context.toml"), meta.as_bytes(), 0o644)
     }
 
+    /// Forgets context `name` (its key included); it is no longer current.
+    pub fn remove(&self, name: &str) -> Result<(), ContextError> {
+        valid_name(name)?;
+        let dir = self.context_dir(name);
+        if !self.exists(name) {
+            return Err(ContextError::Missing(name.into()));
+        }
+        std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+        if self.current().as_deref() == Some(name) {
+            let current = self.dir.join("current");
+            std::fs::remove_file(&current).map_err(io("remove", &current))?;
+        }
+        Ok(())
+    }
+
     pub fn exists(&self, name: &str) -> bool {
         self.context_dir(name).join("context.toml").exists()
     }
@@ -265,6 +280,13 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(store.save(&sample("../escape")).is_err());
+        store.remove("home").unwrap();
+        assert!(matches!(store.load(None), Err(ContextError::NoCurrent)));
+        assert!(store.names().unwrap().is_empty());
+        assert!(matches!(
+            store.remove("home"),
+            Err(ContextError::Missing(_))
+        ));
     }
 
     #[test]

@@ -12,6 +12,17 @@ pub enum Ctx {
     Ls,
     /// Make a context the current one.
     Use { name: String },
+    /// Forget a context: its CA bundle, certificate and key (the network is untouched).
+    Rm { name: String },
+}
+
+/// One context, as `uc ctx ls` shows it.
+#[derive(serde::Serialize)]
+struct Row {
+    name: String,
+    current: bool,
+    network_id: String,
+    endpoints: Vec<String>,
 }
 
 pub fn run(cmd: Ctx, g: &Global) -> anyhow::Result<()> {
@@ -22,12 +33,12 @@ pub fn run(cmd: Ctx, g: &Global) -> anyhow::Result<()> {
             let mut rows = Vec::new();
             for name in store.names()? {
                 let ctx = store.load(Some(&name))?;
-                rows.push(serde_json::json!({
-                    "name": name,
-                    "current": current.as_deref() == Some(name.as_str()),
-                    "network_id": ctx.network_id,
-                    "endpoints": ctx.endpoints,
-                }));
+                rows.push(Row {
+                    current: current.as_deref() == Some(name.as_str()),
+                    name,
+                    network_id: ctx.network_id,
+                    endpoints: ctx.endpoints,
+                });
             }
             match g.output {
                 Format::Json => print!("{}", output::json(&rows)),
@@ -35,19 +46,11 @@ pub fn run(cmd: Ctx, g: &Global) -> anyhow::Result<()> {
                     let table: Vec<Vec<String>> = rows
                         .iter()
                         .map(|r| {
-                            let mark = if r["current"] == true { "*" } else { "" };
+                            let mark = if r.current { "*" } else { "" };
                             vec![
-                                format!("{}{mark}", r["name"].as_str().unwrap_or_default()),
-                                r["network_id"].as_str().unwrap_or_default().to_string(),
-                                r["endpoints"]
-                                    .as_array()
-                                    .map(|a| {
-                                        a.iter()
-                                            .filter_map(|e| e.as_str())
-                                            .collect::<Vec<_>>()
-                                            .join(",")
-                                    })
-                                    .unwrap_or_default(),
+                                format!("{}{mark}", r.name),
+                                r.network_id.clone(),
+                                r.endpoints.join(","),
                             ]
                         })
                         .collect();
@@ -62,6 +65,11 @@ pub fn run(cmd: Ctx, g: &Global) -> anyhow::Result<()> {
         Ctx::Use { name } => {
             store.set_current(&name)?;
             eprintln!("context {name:?} is now current");
+            Ok(())
+        }
+        Ctx::Rm { name } => {
+            store.remove(&name)?;
+            eprintln!("context {name:?} removed");
             Ok(())
         }
     }

@@ -23,17 +23,8 @@ pub enum Machine {
         after_help = "Example:\n  uc machine init 203.0.113.10 --fingerprint sha256:4f2a… --token 7KQ2-…"
     )]
     Init {
-        /// Address of the fresh machine (`HOST` or `HOST:PORT`; apid's port is 7443).
-        host: String,
-        /// The SHA-256 fingerprint its console shows.
-        #[arg(long)]
-        fingerprint: Fingerprint,
-        /// The setup token its console shows.
-        #[arg(long, env = "UNCLOUD_SETUP_TOKEN")]
-        token: String,
-        /// The machine's name in the network (default: its host name).
-        #[arg(long)]
-        name: Option<String>,
+        #[command(flatten)]
+        fresh: Fresh,
         /// The name of the new context (default: `default`, or the network id if taken).
         #[arg(long = "new-context")]
         new_context: Option<String>,
@@ -49,14 +40,8 @@ pub enum Machine {
         after_help = "Example:\n  uc machine add 198.51.100.7 --fingerprint sha256:9c01… --token QX4M-… --name pi-kitchen"
     )]
     Add {
-        host: String,
-        #[arg(long)]
-        fingerprint: Fingerprint,
-        #[arg(long, env = "UNCLOUD_SETUP_TOKEN")]
-        token: String,
-        /// Its name in the network (default: its host name).
-        #[arg(long)]
-        name: Option<String>,
+        #[command(flatten)]
+        fresh: Fresh,
     },
     /// Print a join ticket to pre-seed on a machine before its first boot.
     ///
@@ -74,6 +59,22 @@ pub enum Machine {
     },
     /// List the network's machines as the connected machine sees them.
     Ls,
+}
+
+/// A fresh machine as its console shows it, and the name it is to have.
+#[derive(Debug, clap::Args)]
+pub struct Fresh {
+    /// Address of the fresh machine (`HOST` or `HOST:PORT`; apid's port is 7443).
+    host: String,
+    /// The SHA-256 fingerprint its console shows.
+    #[arg(long)]
+    fingerprint: Fingerprint,
+    /// The setup token its console shows.
+    #[arg(long, env = "UNCLOUD_SETUP_TOKEN")]
+    token: String,
+    /// The machine's name in the network (default: its host name).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<u64, String> {
@@ -98,10 +99,13 @@ pub async fn run(cmd: Machine, g: &Global) -> anyhow::Result<()> {
     let store = Store::default_location();
     match cmd {
         Machine::Init {
-            host,
-            fingerprint,
-            token,
-            name,
+            fresh:
+                Fresh {
+                    host,
+                    fingerprint,
+                    token,
+                    name,
+                },
             new_context,
             mesh_cidr,
         } => {
@@ -150,10 +154,13 @@ pub async fn run(cmd: Machine, g: &Global) -> anyhow::Result<()> {
             Ok(())
         }
         Machine::Add {
-            host,
-            fingerprint,
-            token,
-            name,
+            fresh:
+                Fresh {
+                    host,
+                    fingerprint,
+                    token,
+                    name,
+                },
         } => {
             let mut ctx = store.load(g.context.as_deref())?;
             let (member, via) = remote::member(&ctx, g).await?;

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
 use uncloud_bench::progress;
 use uncloud_bench::report::{fmt_num, line, write_json, Metric, Results};
@@ -45,49 +45,19 @@ fn main() -> Result<()> {
 
     progress("booting the first machine and creating the network");
     let first = net.boot("m0", None);
-    let (api, fp, token) = {
-        let m = &net.machines[first];
-        (m.api(), m.fingerprint(), m.token())
-    };
-    uc(
-        &net,
-        &[
-            "machine",
-            "init",
-            &api,
-            "--fingerprint",
-            &fp,
-            "--token",
-            &token,
-        ],
-    )?;
+    uc(&net, &net.machines[first].enrol("init"))?;
 
     let mut join_s = Vec::new();
     for j in 1..=joins {
         let name = format!("m{j}");
         let i = net.boot(&name, None);
-        let (api, fp, token) = {
-            let m = &net.machines[i];
-            (m.api(), m.fingerprint(), m.token())
-        };
         let started = Instant::now();
-        uc(
-            &net,
-            &[
-                "machine",
-                "add",
-                &api,
-                "--fingerprint",
-                &fp,
-                "--token",
-                &token,
-                "--endpoint",
-                &net.machines[0].api(),
-            ],
-        )?;
-        let id = machine_id(&net, i)?;
+        let mut add = net.machines[i].enrol("add");
+        add.extend(["--endpoint".to_string(), net.machines[0].api()]);
+        uc(&net, &add)?;
+        let id = net.machines[i].machine_id();
         wait(started, || {
-            net.machines.iter().all(|m| alive_in(m, &id))
+            net.machines.iter().all(|m| m.sees_alive(&id))
                 && net.machines[..i].iter().all(|m| {
                     m.mesh_ip()
                         .is_some_and(|ip| net.machines[i].ns.ping(&ip, 1))
@@ -222,45 +192,19 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn uc(net: &LocalNetwork, args: &[&str]) -> Result<String> {
+fn uc<S: AsRef<str>>(net: &LocalNetwork, args: &[S]) -> Result<String> {
     let out = net.uc(args);
     if !out.status.success() {
         bail!(
             "uc {} failed: {}",
-            args.join(" "),
+            args.iter()
+                .map(|a| a.as_ref())
+                .collect::<Vec<_>>()
+                .join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn machine_id(net: &LocalNetwork, i: usize) -> Result<String> {
-    let (ok, out, err) = net.machines[i].busctl(&[
-        "get-property",
-        "org.uncloud.State1",
-        "/org/uncloud/State1",
-        "org.uncloud.State1",
-        "MachineId",
-    ]);
-    if !ok {
-        bail!("MachineId: {err}");
-    }
-    out.trim()
-        .strip_prefix("s ")
-        .map(|s| s.trim_matches('"').to_string())
-        .context("MachineId is a string")
-}
-
-fn alive_in(m: &uncloud_testkit::network::LocalMachine, id: &str) -> bool {
-    let (ok, out, _) = m.busctl(&[
-        "--json=short",
-        "call",
-        "org.uncloud.State1",
-        "/org/uncloud/State1",
-        "org.uncloud.State1",
-        "Liveness",
-    ]);
-    ok && serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|v| v["data"][0][id] == "alive")
 }
 
 fn wait(started: Instant, mut done: impl FnMut() -> bool) -> Result<()> {

@@ -1,9 +1,11 @@
 //! TLS for both ends of the API, rustls on ring.
 //!
-//! A client checks apid one of two ways:
-//! - **maintenance mode**: the server's self-signed certificate is accepted only if the SHA-256
-//!   of its public key is the fingerprint the machine's console shows ([`PinnedKey`]); the
-//!   handshake signature is still verified, so only the key's holder passes;
+//! A client checks apid one of three ways:
+//! - **maintenance mode** ([`client_pinned`]): the server's self-signed certificate is accepted
+//!   only if the SHA-256 of its public key is the fingerprint the machine's console shows; the
+//!   handshake signature is still verified ([`Signatures`]), so only the key's holder passes;
+//! - **redeeming a ticket** ([`client_issuer`]): the server's certificate must be issued by the
+//!   CA whose fingerprint the ticket names;
 //! - **member mode**: the server's certificate must chain to one of the network's machine CAs
 //!   the client holds ([`NetworkServer`]). Names are not checked: a machine is reached by many
 //!   addresses (LAN, public, behind NAT) and every certificate those CAs issue is a machine of
@@ -63,25 +65,89 @@ pub fn key_from_pem(what: &'static str, pem: &str) -> Result<PrivateKeyDer<'stat
     })
 }
 
-/// Accepts exactly one server key, by SPKI fingerprint.
+/// Checks a handshake's signature against the certificate's key with ring: the proof that
+/// the peer holds that key, the same for every verifier here and in apid.
 #[derive(Debug)]
-pub struct PinnedKey {
-    pin: Fingerprint,
-    provider: Arc<CryptoProvider>,
+pub struct Signatures(Arc<CryptoProvider>);
+
+impl Default for Signatures {
+    fn default() -> Self {
+        Signatures(provider())
+    }
 }
 
-impl ServerCertVerifier for PinnedKey {
+impl Signatures {
+    pub fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    pub fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    pub fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// What a pinned server must show.
+#[derive(Debug, Clone, Copy)]
+enum Pin {
+    /// Its own key has this SPKI fingerprint (a fresh machine, checked against its console).
+    Key(Fingerprint),
+    /// Its certificate was issued by the CA with this SPKI fingerprint, the CA certificate sent
+    /// along in the chain (a ticket's issuer). Validity dates are not checked: a joining
+    /// machine (a Raspberry Pi without a real-time clock) may not know the time yet, and the
+    /// pin is what identifies the issuer.
+    Issuer(Fingerprint),
+}
+
+/// Accepts a server by a pinned fingerprint; names and dates play no part.
+#[derive(Debug)]
+struct Pinned {
+    pin: Pin,
+    signatures: Signatures,
+}
+
+impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = Fingerprint::of_certificate(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if got == self.pin {
+        let is = |cert: &CertificateDer<'_>, pin: Fingerprint| {
+            Fingerprint::of_certificate(cert).is_ok_and(|f| f == pin)
+        };
+        let ok = match self.pin {
+            Pin::Key(pin) => is(end_entity, pin),
+            Pin::Issuer(pin) => intermediates
+                .iter()
+                .any(|ca| is(ca, pin) && uncloud_pki::issued_by(end_entity, ca)),
+        };
+        if ok {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
@@ -96,12 +162,7 @@ impl ServerCertVerifier for PinnedKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -110,19 +171,23 @@ impl ServerCertVerifier for PinnedKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
+}
+
+fn pinned(pin: Pin) -> Result<Arc<ClientConfig>, TlsError> {
+    let config = builder()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            pin,
+            signatures: Signatures::default(),
+        }))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Accepts a server certificate that chains to one of the network's CAs, whatever its names.
@@ -189,84 +254,10 @@ impl ServerCertVerifier for NetworkServer {
     }
 }
 
-/// Accepts a server whose certificate was issued by the CA with this SPKI fingerprint, the CA
-/// certificate sent along in the chain. Validity dates are not checked: a joining machine
-/// (a Raspberry Pi without a real-time clock) may not know the time yet, and the pin is
-/// what identifies the issuer.
-#[derive(Debug)]
-pub struct PinnedIssuer {
-    pin: Fingerprint,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedIssuer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let pinned = intermediates
-            .iter()
-            .find(|ca| Fingerprint::of_certificate(ca).is_ok_and(|f| f == self.pin));
-        match pinned {
-            Some(ca) if uncloud_pki::issued_by(end_entity, ca) => {
-                Ok(ServerCertVerified::assertion())
-            }
-            _ => Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            )),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// For a joining machine redeeming a ticket: the issuer is known by its CA's fingerprint (in
 /// the ticket); no client certificate.
 pub fn client_issuer(pin: Fingerprint) -> Result<Arc<ClientConfig>, TlsError> {
-    let config = builder()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedIssuer {
-            pin,
-            provider: provider(),
-        }))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    pinned(Pin::Issuer(pin))
 }
 
 fn builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, TlsError> {
@@ -275,14 +266,7 @@ fn builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier
 
 /// For a machine in maintenance mode, known by its key's fingerprint; no client certificate.
 pub fn client_pinned(pin: Fingerprint) -> Result<Arc<ClientConfig>, TlsError> {
-    let config = builder()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedKey {
-            pin,
-            provider: provider(),
-        }))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    pinned(Pin::Key(pin))
 }
 
 /// For a member: trusts the network's CAs (PEM), authenticates with a client certificate

@@ -91,6 +91,53 @@ impl LocalMachine {
             .to_string()
     }
 
+    /// `uc machine VERB` (`init`, `add`) for this fresh machine, with the address, fingerprint
+    /// and token its console shows, as a user types them.
+    pub fn enrol(&self, verb: &str) -> Vec<String> {
+        [
+            "machine",
+            verb,
+            &self.api(),
+            "--fingerprint",
+            &self.fingerprint(),
+            "--token",
+            &self.token(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// This machine's id (stated's `MachineId`).
+    pub fn machine_id(&self) -> String {
+        let (ok, out, err) = self.busctl(&[
+            "get-property",
+            "org.uncloud.State1",
+            "/org/uncloud/State1",
+            "org.uncloud.State1",
+            "MachineId",
+        ]);
+        assert!(ok, "MachineId of {}: {err}", self.name);
+        out.trim()
+            .strip_prefix("s ")
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_string()
+    }
+
+    /// Whether this machine's stated sees machine `id` alive.
+    pub fn sees_alive(&self, id: &str) -> bool {
+        let (ok, out, _) = self.busctl(&[
+            "--json=short",
+            "call",
+            "org.uncloud.State1",
+            "/org/uncloud/State1",
+            "org.uncloud.State1",
+            "Liveness",
+        ]);
+        ok && serde_json::from_str::<serde_json::Value>(&out)
+            .is_ok_and(|v| v["data"][0][id] == "alive")
+    }
+
     /// `apid` address on the internet.
     pub fn api(&self) -> String {
         format!("{}:7443", self.public_ip)
@@ -315,23 +362,24 @@ impl LocalNetwork {
     }
 
     /// Runs `uc ARGS` on the laptop.
-    pub fn uc(&self, args: &[&str]) -> Output {
+    pub fn uc<S: AsRef<str>>(&self, args: &[S]) -> Output {
         self.laptop
             .command(self.bins.get("uc"))
-            .args(args)
+            .args(args.iter().map(|a| a.as_ref()))
             .env("UNCLOUD_CONFIG_DIR", self.uc_config.path())
             .env_remove("UNCLOUD_CONTEXT")
+            .env_remove("UNCLOUD_ENDPOINT")
             .output()
             .expect("uc runs")
     }
 
     /// `uc ARGS` that must succeed; returns its stdout.
-    pub fn uc_ok(&self, args: &[&str]) -> String {
+    pub fn uc_ok<S: AsRef<str>>(&self, args: &[S]) -> String {
         let out = self.uc(args);
         assert!(
             out.status.success(),
             "uc {} failed: {}\n{}",
-            args.join(" "),
+            joined(args),
             String::from_utf8_lossy(&out.stderr),
             self.logs()
         );
@@ -339,12 +387,12 @@ impl LocalNetwork {
     }
 
     /// `uc ARGS` that must fail; returns its stderr.
-    pub fn uc_fails(&self, args: &[&str]) -> String {
+    pub fn uc_fails<S: AsRef<str>>(&self, args: &[S]) -> String {
         let out = self.uc(args);
         assert!(
             !out.status.success(),
             "uc {} succeeded but should have failed: {}",
-            args.join(" "),
+            joined(args),
             String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
@@ -367,4 +415,11 @@ impl LocalNetwork {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+fn joined<S: AsRef<str>>(args: &[S]) -> String {
+    args.iter()
+        .map(|a| a.as_ref())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

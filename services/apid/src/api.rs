@@ -15,7 +15,7 @@ use uncloud_common::address::MeshCidr;
 use uncloud_common::dbus::{MeshProxy, StateProxy};
 use uncloud_common::durable;
 use uncloud_common::identity::IdentityPaths;
-use uncloud_common::model::Machine;
+use uncloud_common::model::{Machine, NetworkInfo};
 use uncloud_pki::ca::CLIENT_VALIDITY;
 use uncloud_pki::{ticket, Role};
 
@@ -416,7 +416,7 @@ impl Apid {
             network_id: member.network_id.clone(),
             machine_id: member.machine_id.clone(),
             machine_name: member.machine_name.clone(),
-            subnet: self.subnet_text(me.subnet).await,
+            subnet: subnet_text(&self.mesh_cidr().await?, me.subnet),
             ca_cert: member.credentials.ca.cert_pem().to_owned(),
         })
     }
@@ -433,19 +433,16 @@ impl Apid {
         Ok(m)
     }
 
-    async fn subnet_text(&self, index: u32) -> String {
-        let Ok(json) = self.state.get("network", "").await else {
-            return String::new();
-        };
-        let network: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-        let cidr: MeshCidr = network["mesh_cidr"]
-            .as_str()
-            .unwrap_or_default()
-            .parse()
-            .unwrap_or_default();
-        cidr.subnet(index)
-            .map(|s| format!("{s}/24"))
-            .unwrap_or_default()
+    /// The network's mesh range, as the state says.
+    async fn mesh_cidr(&self) -> Result<MeshCidr, ApiError> {
+        let json = self
+            .state
+            .get("network", "")
+            .await
+            .map_err(|e| internal("stated", e))?;
+        let info: NetworkInfo =
+            serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))?;
+        Ok(info.mesh_cidr.parse().unwrap_or_default())
     }
 
     /// Sends this machine's public keys to the ticket's issuer, checked by its CA fingerprint,
@@ -731,26 +728,11 @@ impl Apid {
         self.require(caller, Role::Reader)?;
         let machines = self.read_machines().await?;
         let liveness = self.state.liveness().await.unwrap_or_default();
-        let network: serde_json::Value = serde_json::from_str(
-            &self
-                .state
-                .get("network", "")
-                .await
-                .map_err(|e| internal("stated", e))?,
-        )
-        .map_err(|e| internal("stated's answer", e))?;
-        let cidr: MeshCidr = network["mesh_cidr"]
-            .as_str()
-            .unwrap_or_default()
-            .parse()
-            .unwrap_or_default();
+        let cidr = self.mesh_cidr().await?;
         let mut rows: Vec<MachineRow> = machines
             .into_values()
             .map(|m| MachineRow {
-                subnet: cidr
-                    .subnet(m.subnet)
-                    .map(|s| format!("{s}/24"))
-                    .unwrap_or_default(),
+                subnet: subnet_text(&cidr, m.subnet),
                 state: liveness.get(&m.id).cloned().unwrap_or_default(),
                 id: m.id,
                 name: m.name,
@@ -763,6 +745,13 @@ impl Apid {
         rows.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(rows)
     }
+}
+
+/// Machine subnet `index` as `10.210.X.0/24`; empty when out of the range.
+fn subnet_text(cidr: &MeshCidr, index: u32) -> String {
+    cidr.subnet(index)
+        .map(|s| format!("{s}/24"))
+        .unwrap_or_default()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -12,11 +12,10 @@
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
-use uncloud_api::tls::{certs_from_pem, key_from_pem, provider, TlsError};
+use uncloud_api::tls::{certs_from_pem, key_from_pem, provider, Signatures, TlsError};
 
 pub fn maintenance(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, TlsError> {
     let config = ServerConfig::builder_with_provider(provider())
@@ -33,7 +32,7 @@ pub fn maintenance(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, T
 pub fn member(chain_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, TlsError> {
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(Arc::new(ProofOfKey(provider())))
+        .with_client_cert_verifier(Arc::new(ProofOfKey(Signatures::default())))
         .with_single_cert(
             certs_from_pem("the server certificate", chain_pem)?,
             key_from_pem("the server key", key_pem)?,
@@ -44,7 +43,7 @@ pub fn member(chain_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, TlsEr
 /// Checks only that the client holds the key of the certificate it shows; apid decides on
 /// the certificate itself once the handshake is done.
 #[derive(Debug)]
-struct ProofOfKey(Arc<CryptoProvider>);
+struct ProofOfKey(Signatures);
 
 impl ClientCertVerifier for ProofOfKey {
     fn offer_client_auth(&self) -> bool {
@@ -74,12 +73,7 @@ impl ClientCertVerifier for ProofOfKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -88,15 +82,10 @@ impl ClientCertVerifier for ProofOfKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }

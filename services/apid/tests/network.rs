@@ -5,7 +5,20 @@
 
 use uncloud_testkit::network::{Binaries, LocalNetwork};
 
-fn machine_names(json: &str) -> Vec<(String, String)> {
+/// `args` with the value after `flag` replaced.
+fn with_flag(args: &[String], flag: &str, value: &str) -> Vec<String> {
+    let mut out = args.to_vec();
+    let i = out
+        .iter()
+        .position(|a| a == flag)
+        .expect("the flag is there")
+        + 1;
+    out[i] = value.to_string();
+    out
+}
+
+/// (name, state) of each row of `uc machine ls -o json`.
+fn names_and_states(json: &str) -> Vec<(String, String)> {
     let rows: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
     rows.iter()
         .map(|r| {
@@ -24,44 +37,14 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
     let beta = net.boot("beta", None);
 
     // A wrong fingerprint or token is refused with advice, and nothing changes.
-    let (a_api, a_fp, a_token) = {
-        let m = &net.machines[alpha];
-        (m.api(), m.fingerprint(), m.token())
-    };
-    let (b_api, b_fp, b_token) = {
-        let m = &net.machines[beta];
-        (m.api(), m.fingerprint(), m.token())
-    };
-    let err = net.uc_fails(&[
-        "machine",
-        "init",
-        &a_api,
-        "--fingerprint",
-        &b_fp,
-        "--token",
-        &a_token,
-    ]);
+    let init = net.machines[alpha].enrol("init");
+    let other_fp = net.machines[beta].fingerprint();
+    let err = net.uc_fails(&with_flag(&init, "--fingerprint", &other_fp));
     assert!(err.contains("fingerprint"), "{err}");
-    let err = net.uc_fails(&[
-        "machine",
-        "init",
-        &a_api,
-        "--fingerprint",
-        &a_fp,
-        "--token",
-        "WRONG",
-    ]);
+    let err = net.uc_fails(&with_flag(&init, "--token", "WRONG"));
     assert!(err.contains("wrong setup token"), "{err}");
     assert!(net.machines[alpha].state().is_none(), "still fresh");
-    let err = net.uc_fails(&[
-        "machine",
-        "init",
-        &a_api,
-        "--fingerprint",
-        &a_fp,
-        "--token",
-        &a_token,
-    ]);
+    let err = net.uc_fails(&init);
     assert!(
         err.contains("too many wrong setup tokens"),
         "right after a wrong one: {err}"
@@ -69,41 +52,18 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
     // The harness caps apid's backoff at 2 s.
     std::thread::sleep(std::time::Duration::from_millis(2500));
 
-    // init: a network of one, and a context for it.
-    net.uc_ok(&[
-        "machine",
-        "init",
-        &a_api,
-        "--fingerprint",
-        &a_fp,
-        "--token",
-        &a_token,
-    ]);
-    let err = net.uc_fails(&[
-        "machine",
-        "init",
-        &a_api,
-        "--fingerprint",
-        &a_fp,
-        "--token",
-        &a_token,
-    ]);
-    assert!(!err.is_empty(), "a member is not initialised twice");
+    // init: a network of one, and a context for it. Once a member, alpha shows its network
+    // certificate, not the key its console showed: a second init goes nowhere.
+    net.uc_ok(&init);
+    let err = net.uc_fails(&init);
+    assert!(err.contains("already belongs to a network"), "{err}");
     assert!(
         net.machines[alpha].token().is_empty(),
         "the token was consumed"
     );
 
     // add: beta joins through alpha.
-    net.uc_ok(&[
-        "machine",
-        "add",
-        &b_api,
-        "--fingerprint",
-        &b_fp,
-        "--token",
-        &b_token,
-    ]);
+    net.uc_ok(&net.machines[beta].enrol("add"));
     assert!(
         net.machines[beta].token().is_empty(),
         "beta's token was consumed"
@@ -125,7 +85,7 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
         net.wait_until(&format!("{api} sees three machines alive"), 60, || {
             let out = net.uc(&["machine", "ls", "-o", "json", "--endpoint", &api]);
             out.status.success() && {
-                let rows = machine_names(&String::from_utf8_lossy(&out.stdout));
+                let rows = names_and_states(&String::from_utf8_lossy(&out.stdout));
                 rows.len() == 3 && rows.iter().all(|(_, s)| s == "alive")
             }
         });
@@ -156,16 +116,8 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
 
     // A member cannot be added again (here or to another network): it no longer shows its
     // maintenance key.
-    let (g_api, g_fp) = (net.machines[gamma].api(), net.machines[gamma].fingerprint());
-    let err = net.uc_fails(&[
-        "machine",
-        "add",
-        &g_api,
-        "--fingerprint",
-        &g_fp,
-        "--token",
-        "x",
-    ]);
+    let again = with_flag(&net.machines[gamma].enrol("add"), "--token", "x");
+    let err = net.uc_fails(&again);
     assert!(err.contains("already belongs to a network"), "{err}");
 
     // The ticket was single-use: a fourth machine pre-seeded with it stays fresh.

@@ -261,13 +261,17 @@ impl Node {
             tasks,
             mesh_listener,
         };
-        tracing::info!(
-            machine = %machine_id,
-            network = %node.shared.network_id,
-            gossip = %node.shared.config.gossip_addr(),
-            sync = %sync_addr,
-            "stated started"
-        );
+        let (gossip, sync) = if node.shared.config.on_mesh() {
+            // The mesh listener says where, once the address exists.
+            ("mesh".to_string(), "mesh".to_string())
+        } else {
+            (
+                node.shared.config.gossip_addr().to_string(),
+                sync_addr.to_string(),
+            )
+        };
+        tracing::info!(machine = %machine_id, network = %node.shared.network_id, %gossip, %sync,
+            "stated started");
         Ok(node)
     }
 

@@ -37,15 +37,18 @@ const NAMES: [&str; 20] = [
     "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon",
 ];
 
-fn uc(bins: &Binaries, args: &[&str]) -> Result<String, String> {
+fn uc<S: AsRef<str>>(bins: &Binaries, args: &[S]) -> Result<String, String> {
     let out = Command::new(bins.get("uc"))
-        .args(args)
+        .args(args.iter().map(|a| a.as_ref()))
         .output()
         .map_err(|e| format!("cannot run uc: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "uc {} failed: {}",
-            args.join(" "),
+            args.iter()
+                .map(|a| a.as_ref())
+                .collect::<Vec<_>>()
+                .join(" "),
             String::from_utf8_lossy(&out.stderr)
         ));
     }
@@ -86,46 +89,18 @@ fn run() -> Result<(), String> {
     step(&format!("booting {} (fresh)", names[0]));
     let first = net.boot(names[0], None);
     // Forget an older context of the same name: it pointed at a network that is gone.
-    let config = uncloud_config_dir();
-    let _ = std::fs::remove_dir_all(config.join("contexts").join(&args.context));
-    let (api, fp, token) = {
-        let m = &net.machines[first];
-        (m.api(), m.fingerprint(), m.token())
-    };
-    step(&format!("uc machine init {api}"));
-    uc(
-        &bins,
-        &[
-            "machine",
-            "init",
-            &api,
-            "--fingerprint",
-            &fp,
-            "--token",
-            &token,
-            "--new-context",
-            &args.context,
-        ],
-    )?;
+    let _ = uc(&bins, &["ctx", "rm", &args.context]);
+    let mut init = net.machines[first].enrol("init");
+    init.extend(["--new-context".to_string(), args.context.clone()]);
+    step(&format!("uc machine init {}", net.machines[first].api()));
+    uc(&bins, &init)?;
     let ctx = ["--context", args.context.as_str()];
     if names.len() > 1 {
         step(&format!("booting {} (fresh)", names[1]));
         let i = net.boot(names[1], None);
-        let (api, fp, token) = {
-            let m = &net.machines[i];
-            (m.api(), m.fingerprint(), m.token())
-        };
-        step(&format!("uc machine add {api}"));
-        let mut a = vec![
-            "machine",
-            "add",
-            &api,
-            "--fingerprint",
-            &fp,
-            "--token",
-            &token,
-        ];
-        a.extend(ctx);
+        step(&format!("uc machine add {}", net.machines[i].api()));
+        let mut a = net.machines[i].enrol("add");
+        a.extend(ctx.map(String::from));
         uc(&bins, &a)?;
     }
     for name in names.iter().skip(2) {
@@ -136,19 +111,11 @@ fn run() -> Result<(), String> {
         net.boot(name, Some(ticket.trim()));
     }
     step("waiting until every machine sees every other alive");
+    let ids: Vec<String> = net.machines.iter().map(|m| m.machine_id()).collect();
     net.wait_until("every machine alive", 120, || {
-        net.machines.iter().all(|m| {
-            m.state()
-                .is_some_and(|s| s["machines"].as_object().map_or(0, |o| o.len()) == names.len())
-        }) && {
-            let out = Command::new(bins.get("uc"))
-                .args(["machine", "ls", "-o", "json", "--context", &args.context])
-                .output()
-                .expect("uc runs");
-            let rows: Vec<serde_json::Value> =
-                serde_json::from_slice(&out.stdout).unwrap_or_default();
-            rows.len() == names.len() && rows.iter().all(|r| r["state"] == "alive")
-        }
+        net.machines
+            .iter()
+            .all(|m| ids.iter().all(|id| m.sees_alive(id)))
     });
     let mut ls = vec!["machine", "ls"];
     ls.extend(ctx);
@@ -177,12 +144,4 @@ fn run() -> Result<(), String> {
     }
     eprintln!("stopped and removed");
     Ok(())
-}
-
-fn uncloud_config_dir() -> PathBuf {
-    std::env::var_os("UNCLOUD_CONFIG_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CONFIG_HOME").map(|d| PathBuf::from(d).join("uncloud")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/uncloud")))
-        .unwrap_or_else(|| PathBuf::from(".uncloud"))
 }
