@@ -203,6 +203,26 @@ impl Context {
         added
     }
 
+    /// Forgets a removed machine: its CA leaves the bundle (it is no longer trusted to speak
+    /// for the network) and endpoints at its addresses leave the list. Whether anything
+    /// changed.
+    pub fn forget_machine(&mut self, ca_pem: &str, ips: &[std::net::IpAddr]) -> bool {
+        let before = (self.ca_pem.len(), self.endpoints.len());
+        let ca = ca_pem.trim();
+        if !ca.is_empty() {
+            self.ca_pem = self.ca_pem.replace(ca, "").replace("\n\n", "\n");
+            if self.ca_pem.trim().is_empty() {
+                self.ca_pem.clear();
+            }
+        }
+        self.endpoints.retain(|e| {
+            crate::remote::resolve(e)
+                .map(|a| !ips.contains(&a.ip()))
+                .unwrap_or(true)
+        });
+        before != (self.ca_pem.len(), self.endpoints.len())
+    }
+
     pub fn add_endpoint(&mut self, endpoint: &str) -> bool {
         if self.endpoints.iter().any(|e| e == endpoint) {
             return false;
@@ -256,6 +276,22 @@ mod tests {
             cert_pem: "cert".into(),
             key_pem: "key".into(),
         }
+    }
+
+    #[test]
+    fn a_removed_machine_leaves_the_bundle_and_the_endpoints() {
+        let mut ctx = sample("home");
+        let b = "-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----";
+        ctx.add_cas([b]);
+        ctx.add_endpoint("192.0.2.2:7443");
+        let removed_ip = "192.0.2.2".parse().unwrap();
+        assert!(ctx.forget_machine(b, &[removed_ip]));
+        assert_eq!(ctx.endpoints, vec!["192.0.2.1:7443"]);
+        assert!(ctx.ca_pem.contains("\nA\n") && !ctx.ca_pem.contains("\nB\n"));
+        assert!(
+            !ctx.forget_machine(b, &[removed_ip]),
+            "nothing left to forget"
+        );
     }
 
     #[test]

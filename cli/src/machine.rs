@@ -5,7 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use rcgen::{KeyPair, PublicKeyData};
-use uncloud_api::wire::{InitRequest, JoinRequest, TicketRequest};
+use uncloud_api::wire::{
+    InitRequest, JoinRequest, MachineChange, MachineRef, MachineRow, TicketRequest,
+};
 use uncloud_pki::Fingerprint;
 
 use crate::context::{Context, Store};
@@ -59,6 +61,62 @@ pub enum Machine {
     },
     /// List the network's machines as the connected machine sees them.
     Ls,
+    /// Remove machines from the network for good.
+    ///
+    /// A removed machine leaves every machine's mesh, its containers' records go, the
+    /// certificates its CA issued stop working everywhere, and it cannot come back under its
+    /// id, also if it was offline and returns later: reinstall it to add it again. Remove a
+    /// machine through another one (`--endpoint`).
+    #[command(after_help = "Example:\n  uc machine rm pi-garage")]
+    Rm {
+        /// Names (or ids) of the machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Rename a machine: it is NEW.machine.internal from then on.
+    #[command(after_help = "Example:\n  uc machine rename pi-kitchen pi-attic")]
+    Rename { machine: String, new_name: String },
+    /// Set or remove a machine's labels, which placement rules match.
+    #[command(
+        after_help = "Examples:\n  uc machine label alpha disk=ssd zone=eu\n  uc machine label alpha --rm zone"
+    )]
+    Label {
+        machine: String,
+        /// Labels to set.
+        #[arg(value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Label keys to remove.
+        #[arg(long = "rm", value_name = "KEY")]
+        remove: Vec<String>,
+    },
+    /// Add or remove a machine's roles (`ingress` serves published services to the
+    /// internet).
+    #[command(subcommand)]
+    Role(Role),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Role {
+    /// Give a machine roles.
+    #[command(after_help = "Example:\n  uc machine role add alpha ingress")]
+    Add {
+        machine: String,
+        #[arg(required = true)]
+        roles: Vec<String>,
+    },
+    /// Take roles from a machine.
+    #[command(after_help = "Example:\n  uc machine role rm alpha ingress")]
+    Rm {
+        machine: String,
+        #[arg(required = true)]
+        roles: Vec<String>,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE (remove a label with --rm KEY)"))
 }
 
 /// A fresh machine as its console shows it, and the name it is to have.
@@ -229,32 +287,158 @@ pub async fn run(cmd: Machine, g: &Global) -> anyhow::Result<()> {
             if ctx.add_cas(rows.iter().map(|r| r.ca_cert.as_str())) {
                 store.save(&ctx)?;
             }
-            match g.output {
-                Format::Json => print!("{}", output::json(&rows)),
-                Format::Table => {
-                    let table: Vec<Vec<String>> = rows
-                        .iter()
-                        .map(|r| {
-                            vec![
-                                r.name.clone(),
-                                r.state.clone(),
-                                r.subnet.clone(),
-                                r.endpoints.join(","),
-                                r.roles.join(","),
-                                r.version.clone(),
-                            ]
-                        })
-                        .collect();
-                    print!(
-                        "{}",
-                        output::table(
-                            &["NAME", "STATE", "SUBNET", "ENDPOINTS", "ROLES", "VERSION"],
-                            &table
+            print_rows(&rows, g.output);
+            Ok(())
+        }
+        Machine::Rm { machines } => {
+            let mut ctx = store.load(g.context.as_deref())?;
+            let (member, via) = remote::member(&ctx, g).await?;
+            remote::require_api(&member, &via, 2).await?;
+            let mut failed = 0;
+            for name in machines {
+                match answer(
+                    member
+                        .remove_machine(
+                            remote::ctx(),
+                            MachineRef {
+                                machine: name.clone(),
+                            },
                         )
-                    );
+                        .await,
+                ) {
+                    Ok(gone) => {
+                        let ips: Vec<std::net::IpAddr> = gone
+                            .endpoints
+                            .iter()
+                            .filter_map(|e| e.parse::<std::net::SocketAddr>().ok())
+                            .map(|a| a.ip())
+                            .collect();
+                        if ctx.forget_machine(&gone.ca_cert, &ips) {
+                            store.save(&ctx)?;
+                        }
+                        eprintln!(
+                            "removed {} ({}): the network refuses it from now on; reinstall it \
+                             to use it again",
+                            gone.name, gone.subnet
+                        );
+                    }
+                    Err(e) => {
+                        eprintln!("error: {name}: {e}");
+                        failed += 1;
+                    }
                 }
             }
+            if failed > 0 {
+                bail!("{failed} machine(s) not removed");
+            }
             Ok(())
+        }
+        Machine::Rename { machine, new_name } => {
+            change(
+                &store,
+                g,
+                MachineChange {
+                    machine,
+                    rename: new_name,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+        Machine::Label {
+            machine,
+            labels,
+            remove,
+        } => {
+            if labels.is_empty() && remove.is_empty() {
+                bail!("give labels to set (KEY=VALUE) or to remove (--rm KEY)");
+            }
+            change(
+                &store,
+                g,
+                MachineChange {
+                    machine,
+                    set_labels: labels.into_iter().collect(),
+                    remove_labels: remove,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+        Machine::Role(Role::Add { machine, roles }) => {
+            change(
+                &store,
+                g,
+                MachineChange {
+                    machine,
+                    add_roles: roles,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+        Machine::Role(Role::Rm { machine, roles }) => {
+            change(
+                &store,
+                g,
+                MachineChange {
+                    machine,
+                    remove_roles: roles,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+    }
+}
+
+/// Applies `change` through a member and shows the machine as it is now.
+async fn change(store: &Store, g: &Global, change: MachineChange) -> anyhow::Result<()> {
+    let ctx = store.load(g.context.as_deref())?;
+    let (member, via) = remote::member(&ctx, g).await?;
+    remote::require_api(&member, &via, 2).await?;
+    let row = answer(member.change_machine(remote::ctx(), change).await)?;
+    print_rows(&[row], g.output);
+    Ok(())
+}
+
+fn print_rows(rows: &[MachineRow], format: Format) {
+    match format {
+        Format::Json => print!("{}", output::json(&rows)),
+        Format::Table => {
+            let table: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.name.clone(),
+                        r.state.clone(),
+                        r.subnet.clone(),
+                        r.endpoints.join(","),
+                        r.roles.join(","),
+                        r.labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        r.version.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(
+                    &[
+                        "NAME",
+                        "STATE",
+                        "SUBNET",
+                        "ENDPOINTS",
+                        "ROLES",
+                        "LABELS",
+                        "VERSION"
+                    ],
+                    &table
+                )
+            );
         }
     }
 }
@@ -274,7 +458,14 @@ fn client_name() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, parse_label};
+
+    #[test]
+    fn labels_read_as_key_equals_value() {
+        assert_eq!(parse_label("disk=ssd"), Ok(("disk".into(), "ssd".into())));
+        assert_eq!(parse_label("empty="), Ok(("empty".into(), String::new())));
+        assert!(parse_label("disk").unwrap_err().contains("--rm"));
+    }
 
     #[test]
     fn durations_read_as_people_write_them() {

@@ -38,6 +38,11 @@ pub enum RemoteError {
     Api(ApiError),
     #[error("the call failed on the way: {0}")]
     Rpc(String),
+    #[error(
+        "the machine at {via} runs an older apid (API {has}) that lacks this call (API \
+         {needs}): upgrade it, or use `--endpoint` of an upgraded machine"
+    )]
+    OldApi { via: String, has: u32, needs: u32 },
 }
 
 fn with_hint(e: &ApiError) -> String {
@@ -47,6 +52,7 @@ fn with_hint(e: &ApiError) -> String {
         ErrorKind::Forbidden => "ask an admin for a certificate with the role this needs",
         ErrorKind::BadTicket => "get a new ticket with `uc machine token`",
         ErrorKind::Unreachable => "check that the machines can reach each other",
+        ErrorKind::NotFound => "`uc machine ls` lists the machines",
         _ => "",
     };
     if hint.is_empty() || e.message.contains(hint) {
@@ -132,6 +138,20 @@ pub async fn member_at(
         context: ctx.name.clone(),
         tried: tried.join("\n  "),
     })
+}
+
+/// Checks that the connected apid knows calls added in API `version`: an older one would
+/// close the connection on them, which reads as a broken network.
+pub async fn require_api(client: &ApiClient, via: &str, version: u32) -> Result<(), RemoteError> {
+    let info = answer(client.info(ctx()).await)?;
+    if info.api_version < version {
+        return Err(RemoteError::OldApi {
+            via: via.to_string(),
+            has: info.api_version,
+            needs: version,
+        });
+    }
+    Ok(())
 }
 
 /// Unwraps a tarpc call's two layers of errors.

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 pub const PORT: u16 = 7443;
 
 /// Version of this API; a reply's `api_version` says what the server speaks.
-pub const API_VERSION: u32 = 1;
+/// 2: `change_machine`, `remove_machine`. An older apid closes the connection on a call it
+/// does not know; `uc` checks `info().api_version` first where that matters.
+pub const API_VERSION: u32 = 2;
 
 /// Largest JSON frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -33,6 +35,39 @@ pub trait Api {
     /// Member mode, no client certificate needed (the ticket is the credential): a joining
     /// machine's apid redeems its ticket and gets the state that admits it.
     async fn redeem(request: RedeemRequest) -> Result<RedeemReply, ApiError>;
+    /// Member mode, admin: renames a machine, sets or removes its labels, adds or removes
+    /// its roles. Returns the machine as it is now. Added in API version 2.
+    async fn change_machine(request: MachineChange) -> Result<MachineRow, ApiError>;
+    /// Member mode, admin: removes a machine from the network for good. Returns the entry it
+    /// had. Added in API version 2.
+    async fn remove_machine(request: MachineRef) -> Result<MachineRow, ApiError>;
+}
+
+/// One machine of the network, by name or id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MachineRef {
+    pub machine: String,
+}
+
+/// `uc machine rename|label|role`: what to change on one machine; empty fields change
+/// nothing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MachineChange {
+    /// The machine, by name or id.
+    pub machine: String,
+    /// Its new name (a DNS label); empty: keep the name.
+    #[serde(default)]
+    pub rename: String,
+    /// Labels to set (key -> value).
+    #[serde(default)]
+    pub set_labels: std::collections::BTreeMap<String, String>,
+    /// Label keys to remove.
+    #[serde(default)]
+    pub remove_labels: Vec<String>,
+    #[serde(default)]
+    pub add_roles: Vec<String>,
+    #[serde(default)]
+    pub remove_roles: Vec<String>,
 }
 
 /// `uc machine add`, to the new machine.
@@ -164,6 +199,11 @@ pub struct MachineRow {
     /// As the answering machine sees it: `alive`, `suspect` or `down`.
     #[serde(default)]
     pub state: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The machine's mesh address (`10.210.X.1`).
+    #[serde(default)]
+    pub mesh_ip: String,
 }
 
 /// Why a call failed: a kind the client acts on and a message for people.
@@ -204,6 +244,8 @@ pub enum ErrorKind {
     Unreachable,
     /// The machine failed to do it (its state service, its disk).
     Internal,
+    /// No machine (or other object) of that name or id.
+    NotFound,
     /// A kind this client does not know (a newer server).
     #[serde(other)]
     Other,

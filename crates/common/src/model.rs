@@ -58,6 +58,9 @@ pub struct NetworkInfo {
     pub mesh_cidr: String,
 }
 
+/// Roles a machine can have: `ingress` serves published services to the internet.
+pub const ROLES: &[&str] = &["ingress"];
+
 /// A machine of the network.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]

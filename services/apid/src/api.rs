@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use rustls::ServerConfig;
 use time::OffsetDateTime;
 use uncloud_api::wire::{
-    ApiError, ErrorKind, InitReply, InitRequest, JoinReply, JoinRequest, MachineInfo, MachineRow,
-    RedeemReply, RedeemRequest, TicketReply, TicketRequest, API_VERSION,
+    ApiError, ErrorKind, InitReply, InitRequest, JoinReply, JoinRequest, MachineChange,
+    MachineInfo, MachineRef, MachineRow, RedeemReply, RedeemRequest, TicketReply, TicketRequest,
+    API_VERSION,
 };
 use uncloud_common::address::MeshCidr;
 use uncloud_common::dbus::{MeshProxy, StateProxy};
@@ -19,6 +20,7 @@ use uncloud_common::model::{Machine, NetworkInfo};
 use uncloud_pki::ca::CLIENT_VALIDITY;
 use uncloud_pki::{ticket, Role};
 
+use crate::change;
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::redeemed::Redeemed;
@@ -731,19 +733,137 @@ impl Apid {
         let cidr = self.mesh_cidr().await?;
         let mut rows: Vec<MachineRow> = machines
             .into_values()
-            .map(|m| MachineRow {
-                subnet: subnet_text(&cidr, m.subnet),
-                state: liveness.get(&m.id).cloned().unwrap_or_default(),
-                id: m.id,
-                name: m.name,
-                endpoints: m.endpoints,
-                roles: m.roles,
-                version: m.version,
-                ca_cert: m.ca_cert,
-            })
+            .map(|m| row(m, &cidr, &liveness))
             .collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(rows)
+    }
+
+    /// A machine of the state by name or id.
+    async fn find_machine(&self, which: &str) -> Result<Machine, ApiError> {
+        let machines = self.read_machines().await?;
+        let by_id = machines.get(which).cloned();
+        by_id
+            .or_else(|| machines.into_values().find(|m| m.name == which))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::NotFound,
+                    format!("no machine named {which:?} in this network"),
+                )
+            })
+    }
+
+    /// The machine `id` as `uc machine ls` shows it.
+    async fn machine_row(&self, id: &str) -> Result<MachineRow, ApiError> {
+        let m = self.find_machine(id).await?;
+        let liveness = self.state.liveness().await.unwrap_or_default();
+        Ok(row(m, &self.mesh_cidr().await?, &liveness))
+    }
+
+    /// `uc machine rename|label|role`: each field through its own stated call, so a change
+    /// never reverts what another writer changed meanwhile in the machine's entry.
+    pub async fn change_machine(
+        &self,
+        caller: &Caller,
+        req: MachineChange,
+    ) -> Result<MachineRow, ApiError> {
+        self.require(caller, Role::Admin)?;
+        let plan = change::plan(&self.find_machine(&req.machine).await?, &req)
+            .map_err(|e| ApiError::new(ErrorKind::Invalid, e.to_string()))?;
+        let id = plan.machine_id.as_str();
+        if let Some(name) = &plan.name {
+            self.state
+                .set_machine_name(id, name)
+                .await
+                .map_err(state_error)?;
+        }
+        if let Some(labels) = &plan.labels {
+            let labels = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            self.state
+                .set_machine_labels(id, labels)
+                .await
+                .map_err(state_error)?;
+        }
+        if let Some(roles) = &plan.roles {
+            let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+            self.state
+                .set_machine_roles(id, &roles)
+                .await
+                .map_err(state_error)?;
+        }
+        tracing::info!(machine = %id, ?plan, "machine changed");
+        self.machine_row(id).await
+    }
+
+    /// `uc machine rm`: the machine leaves the state for good (a tombstone every member
+    /// keeps): its mesh peers, its CA's certificates and its containers' records go with it.
+    pub async fn remove_machine(
+        &self,
+        caller: &Caller,
+        req: MachineRef,
+    ) -> Result<MachineRow, ApiError> {
+        let member = self.require(caller, Role::Admin)?;
+        let m = self.find_machine(&req.machine).await?;
+        if m.id == member.machine_id {
+            return Err(ApiError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{} is the machine answering this call: remove it through another machine \
+                     (`--endpoint HOST` of another member)",
+                    m.name
+                ),
+            ));
+        }
+        let liveness = self.state.liveness().await.unwrap_or_default();
+        let removed = row(m, &self.mesh_cidr().await?, &liveness);
+        self.state
+            .remove_machine(&removed.id)
+            .await
+            .map_err(state_error)?;
+        tracing::warn!(machine = %removed.id, name = %removed.name, "machine removed from the network");
+        Ok(removed)
+    }
+}
+
+/// A machine as `uc machine ls` shows it, with its liveness as this machine sees it.
+fn row(
+    m: Machine,
+    cidr: &MeshCidr,
+    liveness: &std::collections::HashMap<String, String>,
+) -> MachineRow {
+    MachineRow {
+        subnet: subnet_text(cidr, m.subnet),
+        mesh_ip: cidr
+            .machine_ip(m.subnet)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
+        state: liveness.get(&m.id).cloned().unwrap_or_default(),
+        id: m.id,
+        name: m.name,
+        endpoints: m.endpoints,
+        roles: m.roles,
+        labels: m.labels,
+        version: m.version,
+        ca_cert: m.ca_cert,
+    }
+}
+
+/// stated's refusals as the client's error kinds.
+fn state_error(e: zbus::Error) -> ApiError {
+    match e {
+        zbus::Error::MethodError(name, msg, _) => {
+            let msg = msg.unwrap_or_default();
+            let kind = name.as_str().rsplit('.').next().unwrap_or_default();
+            match kind {
+                "InvalidArgument" => ApiError::new(ErrorKind::Invalid, msg),
+                "NotFound" => ApiError::new(ErrorKind::NotFound, msg),
+                _ => internal("stated", format!("{kind}: {msg}")),
+            }
+        }
+        e => internal("stated", e),
     }
 }
 

@@ -14,16 +14,18 @@
 //!   one-time setup token ([`token`]: constant-time compare, backoff after failures).
 //!   **Member mode**: a certificate from the machine's own CA ([`credentials`], decision
 //!   0009); client certificates carry the role (`admin`, `reader`).
+//! - [`change`]: what `uc machine rename|label|role` writes, checked before anything is.
 //! - `init` asks stated to create the network, makes the CA, issues an admin certificate for
 //!   the public key the client sent (its private key never leaves the client), then consumes
 //!   the token. Until the token is consumed the same token may retry, so a crash half-way
 //!   never locks the user out.
 //!
 //! # Limitations
-//! - Joining (tickets), fan-out to other machines, revocation and `org.uncloud.Api1` are not
-//!   built yet; trust is this machine's own CA only.
+//! - Fan-out to other machines, certificate revocation and `org.uncloud.Api1` are not built
+//!   yet.
 
 pub mod api;
+pub mod change;
 pub mod config;
 pub mod credentials;
 pub mod redeemed;

@@ -14,8 +14,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::LengthDelimitedCodec;
 use uncloud_api::wire::MAX_FRAME_BYTES;
 use uncloud_api::wire::{
-    Api, ApiError, InitReply, InitRequest, JoinReply, JoinRequest, MachineInfo, MachineRow,
-    RedeemReply, RedeemRequest, TicketReply, TicketRequest,
+    Api, ApiError, InitReply, InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo,
+    MachineRef, MachineRow, RedeemReply, RedeemRequest, TicketReply, TicketRequest,
 };
 
 use crate::api::{Apid, Caller};
@@ -177,5 +177,21 @@ impl Api for Connection {
         request: RedeemRequest,
     ) -> Result<RedeemReply, ApiError> {
         self.apid.redeem(request).await
+    }
+
+    async fn change_machine(
+        self,
+        _: tarpc::context::Context,
+        request: MachineChange,
+    ) -> Result<MachineRow, ApiError> {
+        self.apid.change_machine(&self.caller, request).await
+    }
+
+    async fn remove_machine(
+        self,
+        _: tarpc::context::Context,
+        request: MachineRef,
+    ) -> Result<MachineRow, ApiError> {
+        self.apid.remove_machine(&self.caller, request).await
     }
 }

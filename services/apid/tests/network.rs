@@ -3,6 +3,10 @@
 //! `uc machine token` pre-seeded on the third, which joins by itself when it boots. Then
 //! everyone sees everyone, over the mesh, and the front door refuses what it should.
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
 use uncloud_testkit::network::{Binaries, LocalNetwork};
 
 /// `args` with the value after `flag` replaced.
@@ -15,6 +19,58 @@ fn with_flag(args: &[String], flag: &str, value: &str) -> Vec<String> {
         + 1;
     out[i] = value.to_string();
     out
+}
+
+/// An admin client certificate for a new key, signed by the CA in a machine's apid data
+/// directory, as someone holding that machine's disk could make one: (cert, key) PEM.
+fn signed_by_machine_ca(apid_dir: &Path) -> (String, String) {
+    let creds = apid::credentials::Credentials::load(apid_dir)
+        .unwrap()
+        .expect("the machine has credentials");
+    let key = rcgen::KeyPair::generate().unwrap();
+    use rcgen::PublicKeyData;
+    let issued = creds
+        .ca
+        .issue_client(
+            &key.subject_public_key_info(),
+            "mallory",
+            uncloud_pki::Role::Admin,
+            time::OffsetDateTime::now_utc(),
+            time::Duration::hours(1),
+        )
+        .unwrap();
+    (issued.cert_pem, key.serialize_pem())
+}
+
+/// Whether apid at `addr` answers `info` for this client certificate, asked from the laptop.
+fn accepts(net: &LocalNetwork, addr: &str, ca_pem: &str, cert: &(String, String)) -> bool {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let tls = uncloud_api::tls::client_member(ca_pem, &cert.0, &cert.1).unwrap();
+    net.laptop.enter(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let Ok(client) =
+                    uncloud_api::client::connect(addr, tls, Duration::from_secs(5)).await
+                else {
+                    return false;
+                };
+                matches!(
+                    client
+                        .info(uncloud_api::client::context(Duration::from_secs(5)))
+                        .await,
+                    Ok(Ok(_))
+                )
+            })
+    })
+}
+
+/// Rows of `uc machine ls -o json` through `endpoint`.
+fn rows_via(net: &LocalNetwork, endpoint: &str) -> Vec<serde_json::Value> {
+    let out = net.uc_ok(&["machine", "ls", "-o", "json", "--endpoint", endpoint]);
+    serde_json::from_str(&out).unwrap()
 }
 
 /// (name, state) of each row of `uc machine ls -o json`.
@@ -161,4 +217,91 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
         });
         assert!(!open, "{addr} answers from the internet");
     }
+
+    // Managing machines, through any member: rename, labels, roles. Each shows on the other
+    // machines once it has spread.
+    let out = net.uc_ok(&["machine", "rename", "beta", "bravo", "-o", "json"]);
+    assert!(out.contains("\"name\": \"bravo\""), "{out}");
+    net.uc_ok(&["machine", "label", "bravo", "disk=ssd", "zone=eu"]);
+    net.uc_ok(&["machine", "label", "bravo", "--rm", "zone"]);
+    net.uc_ok(&["machine", "role", "add", "bravo", "ingress"]);
+    let gamma_api = net.machines[gamma].api();
+    net.wait_until("gamma sees bravo's new name, labels and role", 30, || {
+        rows_via(&net, &gamma_api).iter().any(|r| {
+            r["name"] == "bravo"
+                && r["labels"] == serde_json::json!({"disk": "ssd"})
+                && r["roles"] == serde_json::json!(["ingress"])
+        })
+    });
+    let err = net.uc_fails(&["machine", "rename", "alpha", "gamma"]);
+    assert!(err.contains("taken"), "{err}");
+    let err = net.uc_fails(&["machine", "role", "add", "bravo", "database"]);
+    assert!(
+        err.contains("unknown role") && err.contains("ingress"),
+        "{err}"
+    );
+    let err = net.uc_fails(&["machine", "label", "bravo", "bad key=x"]);
+    assert!(err.contains("label key"), "{err}");
+    let err = net.uc_fails(&["machine", "rm", "nosuch"]);
+    assert!(err.contains("no machine named \"nosuch\""), "{err}");
+    let alpha_api = net.machines[alpha].api();
+    let err = net.uc_fails(&["machine", "rm", "alpha", "--endpoint", &alpha_api]);
+    assert!(err.contains("answering this call"), "{err}");
+
+    // Removal. Before: a certificate gamma's CA signs is as good as any member's.
+    let rows = rows_via(&net, &alpha_api);
+    let ca_bundle: String = rows
+        .iter()
+        .map(|r| r["ca_cert"].as_str().unwrap().to_string())
+        .collect();
+    let gamma_ca = rows.iter().find(|r| r["name"] == "gamma").unwrap()["ca_cert"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(!gamma_ca.is_empty(), "gamma published its CA");
+    let apid_dir = |m: usize| net.machines[m].root().join("var/lib/uncloud/apid");
+    let by_gamma = signed_by_machine_ca(&apid_dir(gamma));
+    let by_bravo = signed_by_machine_ca(&apid_dir(beta));
+    assert!(accepts(&net, &alpha_api, &ca_bundle, &by_gamma));
+    let gamma_mesh = ips[gamma].clone();
+    net.uc_ok(&["machine", "rm", "gamma", "--endpoint", &alpha_api]);
+
+    // Gone from every remaining machine's state, and from the client's context.
+    let bravo_api = net.machines[beta].api();
+    for api in [&alpha_api, &bravo_api] {
+        net.wait_until(&format!("{api} lists two machines"), 30, || {
+            let rows = rows_via(&net, api);
+            rows.len() == 2 && rows.iter().all(|r| r["name"] != "gamma")
+        });
+    }
+    let bundle =
+        std::fs::read_to_string(net.uc_config.path().join("contexts/default/ca.pem")).unwrap();
+    assert!(
+        !bundle.contains(&gamma_ca),
+        "the context still trusts gamma"
+    );
+
+    // Nothing gamma holds or signs is accepted any more: its CA's certificates are refused
+    // (a certificate of a remaining machine's CA still works: the refusal is about gamma) ...
+    net.wait_until("alpha refuses what gamma's CA signs", 10, || {
+        !accepts(&net, &alpha_api, &ca_bundle, &by_gamma)
+    });
+    assert!(!accepts(&net, &bravo_api, &ca_bundle, &by_gamma));
+    assert!(accepts(&net, &alpha_api, &ca_bundle, &by_bravo));
+    // ... and it is out of the mesh, both ways.
+    net.wait_until("alpha no longer reaches gamma over the mesh", 30, || {
+        !net.machines[alpha].ns.ping(&gamma_mesh, 1)
+    });
+    assert!(!net.machines[gamma].ns.ping(&ips[beta], 2));
+    // gamma restarts (it was only offline, as far as it knows) and tries again: still
+    // refused, and it reappears nowhere.
+    net.machines[gamma].stop();
+    net.machines[gamma].start();
+    std::thread::sleep(Duration::from_secs(5));
+    for api in [&alpha_api, &bravo_api] {
+        let rows = rows_via(&net, api);
+        assert_eq!(rows.len(), 2, "{api}: {rows:?}");
+    }
+    assert!(!net.machines[gamma].ns.ping(&ips[alpha], 2));
 }
