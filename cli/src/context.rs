@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
+    #[error("{path} is not a context file from `uc cert issue`: {reason}")]
+    BadBundle { path: PathBuf, reason: String },
     #[error("no context named {0:?}; `uc ctx ls` lists them, `uc machine init` makes one")]
     Missing(String),
     #[error("no context yet: run `uc machine init HOST --fingerprint … --token …` first (or pass --context)")]
@@ -52,6 +54,18 @@ pub struct Context {
     pub cert_pem: String,
     #[serde(skip)]
     pub key_pem: String,
+    /// Key fingerprints of removed machines' CAs: never trusted again, even if a machine that
+    /// has not heard of the removal yet lists it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_cas: Vec<String>,
+}
+
+/// The key fingerprint of a PEM CA certificate, if it reads.
+fn ca_fingerprint(pem: &str) -> Option<String> {
+    let der = uncloud_pki::pem_to_der(pem).ok()?;
+    uncloud_pki::Fingerprint::of_certificate(&der)
+        .ok()
+        .map(|f| f.to_string())
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ContextError + 'a {
@@ -193,6 +207,9 @@ impl Context {
             if pem.is_empty() || self.ca_pem.contains(pem) {
                 continue;
             }
+            if ca_fingerprint(pem).is_some_and(|f| self.removed_cas.contains(&f)) {
+                continue;
+            }
             if !self.ca_pem.is_empty() && !self.ca_pem.ends_with('\n') {
                 self.ca_pem.push('\n');
             }
@@ -209,6 +226,11 @@ impl Context {
     pub fn forget_machine(&mut self, ca_pem: &str, ips: &[std::net::IpAddr]) -> bool {
         let before = (self.ca_pem.len(), self.endpoints.len());
         let ca = ca_pem.trim();
+        if let Some(f) = ca_fingerprint(ca) {
+            if !self.removed_cas.contains(&f) {
+                self.removed_cas.push(f);
+            }
+        }
         if !ca.is_empty() {
             self.ca_pem = self.ca_pem.replace(ca, "").replace("\n\n", "\n");
             if self.ca_pem.trim().is_empty() {
@@ -246,6 +268,74 @@ pub fn valid_name(name: &str) -> Result<(), ContextError> {
     }
 }
 
+/// A context as one file, to hand to someone (`uc cert issue`) and import (`uc ctx import`).
+/// It holds a private key: it is written 0600.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Bundle {
+    /// Format version of the file.
+    pub uncloud_context: u32,
+    pub name: String,
+    pub network_id: String,
+    pub endpoints: Vec<String>,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Bundle {
+    pub fn of(ctx: &Context) -> Bundle {
+        Bundle {
+            uncloud_context: 1,
+            name: ctx.name.clone(),
+            network_id: ctx.network_id.clone(),
+            endpoints: ctx.endpoints.clone(),
+            ca_pem: ctx.ca_pem.clone(),
+            cert_pem: ctx.cert_pem.clone(),
+            key_pem: ctx.key_pem.clone(),
+        }
+    }
+
+    /// Writes the bundle to a new file (never over an existing one), 0600.
+    pub fn write_new(&self, path: &Path) -> Result<(), ContextError> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io("create", path))?;
+        let text = serde_json::to_string_pretty(self).expect("a bundle serializes");
+        f.write_all(text.as_bytes()).map_err(io("write", path))?;
+        f.sync_all().map_err(io("write", path))
+    }
+
+    pub fn read(path: &Path) -> Result<Bundle, ContextError> {
+        let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+        let b: Bundle = serde_json::from_str(&text).map_err(|e| ContextError::BadBundle {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if b.uncloud_context != 1 {
+            return Err(ContextError::BadBundle {
+                path: path.to_owned(),
+                reason: format!("format {} is newer than this uc knows", b.uncloud_context),
+            });
+        }
+        Ok(b)
+    }
+
+    pub fn into_context(self, name: String) -> Context {
+        Context {
+            name,
+            network_id: self.network_id,
+            endpoints: self.endpoints,
+            ca_pem: self.ca_pem,
+            cert_pem: self.cert_pem,
+            key_pem: self.key_pem,
+            removed_cas: Vec::new(),
+        }
+    }
+}
+
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ContextError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
@@ -275,23 +365,48 @@ mod tests {
             ca_pem: "-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n".into(),
             cert_pem: "cert".into(),
             key_pem: "key".into(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_bundle_round_trips_secretly_and_never_overwrites() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bob.uccontext");
+        let b = Bundle::of(&sample("bob"));
+        b.write_new(&path).unwrap();
+        assert_eq!(Bundle::read(&path).unwrap(), b);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(b.write_new(&path).is_err(), "an existing file is kept");
+        std::fs::write(&path, "{\"not\": 1}").unwrap();
+        assert!(matches!(
+            Bundle::read(&path),
+            Err(ContextError::BadBundle { .. })
+        ));
     }
 
     #[test]
     fn a_removed_machine_leaves_the_bundle_and_the_endpoints() {
         let mut ctx = sample("home");
-        let b = "-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----";
-        ctx.add_cas([b]);
+        let b = uncloud_pki::MachineCa::generate("net", "m2", time::OffsetDateTime::now_utc())
+            .unwrap()
+            .cert_pem()
+            .to_string();
+        ctx.add_cas([b.as_str()]);
         ctx.add_endpoint("192.0.2.2:7443");
         let removed_ip = "192.0.2.2".parse().unwrap();
-        assert!(ctx.forget_machine(b, &[removed_ip]));
+        assert!(ctx.forget_machine(&b, &[removed_ip]));
         assert_eq!(ctx.endpoints, vec!["192.0.2.1:7443"]);
-        assert!(ctx.ca_pem.contains("\nA\n") && !ctx.ca_pem.contains("\nB\n"));
+        assert!(ctx.ca_pem.contains("\nA\n") && !ctx.ca_pem.contains(b.trim()));
         assert!(
-            !ctx.forget_machine(b, &[removed_ip]),
+            !ctx.forget_machine(&b, &[removed_ip]),
             "nothing left to forget"
         );
+        // A machine that has not heard of the removal yet still lists it: it stays out.
+        assert!(!ctx.add_cas([b.as_str()]));
+        assert!(!ctx.ca_pem.contains(b.trim()));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use crate::context::Store;
+use crate::context::{Bundle, Store};
 use crate::output::{self, Format};
 use crate::Global;
 
@@ -14,6 +14,14 @@ pub enum Ctx {
     Use { name: String },
     /// Forget a context: its CA bundle, certificate and key (the network is untouched).
     Rm { name: String },
+    /// Add a context from a file `uc cert issue` wrote; it becomes current if none is.
+    #[command(after_help = "Example:\n  uc ctx import alice@laptop.uccontext --name work")]
+    Import {
+        file: std::path::PathBuf,
+        /// The context's name here (default: the name in the file).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 /// One context, as `uc ctx ls` shows it.
@@ -65,6 +73,23 @@ pub fn run(cmd: Ctx, g: &Global) -> anyhow::Result<()> {
         Ctx::Use { name } => {
             store.set_current(&name)?;
             eprintln!("context {name:?} is now current");
+            Ok(())
+        }
+        Ctx::Import { file, name } => {
+            let bundle = Bundle::read(&file)?;
+            let name = name.unwrap_or_else(|| bundle.name.clone());
+            if store.exists(&name) {
+                anyhow::bail!(
+                    "a context named {name:?} exists already: choose another with --name"
+                );
+            }
+            store.save(&bundle.into_context(name.clone()))?;
+            if store.current().is_none() {
+                store.set_current(&name)?;
+                eprintln!("context {name:?} imported and current");
+            } else {
+                eprintln!("context {name:?} imported; use it with --context {name} or `uc ctx use {name}`");
+            }
             Ok(())
         }
         Ctx::Rm { name } => {

@@ -135,7 +135,7 @@ pub struct Fresh {
     name: Option<String>,
 }
 
-fn parse_duration(s: &str) -> Result<u64, String> {
+pub fn parse_duration(s: &str) -> Result<u64, String> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
         .map_or((s, ""), |i| s.split_at(i));
@@ -201,6 +201,7 @@ pub async fn run(cmd: Machine, g: &Global) -> anyhow::Result<()> {
                 ca_pem: reply.ca_cert,
                 cert_pem: reply.client_cert,
                 key_pem: key.serialize_pem(),
+                ..Default::default()
             };
             store.save(&ctx)?;
             store.set_current(&ctx_name)?;

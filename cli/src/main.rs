@@ -7,13 +7,14 @@
 //! network's CA certificates, this client's certificate and key, endpoints to try).
 //!
 //! # Design
-//! One module per command group ([`machine`], [`ctx`]); [`remote`] connects and turns errors
+//! One module per command group ([`machine`], [`cert`], [`ctx`]); [`remote`] connects and turns errors
 //! into advice; [`context`] keeps contexts on disk; [`output`] prints tables, JSON and
 //! progress. Adding a command is a variant and a match arm.
 //!
 //! # Limitations
-//! Services, DNS, ingress, certificates and other machines' logs come with later issues.
+//! Services, DNS, ingress and other machines' logs come with later issues.
 
+mod cert;
 mod context;
 mod ctx;
 mod machine;
@@ -64,6 +65,9 @@ enum Command {
     /// Create the network, add and list machines.
     #[command(subcommand)]
     Machine(machine::Machine),
+    /// Client certificates: issue, list, revoke, renew.
+    #[command(subcommand)]
+    Cert(cert::Cert),
     /// Contexts: the networks this client knows.
     #[command(subcommand)]
     Ctx(ctx::Ctx),
@@ -91,8 +95,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // A certificate near its end is renewed by whatever command uses it next.
+    let uses_context = match &cli.command {
+        Command::Machine(m) => !matches!(m, machine::Machine::Init { .. }),
+        Command::Cert(c) => !matches!(c, cert::Cert::Renew),
+        _ => false,
+    };
+    if uses_context {
+        cert::renew_if_due(&cli.global).await;
+    }
     match cli.command {
         Command::Machine(m) => machine::run(m, &cli.global).await,
+        Command::Cert(c) => cert::run(c, &cli.global).await,
         Command::Ctx(c) => ctx::run(c, &cli.global),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "uc", &mut std::io::stdout());

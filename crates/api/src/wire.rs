@@ -41,6 +41,73 @@ pub trait Api {
     /// Member mode, admin: removes a machine from the network for good. Returns the entry it
     /// had. Added in API version 2.
     async fn remove_machine(request: MachineRef) -> Result<MachineRow, ApiError>;
+    /// Member mode, admin: a client certificate for someone else's public key. Added in API
+    /// version 2.
+    async fn issue_cert(request: CertRequest) -> Result<CertReply, ApiError>;
+    /// Member mode, any role: a new certificate, same subject and role, for the caller's
+    /// (possibly new) key. Added in API version 2.
+    async fn renew_cert(request: RenewRequest) -> Result<CertReply, ApiError>;
+    /// Member mode, any role: the client certificates the machines issued. Added in API
+    /// version 2.
+    async fn certs() -> Result<Vec<CertRow>, ApiError>;
+    /// Member mode, admin: revokes client certificates by serial or subject, network-wide.
+    /// Returns those revoked. Added in API version 2.
+    async fn revoke_cert(request: CertRef) -> Result<Vec<CertRow>, ApiError>;
+}
+
+/// `uc cert issue`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CertRequest {
+    /// Who it names (a person or a laptop).
+    pub subject: String,
+    /// `admin` or `reader`.
+    pub role: String,
+    /// The holder's public key (DER SubjectPublicKeyInfo).
+    pub public_key: Vec<u8>,
+    /// Validity in seconds; 0: the default (a year).
+    #[serde(default)]
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// The key the new certificate is for (DER SubjectPublicKeyInfo).
+    pub public_key: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CertReply {
+    /// PEM client certificate.
+    pub cert_pem: String,
+    pub cert: CertRow,
+    pub network_id: String,
+    /// PEM CA certificates of the network's machines: what the holder trusts servers by.
+    pub ca_bundle: String,
+    /// apid endpoints of the machines (`ip:7443`), for the holder's context.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+/// One client certificate, as `uc cert ls` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CertRow {
+    pub serial: String,
+    pub subject: String,
+    pub role: String,
+    /// Name of the machine whose CA issued it.
+    #[serde(default)]
+    pub issued_by: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub not_after: u64,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// Certificates by serial (or a unique prefix of at least 8 hex digits) or by subject.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CertRef {
+    pub cert: String,
 }
 
 /// One machine of the network, by name or id.

@@ -65,6 +65,8 @@ pub trait State {
         observed: HashMap<String, String>,
     ) -> zbus::Result<()>;
     fn set_machine_ca(&self, ca_cert: &str) -> zbus::Result<()>;
+    /// Records an issued client certificate or its revocation (a `ClientCert`, JSON).
+    fn upsert_client(&self, json: &str) -> zbus::Result<()>;
     fn upsert_service(&self, json: &str) -> zbus::Result<()>;
     fn remove_service(&self, id: &str) -> zbus::Result<()>;
     fn upsert_container(&self, json: &str) -> zbus::Result<()>;

@@ -34,6 +34,44 @@ pub struct NetworkState {
     /// Machines removed for good, by id: they never come back under that id.
     #[serde(default)]
     pub removed: BTreeMap<String, Removal>,
+    /// Client certificates the machines issued, by serial; revoked ones stay, marked.
+    #[serde(default)]
+    pub clients: BTreeMap<String, ClientCert>,
+}
+
+/// A client certificate an apid issued, and whether it was revoked. Written by the issuing
+/// machine, and by any machine that revokes it; a revocation is never undone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct ClientCert {
+    /// Serial number, hex, as the certificate carries it: the key in
+    /// [`NetworkState::clients`] and what the revocation check matches.
+    pub serial: String,
+    /// Who it names (a person or a laptop).
+    pub subject: String,
+    /// `admin` or `reader`.
+    pub role: String,
+    /// The machine whose CA issued it.
+    #[serde(default)]
+    pub issued_by: String,
+    /// End of validity (Unix seconds).
+    #[serde(default)]
+    pub not_after: u64,
+    /// When it was revoked (ms since the Unix epoch); 0 while it is valid.
+    #[serde(default)]
+    pub revoked_at_ms: u64,
+}
+
+impl ClientCert {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        validate_id("certificate serial", &self.serial)?;
+        validate_size("certificate subject", &self.subject)?;
+        validate_size("certificate role", &self.role)?;
+        if !self.issued_by.is_empty() {
+            validate_id("issuing machine id", &self.issued_by)?;
+        }
+        Ok(())
+    }
 }
 
 /// A machine removed from the network (a tombstone: grow-only, never deleted).
@@ -303,16 +341,18 @@ pub enum Kind {
     Containers,
     Routes,
     Removed,
+    Clients,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Network,
         Kind::Machines,
         Kind::Services,
         Kind::Containers,
         Kind::Routes,
         Kind::Removed,
+        Kind::Clients,
     ];
 
     /// The key of this part at the root of the state (and in JSON).
@@ -324,6 +364,7 @@ impl Kind {
             Kind::Containers => "containers",
             Kind::Routes => "routes",
             Kind::Removed => "removed",
+            Kind::Clients => "clients",
         }
     }
 

@@ -1,6 +1,7 @@
 //! What apid does for each call, given who is calling. Transport-free: the server module
 //! turns connections into [`Caller`]s and calls in here.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -8,15 +9,15 @@ use std::time::{Duration, Instant};
 use rustls::ServerConfig;
 use time::OffsetDateTime;
 use uncloud_api::wire::{
-    ApiError, ErrorKind, InitReply, InitRequest, JoinReply, JoinRequest, MachineChange,
-    MachineInfo, MachineRef, MachineRow, RedeemReply, RedeemRequest, TicketReply, TicketRequest,
-    API_VERSION,
+    ApiError, CertRef, CertReply, CertRequest, CertRow, ErrorKind, InitReply, InitRequest,
+    JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow, RedeemReply,
+    RedeemRequest, RenewRequest, TicketReply, TicketRequest, API_VERSION,
 };
 use uncloud_common::address::MeshCidr;
 use uncloud_common::dbus::{MeshProxy, StateProxy};
 use uncloud_common::durable;
 use uncloud_common::identity::IdentityPaths;
-use uncloud_common::model::{Machine, NetworkInfo};
+use uncloud_common::model::{ClientCert, Machine, NetworkInfo};
 use uncloud_pki::ca::CLIENT_VALIDITY;
 use uncloud_pki::{ticket, Role};
 
@@ -24,12 +25,13 @@ use crate::change;
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::redeemed::Redeemed;
+use crate::revocation;
 use crate::tls;
 use crate::token::{self, Limiter};
 
 /// How long a joining machine waits for each of the issuer's endpoints.
 const REDEEM_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often the trusted CAs are re-read from the state, at most.
+/// How often the trusted CAs and the revoked certificates are re-read from the state, at most.
 const TRUST_REFRESH: Duration = Duration::from_secs(1);
 
 /// Who is on the other end of a connection.
@@ -39,8 +41,24 @@ pub enum Caller {
     Maintenance,
     /// A member-mode connection without a client certificate.
     Anonymous,
+    /// A client certificate this network does not accept (the reason says why).
+    Refused(String),
     /// A verified client certificate.
-    Client { subject: String, role: Role },
+    Client {
+        subject: String,
+        role: Role,
+        serial: String,
+    },
+}
+
+/// What the state says about client certificates.
+#[derive(Default)]
+struct Trust {
+    /// CA certificates (DER) of the machines in the state.
+    cas: Vec<Vec<u8>>,
+    /// Serials of revoked client certificates.
+    revoked: BTreeSet<String>,
+    read_at: Option<Instant>,
 }
 
 /// This machine as a member: its network and credentials.
@@ -62,8 +80,8 @@ pub struct Apid {
     member: RwLock<Option<Arc<Member>>>,
     /// One `init` or `join` at a time.
     init_lock: tokio::sync::Mutex<()>,
-    /// CA certificates (DER) of the machines in the state, and when they were read.
-    trust: RwLock<(Vec<Vec<u8>>, Option<Instant>)>,
+    /// What the state says about client certificates, and when it was read.
+    trust: RwLock<Trust>,
     redeemed: Redeemed,
 }
 
@@ -101,7 +119,7 @@ impl Apid {
             maintenance_tls: None,
             member: RwLock::new(None),
             init_lock: tokio::sync::Mutex::new(()),
-            trust: RwLock::new((Vec::new(), None)),
+            trust: RwLock::new(Trust::default()),
             redeemed: Redeemed::new(config_redeemed_path),
         };
         if apid.state.mode().await? == "member" {
@@ -142,7 +160,7 @@ impl Apid {
         let Some(member) = self.member() else {
             return Vec::new();
         };
-        let mut cas = self.trust.read().unwrap().0.clone();
+        let mut cas = self.trust.read().unwrap().cas.clone();
         let own = member.credentials.ca.cert_der().to_vec();
         if !cas.contains(&own) {
             cas.push(own);
@@ -150,8 +168,14 @@ impl Apid {
         cas
     }
 
-    /// Re-reads the machines' CAs from the state unless that was done very recently. A
-    /// removed machine's CA leaves the trust as its removal arrives.
+    /// Serials of revoked client certificates.
+    pub fn revoked(&self) -> BTreeSet<String> {
+        self.trust.read().unwrap().revoked.clone()
+    }
+
+    /// Re-reads the machines' CAs and the revoked certificates from the state unless that was
+    /// done very recently. A removed machine's CA leaves the trust, and a revoked certificate
+    /// is refused, as the change arrives.
     pub async fn refresh_trust(&self) {
         if self.member().is_none() {
             return;
@@ -160,27 +184,45 @@ impl Apid {
             .trust
             .read()
             .unwrap()
-            .1
+            .read_at
             .is_some_and(|at| at.elapsed() < TRUST_REFRESH);
         if fresh {
             return;
         }
-        match self.read_machines().await {
-            Ok(machines) => {
+        match (self.read_machines().await, self.read_clients().await) {
+            (Ok(machines), Ok(clients)) => {
                 let cas = machines
                     .values()
                     .filter(|m| !m.ca_cert.is_empty())
                     .filter_map(|m| uncloud_pki::pem_to_der(&m.ca_cert).ok())
                     .collect();
-                *self.trust.write().unwrap() = (cas, Some(Instant::now()));
+                let revoked = clients
+                    .into_values()
+                    .filter(|c| c.revoked_at_ms != 0)
+                    .map(|c| c.serial)
+                    .collect();
+                *self.trust.write().unwrap() = Trust {
+                    cas,
+                    revoked,
+                    read_at: Some(Instant::now()),
+                };
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the machines' CAs; keeping the last ones")
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the machines' CAs or the revoked certificates; keeping the last ones")
             }
         }
     }
 
-    async fn read_machines(&self) -> Result<std::collections::BTreeMap<String, Machine>, ApiError> {
+    async fn read_clients(&self) -> Result<BTreeMap<String, ClientCert>, ApiError> {
+        let json = self
+            .state
+            .get("clients", "")
+            .await
+            .map_err(|e| internal("stated", e))?;
+        serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))
+    }
+
+    async fn read_machines(&self) -> Result<BTreeMap<String, Machine>, ApiError> {
         let json = self
             .state
             .get("machines", "")
@@ -262,17 +304,15 @@ impl Apid {
         } else {
             &req.client_name
         };
-        let issued = member
-            .credentials
-            .ca
-            .issue_client(
+        let (cert_pem, _) = self
+            .issue_client_cert(
+                &member,
                 &req.client_public_key,
                 who,
                 Role::Admin,
-                OffsetDateTime::now_utc(),
                 CLIENT_VALIDITY,
             )
-            .map_err(|e| ApiError::new(ErrorKind::Invalid, e.to_string()))?;
+            .await?;
         self.finish_enrolment()?;
         tracing::info!(client = %who, "init done; admin certificate issued");
         Ok(InitReply {
@@ -280,7 +320,7 @@ impl Apid {
             machine_id: member.machine_id.clone(),
             machine_name: member.machine_name.clone(),
             ca_cert: member.credentials.ca.cert_pem().to_owned(),
-            client_cert: issued.cert_pem,
+            client_cert: cert_pem,
         })
     }
 
@@ -702,6 +742,10 @@ impl Apid {
                 ErrorKind::Forbidden,
                 format!("a {} certificate cannot do this", role.as_str()),
             )),
+            Caller::Refused(reason) => Err(ApiError::new(
+                ErrorKind::Forbidden,
+                format!("this machine refuses your client certificate: {reason}"),
+            )),
             _ => Err(ApiError::new(
                 ErrorKind::Forbidden,
                 "a client certificate of this network is required",
@@ -712,7 +756,7 @@ impl Apid {
     pub async fn info(&self, caller: &Caller) -> Result<MachineInfo, ApiError> {
         let m = self.require(caller, Role::Reader)?;
         let (client, role) = match caller {
-            Caller::Client { subject, role } => (subject.clone(), role.as_str().to_string()),
+            Caller::Client { subject, role, .. } => (subject.clone(), role.as_str().to_string()),
             _ => Default::default(),
         };
         Ok(MachineInfo {
@@ -825,6 +869,205 @@ impl Apid {
             .map_err(state_error)?;
         tracing::warn!(machine = %removed.id, name = %removed.name, "machine removed from the network");
         Ok(removed)
+    }
+
+    /// Issues a client certificate with this machine's CA and records it in the state before
+    /// handing it out, so that `uc cert ls` lists it and it can be revoked by subject.
+    async fn issue_client_cert(
+        &self,
+        member: &Member,
+        public_key: &[u8],
+        subject: &str,
+        role: Role,
+        validity: time::Duration,
+    ) -> Result<(String, CertRow), ApiError> {
+        let issued = member
+            .credentials
+            .ca
+            .issue_client(
+                public_key,
+                subject,
+                role,
+                OffsetDateTime::now_utc(),
+                validity,
+            )
+            .map_err(|e| ApiError::new(ErrorKind::Invalid, e.to_string()))?;
+        let der = uncloud_pki::pem_to_der(&issued.cert_pem)
+            .map_err(|e| internal("the certificate just issued", e))?;
+        let info = uncloud_pki::CertInfo::parse(&der)
+            .map_err(|e| internal("the certificate just issued", e))?;
+        let record = ClientCert {
+            serial: info.serial,
+            subject: subject.to_string(),
+            role: role.as_str().to_string(),
+            issued_by: member.machine_id.clone(),
+            not_after: info.not_after.unix_timestamp().max(0) as u64,
+            revoked_at_ms: 0,
+        };
+        self.state
+            .upsert_client(&serde_json::to_string(&record).expect("serializes"))
+            .await
+            .map_err(state_error)?;
+        tracing::info!(serial = %record.serial, subject = %record.subject, role = %record.role,
+            "client certificate issued");
+        let row = cert_row(record, &self.read_machines().await?);
+        Ok((issued.cert_pem, row))
+    }
+
+    /// What a holder of a new certificate needs besides it: the network's CAs and where its
+    /// machines answer.
+    async fn cert_reply(
+        &self,
+        member: &Member,
+        cert_pem: String,
+        cert: CertRow,
+    ) -> Result<CertReply, ApiError> {
+        let machines = self.read_machines().await?;
+        let port = self.config.listen.port();
+        let mut endpoints = Vec::new();
+        for m in machines.values() {
+            for e in &m.endpoints {
+                if let Ok(wg) = e.parse::<SocketAddr>() {
+                    let api = SocketAddr::new(wg.ip(), port).to_string();
+                    if !endpoints.contains(&api) {
+                        endpoints.push(api);
+                    }
+                }
+            }
+        }
+        let mut ca_bundle: String = machines
+            .values()
+            .filter(|m| !m.ca_cert.is_empty())
+            .map(|m| format!("{}\n", m.ca_cert.trim()))
+            .collect();
+        let own = member.credentials.ca.cert_pem().trim();
+        if !ca_bundle.contains(own) {
+            ca_bundle += &format!("{own}\n");
+        }
+        Ok(CertReply {
+            cert_pem,
+            cert,
+            network_id: member.network_id.clone(),
+            ca_bundle,
+            endpoints,
+        })
+    }
+
+    /// `uc cert issue`: a certificate for someone else's key.
+    pub async fn issue_cert(
+        &self,
+        caller: &Caller,
+        req: CertRequest,
+    ) -> Result<CertReply, ApiError> {
+        let member = self.require(caller, Role::Admin)?;
+        let invalid = |m: String| ApiError::new(ErrorKind::Invalid, m);
+        let subject = req.subject.trim();
+        if subject.is_empty() || subject.len() > 64 || subject.chars().any(char::is_control) {
+            return Err(invalid(
+                "the subject must be 1 to 64 printable characters (a person or a laptop)".into(),
+            ));
+        }
+        let role = Role::parse(&req.role)
+            .ok_or_else(|| invalid(format!("unknown role {:?}: admin or reader", req.role)))?;
+        let max = CLIENT_VALIDITY.whole_seconds() as u64;
+        let validity = match req.ttl_secs {
+            0 => CLIENT_VALIDITY,
+            t if t > max => {
+                return Err(invalid(format!(
+                    "a client certificate is valid for at most {} days",
+                    max / 86400
+                )))
+            }
+            t => time::Duration::seconds(t as i64),
+        };
+        let (pem, row) = self
+            .issue_client_cert(&member, &req.public_key, subject, role, validity)
+            .await?;
+        self.cert_reply(&member, pem, row).await
+    }
+
+    /// `uc cert renew`: the caller's subject and role again, for a year, for the key it sends.
+    pub async fn renew_cert(
+        &self,
+        caller: &Caller,
+        req: RenewRequest,
+    ) -> Result<CertReply, ApiError> {
+        let member = self.require(caller, Role::Reader)?;
+        let Caller::Client { subject, role, .. } = caller else {
+            unreachable!("require lets only clients through")
+        };
+        let (pem, row) = self
+            .issue_client_cert(&member, &req.public_key, subject, *role, CLIENT_VALIDITY)
+            .await?;
+        self.cert_reply(&member, pem, row).await
+    }
+
+    /// `uc cert ls`.
+    pub async fn certs(&self, caller: &Caller) -> Result<Vec<CertRow>, ApiError> {
+        self.require(caller, Role::Reader)?;
+        let machines = self.read_machines().await?;
+        let mut rows: Vec<CertRow> = self
+            .read_clients()
+            .await?
+            .into_values()
+            .map(|c| cert_row(c, &machines))
+            .collect();
+        rows.sort_by(|a, b| (&a.subject, a.not_after).cmp(&(&b.subject, b.not_after)));
+        Ok(rows)
+    }
+
+    /// `uc cert revoke`: by serial (or a unique prefix of 8 or more digits) or subject. The
+    /// revocation is in the state, so every machine refuses the certificate once it has it,
+    /// also one that was offline when it was made.
+    pub async fn revoke_cert(
+        &self,
+        caller: &Caller,
+        req: CertRef,
+    ) -> Result<Vec<CertRow>, ApiError> {
+        self.require(caller, Role::Admin)?;
+        let Caller::Client { serial: own, .. } = caller else {
+            unreachable!("require lets only clients through")
+        };
+        let clients = self.read_clients().await?;
+        let targets = revocation::targets(&clients, &req.cert)
+            .map_err(|e| ApiError::new(ErrorKind::NotFound, e.to_string()))?;
+        if targets.iter().any(|c| &c.serial == own) {
+            return Err(ApiError::new(
+                ErrorKind::Invalid,
+                "this would revoke the certificate making the call: revoke it with another \
+                 admin certificate",
+            ));
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64)
+            .max(1);
+        let machines = self.read_machines().await?;
+        let mut rows = Vec::new();
+        for mut c in targets {
+            c.revoked_at_ms = now_ms;
+            self.state
+                .upsert_client(&serde_json::to_string(&c).expect("serializes"))
+                .await
+                .map_err(state_error)?;
+            tracing::warn!(serial = %c.serial, subject = %c.subject, "client certificate revoked");
+            rows.push(cert_row(c, &machines));
+        }
+        Ok(rows)
+    }
+}
+
+/// A client certificate as `uc cert ls` shows it.
+fn cert_row(c: ClientCert, machines: &BTreeMap<String, Machine>) -> CertRow {
+    CertRow {
+        issued_by: machines
+            .get(&c.issued_by)
+            .map_or(c.issued_by.clone(), |m| m.name.clone()),
+        revoked: c.revoked_at_ms != 0,
+        serial: c.serial,
+        subject: c.subject,
+        role: c.role,
+        not_after: c.not_after,
     }
 }
 

@@ -14,6 +14,9 @@
 //!   one-time setup token ([`token`]: constant-time compare, backoff after failures).
 //!   **Member mode**: a certificate from the machine's own CA ([`credentials`], decision
 //!   0009); client certificates carry the role (`admin`, `reader`).
+//! - Client certificates are recorded in the state (`clients`) when issued; a revocation
+//!   marks the record, and every apid refuses the serial once the mark reaches it
+//!   ([`revocation`] decides what `uc cert revoke X` names).
 //! - [`change`]: what `uc machine rename|label|role` writes, checked before anything is.
 //! - `init` asks stated to create the network, makes the CA, issues an admin certificate for
 //!   the public key the client sent (its private key never leaves the client), then consumes
@@ -21,14 +24,14 @@
 //!   never locks the user out.
 //!
 //! # Limitations
-//! - Fan-out to other machines, certificate revocation and `org.uncloud.Api1` are not built
-//!   yet.
+//! - Fan-out to other machines and `org.uncloud.Api1` are not built yet.
 
 pub mod api;
 pub mod change;
 pub mod config;
 pub mod credentials;
 pub mod redeemed;
+pub mod revocation;
 pub mod server;
 pub mod tls;
 pub mod token;

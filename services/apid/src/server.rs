@@ -14,8 +14,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::LengthDelimitedCodec;
 use uncloud_api::wire::MAX_FRAME_BYTES;
 use uncloud_api::wire::{
-    Api, ApiError, InitReply, InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo,
-    MachineRef, MachineRow, RedeemReply, RedeemRequest, TicketReply, TicketRequest,
+    Api, ApiError, CertRef, CertReply, CertRequest, CertRow, InitReply, InitRequest, JoinReply,
+    JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow, RedeemReply, RedeemRequest,
+    RenewRequest, TicketReply, TicketRequest,
 };
 
 use crate::api::{Apid, Caller};
@@ -71,13 +72,12 @@ async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, apid: Ar
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     apid.refresh_trust().await;
-    let caller = match caller_of(&stream, &apid) {
-        Ok(c) => c,
-        Err(reason) => {
-            tracing::warn!(%peer, %reason, "client certificate refused");
-            return;
-        }
-    };
+    // A refused certificate still gets answers, each saying why (revoked, expired, …),
+    // rather than a closed connection the client cannot explain.
+    let caller = caller_of(&stream, &apid).unwrap_or_else(|reason| {
+        tracing::warn!(%peer, %reason, "client certificate refused");
+        Caller::Refused(reason)
+    });
     tracing::debug!(%peer, ?caller, "connection");
     let framed = LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME_BYTES)
@@ -114,17 +114,17 @@ fn caller_of(
     else {
         return Ok(Caller::Anonymous);
     };
-    let revoked = Default::default();
     let info = uncloud_pki::check_client(
         cert.as_ref(),
         &apid.trusted_cas(),
-        &revoked,
+        &apid.revoked(),
         OffsetDateTime::now_utc(),
     )
     .map_err(|r| r.to_string())?;
     Ok(Caller::Client {
         subject: info.subject,
         role: info.role.expect("check_client requires a role"),
+        serial: info.serial,
     })
 }
 
@@ -193,5 +193,33 @@ impl Api for Connection {
         request: MachineRef,
     ) -> Result<MachineRow, ApiError> {
         self.apid.remove_machine(&self.caller, request).await
+    }
+
+    async fn issue_cert(
+        self,
+        _: tarpc::context::Context,
+        request: CertRequest,
+    ) -> Result<CertReply, ApiError> {
+        self.apid.issue_cert(&self.caller, request).await
+    }
+
+    async fn renew_cert(
+        self,
+        _: tarpc::context::Context,
+        request: RenewRequest,
+    ) -> Result<CertReply, ApiError> {
+        self.apid.renew_cert(&self.caller, request).await
+    }
+
+    async fn certs(self, _: tarpc::context::Context) -> Result<Vec<CertRow>, ApiError> {
+        self.apid.certs(&self.caller).await
+    }
+
+    async fn revoke_cert(
+        self,
+        _: tarpc::context::Context,
+        request: CertRef,
+    ) -> Result<Vec<CertRow>, ApiError> {
+        self.apid.revoke_cert(&self.caller, request).await
     }
 }

@@ -225,6 +225,8 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
     net.uc_ok(&["machine", "label", "bravo", "disk=ssd", "zone=eu"]);
     net.uc_ok(&["machine", "label", "bravo", "--rm", "zone"]);
     net.uc_ok(&["machine", "role", "add", "bravo", "ingress"]);
+    let alpha_api = net.machines[alpha].api();
+    let bravo_api = net.machines[beta].api();
     let gamma_api = net.machines[gamma].api();
     net.wait_until("gamma sees bravo's new name, labels and role", 30, || {
         rows_via(&net, &gamma_api).iter().any(|r| {
@@ -244,9 +246,60 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
     assert!(err.contains("label key"), "{err}");
     let err = net.uc_fails(&["machine", "rm", "nosuch"]);
     assert!(err.contains("no machine named \"nosuch\""), "{err}");
-    let alpha_api = net.machines[alpha].api();
     let err = net.uc_fails(&["machine", "rm", "alpha", "--endpoint", &alpha_api]);
     assert!(err.contains("answering this call"), "{err}");
+
+    // Client certificates. A reader's, issued for ten days: the first command that uses it
+    // renews it (less than 30 days left); it may look but not change anything.
+    let ro_file = net.uc_config.path().join("grafana.uccontext");
+    let ro_file = ro_file.to_str().unwrap();
+    net.uc_ok(&[
+        "cert", "issue", "grafana", "--role", "reader", "--ttl", "10d", "--out", ro_file,
+    ]);
+    net.uc_ok(&["ctx", "import", ro_file, "--name", "ro"]);
+    let out = net.uc(&["--context", "ro", "machine", "ls"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("renewed this context's certificate"),
+        "{stderr}"
+    );
+    let err = net.uc_fails(&["--context", "ro", "machine", "rename", "bravo", "x"]);
+    assert!(err.contains("a reader certificate cannot"), "{err}");
+    let err = net.uc_fails(&["--context", "ro", "cert", "revoke", "grafana"]);
+    assert!(err.contains("a reader certificate cannot"), "{err}");
+    let certs: Vec<serde_json::Value> =
+        serde_json::from_str(&net.uc_ok(&["cert", "ls", "-o", "json"])).unwrap();
+    let grafana = certs.iter().filter(|c| c["subject"] == "grafana").count();
+    assert_eq!(grafana, 2, "issued and renewed: {certs:?}");
+    assert!(
+        certs.iter().any(|c| c["role"] == "admin"),
+        "init's admin certificate is listed: {certs:?}"
+    );
+
+    // Revocation reaches a machine that is offline when it is made. bravo accepts the reader
+    // now, goes down, the reader is revoked through alpha, bravo comes back: it refuses it.
+    net.uc_ok(&["--context", "ro", "machine", "ls", "--endpoint", &bravo_api]);
+    net.machines[beta].stop();
+    net.uc_ok(&["cert", "revoke", "grafana", "--endpoint", &alpha_api]);
+    // apid re-reads the revocations at most once a second.
+    net.wait_until("alpha refuses the revoked reader", 5, || {
+        let out = net.uc(&["--context", "ro", "machine", "ls", "--endpoint", &alpha_api]);
+        String::from_utf8_lossy(&out.stderr).contains("was revoked")
+    });
+    net.machines[beta].start();
+    net.wait_until("bravo, back, refuses the revoked reader", 60, || {
+        let out = net.uc(&["--context", "ro", "machine", "ls", "--endpoint", &bravo_api]);
+        String::from_utf8_lossy(&out.stderr).contains("was revoked")
+    });
+    // The admin's certificate still works there: what bravo refuses is the revoked one.
+    net.wait_until("bravo answers the admin again", 30, || {
+        net.uc(&["machine", "ls", "--endpoint", &bravo_api])
+            .status
+            .success()
+    });
+    let err = net.uc_fails(&["cert", "revoke", "nobody"]);
+    assert!(err.contains("no client certificate"), "{err}");
 
     // Removal. Before: a certificate gamma's CA signs is as good as any member's.
     let rows = rows_via(&net, &alpha_api);
@@ -268,7 +321,6 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
     net.uc_ok(&["machine", "rm", "gamma", "--endpoint", &alpha_api]);
 
     // Gone from every remaining machine's state, and from the client's context.
-    let bravo_api = net.machines[beta].api();
     for api in [&alpha_api, &bravo_api] {
         net.wait_until(&format!("{api} lists two machines"), 30, || {
             let rows = rows_via(&net, api);
@@ -287,7 +339,9 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
     net.wait_until("alpha refuses what gamma's CA signs", 10, || {
         !accepts(&net, &alpha_api, &ca_bundle, &by_gamma)
     });
-    assert!(!accepts(&net, &bravo_api, &ca_bundle, &by_gamma));
+    net.wait_until("bravo refuses what gamma's CA signs", 10, || {
+        !accepts(&net, &bravo_api, &ca_bundle, &by_gamma)
+    });
     assert!(accepts(&net, &alpha_api, &ca_bundle, &by_bravo));
     // ... and it is out of the mesh, both ways.
     net.wait_until("alpha no longer reaches gamma over the mesh", 30, || {

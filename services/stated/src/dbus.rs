@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use uncloud_common::dbus::{STATE_NAME, STATE_PATH};
-use uncloud_common::model::{Container, Kind, Route, Service};
+use uncloud_common::model::{ClientCert, Container, Kind, Route, Service};
 use zbus::object_server::SignalEmitter;
 use zbus::{interface, Connection};
 
@@ -150,7 +150,7 @@ impl State1 {
     fn get(&self, kind: &str, id: &str) -> Result<String, StateError> {
         let kind = Kind::parse(kind).ok_or_else(|| {
             StateError::InvalidArgument(format!(
-                "unknown kind {kind:?}; expected network, machines, services, containers or routes"
+                "unknown kind {kind:?}; expected network, machines, services, containers, routes, removed or clients"
             ))
         })?;
         let id = (!id.is_empty()).then_some(id);
@@ -249,6 +249,13 @@ impl State1 {
             ..Default::default()
         })
         .await
+    }
+
+    /// Records a client certificate apid issued, or its revocation (`revoked_at_ms` set).
+    /// A revocation, once recorded, stays.
+    async fn upsert_client(&self, json: &str) -> Result<(), StateError> {
+        let c: ClientCert = parse("client certificate", json)?;
+        Ok(self.member()?.mutate(Mutation::UpsertClient(c)).await?)
     }
 
     async fn upsert_service(&self, json: &str) -> Result<(), StateError> {

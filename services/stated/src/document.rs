@@ -17,7 +17,9 @@ use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ROOT};
 use autosurgeon::{hydrate_prop, reconcile_prop, Hydrate};
 use serde::Serialize;
-use uncloud_common::model::{Container, Kind, Machine, NetworkState, Removal, Route, Service};
+use uncloud_common::model::{
+    ClientCert, Container, Kind, Machine, NetworkState, Removal, Route, Service,
+};
 
 /// Why a document operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,9 @@ pub enum Mutation {
     RemoveContainer(String),
     UpsertRoute(Route),
     RemoveRoute(String),
+    /// Records an issued client certificate, or its revocation (`revoked_at_ms` set; a
+    /// revocation already recorded is kept).
+    UpsertClient(ClientCert),
     /// Sets the mesh CIDR; written once by the first machine.
     SetMeshCidr(String),
     /// Sets some fields of a machine and nothing else, so writers of different fields (meshd
@@ -140,6 +145,7 @@ impl Mutation {
             Mutation::RemoveContainer(id) => (Kind::Containers, id),
             Mutation::UpsertRoute(r) => (Kind::Routes, &r.id),
             Mutation::RemoveRoute(id) => (Kind::Routes, id),
+            Mutation::UpsertClient(c) => (Kind::Clients, &c.serial),
             Mutation::SetMeshCidr(_) => (Kind::Network, "mesh_cidr"),
             Mutation::UpdateMachine(u) => (Kind::Machines, &u.machine_id),
         }
@@ -163,6 +169,7 @@ pub fn genesis(network_id: &str) -> Automerge {
         Kind::Containers,
         Kind::Routes,
         Kind::Removed,
+        Kind::Clients,
     ] {
         tx.put_object(ROOT, kind.as_str(), ObjType::Map)
             .expect("putting into a fresh map cannot fail");
@@ -297,6 +304,7 @@ impl StateDoc {
             containers: self.entities(Kind::Containers),
             routes: self.entities(Kind::Routes),
             removed: self.entities(Kind::Removed),
+            clients: self.entities(Kind::Clients),
         }
     }
 
@@ -328,6 +336,7 @@ impl StateDoc {
             Kind::Containers => pick(self.entities::<Container>(kind), kind, id),
             Kind::Routes => pick(self.entities::<Route>(kind), kind, id),
             Kind::Removed => pick(self.entities::<Removal>(kind), kind, id),
+            Kind::Clients => pick(self.entities::<ClientCert>(kind), kind, id),
         }
     }
 
@@ -455,6 +464,15 @@ impl StateDoc {
             Mutation::UpsertService(v) => reconcile_prop(&mut tx, &obj, id, v),
             Mutation::UpsertContainer(v) => reconcile_prop(&mut tx, &obj, id, v),
             Mutation::UpsertRoute(v) => reconcile_prop(&mut tx, &obj, id, v),
+            Mutation::UpsertClient(v) => {
+                // A revocation is never undone: keep the first one recorded.
+                let had: Option<ClientCert> = hydrate_prop(&tx, &obj, id).ok().flatten();
+                let mut v = v.clone();
+                if let Some(h) = had.filter(|h| h.revoked_at_ms != 0) {
+                    v.revoked_at_ms = h.revoked_at_ms;
+                }
+                reconcile_prop(&mut tx, &obj, id, &v)
+            }
             Mutation::SetMeshCidr(cidr) => reconcile_prop(&mut tx, &obj, "mesh_cidr", cidr),
             Mutation::UpdateMachine(_) => {
                 let m = updated.as_ref().expect("read above for this mutation");

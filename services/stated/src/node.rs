@@ -414,6 +414,7 @@ impl Shared {
                 self.check_owner(Kind::Containers, &c.id, &c.machine_id)?;
             }
             Mutation::UpsertRoute(r) => r.validate()?,
+            Mutation::UpsertClient(c) => c.validate()?,
             Mutation::SetMeshCidr(cidr) => {
                 if conflict::subnet_capacity(cidr).is_none() {
                     return Err(ModelError::Invalid {
