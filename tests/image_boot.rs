@@ -126,11 +126,22 @@ fn amd64_uefi_boots_ready_and_honours_cloud_init_user_data() {
         Some(token),
         "cloud-init's token is the one shown"
     );
+    // The key fingerprint `uc` pins, and the exact command to copy, with this machine's
+    // address and token.
+    let fp = banner.fingerprint.clone().unwrap_or_default();
     assert!(
-        banner
-            .certificate_sha256
-            .as_deref()
-            .is_some_and(|f| f.len() == 95),
+        fp.parse::<uncloud_pki::Fingerprint>().is_ok() && fp.starts_with("sha256:"),
+        "{banner:?}"
+    );
+    assert_eq!(
+        banner.init_command.as_deref(),
+        Some(
+            format!(
+                "uc machine init {} --fingerprint {fp} --token {token}",
+                machine.guest_address()
+            )
+            .as_str()
+        ),
         "{banner:?}"
     );
     assert!(

@@ -63,7 +63,10 @@ pub struct Banner {
     pub setup_token: Option<String>,
     /// A `join ticket:` line was shown (a ticket was given and not used yet).
     pub join_ticket: bool,
-    pub certificate_sha256: Option<String>,
+    /// The key fingerprint `uc` pins the machine by (`sha256:…`).
+    pub fingerprint: Option<String>,
+    /// The `new network:` line: the `uc machine init` command to copy.
+    pub init_command: Option<String>,
     pub mode: Option<String>,
     /// The `addresses:` line, as printed.
     pub addresses: Option<String>,
@@ -93,8 +96,10 @@ impl Banner {
                 banner.setup_token = Some(token.to_owned());
             } else if line.starts_with("join ticket: ") {
                 banner.join_ticket = true;
-            } else if let Some(fp) = line.strip_prefix("certificate sha256: ") {
-                banner.certificate_sha256 = Some(fp.to_owned());
+            } else if let Some(fp) = line.strip_prefix("fingerprint: ") {
+                banner.fingerprint = Some(fp.to_owned());
+            } else if let Some(cmd) = line.strip_prefix("new network: ") {
+                banner.init_command = Some(cmd.to_owned());
             } else if let Some(mode) = line.strip_prefix("mode: ") {
                 banner.mode = Some(mode.to_owned());
             } else if let Some(addresses) = line.strip_prefix("addresses: ") {
@@ -134,9 +139,10 @@ mod tests {
             mode: maintenance (not initialised)\n\
             addresses: enp0s2 10.0.2.15\n\
             [   40.1] random kernel line\n\
-            certificate sha256: AA:BB\n\
+            fingerprint: sha256:aabb\n\
             setup token: abcde-fghjk\n\
             join ticket: received, not used yet\n\
+            new network: uc machine init 10.0.2.15 --fingerprint sha256:aabb --token abcde-fghjk\n\
             stated.service: active\n\
             docker.service: active\n";
         let b = Banner::parse_last(console).unwrap();
@@ -144,7 +150,11 @@ mod tests {
         assert!(b.ready);
         assert_eq!(b.setup_token.as_deref(), Some("abcde-fghjk"));
         assert!(b.join_ticket);
-        assert_eq!(b.certificate_sha256.as_deref(), Some("AA:BB"));
+        assert_eq!(b.fingerprint.as_deref(), Some("sha256:aabb"));
+        assert_eq!(
+            b.init_command.as_deref(),
+            Some("uc machine init 10.0.2.15 --fingerprint sha256:aabb --token abcde-fghjk")
+        );
         assert_eq!(b.addresses.as_deref(), Some("enp0s2 10.0.2.15"));
         assert_eq!(b.unit("stated.service"), Some("active"));
         assert_eq!(b.unit("docker.service"), Some("active"));

@@ -81,30 +81,51 @@ impl LocalMachine {
             .unwrap_or_default()
     }
 
-    /// The SHA-256 fingerprint of apid's maintenance key, as the console shows it.
-    pub fn fingerprint(&self) -> String {
-        let pem =
-            std::fs::read_to_string(self.identity("tls.crt")).expect("firstboot made tls.crt");
-        let der = uncloud_pki::pem_to_der(&pem).expect("a PEM certificate");
-        uncloud_pki::Fingerprint::of_certificate(&der)
-            .expect("a certificate")
+    /// The console banner, as `uncloud-firstboot banner` shows it on this machine (its
+    /// addresses are the namespace's).
+    pub fn banner(&self) -> String {
+        let out = self
+            .ns
+            .command(self.bins.get("uncloud-firstboot"))
+            .args(["banner", "--wait", "0", "--stdout", "--root"])
+            .arg(self.root())
+            .output()
+            .expect("uncloud-firstboot runs");
+        assert!(
+            out.status.success(),
+            "uncloud-firstboot banner: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The value of the banner line `key: value`.
+    fn banner_line(&self, key: &str) -> String {
+        let banner = self.banner();
+        banner
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+            .unwrap_or_else(|| panic!("no {key:?} line in the banner of {}:\n{banner}", self.name))
             .to_string()
     }
 
-    /// `uc machine VERB` (`init`, `add`) for this fresh machine, with the address, fingerprint
-    /// and token its console shows, as a user types them.
+    /// The fingerprint of apid's maintenance key, as the console shows it.
+    pub fn fingerprint(&self) -> String {
+        self.banner_line("fingerprint")
+    }
+
+    /// `uc machine VERB` (`init`, `add`) for this fresh machine, copied from the command its
+    /// console shows, as a user would.
     pub fn enrol(&self, verb: &str) -> Vec<String> {
-        [
-            "machine",
-            verb,
-            &self.api(),
-            "--fingerprint",
-            &self.fingerprint(),
-            "--token",
-            &self.token(),
-        ]
-        .map(String::from)
-        .to_vec()
+        let key = match verb {
+            "init" => "new network",
+            "add" => "or join one",
+            _ => panic!("the banner shows init and add, not {verb}"),
+        };
+        let line = self.banner_line(key);
+        let words: Vec<String> = line.split_whitespace().map(String::from).collect();
+        assert_eq!(words[..3], ["uc", "machine", verb], "{line}");
+        words[1..].to_vec()
     }
 
     /// This machine's id (stated's `MachineId`).

@@ -170,9 +170,22 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
         }
     }
 
-    // A member cannot be added again (here or to another network): it no longer shows its
-    // maintenance key.
-    let again = with_flag(&net.machines[gamma].enrol("add"), "--token", "x");
+    // A member cannot be added again (here or to another network): its banner no longer
+    // offers the commands, and the key it showed as fresh is no longer the one it serves.
+    assert!(
+        !net.machines[gamma].banner().contains("uc machine"),
+        "a member's banner offers no enrolment"
+    );
+    let gamma_fp = net.machines[gamma].fingerprint();
+    let again = [
+        "machine",
+        "add",
+        &net.machines[gamma].api(),
+        "--fingerprint",
+        &gamma_fp,
+        "--token",
+        "x",
+    ];
     let err = net.uc_fails(&again);
     assert!(err.contains("already belongs to a network"), "{err}");
 

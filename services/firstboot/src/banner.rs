@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! uncloud: vps-1 ready
-//! mode: maintenance (not initialised: run 'uc machine init <address>' or 'uc machine add <address>')
+//! mode: maintenance (not initialised)
 //! addresses: enp0s2 10.0.2.15/24, enp0s2 fec0::5054:ff:fe12:3456/64
-//! certificate sha256: 3F:A2:...
+//! fingerprint: sha256:3fa2...
 //! setup token: k3mqz-8xw2r-...
 //! join ticket: received, not used yet      (only when one was given)
+//! new network: uc machine init 10.0.2.15 --fingerprint sha256:3fa2... --token k3mqz-8xw2r-...
+//! or join one: uc machine add 10.0.2.15 --fingerprint sha256:3fa2... --token k3mqz-8xw2r-...
 //! stated.service: active
 //! ...
 //! ```
@@ -41,7 +43,8 @@ pub struct Facts {
     pub initialised: bool,
     /// `(interface, address/prefix)`.
     pub addresses: Vec<(String, String)>,
-    pub certificate_sha256: Option<String>,
+    /// The key fingerprint `uc` pins this machine by (`sha256:…`).
+    pub fingerprint: Option<String>,
     pub setup_token: Option<String>,
     /// Whether a join ticket was given and not used yet (its text is never shown).
     pub join_ticket: bool,
@@ -82,7 +85,7 @@ pub fn render(f: &Facts) -> String {
     line(if f.initialised {
         "mode: member of a network".into()
     } else {
-        "mode: maintenance (not initialised: run 'uc machine init <address>' or 'uc machine add <address>')".into()
+        "mode: maintenance (not initialised)".into()
     });
     let addresses: Vec<String> = f
         .addresses
@@ -98,8 +101,8 @@ pub fn render(f: &Facts) -> String {
         }
     ));
     line(format!(
-        "certificate sha256: {}",
-        f.certificate_sha256
+        "fingerprint: {}",
+        f.fingerprint
             .as_deref()
             .unwrap_or("none (uncloud-firstboot did not run)")
     ));
@@ -113,6 +116,17 @@ pub fn render(f: &Facts) -> String {
         if f.join_ticket {
             line("join ticket: received, not used yet".into());
         }
+        // The exact commands, to copy: the address is the first one a laptop is likely to
+        // reach (IPv4 first); behind a NAT or a cloud's public IP, use that address instead.
+        if let (Some(fp), Some(token)) = (&f.fingerprint, &f.setup_token) {
+            let host = first_address(&f.addresses).unwrap_or_else(|| "<address>".into());
+            line(format!(
+                "new network: uc machine init {host} --fingerprint {fp} --token {token}"
+            ));
+            line(format!(
+                "or join one: uc machine add {host} --fingerprint {fp} --token {token}"
+            ));
+        }
     }
     for (unit, state) in &f.units {
         line(format!("{unit}: {state}"));
@@ -121,6 +135,18 @@ pub fn render(f: &Facts) -> String {
         line(format!("warning: {w}"));
     }
     out
+}
+
+/// The address to put in the banner's commands: the first IPv4 address, else the first one.
+fn first_address(addresses: &[(String, String)]) -> Option<String> {
+    let ips: Vec<&str> = addresses
+        .iter()
+        .map(|(_, a)| a.split('/').next().unwrap_or(a))
+        .collect();
+    ips.iter()
+        .find(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
+        .or_else(|| ips.first())
+        .map(|ip| ip.to_string())
 }
 
 /// The units to report: what `uncloud.target` wants, and [`EXTRA_UNITS`], sorted.
@@ -240,7 +266,7 @@ pub fn gather(root: &Path, units: Vec<(String, String)>) -> Facts {
             .unwrap_or_else(|_| "uncloud".into()),
         initialised: id.initialised().exists(),
         addresses: addresses(),
-        certificate_sha256: read(id.tls_cert()).and_then(|pem| crate::tls::fingerprint(&pem).ok()),
+        fingerprint: read(id.tls_cert()).and_then(|pem| crate::tls::fingerprint(&pem).ok()),
         setup_token: read(id.setup_token()),
         join_ticket: id.join_ticket().exists(),
         units,
@@ -291,7 +317,7 @@ mod tests {
             hostname: "vps-1".into(),
             initialised: false,
             addresses: vec![("enp0s2".into(), "10.0.2.15/24".into())],
-            certificate_sha256: Some("AA:BB".into()),
+            fingerprint: Some("sha256:aabb".into()),
             setup_token: Some("abcde-fghjk".into()),
             join_ticket: false,
             units: vec![
@@ -308,10 +334,12 @@ mod tests {
         assert_eq!(
             text,
             "uncloud: vps-1 ready\n\
-             mode: maintenance (not initialised: run 'uc machine init <address>' or 'uc machine add <address>')\n\
+             mode: maintenance (not initialised)\n\
              addresses: enp0s2 10.0.2.15/24\n\
-             certificate sha256: AA:BB\n\
+             fingerprint: sha256:aabb\n\
              setup token: abcde-fghjk\n\
+             new network: uc machine init 10.0.2.15 --fingerprint sha256:aabb --token abcde-fghjk\n\
+             or join one: uc machine add 10.0.2.15 --fingerprint sha256:aabb --token abcde-fghjk\n\
              docker.service: active\n\
              stated.service: active\n"
         );
@@ -330,6 +358,21 @@ mod tests {
         let text = render(&f);
         assert!(!text.contains("join ticket"), "{text}");
         assert!(!text.contains("setup token"), "{text}");
+        assert!(!text.contains("uc machine"), "{text}");
+    }
+
+    #[test]
+    fn the_commands_name_an_ipv4_address_when_there_is_one() {
+        let mut f = facts();
+        f.addresses = vec![
+            ("eth0".into(), "2001:db8::5/64".into()),
+            ("eth0".into(), "203.0.113.10/24".into()),
+        ];
+        assert!(render(&f).contains("uc machine init 203.0.113.10 --fingerprint"));
+        f.addresses.remove(1);
+        assert!(render(&f).contains("uc machine init 2001:db8::5 --fingerprint"));
+        f.addresses.clear();
+        assert!(render(&f).contains("uc machine init <address> --fingerprint"));
     }
 
     #[test]

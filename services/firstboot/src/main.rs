@@ -42,6 +42,9 @@ enum Cmd {
         /// Print to stdout instead of the consoles (the token included: mind where it goes).
         #[arg(long)]
         stdout: bool,
+        /// The root of the machine's files (for testing an image's tree).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
     },
 }
 
@@ -76,10 +79,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                 tracing::info!("identity complete, nothing to do");
             }
         }
-        Cmd::Banner { wait, stdout } => {
+        Cmd::Banner { wait, stdout, root } => {
             let units = banner::units();
             let states = banner::wait_for_units(&units, Duration::from_secs(wait));
-            let facts = banner::gather(std::path::Path::new("/"), states);
+            let facts = banner::gather(&root, states);
             let text = banner::render(&facts);
             if stdout {
                 print!("{text}");

@@ -2,8 +2,6 @@
 //! mode. The user checks it by the SHA-256 fingerprint the console shows, as with SSH's host
 //! keys.
 
-use base64::Engine;
-
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot make the key or certificate: {0}")]
@@ -37,31 +35,14 @@ pub fn generate(hostname: &str) -> Result<Identity, TlsError> {
     })
 }
 
-/// SHA-256 of the (first) certificate's DER in `pem`, as colon-separated upper-case hex.
+/// The fingerprint `uc` pins a fresh machine by: SHA-256 of the certificate's public key
+/// (SubjectPublicKeyInfo), as `sha256:` and 64 lower-case hex digits. The key, not the whole
+/// certificate: the certificate may be re-issued for the same key.
 pub fn fingerprint(pem: &str) -> Result<String, TlsError> {
-    let begin = "-----BEGIN CERTIFICATE-----";
-    let end = "-----END CERTIFICATE-----";
-    let start = pem
-        .find(begin)
-        .ok_or(TlsError::NotPem("no BEGIN CERTIFICATE"))?
-        + begin.len();
-    let len = pem[start..]
-        .find(end)
-        .ok_or(TlsError::NotPem("no END CERTIFICATE"))?;
-    let b64: String = pem[start..start + len]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| TlsError::NotPem("not base64"))?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, &der);
-    Ok(digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":"))
+    let der = uncloud_pki::pem_to_der(pem).map_err(|_| TlsError::NotPem("no PEM certificate"))?;
+    uncloud_pki::Fingerprint::of_certificate(&der)
+        .map(|f| f.to_string())
+        .map_err(|_| TlsError::NotPem("not an X.509 certificate"))
 }
 
 #[cfg(test)]
@@ -69,7 +50,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_generated_certificate_has_a_stable_fingerprint_of_its_der() {
+    fn a_generated_certificate_has_a_stable_fingerprint_of_its_key() {
         let id = generate("vps-1").unwrap();
         assert!(
             id.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
@@ -77,7 +58,7 @@ mod tests {
             id.key_pem
         );
         let fp = fingerprint(&id.cert_pem).unwrap();
-        assert_eq!(fp.len(), 32 * 3 - 1, "{fp}");
+        assert!(fp.starts_with("sha256:") && fp.len() == 7 + 64, "{fp}");
         assert_eq!(fp, fingerprint(&id.cert_pem).unwrap());
         // Another key, another fingerprint.
         assert_ne!(
@@ -87,10 +68,16 @@ mod tests {
     }
 
     #[test]
-    fn the_fingerprint_is_sha256_of_the_der() {
-        // "hello" as the DER, base64 "aGVsbG8=": sha256 starts 2C:F2:4D:BA.
-        let pem = "-----BEGIN CERTIFICATE-----\naGVs\nbG8=\n-----END CERTIFICATE-----\n";
-        assert!(fingerprint(pem).unwrap().starts_with("2C:F2:4D:BA:5F:B0"));
+    fn the_fingerprint_is_what_uc_pins_the_key_by() {
+        // The same digest `uc machine init --fingerprint` compares with what the machine
+        // shows in the TLS handshake: the SPKI's, not the certificate's.
+        let id = generate("vps-1").unwrap();
+        let key = rcgen::KeyPair::from_pem(&id.key_pem).unwrap();
+        use rcgen::PublicKeyData;
+        let spki = uncloud_pki::Fingerprint::of_spki(&key.subject_public_key_info());
+        assert_eq!(fingerprint(&id.cert_pem).unwrap(), spki.to_string());
+        let parsed: uncloud_pki::Fingerprint = fingerprint(&id.cert_pem).unwrap().parse().unwrap();
+        assert_eq!(parsed, spki);
     }
 
     #[test]
