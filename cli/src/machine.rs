@@ -6,7 +6,8 @@ use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use rcgen::{KeyPair, PublicKeyData};
 use uncloud_api::wire::{
-    InitRequest, JoinRequest, MachineChange, MachineRef, MachineRow, TicketRequest,
+    Answer, Call, FanOut, InitRequest, JoinRequest, MachineChange, MachineRef, MachineRow,
+    TicketRequest,
 };
 use uncloud_pki::Fingerprint;
 
@@ -59,7 +60,9 @@ pub enum Machine {
         #[arg(long)]
         name: Option<String>,
     },
-    /// List the network's machines as the connected machine sees them.
+    /// List the network's machines as the connected machine sees them (with `-m`, as each
+    /// of those machines sees them).
+    #[command(after_help = "Examples:\n  uc machine ls\n  uc machine ls -m all -o json    # each machine's view, e.g. during a partition")]
     Ls,
     /// Remove machines from the network for good.
     ///
@@ -278,6 +281,42 @@ pub async fn run(cmd: Machine, g: &Global) -> anyhow::Result<()> {
                 reply.expires_at.saturating_sub(now)
             );
             println!("{}", reply.ticket);
+            Ok(())
+        }
+        Machine::Ls if !g.machines.is_empty() => {
+            let ctx = store.load(g.context.as_deref())?;
+            let (member, via) = remote::member(&ctx, g).await?;
+            remote::require_api(&member, &via, 2).await?;
+            let replies = answer(
+                member
+                    .fan_out(
+                        remote::ctx(),
+                        FanOut {
+                            targets: g.machines.clone(),
+                            call: Call::Machines,
+                        },
+                    )
+                    .await,
+            )?;
+            let failed = replies.iter().filter(|r| r.error.is_some()).count();
+            match g.output {
+                Format::Json => print!("{}", output::json(&replies)),
+                Format::Table => {
+                    for r in &replies {
+                        match (&r.answer, &r.error) {
+                            (Some(Answer::Machines(rows)), _) => {
+                                println!("seen from {}:", r.machine);
+                                print_rows(rows, Format::Table);
+                            }
+                            (_, Some(e)) => eprintln!("error: {}: {}", r.machine, e),
+                            _ => eprintln!("error: {}: an unexpected answer", r.machine),
+                        }
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} of {} machine(s) did not answer", replies.len());
+            }
             Ok(())
         }
         Machine::Ls => {

@@ -35,6 +35,7 @@ Start here:
   uc machine init 203.0.113.10 --fingerprint sha256:… --token …   # a network of one
   uc machine add 198.51.100.7 --fingerprint sha256:… --token …    # grow it
   uc machine ls                                                   # look at it
+  uc machine ls -m all                                            # as every machine sees it
 
 Contexts live in $XDG_CONFIG_HOME/uncloud (or ~/.config/uncloud); UNCLOUD_CONFIG_DIR overrides."
 )]
@@ -58,6 +59,11 @@ pub struct Global {
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t)]
     pub output: output::Format,
+    /// Ask these machines instead (names or ids, comma-separated, or `all`), through the
+    /// connected one: one answer per machine; one that is down or across a partition is
+    /// reported unreachable within seconds. For commands that show one machine's view.
+    #[arg(short = 'm', long = "machines", global = true, value_delimiter = ',')]
+    pub machines: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +101,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let takes_machines = matches!(&cli.command, Command::Machine(machine::Machine::Ls));
+    if !cli.global.machines.is_empty() && !takes_machines {
+        anyhow::bail!(
+            "-m does not apply to this command (it acts on the network, not on one machine's \
+             view); it applies to: uc machine ls"
+        );
+    }
     // A certificate near its end is renewed by whatever command uses it next.
     let uses_context = match &cli.command {
         Command::Machine(m) => !matches!(m, machine::Machine::Init { .. }),

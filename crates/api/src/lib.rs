@@ -12,12 +12,14 @@
 //! - [`tls`]: rustls on ring; the pinned-key verifier for maintenance mode and the network-CA
 //!   verifier for members.
 //! - [`client`]: connect with a timeout; never hangs on an unreachable machine.
+//! - [`peer`]: apid to apid over the mesh, for calls `uc` sends to other machines (`-m`).
 //!
 //! # Limitations
 //! - A call an older apid does not know fails the connection rather than returning a typed
 //!   "unsupported" error (tarpc reads the method name as an enum tag).
 
 pub mod client;
+pub mod peer;
 pub mod tls;
 pub mod wire;
 

@@ -53,6 +53,51 @@ pub trait Api {
     /// Member mode, admin: revokes client certificates by serial or subject, network-wide.
     /// Returns those revoked. Added in API version 2.
     async fn revoke_cert(request: CertRef) -> Result<Vec<CertRow>, ApiError>;
+    /// Member mode, any role: `request.call` on each target machine, forwarded by this one
+    /// over the mesh (`uc -m`). One reply per target, in the order asked; a target that does
+    /// not answer within a few seconds is reported unreachable, never waited for. The
+    /// target decides on the call with the caller's role. Added in API version 2.
+    async fn fan_out(request: FanOut) -> Result<Vec<TargetReply>, ApiError>;
+}
+
+/// `uc -m TARGETS …`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FanOut {
+    /// Machine names or ids; `all` for every machine in the state.
+    pub targets: Vec<String>,
+    pub call: Call,
+}
+
+/// A call one machine makes on another's behalf. Read-only calls for now; a target that does
+/// not know a call (older) answers with an error for that target only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Call {
+    /// This machine and its network ([`Api::info`]).
+    Info,
+    /// Every machine, as this one sees them ([`Api::machines`]).
+    Machines,
+}
+
+/// What a [`Call`] returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Info(MachineInfo),
+    Machines(Vec<MachineRow>),
+}
+
+/// One target's outcome: an answer or an error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetReply {
+    /// The target's name (or what was asked for, when no machine has that name).
+    pub machine: String,
+    #[serde(default)]
+    pub machine_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
 }
 
 /// `uc cert issue`.

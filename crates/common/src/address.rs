@@ -9,7 +9,7 @@
 //! Subnet index 0 is the network address and never assigned, so a /16 holds 255 machines.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 /// The default mesh CIDR, used when the network's state does not set one.
@@ -103,6 +103,27 @@ impl MeshCidr {
     /// Whether `ip` lies inside the mesh.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & mask(self.prefix) == u32::from(self.network)
+    }
+
+    /// Whether a connection from `peer` comes from another machine's mesh address (not this
+    /// machine's `own`, not a container's, not outside the mesh); returns that address.
+    /// Machine-to-machine services (stated's sync, dockerd-shim's and apid's mesh ports) serve
+    /// only such peers: WireGuard vouches for the source address.
+    pub fn machine_peer(&self, peer: IpAddr, own: Ipv4Addr) -> Result<Ipv4Addr, String> {
+        let ip = match peer {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(ip) => ip
+                .to_ipv4_mapped()
+                .ok_or_else(|| format!("{peer} is not a mesh address"))?,
+        };
+        if ip == own {
+            return Err(format!("{ip} is this machine"));
+        }
+        match self.index_of(ip) {
+            Some(index) if self.machine_ip(index) == Some(ip) => Ok(ip),
+            Some(_) => Err(format!("{ip} is a container, not a machine")),
+            None => Err(format!("{ip} is outside the mesh {self}")),
+        }
     }
 
     /// The subnet index `ip` belongs to, if it is inside the mesh and not in index 0.

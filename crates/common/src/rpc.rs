@@ -99,6 +99,10 @@ where
 /// TCP port of [`ContainerOps`] on a machine's mesh address.
 pub const CONTAINER_OPS_PORT: u16 = 7948;
 
+/// TCP port where apid takes calls other machines forward for `uc -m`, on the mesh address
+/// (the service is `uncloud_api::peer`).
+pub const APID_PEER_PORT: u16 = 7949;
+
 /// Largest chunk of an image tarball in one [`ContainerOps::load_image_chunk`] call.
 pub const MAX_UPLOAD_CHUNK: usize = 4 * 1024 * 1024;
 

@@ -424,6 +424,53 @@ impl LocalNetwork {
         self.machines.iter().map(|m| m.logs()).collect()
     }
 
+    /// Cuts every link between the machines of `a` and those of `b` (indices), both ways, as
+    /// a broken internet would: each drops packets from and to the other side's public
+    /// addresses. The laptop still reaches everyone. [`LocalNetwork::heal`] undoes it.
+    pub fn partition(&self, a: &[usize], b: &[usize]) {
+        for (side, other) in [(a, b), (b, a)] {
+            let set: Vec<String> = other
+                .iter()
+                .map(|&i| self.machines[i].public_ip.to_string())
+                .collect();
+            let set = set.join(", ");
+            let rules = format!(
+                "table inet {PARTITION_TABLE} {{\n\
+                 chain input {{ type filter hook input priority -10; ip saddr {{ {set} }} drop; }}\n\
+                 chain output {{ type filter hook output priority -10; ip daddr {{ {set} }} drop; }}\n\
+                 }}\n"
+            );
+            for &i in side {
+                let m = &self.machines[i];
+                let mut child = m
+                    .ns
+                    .command("nft")
+                    .args(["-f", "-"])
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("nft runs");
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(rules.as_bytes())
+                    .unwrap();
+                assert!(child.wait().unwrap().success(), "partitioning {}", m.name);
+            }
+        }
+    }
+
+    /// Ends every partition.
+    pub fn heal(&self) {
+        for m in &self.machines {
+            // Machines that were in no partition have no table: that error is fine.
+            let _ = m
+                .ns
+                .exec("nft", &["delete", "table", "inet", PARTITION_TABLE]);
+        }
+    }
+
     /// Polls `check` until it is true, or panics after `secs` with every log.
     pub fn wait_until(&self, what: &str, secs: u64, mut check: impl FnMut() -> bool) {
         let start = Instant::now();
@@ -437,6 +484,9 @@ impl LocalNetwork {
         }
     }
 }
+
+/// The nftables table a partition lives in.
+const PARTITION_TABLE: &str = "uncloud_test_partition";
 
 fn joined<S: AsRef<str>>(args: &[S]) -> String {
     args.iter()

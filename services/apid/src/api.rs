@@ -2,16 +2,18 @@
 //! turns connections into [`Caller`]s and calls in here.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rustls::ServerConfig;
 use time::OffsetDateTime;
+use uncloud_api::peer::Forwarded;
 use uncloud_api::wire::{
-    ApiError, CertRef, CertReply, CertRequest, CertRow, ErrorKind, InitReply, InitRequest,
-    JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow, RedeemReply,
-    RedeemRequest, RenewRequest, TicketReply, TicketRequest, API_VERSION,
+    Answer, ApiError, Call, CertRef, CertReply, CertRequest, CertRow, ErrorKind, FanOut,
+    InitReply, InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef,
+    MachineRow, RedeemReply, RedeemRequest, RenewRequest, TargetReply, TicketReply,
+    TicketRequest, API_VERSION,
 };
 use uncloud_common::address::MeshCidr;
 use uncloud_common::dbus::{MeshProxy, StateProxy};
@@ -22,6 +24,7 @@ use uncloud_pki::ca::CLIENT_VALIDITY;
 use uncloud_pki::{ticket, Role};
 
 use crate::change;
+use crate::fanout;
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::redeemed::Redeemed;
@@ -1054,6 +1057,133 @@ impl Apid {
             rows.push(cert_row(c, &machines));
         }
         Ok(rows)
+    }
+
+    /// Answers `call` here, for `caller`.
+    pub async fn dispatch(&self, caller: &Caller, call: Call) -> Result<Answer, ApiError> {
+        Ok(match call {
+            Call::Info => Answer::Info(self.info(caller).await?),
+            Call::Machines => Answer::Machines(self.machines(caller).await?),
+        })
+    }
+
+    /// `uc -m`: `req.call` on each target, this machine answering for itself and asking the
+    /// others over the mesh, all at once.
+    pub async fn fan_out(
+        &self,
+        caller: &Caller,
+        req: FanOut,
+    ) -> Result<Vec<TargetReply>, ApiError> {
+        let member = self.require(caller, Role::Reader)?;
+        let Caller::Client {
+            subject,
+            role,
+            serial,
+        } = caller
+        else {
+            unreachable!("require lets only clients through")
+        };
+        if req.targets.is_empty() {
+            return Err(ApiError::new(
+                ErrorKind::Invalid,
+                "no target machines: give names, ids or `all`",
+            ));
+        }
+        let forwarded = Forwarded {
+            subject: subject.clone(),
+            role: role.as_str().to_string(),
+            serial: serial.clone(),
+            via: member.machine_name.clone(),
+        };
+        let machines = self.read_machines().await?;
+        let cidr = self.mesh_cidr().await?;
+        let jobs = fanout::resolve(&machines, &req.targets)
+            .into_iter()
+            .map(|target| {
+                let (forwarded, call, cidr) = (forwarded.clone(), req.call.clone(), cidr);
+                let me = member.machine_id.clone();
+                async move {
+                    let m = match target {
+                        Ok(m) => m,
+                        Err(name) => {
+                            return TargetReply {
+                                error: Some(ApiError::new(
+                                    ErrorKind::NotFound,
+                                    format!("no machine named {name:?} in this network"),
+                                )),
+                                machine: name,
+                                machine_id: String::new(),
+                                answer: None,
+                            }
+                        }
+                    };
+                    let result = if m.id == me {
+                        self.dispatch(caller, call).await
+                    } else {
+                        match cidr.machine_ip(m.subnet) {
+                            Some(ip) => {
+                                let addr = SocketAddr::from((ip, uncloud_api::peer::PEER_PORT));
+                                fanout::forward(&m.name, addr, forwarded, call).await
+                            }
+                            None => Err(internal("no mesh address for", &m.name)),
+                        }
+                    };
+                    let (answer, error) = match result {
+                        Ok(a) => (Some(a), None),
+                        Err(e) => (None, Some(e)),
+                    };
+                    TargetReply {
+                        machine: m.name,
+                        machine_id: m.id,
+                        answer,
+                        error,
+                    }
+                }
+            });
+        Ok(futures::future::join_all(jobs).await)
+    }
+
+    /// This machine's mesh address (`10.210.X.1`), once it is a member with a subnet.
+    pub async fn own_mesh_ip(&self) -> Option<Ipv4Addr> {
+        let member = self.member()?;
+        let me = self.read_machines().await.ok()?.remove(&member.machine_id)?;
+        self.mesh_cidr().await.ok()?.machine_ip(me.subnet)
+    }
+
+    /// The machine of the state whose mesh address `peer` is; other sources are refused.
+    pub async fn peer_machine(&self, peer: IpAddr) -> Result<Machine, String> {
+        let own = self
+            .own_mesh_ip()
+            .await
+            .ok_or("this machine has no mesh address")?;
+        let cidr = self.mesh_cidr().await.map_err(|e| e.to_string())?;
+        let ip = cidr.machine_peer(peer, own)?;
+        self.read_machines()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_values()
+            .find(|m| cidr.machine_ip(m.subnet) == Some(ip))
+            .ok_or_else(|| format!("{ip} is no machine of this network"))
+    }
+
+    /// The caller a call forwarded by another member stands for; refused if its certificate
+    /// is revoked as far as this machine knows.
+    pub async fn forwarded_caller(&self, f: Forwarded) -> Result<Caller, ApiError> {
+        self.refresh_trust().await;
+        if self.revoked().contains(&f.serial) {
+            return Err(ApiError::new(
+                ErrorKind::Forbidden,
+                format!("this machine refuses your client certificate: {} was revoked", f.serial),
+            ));
+        }
+        let role = Role::parse(&f.role).ok_or_else(|| {
+            ApiError::new(ErrorKind::Invalid, format!("unknown role {:?}", f.role))
+        })?;
+        Ok(Caller::Client {
+            subject: f.subject,
+            role,
+            serial: f.serial,
+        })
     }
 }
 

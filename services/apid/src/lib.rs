@@ -17,6 +17,8 @@
 //! - Client certificates are recorded in the state (`clients`) when issued; a revocation
 //!   marks the record, and every apid refuses the serial once the mark reaches it
 //!   ([`revocation`] decides what `uc cert revoke X` names).
+//! - [`fanout`]: `uc -m`: calls for other machines, forwarded over the mesh to their apid's
+//!   peer port (7949 on the mesh address; only machines of the state get in).
 //! - [`change`]: what `uc machine rename|label|role` writes, checked before anything is.
 //! - `init` asks stated to create the network, makes the CA, issues an admin certificate for
 //!   the public key the client sent (its private key never leaves the client), then consumes
@@ -24,12 +26,13 @@
 //!   never locks the user out.
 //!
 //! # Limitations
-//! - Fan-out to other machines and `org.uncloud.Api1` are not built yet.
+//! - `org.uncloud.Api1` is not built yet; forwarded calls are read-only for now.
 
 pub mod api;
 pub mod change;
 pub mod config;
 pub mod credentials;
+pub mod fanout;
 pub mod redeemed;
 pub mod revocation;
 pub mod server;

@@ -68,6 +68,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let apid = apid.clone();
         tokio::spawn(async move { apid.redeem_preseeded().await });
     }
+    // Forwarded calls (`uc -m`), on the mesh address once this machine is a member.
+    tokio::spawn(apid::fanout::serve(apid.clone()));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

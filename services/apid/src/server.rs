@@ -14,7 +14,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::LengthDelimitedCodec;
 use uncloud_api::wire::MAX_FRAME_BYTES;
 use uncloud_api::wire::{
-    Api, ApiError, CertRef, CertReply, CertRequest, CertRow, InitReply, InitRequest, JoinReply,
+    Api, ApiError, CertRef, CertReply, CertRequest, CertRow, FanOut, InitReply, InitRequest,
+    JoinReply, TargetReply,
     JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow, RedeemReply, RedeemRequest,
     RenewRequest, TicketReply, TicketRequest,
 };
@@ -221,5 +222,13 @@ impl Api for Connection {
         request: CertRef,
     ) -> Result<Vec<CertRow>, ApiError> {
         self.apid.revoke_cert(&self.caller, request).await
+    }
+
+    async fn fan_out(
+        self,
+        _: tarpc::context::Context,
+        request: FanOut,
+    ) -> Result<Vec<TargetReply>, ApiError> {
+        self.apid.fan_out(&self.caller, request).await
     }
 }

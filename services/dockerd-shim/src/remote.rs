@@ -40,22 +40,9 @@ const MAX_CONNECTIONS: usize = 256;
 /// Requests in flight per connection; more are answered with an error by tarpc.
 const MAX_IN_FLIGHT: usize = 32;
 
-/// Whether a connection from `peer` may be served. Pure.
+/// Whether a connection from `peer` may be served: another machine's mesh address. Pure.
 pub fn allowed_peer(peer: IpAddr, own: Ipv4Addr, mesh: &MeshCidr) -> Result<(), String> {
-    let ip = match peer {
-        IpAddr::V4(ip) => ip,
-        IpAddr::V6(ip) => ip
-            .to_ipv4_mapped()
-            .ok_or_else(|| format!("{peer} is not a mesh address"))?,
-    };
-    if ip == own {
-        return Err(format!("{ip} is this machine; use D-Bus locally"));
-    }
-    match mesh.index_of(ip) {
-        Some(index) if mesh.machine_ip(index) == Some(ip) => Ok(()),
-        Some(_) => Err(format!("{ip} is a container, not a machine")),
-        None => Err(format!("{ip} is outside the mesh {mesh}")),
-    }
+    mesh.machine_peer(peer, own).map(|_| ())
 }
 
 /// What every connection shares.

@@ -49,7 +49,7 @@ pub struct Config {
     /// Default `uncloud0`.
     pub container_bridge: String,
     /// Machine-to-machine TCP ports (stated's sync, dockerd-shim's RPC): reachable only
-    /// through the mesh device, and locally only by root. Default `[7947, 7948]`.
+    /// through the mesh device, and locally only by root. Default `[7947, 7948, 7949]`.
     pub machine_tcp_ports: Vec<u16>,
     /// Machine-to-machine UDP ports (stated's gossip), the same way. Default `[7946]`.
     pub machine_udp_ports: Vec<u16>,
@@ -72,7 +72,11 @@ impl Default for Config {
             keepalive_secs: 25,
             firewall: true,
             container_bridge: "uncloud0".into(),
-            machine_tcp_ports: vec![7947, uncloud_common::rpc::CONTAINER_OPS_PORT],
+            machine_tcp_ports: vec![
+                7947,
+                uncloud_common::rpc::CONTAINER_OPS_PORT,
+                uncloud_common::rpc::APID_PEER_PORT,
+            ],
             machine_udp_ports: vec![7946],
             bus: "system".into(),
         }

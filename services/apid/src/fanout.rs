@@ -1,0 +1,234 @@
+//! `uc -m`: calls for other machines, forwarded over the mesh ([`uncloud_api::peer`]).
+//!
+//! The machine `uc` is connected to resolves the targets, answers for itself, and asks each
+//! other target on its mesh address, all at once, each bounded by [`FORWARD_TIMEOUT`]: a
+//! machine that is down or across a partition is reported unreachable, never waited for.
+//! The target serves the call with the caller's role, as if `uc` had asked it directly.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_serde::formats::Json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::LengthDelimitedCodec;
+use uncloud_api::peer::{Forwarded, Peer, PeerClient, PEER_PORT};
+use uncloud_api::wire::{Answer, ApiError, Call, ErrorKind, MAX_FRAME_BYTES};
+use uncloud_common::model::Machine;
+
+use crate::api::Apid;
+
+/// How long a target gets to connect and answer.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the peer listener checks that the machine's mesh address is still its own.
+const ADDRESS_CHECK: Duration = Duration::from_secs(2);
+
+/// The machines `requested` names, in the order asked and without repeats; `all` is every
+/// machine, by name. A name no machine has comes back as `Err(name)`.
+pub fn resolve(
+    machines: &BTreeMap<String, Machine>,
+    requested: &[String],
+) -> Vec<Result<Machine, String>> {
+    let mut by_name: Vec<&Machine> = machines.values().collect();
+    by_name.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out: Vec<Result<Machine, String>> = Vec::new();
+    let push = |r: Result<Machine, String>, out: &mut Vec<Result<Machine, String>>| {
+        let seen = out.iter().any(|o| match (o, &r) {
+            (Ok(a), Ok(b)) => a.id == b.id,
+            (Err(a), Err(b)) => a == b,
+            _ => false,
+        });
+        if !seen {
+            out.push(r);
+        }
+    };
+    for want in requested {
+        let want = want.trim();
+        if want == "all" {
+            for m in &by_name {
+                push(Ok((*m).clone()), &mut out);
+            }
+            continue;
+        }
+        let found = machines
+            .get(want)
+            .or_else(|| by_name.iter().copied().find(|m| m.name == want));
+        match found {
+            Some(m) => push(Ok(m.clone()), &mut out),
+            None => push(Err(want.to_string()), &mut out),
+        }
+    }
+    out
+}
+
+fn framed<T>(io: T) -> tokio_util::codec::Framed<T, LengthDelimitedCodec>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_framed(io)
+}
+
+/// Asks the apid at `addr` (a machine's mesh address) to do `call` for `caller`.
+pub async fn forward(
+    name: &str,
+    addr: SocketAddr,
+    caller: Forwarded,
+    call: Call,
+) -> Result<Answer, ApiError> {
+    let unreachable = |why: String| {
+        ApiError::new(
+            ErrorKind::Unreachable,
+            format!("{name} ({}) {why}: down, or across a partition", addr.ip()),
+        )
+    };
+    let work = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| unreachable(format!("cannot be reached ({e})")))?;
+        let _ = tcp.set_nodelay(true);
+        let transport = tarpc::serde_transport::new(framed(tcp), Json::default());
+        let client = PeerClient::new(tarpc::client::Config::default(), transport).spawn();
+        client
+            .call(
+                uncloud_api::client::context(FORWARD_TIMEOUT),
+                caller,
+                call,
+            )
+            .await
+            .map_err(|e| unreachable(format!("did not answer ({e})")))?
+    };
+    tokio::time::timeout(FORWARD_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(unreachable(format!(
+                "did not answer within {} s",
+                FORWARD_TIMEOUT.as_secs()
+            )))
+        })
+}
+
+/// Serves other machines' forwarded calls on this machine's mesh address, binding once the
+/// address exists and moving when the machine is renumbered. Runs until dropped.
+pub async fn serve(apid: Arc<Apid>) {
+    loop {
+        let Some(ip) = apid.own_mesh_ip().await else {
+            tokio::time::sleep(ADDRESS_CHECK).await;
+            continue;
+        };
+        let listener = match TcpListener::bind((ip, PEER_PORT)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(%ip, error = %e, "mesh address not usable yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        tracing::info!(%ip, port = PEER_PORT, "taking forwarded calls on the mesh address");
+        let mut check = tokio::time::interval(ADDRESS_CHECK);
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            while connections.try_join_next().is_some() {}
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((tcp, peer)) = accepted else { continue };
+                    if let Err(why) = apid.peer_machine(peer.ip()).await {
+                        tracing::warn!(%peer, %why, "refused a forwarding connection");
+                        continue;
+                    }
+                    if connections.len() >= 64 {
+                        tracing::warn!(%peer, "too many forwarding connections; closing");
+                        continue;
+                    }
+                    let apid = apid.clone();
+                    connections.spawn(serve_peer(apid, tcp));
+                }
+                _ = check.tick() => {
+                    if apid.own_mesh_ip().await != Some(ip) {
+                        tracing::info!(from = %ip, "mesh address changed; moving the forwarding port");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn serve_peer(apid: Arc<Apid>, tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let transport = tarpc::serde_transport::new(framed(tcp), Json::default());
+    BaseChannel::with_defaults(transport)
+        .max_concurrent_requests(16)
+        .execute(PeerConnection { apid }.serve())
+        .for_each(|response| async {
+            tokio::spawn(response);
+        })
+        .await;
+}
+
+#[derive(Clone)]
+struct PeerConnection {
+    apid: Arc<Apid>,
+}
+
+impl Peer for PeerConnection {
+    async fn call(
+        self,
+        _: tarpc::context::Context,
+        caller: Forwarded,
+        call: Call,
+    ) -> Result<Answer, ApiError> {
+        let caller = self.apid.forwarded_caller(caller).await?;
+        self.apid.dispatch(&caller, call).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machines() -> BTreeMap<String, Machine> {
+        [("m2", "bravo", 2), ("m1", "alpha", 1), ("m3", "charlie", 3)]
+            .into_iter()
+            .map(|(id, name, subnet)| {
+                (
+                    id.to_string(),
+                    Machine {
+                        id: id.into(),
+                        name: name.into(),
+                        subnet,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn names(r: Vec<Result<Machine, String>>) -> Vec<String> {
+        r.into_iter()
+            .map(|x| x.map(|m| m.name).unwrap_or_else(|e| format!("?{e}")))
+            .collect()
+    }
+
+    #[test]
+    fn all_is_every_machine_by_name_and_names_keep_their_order() {
+        let all = names(resolve(&machines(), &["all".into()]));
+        assert_eq!(all, ["alpha", "bravo", "charlie"]);
+        let some = names(resolve(
+            &machines(),
+            &["charlie".into(), "m1".into(), "alpha".into(), "nope".into()],
+        ));
+        assert_eq!(some, ["charlie", "alpha", "?nope"], "ids and names, once each");
+        let both = names(resolve(&machines(), &["bravo".into(), "all".into()]));
+        assert_eq!(both, ["bravo", "alpha", "charlie"]);
+    }
+
+    #[test]
+    fn the_port_is_the_one_meshd_lets_in_through_the_mesh_only() {
+        assert_eq!(PEER_PORT, uncloud_common::rpc::APID_PEER_PORT);
+    }
+}
