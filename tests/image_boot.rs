@@ -138,7 +138,7 @@ fn amd64_uefi_boots_ready_and_honours_cloud_init_user_data() {
         Some(
             format!(
                 "uc machine init {} --fingerprint {fp} --token {token}",
-                machine.guest_address()
+                machine.guest_address().split('/').next().unwrap()
             )
             .as_str()
         ),

@@ -62,7 +62,9 @@ pub enum Machine {
     },
     /// List the network's machines as the connected machine sees them (with `-m`, as each
     /// of those machines sees them).
-    #[command(after_help = "Examples:\n  uc machine ls\n  uc machine ls -m all -o json    # each machine's view, e.g. during a partition")]
+    #[command(
+        after_help = "Examples:\n  uc machine ls\n  uc machine ls -m all -o json    # each machine's view, e.g. during a partition"
+    )]
     Ls,
     /// Remove machines from the network for good.
     ///
@@ -283,7 +285,7 @@ pub async fn run(cmd: Machine, g: &Global) -> anyhow::Result<()> {
             println!("{}", reply.ticket);
             Ok(())
         }
-        Machine::Ls if !g.machines.is_empty() => {
+        Machine::Ls if !g.targets.is_empty() => {
             let ctx = store.load(g.context.as_deref())?;
             let (member, via) = remote::member(&ctx, g).await?;
             remote::require_api(&member, &via, 2).await?;
@@ -292,7 +294,7 @@ pub async fn run(cmd: Machine, g: &Global) -> anyhow::Result<()> {
                     .fan_out(
                         remote::ctx(),
                         FanOut {
-                            targets: g.machines.clone(),
+                            targets: g.targets.clone(),
                             call: Call::Machines,
                         },
                     )

@@ -63,7 +63,7 @@ pub struct Global {
     /// connected one: one answer per machine; one that is down or across a partition is
     /// reported unreachable within seconds. For commands that show one machine's view.
     #[arg(short = 'm', long = "machines", global = true, value_delimiter = ',')]
-    pub machines: Vec<String>,
+    pub targets: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let takes_machines = matches!(&cli.command, Command::Machine(machine::Machine::Ls));
-    if !cli.global.machines.is_empty() && !takes_machines {
+    if !cli.global.targets.is_empty() && !takes_machines {
         anyhow::bail!(
             "-m does not apply to this command (it acts on the network, not on one machine's \
              view); it applies to: uc machine ls"
@@ -129,5 +129,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("uc {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn machine_names_of_a_command_are_not_taken_for_targets() {
+        let cli = Cli::try_parse_from(["uc", "machine", "rm", "a", "b"]).unwrap();
+        assert!(cli.global.targets.is_empty());
+        let cli = Cli::try_parse_from(["uc", "machine", "ls", "-m", "alpha,bravo"]).unwrap();
+        assert_eq!(cli.global.targets, ["alpha", "bravo"]);
+        let cli = Cli::try_parse_from(["uc", "-m", "all", "machine", "ls"]).unwrap();
+        assert_eq!(cli.global.targets, ["all"]);
     }
 }

@@ -80,7 +80,14 @@ fn main() -> Result<()> {
         uc(
             &net,
             &[
-                "machine", "ls", "-m", "all", "-o", "json", "--endpoint", &first_api,
+                "machine",
+                "ls",
+                "-m",
+                "all",
+                "-o",
+                "json",
+                "--endpoint",
+                &first_api,
             ],
         )?;
         fan_ms.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -442,13 +442,12 @@ impl LocalNetwork {
             );
             for &i in side {
                 let m = &self.machines[i];
-                let mut child = m
-                    .ns
-                    .command("nft")
-                    .args(["-f", "-"])
-                    .stdin(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("nft runs");
+                let mut child =
+                    m.ns.command("nft")
+                        .args(["-f", "-"])
+                        .stdin(std::process::Stdio::piped())
+                        .spawn()
+                        .expect("nft runs");
                 use std::io::Write;
                 child
                     .stdin
@@ -465,9 +464,8 @@ impl LocalNetwork {
     pub fn heal(&self) {
         for m in &self.machines {
             // Machines that were in no partition have no table: that error is fine.
-            let _ = m
-                .ns
-                .exec("nft", &["delete", "table", "inet", PARTITION_TABLE]);
+            let _ =
+                m.ns.exec("nft", &["delete", "table", "inet", PARTITION_TABLE]);
         }
     }
 

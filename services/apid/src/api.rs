@@ -10,10 +10,9 @@ use rustls::ServerConfig;
 use time::OffsetDateTime;
 use uncloud_api::peer::Forwarded;
 use uncloud_api::wire::{
-    Answer, ApiError, Call, CertRef, CertReply, CertRequest, CertRow, ErrorKind, FanOut,
-    InitReply, InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef,
-    MachineRow, RedeemReply, RedeemRequest, RenewRequest, TargetReply, TicketReply,
-    TicketRequest, API_VERSION,
+    Answer, ApiError, Call, CertRef, CertReply, CertRequest, CertRow, ErrorKind, FanOut, InitReply,
+    InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow,
+    RedeemReply, RedeemRequest, RenewRequest, TargetReply, TicketReply, TicketRequest, API_VERSION,
 };
 use uncloud_common::address::MeshCidr;
 use uncloud_common::dbus::{MeshProxy, StateProxy};
@@ -24,9 +23,9 @@ use uncloud_pki::ca::CLIENT_VALIDITY;
 use uncloud_pki::{ticket, Role};
 
 use crate::change;
-use crate::fanout;
 use crate::config::Config;
 use crate::credentials::Credentials;
+use crate::fanout;
 use crate::redeemed::Redeemed;
 use crate::revocation;
 use crate::tls;
@@ -1146,7 +1145,11 @@ impl Apid {
     /// This machine's mesh address (`10.210.X.1`), once it is a member with a subnet.
     pub async fn own_mesh_ip(&self) -> Option<Ipv4Addr> {
         let member = self.member()?;
-        let me = self.read_machines().await.ok()?.remove(&member.machine_id)?;
+        let me = self
+            .read_machines()
+            .await
+            .ok()?
+            .remove(&member.machine_id)?;
         self.mesh_cidr().await.ok()?.machine_ip(me.subnet)
     }
 
@@ -1173,7 +1176,10 @@ impl Apid {
         if self.revoked().contains(&f.serial) {
             return Err(ApiError::new(
                 ErrorKind::Forbidden,
-                format!("this machine refuses your client certificate: {} was revoked", f.serial),
+                format!(
+                    "this machine refuses your client certificate: {} was revoked",
+                    f.serial
+                ),
             ));
         }
         let role = Role::parse(&f.role).ok_or_else(|| {

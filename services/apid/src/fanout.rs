@@ -94,11 +94,7 @@ pub async fn forward(
         let transport = tarpc::serde_transport::new(framed(tcp), Json::default());
         let client = PeerClient::new(tarpc::client::Config::default(), transport).spawn();
         client
-            .call(
-                uncloud_api::client::context(FORWARD_TIMEOUT),
-                caller,
-                call,
-            )
+            .call(uncloud_api::client::context(FORWARD_TIMEOUT), caller, call)
             .await
             .map_err(|e| unreachable(format!("did not answer ({e})")))?
     };
@@ -222,7 +218,11 @@ mod tests {
             &machines(),
             &["charlie".into(), "m1".into(), "alpha".into(), "nope".into()],
         ));
-        assert_eq!(some, ["charlie", "alpha", "?nope"], "ids and names, once each");
+        assert_eq!(
+            some,
+            ["charlie", "alpha", "?nope"],
+            "ids and names, once each"
+        );
         let both = names(resolve(&machines(), &["bravo".into(), "all".into()]));
         assert_eq!(both, ["bravo", "alpha", "charlie"]);
     }

@@ -15,9 +15,8 @@ use tokio_util::codec::LengthDelimitedCodec;
 use uncloud_api::wire::MAX_FRAME_BYTES;
 use uncloud_api::wire::{
     Api, ApiError, CertRef, CertReply, CertRequest, CertRow, FanOut, InitReply, InitRequest,
-    JoinReply, TargetReply,
-    JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow, RedeemReply, RedeemRequest,
-    RenewRequest, TicketReply, TicketRequest,
+    JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow, RedeemReply,
+    RedeemRequest, RenewRequest, TargetReply, TicketReply, TicketRequest,
 };
 
 use crate::api::{Apid, Caller};

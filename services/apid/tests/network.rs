@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use uncloud_testkit::network::{Binaries, LocalNetwork};
 
@@ -71,6 +71,28 @@ fn accepts(net: &LocalNetwork, addr: &str, ca_pem: &str, cert: &(String, String)
 fn rows_via(net: &LocalNetwork, endpoint: &str) -> Vec<serde_json::Value> {
     let out = net.uc_ok(&["machine", "ls", "-o", "json", "--endpoint", endpoint]);
     serde_json::from_str(&out).unwrap()
+}
+
+/// `uc machine ls -m all -o json` through `endpoint`: one reply per machine, whether or not
+/// every machine answered.
+fn fan_out(net: &LocalNetwork, endpoint: &str) -> Vec<serde_json::Value> {
+    let out = net.uc(&[
+        "machine",
+        "ls",
+        "-m",
+        "all",
+        "-o",
+        "json",
+        "--endpoint",
+        endpoint,
+    ]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 /// (name, state) of each row of `uc machine ls -o json`.
@@ -170,6 +192,32 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
         }
     }
 
+    // On a member, only root may open stated's sync port at the mesh address: meshd's rule
+    // refuses an unprivileged local user, while root gets through.
+    let sync_probe = |unprivileged: bool| {
+        let mut cmd = net.machines[alpha].ns.command("timeout");
+        cmd.arg("3");
+        if unprivileged {
+            cmd.args([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ]);
+        }
+        cmd.args([
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{}/7947", ips[alpha]),
+        ]);
+        cmd.status().unwrap().success()
+    };
+    assert!(
+        sync_probe(false),
+        "root reaches stated at the mesh address (else the next check proves nothing)"
+    );
+    assert!(!sync_probe(true), "an unprivileged user reached stated");
+
     // A member cannot be added again (here or to another network): its banner no longer
     // offers the commands, and the key it showed as fresh is no longer the one it serves.
     assert!(
@@ -199,6 +247,35 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
     assert!(net.machines[delta].state().is_none(), "delta stays fresh");
     let log = std::fs::read_to_string(net.machines[delta].root().join("apid.log")).unwrap();
     assert!(log.contains("used already"), "{log}");
+
+    // A ticket changed on the way (here: to name another network) and one that expired
+    // before its machine booted are refused by the issuer; their machines stay fresh.
+    let (mut claims, _, signature) = uncloud_pki::ticket::read(ticket.trim()).unwrap();
+    claims.network_id = "another-network".into();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let tampered = format!(
+        "{}{}.{}",
+        uncloud_pki::ticket::PREFIX,
+        b64.encode(serde_json::to_vec(&claims).unwrap()),
+        b64.encode(signature)
+    );
+    let expired = net.uc_ok(&["machine", "token", "--ttl", "1"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let epsilon = net.boot("epsilon", Some(&tampered));
+    let zeta = net.boot("zeta", Some(expired.trim()));
+    for (m, why) in [(epsilon, "signature does not match"), (zeta, "expired")] {
+        let log_path = net.machines[m].root().join("apid.log");
+        let name = net.machines[m].name.clone();
+        net.wait_until(&format!("{name}'s ticket is refused"), 30, || {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains("was refused")
+        });
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        assert!(log.contains(why), "{name}: {log}");
+        assert!(net.machines[m].state().is_none(), "{name} stays fresh");
+    }
 
     // A host on the internet that routes the mesh range to alpha cannot reach alpha's stated
     // at its mesh address: machine ports answer only through the mesh device.
@@ -261,6 +338,81 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
     assert!(err.contains("no machine named \"nosuch\""), "{err}");
     let err = net.uc_fails(&["machine", "rm", "alpha", "--endpoint", &alpha_api]);
     assert!(err.contains("answering this call"), "{err}");
+
+    // Fan-out: each machine's own view, asked through one.
+    let views = fan_out(&net, &alpha_api);
+    assert_eq!(views.len(), 3, "{views:?}");
+    for v in &views {
+        assert_eq!(
+            v["answer"]["machines"].as_array().map(Vec::len),
+            Some(3),
+            "{v}"
+        );
+    }
+
+    // A partition: alpha | bravo, gamma. uc still answers on each side, shows the other side
+    // unreachable within seconds, and each side makes a change.
+    net.partition(&[alpha], &[beta, gamma]);
+    for (api, here, there) in [
+        (&alpha_api, vec!["alpha"], vec!["bravo", "gamma"]),
+        (&bravo_api, vec!["bravo", "gamma"], vec!["alpha"]),
+    ] {
+        let started = Instant::now();
+        let views = fan_out(&net, api);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "unreachable machines were waited for: {:?}",
+            started.elapsed()
+        );
+        for v in &views {
+            let name = v["machine"].as_str().unwrap();
+            if here.contains(&name) {
+                assert!(v["answer"]["machines"].is_array(), "{api}: {v}");
+            } else {
+                assert!(there.contains(&name), "{v}");
+                assert_eq!(v["error"]["kind"], "unreachable", "{api}: {v}");
+            }
+        }
+    }
+    net.uc_ok(&[
+        "machine",
+        "label",
+        "alpha",
+        "side=a",
+        "--endpoint",
+        &alpha_api,
+    ]);
+    net.uc_ok(&[
+        "machine",
+        "label",
+        "gamma",
+        "side=b",
+        "--endpoint",
+        &bravo_api,
+    ]);
+    net.wait_until("alpha sees the other side down", 30, || {
+        rows_via(&net, &alpha_api)
+            .iter()
+            .filter(|r| r["state"] != "alive")
+            .count()
+            == 2
+    });
+
+    // Healed: one state everywhere, both sides' changes in it, everyone alive.
+    net.heal();
+    for api in [&alpha_api, &bravo_api, &gamma_api] {
+        net.wait_until(&format!("{api} converges after the heal"), 60, || {
+            let rows = rows_via(&net, api);
+            let label = |name: &str| {
+                rows.iter()
+                    .find(|r| r["name"] == name)
+                    .map(|r| r["labels"]["side"].clone())
+            };
+            rows.iter().all(|r| r["state"] == "alive")
+                && label("alpha") == Some("a".into())
+                && label("gamma") == Some("b".into())
+        });
+    }
 
     // Client certificates. A reader's, issued for ten days: the first command that uses it
     // renews it (less than 30 days left); it may look but not change anything.
