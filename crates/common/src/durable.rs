@@ -7,8 +7,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Replaces `path` with `contents` atomically and durably, with permissions `mode`: a
-/// temporary file beside it is written, fsynced and renamed over it, then the directory is
-/// fsynced so the rename itself is on disk.
+/// temporary file beside it is written, fsynced and renamed over it, then the file (by its
+/// new name) and the directory are fsynced so the rename itself is on disk.
 pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
@@ -29,6 +29,11 @@ pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> std::io::Res
     f.sync_all()?;
     drop(f);
     fs::rename(&tmp, path)?;
+    // On FAT (a Raspberry Pi's boot partition) the renamed entry is written with the file's
+    // inode, not with the directory: until then it still names the replaced file's clusters,
+    // which the rename freed, and a power cut leaves a broken file. Syncing the file by its
+    // new name writes the entry; elsewhere it costs nothing.
+    fs::File::open(path)?.sync_all()?;
     sync_dir(dir)
 }
 
