@@ -6,14 +6,14 @@ use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use rcgen::{KeyPair, PublicKeyData};
 use uncloud_api::wire::{
-    Answer, Call, FanOut, InitRequest, JoinRequest, MachineChange, MachineRef, MachineRow,
-    TicketRequest,
+    Answer, Call, InitRequest, JoinRequest, MachineChange, MachineRef, MachineRow, TicketRequest,
 };
 use uncloud_pki::Fingerprint;
 
 use crate::context::{Context, Store};
 use crate::output::{self, Format, Spinner};
 use crate::remote::{self, answer};
+use crate::targets;
 use crate::Global;
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +98,36 @@ pub enum Machine {
     /// internet).
     #[command(subcommand)]
     Role(Role),
+    /// Units, versions, uptime, memory and disk of the connected machine (with `-m`, of
+    /// each).
+    #[command(after_help = "Examples:\n  uc machine status\n  uc machine status -m all -o json")]
+    Status,
+    /// The journal of Uncloud's daemons (or of `-u` units) on the connected machine (with
+    /// `-m`, of each, prefixed by the machine's name). The appliance has no shell: this is
+    /// how to read its logs.
+    #[command(
+        after_help = "Examples:\n  uc machine logs\n  uc machine logs -u meshd -f\n  uc machine logs -m all --since -1h -n 50\n  uc machine logs -u docker --since '2026-12-03 10:00'"
+    )]
+    Logs {
+        /// A unit to show (`stated`, `meshd`, `apid`, `dockerd-shim`, `docker`, …); repeat
+        /// for several. Default: Uncloud's own.
+        #[arg(short = 'u', long = "unit", value_name = "UNIT")]
+        units: Vec<String>,
+        /// Entries since then: `2026-12-03 10:00`, `-1h`, `today`.
+        #[arg(long)]
+        since: Option<String>,
+        /// The last N entries (at most 5000).
+        #[arg(short = 'n', long = "tail", value_name = "N", default_value_t = 200)]
+        lines: u32,
+        /// Keep printing new entries until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Reboot the connected machine (with `-m`, each of those). Admin only.
+    #[command(
+        after_help = "Examples:\n  uc machine reboot --endpoint 198.51.100.7\n  uc machine reboot -m pi-kitchen"
+    )]
+    Reboot,
 }
 
 #[derive(Debug, Subcommand)]
@@ -286,41 +316,37 @@ pub async fn run(cmd: Machine, g: &Global) -> anyhow::Result<()> {
             Ok(())
         }
         Machine::Ls if !g.targets.is_empty() => {
-            let ctx = store.load(g.context.as_deref())?;
-            let (member, via) = remote::member(&ctx, g).await?;
-            remote::require_api(&member, &via, 2).await?;
-            let replies = answer(
-                member
-                    .fan_out(
-                        remote::ctx(),
-                        FanOut {
-                            targets: g.targets.clone(),
-                            call: Call::Machines,
-                        },
-                    )
-                    .await,
-            )?;
-            let failed = replies.iter().filter(|r| r.error.is_some()).count();
-            match g.output {
-                Format::Json => print!("{}", output::json(&replies)),
-                Format::Table => {
-                    for r in &replies {
-                        match (&r.answer, &r.error) {
-                            (Some(Answer::Machines(rows)), _) => {
-                                println!("seen from {}:", r.machine);
-                                print_rows(rows, Format::Table);
-                            }
-                            (_, Some(e)) => eprintln!("error: {}: {}", r.machine, e),
-                            _ => eprintln!("error: {}: an unexpected answer", r.machine),
-                        }
-                    }
+            let replies = targets::ask(g, Call::Machines, 2).await?;
+            if g.output == Format::Json {
+                print!("{}", output::json(&replies));
+            }
+            targets::each(&replies, |machine, answer, _| {
+                let Answer::Machines(rows) = answer else {
+                    return Err(targets::unexpected(machine));
+                };
+                if g.output == Format::Table {
+                    println!("seen from {machine}:");
+                    print_rows(rows, Format::Table);
                 }
-            }
-            if failed > 0 {
-                bail!("{failed} of {} machine(s) did not answer", replies.len());
-            }
-            Ok(())
+                Ok(())
+            })
         }
+        Machine::Status => crate::host::status(g).await,
+        Machine::Logs {
+            units,
+            since,
+            lines,
+            follow,
+        } => {
+            let args = crate::host::LogArgs {
+                units,
+                since,
+                lines,
+                follow,
+            };
+            crate::host::logs(g, args).await
+        }
+        Machine::Reboot => crate::host::reboot(g).await,
         Machine::Ls => {
             let mut ctx = store.load(g.context.as_deref())?;
             let (member, _) = remote::member(&ctx, g).await?;

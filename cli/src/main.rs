@@ -7,19 +7,23 @@
 //! network's CA certificates, this client's certificate and key, endpoints to try).
 //!
 //! # Design
-//! One module per command group ([`machine`], [`cert`], [`ctx`]); [`remote`] connects and turns errors
-//! into advice; [`context`] keeps contexts on disk; [`output`] prints tables, JSON and
+//! One module per command group ([`machine`], [`host`] for a machine's insides, [`mesh`],
+//! [`cert`], [`ctx`]); [`targets`] asks the connected machine or each of `-m`; [`remote`]
+//! connects and turns errors into advice; [`context`] keeps contexts on disk; [`output`] prints tables, JSON and
 //! progress. Adding a command is a variant and a match arm.
 //!
 //! # Limitations
-//! Services, DNS, ingress and other machines' logs come with later issues.
+//! Services, DNS and ingress come with later issues.
 
 mod cert;
 mod context;
 mod ctx;
+mod host;
 mod machine;
+mod mesh;
 mod output;
 mod remote;
+mod targets;
 
 use std::process::ExitCode;
 
@@ -36,6 +40,8 @@ Start here:
   uc machine add 198.51.100.7 --fingerprint sha256:… --token …    # grow it
   uc machine ls                                                   # look at it
   uc machine ls -m all                                            # as every machine sees it
+  uc machine status -m all                                        # units, memory, disk
+  uc machine logs -u meshd -f                                     # the journal, followed
 
 Contexts live in $XDG_CONFIG_HOME/uncloud (or ~/.config/uncloud); UNCLOUD_CONFIG_DIR overrides."
 )]
@@ -47,7 +53,7 @@ struct Cli {
 }
 
 /// Options every command takes.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Global {
     /// The context (network) to use instead of the current one.
     #[arg(long, global = true, env = "UNCLOUD_CONTEXT")]
@@ -71,6 +77,9 @@ enum Command {
     /// Create the network, add and list machines.
     #[command(subcommand)]
     Machine(machine::Machine),
+    /// The WireGuard mesh: who reaches whom.
+    #[command(subcommand)]
+    Mesh(mesh::Mesh),
     /// Client certificates: issue, list, revoke, renew.
     #[command(subcommand)]
     Cert(cert::Cert),
@@ -101,16 +110,21 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let takes_machines = matches!(&cli.command, Command::Machine(machine::Machine::Ls));
+    use machine::Machine as M;
+    let takes_machines = matches!(
+        &cli.command,
+        Command::Machine(M::Ls | M::Status | M::Logs { .. } | M::Reboot) | Command::Mesh(_)
+    );
     if !cli.global.targets.is_empty() && !takes_machines {
         anyhow::bail!(
             "-m does not apply to this command (it acts on the network, not on one machine's \
-             view); it applies to: uc machine ls"
+             view); it applies to: uc machine ls|status|logs|reboot, uc mesh peers"
         );
     }
     // A certificate near its end is renewed by whatever command uses it next.
     let uses_context = match &cli.command {
         Command::Machine(m) => !matches!(m, machine::Machine::Init { .. }),
+        Command::Mesh(_) => true,
         Command::Cert(c) => !matches!(c, cert::Cert::Renew),
         _ => false,
     };
@@ -119,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Machine(m) => machine::run(m, &cli.global).await,
+        Command::Mesh(m) => mesh::run(m, &cli.global).await,
         Command::Cert(c) => cert::run(c, &cli.global).await,
         Command::Ctx(c) => ctx::run(c, &cli.global),
         Command::Completion { shell } => {

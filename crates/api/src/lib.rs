@@ -12,6 +12,7 @@
 //! - [`tls`]: rustls on ring; the pinned-key verifier for maintenance mode and the network-CA
 //!   verifier for members.
 //! - [`client`]: connect with a timeout; never hangs on an unreachable machine.
+//! - [`host`]: what a machine reports about itself (status, journal, mesh peers).
 //! - [`peer`]: apid to apid over the mesh, for calls `uc` sends to other machines (`-m`).
 //!
 //! # Limitations
@@ -19,6 +20,7 @@
 //!   "unsupported" error (tarpc reads the method name as an enum tag).
 
 pub mod client;
+pub mod host;
 pub mod peer;
 pub mod tls;
 pub mod wire;

@@ -6,14 +6,18 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::host::{LogEntry, LogPage, LogRequest, MachineStatus, MeshPeer, UnitStatus};
+
 /// The TCP port apid listens on (TLS), on every address. The only public port besides
 /// WireGuard's.
 pub const PORT: u16 = 7443;
 
 /// Version of this API; a reply's `api_version` says what the server speaks.
-/// 2: `change_machine`, `remove_machine`. An older apid closes the connection on a call it
-/// does not know; `uc` checks `info().api_version` first where that matters.
-pub const API_VERSION: u32 = 2;
+/// 2: `change_machine`, `remove_machine`, certificates, `fan_out`.
+/// 3: `call`, and the calls `status`, `logs`, `reboot`, `mesh_peers`.
+/// An older apid closes the connection on a call it does not know; `uc` checks
+/// `info().api_version` first where that matters.
+pub const API_VERSION: u32 = 3;
 
 /// Largest JSON frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -58,6 +62,9 @@ pub trait Api {
     /// not answer within a few seconds is reported unreachable, never waited for. The
     /// target decides on the call with the caller's role. Added in API version 2.
     async fn fan_out(request: FanOut) -> Result<Vec<TargetReply>, ApiError>;
+    /// Member mode: `call` answered by this machine (what `fan_out` asks each target). The
+    /// role `call` needs: reader, except `reboot` (admin). Added in API version 3.
+    async fn call(call: Call) -> Result<Answer, ApiError>;
 }
 
 /// `uc -m TARGETS …`.
@@ -68,8 +75,10 @@ pub struct FanOut {
     pub call: Call,
 }
 
-/// A call one machine makes on another's behalf. Read-only calls for now; a target that does
-/// not know a call (older) answers with an error for that target only.
+/// A call about one machine: asked of the connected one ([`Api::call`]) or forwarded to
+/// others ([`Api::fan_out`]). A target that does not know a call (older) fails for that
+/// target only. Adding a per-machine command is a variant here and an arm in apid's
+/// dispatch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Call {
@@ -77,6 +86,15 @@ pub enum Call {
     Info,
     /// Every machine, as this one sees them ([`Api::machines`]).
     Machines,
+    /// Units, versions, memory and disk (`uc machine status`). API version 3.
+    Status,
+    /// The journal (`uc machine logs`). API version 3.
+    Logs(LogRequest),
+    /// Admin: reboot the machine, right after answering (`uc machine reboot`). API version 3.
+    Reboot,
+    /// Who this machine reaches, how, and when it last heard from them (`uc mesh peers`).
+    /// API version 3.
+    MeshPeers,
 }
 
 /// What a [`Call`] returns.
@@ -85,6 +103,11 @@ pub enum Call {
 pub enum Answer {
     Info(MachineInfo),
     Machines(Vec<MachineRow>),
+    Status(MachineStatus),
+    Logs(LogPage),
+    /// The machine accepted the reboot and goes down in a moment.
+    Rebooting,
+    MeshPeers(Vec<MeshPeer>),
 }
 
 /// One target's outcome: an answer or an error.

@@ -145,6 +145,31 @@ pub trait Mesh {
     fn endpoints(&self) -> zbus::Result<Vec<String>>;
 }
 
+/// Well-known name and object path of `apid`.
+pub const API_NAME: &str = "org.uncloud.Api1";
+pub const API_PATH: &str = "/org/uncloud/Api1";
+
+/// One connection as `org.uncloud.Api1.Connections` returns it: peer address, how it
+/// authenticated (`maintenance`, `anonymous`, `client`, `refused`), certificate subject (for
+/// `refused`: why), role, seconds connected.
+pub type ApiConnectionRow = (String, String, String, String, u64);
+
+/// Client side of `org.uncloud.Api1`; see `services/apid` for the server and docs.
+#[zbus::proxy(
+    interface = "org.uncloud.Api1",
+    default_service = "org.uncloud.Api1",
+    default_path = "/org/uncloud/Api1"
+)]
+pub trait Api {
+    fn connections(&self) -> zbus::Result<Vec<ApiConnectionRow>>;
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn mode(&self) -> zbus::Result<String>;
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn network_id(&self) -> zbus::Result<String>;
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn listen(&self) -> zbus::Result<String>;
+}
+
 pub const DOCKER_NAME: &str = "org.uncloud.Docker1";
 pub const DOCKER_PATH: &str = "/org/uncloud/Docker1";
 

@@ -267,13 +267,20 @@ impl LocalMachine {
                  keepalive_secs = 5\nhandshake_timeout_secs = 5\n"
             ),
         ));
+        // A harness machine is processes in a namespace, not a kernel: `uc machine reboot`
+        // leaves a mark in its root instead (see `LocalMachine::rebooted`).
         self.apid = Some(self.spawn(
             "apid",
             &format!(
                 "root = \"{root}\"\ndata_dir = \"{root}/var/lib/uncloud/apid\"\nbus = \"{bus}\"\n\
-                 token_backoff_max_secs = 2\n"
+                 token_backoff_max_secs = 2\nreboot_command = [\"touch\", \"{root}/rebooted\"]\n"
             ),
         ));
+    }
+
+    /// Whether `uc machine reboot` reached this machine (its apid ran the reboot command).
+    pub fn rebooted(&self) -> bool {
+        self.root().join("rebooted").exists()
     }
 
     /// Stops the daemons (SIGTERM).

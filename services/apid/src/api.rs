@@ -12,7 +12,8 @@ use uncloud_api::peer::Forwarded;
 use uncloud_api::wire::{
     Answer, ApiError, Call, CertRef, CertReply, CertRequest, CertRow, ErrorKind, FanOut, InitReply,
     InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow,
-    RedeemReply, RedeemRequest, RenewRequest, TargetReply, TicketReply, TicketRequest, API_VERSION,
+    MeshPeer, RedeemReply, RedeemRequest, RenewRequest, TargetReply, TicketReply, TicketRequest,
+    API_VERSION,
 };
 use uncloud_common::address::MeshCidr;
 use uncloud_common::dbus::{MeshProxy, StateProxy};
@@ -24,8 +25,10 @@ use uncloud_pki::{ticket, Role};
 
 use crate::change;
 use crate::config::Config;
+use crate::connections::Connections;
 use crate::credentials::Credentials;
 use crate::fanout;
+use crate::host;
 use crate::redeemed::Redeemed;
 use crate::revocation;
 use crate::tls;
@@ -35,6 +38,8 @@ use crate::token::{self, Limiter};
 const REDEEM_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the trusted CAs and the revoked certificates are re-read from the state, at most.
 const TRUST_REFRESH: Duration = Duration::from_secs(1);
+/// Time for a reboot's answer to reach `uc` before the machine goes down.
+const REBOOT_DELAY: Duration = Duration::from_millis(500);
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +90,8 @@ pub struct Apid {
     /// What the state says about client certificates, and when it was read.
     trust: RwLock<Trust>,
     redeemed: Redeemed,
+    /// Open API connections, for `org.uncloud.Api1`.
+    connections: Connections,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +130,7 @@ impl Apid {
             init_lock: tokio::sync::Mutex::new(()),
             trust: RwLock::new(Trust::default()),
             redeemed: Redeemed::new(config_redeemed_path),
+            connections: Connections::default(),
         };
         if apid.state.mode().await? == "member" {
             let member = apid.become_member().await?;
@@ -150,6 +158,16 @@ impl Apid {
                 .clone()
                 .expect("a fresh apid has its maintenance face"),
         }
+    }
+
+    /// The open API connections.
+    pub fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// Where the API listens (from the config).
+    pub fn listen(&self) -> SocketAddr {
+        self.config.listen
     }
 
     pub fn member(&self) -> Option<Arc<Member>> {
@@ -1063,7 +1081,50 @@ impl Apid {
         Ok(match call {
             Call::Info => Answer::Info(self.info(caller).await?),
             Call::Machines => Answer::Machines(self.machines(caller).await?),
+            Call::Status => {
+                let member = self.require(caller, Role::Reader)?;
+                let mut status = host::status(&self.config.data_dir).await;
+                // The state has the name as it is now (`uc machine rename`).
+                status.machine = self
+                    .read_machines()
+                    .await?
+                    .remove(&member.machine_id)
+                    .map_or(member.machine_name.clone(), |m| m.name);
+                status.machine_id = member.machine_id.clone();
+                Answer::Status(status)
+            }
+            Call::Logs(request) => {
+                self.require(caller, Role::Reader)?;
+                Answer::Logs(host::logs(&request).await?)
+            }
+            Call::Reboot => {
+                self.require(caller, Role::Admin)?;
+                if let Caller::Client { subject, .. } = caller {
+                    tracing::warn!(%subject, "rebooting, as asked");
+                }
+                host::reboot_later(self.config.reboot_command.clone(), REBOOT_DELAY);
+                Answer::Rebooting
+            }
+            Call::MeshPeers => {
+                self.require(caller, Role::Reader)?;
+                Answer::MeshPeers(self.mesh_peers().await?)
+            }
         })
+    }
+
+    /// The mesh as this machine's meshd sees it.
+    async fn mesh_peers(&self) -> Result<Vec<MeshPeer>, ApiError> {
+        let mesh = MeshProxy::new(self.state.inner().connection())
+            .await
+            .map_err(|e| internal("meshd", e))?;
+        let json = mesh
+            .peers_json()
+            .await
+            .map_err(|e| internal("meshd does not answer", e))?;
+        let mut peers: Vec<MeshPeer> =
+            serde_json::from_str(&json).map_err(|e| internal("meshd's peers", e))?;
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(peers)
     }
 
     /// `uc -m`: `req.call` on each target, this machine answering for itself and asking the

@@ -29,6 +29,8 @@ pub struct Config {
     /// Longest validity a ticket may be given (`uc machine token --ttl`, pre-seeded in
     /// user-data or on an SD card that may wait on a shelf). Default 30 days.
     pub ticket_max_ttl_secs: u64,
+    /// What `uc machine reboot` runs, after answering. Default `["systemctl", "reboot"]`.
+    pub reboot_command: Vec<String>,
 }
 
 impl Default for Config {
@@ -42,6 +44,7 @@ impl Default for Config {
             token_backoff_max_secs: 60,
             ticket_ttl_secs: 600,
             ticket_max_ttl_secs: 30 * 24 * 3600,
+            reboot_command: vec!["systemctl".into(), "reboot".into()],
         }
     }
 }
@@ -59,6 +62,9 @@ impl DaemonConfig for Config {
                 "ticket_ttl_secs",
                 "must be at least 1 and at most ticket_max_ttl_secs",
             );
+        }
+        if self.reboot_command.first().is_none_or(|p| p.is_empty()) {
+            return invalid("reboot_command", "must name a program");
         }
         Ok(())
     }

@@ -21,10 +21,25 @@ use uncloud_common::model::Machine;
 
 use crate::api::Apid;
 
-/// How long a target gets to connect and answer.
+/// How long a target gets to accept the connection, and to answer most calls.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a target that accepted the connection gets to answer `call`: calls that run a
+/// command on the target (`systemctl`, `journalctl`) get that command's bound and a margin.
+pub fn answer_timeout(call: &Call) -> Duration {
+    match call {
+        Call::Status | Call::Logs(_) => crate::host::COMMAND_TIMEOUT + Duration::from_secs(2),
+        _ => FORWARD_TIMEOUT,
+    }
+}
 /// How often the peer listener checks that the machine's mesh address is still its own.
 const ADDRESS_CHECK: Duration = Duration::from_secs(2);
+/// How often a machine that has no mesh address yet (it is joining) looks again: short, so
+/// that a machine is asked through `-m` as soon as it is reachable.
+const ADDRESS_WAIT: Duration = Duration::from_millis(200);
+/// Pause before connecting again to a target that refused: its apid is starting, or is
+/// binding its new mesh address.
+const REFUSED_RETRY: Duration = Duration::from_millis(100);
 
 /// The machines `requested` names, in the order asked and without repeats; `all` is every
 /// machine, by name. A name no machine has comes back as `Err(name)`.
@@ -86,26 +101,44 @@ pub async fn forward(
             format!("{name} ({}) {why}: down, or across a partition", addr.ip()),
         )
     };
-    let work = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| unreachable(format!("cannot be reached ({e})")))?;
-        let _ = tcp.set_nodelay(true);
-        let transport = tarpc::serde_transport::new(framed(tcp), Json::default());
-        let client = PeerClient::new(tarpc::client::Config::default(), transport).spawn();
-        client
-            .call(uncloud_api::client::context(FORWARD_TIMEOUT), caller, call)
-            .await
-            .map_err(|e| unreachable(format!("did not answer ({e})")))?
+    let connect = async {
+        // A refusal comes back at once, from a machine that is up but whose apid does not
+        // listen yet (just joined, restarting, renumbered): ask again until the deadline. A
+        // machine that is down or cut off never answers and ends in the timeout below.
+        loop {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => break Ok(tcp),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tokio::time::sleep(REFUSED_RETRY).await;
+                }
+                Err(e) => break Err(unreachable(format!("cannot be reached ({e})"))),
+            }
+        }
     };
-    tokio::time::timeout(FORWARD_TIMEOUT, work)
+    let tcp = tokio::time::timeout(FORWARD_TIMEOUT, connect)
         .await
         .unwrap_or_else(|_| {
             Err(unreachable(format!(
-                "did not answer within {} s",
+                "did not accept a connection within {} s",
                 FORWARD_TIMEOUT.as_secs()
             )))
-        })
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let limit = answer_timeout(&call);
+    let work = async {
+        let transport = tarpc::serde_transport::new(framed(tcp), Json::default());
+        let client = PeerClient::new(tarpc::client::Config::default(), transport).spawn();
+        client
+            .call(uncloud_api::client::context(limit), caller, call)
+            .await
+            .map_err(|e| unreachable(format!("did not answer ({e})")))?
+    };
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(unreachable(format!(
+            "did not answer within {} s",
+            limit.as_secs()
+        )))
+    })
 }
 
 /// Serves other machines' forwarded calls on this machine's mesh address, binding once the
@@ -113,14 +146,14 @@ pub async fn forward(
 pub async fn serve(apid: Arc<Apid>) {
     loop {
         let Some(ip) = apid.own_mesh_ip().await else {
-            tokio::time::sleep(ADDRESS_CHECK).await;
+            tokio::time::sleep(ADDRESS_WAIT).await;
             continue;
         };
         let listener = match TcpListener::bind((ip, PEER_PORT)).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::debug!(%ip, error = %e, "mesh address not usable yet");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(ADDRESS_WAIT).await;
                 continue;
             }
         };

@@ -19,20 +19,28 @@
 //!   ([`revocation`] decides what `uc cert revoke X` names).
 //! - [`fanout`]: `uc -m`: calls for other machines, forwarded over the mesh to their apid's
 //!   peer port (7949 on the mesh address; only machines of the state get in).
+//! - [`host`]: the machine itself for `uc machine status|logs|reboot` (the appliance has no
+//!   shell): `/proc`, `statvfs`, `systemctl show`, `journalctl --output=json`.
 //! - [`change`]: what `uc machine rename|label|role` writes, checked before anything is.
 //! - `init` asks stated to create the network, makes the CA, issues an admin certificate for
 //!   the public key the client sent (its private key never leaves the client), then consumes
 //!   the token. Until the token is consumed the same token may retry, so a crash half-way
 //!   never locks the user out.
 //!
+//! - [`dbus`]: `org.uncloud.Api1` on the system bus: the mode, the network, who is
+//!   connected ([`connections`]).
+//!
 //! # Limitations
-//! - `org.uncloud.Api1` is not built yet; forwarded calls are read-only for now.
+//! - `uc machine logs -f` asks again every second (no server push).
 
 pub mod api;
 pub mod change;
 pub mod config;
+pub mod connections;
 pub mod credentials;
+pub mod dbus;
 pub mod fanout;
+pub mod host;
 pub mod redeemed;
 pub mod revocation;
 pub mod server;

@@ -55,6 +55,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let listen = config.listen;
     let apid = Arc::new(apid::Apid::start(config, state).await?);
+    apid::dbus::serve(&bus, apid.clone())
+        .await
+        .context("cannot offer org.uncloud.Api1 on D-Bus")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

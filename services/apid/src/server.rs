@@ -14,9 +14,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::LengthDelimitedCodec;
 use uncloud_api::wire::MAX_FRAME_BYTES;
 use uncloud_api::wire::{
-    Api, ApiError, CertRef, CertReply, CertRequest, CertRow, FanOut, InitReply, InitRequest,
-    JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow, RedeemReply,
-    RedeemRequest, RenewRequest, TargetReply, TicketReply, TicketRequest,
+    Answer, Api, ApiError, Call, CertRef, CertReply, CertRequest, CertRow, FanOut, InitReply,
+    InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow,
+    RedeemReply, RedeemRequest, RenewRequest, TargetReply, TicketReply, TicketRequest,
 };
 
 use crate::api::{Apid, Caller};
@@ -79,6 +79,7 @@ async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, apid: Ar
         Caller::Refused(reason)
     });
     tracing::debug!(%peer, ?caller, "connection");
+    let _listed = apid.connections().register(peer, caller.clone());
     let framed = LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME_BYTES)
         .new_framed(stream);
@@ -229,5 +230,9 @@ impl Api for Connection {
         request: FanOut,
     ) -> Result<Vec<TargetReply>, ApiError> {
         self.apid.fan_out(&self.caller, request).await
+    }
+
+    async fn call(self, _: tarpc::context::Context, call: Call) -> Result<Answer, ApiError> {
+        self.apid.dispatch(&self.caller, call).await
     }
 }

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use uncloud_api::wire::{Answer, Call, CertRequest, LogRequest};
 use uncloud_api::wire::{ErrorKind, InitRequest};
 use uncloud_api::{connect, context, tls};
-use uncloud_common::dbus::StateProxy;
+use uncloud_common::dbus::{ApiProxy, StateProxy};
 use uncloud_pki::Fingerprint;
 use uncloud_testkit::PrivateBus;
 
@@ -24,6 +25,10 @@ struct Machine {
     _stated: Arc<stated::Membership>,
     _dbus: Option<(zbus::Connection, tokio::task::JoinHandle<()>)>,
     server: tokio::task::JoinHandle<()>,
+    /// `org.uncloud.Api1`, as a local tool sees it.
+    api1: ApiProxy<'static>,
+    /// What `uc machine reboot` runs here: it creates this file.
+    rebooted: std::path::PathBuf,
 }
 
 impl Drop for Machine {
@@ -61,7 +66,9 @@ async fn fresh_machine() -> Machine {
         .await
         .unwrap();
 
+    let rebooted = dir.path().join("rebooted");
     let config = apid::Config {
+        reboot_command: vec!["touch".into(), rebooted.display().to_string()],
         listen: "127.0.0.1:0".parse().unwrap(),
         bus: bus.address.clone(),
         root: root.clone(),
@@ -76,6 +83,8 @@ async fn fresh_machine() -> Machine {
         .unwrap();
     let state = StateProxy::new(&conn).await.unwrap();
     let apid = Arc::new(apid::Apid::start(config, state).await.unwrap());
+    apid::dbus::serve(&conn, apid.clone()).await.unwrap();
+    let api1 = ApiProxy::new(&conn).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(apid::server::serve(listener, apid));
@@ -88,6 +97,8 @@ async fn fresh_machine() -> Machine {
         _stated: membership,
         _dbus: dbus,
         server,
+        api1,
+        rebooted,
     }
 }
 
@@ -117,6 +128,14 @@ async fn init_needs_the_token_once_then_only_certificates_of_the_network_get_in(
 
     // Maintenance mode: a wrong token is refused, and the next attempt must wait.
     let client = connect(m.addr, pinned.clone(), WAIT).await.unwrap();
+    // Locally, D-Bus says so, and who is connected.
+    assert_eq!(m.api1.mode().await.unwrap(), "maintenance");
+    assert_eq!(m.api1.network_id().await.unwrap(), "");
+    let open = m.api1.connections().await.unwrap();
+    assert!(
+        open.iter().any(|c| c.1 == "maintenance"),
+        "the maintenance connection is listed: {open:?}"
+    );
     let e = client
         .init(context(WAIT), init_request("guess", &laptop))
         .await
@@ -170,6 +189,101 @@ async fn init_needs_the_token_once_then_only_certificates_of_the_network_get_in(
     assert_eq!(machines.len(), 1);
     assert_eq!(machines[0].name, "alpha");
     assert_eq!(machines[0].subnet, "10.210.1.0/24");
+    assert_eq!(m.api1.mode().await.unwrap(), "member");
+    assert_eq!(m.api1.network_id().await.unwrap(), reply.network_id);
+    let open = m.api1.connections().await.unwrap();
+    assert!(
+        open.iter()
+            .any(|c| (c.1.as_str(), c.2.as_str(), c.3.as_str()) == ("client", "laptop", "admin")),
+        "the admin's connection is listed with its subject and role: {open:?}"
+    );
+
+    // The machine's insides through the API (the appliance has no shell).
+    let Answer::Status(status) = client
+        .call(context(WAIT), Call::Status)
+        .await
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("a status answer")
+    };
+    assert_eq!(
+        (status.machine.as_str(), status.machine_id.as_str()),
+        ("alpha", info.machine_id.as_str())
+    );
+    assert!(status.memory_total_bytes > 0 && status.memory_available_bytes > 0);
+    assert!(status.disk_total_bytes >= status.disk_available_bytes && status.disk_total_bytes > 0);
+    assert!(!status.kernel.is_empty() && status.uptime_secs > 0);
+    // Units come from systemd; a machine without it (this harness) says why instead.
+    assert!(
+        status.units.len() == uncloud_api::host::UNITS.len() || status.units_error.is_some(),
+        "{status:?}"
+    );
+    let hostile = Call::Logs(LogRequest {
+        units: vec!["stated --file=/etc/shadow".into()],
+        ..Default::default()
+    });
+    let e = client
+        .call(context(WAIT), hostile)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+
+    // A reader may look but not reboot; an admin may.
+    let reader_key = rcgen::KeyPair::generate().unwrap();
+    let issued = client
+        .issue_cert(
+            context(WAIT),
+            CertRequest {
+                subject: "dashboard".into(),
+                role: "reader".into(),
+                public_key: {
+                    use rcgen::PublicKeyData;
+                    reader_key.subject_public_key_info()
+                },
+                ttl_secs: 0,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let reader = connect(
+        m.addr,
+        tls::client_member(
+            &issued.ca_bundle,
+            &issued.cert_pem,
+            &reader_key.serialize_pem(),
+        )
+        .unwrap(),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        reader.call(context(WAIT), Call::Status).await.unwrap(),
+        Ok(Answer::Status(_))
+    ));
+    let e = reader
+        .call(context(WAIT), Call::Reboot)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Forbidden, "{e}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!m.rebooted.exists(), "a reader cannot reboot");
+    assert!(matches!(
+        client.call(context(WAIT), Call::Reboot).await.unwrap(),
+        Ok(Answer::Rebooting)
+    ));
+    let asked = std::time::Instant::now();
+    while !m.rebooted.exists() {
+        assert!(
+            asked.elapsed() < WAIT,
+            "the reboot command ran after the answer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // ...no certificate gets nothing but a refusal...
     let anonymous = tls::client_anonymous(&reply.ca_cert).unwrap();

@@ -192,6 +192,45 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
         }
     }
 
+    // Who reaches whom, as each machine sees it: both peers up, direct, with traffic.
+    let replies: Vec<serde_json::Value> =
+        serde_json::from_str(&net.uc_ok(&["mesh", "peers", "-m", "all", "-o", "json"])).unwrap();
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    for r in &replies {
+        let peers = r["answer"]["mesh_peers"].as_array().expect("peers");
+        assert_eq!(peers.len(), 2, "{r}");
+        for p in peers {
+            assert_eq!(
+                (p["status"].as_str(), p["path"].as_str()),
+                (Some("up"), Some("direct")),
+                "{r}"
+            );
+            assert!(p["rx_bytes"].as_u64() > Some(0), "{r}");
+        }
+    }
+    // Each machine's status through one: named as in the state, with memory and disk.
+    let replies: Vec<serde_json::Value> =
+        serde_json::from_str(&net.uc_ok(&["machine", "status", "-m", "all", "-o", "json"]))
+            .unwrap();
+    let named: Vec<&str> = replies
+        .iter()
+        .map(|r| {
+            r["answer"]["status"]["machine"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(named, ["alpha", "beta", "gamma"], "{replies:?}");
+    assert!(replies
+        .iter()
+        .all(|r| r["answer"]["status"]["memory_total_bytes"].as_u64() > Some(0)));
+    // An admin call forwarded to gamma runs there, and only there.
+    net.uc_ok(&["machine", "reboot", "-m", "gamma"]);
+    net.wait_until("gamma's apid runs its reboot command", 10, || {
+        net.machines[gamma].rebooted()
+    });
+    assert!(!net.machines[alpha].rebooted() && !net.machines[beta].rebooted());
+
     // On a member, only root may open stated's sync port at the mesh address: meshd's rule
     // refuses an unprivileged local user, while root gets through.
     let sync_probe = |unprivileged: bool| {
