@@ -52,6 +52,9 @@ pub struct Machine {
     /// A provider: its DMI strings, and its metadata service at 169.254.169.254 (the VM's
     /// network is then [`metadata::NETWORK`]).
     pub metadata: Option<MetadataService>,
+    /// TCP ports of the host's loopback forwarded to the guest (`host`, `guest`): how a test
+    /// on the host reaches the guest's apid through QEMU's user network.
+    pub host_forwards: Vec<(u16, u16)>,
 }
 
 /// Where a VM's files are, for its command line.
@@ -92,6 +95,7 @@ impl Machine {
             ),
             disk_size_bytes: None,
             metadata: None,
+            host_forwards: Vec::new(),
         }
     }
 
@@ -232,13 +236,16 @@ impl Machine {
                 ]);
             }
         }
-        let netdev = match (&self.metadata, metadata_routes) {
+        let mut netdev = match (&self.metadata, metadata_routes) {
             (Some(service), Some(routes)) => {
                 a.extend(["-smbios".into(), service.smbios.clone()]);
                 format!("user,id=n0,{}", service.netdev_options(routes))
             }
             _ => "user,id=n0".into(),
         };
+        for (host, guest) in &self.host_forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
         a.extend(["-netdev".into(), netdev]);
         a
     }
@@ -372,6 +379,17 @@ mod tests {
         assert_eq!(vm.disk_size(1405 << 20), None);
         pi.disk_size_bytes = Some(8 << 30);
         assert_eq!(pi.disk_size(1405 << 20), Some(8 << 30));
+    }
+
+    #[test]
+    fn forwarded_ports_listen_on_the_hosts_loopback_only() {
+        let mut m = Machine::new("fw", Arch::Amd64, Boot::Bios);
+        m.host_forwards = vec![(17443, 7443)];
+        let line = joined(&m, None);
+        assert!(
+            line.contains("-netdev user,id=n0,hostfwd=tcp:127.0.0.1:17443-:7443"),
+            "{line}"
+        );
     }
 
     #[test]

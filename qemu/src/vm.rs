@@ -163,10 +163,28 @@ impl Vm {
         timeout: Duration,
         matches: impl Fn(&str) -> bool,
     ) -> Result<String, VmError> {
+        self.wait_for_line_since(0, what, timeout, matches)
+    }
+
+    /// Where the console is now, for [`Vm::wait_for_line_since`]: to wait for what comes
+    /// after an event (a reboot's second banner, not the first).
+    pub fn mark(&self) -> usize {
+        self.console().len()
+    }
+
+    /// [`Vm::wait_for_line`], looking only at what the console printed after `mark`.
+    pub fn wait_for_line_since(
+        &mut self,
+        mark: usize,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<String, VmError> {
         let deadline = Instant::now() + timeout;
         loop {
             let text = self.console();
-            if let Some(line) = console::find_line(&text, &matches) {
+            let after = text.get(mark..).unwrap_or_default();
+            if let Some(line) = console::find_line(after, &matches) {
                 return Ok(line.to_owned());
             }
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+pub mod uc;
+
 /// The workspace this test runs from. Read at run time (cargo sets it for tests): a test
 /// binary reused from another checkout sharing the target directory would otherwise read
 /// the folder it was compiled in.

@@ -39,6 +39,8 @@ pub struct MachineStatus {
     pub kernel: String,
     pub arch: String,
     pub uptime_secs: u64,
+    /// The kernel's id of this boot: it changes when the machine reboots.
+    pub boot_id: String,
     /// Load average over 1, 5 and 15 minutes.
     pub load: [f64; 3],
     pub memory_total_bytes: u64,

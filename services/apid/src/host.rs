@@ -42,6 +42,7 @@ pub async fn status(data_dir: &Path) -> MachineStatus {
         kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
         arch: std::env::consts::ARCH.to_string(),
         uptime_secs: first_number(&read("/proc/uptime")) as u64,
+        boot_id: read("/proc/sys/kernel/random/boot_id").trim().to_string(),
         load: loadavg(&read("/proc/loadavg")),
         memory_total_bytes,
         memory_available_bytes,

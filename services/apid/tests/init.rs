@@ -214,6 +214,7 @@ async fn init_needs_the_token_once_then_only_certificates_of_the_network_get_in(
     assert!(status.memory_total_bytes > 0 && status.memory_available_bytes > 0);
     assert!(status.disk_total_bytes >= status.disk_available_bytes && status.disk_total_bytes > 0);
     assert!(!status.kernel.is_empty() && status.uptime_secs > 0);
+    assert_eq!(status.boot_id.len(), 36, "{status:?}");
     // Units come from systemd; a machine without it (this harness) says why instead.
     assert!(
         status.units.len() == uncloud_api::host::UNITS.len() || status.units_error.is_some(),

@@ -1,0 +1,83 @@
+//! `uc` as a user on the host runs it against a VM: its own config directory, the VM's apid
+//! through a port QEMU forwards on the host's loopback.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The `uc` built beside this test (`target/debug/uc`), or `$UNCLOUD_UC`. Missing fails the
+/// test with what to build; it never skips.
+pub fn uc_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("UNCLOUD_UC") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test knows its path");
+    // target/debug/deps/image_boot-… → target/debug/uc
+    let uc = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("uc"))
+        .expect("the test runs from a target directory");
+    assert!(
+        uc.exists(),
+        "{} is missing: build it first (cargo build -p uc)",
+        uc.display()
+    );
+    uc
+}
+
+pub struct Uc {
+    bin: PathBuf,
+    config: tempfile::TempDir,
+    /// `HOST:PORT` of the machine every command talks to.
+    pub endpoint: String,
+}
+
+impl Uc {
+    pub fn new(endpoint: &str) -> Uc {
+        Uc {
+            bin: uc_binary(),
+            config: tempfile::tempdir().expect("a temporary directory"),
+            endpoint: endpoint.to_string(),
+        }
+    }
+
+    /// Runs `uc ARGS` with this client's contexts and endpoint.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(args)
+            .env("UNCLOUD_CONFIG_DIR", self.config.path())
+            .env("UNCLOUD_ENDPOINT", &self.endpoint)
+            .env_remove("UNCLOUD_CONTEXT")
+            .output()
+            .expect("uc runs")
+    }
+
+    /// `uc ARGS`, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "uc {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `uc ARGS -o json`, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("uc {}: {e}: {out}", args.join(" ")))
+    }
+}
+
+/// A TCP port on the host's loopback that nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
