@@ -269,6 +269,11 @@ pub struct RedeemReply {
     pub document: String,
     /// The entry the member wrote for it (name, subnet).
     pub machine_name: String,
+    /// The issuer's clock when it answered (Unix seconds; 0 from an older issuer). A joining
+    /// machine whose own clock is far off (a Raspberry Pi has no real-time clock) dates its
+    /// CA and server certificate by this instead.
+    #[serde(default)]
+    pub issuer_time: u64,
 }
 
 /// `uc machine init`.

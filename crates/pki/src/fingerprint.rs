@@ -21,6 +21,15 @@ impl Fingerprint {
         Ok(Fingerprint::of_spki(cert.tbs_certificate.subject_pki.raw))
     }
 
+    /// The fingerprint of the public half of a PEM private key: to check that a key and a
+    /// certificate belong together.
+    pub fn of_key_pem(key_pem: &str) -> Result<Fingerprint, PkiError> {
+        use rcgen::PublicKeyData;
+        let key = rcgen::KeyPair::from_pem(key_pem)
+            .map_err(|e| PkiError::BadCertificate(format!("not a usable private key: {e}")))?;
+        Ok(Fingerprint::of_spki(&key.subject_public_key_info()))
+    }
+
     /// The fingerprint of a DER `SubjectPublicKeyInfo`.
     pub fn of_spki(spki_der: &[u8]) -> Fingerprint {
         let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);

@@ -16,9 +16,14 @@ pub struct Dockerd {
 }
 
 impl Dockerd {
-    /// Starts dockerd and waits until it answers. Panics (never skips) if docker.io is not
-    /// installed: the README's test command installs it.
+    /// Starts dockerd in a namespace of its own and waits until it answers. Panics (never
+    /// skips) if docker.io is not installed: the README's test command installs it.
     pub fn start() -> Dockerd {
+        Dockerd::start_in(Netns::new("docker"))
+    }
+
+    /// Starts dockerd in `ns` (a machine's namespace: [`Netns::share`]).
+    pub fn start_in(ns: Netns) -> Dockerd {
         let dir = tempfile::Builder::new()
             .prefix("ucd")
             .tempdir_in("/tmp")
@@ -27,7 +32,7 @@ impl Dockerd {
         let mut d = Dockerd {
             daemon: None,
             socket,
-            ns: Netns::new("docker"),
+            ns,
             dir,
         };
         d.spawn();

@@ -50,6 +50,8 @@ fn sweep_stale() {
 /// [`crate::Daemon`] declared after the namespace drops before it).
 pub struct Netns {
     name: String,
+    /// Whether dropping this handle deletes the namespace (false for [`Netns::share`]).
+    owned: bool,
 }
 
 impl Netns {
@@ -59,9 +61,18 @@ impl Netns {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("{PREFIX}{}-{n}-{label}", std::process::id());
         run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
+        let ns = Netns { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// Another handle to this namespace, which does not delete it when dropped: for a
+    /// daemon's helper that lives no longer than the namespace's owner (a machine's dockerd).
+    pub fn share(&self) -> Netns {
+        Netns {
+            name: self.name.clone(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -148,6 +159,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();

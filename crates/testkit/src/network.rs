@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::{Daemon, Internet, Netns, PrivateBus};
+use crate::{Daemon, Dockerd, Internet, Netns, PrivateBus};
 
 /// The Uncloud programs a network runs, found next to each other in a cargo target dir.
 #[derive(Debug, Clone)]
@@ -55,6 +55,8 @@ pub fn public_ip(i: usize) -> Ipv4Addr {
 /// One machine. Field order is drop order: daemons stop before the bus and the namespace go.
 pub struct LocalMachine {
     pub apid: Option<Daemon>,
+    pub shim: Option<Daemon>,
+    pub docker: Option<Dockerd>,
     pub meshd: Option<Daemon>,
     pub stated: Option<Daemon>,
     pub bus: PrivateBus,
@@ -63,9 +65,46 @@ pub struct LocalMachine {
     pub name: String,
     pub public_ip: Ipv4Addr,
     bins: Binaries,
+    /// libfaketime's timestamp file when this machine's clock is off (see
+    /// [`LocalNetwork::boot_with_clock`]).
+    clock: Option<PathBuf>,
+}
+
+/// Where Debian's libfaketime keeps the preload library (the multi-threaded variant: the
+/// daemons are).
+fn libfaketime() -> PathBuf {
+    PathBuf::from(format!(
+        "/usr/lib/{}-linux-gnu/faketime/libfaketimeMT.so.1",
+        std::env::consts::ARCH
+    ))
+}
+
+/// Gives `cmd` the machine's clock: `offset` in libfaketime's syntax (`-730d`, `+0`), read
+/// from `file` at most once a second, so that [`LocalMachine::set_clock`] moves it while the
+/// daemons run, as time sync does. Monotonic clocks are left alone (timers keep working).
+fn with_clock(cmd: &mut Command, file: &Path) {
+    let lib = libfaketime();
+    assert!(
+        lib.exists(),
+        "{} is missing: install libfaketime (scripts/test does)",
+        lib.display()
+    );
+    cmd.env("LD_PRELOAD", lib)
+        .env("FAKETIME_TIMESTAMP_FILE", file)
+        .env("FAKETIME_CACHE_DURATION", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
 }
 
 impl LocalMachine {
+    /// Sets this machine's clock offset (libfaketime syntax: `+0` is the right time). Only
+    /// for a machine booted with [`LocalNetwork::boot_with_clock`].
+    pub fn set_clock(&self, offset: &str) {
+        let file = self.clock.as_ref().expect("booted with boot_with_clock");
+        std::fs::write(file, format!("{offset}\n")).unwrap();
+        // libfaketime reads the file again within a second.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+
     pub fn root(&self) -> &Path {
         self.root.path()
     }
@@ -201,7 +240,7 @@ impl LocalMachine {
     /// Every daemon's log, for a failing test.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for d in ["stated", "meshd", "apid", "firstboot"] {
+        for d in ["stated", "meshd", "apid", "dockerd-shim", "firstboot"] {
             let text =
                 std::fs::read_to_string(self.root().join(format!("{d}.log"))).unwrap_or_default();
             // A panic's message first: its backtrace would push it out of the tail.
@@ -234,6 +273,9 @@ impl LocalMachine {
         let path = self.root().join(format!("etc/uncloud/{program}.toml"));
         std::fs::write(&path, config).unwrap();
         let mut cmd = self.ns.command(self.bins.get(program));
+        if let Some(clock) = &self.clock {
+            with_clock(&mut cmd, clock);
+        }
         cmd.arg("--config")
             .arg(&path)
             .env(
@@ -276,6 +318,20 @@ impl LocalMachine {
                  token_backoff_max_secs = 2\nreboot_command = [\"touch\", \"{root}/rebooted\"]\n"
             ),
         ));
+        self.start_shim();
+    }
+
+    /// Starts dockerd-shim when the machine has a dockerd ([`Boot::docker`]).
+    fn start_shim(&mut self) {
+        let Some(docker) = &self.docker else {
+            return;
+        };
+        let config = format!(
+            "docker_socket = \"{}\"\nbus = \"{}\"\n",
+            docker.socket.display(),
+            self.bus.address
+        );
+        self.shim = Some(self.spawn("dockerd-shim", &config));
     }
 
     /// Whether `uc machine reboot` reached this machine (its apid ran the reboot command).
@@ -283,14 +339,32 @@ impl LocalMachine {
         self.root().join("rebooted").exists()
     }
 
-    /// Stops the daemons (SIGTERM).
+    /// Stops the daemons (SIGTERM); dockerd keeps running, as its containers would.
     pub fn stop(&mut self) {
-        for d in [&mut self.apid, &mut self.meshd, &mut self.stated] {
+        for d in [
+            &mut self.apid,
+            &mut self.shim,
+            &mut self.meshd,
+            &mut self.stated,
+        ] {
             if let Some(mut d) = d.take() {
                 d.stop(Duration::from_secs(5));
             }
         }
     }
+}
+
+/// How [`LocalNetwork::boot_with`] boots a machine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Boot<'a> {
+    /// A pre-seeded join ticket, as cloud-init user-data would leave it.
+    pub ticket: Option<&'a str>,
+    /// The machine's clock offset from the real time (libfaketime syntax, `-730d`): a
+    /// Raspberry Pi without a real-time clock, before time sync. [`LocalMachine::set_clock`]
+    /// changes it later.
+    pub clock: Option<&'a str>,
+    /// Its own dockerd and dockerd-shim: containers on the machine's subnet.
+    pub docker: bool,
 }
 
 /// Machines, the internet between them, and a laptop running `uc`.
@@ -321,6 +395,22 @@ impl LocalNetwork {
     /// join ticket, as cloud-init user-data would leave it), then its daemons. Returns its
     /// index.
     pub fn boot(&mut self, name: &str, ticket: Option<&str>) -> usize {
+        self.boot_with(
+            name,
+            Boot {
+                ticket,
+                ..Boot::default()
+            },
+        )
+    }
+
+    /// [`LocalNetwork::boot`] with more of a real machine: see [`Boot`].
+    pub fn boot_with(&mut self, name: &str, boot: Boot<'_>) -> usize {
+        let Boot {
+            ticket,
+            clock: offset,
+            docker,
+        } = boot;
         let i = self.machines.len();
         let ns = Netns::new(name);
         let ip = public_ip(i);
@@ -336,7 +426,16 @@ impl LocalNetwork {
         if let Some(t) = ticket {
             std::fs::write(root.path().join("etc/uncloud/join-ticket"), t).unwrap();
         }
-        let out = Command::new(self.bins.get("uncloud-firstboot"))
+        let clock = offset.map(|o| {
+            let file = root.path().join("faketime");
+            std::fs::write(&file, format!("{o}\n")).unwrap();
+            file
+        });
+        let mut firstboot = Command::new(self.bins.get("uncloud-firstboot"));
+        if let Some(clock) = &clock {
+            with_clock(&mut firstboot, clock);
+        }
+        let out = firstboot
             .args(["init", "--root"])
             .arg(root.path())
             .output()
@@ -351,8 +450,11 @@ impl LocalNetwork {
             "firstboot failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let docker = docker.then(|| Dockerd::start_in(ns.share()));
         let mut m = LocalMachine {
             apid: None,
+            shim: None,
+            docker,
             meshd: None,
             stated: None,
             bus: PrivateBus::start(),
@@ -361,6 +463,7 @@ impl LocalNetwork {
             name: name.to_string(),
             public_ip: ip,
             bins: self.bins.clone(),
+            clock,
         };
         m.start();
         self.machines.push(m);

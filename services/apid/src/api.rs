@@ -26,7 +26,7 @@ use uncloud_pki::{ticket, Role};
 use crate::change;
 use crate::config::Config;
 use crate::connections::Connections;
-use crate::credentials::Credentials;
+use crate::credentials::{self, Credentials};
 use crate::fanout;
 use crate::host;
 use crate::redeemed::Redeemed;
@@ -133,7 +133,7 @@ impl Apid {
             connections: Connections::default(),
         };
         if apid.state.mode().await? == "member" {
-            let member = apid.become_member().await?;
+            let member = apid.become_member(OffsetDateTime::now_utc()).await?;
             *apid.member.write().unwrap() = Some(member);
         } else {
             let read = |p: std::path::PathBuf| {
@@ -255,15 +255,22 @@ impl Apid {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    async fn become_member(&self) -> Result<Arc<Member>, BecomeError> {
+    /// This machine as a member, its credentials dated `now` if they are made (or the
+    /// server certificate issued again) now.
+    async fn become_member(&self, now: OffsetDateTime) -> Result<Arc<Member>, BecomeError> {
         let network_id = self.state.network_id().await?;
         let machine_id = self.state.machine_id().await?;
         let me: Machine = serde_json::from_str(&self.state.get("machines", &machine_id).await?)
             .map_err(|e| BecomeError::State(zbus::Error::Failure(e.to_string())))?;
         // Clients check the chain, not the name (a machine has many addresses).
         let names = [me.name.clone(), "localhost".to_string()];
-        let credentials =
-            Credentials::load_or_create(&self.config.data_dir, &network_id, &machine_id, &names)?;
+        let credentials = Credentials::load_or_create(
+            &self.config.data_dir,
+            &network_id,
+            &machine_id,
+            &names,
+            now,
+        )?;
         let chain = format!(
             "{}{}",
             credentials.server_cert_pem,
@@ -318,7 +325,7 @@ impl Apid {
                 })?;
             tracing::info!(%network_id, "network created");
         }
-        let member = self.enter_member_mode().await?;
+        let member = self.enter_member_mode(OffsetDateTime::now_utc()).await?;
         let who = if req.client_name.is_empty() {
             "admin"
         } else {
@@ -453,8 +460,17 @@ impl Apid {
         let (claims, _, _) = ticket::read(ticket_text).map_err(bad)?;
         let pin = claims.issuer_ca().map_err(bad)?;
         let mode = self.state.mode().await.map_err(|e| internal("stated", e))?;
+        let mut dated = OffsetDateTime::now_utc();
         if mode != "member" {
-            let document = self.redeem_at_issuer(ticket_text, &claims, pin).await?;
+            let reply = self.redeem_at_issuer(ticket_text, &claims, pin).await?;
+            let local = OffsetDateTime::now_utc();
+            dated = credentials::credentials_time(local, reply.issuer_time);
+            if dated != local {
+                tracing::warn!(local = %local, issuer = %dated,
+                    "this machine's clock is far from the issuer's (no time sync yet?): its \
+                     certificates are dated by the issuer's clock");
+            }
+            let document = reply.document;
             let bytes = {
                 use base64::Engine;
                 base64::engine::general_purpose::STANDARD
@@ -466,7 +482,7 @@ impl Apid {
                 .await
                 .map_err(|e| internal("stated could not join", e))?;
         }
-        let member = self.enter_member_mode().await?;
+        let member = self.enter_member_mode(dated).await?;
         self.finish_enrolment()?;
         let me = self
             .read_machines()
@@ -483,12 +499,30 @@ impl Apid {
         })
     }
 
-    async fn enter_member_mode(&self) -> Result<Arc<Member>, ApiError> {
+    /// Issues apid's server certificate again when it nears its end or the clock has moved
+    /// out of it (a Raspberry Pi that synced its clock after joining): new connections get
+    /// the new one. Cheap; `main` runs it every hour.
+    pub async fn keep_server_cert(&self) {
+        let Some(member) = self.member() else {
+            return;
+        };
+        let now = OffsetDateTime::now_utc();
+        if !member.credentials.server_cert_due(now) {
+            return;
+        }
+        match self.become_member(now).await {
+            Ok(renewed) => *self.member.write().unwrap() = Some(renewed),
+            Err(e) => tracing::error!(error = %e, "cannot issue apid's server certificate again"),
+        }
+    }
+
+    /// Switches to member mode, making the credentials dated `now` if there are none.
+    async fn enter_member_mode(&self, now: OffsetDateTime) -> Result<Arc<Member>, ApiError> {
         if let Some(m) = self.member() {
             return Ok(m);
         }
         let m = self
-            .become_member()
+            .become_member(now)
             .await
             .map_err(|e| internal("cannot set up this machine's CA", e))?;
         *self.member.write().unwrap() = Some(m.clone());
@@ -508,13 +542,13 @@ impl Apid {
     }
 
     /// Sends this machine's public keys to the ticket's issuer, checked by its CA fingerprint,
-    /// and returns the state it hands back (base64).
+    /// and returns its answer: the state (base64) and its clock.
     async fn redeem_at_issuer(
         &self,
         ticket_text: &str,
         claims: &ticket::Claims,
         pin: uncloud_pki::Fingerprint,
-    ) -> Result<String, ApiError> {
+    ) -> Result<RedeemReply, ApiError> {
         let conn = self.state.inner().connection();
         let mesh = MeshProxy::new(conn)
             .await
@@ -562,7 +596,7 @@ impl Apid {
                 )
                 .await
             {
-                Ok(Ok(reply)) => return Ok(reply.document),
+                Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(e)) => return Err(e),
                 Err(e) => tried.push(format!("{addr}: {e}")),
             }
@@ -721,6 +755,7 @@ impl Apid {
         Ok(RedeemReply {
             document: base64::engine::general_purpose::STANDARD.encode(document),
             machine_name: entry.name,
+            issuer_time: OffsetDateTime::now_utc().unix_timestamp().max(0) as u64,
         })
     }
 

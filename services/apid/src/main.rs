@@ -71,6 +71,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let apid = apid.clone();
         tokio::spawn(async move { apid.redeem_preseeded().await });
     }
+    // The server certificate lives a year; the clock may also move out of it.
+    {
+        let apid = apid.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                apid.keep_server_cert().await;
+            }
+        });
+    }
     // Forwarded calls (`uc -m`), on the mesh address once this machine is a member.
     tokio::spawn(apid::fanout::serve(apid.clone()));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use uncloud_testkit::network::Boot;
 use uncloud_testkit::network::{Binaries, LocalNetwork};
 
 /// `args` with the value after `flag` replaced.
@@ -108,10 +109,103 @@ fn names_and_states(json: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A root process on `from` gossips as a machine nobody admitted ("mallory"), seeded with
+/// `target`'s gossip port and advertising the laptop as its gossip and sync address. Returns
+/// the machine ids mallory heard of (so that the check below can fail: it was heard) and how
+/// many packets and connections the laptop got meanwhile (none, if machines dial only the
+/// mesh addresses of machines in the state).
+fn forged_gossip(
+    net: &LocalNetwork,
+    from: usize,
+    from_mesh: &str,
+    target_mesh: &str,
+    network_id: &str,
+) -> (Vec<String>, usize) {
+    use std::net::{SocketAddr, TcpListener, UdpSocket};
+    let laptop_gossip: SocketAddr = format!("{}.2:7946", uncloud_testkit::network::INTERNET_PREFIX)
+        .parse()
+        .unwrap();
+    let laptop_sync = SocketAddr::new(laptop_gossip.ip(), 7947);
+    let (udp, tcp) = net.laptop.enter(|| {
+        let udp = UdpSocket::bind(laptop_gossip).unwrap();
+        let tcp = TcpListener::bind(laptop_sync).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        (udp, tcp)
+    });
+    let listen: SocketAddr = format!("{from_mesh}:17946").parse().unwrap();
+    let seed = format!("{target_mesh}:7946");
+    let network_id = network_id.to_string();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let counter = s.spawn(|| {
+            let mut got = 0;
+            let mut buf = [0u8; 65536];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if udp.recv_from(&mut buf).is_ok() {
+                    got += 1;
+                }
+                if tcp.accept().is_ok() {
+                    got += 1;
+                }
+            }
+            got
+        });
+        let heard = net.machines[from].ns.enter(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use chitchat::transport::UdpTransport;
+                use chitchat::{spawn_chitchat, ChitchatId};
+                let mut config = stated::gossip::chitchat_config(
+                    ChitchatId::new("mallory", 1, laptop_gossip),
+                    network_id,
+                    vec![seed],
+                    Duration::from_millis(200),
+                    stated::config::Config::default().phi_threshold,
+                );
+                config.listen_addr = listen;
+                let handle = spawn_chitchat(
+                    config,
+                    vec![("sync".to_string(), laptop_sync.to_string())],
+                    &UdpTransport,
+                )
+                .await
+                .unwrap();
+                // Long enough for several rounds of everyone's gossip (300 ms here).
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                let chitchat = handle.chitchat();
+                let heard: Vec<String> = chitchat
+                    .lock()
+                    .await
+                    .node_states()
+                    .keys()
+                    .map(|id| id.node_id.to_string())
+                    .filter(|id| id != "mallory")
+                    .collect();
+                let _ = handle.shutdown().await;
+                heard
+            })
+        });
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (heard, counter.join().unwrap())
+    })
+}
+
 #[test]
 fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
     let mut net = LocalNetwork::new(Binaries::beside(env!("CARGO_BIN_EXE_apid")));
-    let alpha = net.boot("alpha", None);
+    // alpha runs containers too: its own dockerd and dockerd-shim.
+    let alpha = net.boot_with(
+        "alpha",
+        Boot {
+            docker: true,
+            ..Boot::default()
+        },
+    );
     let beta = net.boot("beta", None);
 
     // A wrong fingerprint or token is refused with advice, and nothing changes.
@@ -147,15 +241,28 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
         "beta's token was consumed"
     );
 
-    // A pre-seeded ticket: gamma joins by itself at boot.
+    // A pre-seeded ticket: gamma joins by itself at boot, as a Raspberry Pi does, with no
+    // real-time clock: its first boot thinks it is two years ago.
     let ticket = net.uc_ok(&["machine", "token", "--ttl", "1h", "--name", "gamma"]);
-    let gamma = net.boot("gamma", Some(ticket.trim()));
+    let gamma = net.boot_with(
+        "gamma",
+        Boot {
+            ticket: Some(ticket.trim()),
+            clock: Some("-730d"),
+            ..Boot::default()
+        },
+    );
     // Joined, and the redeemed ticket file removed (apid does that last).
     net.wait_until("gamma joins with its pre-seeded ticket", 60, || {
         net.machines[gamma].state().is_some()
             && !net.machines[gamma].identity("join-ticket").exists()
             && net.machines[gamma].identity("initialised").exists()
     });
+    let log = std::fs::read_to_string(net.machines[gamma].root().join("apid.log")).unwrap();
+    assert!(log.contains("dated by the issuer's clock"), "{log}");
+    // Then time sync sets its clock: the certificates it made while wrong are good (dated by
+    // alpha's clock), so uc reaches it below like any other machine.
+    net.machines[gamma].set_clock("+0");
 
     // Every machine, asked directly, lists all three alive.
     for m in [alpha, beta, gamma] {
@@ -230,6 +337,71 @@ fn three_machines_form_a_network_with_init_add_and_a_preseeded_ticket() {
         net.machines[gamma].rebooted()
     });
     assert!(!net.machines[alpha].rebooted() && !net.machines[beta].rebooted());
+
+    // A container reaches what is meant for it (apid's port, here on its machine's mesh
+    // address) but no machine-to-machine port, on its own machine or another.
+    let docker = net.machines[alpha]
+        .docker
+        .as_ref()
+        .expect("alpha runs dockerd");
+    docker.import_busybox("busybox:net");
+    net.wait_until(
+        "alpha's dockerd-shim makes the container network",
+        30,
+        || {
+            docker
+                .docker(&["network", "inspect", "uncloud"])
+                .status
+                .success()
+        },
+    );
+    let reaches = |ip: &str, port: u16| {
+        docker
+            .docker(&[
+                "run",
+                "--rm",
+                "--network",
+                "uncloud",
+                "busybox:net",
+                "sh",
+                "-c",
+                &format!("echo | nc -w 3 {ip} {port}"),
+            ])
+            .status
+            .success()
+    };
+    assert!(
+        reaches(&ips[alpha], 7443),
+        "a container reaches apid on the mesh (else the refusals below prove nothing)\n{}",
+        net.logs()
+    );
+    for (m, port) in [
+        (alpha, 7947),
+        (alpha, 7948),
+        (alpha, 7949),
+        (beta, 7947),
+        (beta, 7949),
+    ] {
+        assert!(
+            !reaches(&ips[m], port),
+            "a container reached {}'s port {port}",
+            net.machines[m].name
+        );
+    }
+
+    // A forged gossip node makes no one dial it: a root process on beta gossips to alpha as
+    // a machine no one admitted, advertising the laptop. alpha answers it (it came through
+    // the mesh from beta's address) but nobody sends a packet to where it says it is.
+    let network_id = net.machines[alpha].state().expect("a member")["network"]["id"]
+        .as_str()
+        .expect("the network's id")
+        .to_string();
+    let (heard, at_laptop) = forged_gossip(&net, beta, &ips[beta], &ips[alpha], &network_id);
+    assert!(
+        heard.contains(&net.machines[alpha].machine_id()),
+        "the forged node was answered (else this proves nothing): {heard:?}"
+    );
+    assert_eq!(at_laptop, 0, "a machine dialled the forged node's address");
 
     // On a member, only root may open stated's sync port at the mesh address: meshd's rule
     // refuses an unprivileged local user, while root gets through.
