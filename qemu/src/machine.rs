@@ -55,6 +55,11 @@ pub struct Machine {
     /// TCP ports of the host's loopback forwarded to the guest (`host`, `guest`): how a test
     /// on the host reaches the guest's apid through QEMU's user network.
     pub host_forwards: Vec<(u16, u16)>,
+    /// Instead of QEMU's user network: this tap device, which the test made and plugged
+    /// into a bridge (several VMs on one Ethernet segment, with their own addresses).
+    pub tap: Option<String>,
+    /// The network namespace QEMU runs in (where [`Machine::tap`] is).
+    pub netns: Option<String>,
 }
 
 /// Where a VM's files are, for its command line.
@@ -96,6 +101,8 @@ impl Machine {
             disk_size_bytes: None,
             metadata: None,
             host_forwards: Vec::new(),
+            tap: None,
+            netns: None,
         }
     }
 
@@ -237,6 +244,10 @@ impl Machine {
             }
         }
         let mut netdev = match (&self.metadata, metadata_routes) {
+            _ if self.tap.is_some() => format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                self.tap.as_deref().unwrap_or_default()
+            ),
             (Some(service), Some(routes)) => {
                 a.extend(["-smbios".into(), service.smbios.clone()]);
                 format!("user,id=n0,{}", service.netdev_options(routes))
@@ -390,6 +401,18 @@ mod tests {
             line.contains("-netdev user,id=n0,hostfwd=tcp:127.0.0.1:17443-:7443"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_vm_on_a_tap_uses_it_instead_of_the_user_network() {
+        let mut m = Machine::new("t", Arch::Amd64, Boot::Uefi);
+        m.tap = Some("ucvm0".into());
+        let line = joined(&m, None);
+        assert!(
+            line.contains("-netdev tap,id=n0,ifname=ucvm0,script=no,downscript=no"),
+            "{line}"
+        );
+        assert!(!line.contains("user,id=n0"), "{line}");
     }
 
     #[test]

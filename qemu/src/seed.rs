@@ -55,6 +55,13 @@ impl SeedDisk {
         }
     }
 
+    /// Adds a NoCloud `network-config` (version 2 YAML): static addresses, for VMs on a
+    /// segment without DHCP.
+    pub fn with_network_config(mut self, yaml: &str) -> SeedDisk {
+        self.files.push(("network-config".into(), yaml.to_string()));
+        self
+    }
+
     /// ConfigDrive (OpenStack's layout, version `latest`): the instance's uuid and hostname
     /// in `meta_data.json`, and a `#cloud-config` document as `user_data`.
     pub fn config_drive(uuid: &str, hostname: &str, cloud_config: &str) -> SeedDisk {

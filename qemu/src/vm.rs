@@ -125,7 +125,17 @@ impl Vm {
         });
         let stderr = std::fs::File::create(dir.path().join("qemu.stderr"))
             .map_err(io("cannot create QEMU's stderr log"))?;
-        let child = Command::new(machine.program())
+        // In a namespace (where its tap is): nsenter, which keeps the host's mounts.
+        let mut qemu = match &machine.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg(machine.program());
+                c
+            }
+            None => Command::new(machine.program()),
+        };
+        let child = qemu
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
