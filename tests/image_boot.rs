@@ -162,8 +162,8 @@ fn amd64_uefi_boots_ready_honours_cloud_init_user_data_and_is_run_with_uc() {
     );
 
     // From the host, with uc, as its user would: a network of one with the banner's values.
-    let uc = Uc::new(&format!("127.0.0.1:{api_port}"));
-    let endpoint = uc.endpoint.clone();
+    let endpoint = format!("127.0.0.1:{api_port}");
+    let uc = Uc::new(&endpoint);
     uc.ok(&[
         "machine",
         "init",

@@ -9,10 +9,9 @@
 //! every TCP port finds only apid's open.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use uncloud_e2e::uc::uc_binary;
+use uncloud_e2e::uc::Uc;
 use uncloud_e2e::{image, is_status_line, Banner};
 use uncloud_qemu::seed::write_uncloud_file;
 use uncloud_qemu::{Arch, Boot, Machine, SeedDisk, Vm};
@@ -28,11 +27,11 @@ struct Node {
     vm: Vm,
 }
 
-/// The test's segment: the bridge, the laptop, and `uc` with contexts of its own.
+/// The test's segment: the bridge, the laptop, and `uc` on the laptop.
 struct Lan {
     internet: Internet,
     laptop: Netns,
-    uc_config: tempfile::TempDir,
+    uc: Uc,
 }
 
 impl Lan {
@@ -40,10 +39,11 @@ impl Lan {
         let internet = Internet::new();
         let laptop = Netns::new("laptop");
         internet.attach(&laptop, "eth0", "198.18.0.2/24");
+        let uc = Uc::in_netns(laptop.name());
         Lan {
             internet,
             laptop,
-            uc_config: tempfile::tempdir().unwrap(),
+            uc,
         }
     }
 
@@ -77,41 +77,6 @@ impl Lan {
         let vm = Vm::start(&machine, &image("-amd64.qcow2"), Some(&seed))
             .unwrap_or_else(|e| panic!("{e}"));
         Node { name, address, vm }
-    }
-
-    /// `uc ARGS` from the laptop.
-    fn uc(&self, args: &[&str]) -> Output {
-        self.laptop
-            .command(uc_binary())
-            .args(args)
-            .env("UNCLOUD_CONFIG_DIR", self.uc_config.path())
-            .env_remove("UNCLOUD_CONTEXT")
-            .env_remove("UNCLOUD_ENDPOINT")
-            .output()
-            .expect("uc runs")
-    }
-
-    fn uc_ok(&self, args: &[&str]) -> String {
-        let out = self.uc(args);
-        assert!(
-            out.status.success(),
-            "uc {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `uc ARGS -o json` when it succeeds.
-    fn uc_json(&self, args: &[&str]) -> Option<serde_json::Value> {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let out = self.uc(&all);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).ok())
-            .flatten()
     }
 
     /// The TCP ports of `ip` that accept a connection from the laptop, all 65535 tried.
@@ -203,10 +168,13 @@ fn three_vms_form_a_network_with_init_add_and_a_ticket_in_user_data() {
     let alpha_banner = banner(&mut alpha);
     let init = command_of(&alpha_banner, "init");
     assert_eq!(init[2], alpha.address.to_string(), "{init:?}");
-    lan.uc_ok(&init.iter().map(String::as_str).collect::<Vec<_>>());
+    lan.uc
+        .ok(&init.iter().map(String::as_str).collect::<Vec<_>>());
 
     // A ticket for charlie, in its NoCloud user-data: it joins by itself when it boots.
-    let ticket = lan.uc_ok(&["machine", "token", "--ttl", "1h", "--name", "charlie"]);
+    let ticket = lan
+        .uc
+        .ok(&["machine", "token", "--ttl", "1h", "--name", "charlie"]);
     let mut charlie = lan.boot(
         "charlie",
         Ipv4Addr::new(198, 18, 0, 23),
@@ -216,7 +184,8 @@ fn three_vms_form_a_network_with_init_add_and_a_ticket_in_user_data() {
     // add bravo.
     let bravo_banner = banner(&mut bravo);
     let add = command_of(&bravo_banner, "add");
-    lan.uc_ok(&add.iter().map(String::as_str).collect::<Vec<_>>());
+    lan.uc
+        .ok(&add.iter().map(String::as_str).collect::<Vec<_>>());
 
     banner(&mut charlie);
 
@@ -228,7 +197,8 @@ fn three_vms_form_a_network_with_init_add_and_a_ticket_in_user_data() {
             &format!("{} sees three machines alive", node.name),
             Duration::from_secs(300),
             || {
-                lan.uc_json(&["machine", "ls", "--endpoint", &endpoint])
+                lan.uc
+                    .try_json(&["machine", "ls", "--endpoint", &endpoint])
                     .and_then(|rows| rows.as_array().cloned())
                     .is_some_and(|rows| {
                         rows.len() == 3 && rows.iter().all(|r| r["state"] == "alive")
@@ -242,7 +212,8 @@ fn three_vms_form_a_network_with_init_add_and_a_ticket_in_user_data() {
         "every machine has both peers up",
         Duration::from_secs(120),
         || {
-            lan.uc_json(&["mesh", "peers", "-m", "all"])
+            lan.uc
+                .try_json(&["mesh", "peers", "-m", "all"])
                 .and_then(|r| r.as_array().cloned())
                 .is_some_and(|replies| {
                     replies.len() == 3
@@ -260,9 +231,7 @@ fn three_vms_form_a_network_with_init_add_and_a_ticket_in_user_data() {
                 })
         },
     );
-    let views = lan
-        .uc_json(&["machine", "ls", "-m", "all"])
-        .expect("every machine answers");
+    let views = lan.uc.json(&["machine", "ls", "-m", "all"]);
     for view in views.as_array().unwrap() {
         let rows = view["answer"]["machines"].as_array().expect("rows");
         assert_eq!(rows.len(), 3, "{view}");

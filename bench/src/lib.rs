@@ -64,8 +64,12 @@ pub fn out_dir(out: Option<std::path::PathBuf>, quick: bool) -> std::path::PathB
 /// The command that reproduces this run, for the result file.
 pub fn command_line(bin: &str) -> String {
     let extra: Vec<String> = std::env::args().skip(1).collect();
+    let profile = match sys::profile().as_str() {
+        "release" => "--release".to_string(),
+        p => format!("--profile {p}"),
+    };
     format!(
-        "cargo run --release -p uncloud-bench --bin {bin}{}{}",
+        "cargo run {profile} -p uncloud-bench --bin {bin}{}{}",
         if extra.is_empty() { "" } else { " -- " },
         extra.join(" ")
     )

@@ -59,13 +59,14 @@ impl Machine {
     pub fn markdown_list(&self) -> String {
         format!(
             "- date: {}\n- CPUs (`nproc`): {}\n- CPU model: {}\n- kernel: {}\n- memory: {}\n\
-             - compiler: {} (release profile)\n- commit: {}\n",
+             - compiler: {} (profile `{}`)\n- commit: {}\n",
             self.date_utc,
             self.cpus,
             self.cpu_model,
             self.kernel,
             self.memory,
             self.rustc,
+            profile(),
             self.commit
         )
     }
@@ -139,6 +140,20 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// The cargo profile this benchmark was built with, from its directory (`release`,
+/// `image`; `dev` for `debug`).
+pub fn profile() -> String {
+    let exe = std::env::current_exe().unwrap_or_default();
+    match exe
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+    {
+        Some("debug") | None => "dev".to_string(),
+        Some(name) => name.to_string(),
+    }
+}
+
 /// Finds (building it first when run through cargo) a workspace binary of the same profile
 /// next to this benchmark's: the daemon is measured as it ships, as its own process.
 pub fn workspace_binary(package: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -147,13 +162,9 @@ pub fn workspace_binary(package: &str) -> anyhow::Result<std::path::PathBuf> {
     let dir = exe.parent().context("no directory for this executable")?;
     if let Ok(cargo) = std::env::var("CARGO") {
         crate::progress(format!("building {package}"));
-        let profile = if dir.ends_with("release") {
-            "--release"
-        } else {
-            "--profile=dev"
-        };
+        let profile = format!("--profile={}", profile());
         let status = Command::new(cargo)
-            .args(["build", "-q", profile, "-p", package])
+            .args(["build", "-q", &profile, "-p", package])
             .status()?;
         if !status.success() {
             anyhow::bail!("building {package} failed");
@@ -162,8 +173,8 @@ pub fn workspace_binary(package: &str) -> anyhow::Result<std::path::PathBuf> {
     let bin = dir.join(package);
     if !bin.exists() {
         anyhow::bail!(
-            "{} is missing: run `cargo build --release -p {package}` or start the benchmark \
-             with `cargo run --release -p uncloud-bench --bin …`",
+            "{} is missing: run `cargo build --profile image -p {package}` or start the \
+             benchmark with `cargo run --profile image -p uncloud-bench --bin …`",
             bin.display()
         );
     }

@@ -28,28 +28,52 @@ pub fn uc_binary() -> PathBuf {
 pub struct Uc {
     bin: PathBuf,
     config: tempfile::TempDir,
-    /// `HOST:PORT` of the machine every command talks to.
-    pub endpoint: String,
+    /// `HOST:PORT` of the machine every command talks to; `None`: the context's endpoints.
+    pub endpoint: Option<String>,
+    /// The network namespace `uc` runs in (a "laptop" on the VMs' segment); `None`: the
+    /// host's.
+    netns: Option<String>,
 }
 
 impl Uc {
+    /// `uc` on the host, talking to `endpoint` only.
     pub fn new(endpoint: &str) -> Uc {
         Uc {
             bin: uc_binary(),
             config: tempfile::tempdir().expect("a temporary directory"),
-            endpoint: endpoint.to_string(),
+            endpoint: Some(endpoint.to_string()),
+            netns: None,
+        }
+    }
+
+    /// `uc` in the network namespace `name`, using its contexts' endpoints.
+    pub fn in_netns(name: &str) -> Uc {
+        Uc {
+            bin: uc_binary(),
+            config: tempfile::tempdir().expect("a temporary directory"),
+            endpoint: None,
+            netns: Some(name.to_string()),
         }
     }
 
     /// Runs `uc ARGS` with this client's contexts and endpoint.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .args(args)
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        cmd.args(args)
             .env("UNCLOUD_CONFIG_DIR", self.config.path())
-            .env("UNCLOUD_ENDPOINT", &self.endpoint)
-            .env_remove("UNCLOUD_CONTEXT")
-            .output()
-            .expect("uc runs")
+            .env_remove("UNCLOUD_CONTEXT");
+        match &self.endpoint {
+            Some(e) => cmd.env("UNCLOUD_ENDPOINT", e),
+            None => cmd.env_remove("UNCLOUD_ENDPOINT"),
+        };
+        cmd.output().expect("uc runs")
     }
 
     /// `uc ARGS`, which must succeed; its stdout.
@@ -65,7 +89,18 @@ impl Uc {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `uc ARGS -o json`, parsed.
+    /// `uc ARGS -o json`, parsed; `None` when it fails (for waiting until it works).
+    pub fn try_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.run(&all);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    /// `uc ARGS -o json`, which must succeed, parsed.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);

@@ -646,14 +646,7 @@ impl Apid {
         if !local.ip().is_loopback() && !local.ip().is_unspecified() {
             endpoints.push(SocketAddr::new(local.ip(), port).to_string());
         }
-        for e in &me.endpoints {
-            if let Ok(wg) = e.parse::<SocketAddr>() {
-                let api = SocketAddr::new(wg.ip(), port).to_string();
-                if !endpoints.contains(&api) {
-                    endpoints.push(api);
-                }
-            }
-        }
+        add_api_endpoints(&mut endpoints, &me.endpoints, port);
         if endpoints.is_empty() {
             endpoints.push(SocketAddr::new(local.ip(), port).to_string());
         }
@@ -981,14 +974,7 @@ impl Apid {
         let port = self.config.listen.port();
         let mut endpoints = Vec::new();
         for m in machines.values() {
-            for e in &m.endpoints {
-                if let Ok(wg) = e.parse::<SocketAddr>() {
-                    let api = SocketAddr::new(wg.ip(), port).to_string();
-                    if !endpoints.contains(&api) {
-                        endpoints.push(api);
-                    }
-                }
-            }
+            add_api_endpoints(&mut endpoints, &m.endpoints, port);
         }
         let mut ca_bundle: String = machines
             .values()
@@ -1289,6 +1275,19 @@ impl Apid {
     }
 }
 
+/// Adds the apid addresses of a machine to `endpoints`, once each: the addresses of its
+/// WireGuard endpoints (`ip:port` as meshd advertises them) on apid's `port`.
+fn add_api_endpoints(endpoints: &mut Vec<String>, wireguard: &[String], port: u16) {
+    for e in wireguard {
+        if let Ok(wg) = e.parse::<SocketAddr>() {
+            let api = SocketAddr::new(wg.ip(), port).to_string();
+            if !endpoints.contains(&api) {
+                endpoints.push(api);
+            }
+        }
+    }
+}
+
 /// A client certificate as `uc cert ls` shows it.
 fn cert_row(c: ClientCert, machines: &BTreeMap<String, Machine>) -> CertRow {
     CertRow {
@@ -1357,4 +1356,25 @@ pub enum BecomeError {
     Credentials(#[from] crate::credentials::CredentialsError),
     #[error(transparent)]
     Tls(#[from] uncloud_api::tls::TlsError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_endpoints_are_the_wireguard_addresses_on_apids_port_once_each() {
+        let mut endpoints = vec!["192.0.2.1:7443".to_string()];
+        let wireguard = [
+            "192.0.2.1:51820".to_string(),
+            "[2001:db8::1]:51820".to_string(),
+            "not an address".to_string(),
+            "198.51.100.7:51820".to_string(),
+        ];
+        add_api_endpoints(&mut endpoints, &wireguard, 7443);
+        assert_eq!(
+            endpoints,
+            ["192.0.2.1:7443", "[2001:db8::1]:7443", "198.51.100.7:7443"]
+        );
+    }
 }

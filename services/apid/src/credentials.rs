@@ -88,22 +88,15 @@ impl Credentials {
             path: dir.to_owned(),
             source,
         })?;
-        let contents = [
-            (FILES[0], creds.ca.key_pem(), 0o600),
-            (FILES[1], creds.ca.cert_pem().to_owned(), 0o644),
-            (FILES[2], creds.server_key_pem.clone(), 0o600),
-            (FILES[3], creds.server_cert_pem.clone(), 0o644),
-        ];
-        for (name, text, mode) in contents {
-            let path = dir.join(name);
-            durable::write_atomically(&path, text.as_bytes(), mode).map_err(|source| {
-                CredentialsError::Io {
-                    what: "write",
-                    path,
-                    source,
-                }
-            })?;
-        }
+        store(
+            dir,
+            &[
+                (FILES[0], &creds.ca.key_pem(), 0o600),
+                (FILES[1], creds.ca.cert_pem(), 0o644),
+                (FILES[2], &creds.server_key_pem, 0o600),
+                (FILES[3], &creds.server_cert_pem, 0o644),
+            ],
+        )?;
         Ok(creds)
     }
 
@@ -160,24 +153,33 @@ impl Credentials {
         let key_pem = server.key_pem.expect("issue_server makes the key");
         // Two files cannot change at once: a crash between them leaves a key and a
         // certificate that do not match, which `server_cert_due` sees at the next start.
-        for (name, text, mode) in [
-            (FILES[2], &key_pem, 0o600),
-            (FILES[3], &server.cert_pem, 0o644),
-        ] {
-            let path = dir.join(name);
-            durable::write_atomically(&path, text.as_bytes(), mode).map_err(|source| {
-                CredentialsError::Io {
-                    what: "write",
-                    path,
-                    source,
-                }
-            })?;
-        }
+        store(
+            dir,
+            &[
+                (FILES[2], &key_pem, 0o600),
+                (FILES[3], &server.cert_pem, 0o644),
+            ],
+        )?;
         self.server_key_pem = key_pem;
         self.server_cert_pem = server.cert_pem;
         tracing::info!("issued apid's server certificate again");
         Ok(())
     }
+}
+
+/// Writes each (file name, contents, mode) in `dir`, durably, in order.
+fn store(dir: &Path, files: &[(&str, &str, u32)]) -> Result<(), CredentialsError> {
+    for (name, text, mode) in files {
+        let path = dir.join(name);
+        durable::write_atomically(&path, text.as_bytes(), *mode).map_err(|source| {
+            CredentialsError::Io {
+                what: "write",
+                path,
+                source,
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// A server certificate with less than this left is issued again (it is valid a year).

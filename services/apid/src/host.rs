@@ -154,15 +154,19 @@ fn invalid(message: String) -> ApiError {
     ApiError::new(ErrorKind::Invalid, message)
 }
 
+/// Whether `value` is non-empty, at most `max` bytes, and only ASCII letters, digits and
+/// `extra`: what a log request's values may be.
+fn plain(value: &str, max: usize, extra: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= max
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+}
+
 /// Checks a request's values and turns it into `journalctl`'s arguments. Each value goes
 /// in one `--option=value` argument (no shell, and a value cannot become an option).
 pub fn journal_args(req: &LogRequest) -> Result<Vec<String>, ApiError> {
-    let unit_ok = |u: &str| {
-        !u.is_empty()
-            && u.len() <= 256
-            && u.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "@._:-*\\".contains(c))
-    };
     let lines = match req.lines {
         0 => DEFAULT_LOG_LINES,
         n => n.min(MAX_LOG_LINES),
@@ -180,18 +184,13 @@ pub fn journal_args(req: &LogRequest) -> Result<Vec<String>, ApiError> {
         req.units.iter().map(|u| u.as_str()).collect()
     };
     for u in units {
-        if !unit_ok(u) {
+        if !plain(u, 256, "@._:-*\\") {
             return Err(invalid(format!("{u:?} is not a unit name")));
         }
         args.push(format!("--unit={u}"));
     }
     if let Some(since) = &req.since {
-        let ok = !since.is_empty()
-            && since.len() <= 64
-            && since
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || " :.+-".contains(c));
-        if !ok {
+        if !plain(since, 64, " :.+-") {
             return Err(invalid(format!(
                 "{since:?} is not a time: use `2026-12-03 10:00`, `-1h`, `today`"
             )));
@@ -199,12 +198,7 @@ pub fn journal_args(req: &LogRequest) -> Result<Vec<String>, ApiError> {
         args.push(format!("--since={since}"));
     }
     if let Some(cursor) = &req.after_cursor {
-        let ok = !cursor.is_empty()
-            && cursor.len() <= 512
-            && cursor
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "=;-_".contains(c));
-        if !ok {
+        if !plain(cursor, 512, "=;-_") {
             return Err(invalid("the journal cursor is malformed".to_string()));
         }
         args.push(format!("--after-cursor={cursor}"));
