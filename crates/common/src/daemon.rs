@@ -17,7 +17,6 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     crate::logging::init();
-    limit_malloc_arenas();
     let run = || -> anyhow::Result<()> {
         let config: C = config::load(config_path)?;
         config.validate()?;
@@ -33,17 +32,6 @@ where
             eprintln!("{name}: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// One malloc arena for the whole process. glibc gives threads their own arenas (up to 8 per
-/// core); in these small daemons, whose tokio workers all allocate, each arena mostly holds
-/// freed memory, so resident memory grew with the core count rather than with the work.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before any thread is started.
-    unsafe {
-        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
     }
 }
 
