@@ -150,7 +150,7 @@ fn main() -> Result<()> {
         format!(
             "One network grown machine by machine to {} machines, each a network namespace on a \
          private bridge running the real `uncloud-firstboot`, `stated`, `meshd` and `apid` \
-         (release builds); `uc` runs in another namespace. A join is timed from the start of \
+         (built with the benchmark's profile: see Machine); `uc` runs in another namespace. A join is timed from the start of \
          `uc machine add` (ticket from the first machine, `join` on the new one, redeem, state \
          handed over) until every machine's stated reports the new machine alive and the new \
          machine pings every earlier one over the mesh. No other program forms such a network \
