@@ -175,7 +175,7 @@ pub fn journal_args(req: &LogRequest) -> Result<Vec<String>, ApiError> {
         "--output=json".to_string(),
         "--no-pager".to_string(),
         "--quiet".to_string(),
-        "--output-fields=MESSAGE,PRIORITY,_SYSTEMD_UNIT,SYSLOG_IDENTIFIER".to_string(),
+        "--output-fields=MESSAGE,PRIORITY,UNIT,_SYSTEMD_UNIT,SYSLOG_IDENTIFIER".to_string(),
         format!("--lines={lines}"),
     ];
     let units: Vec<&str> = if req.units.is_empty() {
@@ -236,10 +236,14 @@ pub fn parse_journal(text: &str, after: Option<&str>) -> LogPage {
             message.truncate(cut);
             message.push('…');
         }
-        let unit = match field("_SYSTEMD_UNIT") {
-            "" => field("SYSLOG_IDENTIFIER"),
-            u => u,
-        };
+        // The unit an entry is about: systemd's own lines about a unit ("Started …") come
+        // from init.scope and name the unit in UNIT; a daemon's lines carry _SYSTEMD_UNIT;
+        // the kernel's only an identifier.
+        let unit = ["UNIT", "_SYSTEMD_UNIT", "SYSLOG_IDENTIFIER"]
+            .into_iter()
+            .map(field)
+            .find(|u| !u.is_empty())
+            .unwrap_or_default();
         if !field("__CURSOR").is_empty() {
             cursor = Some(field("__CURSOR").to_string());
         }
@@ -376,11 +380,16 @@ mod tests {
             r#"{"__CURSOR":"s=1;i=1","__REALTIME_TIMESTAMP":"1764758400000000","PRIORITY":"6","_SYSTEMD_UNIT":"stated.service","MESSAGE":"ready"}"#,
             "\n",
             r#"{"__CURSOR":"s=1;i=2","__REALTIME_TIMESTAMP":"1764758401000000","SYSLOG_IDENTIFIER":"kernel","MESSAGE":[104,105,255]}"#,
-            "\nnot json\n"
+            "\nnot json\n",
+            r#"{"__CURSOR":"s=1;i=3","_SYSTEMD_UNIT":"init.scope","UNIT":"stated.service","MESSAGE":"Started stated.service"}"#,
         );
         let page = parse_journal(text, None);
-        assert_eq!(page.cursor.as_deref(), Some("s=1;i=2"));
-        assert_eq!(page.entries.len(), 2);
+        assert_eq!(page.cursor.as_deref(), Some("s=1;i=3"));
+        assert_eq!(page.entries.len(), 3);
+        assert_eq!(
+            page.entries[2].unit, "stated.service",
+            "what systemd says about it"
+        );
         assert_eq!(page.entries[0].unit, "stated.service");
         assert_eq!(page.entries[0].time_us, 1764758400000000);
         assert_eq!(page.entries[1].unit, "kernel");
