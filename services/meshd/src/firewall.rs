@@ -20,7 +20,7 @@
 //!
 //! Limitations: nftables evaluates every table's chains; an `accept` here does not override a
 //! `drop` in another table. A host firewall with a drop policy must accept the same traffic
-//! (the Uncloud image's does), and Docker's own `FORWARD` policy is dockerd-shim's concern.
+//! (the Uncloud image has none), and Docker's own `FORWARD` policy is dockerd-shim's concern.
 
 use uncloud_common::address::MeshCidr;
 use uncloud_common::nft;
