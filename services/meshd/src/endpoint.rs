@@ -42,6 +42,19 @@ impl Default for Timing {
     }
 }
 
+/// How far before an endpoint was chosen a handshake may read and still count for it.
+///
+/// The device stamps a handshake with its own coarse clock (gotatun's timers tick every
+/// 250 ms, later on a busy machine), so a handshake that completed just after the choice can
+/// read as slightly before it. Without this slack a peer that came up flapped between up and
+/// connecting on every step, as the reading jittered around the choice time.
+pub const HANDSHAKE_STAMP_SLACK: Millis = 1_000;
+
+/// Whether a handshake at `handshake` happened on an endpoint chosen at `chosen_at`.
+pub fn handshake_since_choice(handshake: Millis, chosen_at: Millis) -> bool {
+    handshake.saturating_add(HANDSHAKE_STAMP_SLACK) >= chosen_at
+}
+
 /// Whether traffic to the peer is flowing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerStatus {
@@ -104,7 +117,7 @@ pub fn step(
         changed: false,
     };
     // A handshake counts for the current endpoint only if it happened after we chose it.
-    let handshake = last_handshake.filter(|&h| h >= previous.chosen_at);
+    let handshake = last_handshake.filter(|&h| handshake_since_choice(h, previous.chosen_at));
     if handshake.is_some_and(|h| now.saturating_sub(h) < timing.down_after) {
         return keep(PeerStatus::Up);
     }
@@ -226,6 +239,16 @@ mod tests {
                 endpoint: Some(E1),
                 status: PeerStatus::Connecting,
                 changed: true,
+            },
+            Row {
+                what: "a handshake the device stamped just before the choice counts",
+                previous: sel(E2, 15_000),
+                candidates: vec![E1, E2],
+                handshake: Some(15_000 - HANDSHAKE_STAMP_SLACK),
+                now: 20_000,
+                endpoint: Some(E2),
+                status: PeerStatus::Up,
+                changed: false,
             },
             Row {
                 what: "handshake completed: up, stay",

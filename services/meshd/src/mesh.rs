@@ -222,13 +222,15 @@ impl Mesh {
 
     /// Reads the device's statistics and advances every peer's path decision.
     pub async fn tick(&mut self) -> Result<Vec<PeerEvent>, WgError> {
-        let now = self.now();
         let stats_read = Instant::now();
         let stats: BTreeMap<[u8; 32], wg::PeerStats> = wg::stats(&self.device)
             .await
             .into_iter()
             .map(|s| (s.public_key, s))
             .collect();
+        // After the read: "ago" is measured when the device answers, which on a busy machine
+        // can be well after the read began.
+        let now = self.now();
         let last_handshake = |s: Option<&wg::PeerStats>| {
             s.and_then(|s| s.last_handshake)
                 .map(|ago| now.saturating_sub(ago.as_millis() as Millis))

@@ -94,7 +94,10 @@ pub fn decide(prev: &PathState, input: &PathInput<'_>, timing: &Timing) -> PathD
         // A relay that is no longer up with us (or no longer reaches the peer) forwards
         // nothing: give up on it at once.
         let usable = input.relays.contains(&relay);
-        match input.last_handshake.filter(|&h| h >= chosen) {
+        match input
+            .last_handshake
+            .filter(|&h| endpoint::handshake_since_choice(h, chosen))
+        {
             Some(h) if usable && recent(h) => {
                 return PathDecision {
                     state: PathState {
