@@ -5,10 +5,19 @@
 //! has queued up in one redb transaction (group commit: one fsync for many writes), then
 //! acknowledges each waiting writer. A caller is told "done" only after its change is on disk.
 //! When enough has been appended, the thread replaces it all with one snapshot.
+//!
+//! A failed write (disk full, I/O error) is answered with an error, and the store is then
+//! behind the document: appending later changes would store blobs that depend on the lost one
+//! and do not load after a restart. So after a failure the writer reopens the store and writes
+//! a whole snapshot instead (on the next change, or by itself every few seconds); until that
+//! succeeds every change is refused, and nothing that depends on a lost change is
+//! acknowledged.
 
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use uncloud_docstore::Store;
@@ -84,28 +93,109 @@ impl Drop for Writer {
     }
 }
 
+/// How long a writer that could not write waits before trying again on its own.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The writer thread's view of the store.
+struct Sink {
+    path: PathBuf,
+    /// `None` after a failure closed it, until it opens again.
+    store: Option<Store>,
+    /// A write failed since the last success: the store lacks changes the document has, so
+    /// the next write must be a whole snapshot (an appended blob would depend on what is
+    /// missing, and would not load after a restart).
+    behind: bool,
+}
+
+impl Sink {
+    /// Makes `blobs` durable, or everything in the document if a write failed before.
+    fn write(&mut self, blobs: &[Vec<u8>], snapshot: &(dyn Fn() -> Vec<u8> + Send + Sync)) -> Ack {
+        let result = self.try_write(blobs, snapshot);
+        match &result {
+            Ok(()) => {
+                if self.behind {
+                    tracing::info!(store = %self.path.display(),
+                        "the store is writable again; everything in memory is durable now");
+                }
+                self.behind = false;
+            }
+            Err(e) => {
+                tracing::error!(error = %e,
+                    "could not make {} change(s) durable; later changes wait for a full snapshot",
+                    blobs.len());
+                self.behind = true;
+                // redb refuses every operation after an I/O error until the database is
+                // opened again.
+                self.store = None;
+            }
+        }
+        result
+    }
+
+    fn try_write(
+        &mut self,
+        blobs: &[Vec<u8>],
+        snapshot: &(dyn Fn() -> Vec<u8> + Send + Sync),
+    ) -> Ack {
+        if self.store.is_none() {
+            // The document in memory is the truth; what loads from the file is not needed.
+            let (store, _) = Store::open(&self.path, automerge::Automerge::new)
+                .map_err(|e| format!("reopening the store: {e}"))?;
+            self.store = Some(store);
+        }
+        let store = self.store.as_mut().expect("opened above");
+        if self.behind {
+            store.compact(&snapshot()).map_err(|e| e.to_string())
+        } else {
+            store.append(blobs).map_err(|e| e.to_string())
+        }
+    }
+}
+
 fn run(
-    mut store: Store,
+    store: Store,
     rx: mpsc::Receiver<Job>,
     policy: CompactionPolicy,
     snapshot: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
 ) {
-    while let Ok(first) = rx.recv() {
+    let mut sink = Sink {
+        path: store.path().to_path_buf(),
+        store: Some(store),
+        behind: false,
+    };
+    loop {
+        let first = if sink.behind {
+            match rx.recv_timeout(RETRY_AFTER) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Nobody is writing: try to catch up anyway, so the disk holds what was
+                    // acknowledged to no one but merged from peers.
+                    let _ = sink.write(&[], snapshot.as_ref());
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            }
+        };
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         let blobs: Vec<Vec<u8>> = batch
             .iter_mut()
             .map(|j| std::mem::take(&mut j.blob))
             .collect();
-        let result = store.append(&blobs).map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "could not make {} change(s) durable", blobs.len());
-        }
+        let result = sink.write(&blobs, snapshot.as_ref());
         for job in batch {
             if let Some(ack) = job.ack {
                 let _ = ack.send(result.clone());
             }
         }
+        let Some(store) = sink.store.as_mut() else {
+            continue;
+        };
         if result.is_ok()
             && (store.pending_entries() >= policy.after_entries
                 || store.pending_bytes() >= policy.after_bytes)
@@ -114,8 +204,18 @@ fn run(
             let snap = snapshot();
             match store.compact(&snap) {
                 Ok(()) => tracing::debug!(bytes = snap.len(), "compacted the store"),
-                Err(e) => tracing::error!(error = %e, "compaction failed; entries kept"),
+                Err(e) => {
+                    // Nothing lost: the entries are still there, unless the failure closed
+                    // the database, which the next write reopens.
+                    tracing::error!(error = %e, "compaction failed; entries kept");
+                    sink.store = None;
+                    sink.behind = true;
+                }
             }
         }
+    }
+    if sink.behind {
+        // Last chance before exit: a clean stop should leave everything on disk.
+        let _ = sink.write(&[], snapshot.as_ref());
     }
 }
