@@ -191,7 +191,16 @@ fn amd64_uefi_boots_ready_honours_cloud_init_user_data_and_is_run_with_uc() {
             (Some("active"), Some("running")),
             "{u}"
         );
+        // Each runs under systemd's watchdog (WatchdogSec=60), fed by its own probe since
+        // long before now: a daemon that failed to feed it would have been restarted.
+        assert_eq!(u["restarts"].as_u64(), Some(0), "{u}");
     }
+    assert!(
+        status["uptime_secs"].as_u64() > Some(60),
+        "the watchdog had time to bite: {status}"
+    );
+    let out = uc.ok(&["machine", "logs", "-u", "meshd", "-n", "500"]);
+    assert!(out.contains("systemd watchdog on"), "{out}");
     assert!(
         status["disk_total_bytes"].as_u64() > Some(3 << 30),
         "the grown disk: {status}"

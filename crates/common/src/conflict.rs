@@ -125,7 +125,8 @@ pub fn next_claim_stamp<'a>(machines: impl IntoIterator<Item = &'a Machine>, now
         .flat_map(|m| [m.name_claimed_at_ms, m.subnet_claimed_at_ms])
         .max()
         .unwrap_or(0);
-    now_ms.max(newest + 1)
+    // Saturating: the stamps are peer-written, and u64::MAX must not wrap to 0.
+    now_ms.max(newest.saturating_add(1))
 }
 
 /// What machine `self_id` must write so that it no longer loses a conflict, or `None` if it
@@ -184,6 +185,13 @@ mod tests {
 
     fn map(ms: Vec<Machine>) -> BTreeMap<String, Machine> {
         ms.into_iter().map(|m| (m.id.clone(), m)).collect()
+    }
+
+    #[test]
+    fn a_claim_stamp_after_a_hostile_maximum_does_not_wrap() {
+        let ms = [m("a", "pi", 1, u64::MAX)];
+        assert_eq!(next_claim_stamp(&ms, 5), u64::MAX);
+        assert_eq!(next_claim_stamp(&[m("a", "pi", 1, 7)], 5), 8);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::config::{self, DaemonConfig};
 /// Sets up logging, loads and checks the config at `config_path` (a missing file means all
 /// defaults), prints it and exits with `check_config`, else runs `serve` on a tokio runtime.
 /// Any error is printed to stderr (the journal, under systemd) as `<name>: <error chain>` and
-/// the exit status is 1.
+/// the exit status is 1. A panic anywhere aborts the process ([`crate::fail_fast`]).
 pub fn main<C, F, Fut>(name: &str, config_path: &Path, check_config: bool, serve: F) -> ExitCode
 where
     C: DaemonConfig,
@@ -17,6 +17,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     crate::logging::init();
+    crate::fail_fast::install();
     let run = || -> anyhow::Result<()> {
         let config: C = config::load(config_path)?;
         config.validate()?;

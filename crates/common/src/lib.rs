@@ -19,6 +19,8 @@
 //! - [`logging`]: journald or stderr logging, the same in every daemon.
 //! - [`config`]: loading a daemon's TOML config with errors that name the file or the key.
 //! - [`daemon`]: the `main` every daemon shares (logging, config, `--check-config`, runtime).
+//! - [`fail_fast`]: a panic aborts the process (no daemon lives on with a poisoned lock).
+//! - [`watchdog`]: systemd's watchdog, fed only while a probe of the daemon's work succeeds.
 //! - [`identity`]: where the machine's TLS key, certificate, setup token and join ticket live
 //!   (written by `uncloud-firstboot`, served by `apid`).
 //!
@@ -33,9 +35,11 @@ pub mod daemon;
 pub mod dbus;
 pub mod docker;
 pub mod durable;
+pub mod fail_fast;
 pub mod identity;
 pub mod liveness;
 pub mod logging;
 pub mod model;
 pub mod nft;
 pub mod rpc;
+pub mod watchdog;

@@ -38,7 +38,7 @@
 //! - A change whose dependency was lost stays queued inside the document (and in every snapshot)
 //!   until a peer supplies the dependency; [`LoadReport::missing_deps`] lists what is missing.
 //! - Panics inside redb or automerge on damaged input are caught, which needs `panic = "unwind"`
-//!   (the default). redb's debug assertions fire on some damaged files in debug builds; they are
+//!   (the default), and a panic hook that lets them unwind ([`catching_panic`]). redb's debug assertions fire on some damaged files in debug builds; they are
 //!   caught the same way.
 //! - One process at a time: a second open of the same file fails with [`StoreError::Locked`].
 
@@ -578,13 +578,27 @@ fn log_report(path: &Path, report: &LoadReport) {
     }
 }
 
+thread_local! {
+    static GUARDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is inside a region where the store catches panics of redb or
+/// automerge on damaged input. A daemon whose panic hook aborts the process lets these unwind
+/// (`uncloud_common::fail_fast::exempt`).
+pub fn catching_panic() -> bool {
+    GUARDING.with(|g| g.get())
+}
+
 /// Runs `f`, turning a panic into an error naming `who`: damaged input must not take the
 /// process down (and with it every restart).
 pub(crate) fn guard_panic<T>(
     who: &str,
     f: impl FnOnce() -> Result<T, String>,
 ) -> Result<T, String> {
-    match panic::catch_unwind(AssertUnwindSafe(f)) {
+    let outer = GUARDING.with(|g| g.replace(true));
+    let caught = panic::catch_unwind(AssertUnwindSafe(f));
+    GUARDING.with(|g| g.set(outer));
+    match caught {
         Ok(result) => result,
         Err(payload) => Err(format!(
             "{who} panicked: {}",

@@ -85,6 +85,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Forwarded calls (`uc -m`), on the mesh address once this machine is a member.
     tokio::spawn(apid::fanout::serve(apid.clone()));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    // apid answers requests and has no loop of its own: the probe proves the runtime still
+    // runs tasks.
+    tokio::spawn(uncloud_common::watchdog::run(|| std::future::ready(Ok(()))));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = apid::server::serve(listener, apid) => {}

@@ -73,6 +73,10 @@ async fn own_subnet(state: &StateProxy<'_>) -> (MeshCidr, u32) {
 const FIREWALL_REFRESH: Duration = Duration::from_secs(30);
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // From the start: while the machine waits for a network the shim already counts as started.
+    // It answers requests and follows Docker's events; the probe proves the runtime still runs
+    // tasks (restarting the shim would not mend a wedged dockerd).
+    tokio::spawn(uncloud_common::watchdog::run(|| std::future::ready(Ok(()))));
     let conn = uncloud_common::dbus::bus_builder(&config.bus)
         .ok_or_else(|| anyhow::anyhow!("bus = \"none\": the shim needs stated on D-Bus"))?
         .build()

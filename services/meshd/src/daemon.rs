@@ -17,6 +17,7 @@ use uncloud_common::address::MeshCidr;
 use uncloud_common::config::DaemonConfig;
 use uncloud_common::dbus::StateProxy;
 use uncloud_common::model::NetworkState;
+use uncloud_common::watchdog::{self, Heartbeat};
 
 use crate::config::{Config, ConfigInvalid};
 use crate::dbus::{self, Snapshot};
@@ -52,6 +53,9 @@ pub enum DaemonError {
 const TICK: Duration = Duration::from_secs(1);
 /// How often local addresses and observed endpoints are re-read and published if changed.
 const PUBLISH_EVERY_TICKS: u32 = 5;
+/// A mesh loop that has not gone round for this long is stuck (a D-Bus call to stated gives
+/// up after 25 s): the watchdog stops being fed and systemd restarts meshd.
+const STALLED_AFTER: Duration = Duration::from_secs(45);
 
 /// This machine as the state describes it.
 struct Me {
@@ -97,10 +101,11 @@ fn me_in(state: &NetworkState, machine_id: &str) -> Option<Me> {
 }
 
 /// Waits until stated answers and this machine has an entry with a usable subnet.
-async fn wait_for_self(state: &StateProxy<'_>) -> (String, Me) {
+async fn wait_for_self(state: &StateProxy<'_>, heartbeat: &Heartbeat) -> (String, Me) {
     let mut waited = 0u32;
     let mut told = false;
     loop {
+        heartbeat.beat();
         if let Ok(id) = state.machine_id().await {
             if state.mode().await.is_ok_and(|m| m == "fresh") {
                 if !told {
@@ -143,6 +148,13 @@ fn advertised(config: &Config, cidr: &MeshCidr) -> Vec<String> {
 
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     config.validate()?;
+    // Fed while the mesh loop (or the wait for membership) goes round.
+    let heartbeat = Heartbeat::default();
+    heartbeat.beat();
+    tokio::spawn(watchdog::run({
+        let heartbeat = heartbeat.clone();
+        move || std::future::ready(heartbeat.check(STALLED_AFTER))
+    }));
     let (secret, created) = keys::load_or_create(&config.key_path())?;
     let public_key = keys::public_of(&secret);
     let my_key = PublicKey::from(&secret).to_bytes();
@@ -176,7 +188,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(bus_err)?;
 
-    let (machine_id, mut me) = wait_for_self(&state).await;
+    let (machine_id, mut me) = wait_for_self(&state, &heartbeat).await;
     let mut address = me.cidr.machine_ip(me.subnet).expect("checked in me_in");
     let mtu = config.mtu.unwrap_or_else(netconf::tun_mtu);
     let table = Arc::new(Mutex::new(RelayTable {
@@ -327,6 +339,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             }
         }
         snapshot.lock().unwrap().peers = mesh.info();
+        heartbeat.beat();
     }
 
     tracing::info!("stopping");

@@ -212,6 +212,8 @@ async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chit
             })
             .collect();
         shared.peers.update(&shared, &known);
+        // Only machines gossip still knows: ids that come and go never pile up.
+        last_heads.retain(|id, _| views.iter().any(|(v, _)| v == id));
         for (id, v) in &views {
             let Some(heads) = &v.heads else { continue };
             // Heads that are new since the last round are fresh evidence the machine is up and

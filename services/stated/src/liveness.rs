@@ -82,6 +82,10 @@ impl LivenessTracker {
                 changed.push((id.clone(), Liveness::Down));
             }
         }
+        // Bounded by what gossip knows now: a forgotten machine is down (said above) and no
+        // longer remembered; ids that come and go never pile up.
+        self.seen
+            .retain(|id, s| present.contains(id) || s.status != Liveness::Down);
         changed
     }
 
@@ -156,6 +160,20 @@ mod tests {
         );
         // Forgotten by the detector: down.
         assert_eq!(t.observe([], s(9600)), vec![("b".into(), Liveness::Down)]);
-        assert_eq!(t.all()["b"], Liveness::Down);
+        // ...and no longer remembered (callers add machines of the state as down).
+        assert!(!t.all().contains_key("b"));
+        assert!(t.observe([], s(9700)).is_empty());
+    }
+
+    #[test]
+    fn ids_that_come_and_go_do_not_pile_up() {
+        let t0 = Instant::now();
+        let mut t = LivenessTracker::new(Duration::from_secs(3));
+        for i in 0..1000u64 {
+            t.observe([obs(&format!("forged-{i}"), 1, true)], t0);
+        }
+        assert_eq!(t.all().len(), 1);
+        t.observe([], t0);
+        assert!(t.all().is_empty());
     }
 }

@@ -33,6 +33,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Panics abort the process, except where the store catches them on a damaged file.
+    uncloud_common::fail_fast::exempt(uncloud_docstore::catching_panic);
     uncloud_common::daemon::main("stated", &args.config, args.check_config, serve)
 }
 
@@ -42,6 +44,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let dbus = stated::dbus::serve(membership.clone(), &bus).await?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!("ready");
+    let probed = membership.clone();
+    tokio::spawn(uncloud_common::watchdog::run(move || {
+        let member = probed.member();
+        async move {
+            match member {
+                Some(shared) => tokio::task::spawn_blocking(move || shared.health_check())
+                    .await
+                    .map_err(|e| e.to_string())?,
+                None => Ok(()),
+            }
+        }
+    }));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

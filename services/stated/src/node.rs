@@ -372,6 +372,17 @@ impl Shared {
         all
     }
 
+    /// For the watchdog: the document lock can be taken and the store writer runs. Blocks
+    /// (the caller runs it off the async workers, with a deadline).
+    pub fn health_check(&self) -> Result<(), String> {
+        drop(self.doc.lock().unwrap());
+        if self.writer.lock().unwrap().is_running() {
+            Ok(())
+        } else {
+            Err("the store writer thread has stopped".into())
+        }
+    }
+
     /// Validates and applies a local change; returns once it is durable.
     pub async fn mutate(self: &Arc<Self>, mutation: Mutation) -> Result<(), WriteError> {
         self.validate(&mutation)?;

@@ -78,6 +78,11 @@ impl Writer {
         rx
     }
 
+    /// Whether the writer thread is still there to take blobs.
+    pub fn is_running(&self) -> bool {
+        self.tx.is_some() && self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Stops accepting blobs and waits until every queued one is written.
     pub fn finish(&mut self) {
         self.tx.take();
