@@ -43,6 +43,8 @@ pub trait State {
     /// One part (`network`, `machines`, `services`, `containers`, `routes`) as JSON, or one
     /// entity of it when `id` is not empty.
     fn get(&self, kind: &str, id: &str) -> zbus::Result<String>;
+    /// The named entities of one part as a JSON object keyed by id; absent ids were removed.
+    fn get_many(&self, kind: &str, ids: &[&str]) -> zbus::Result<String>;
     /// Creates a network with this machine as its first member; returns its entry (JSON).
     fn create_network(&self, network_id: &str, mesh_cidr: &str, name: &str)
         -> zbus::Result<String>;
@@ -79,6 +81,9 @@ pub trait State {
     /// Emitted after the state changed, locally or by a merge: which part and which ids.
     #[zbus(signal)]
     fn changed(&self, kind: &str, ids: Vec<String>) -> zbus::Result<()>;
+    /// Emitted when listeners may have missed `Changed` signals: re-read everything.
+    #[zbus(signal)]
+    fn resync(&self) -> zbus::Result<()>;
     /// Emitted when a machine's liveness changes.
     #[zbus(signal)]
     fn liveness_changed(&self, machine_id: &str, liveness: &str) -> zbus::Result<()>;

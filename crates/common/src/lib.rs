@@ -20,6 +20,7 @@
 //! - [`config`]: loading a daemon's TOML config with errors that name the file or the key.
 //! - [`daemon`]: the `main` every daemon shares (logging, config, `--check-config`, runtime).
 //! - [`fail_fast`]: a panic aborts the process (no daemon lives on with a poisoned lock).
+//! - [`state_follow`]: following stated's state by change (`Changed`, `GetMany`, `Resync`).
 //! - [`watchdog`]: systemd's watchdog, fed only while a probe of the daemon's work succeeds.
 //! - [`identity`]: where the machine's TLS key, certificate, setup token and join ticket live
 //!   (written by `uncloud-firstboot`, served by `apid`).
@@ -42,4 +43,5 @@ pub mod logging;
 pub mod model;
 pub mod nft;
 pub mod rpc;
+pub mod state_follow;
 pub mod watchdog;

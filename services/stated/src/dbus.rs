@@ -4,6 +4,12 @@
 //! Writes return once the change is durable. Changes, local or merged from peers, are announced
 //! with `Changed(kind, ids)`; liveness transitions with `LivenessChanged(machine_id, liveness)`.
 //!
+//! A consumer reads by change: the whole state once (`GetState`), then for each `Changed` only
+//! the named entities (`GetMany(kind, ids)`; an absent id was removed). `Resync` says that
+//! signals may have been missed (stated fell behind, or the machine just became a member):
+//! read everything again. A consumer also re-reads when stated's name changes owner (a
+//! restart); `uncloud_common::state_follow` does all of this for a Rust consumer.
+//!
 //! A fresh machine (`Mode` = `fresh`) answers every read and write with `NotMember` until
 //! `CreateNetwork` or `JoinNetwork` makes it a member; `Mode` and `NetworkId` then change
 //! (with `PropertiesChanged`).
@@ -12,9 +18,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::task::JoinHandle;
 use uncloud_common::dbus::{STATE_NAME, STATE_PATH};
+use uncloud_common::liveness::Liveness;
 use uncloud_common::model::{ClientCert, Container, Kind, Route, Service};
 use zbus::object_server::SignalEmitter;
 use zbus::{interface, Connection};
@@ -75,6 +82,15 @@ impl From<WriteError> for StateError {
 
 fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, StateError> {
     serde_json::from_str(json).map_err(|e| StateError::InvalidArgument(format!("{what}: {e}")))
+}
+
+fn parse_kind(kind: &str) -> Result<Kind, StateError> {
+    Kind::parse(kind).ok_or_else(|| {
+        StateError::InvalidArgument(format!(
+            "unknown kind {kind:?}; expected network, machines, services, containers, routes, \
+             removed or clients"
+        ))
+    })
 }
 
 /// The D-Bus object; a thin layer over [`Membership`] and, once a member, [`Shared`].
@@ -148,17 +164,28 @@ impl State1 {
     /// One part of the state (`network`, `machines`, `services`, `containers`, `routes`) as JSON,
     /// or one entity of it when `id` is not empty.
     fn get(&self, kind: &str, id: &str) -> Result<String, StateError> {
-        let kind = Kind::parse(kind).ok_or_else(|| {
-            StateError::InvalidArgument(format!(
-                "unknown kind {kind:?}; expected network, machines, services, containers, routes, removed or clients"
-            ))
-        })?;
+        let kind = parse_kind(kind)?;
         let id = (!id.is_empty()).then_some(id);
         match self.member()?.part_json(kind, id) {
             Ok(v) => Ok(v.to_string()),
             Err(e @ DocError::NotFound { .. }) => Err(StateError::NotFound(e.to_string())),
             Err(e) => Err(StateError::Storage(e.to_string())),
         }
+    }
+
+    /// Several entities of one part as a JSON object keyed by id: the ones a `Changed` signal
+    /// named. An id that is absent was removed. Reads only those entities, so a consumer never
+    /// re-reads the whole state for a change (`network` has no ids: the whole object).
+    fn get_many(&self, kind: &str, ids: Vec<String>) -> Result<String, StateError> {
+        const MAX_IDS: usize = 10_000;
+        let kind = parse_kind(kind)?;
+        if ids.len() > MAX_IDS {
+            return Err(StateError::InvalidArgument(format!(
+                "{} ids asked for; at most {MAX_IDS} at a time",
+                ids.len()
+            )));
+        }
+        Ok(self.member()?.part_json_many(kind, &ids).to_string())
     }
 
     /// Renames a machine (a DNS label not used by another machine), leaving its other fields.
@@ -309,6 +336,11 @@ impl State1 {
     async fn changed(emitter: &SignalEmitter<'_>, kind: &str, ids: Vec<String>)
         -> zbus::Result<()>;
 
+    /// Emitted when a listener may have missed `Changed` signals (stated fell behind emitting
+    /// them, or the machine just became a member): re-read everything that matters to you.
+    #[zbus(signal)]
+    async fn resync(emitter: &SignalEmitter<'_>) -> zbus::Result<()>;
+
     /// Emitted when this machine's view of another machine's liveness changes.
     #[zbus(signal)]
     async fn liveness_changed(
@@ -359,6 +391,41 @@ impl State1 {
     }
 }
 
+/// What the forwarder emits next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Signal {
+    Changed {
+        kind: Kind,
+        ids: Vec<String>,
+    },
+    Liveness {
+        machine_id: String,
+        liveness: Liveness,
+    },
+    Resync,
+}
+
+/// The next signal for the node's events: each event as it is, and `Resync` when the forwarder
+/// fell behind and events were dropped (listeners cannot know what they missed). `None` once
+/// the node is gone.
+async fn next_signal(events: &mut broadcast::Receiver<Event>) -> Option<Signal> {
+    match events.recv().await {
+        Ok(Event::Changed { kind, ids }) => Some(Signal::Changed { kind, ids }),
+        Ok(Event::Liveness {
+            machine_id,
+            liveness,
+        }) => Some(Signal::Liveness {
+            machine_id,
+            liveness,
+        }),
+        Err(RecvError::Lagged(n)) => {
+            tracing::warn!("dropped {n} change events; telling listeners to re-read the state");
+            Some(Signal::Resync)
+        }
+        Err(RecvError::Closed) => None,
+    }
+}
+
 /// Why the D-Bus service could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve {STATE_NAME} on the {bus} bus: {reason}")]
@@ -406,20 +473,23 @@ pub async fn serve(
         }
         let _ = guard.network_id_changed(ctx).await;
         drop(guard);
+        // Whoever listened while the machine was fresh has a state to read now.
+        let mut next = Some(Signal::Resync);
         loop {
-            let result = match events.recv().await {
-                Ok(Event::Changed { kind, ids }) => iface.changed(kind.as_str(), ids).await,
-                Ok(Event::Liveness {
+            let signal = match next.take() {
+                Some(s) => s,
+                None => match next_signal(&mut events).await {
+                    Some(s) => s,
+                    None => return,
+                },
+            };
+            let result = match signal {
+                Signal::Changed { kind, ids } => iface.changed(kind.as_str(), ids).await,
+                Signal::Liveness {
                     machine_id,
                     liveness,
-                }) => iface.liveness_changed(&machine_id, liveness.as_str()).await,
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        "dropped {n} change signals: listeners should re-read the state"
-                    );
-                    Ok(())
-                }
-                Err(RecvError::Closed) => return,
+                } => iface.liveness_changed(&machine_id, liveness.as_str()).await,
+                Signal::Resync => iface.resync().await,
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, "could not emit a D-Bus signal");
@@ -427,4 +497,38 @@ pub async fn serve(
         }
     });
     Ok(Some((conn, task)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_forwarder_that_fell_behind_says_resync_then_carries_on() {
+        let (tx, mut rx) = broadcast::channel(2);
+        let changed = |id: &str| Event::Changed {
+            kind: Kind::Services,
+            ids: vec![id.into()],
+        };
+        tx.send(changed("a")).unwrap();
+        assert_eq!(
+            next_signal(&mut rx).await,
+            Some(Signal::Changed {
+                kind: Kind::Services,
+                ids: vec!["a".into()]
+            })
+        );
+        for id in ["b", "c", "d", "e"] {
+            tx.send(changed(id)).unwrap();
+        }
+        assert_eq!(next_signal(&mut rx).await, Some(Signal::Resync));
+        // The newest events still come through after the resync.
+        assert!(matches!(
+            next_signal(&mut rx).await,
+            Some(Signal::Changed { ids, .. }) if ids == ["d"]
+        ));
+        drop(tx);
+        assert!(next_signal(&mut rx).await.is_some());
+        assert_eq!(next_signal(&mut rx).await, None);
+    }
 }

@@ -286,6 +286,26 @@ impl StateDoc {
         out
     }
 
+    /// The entities of `kind` among `ids` that exist; only those are read from the document.
+    fn entities_by_id<T: Hydrate>(&self, kind: Kind, ids: &[String]) -> BTreeMap<String, T> {
+        let Ok(obj) = self.kind_obj(kind) else {
+            return BTreeMap::new();
+        };
+        let mut out = BTreeMap::new();
+        for id in ids {
+            if !matches!(self.doc.get(&obj, id.as_str()), Ok(Some(_))) {
+                continue;
+            }
+            match hydrate_prop::<_, T, _, _>(&self.doc, &obj, id.as_str()) {
+                Ok(value) => {
+                    out.insert(id.clone(), value);
+                }
+                Err(e) => tracing::warn!(%kind, %id, error = %e, "skipping unreadable entity"),
+            }
+        }
+        out
+    }
+
     pub fn machines(&self) -> BTreeMap<String, Machine> {
         self.entities(Kind::Machines)
     }
@@ -329,6 +349,13 @@ impl StateDoc {
             };
             Ok(value.expect("model types always serialize"))
         }
+        if let (Some(one), false) = (id, kind == Kind::Network) {
+            let found = self.part_json_many(kind, &[one.to_string()]);
+            return found.get(one).cloned().ok_or_else(|| DocError::NotFound {
+                kind,
+                id: one.to_string(),
+            });
+        }
         match kind {
             Kind::Network => Ok(serde_json::to_value(self.network()).expect("serializes")),
             Kind::Machines => pick(self.entities::<Machine>(kind), kind, id),
@@ -337,6 +364,24 @@ impl StateDoc {
             Kind::Routes => pick(self.entities::<Route>(kind), kind, id),
             Kind::Removed => pick(self.entities::<Removal>(kind), kind, id),
             Kind::Clients => pick(self.entities::<ClientCert>(kind), kind, id),
+        }
+    }
+
+    /// The entities of `kind` among `ids`, as a JSON object keyed by id; an id that is not
+    /// there (removed, or never written) is absent. Reads only those entities, so a consumer
+    /// told which ids changed fetches just them. `network` has no ids: the whole object.
+    pub fn part_json_many(&self, kind: Kind, ids: &[String]) -> serde_json::Value {
+        fn json<T: Serialize>(map: BTreeMap<String, T>) -> serde_json::Value {
+            serde_json::to_value(map).expect("model types always serialize")
+        }
+        match kind {
+            Kind::Network => serde_json::to_value(self.network()).expect("serializes"),
+            Kind::Machines => json(self.entities_by_id::<Machine>(kind, ids)),
+            Kind::Services => json(self.entities_by_id::<Service>(kind, ids)),
+            Kind::Containers => json(self.entities_by_id::<Container>(kind, ids)),
+            Kind::Routes => json(self.entities_by_id::<Route>(kind, ids)),
+            Kind::Removed => json(self.entities_by_id::<Removal>(kind, ids)),
+            Kind::Clients => json(self.entities_by_id::<ClientCert>(kind, ids)),
         }
     }
 

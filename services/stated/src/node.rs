@@ -363,6 +363,11 @@ impl Shared {
         self.doc.lock().unwrap().doc.part_json(kind, id)
     }
 
+    /// The entities of `kind` among `ids` that exist, as a JSON object keyed by id.
+    pub fn part_json_many(&self, kind: Kind, ids: &[String]) -> serde_json::Value {
+        self.doc.lock().unwrap().doc.part_json_many(kind, ids)
+    }
+
     pub fn liveness(&self) -> BTreeMap<String, Liveness> {
         let mut all = self.liveness.lock().unwrap().all();
         for id in self.doc.lock().unwrap().doc.machines().keys() {

@@ -76,6 +76,8 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
     for member in [
         ".GetState",
         ".Get",
+        ".GetMany",
+        ".Resync",
         ".CreateNetwork",
         ".JoinNetwork",
         ".AdmitMachine",
@@ -344,4 +346,106 @@ fn running_as_root() -> bool {
         .lines()
         .find(|l| l.starts_with("Uid:"))
         .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// The next update from a follower, within a deadline.
+async fn next_update(
+    updates: &mut futures::stream::BoxStream<'static, uncloud_common::state_follow::Update>,
+) -> uncloud_common::state_follow::Update {
+    tokio::time::timeout(Duration::from_secs(5), updates.next())
+        .await
+        .expect("no update within 5 s")
+        .expect("the update stream ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reads_by_change_and_resyncs_when_stated_restarts() {
+    use uncloud_common::model::{Kind, Service};
+    use uncloud_common::state_follow::{self, Update};
+
+    support::init_tracing();
+    let bus = PrivateBus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::test_config(dir.path(), "unused", vec![]);
+    config.network_id = None;
+    let membership = stated::Membership::start(config, stated::links::Links::real())
+        .await
+        .unwrap();
+    let served = stated::dbus::serve(membership.clone(), &bus.address)
+        .await
+        .unwrap()
+        .expect("a bus was configured");
+
+    // A consumer subscribes while the machine is fresh; becoming a member says "read it all".
+    let conn = bus.connect().await;
+    let mut updates = state_follow::follow(&conn).await.unwrap();
+    let proxy = StateProxy::new(&conn).await.unwrap();
+    proxy
+        .create_network("follow-net", "", "alpha")
+        .await
+        .unwrap();
+    assert_eq!(next_update(&mut updates).await, Update::Resync);
+    let machines: std::collections::BTreeMap<String, serde_json::Value> =
+        state_follow::fetch_all(&proxy, Kind::Machines)
+            .await
+            .unwrap();
+    assert_eq!(machines.len(), 1);
+
+    // A change names its ids; fetching them reads just those.
+    let web = r#"{"id":"web","name":"web","spec":{"image":"nginx:1.27","replicas":2}}"#;
+    let db = r#"{"id":"db","name":"db","spec":{"image":"postgres:16","replicas":1}}"#;
+    proxy.upsert_service(web).await.unwrap();
+    proxy.upsert_service(db).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match next_update(&mut updates).await {
+            Update::Changed {
+                kind: Kind::Services,
+                ids,
+            } => seen.extend(ids),
+            Update::Changed { .. } => {}
+            Update::Resync => panic!("no resync expected here"),
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["db", "web"]);
+    let got: std::collections::BTreeMap<String, Service> =
+        state_follow::fetch(&proxy, Kind::Services, &["web".into(), "nope".into()])
+            .await
+            .unwrap();
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["web"]);
+    assert_eq!(got["web"].spec.replicas, 2);
+
+    // A removal: the id is named, and fetching it finds nothing.
+    proxy.remove_service("web").await.unwrap();
+    loop {
+        if let Update::Changed {
+            kind: Kind::Services,
+            ids,
+        } = next_update(&mut updates).await
+        {
+            assert_eq!(ids, ["web"]);
+            break;
+        }
+    }
+    let got: std::collections::BTreeMap<String, Service> =
+        state_follow::fetch(&proxy, Kind::Services, &["web".into()])
+            .await
+            .unwrap();
+    assert!(got.is_empty(), "{got:?}");
+
+    // GetMany refuses an unknown kind clearly.
+    let err = proxy.get_many("gadgets", &["x"]).await.unwrap_err();
+    assert_eq!(error_name(&err), STATE_ERROR_INVALID);
+
+    // stated goes away and comes back (a restart): signals in between are lost, so the
+    // consumer is told to read everything again.
+    drop(served);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _served = stated::dbus::serve(membership.clone(), &bus.address)
+        .await
+        .unwrap()
+        .expect("a bus was configured");
+    assert_eq!(next_update(&mut updates).await, Update::Resync);
+    membership.shutdown().await;
 }
