@@ -1,7 +1,8 @@
 //! Container operations' types, shared by dockerd-shim's D-Bus and tarpc APIs and their callers.
 //!
-//! On D-Bus they travel as JSON; over tarpc as bincode. Every field is always serialized (no
-//! `skip_serializing_if`), because bincode is not self-describing.
+//! On D-Bus they travel as JSON; over tarpc as MessagePack with named fields
+//! ([`crate::rpc::MsgPack`]). A field added later must be optional (`Option` or
+//! `#[serde(default)]`) so that messages of older peers still decode.
 
 use std::collections::BTreeMap;
 

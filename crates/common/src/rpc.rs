@@ -2,6 +2,10 @@
 //!
 //! They listen only on the machine's mesh address, which WireGuard already authenticates and
 //! encrypts; every request still carries the network id so a misconfigured peer is refused.
+//! Every connection speaks [`MsgPack`], which tolerates fields added by newer peers.
+
+use std::marker::PhantomData;
+use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
@@ -54,16 +58,66 @@ pub enum SyncError {
     Unavailable,
 }
 
-/// A tarpc transport over a byte stream, framed with [`MAX_FRAME_BYTES`] and bincode: the
+/// The codec of every machine-to-machine connection: MessagePack with structs as maps of
+/// named fields and byte vectors as binary (decision 0012).
+///
+/// Named fields are what lets a network upgrade one machine at a time: a peer ignores fields
+/// it does not know, and a field it lacks takes its default (`Option`s and fields marked
+/// `#[serde(default)]`), so a message from an older or newer peer still decodes. bincode
+/// (used before) encodes by position and fails on any added field. A new enum variant is
+/// still unknown to an old peer: calls that need one ask the peer's version first.
+pub struct MsgPack<Item, SinkItem>(PhantomData<(Item, SinkItem)>);
+
+impl<Item, SinkItem> Default for MsgPack<Item, SinkItem> {
+    fn default() -> Self {
+        MsgPack(PhantomData)
+    }
+}
+
+impl<Item, SinkItem: Serialize> tarpc::tokio_serde::Serializer<SinkItem>
+    for MsgPack<Item, SinkItem>
+{
+    type Error = std::io::Error;
+
+    fn serialize(self: Pin<&mut Self>, item: &SinkItem) -> Result<bytes::Bytes, Self::Error> {
+        encode(item).map(bytes::Bytes::from)
+    }
+}
+
+impl<Item: for<'de> Deserialize<'de>, SinkItem> tarpc::tokio_serde::Deserializer<Item>
+    for MsgPack<Item, SinkItem>
+{
+    type Error = std::io::Error;
+
+    fn deserialize(self: Pin<&mut Self>, src: &bytes::BytesMut) -> Result<Item, Self::Error> {
+        decode(src)
+    }
+}
+
+/// One value in the wire encoding of [`MsgPack`].
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, std::io::Error> {
+    let mut out = Vec::new();
+    let mut ser = rmp_serde::Serializer::new(&mut out)
+        .with_struct_map()
+        .with_bytes(rmp_serde::config::BytesMode::ForceIterables);
+    value
+        .serialize(&mut ser)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok(out)
+}
+
+/// One value from the wire encoding of [`MsgPack`]; a malformed frame is an `InvalidData`
+/// error (the connection ends), never a panic.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, std::io::Error> {
+    rmp_serde::from_slice(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// A tarpc transport over a byte stream, framed with [`MAX_FRAME_BYTES`] and [`MsgPack`]: the
 /// same on every machine-to-machine connection.
 pub fn transport<S, Item, SinkItem>(
     stream: S,
-) -> tarpc::serde_transport::Transport<
-    S,
-    Item,
-    SinkItem,
-    tarpc::tokio_serde::formats::Bincode<Item, SinkItem>,
->
+) -> tarpc::serde_transport::Transport<S, Item, SinkItem, MsgPack<Item, SinkItem>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
     Item: for<'de> Deserialize<'de>,
@@ -76,12 +130,7 @@ where
 pub fn transport_capped<S, Item, SinkItem>(
     stream: S,
     max_frame_bytes: usize,
-) -> tarpc::serde_transport::Transport<
-    S,
-    Item,
-    SinkItem,
-    tarpc::tokio_serde::formats::Bincode<Item, SinkItem>,
->
+) -> tarpc::serde_transport::Transport<S, Item, SinkItem, MsgPack<Item, SinkItem>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
     Item: for<'de> Deserialize<'de>,
@@ -92,7 +141,7 @@ where
         .new_codec();
     tarpc::serde_transport::new(
         tarpc::tokio_util::codec::Framed::new(stream, codec),
-        tarpc::tokio_serde::formats::Bincode::default(),
+        MsgPack::default(),
     )
 }
 
@@ -213,4 +262,159 @@ pub async fn container_ops_client(
 
 fn unreachable(addr: std::net::SocketAddr, e: &dyn std::fmt::Display) -> OpsError {
     OpsError::new(ErrorKind::Unreachable, format!("cannot reach {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use tarpc::server::{BaseChannel, Channel};
+
+    /// The same service as an older and a newer release define it: the newer one added a
+    /// field to the request and one to the reply, both optional.
+    mod old {
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        pub struct Hello {
+            pub network_id: String,
+            pub payload: Vec<u8>,
+        }
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        pub struct Reply {
+            pub accepted: bool,
+        }
+        #[tarpc::service]
+        pub trait Greeter {
+            async fn hello(hello: Hello) -> Reply;
+        }
+    }
+
+    mod new {
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        pub struct Hello {
+            pub network_id: String,
+            pub payload: Vec<u8>,
+            #[serde(default)]
+            pub priority: Option<u32>,
+        }
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        pub struct Reply {
+            pub accepted: bool,
+            #[serde(default)]
+            pub note: String,
+        }
+        #[tarpc::service]
+        pub trait Greeter {
+            async fn hello(hello: Hello) -> Reply;
+        }
+    }
+
+    #[derive(Clone)]
+    struct OldServer;
+    impl old::Greeter for OldServer {
+        async fn hello(self, _: tarpc::context::Context, h: old::Hello) -> old::Reply {
+            old::Reply {
+                accepted: h.network_id == "net" && h.payload == [0, 200, 255],
+            }
+        }
+    }
+
+    #[derive(Clone)]
+    struct NewServer;
+    impl new::Greeter for NewServer {
+        async fn hello(self, _: tarpc::context::Context, h: new::Hello) -> new::Reply {
+            new::Reply {
+                accepted: h.network_id == "net" && h.payload == [0, 200, 255],
+                note: format!("priority {:?}", h.priority),
+            }
+        }
+    }
+
+    /// Serves one connection on a loopback port with `serve_conn`.
+    async fn serve_one<F, Fut>(serve_conn: F) -> std::net::SocketAddr
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve_conn(stream).await;
+        });
+        addr
+    }
+
+    async fn serve_old(stream: tokio::net::TcpStream) {
+        BaseChannel::with_defaults(transport(stream))
+            .execute(old::Greeter::serve(OldServer))
+            .for_each(|f| async move {
+                tokio::spawn(f);
+            })
+            .await;
+    }
+
+    async fn serve_new(stream: tokio::net::TcpStream) {
+        BaseChannel::with_defaults(transport(stream))
+            .execute(new::Greeter::serve(NewServer))
+            .for_each(|f| async move {
+                tokio::spawn(f);
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn an_old_and_a_new_peer_understand_each_other_both_ways() {
+        // New client, old server: the added request field is ignored, the reply's added
+        // field takes its default.
+        let addr = serve_one(serve_old).await;
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let client = new::GreeterClient::new(Default::default(), transport(stream)).spawn();
+        let reply = client
+            .hello(
+                tarpc::context::current(),
+                new::Hello {
+                    network_id: "net".into(),
+                    payload: vec![0, 200, 255],
+                    priority: Some(3),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(reply.accepted);
+        assert_eq!(reply.note, "");
+
+        // Old client, new server: the field the old client does not send is None.
+        let addr = serve_one(serve_new).await;
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let client = old::GreeterClient::new(Default::default(), transport(stream)).spawn();
+        let reply = client
+            .hello(
+                tarpc::context::current(),
+                old::Hello {
+                    network_id: "net".into(),
+                    payload: vec![0, 200, 255],
+                },
+            )
+            .await
+            .unwrap();
+        assert!(reply.accepted);
+    }
+
+    #[test]
+    fn bytes_travel_as_binary_and_garbage_is_an_error() {
+        let request = SyncRequest {
+            network_id: "n".into(),
+            from: "m".into(),
+            session: 1,
+            message: Some(vec![0xff; 1000]),
+        };
+        let wire = encode(&request).unwrap();
+        // Binary, not an array of integers (which would take up to 2 bytes per byte).
+        assert!(wire.len() < 1100, "{} bytes", wire.len());
+        let back: SyncRequest = decode(&wire).unwrap();
+        assert_eq!(back.message, request.message);
+        for garbage in [&[][..], &[0xc1], &wire[..wire.len() / 2], b"\x81\xa3abc"] {
+            assert!(decode::<SyncRequest>(garbage).is_err());
+        }
+    }
 }

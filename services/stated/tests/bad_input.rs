@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use stated::document::Mutation;
 use support::{wait_for, write_service};
-use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tarpc::{client, context};
 use tokio::io::AsyncWriteExt;
@@ -18,7 +17,7 @@ async fn raw_client(addr: std::net::SocketAddr) -> StateSyncClient {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let transport = tarpc::serde_transport::new(
         Framed::new(stream, LengthDelimitedCodec::new()),
-        Bincode::default(),
+        uncloud_common::rpc::MsgPack::default(),
     );
     StateSyncClient::new(client::Config::default(), transport).spawn()
 }
