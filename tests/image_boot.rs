@@ -332,7 +332,8 @@ fn arm64_uefi_boots_ready_on_hetzners_metadata_service() {
 #[test]
 #[ignore = "reads the Raspberry Pi image: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
 fn rpi_boot_partition_has_what_the_firmware_needs() {
-    let dir = tempfile_dir();
+    let scratch = tempfile_dir();
+    let dir = scratch.path();
     let img = dir.join("rpi.img");
     decompress(&image("-arm64-rpi.img.xz"), &img);
     // MBR: partition 1 FAT32 (LBA) from 4 MiB, partition 2 Linux.
@@ -395,7 +396,8 @@ fn rpi_boot_partition_has_what_the_firmware_needs() {
 #[test]
 #[ignore = "boots the Raspberry Pi image in QEMU: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
 fn rpi_image_boots_on_qemus_raspberry_pi_and_takes_its_setup_file() {
-    let dir = tempfile_dir();
+    let scratch = tempfile_dir();
+    let dir = scratch.path();
     let img = dir.join("rpi-boot.img");
     decompress(&image("-arm64-rpi.img.xz"), &img);
     // What the user does on a laptop before the first boot.
@@ -407,7 +409,7 @@ fn rpi_image_boots_on_qemus_raspberry_pi_and_takes_its_setup_file() {
     )
     .unwrap();
     rpi::write_boot_file(&img, "uncloud-setup.toml", &setup).unwrap_or_else(|e| panic!("{e}"));
-    let boot = rpi::direct_boot(&img, &dir, "").unwrap_or_else(|e| panic!("{e}"));
+    let boot = rpi::direct_boot(&img, dir, "").unwrap_or_else(|e| panic!("{e}"));
     let mut machine = Machine::new("rpi3b", Arch::Arm64, boot);
     machine.machine_type = Some("raspi3b".into());
     let (mut vm, banner, console) = boot_until_banner(&machine, &img, None);
@@ -510,10 +512,13 @@ fn manifest_files(text: &str) -> Vec<(String, String)> {
     files
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("uncloud-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch directory for decompressed images (over 1.5 GiB each), removed when the test
+/// ends, passed or failed: left behind, a few runs filled the disk.
+fn tempfile_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("uncloud-e2e-")
+        .tempdir()
+        .unwrap()
 }
 
 fn decompress(xz: &Path, to: &Path) {

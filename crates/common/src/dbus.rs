@@ -73,8 +73,10 @@ pub trait State {
     fn remove_service(&self, id: &str) -> zbus::Result<()>;
     fn upsert_container(&self, json: &str) -> zbus::Result<()>;
     fn remove_container(&self, id: &str) -> zbus::Result<()>;
-    fn upsert_route(&self, json: &str) -> zbus::Result<()>;
-    fn remove_route(&self, id: &str) -> zbus::Result<()>;
+    /// One field of a container its machine runs: `running`, `exited`, …
+    fn set_container_state(&self, id: &str, state: &str) -> zbus::Result<()>;
+    /// One field of a container its machine runs: its health verdict.
+    fn set_container_health(&self, id: &str, healthy: bool) -> zbus::Result<()>;
     /// Machine id -> `alive` | `suspect` | `down`, as this machine sees them.
     fn liveness(&self) -> zbus::Result<HashMap<String, String>>;
 

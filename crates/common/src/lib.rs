@@ -11,6 +11,8 @@
 //!   serde types. With the `automerge` feature they also map onto an automerge document.
 //! - [`conflict`]: the deterministic rules that keep machine names and subnet indices unique after
 //!   partitions merge. Pure functions, so every machine computes the same winners.
+//! - [`ports`]: a service's published ports (`x-ports` syntax), its only way to say routes.
+//! - [`claims`]: which service serves a hostname and path, the same on every machine.
 //! - [`liveness`]: a machine's view of the others (alive / suspect / down).
 //! - [`dbus`]: well-known names, object paths and zbus proxies of the local D-Bus APIs.
 //! - [`rpc`]: tarpc services spoken between machines over the mesh.
@@ -30,6 +32,7 @@
 //! interfaces as they arrive.
 
 pub mod address;
+pub mod claims;
 pub mod config;
 pub mod conflict;
 pub mod daemon;
@@ -42,6 +45,9 @@ pub mod liveness;
 pub mod logging;
 pub mod model;
 pub mod nft;
+pub mod ports;
 pub mod rpc;
+#[cfg(feature = "automerge")]
+pub mod service_doc;
 pub mod state_follow;
 pub mod watchdog;

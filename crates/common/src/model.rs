@@ -5,7 +5,14 @@
 //! it, so concurrent edits rarely touch the same fields:
 //! - a [`Machine`] is written by the machine itself (and once by the member that adds it);
 //! - a [`Container`] only by the machine that runs it;
-//! - [`Service`]s and [`Route`]s by whichever machine accepted the user's command.
+//! - a [`Service`] by whichever machine accepted the user's command; it is keyed by project and
+//!   name ([`Service::key`]), so two sides of a partition that create `web` in one project
+//!   create the same service, and its spec is stored as one value (see `service_doc`), so
+//!   concurrent deploys resolve to one of them whole, never a mix.
+//!
+//! What a service publishes (its ingress routes) is part of its spec
+//! ([`ServiceSpec::ports`], parsed by [`crate::ports`]); there is no separate route entity
+//! (decision 0013).
 //!
 //! With the `automerge` feature every type derives autosurgeon's `Reconcile`/`Hydrate`, which
 //! maps each struct field to its own automerge map key: two machines changing different fields
@@ -30,7 +37,6 @@ pub struct NetworkState {
     pub machines: BTreeMap<String, Machine>,
     pub services: BTreeMap<String, Service>,
     pub containers: BTreeMap<String, Container>,
-    pub routes: BTreeMap<String, Route>,
     /// Machines removed for good, by id: they never come back under that id.
     #[serde(default)]
     pub removed: BTreeMap<String, Removal>,
@@ -147,14 +153,21 @@ pub struct Machine {
 }
 
 /// A service: a named group of containers built from one spec.
+///
+/// Stored in the automerge document by hand (`crate::service_doc`): the revision and spec are
+/// one value, so concurrent writes never mix two specs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
 pub struct Service {
+    /// [`Service::key`] of its project and name.
     pub id: String,
     pub name: String,
     /// Project (compose project) the service belongs to; namespaces its DNS name.
     #[serde(default)]
     pub project: String,
+    /// When the service was first created, in ms since the Unix epoch (set by stated). The
+    /// older of two services claiming one hostname keeps it ([`crate::claims`]).
+    #[serde(default)]
+    pub created_at_ms: u64,
     /// Current revision, incremented on every spec change.
     #[serde(default)]
     pub revision: u64,
@@ -180,8 +193,9 @@ pub struct ServiceSpec {
     pub entrypoint: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Published ports in Uncloud's `x-ports` syntax, e.g. `app.example.com:8000/https`
-    /// (served by ingress machines).
+    /// Published ports in Uncloud's `x-ports` syntax, e.g. `app.example.com:8000/https` or
+    /// `app.example.com/api:8000/https` (served by ingress machines; [`crate::ports`]). The one
+    /// place a service's ingress routes are said (decision 0013).
     #[serde(default)]
     pub ports: Vec<String>,
     /// Host ports published on the machine that runs the container, in `docker run -p`
@@ -236,6 +250,17 @@ pub struct ServiceRevision {
 }
 
 impl Service {
+    /// The id of service `name` in `project`: `name` alone outside any project, else
+    /// `name.project` (both DNS labels, so the two forms never collide). Keying by name makes
+    /// two sides of a partition that create `web` in one project create the same service.
+    pub fn key(project: &str, name: &str) -> String {
+        if project.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}.{project}")
+        }
+    }
+
     /// Replaces the spec, pushing the old one onto the bounded history.
     pub fn update_spec(&mut self, spec: ServiceSpec) {
         if spec == self.spec {
@@ -309,28 +334,6 @@ fn default_true() -> bool {
     true
 }
 
-/// Protocol an ingress route is served with.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
-#[serde(rename_all = "lowercase")]
-pub enum RouteProtocol {
-    Http,
-    #[default]
-    Https,
-}
-
-/// An ingress route: a public hostname served by a service's containers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
-pub struct Route {
-    pub id: String,
-    pub hostname: String,
-    pub service_id: String,
-    pub container_port: u16,
-    #[serde(default)]
-    pub protocol: RouteProtocol,
-}
-
 /// Which part of the state an entity or a change belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -339,18 +342,16 @@ pub enum Kind {
     Machines,
     Services,
     Containers,
-    Routes,
     Removed,
     Clients,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Network,
         Kind::Machines,
         Kind::Services,
         Kind::Containers,
-        Kind::Routes,
         Kind::Removed,
         Kind::Clients,
     ];
@@ -362,7 +363,6 @@ impl Kind {
             Kind::Machines => "machines",
             Kind::Services => "services",
             Kind::Containers => "containers",
-            Kind::Routes => "routes",
             Kind::Removed => "removed",
             Kind::Clients => "clients",
         }
@@ -379,9 +379,14 @@ impl std::fmt::Display for Kind {
     }
 }
 
+/// Names the internal DNS gives a meaning of its own: no service or project may take them.
+pub const RESERVED_LABELS: [&str; 2] = ["lb", "machine"];
+
 /// Why an entity was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
+    #[error("published port {value:?}: {why}")]
+    Port { value: String, why: String },
     #[error("{what} must not be empty")]
     Empty { what: &'static str },
     #[error("{what} {value:?} is not valid: {why}")]
@@ -511,6 +516,29 @@ impl Service {
         if !self.project.is_empty() {
             validate_dns_label("project", &self.project)?;
         }
+        for reserved in RESERVED_LABELS {
+            if self.name == reserved || self.project == reserved {
+                return Err(ModelError::Invalid {
+                    what: "service or project name",
+                    value: reserved.to_string(),
+                    why: "reserved for the internal DNS (lb.<service>.internal, \
+                          <machine>.machine.internal)",
+                });
+            }
+        }
+        if self.id != Service::key(&self.project, &self.name) {
+            return Err(ModelError::Invalid {
+                what: "service id",
+                value: self.id.clone(),
+                why: "must be <name> outside a project, <name>.<project> inside one",
+            });
+        }
+        for port in &self.spec.ports {
+            crate::ports::PublishedPort::parse(port).map_err(|e| ModelError::Port {
+                value: port.clone(),
+                why: e.to_string(),
+            })?;
+        }
         if self.spec.image.is_empty() {
             return Err(ModelError::Empty {
                 what: "service image",
@@ -544,29 +572,6 @@ impl Container {
                 what: "container ip",
                 value: self.ip.clone(),
                 why: "expected an IP address",
-            });
-        }
-        Ok(())
-    }
-}
-
-impl Route {
-    pub fn validate(&self) -> Result<(), ModelError> {
-        validate_id("route id", &self.id)?;
-        validate_id("route service id", &self.service_id)?;
-        if self.hostname.is_empty() {
-            return Err(ModelError::Empty {
-                what: "route hostname",
-            });
-        }
-        for label in self.hostname.split('.') {
-            validate_dns_label("route hostname label", label)?;
-        }
-        if self.container_port == 0 {
-            return Err(ModelError::Invalid {
-                what: "route container port",
-                value: "0".into(),
-                why: "ports start at 1",
             });
         }
         Ok(())

@@ -22,11 +22,13 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::task::JoinHandle;
 use uncloud_common::dbus::{STATE_NAME, STATE_PATH};
 use uncloud_common::liveness::Liveness;
-use uncloud_common::model::{ClientCert, Container, Kind, Route, Service};
+use uncloud_common::model::{ClientCert, Container, ContainerState, Kind, Service};
 use zbus::object_server::SignalEmitter;
 use zbus::{interface, Connection};
 
-use crate::document::{DocError, MachineRemoval, MachineUpdate, MeshFields, Mutation};
+use crate::document::{
+    ContainerUpdate, DocError, MachineRemoval, MachineUpdate, MeshFields, Mutation,
+};
 use crate::membership::{Membership, MembershipError};
 use crate::node::{now_ms, Admission, Event, Shared, WriteError};
 
@@ -87,8 +89,8 @@ fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, StateError> {
 fn parse_kind(kind: &str) -> Result<Kind, StateError> {
     Kind::parse(kind).ok_or_else(|| {
         StateError::InvalidArgument(format!(
-            "unknown kind {kind:?}; expected network, machines, services, containers, routes, \
-             removed or clients"
+            "unknown kind {kind:?}; expected network, machines, services, containers, removed \
+             or clients"
         ))
     })
 }
@@ -107,6 +109,13 @@ impl State1 {
                     .into(),
             )
         })
+    }
+
+    async fn update_container(&self, update: ContainerUpdate) -> Result<(), StateError> {
+        Ok(self
+            .member()?
+            .mutate(Mutation::UpdateContainer(update))
+            .await?)
     }
 
     async fn update_machine(&self, update: MachineUpdate) -> Result<(), StateError> {
@@ -161,7 +170,8 @@ impl State1 {
         Ok(serde_json::to_string(&self.member()?.state()).expect("the model serializes"))
     }
 
-    /// One part of the state (`network`, `machines`, `services`, `containers`, `routes`) as JSON,
+    /// One part of the state (`network`, `machines`, `services`, `containers`, `removed`,
+    /// `clients`) as JSON,
     /// or one entity of it when `id` is not empty.
     fn get(&self, kind: &str, id: &str) -> Result<String, StateError> {
         let kind = parse_kind(kind)?;
@@ -285,6 +295,10 @@ impl State1 {
         Ok(self.member()?.mutate(Mutation::UpsertClient(c)).await?)
     }
 
+    /// Deploys a service (`{"id","name","project","spec"}`; `id` is `name`, or
+    /// `name.project` in a project): creates it, or makes a changed spec its next revision and
+    /// keeps the old one in the history. The spec is one value: concurrent deploys elsewhere
+    /// resolve to one of them whole.
     async fn upsert_service(&self, json: &str) -> Result<(), StateError> {
         let s: Service = parse("service", json)?;
         Ok(self.member()?.mutate(Mutation::UpsertService(s)).await?)
@@ -309,16 +323,33 @@ impl State1 {
             .await?)
     }
 
-    async fn upsert_route(&self, json: &str) -> Result<(), StateError> {
-        let r: Route = parse("route", json)?;
-        Ok(self.member()?.mutate(Mutation::UpsertRoute(r)).await?)
+    /// Sets one container's lifecycle state (`running`, `exited`, …), leaving its other
+    /// fields. Only the machine that runs it may.
+    async fn set_container_state(&self, id: &str, state: &str) -> Result<(), StateError> {
+        let state: ContainerState =
+            serde_json::from_value(serde_json::Value::String(state.to_string())).map_err(|_| {
+                StateError::InvalidArgument(format!(
+                    "{state:?} is not a container state: created, running, paused, restarting, \
+                 exited or dead"
+                ))
+            })?;
+        self.update_container(ContainerUpdate {
+            id: id.into(),
+            state: Some(state),
+            ..Default::default()
+        })
+        .await
     }
 
-    async fn remove_route(&self, id: &str) -> Result<(), StateError> {
-        Ok(self
-            .member()?
-            .mutate(Mutation::RemoveRoute(id.into()))
-            .await?)
+    /// Sets one container's health verdict, leaving its other fields. Only the machine that
+    /// runs it may.
+    async fn set_container_health(&self, id: &str, healthy: bool) -> Result<(), StateError> {
+        self.update_container(ContainerUpdate {
+            id: id.into(),
+            healthy: Some(healthy),
+            ..Default::default()
+        })
+        .await
     }
 
     /// Machine id -> `alive` | `suspect` | `down`, as this machine sees them.

@@ -2,8 +2,9 @@
 //!
 //! Callers read and write [`NetworkState`] entities; the string paths inside the document live
 //! only here. Layout: `{network: {id, mesh_cidr}, machines: {<id>: Machine}, services: {…},
-//! containers: {…}, routes: {…}}`, one automerge map per entity so concurrent writers of
-//! different entities (or different fields) never conflict.
+//! containers: {…}, removed: {…}, clients: {…}}`, one automerge map per entity so concurrent
+//! writers of different entities (or different fields) never conflict. A service's spec is
+//! the exception: one value (`uncloud_common::service_doc`), so concurrent deploys never mix.
 //!
 //! Every machine starts from the same **genesis** change, built deterministically from the
 //! network id (fixed actor, fixed time), so its hash is identical everywhere. Without it two
@@ -18,8 +19,10 @@ use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, R
 use autosurgeon::{hydrate_prop, reconcile_prop, Hydrate};
 use serde::Serialize;
 use uncloud_common::model::{
-    ClientCert, Container, Kind, Machine, NetworkState, Removal, Route, Service,
+    ClientCert, Container, ContainerState, Kind, Machine, NetworkState, Removal, Service,
+    ServiceRevision, SERVICE_HISTORY_LEN,
 };
+use uncloud_common::service_doc;
 
 /// Why a document operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +55,19 @@ pub enum Mutation {
     /// Deletes what a removed machine still has in the state (an entry or container records
     /// that a peer merged in after the removal); any member may.
     SweepRemoved,
+    /// Deploys a service's spec: creates the service (revision 1, `created_at_ms` as given),
+    /// or, when it exists and the spec differs, makes the spec its next revision and keeps the
+    /// old one in its history. Name, project and creation time of an existing service stay;
+    /// a caller never writes the history.
     UpsertService(Service),
     RemoveService(String),
+    /// After a merge of concurrent deploys of one service: keeps the winning spec, moves the
+    /// losing ones into the history. Any machine may; all write the same.
+    SettleService(String),
     UpsertContainer(Container),
+    /// Sets some fields of a container (its machine's shim: state, health) and nothing else.
+    UpdateContainer(ContainerUpdate),
     RemoveContainer(String),
-    UpsertRoute(Route),
-    RemoveRoute(String),
     /// Records an issued client certificate, or its revocation (`revoked_at_ms` set; a
     /// revocation already recorded is kept).
     UpsertClient(ClientCert),
@@ -66,6 +76,27 @@ pub enum Mutation {
     /// Sets some fields of a machine and nothing else, so writers of different fields (meshd
     /// its keys, the machine itself a renumbering, `uc` its roles) never revert each other.
     UpdateMachine(MachineUpdate),
+}
+
+/// A per-field update of one container: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerUpdate {
+    pub id: String,
+    pub state: Option<ContainerState>,
+    pub healthy: Option<bool>,
+}
+
+impl ContainerUpdate {
+    /// `container` with this update's fields replaced.
+    pub fn applied_to(&self, mut container: Container) -> Container {
+        if let Some(state) = self.state {
+            container.state = state;
+        }
+        if let Some(healthy) = self.healthy {
+            container.healthy = healthy;
+        }
+        container
+    }
 }
 
 /// Who removes which machine, when.
@@ -141,10 +172,10 @@ impl Mutation {
             Mutation::SweepRemoved => (Kind::Removed, ""),
             Mutation::UpsertService(s) => (Kind::Services, &s.id),
             Mutation::RemoveService(id) => (Kind::Services, id),
+            Mutation::SettleService(id) => (Kind::Services, id),
             Mutation::UpsertContainer(c) => (Kind::Containers, &c.id),
+            Mutation::UpdateContainer(u) => (Kind::Containers, &u.id),
             Mutation::RemoveContainer(id) => (Kind::Containers, id),
-            Mutation::UpsertRoute(r) => (Kind::Routes, &r.id),
-            Mutation::RemoveRoute(id) => (Kind::Routes, id),
             Mutation::UpsertClient(c) => (Kind::Clients, &c.serial),
             Mutation::SetMeshCidr(_) => (Kind::Network, "mesh_cidr"),
             Mutation::UpdateMachine(u) => (Kind::Machines, &u.machine_id),
@@ -163,15 +194,17 @@ pub fn genesis(network_id: &str) -> Automerge {
         .expect("putting into a fresh map cannot fail");
     tx.put(&network, "mesh_cidr", "")
         .expect("putting into a fresh map cannot fail");
-    for kind in [
-        Kind::Machines,
-        Kind::Services,
-        Kind::Containers,
-        Kind::Routes,
-        Kind::Removed,
-        Kind::Clients,
+    // "routes" is no longer read (decision 0013) but stays in the genesis: its hash is what
+    // every machine of a network shares.
+    for key in [
+        Kind::Machines.as_str(),
+        Kind::Services.as_str(),
+        Kind::Containers.as_str(),
+        "routes",
+        Kind::Removed.as_str(),
+        Kind::Clients.as_str(),
     ] {
-        tx.put_object(ROOT, kind.as_str(), ObjType::Map)
+        tx.put_object(ROOT, key, ObjType::Map)
             .expect("putting into a fresh map cannot fail");
     }
     tx.commit_with(CommitOptions::default().with_time(0));
@@ -310,6 +343,86 @@ impl StateDoc {
         self.entities(Kind::Machines)
     }
 
+    /// One entity of `kind`, read alone.
+    pub fn entity<T: Hydrate>(&self, kind: Kind, id: &str) -> Option<T> {
+        let obj = self.kind_obj(kind).ok()?;
+        self.doc.get(&obj, id).ok()??;
+        hydrate_prop(&self.doc, &obj, id).ok()
+    }
+
+    /// The services among `ids` whose spec holds concurrent values (a merge of two deploys
+    /// that [`Mutation::SettleService`] has not settled yet).
+    pub fn unsettled_services<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+        let Ok(services) = self.kind_obj(Kind::Services) else {
+            return Vec::new();
+        };
+        ids.into_iter()
+            .filter(|id| {
+                let Ok(Some((_, obj))) = self.doc.get(&services, id.as_str()) else {
+                    return false;
+                };
+                self.doc
+                    .get_all(&obj, "current")
+                    .is_ok_and(|values| values.len() > 1)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Keeps the spec automerge chose among concurrent deploys and records the others in the
+    /// history (keyed, so machines that settle at once write the same entries). Writing the
+    /// winner again ends the conflict.
+    fn settle_service(&mut self, id: &str) -> Result<bool, DocError> {
+        let services = self.kind_obj(Kind::Services)?;
+        let Some((_, obj)) = self.doc.get(&services, id)? else {
+            return Ok(false);
+        };
+        let values = self.doc.get_all(&obj, "current")?;
+        if values.len() < 2 {
+            return Ok(false);
+        }
+        let text = |v: &automerge::Value<'_>| v.as_str().map(str::to_string);
+        let winner = self
+            .doc
+            .get(&obj, "current")?
+            .and_then(|(v, _)| text(&v))
+            .ok_or_else(|| DocError::NotAState(format!("service {id:?} has no readable spec")))?;
+        let mut losers: Vec<ServiceRevision> = values
+            .iter()
+            .filter_map(|(v, _)| text(v))
+            .filter(|t| *t != winner)
+            .filter_map(|t| service_doc::parse_current(&t).ok())
+            .collect();
+        losers.dedup();
+        let history = match self.doc.get(&obj, "history")? {
+            Some((automerge::Value::Object(ObjType::Map), h)) => Some(h),
+            _ => None,
+        };
+        let mut tx = self.doc.transaction();
+        let history = match history {
+            Some(h) => h,
+            None => tx.put_object(&obj, "history", ObjType::Map)?,
+        };
+        for loser in &losers {
+            tx.put(
+                &history,
+                service_doc::history_key(loser),
+                service_doc::current_json(loser.revision, &loser.spec),
+            )?;
+        }
+        // Bounded like any history: the oldest keys go.
+        let keys: Vec<String> = tx.keys(&history).collect();
+        for old in keys
+            .iter()
+            .take(keys.len().saturating_sub(SERVICE_HISTORY_LEN))
+        {
+            tx.delete(&history, old.as_str())?;
+        }
+        tx.put(&obj, "current", winner)?;
+        tx.commit();
+        Ok(true)
+    }
+
     pub fn machine(&self, id: &str) -> Option<Machine> {
         let obj = self.kind_obj(Kind::Machines).ok()?;
         self.doc.get(&obj, id).ok()??;
@@ -322,7 +435,6 @@ impl StateDoc {
             machines: self.entities(Kind::Machines),
             services: self.entities(Kind::Services),
             containers: self.entities(Kind::Containers),
-            routes: self.entities(Kind::Routes),
             removed: self.entities(Kind::Removed),
             clients: self.entities(Kind::Clients),
         }
@@ -361,7 +473,6 @@ impl StateDoc {
             Kind::Machines => pick(self.entities::<Machine>(kind), kind, id),
             Kind::Services => pick(self.entities::<Service>(kind), kind, id),
             Kind::Containers => pick(self.entities::<Container>(kind), kind, id),
-            Kind::Routes => pick(self.entities::<Route>(kind), kind, id),
             Kind::Removed => pick(self.entities::<Removal>(kind), kind, id),
             Kind::Clients => pick(self.entities::<ClientCert>(kind), kind, id),
         }
@@ -379,7 +490,6 @@ impl StateDoc {
             Kind::Machines => json(self.entities_by_id::<Machine>(kind, ids)),
             Kind::Services => json(self.entities_by_id::<Service>(kind, ids)),
             Kind::Containers => json(self.entities_by_id::<Container>(kind, ids)),
-            Kind::Routes => json(self.entities_by_id::<Route>(kind, ids)),
             Kind::Removed => json(self.entities_by_id::<Removal>(kind, ids)),
             Kind::Clients => json(self.entities_by_id::<ClientCert>(kind, ids)),
         }
@@ -484,6 +594,7 @@ impl StateDoc {
         match mutation {
             Mutation::RemoveMachine(r) => return self.remove_machine(r),
             Mutation::SweepRemoved => return self.sweep_removed(),
+            Mutation::SettleService(id) => return self.settle_service(id),
             _ => {}
         }
         let (kind, id) = mutation.target();
@@ -502,13 +613,46 @@ impl StateDoc {
             }
             _ => None,
         };
+        let container = match mutation {
+            Mutation::UpdateContainer(u) => {
+                let stored: Option<Container> = self.entity(Kind::Containers, &u.id);
+                Some(u.applied_to(stored.ok_or_else(|| DocError::NotFound {
+                    kind,
+                    id: id.to_string(),
+                })?))
+            }
+            _ => None,
+        };
+        let service = match mutation {
+            Mutation::UpsertService(new) => match self.entity::<Service>(Kind::Services, &new.id) {
+                Some(mut stored) => {
+                    if stored.spec == new.spec {
+                        return Ok(false);
+                    }
+                    stored.update_spec(new.spec.clone());
+                    Some(stored)
+                }
+                None => Some(Service {
+                    revision: 1,
+                    history: Vec::new(),
+                    ..new.clone()
+                }),
+            },
+            _ => None,
+        };
         let before = self.doc.get_heads();
         let mut tx = self.doc.transaction();
         let result = match mutation {
             Mutation::UpsertMachine(v) => reconcile_prop(&mut tx, &obj, id, v),
-            Mutation::UpsertService(v) => reconcile_prop(&mut tx, &obj, id, v),
+            Mutation::UpsertService(_) => {
+                let v = service.as_ref().expect("read above for this mutation");
+                reconcile_prop(&mut tx, &obj, id, v)
+            }
             Mutation::UpsertContainer(v) => reconcile_prop(&mut tx, &obj, id, v),
-            Mutation::UpsertRoute(v) => reconcile_prop(&mut tx, &obj, id, v),
+            Mutation::UpdateContainer(_) => {
+                let v = container.as_ref().expect("read above for this mutation");
+                reconcile_prop(&mut tx, &obj, id, v)
+            }
             Mutation::UpsertClient(v) => {
                 // A revocation is never undone: keep the first one recorded.
                 let had: Option<ClientCert> = hydrate_prop(&tx, &obj, id).ok().flatten();
@@ -523,12 +667,10 @@ impl StateDoc {
                 let m = updated.as_ref().expect("read above for this mutation");
                 reconcile_prop(&mut tx, &obj, id, m)
             }
-            Mutation::RemoveMachine(_) | Mutation::SweepRemoved => {
+            Mutation::RemoveMachine(_) | Mutation::SweepRemoved | Mutation::SettleService(_) => {
                 unreachable!("handled before the transaction")
             }
-            Mutation::RemoveService(_)
-            | Mutation::RemoveContainer(_)
-            | Mutation::RemoveRoute(_) => {
+            Mutation::RemoveService(_) | Mutation::RemoveContainer(_) => {
                 if tx.get(&obj, id)?.is_none() {
                     tx.rollback();
                     return Err(DocError::NotFound {
@@ -769,27 +911,29 @@ mod tests {
         let before = d.heads();
         d.apply(&Mutation::UpsertMachine(machine("m1", "a", 1)))
             .unwrap();
-        d.apply(&Mutation::UpsertRoute(Route {
-            id: "r1".into(),
-            hostname: "app.example.com".into(),
-            service_id: "s1".into(),
-            container_port: 80,
+        d.apply(&Mutation::UpsertService(Service {
+            id: "s1".into(),
+            name: "s1".into(),
+            spec: uncloud_common::model::ServiceSpec {
+                image: "img".into(),
+                ..Default::default()
+            },
             ..Default::default()
         }))
         .unwrap();
         let mid = d.heads();
         let changed = d.changed_between(&before, &mid);
         assert_eq!(changed[&Kind::Machines], BTreeSet::from(["m1".to_string()]));
-        assert_eq!(changed[&Kind::Routes], BTreeSet::from(["r1".to_string()]));
-        assert!(!changed.contains_key(&Kind::Services));
+        assert_eq!(changed[&Kind::Services], BTreeSet::from(["s1".to_string()]));
+        assert!(!changed.contains_key(&Kind::Containers));
 
         let mut m = d.machine("m1").unwrap();
         m.subnet = 7;
         d.apply(&Mutation::UpsertMachine(m)).unwrap();
-        d.apply(&Mutation::RemoveRoute("r1".into())).unwrap();
+        d.apply(&Mutation::RemoveService("s1".into())).unwrap();
         let changed = d.changed_between(&mid, &d.heads());
         assert_eq!(changed[&Kind::Machines], BTreeSet::from(["m1".to_string()]));
-        assert_eq!(changed[&Kind::Routes], BTreeSet::from(["r1".to_string()]));
+        assert_eq!(changed[&Kind::Services], BTreeSet::from(["s1".to_string()]));
     }
 
     #[test]

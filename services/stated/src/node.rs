@@ -126,6 +126,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub(crate) peers: statesync::Peers,
     conflict_check: Notify,
+    /// Services whose merged spec holds concurrent deploys, for the conflict loop to settle.
+    unsettled: Mutex<BTreeSet<String>>,
     /// Admissions on this machine one at a time, so two never pick the same free subnet.
     admissions: tokio::sync::Mutex<()>,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -224,6 +226,7 @@ impl Node {
             metrics: Metrics::default(),
             peers: statesync::Peers::default(),
             conflict_check: Notify::new(),
+            unsettled: Mutex::default(),
             admissions: tokio::sync::Mutex::new(()),
             shutdown: watch::channel(false).0,
             mesh_peers: Arc::default(),
@@ -389,8 +392,15 @@ impl Shared {
     }
 
     /// Validates and applies a local change; returns once it is durable.
-    pub async fn mutate(self: &Arc<Self>, mutation: Mutation) -> Result<(), WriteError> {
+    pub async fn mutate(self: &Arc<Self>, mut mutation: Mutation) -> Result<(), WriteError> {
         self.validate(&mutation)?;
+        if let Mutation::UpsertService(s) = &mut mutation {
+            // A new service's age decides hostname claims (`uncloud_common::claims`); an
+            // existing one keeps its own.
+            if s.created_at_ms == 0 {
+                s.created_at_ms = now_ms();
+            }
+        }
         let (ack, changed) = {
             let mut cell = self.doc.lock().unwrap();
             if let Mutation::RemoveContainer(id) = &mutation {
@@ -429,7 +439,26 @@ impl Shared {
                 c.validate()?;
                 self.check_owner(Kind::Containers, &c.id, &c.machine_id)?;
             }
-            Mutation::UpsertRoute(r) => r.validate()?,
+            Mutation::UpdateContainer(u) => {
+                uncloud_common::model::validate_id("container id", &u.id)?;
+                let owner = self
+                    .doc
+                    .lock()
+                    .unwrap()
+                    .doc
+                    .entity::<uncloud_common::model::Container>(Kind::Containers, &u.id)
+                    .map(|c| c.machine_id);
+                match owner {
+                    Some(owner) => self.check_owner(Kind::Containers, &u.id, &owner)?,
+                    None => {
+                        return Err(DocError::NotFound {
+                            kind: Kind::Containers,
+                            id: u.id.clone(),
+                        }
+                        .into())
+                    }
+                }
+            }
             Mutation::UpsertClient(c) => c.validate()?,
             Mutation::SetMeshCidr(cidr) => {
                 if conflict::subnet_capacity(cidr).is_none() {
@@ -456,8 +485,8 @@ impl Shared {
             }
             Mutation::SweepRemoved => {}
             Mutation::RemoveService(id)
-            | Mutation::RemoveContainer(id)
-            | Mutation::RemoveRoute(id) => uncloud_common::model::validate_id("id", id)?,
+            | Mutation::SettleService(id)
+            | Mutation::RemoveContainer(id) => uncloud_common::model::validate_id("id", id)?,
         }
         Ok(())
     }
@@ -540,6 +569,15 @@ impl Shared {
     }
 
     fn after_change(&self, changed: BTreeMap<Kind, BTreeSet<String>>, local: bool) {
+        if !local {
+            if let Some(ids) = changed.get(&Kind::Services) {
+                let unsettled = self.doc.lock().unwrap().doc.unsettled_services(ids);
+                if !unsettled.is_empty() {
+                    self.unsettled.lock().unwrap().extend(unsettled);
+                    self.conflict_check.notify_one();
+                }
+            }
+        }
         let machines_changed = [Kind::Machines, Kind::Removed, Kind::Containers]
             .iter()
             .any(|k| changed.contains_key(k));
@@ -641,7 +679,8 @@ impl Shared {
 }
 
 /// After every merge that touched machines: if this machine lost a name or subnet conflict,
-/// it takes new values (only the loser writes, so machines never fight over an entry).
+/// it takes new values (only the loser writes, so machines never fight over an entry). After
+/// a merge of concurrent deploys of one service, records the losing specs in its history.
 async fn conflict_loop(shared: Arc<Shared>) {
     let mut told_removed = false;
     loop {
@@ -655,6 +694,14 @@ async fn conflict_loop(shared: Arc<Shared>) {
                 told_removed = true;
             }
             continue;
+        }
+        let unsettled = std::mem::take(&mut *shared.unsettled.lock().unwrap());
+        for id in unsettled {
+            tracing::info!(service = %id, "concurrent deploys of one service merged; keeping one \
+                spec, the others go to its history");
+            if let Err(e) = shared.mutate(Mutation::SettleService(id.clone())).await {
+                tracing::error!(service = %id, error = %e, "could not settle the service's spec");
+            }
         }
         let leftovers = shared.doc.lock().unwrap().doc.leftovers_of_removed();
         if leftovers != (Vec::new(), Vec::new()) {

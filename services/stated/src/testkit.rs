@@ -227,11 +227,12 @@ impl Cluster {
     }
 }
 
-/// A small service whose id and image say who wrote it.
+/// A small service outside any project, named `id` (a DNS label), whose image says who
+/// wrote it.
 pub fn service(id: &str, image: &str) -> Service {
     Service {
         id: id.into(),
-        name: format!("svc-{}", id.to_lowercase().replace('_', "-")),
+        name: id.into(),
         spec: ServiceSpec {
             image: image.into(),
             replicas: 1,

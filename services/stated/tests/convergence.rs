@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use stated::document::Mutation;
 use support::{wait_for, write_service, Cluster};
 use uncloud_common::liveness::Liveness;
 
@@ -253,4 +254,134 @@ async fn a_lost_push_is_pulled_by_anti_entropy() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(cluster.node(1).state().services.contains_key("pushed"));
+}
+
+/// Both sides of a partition deploy `web` in project `shop` (each its own spec) and each
+/// deploys a service claiming `app.example.com`. After the heal every node holds one whole
+/// spec of `web` (never a mix), the other side's spec in its history, and computes the same
+/// owner of the hostname with the other claimant reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deploys_and_hostname_claims_resolve_the_same_everywhere() {
+    use uncloud_common::model::{Service, ServiceSpec};
+    let cluster = support::cluster(4).await;
+    wait_all_reachable(&cluster, Duration::from_secs(30)).await;
+    let deploy = |name: &str, image: &str, replicas: u32, ports: &[&str]| Service {
+        id: Service::key("shop", name),
+        name: name.into(),
+        project: "shop".into(),
+        spec: ServiceSpec {
+            image: image.into(),
+            replicas,
+            ports: ports.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // Revision 1, everywhere, before the partition.
+    cluster
+        .node(0)
+        .mutate(Mutation::UpsertService(deploy("web", "web:1", 1, &[])))
+        .await
+        .unwrap();
+    cluster
+        .all_converged(Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    cluster
+        .net
+        .partition(&[cluster.group(0..2), cluster.group(2..4)]);
+    // Side A changes the image, side B the replicas: a field-by-field merge would run
+    // web:2 with 5 replicas, which nobody deployed.
+    cluster
+        .node(0)
+        .mutate(Mutation::UpsertService(deploy("web", "web:2", 1, &[])))
+        .await
+        .unwrap();
+    cluster
+        .node(3)
+        .mutate(Mutation::UpsertService(deploy("web", "web:1", 5, &[])))
+        .await
+        .unwrap();
+    // Both sides publish app.example.com; side B's service is created first.
+    cluster
+        .node(3)
+        .mutate(Mutation::UpsertService(deploy(
+            "shop-b",
+            "b:1",
+            1,
+            &["app.example.com:80/https"],
+        )))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    cluster
+        .node(1)
+        .mutate(Mutation::UpsertService(deploy(
+            "shop-a",
+            "a:1",
+            1,
+            &["app.example.com:8080/https"],
+        )))
+        .await
+        .unwrap();
+
+    cluster.net.heal();
+    // Converged, and settled: the merged conflict of `web` has been written away.
+    wait_for(
+        "one settled state everywhere",
+        Duration::from_secs(30),
+        || {
+            let states: BTreeSet<String> = cluster
+                .running()
+                .map(|(_, node)| serde_json::to_string(&node.state()).unwrap())
+                .collect();
+            states.len() == 1
+                && cluster
+                    .node(0)
+                    .state()
+                    .services
+                    .get("web.shop")
+                    .is_some_and(|w| w.history.len() == 2)
+        },
+    )
+    .await;
+    let state = cluster.node(2).state();
+    let web = &state.services["web.shop"];
+    let (a, b) = (("web:2", 1), ("web:1", 5));
+    let now = (web.spec.image.as_str(), web.spec.replicas);
+    assert!(now == a || now == b, "a mix of two deploys: {now:?}");
+    let lost = if now == a { b } else { a };
+    assert!(
+        web.history
+            .iter()
+            .any(|r| (r.spec.image.as_str(), r.spec.replicas) == lost),
+        "the losing deploy is not in the history: {:?}",
+        web.history
+    );
+    assert!(
+        web.history
+            .iter()
+            .any(|r| (r.spec.image.as_str(), r.spec.replicas) == ("web:1", 1)),
+        "revision 1 is not in the history: {:?}",
+        web.history
+    );
+
+    // The hostname: the same owner on every node, the other claimant reported.
+    let claims: BTreeSet<String> = cluster
+        .running()
+        .map(|(_, node)| {
+            let claims = uncloud_common::claims::resolve(node.state().services.values());
+            format!("{:?}", claims)
+        })
+        .collect();
+    assert_eq!(claims.len(), 1, "nodes disagree: {claims:?}");
+    let claims = uncloud_common::claims::resolve(state.services.values());
+    let route = &claims.routes[&("app.example.com".to_string(), "/".to_string())];
+    assert_eq!(
+        route.service_id, "shop-b.shop",
+        "the older service keeps the hostname"
+    );
+    assert_eq!(claims.conflicts.len(), 1);
+    assert_eq!(claims.conflicts[0].losers, ["shop-a.shop"]);
 }

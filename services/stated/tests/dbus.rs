@@ -91,8 +91,8 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
         ".RemoveService",
         ".UpsertContainer",
         ".RemoveContainer",
-        ".UpsertRoute",
-        ".RemoveRoute",
+        ".SetContainerState",
+        ".SetContainerHealth",
         ".Liveness",
         ".Changed",
         ".LivenessChanged",
@@ -196,9 +196,32 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
     ]);
     assert!(!ok);
     assert!(err.contains("machine name"), "{err}");
-    let (ok, _, err) = bus.busctl(&["call", DEST, PATH, IFACE, "RemoveRoute", "s", "nope"]);
+    let (ok, _, err) = bus.busctl(&["call", DEST, PATH, IFACE, "RemoveService", "s", "nope"]);
     assert!(!ok);
-    assert!(err.contains("no routes with id"), "{err}");
+    assert!(err.contains("no services with id"), "{err}");
+    // A service is keyed by its name (and project); reserved names and bad ports are refused.
+    for (bad, why) in [
+        (
+            r#"{"id":"web","name":"www","spec":{"image":"x"}}"#,
+            "<name>.<project>",
+        ),
+        (
+            r#"{"id":"lb","name":"lb","spec":{"image":"x"}}"#,
+            "reserved",
+        ),
+        (
+            r#"{"id":"web.machine","name":"web","project":"machine","spec":{"image":"x"}}"#,
+            "reserved",
+        ),
+        (
+            r#"{"id":"web","name":"web","spec":{"image":"x","ports":["app.example.com:80/tcp"]}}"#,
+            "not a protocol",
+        ),
+    ] {
+        let err = proxy.upsert_service(bad).await.unwrap_err();
+        assert_eq!(error_name(&err), STATE_ERROR_INVALID, "{err}");
+        assert!(err.to_string().contains(why), "{bad}: {err}");
+    }
     let foreign = r#"{"id":"c1","machine_id":"someone-else","name":"web-1"}"#;
     let (ok, _, err) = bus.busctl(&["call", DEST, PATH, IFACE, "UpsertContainer", "s", foreign]);
     assert!(!ok);
@@ -210,7 +233,9 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
     let err = proxy.upsert_service(&big).await.unwrap_err();
     assert_eq!(error_name(&err), STATE_ERROR_INVALID, "{err}");
     assert!(err.to_string().contains("more than"), "{err}");
-    let err = proxy.remove_route("nope").await.unwrap_err();
+    let err = proxy.remove_service("nope").await.unwrap_err();
+    assert_eq!(error_name(&err), STATE_ERROR_NOT_FOUND, "{err}");
+    let err = proxy.set_container_health("nope", false).await.unwrap_err();
     assert_eq!(error_name(&err), STATE_ERROR_NOT_FOUND, "{err}");
     let err = proxy.upsert_container(foreign).await.unwrap_err();
     assert_eq!(error_name(&err), STATE_ERROR_NOT_OWNER, "{err}");
@@ -225,6 +250,18 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
         r#"{{"id":"c2","machine_id":"{machine_id}","name":"web-2","ip":"10.210.1.2","state":"running"}}"#
     );
     proxy.upsert_container(&own).await.unwrap();
+    // Its shim writes single fields: health and state, leaving the rest.
+    proxy.set_container_health("c2", false).await.unwrap();
+    proxy.set_container_state("c2", "exited").await.unwrap();
+    let c: serde_json::Value =
+        serde_json::from_str(&proxy.get("containers", "c2").await.unwrap()).unwrap();
+    assert_eq!(
+        (&c["healthy"], &c["state"], &c["ip"]),
+        (&false.into(), &"exited".into(), &"10.210.1.2".into()),
+        "{c}"
+    );
+    let err = proxy.set_container_state("c2", "sleepy").await.unwrap_err();
+    assert_eq!(error_name(&err), STATE_ERROR_INVALID, "{err}");
     proxy.remove_container("c2").await.unwrap();
     membership.shutdown().await;
 }
