@@ -40,6 +40,13 @@ impl Resolution {
     }
 }
 
+/// The order of subnet claims: the older claim first, ties by machine id. The one definition
+/// of "older" for subnets; meshd orders peers by it too, so that a duplicate key or subnet is
+/// refused on the entry this rule makes lose.
+pub fn subnet_claim_key(m: &Machine) -> (u64, &str) {
+    (m.subnet_claimed_at_ms, &m.id)
+}
+
 /// Applies the oldest-claim-wins rule to names and subnet indices.
 pub fn resolve<'a>(machines: impl IntoIterator<Item = &'a Machine>) -> Resolution {
     let mut by_name: BTreeMap<&str, Vec<(u64, &str)>> = BTreeMap::new();
@@ -52,7 +59,7 @@ pub fn resolve<'a>(machines: impl IntoIterator<Item = &'a Machine>) -> Resolutio
         by_subnet
             .entry(m.subnet)
             .or_default()
-            .push((m.subnet_claimed_at_ms, &m.id));
+            .push(subnet_claim_key(m));
     }
     Resolution {
         name_losers: losers(by_name.into_values()),

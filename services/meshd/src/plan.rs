@@ -70,7 +70,7 @@ pub fn plan(
     };
     // Oldest claim first, so a duplicate key or subnet is refused on the younger entry.
     let mut machines: Vec<&Machine> = state.machines.values().filter(|m| m.id != me_id).collect();
-    machines.sort_by(|a, b| (a.subnet_claimed_at_ms, &a.id).cmp(&(b.subnet_claimed_at_ms, &b.id)));
+    machines.sort_by_key(|m| uncloud_common::conflict::subnet_claim_key(m));
     let mut keys_taken: BTreeSet<[u8; 32]> = BTreeSet::new();
     let mut subnets_taken: BTreeMap<u32, &str> = BTreeMap::new();
     for m in machines {
