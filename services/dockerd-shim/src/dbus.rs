@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! busctl call org.uncloud.Docker1 /org/uncloud/Docker1 org.uncloud.Docker1 \
-//!     RunService ss '{"id":"s1","name":"web","spec":{"image":"nginx"}}' web-1
+//!     RunService ss '{"id":"web","name":"web","spec":{"image":"nginx"}}' web-1
 //! busctl call org.uncloud.Docker1 /org/uncloud/Docker1 org.uncloud.Docker1 Stop si web-1 10
 //! busctl call org.uncloud.Docker1 /org/uncloud/Docker1 org.uncloud.Docker1 Inspect s web-1
 //! ```

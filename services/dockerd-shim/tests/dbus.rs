@@ -23,7 +23,7 @@ async fn container_operations_from_busctl() {
     let bus = &api.bus;
 
     let service = format!(
-        r#"{{"id":"s1","name":"web","revision":1,"spec":{{"image":"{IMAGE}","command":["sleep","300"]}}}}"#
+        r#"{{"id":"web","name":"web","revision":1,"spec":{{"image":"{IMAGE}","command":["sleep","300"]}}}}"#
     );
     let (ok, out, err) = call(bus, &["RunService", "ss", &service, "web-1"]);
     assert!(ok, "{err}");
@@ -45,7 +45,7 @@ async fn container_operations_from_busctl() {
         Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
         other => panic!("expected a D-Bus error, got {other:?}"),
     };
-    let missing = r#"{"id":"s2","name":"web","spec":{"image":"nope/missing:1"}}"#;
+    let missing = r#"{"id":"web","name":"web","spec":{"image":"nope/missing:1"}}"#;
     for (method, body, want) in [
         ("RunService", ("{not json", "x"), "InvalidArgument"),
         (
