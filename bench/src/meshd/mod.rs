@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use stated::document::Mutation;
-use stated::testkit::Cluster;
 use uncloud_common::dbus::MeshProxy;
 use uncloud_common::model::Machine;
+use uncloud_testkit::cluster::Cluster;
 use uncloud_testkit::{Daemon, Internet, Netns, PrivateBus};
 
 use crate::progress;

@@ -16,9 +16,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use stated::testkit::Cluster;
 use uncloud_common::dbus::DockerProxy;
 use uncloud_common::model::{ContainerState, HealthCheck, NetworkState, Service, ServiceSpec};
+use uncloud_testkit::cluster::Cluster;
 use uncloud_testkit::{Daemon, Dockerd, PrivateBus};
 
 use crate::progress;

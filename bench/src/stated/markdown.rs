@@ -174,7 +174,7 @@ fn method(s: &mut String, plan: &Plan, d: &stated::config::Config) {
     line(
         s,
         format!(
-            "- **Subject**: real `stated` nodes (`stated::testkit::Cluster`), each with its own \
+            "- **Subject**: real `stated` nodes (`uncloud_testkit::cluster::Cluster`), each with its own \
              redb store in a temp dir (fsync on every acknowledged write), chitchat gossip on \
              loopback UDP and automerge sync over tarpc on loopback TCP, all links passing \
              through one `SimulatedNetwork` that can split them. Timing knobs at their \

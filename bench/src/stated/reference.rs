@@ -15,8 +15,8 @@ use chitchat::{
 };
 use rand::rngs::StdRng;
 use rand::Rng;
-use stated::links::SimulatedNetwork;
-use stated::testkit::{free_udp_port, service};
+use uncloud_testkit::cluster::{free_udp_port, service};
+use uncloud_testkit::simnet::SimulatedNetwork;
 
 use super::{HealResult, Idle, POLL, SAMPLE_DEADLINE};
 use crate::progress;

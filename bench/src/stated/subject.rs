@@ -1,4 +1,4 @@
-//! The subject: real `stated` nodes in one process (`stated::testkit::Cluster`), each with its
+//! The subject: real `stated` nodes in one process (`uncloud_testkit::cluster::Cluster`), each with its
 //! redb store (fsync on every write) in a temp dir, chitchat over loopback UDP and sync over
 //! loopback TCP, all passing through one `SimulatedNetwork` that can split them.
 
@@ -12,10 +12,10 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use stated::config::Config;
 use stated::document::Mutation;
-use stated::testkit::{service, Cluster};
 use stated::Shared;
 use tokio::sync::watch;
 use uncloud_common::liveness::Liveness;
+use uncloud_testkit::cluster::{service, Cluster};
 
 use super::{HealResult, Idle, Startup, POLL, SAMPLE_DEADLINE};
 use crate::progress;

@@ -10,6 +10,8 @@
 //!   removed when the test's handles drop (also when it panics).
 //! - [`process`]: child processes that are killed when their handle drops.
 //! - [`dockerd`]: a real Docker engine per test, in its own namespace and directories.
+//! - [`cluster`], [`simnet`]: many `stated` nodes in one process on loopback, through a
+//!   network whose links a test cuts and heals (stated's convergence tests, the benchmark).
 //! - [`network`]: a local Uncloud network of machines as namespaces running the real
 //!   daemons, and a laptop namespace running `uc` (the harness of every multi-machine test
 //!   and of `./scripts/up`).
@@ -19,10 +21,12 @@
 //! loudly without it rather than skip. Nothing here is used outside tests.
 
 pub mod bus;
+pub mod cluster;
 pub mod dockerd;
 pub mod netns;
 pub mod network;
 pub mod process;
+pub mod simnet;
 
 pub use bus::PrivateBus;
 pub use dockerd::Dockerd;

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use dockerd_shim::containers;
 use dockerd_shim::mirror::{records_of, Mirror};
-use stated::testkit::{wait_for, Cluster};
 use support::IMAGE;
 use uncloud_common::dbus::StateProxy;
 use uncloud_common::model::{Container, ContainerState, HealthCheck, Service, ServiceSpec};
+use uncloud_testkit::cluster::{wait_for, Cluster};
 use uncloud_testkit::{Dockerd, PrivateBus};
 
 const GATEWAY: Ipv4Addr = support::gateway(3);

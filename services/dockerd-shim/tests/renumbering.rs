@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use dockerd_shim::renumbering::until_renumbered;
 use stated::document::{MachineUpdate, Mutation};
-use stated::testkit::Cluster;
 use uncloud_common::dbus::StateProxy;
+use uncloud_testkit::cluster::Cluster;
 use uncloud_testkit::PrivateBus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

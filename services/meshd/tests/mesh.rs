@@ -112,7 +112,7 @@ async fn three_machines_reach_each_other_and_containers_see_true_sources() {
     // (meshd publishes every few seconds, so wait for it).
     let ids: Vec<String> = mesh.machines.iter().map(|m| m.id.clone()).collect();
     let ips: Vec<String> = mesh.machines.iter().map(|m| m.public_ip.clone()).collect();
-    stated::testkit::wait_for("observed endpoints", Duration::from_secs(20), || {
+    uncloud_testkit::cluster::wait_for("observed endpoints", Duration::from_secs(20), || {
         let state = mesh.cluster.node(0).state();
         ids.iter().all(|id| {
             let observed = &state.machines[id].observed_endpoints;

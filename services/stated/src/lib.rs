@@ -16,7 +16,8 @@
 //!   is pulled from (anti-entropy), so missed pushes and healed partitions converge.
 //! - uniqueness of machine names and subnets: `uncloud_common::conflict`, applied after every
 //!   merge by the losing machine itself ([`node`]).
-//! - [`dbus`]: `org.uncloud.State1`; [`links`]: the seam where tests cut the network.
+//! - [`dbus`]: `org.uncloud.State1`; [`links`]: the seam where tests cut the network (the
+//!   in-process harness itself lives in `uncloud_testkit::{cluster, simnet}`).
 //!
 //! # Limitations
 //! - Gossip and sync listen on the machine's mesh address ([`mesh_listener`]), so they work
@@ -38,7 +39,6 @@ pub mod mesh_peers;
 pub mod node;
 pub mod persist;
 pub mod sync;
-pub mod testkit;
 
 pub use membership::{Membership, MembershipError};
 pub use node::{Admission, Event, Node, Shared, StartError, WriteError};

@@ -169,8 +169,18 @@ impl SyncServer {
 
 impl StateSync for SyncServer {
     async fn sync(self, _: context::Context, request: SyncRequest) -> Result<SyncReply, SyncError> {
-        self.handle(request)
+        off_workers(move || self.handle(request)).await
     }
+}
+
+/// Runs automerge's CPU-heavy sync work (applying and generating messages, under the document
+/// lock) on the blocking pool, so a big merge never stalls the async workers that carry
+/// gossip, D-Bus and the other sessions.
+async fn off_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    // A panic in there has already aborted the process (`uncloud_common::fail_fast`).
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("sync work does not panic")
 }
 
 /// The sync workers, one per known peer.
@@ -351,7 +361,16 @@ async fn session(
     let id = rand::random::<u64>();
     let timeout = Duration::from_millis(shared.config.sync_timeout_ms);
     for round in 0..MAX_ROUNDS {
-        let out = shared.generate_sync(state);
+        let (taken, out) = {
+            let shared = shared.clone();
+            let mut taken = std::mem::replace(state, sync::State::new());
+            off_workers(move || {
+                let out = shared.generate_sync(&mut taken);
+                (taken, out)
+            })
+            .await
+        };
+        *state = taken;
         let sent_nothing = out.is_none();
         if !shared.links.allows(me, peer) {
             return Err(SessionError::Unreachable);
@@ -375,7 +394,15 @@ async fn session(
         tracing::trace!(%peer, round, sent = !sent_nothing, got = reply.message.is_some(), "sync round");
         match reply.message {
             Some(bytes) => {
-                shared.receive_sync(state, &bytes)?;
+                let shared = shared.clone();
+                let mut taken = std::mem::replace(state, sync::State::new());
+                let (taken, received) = off_workers(move || {
+                    let received = shared.receive_sync(&mut taken, &bytes);
+                    (taken, received)
+                })
+                .await;
+                *state = taken;
+                received?;
             }
             None if sent_nothing => {
                 tracing::debug!(%peer, rounds = round + 1, "sync session done");

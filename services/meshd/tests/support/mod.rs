@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use stated::testkit::Cluster;
 use uncloud_common::dbus::MeshProxy;
+use uncloud_testkit::cluster::Cluster;
 use uncloud_testkit::{init_tracing, Daemon, Internet, Netns, PrivateBus};
 
 /// One machine. Field order is drop order: meshd stops before its namespace goes.

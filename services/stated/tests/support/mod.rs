@@ -1,8 +1,8 @@
-//! Test support: the in-process harness lives in `stated::testkit` (the private D-Bus daemon
+//! Test support: the in-process harness lives in `uncloud_testkit::cluster` (the private D-Bus daemon
 //! in `uncloud-testkit`); this adds logging.
 #![allow(dead_code)]
 
-pub use stated::testkit::*;
+pub use uncloud_testkit::cluster::*;
 pub use uncloud_testkit::init_tracing;
 
 /// Starts `n` nodes with test logging on.

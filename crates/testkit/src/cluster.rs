@@ -1,7 +1,8 @@
-//! A harness for running many nodes in one process on loopback, with links that can be cut.
+//! Many `stated` nodes in one process on loopback, members of one network, with links that
+//! can be cut ([`crate::simnet`]).
 //!
-//! Used by the multi-node tests and the benchmark. It panics on setup failures: it is for
-//! tests, never for production paths.
+//! Used by the multi-node tests of stated, meshd and dockerd-shim and by the benchmark. It
+//! panics on setup failures: it is for tests, never for production paths.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::UdpSocket;
@@ -10,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use uncloud_common::model::{Service, ServiceSpec};
 
-use crate::config::Config;
-use crate::document::Mutation;
-use crate::links::{Links, SimulatedNetwork};
-use crate::Node;
+use stated::config::Config;
+use stated::document::Mutation;
+use stated::links::Links;
+use stated::Node;
+
+use crate::simnet::SimulatedNetwork;
 
 /// A UDP port free right now on loopback.
 pub fn free_udp_port() -> u16 {
@@ -37,7 +40,7 @@ pub fn test_config(dir: &std::path::Path, network: &str, seeds: Vec<String>) -> 
         anti_entropy_interval_ms: 2_000,
         sync_timeout_ms: 2_000,
         bus: "none".into(),
-        listen_address: crate::config::Listen::LOOPBACK,
+        listen_address: stated::config::Listen::LOOPBACK,
         ..Config::default()
     }
 }
@@ -105,7 +108,7 @@ impl Cluster {
     /// Node `by` admits node `who` under its configured name.
     pub async fn admit(&self, by: usize, who: usize) -> uncloud_common::model::Machine {
         self.node(by)
-            .admit(crate::Admission {
+            .admit(stated::Admission {
                 machine_id: self.ids[who].clone(),
                 name: self.configs[who].machine_name(),
                 ..Default::default()
