@@ -18,7 +18,7 @@ const GATEWAY: Ipv4Addr = support::gateway(7);
 async fn exec_streams_exit_codes_and_tty() {
     let (_engine, docker) = support::engine(7).await;
     let svc = Service {
-        id: "x".into(),
+        id: "box".into(),
         name: "box".into(),
         spec: ServiceSpec {
             image: IMAGE.into(),

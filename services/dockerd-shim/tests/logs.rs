@@ -19,7 +19,7 @@ async fn logs_both_streams_tail_and_follow() {
     let script =
         "echo out1; echo err1 >&2; i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.3; done";
     let svc = Service {
-        id: "t".into(),
+        id: "ticker".into(),
         name: "ticker".into(),
         spec: ServiceSpec {
             image: IMAGE.into(),

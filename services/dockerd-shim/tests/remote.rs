@@ -29,7 +29,7 @@ const NETWORK: &str = "testnet";
 
 fn service(name: &str, command: &[&str]) -> Service {
     Service {
-        id: format!("id-{name}"),
+        id: name.into(),
         name: name.into(),
         spec: ServiceSpec {
             image: IMAGE.into(),
@@ -159,7 +159,7 @@ async fn another_machine_acts_here_over_the_mesh() {
         .unwrap();
     let inspected = c.inspect(ctx(), "web-1".into()).await.unwrap().unwrap();
     assert_eq!(inspected.id, id);
-    assert_eq!(inspected.service_id, "id-web");
+    assert_eq!(inspected.service_id, "web");
     assert!(inspected.ip.starts_with("10.210.1."), "{}", inspected.ip);
     let mut bad = service("bad", &["true"]);
     bad.spec.image = String::new();

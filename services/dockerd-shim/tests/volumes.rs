@@ -29,7 +29,7 @@ async fn volumes_keep_data_and_are_not_removed_while_used() {
     ));
 
     let writer = Service {
-        id: "w".into(),
+        id: "writer".into(),
         name: "writer".into(),
         spec: ServiceSpec {
             image: IMAGE.into(),
