@@ -15,7 +15,7 @@ use bollard::Docker;
 use uncloud_common::docker::{ErrorKind, OpsError};
 use uncloud_common::model::{Container, ContainerState, Service};
 
-use crate::engine::{reason, status};
+use crate::refusal::{reason, status};
 use crate::spec::{self, SpecError, LABEL_REVISION, LABEL_SERVICE_ID};
 
 #[derive(Debug, thiserror::Error)]

@@ -16,22 +16,6 @@ pub struct EngineError {
     pub reason: String,
 }
 
-/// The HTTP status of an engine refusal, if the error is one.
-pub(crate) fn status(e: &bollard::errors::Error) -> Option<u16> {
-    match e {
-        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
-        _ => None,
-    }
-}
-
-/// The engine's own message for a refusal, else the transport's error.
-pub(crate) fn reason(e: bollard::errors::Error) -> String {
-    match e {
-        bollard::errors::Error::DockerResponseServerError { message, .. } => message,
-        other => other.to_string(),
-    }
-}
-
 /// Connects over the unix socket and negotiates the API version down to the engine's (1.41
 /// for Debian 12's docker.io), so requests use only what that engine understands.
 pub async fn connect(socket: &Path) -> Result<Docker, EngineError> {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use uncloud_common::docker::{ErrorKind, OpsError};
 pub use uncloud_common::docker::{ImageInfo, PullProgress};
 
-use crate::engine::reason;
+use crate::refusal::reason;
 
 /// Size of the chunks a tarball is streamed to the engine in.
 pub const CHUNK: usize = 256 * 1024;

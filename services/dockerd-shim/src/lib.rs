@@ -8,7 +8,8 @@
 //! # Design
 //! - [`config`]: the config file, `/etc/uncloud/dockerd-shim.toml`.
 //! - [`engine`]: the bollard connection, API version negotiated down to the engine's, and
-//!   [`engine::Local`], what both APIs act through.
+//!   [`engine::Local`], what both APIs act through; [`refusal`]: the engine's status and
+//!   message when it refuses, below every module that calls it (no module cycles).
 //! - [`spec`]: a service spec as a Docker create request (API 1.41 fields only). Pure.
 //! - [`containers`]: create-and-start (never half-made), stop, restart, remove, inspect.
 //! - [`dbus`]: `org.uncloud.Docker1`, container operations for other daemons and busctl.
@@ -46,6 +47,7 @@ pub mod images;
 pub mod logs;
 pub mod mirror;
 pub mod network;
+pub mod refusal;
 pub mod remote;
 pub mod renumbering;
 pub mod spec;

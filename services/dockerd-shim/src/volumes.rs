@@ -55,13 +55,13 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 fn engine(what: &'static str, name: &str, e: bollard::errors::Error) -> VolumeError {
-    match crate::engine::status(&e) {
+    match crate::refusal::status(&e) {
         Some(404) => VolumeError::NotFound(name.to_string()),
         Some(409) => VolumeError::InUse(name.to_string()),
         _ => VolumeError::Engine {
             what,
             name: name.to_string(),
-            reason: crate::engine::reason(e),
+            reason: crate::refusal::reason(e),
         },
     }
 }

@@ -30,7 +30,9 @@ use crate::document::{
     ContainerUpdate, DocError, MachineRemoval, MachineUpdate, MeshFields, Mutation,
 };
 use crate::membership::{Membership, MembershipError};
-use crate::node::{now_ms, Admission, Event, Shared, WriteError};
+use crate::clock::now_ms;
+use crate::errors::WriteError;
+use crate::replica::{Admission, Event, Shared};
 
 /// Errors as D-Bus error names `org.uncloud.State1.Error.*`.
 #[derive(Debug, zbus::DBusError)]

@@ -28,7 +28,9 @@ use crate::document::{heads_from_hex, heads_to_hex};
 use crate::links::Links;
 use crate::liveness::Observation;
 use crate::mesh_peers::MeshPeers;
-use crate::node::{now_ms, Event, Shared, StartError};
+use crate::clock::now_ms;
+use crate::errors::StartError;
+use crate::replica::{Event, Shared};
 
 const KEY_SYNC: &str = "sync";
 const KEY_HEADS: &str = "heads";
@@ -211,7 +213,7 @@ async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chit
                 Some((id.clone(), (addr, v.live)))
             })
             .collect();
-        shared.peers.update(&shared, &known);
+        crate::sync::update_peers(&shared, &known);
         // Only machines gossip still knows: ids that come and go never pile up.
         last_heads.retain(|id, _| views.iter().any(|(v, _)| v == id));
         for (id, v) in &views {

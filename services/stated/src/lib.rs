@@ -14,8 +14,13 @@
 //! - [`sync`]: automerge's sync protocol over tarpc/TCP; a write is pushed to live peers at once.
 //! - [`gossip`]: chitchat over UDP for membership, liveness and heads; a peer with heads we lack
 //!   is pulled from (anti-entropy), so missed pushes and healed partitions converge.
-//! - uniqueness of machine names and subnets: `uncloud_common::conflict`, applied after every
-//!   merge by the losing machine itself ([`node`]).
+//! - [`replica`]: what the node's tasks share ([`Shared`]): the document, its store writer,
+//!   change announcements, and the conflict loop (uniqueness of machine names and subnets by
+//!   `uncloud_common::conflict`, applied after every merge by the losing machine itself;
+//!   settling concurrent deploys of a service). [`peers`] keeps the sync workers, [`node`]
+//!   starts and stops everything. Module dependencies run one way: gossip, sync and the mesh
+//!   listener use the replica; the replica knows none of them.
+//! - [`errors`], [`clock`]: why a start or a write failed; the wall clock in ms.
 //! - [`dbus`]: `org.uncloud.State1`; [`links`]: the seam where tests cut the network (the
 //!   in-process harness itself lives in `uncloud_testkit::{cluster, simnet}`).
 //!
@@ -23,12 +28,15 @@
 //! - Gossip and sync listen on the machine's mesh address ([`mesh_listener`]), so they work
 //!   only once meshd has configured it; a fresh machine listens nowhere.
 //! - A write is durable locally when acknowledged; it reaches other machines when they are
-//!   reachable. Concurrent writes of the same field resolve last-writer-wins (automerge).
+//!   reachable. Concurrent writes of the same field resolve last-writer-wins (automerge); a
+//!   service's spec is one such field.
 //! - Certificates and DNS extras are not in the model yet.
 
+pub mod clock;
 pub mod config;
 pub mod dbus;
 pub mod document;
+pub mod errors;
 pub mod gossip;
 pub mod identity;
 pub mod links;
@@ -37,8 +45,12 @@ pub mod membership;
 pub mod mesh_listener;
 pub mod mesh_peers;
 pub mod node;
+pub mod peers;
 pub mod persist;
+pub mod replica;
 pub mod sync;
 
 pub use membership::{Membership, MembershipError};
-pub use node::{Admission, Event, Node, Shared, StartError, WriteError};
+pub use errors::{StartError, WriteError};
+pub use node::Node;
+pub use replica::{Admission, Event, Shared};

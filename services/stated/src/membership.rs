@@ -5,7 +5,7 @@
 //! - [`Membership::create`] (`uc machine init`): a new network from its genesis change, with
 //!   this machine as its first member on subnet 1;
 //! - [`Membership::join`] (`uc machine add`, a pre-seeded ticket): a member admitted this
-//!   machine ([`Shared::admit`](crate::node::Shared::admit) wrote its entry) and handed over
+//!   machine ([`Shared::admit`](crate::replica::Shared::admit) wrote its entry) and handed over
 //!   its whole document, which becomes this machine's store.
 //!
 //! The network id is then kept in `<data_dir>/membership`, written after the store, so a
@@ -21,7 +21,10 @@ use uncloud_common::model::{Machine, ModelError};
 use crate::config::Config;
 use crate::document::{genesis, handed_over, DocError, Mutation, StateDoc};
 use crate::links::Links;
-use crate::node::{now_ms, Admission, Node, Shared, StartError, WriteError};
+use crate::clock::now_ms;
+use crate::errors::{StartError, WriteError};
+use crate::node::Node;
+use crate::replica::{Admission, Shared};
 
 /// Why a machine could not create or join a network.
 #[derive(Debug, thiserror::Error)]

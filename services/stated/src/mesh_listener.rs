@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::gossip::Gossip;
-use crate::node::Shared;
+use crate::replica::Shared;
 use crate::sync as statesync;
 
 const RETRY: Duration = Duration::from_millis(250);

@@ -34,7 +34,8 @@ use uncloud_common::rpc::{
 };
 
 use crate::document::reset_sync_state;
-use crate::node::{Shared, StartError};
+use crate::errors::StartError;
+use crate::replica::Shared;
 
 /// Most rounds one session may take; a healthy session needs 2–4.
 const MAX_ROUNDS: usize = 64;
@@ -183,103 +184,16 @@ async fn off_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stati
         .expect("sync work does not panic")
 }
 
-/// The sync workers, one per known peer.
-#[derive(Default)]
-pub(crate) struct Peers {
-    workers: Mutex<HashMap<String, PeerWorker>>,
-}
-
-struct PeerWorker {
-    addr: SocketAddr,
-    /// Whether the failure detector calls the peer live; only live peers get pushes and
-    /// retries.
-    live: Arc<AtomicBool>,
-    wake: Arc<Notify>,
-    task: JoinHandle<()>,
-}
-
-impl Peers {
-    /// Makes the worker set match `known` (machine id -> sync address, live).
-    pub(crate) fn update(&self, shared: &Arc<Shared>, known: &HashMap<String, (SocketAddr, bool)>) {
-        let mut workers = self.workers.lock().unwrap();
-        workers.retain(|id, w| {
-            let keep = known.get(id).map(|(addr, _)| addr) == Some(&w.addr);
-            if !keep {
-                w.task.abort();
-            }
-            keep
-        });
-        for (id, (addr, live)) in known {
-            if shared.is_removed(id) {
-                if let Some(w) = workers.remove(id) {
-                    w.task.abort();
-                }
-                continue;
-            }
-            if let Some(w) = workers.get(id) {
-                let was_live = w.live.swap(*live, Ordering::Relaxed);
-                if *live && !was_live {
-                    // Back from the dead: it may have missed everything.
-                    w.wake.notify_one();
-                }
-                continue;
-            }
-            let wake = Arc::new(Notify::new());
-            let live_flag = Arc::new(AtomicBool::new(*live));
-            let task = tokio::spawn(peer_worker(
-                shared.clone(),
-                id.clone(),
-                *addr,
-                wake.clone(),
-                live_flag.clone(),
-            ));
-            if *live {
-                // A new peer is synced at once: it may have missed everything.
-                wake.notify_one();
-            }
-            workers.insert(
-                id.clone(),
-                PeerWorker {
-                    addr: *addr,
-                    live: live_flag,
-                    wake,
-                    task,
-                },
-            );
-        }
-    }
-
-    /// Wakes one peer's worker, live or not.
-    pub(crate) fn wake(&self, id: &str) {
-        if let Some(w) = self.workers.lock().unwrap().get(id) {
-            w.wake.notify_one();
-        }
-    }
-
-    /// Wakes the worker of every live peer.
-    pub(crate) fn push_all(&self) {
-        for w in self.workers.lock().unwrap().values() {
-            if w.live.load(Ordering::Relaxed) {
-                w.wake.notify_one();
-            }
-        }
-    }
-
-    /// Ids of the live peers.
-    pub(crate) fn live_ids(&self) -> Vec<String> {
-        let workers = self.workers.lock().unwrap();
-        workers
-            .iter()
-            .filter(|(_, w)| w.live.load(Ordering::Relaxed))
-            .map(|(id, _)| id.clone())
-            .collect()
-    }
-
-    pub(crate) fn clear(&self) {
-        for (_, w) in self.workers.lock().unwrap().drain() {
-            w.task.abort();
-        }
-    }
+/// Makes the sync workers match `known` (machine id -> sync address, live): a worker for each
+/// machine that is not removed, running [`peer_worker`].
+pub(crate) fn update_peers(shared: &Arc<Shared>, known: &HashMap<String, (SocketAddr, bool)>) {
+    shared.peers.update(
+        known,
+        |id| shared.is_removed(id),
+        |id, addr, wake, live| {
+            tokio::spawn(peer_worker(shared.clone(), id.to_string(), addr, wake, live))
+        },
+    );
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,113 @@
+//! The sync workers, one per known peer: which exist, which are live, and waking them.
+//!
+//! Only bookkeeping: what a worker runs is given by the caller (`crate::sync::update_peers`),
+//! so this module (and [`crate::replica`], which holds it) needs nothing of sync sessions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// The sync workers, one per known peer.
+#[derive(Default)]
+pub(crate) struct Peers {
+    workers: Mutex<HashMap<String, PeerWorker>>,
+}
+
+struct PeerWorker {
+    addr: SocketAddr,
+    /// Whether the failure detector calls the peer live; only live peers get pushes and
+    /// retries.
+    live: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Peers {
+    /// Makes the worker set match `known` (machine id -> sync address, live): no worker for
+    /// a machine `removed` says is gone, a new one from `spawn` (id, address, its wake-up, its
+    /// liveness flag) for a machine without one.
+    pub(crate) fn update(
+        &self,
+        known: &HashMap<String, (SocketAddr, bool)>,
+        removed: impl Fn(&str) -> bool,
+        spawn: impl Fn(&str, SocketAddr, Arc<Notify>, Arc<AtomicBool>) -> JoinHandle<()>,
+    ) {
+        let mut workers = self.workers.lock().unwrap();
+        workers.retain(|id, w| {
+            let keep = known.get(id).map(|(addr, _)| addr) == Some(&w.addr);
+            if !keep {
+                w.task.abort();
+            }
+            keep
+        });
+        for (id, (addr, live)) in known {
+            if removed(id) {
+                if let Some(w) = workers.remove(id) {
+                    w.task.abort();
+                }
+                continue;
+            }
+            if let Some(w) = workers.get(id) {
+                let was_live = w.live.swap(*live, Ordering::Relaxed);
+                if *live && !was_live {
+                    // Back from the dead: it may have missed everything.
+                    w.wake.notify_one();
+                }
+                continue;
+            }
+            let wake = Arc::new(Notify::new());
+            let live_flag = Arc::new(AtomicBool::new(*live));
+            let task = spawn(id, *addr, wake.clone(), live_flag.clone());
+            if *live {
+                // A new peer is synced at once: it may have missed everything.
+                wake.notify_one();
+            }
+            workers.insert(
+                id.clone(),
+                PeerWorker {
+                    addr: *addr,
+                    live: live_flag,
+                    wake,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Wakes one peer's worker, live or not.
+    pub(crate) fn wake(&self, id: &str) {
+        if let Some(w) = self.workers.lock().unwrap().get(id) {
+            w.wake.notify_one();
+        }
+    }
+
+    /// Wakes the worker of every live peer.
+    pub(crate) fn push_all(&self) {
+        for w in self.workers.lock().unwrap().values() {
+            if w.live.load(Ordering::Relaxed) {
+                w.wake.notify_one();
+            }
+        }
+    }
+
+    /// Ids of the live peers.
+    pub(crate) fn live_ids(&self) -> Vec<String> {
+        let workers = self.workers.lock().unwrap();
+        workers
+            .iter()
+            .filter(|(_, w)| w.live.load(Ordering::Relaxed))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    pub(crate) fn clear(&self) {
+        for (_, w) in self.workers.lock().unwrap().drain() {
+            w.task.abort();
+        }
+    }
+}
+
