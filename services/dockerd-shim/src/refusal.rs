@@ -17,4 +17,3 @@ pub fn reason(e: bollard::errors::Error) -> String {
         other => other.to_string(),
     }
 }
-

@@ -26,12 +26,12 @@ use uncloud_common::model::{ClientCert, Container, ContainerState, Kind, Service
 use zbus::object_server::SignalEmitter;
 use zbus::{interface, Connection};
 
+use crate::clock::now_ms;
 use crate::document::{
     ContainerUpdate, DocError, MachineRemoval, MachineUpdate, MeshFields, Mutation,
 };
-use crate::membership::{Membership, MembershipError};
-use crate::clock::now_ms;
 use crate::errors::WriteError;
+use crate::membership::{Membership, MembershipError};
 use crate::replica::{Admission, Event, Shared};
 
 /// Errors as D-Bus error names `org.uncloud.State1.Error.*`.

@@ -60,4 +60,3 @@ pub enum WriteError {
     #[error("machine {0:?} was removed from this network and cannot come back under that id")]
     Removed(String),
 }
-

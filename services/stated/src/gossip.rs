@@ -24,12 +24,12 @@ use chitchat::{
 };
 use tokio::task::JoinHandle;
 
+use crate::clock::now_ms;
 use crate::document::{heads_from_hex, heads_to_hex};
+use crate::errors::StartError;
 use crate::links::Links;
 use crate::liveness::Observation;
 use crate::mesh_peers::MeshPeers;
-use crate::clock::now_ms;
-use crate::errors::StartError;
 use crate::replica::{Event, Shared};
 
 const KEY_SYNC: &str = "sync";

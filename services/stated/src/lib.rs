@@ -50,7 +50,7 @@ pub mod persist;
 pub mod replica;
 pub mod sync;
 
-pub use membership::{Membership, MembershipError};
 pub use errors::{StartError, WriteError};
+pub use membership::{Membership, MembershipError};
 pub use node::Node;
 pub use replica::{Admission, Event, Shared};

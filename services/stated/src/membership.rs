@@ -18,11 +18,11 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use uncloud_common::model::{Machine, ModelError};
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::document::{genesis, handed_over, DocError, Mutation, StateDoc};
-use crate::links::Links;
-use crate::clock::now_ms;
 use crate::errors::{StartError, WriteError};
+use crate::links::Links;
 use crate::node::Node;
 use crate::replica::{Admission, Shared};
 

@@ -85,7 +85,15 @@ impl Node {
             },
             Arc::new(move || snapshot_doc.lock().unwrap().doc.save()),
         );
-        let shared = Shared::new(machine_id.clone(), network, config, doc, writer, heads, links);
+        let shared = Shared::new(
+            machine_id.clone(),
+            network,
+            config,
+            doc,
+            writer,
+            heads,
+            links,
+        );
         shared.refresh_mesh_peers();
 
         let mut tasks = Vec::new();
@@ -170,7 +178,7 @@ impl Node {
             g.shutdown().await;
         }
         let shared = self.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || shared.writer.lock().unwrap().finish()).await;
+        let _ = tokio::task::spawn_blocking(move || shared.finish_writes()).await;
     }
 }
 
@@ -194,4 +202,3 @@ impl Drop for Node {
         }
     }
 }
-

@@ -94,7 +94,7 @@ impl Shared {
         links: Links,
     ) -> Arc<Shared> {
         let (events, _) = broadcast::channel(1024);
-        let shared = Arc::new(Shared {
+        Arc::new(Shared {
             machine_id,
             network_id: network.to_string(),
             liveness: Mutex::new(LivenessTracker::new(Duration::from_millis(
@@ -114,8 +114,13 @@ impl Shared {
             shutdown: watch::channel(false).0,
             mesh_peers: Arc::default(),
             mesh_me: watch::channel(None).0,
-        });
-        shared
+        })
+    }
+
+    /// Waits until every change handed to the store writer is on disk, and stops it.
+    /// Blocking: for the end of a node's life.
+    pub(crate) fn finish_writes(&self) {
+        self.writer.lock().unwrap().finish();
     }
 
     /// Asks the conflict loop to look at the state again.

@@ -191,7 +191,13 @@ pub(crate) fn update_peers(shared: &Arc<Shared>, known: &HashMap<String, (Socket
         known,
         |id| shared.is_removed(id),
         |id, addr, wake, live| {
-            tokio::spawn(peer_worker(shared.clone(), id.to_string(), addr, wake, live))
+            tokio::spawn(peer_worker(
+                shared.clone(),
+                id.to_string(),
+                addr,
+                wake,
+                live,
+            ))
         },
     );
 }
