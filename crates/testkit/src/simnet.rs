@@ -1,9 +1,10 @@
 //! An in-process network for many `stated` nodes on loopback, whose links a test cuts and
-//! heals: split into partitions, cut one direction, heal. Every node's gossip and sync consult
-//! it through `stated::links::LinkFilter`.
+//! heals: split into partitions, cut one direction, lose a share of messages, heal. Every
+//! node's gossip and sync consult it through `stated::links::LinkFilter`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use stated::links::LinkFilter;
@@ -12,6 +13,10 @@ use stated::links::LinkFilter;
 #[derive(Default, Clone)]
 pub struct SimulatedNetwork {
     inner: Arc<RwLock<Inner>>,
+    /// Chance in millionths that a message on a link that is up is lost anyway.
+    loss_ppm: Arc<AtomicU64>,
+    /// State of the generator that decides losses (xorshift; seeded by [`Self::set_loss`]).
+    dice: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -59,9 +64,33 @@ impl SimulatedNetwork {
         }
     }
 
-    /// Restores every link.
+    /// Loses each message with probability `share` (0 to 1) on links that are up; `seed` makes
+    /// the losses of one run repeat in the next.
+    pub fn set_loss(&self, share: f64, seed: u64) {
+        self.dice.store(seed | 1, Ordering::Relaxed);
+        self.loss_ppm
+            .store((share.clamp(0.0, 1.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Restores every link and stops losing messages.
     pub fn heal(&self) {
         self.inner.write().unwrap().cut.clear();
+        self.loss_ppm.store(0, Ordering::Relaxed);
+    }
+
+    fn lost(&self) -> bool {
+        let ppm = self.loss_ppm.load(Ordering::Relaxed);
+        if ppm == 0 {
+            return false;
+        }
+        // xorshift64: not a good generator, but cheap, lock-free and plenty for dropping
+        // packets.
+        let mut x = self.dice.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.dice.store(x, Ordering::Relaxed);
+        x % 1_000_000 < ppm
     }
 }
 
@@ -73,6 +102,7 @@ impl LinkFilter for SimulatedNetwork {
             .unwrap()
             .cut
             .contains(&(from.to_string(), to.to_string()))
+            && !self.lost()
     }
 
     fn machine_at(&self, addr: SocketAddr) -> Option<String> {

@@ -23,6 +23,7 @@ use uncloud_common::model::{ClientCert, Machine, NetworkInfo};
 use uncloud_pki::ca::CLIENT_VALIDITY;
 use uncloud_pki::{ticket, Role};
 
+pub use crate::caller::Caller;
 use crate::change;
 use crate::config::Config;
 use crate::connections::Connections;
@@ -40,23 +41,6 @@ const REDEEM_TIMEOUT: Duration = Duration::from_secs(20);
 const TRUST_REFRESH: Duration = Duration::from_secs(1);
 /// Time for a reboot's answer to reach `uc` before the machine goes down.
 const REBOOT_DELAY: Duration = Duration::from_millis(500);
-
-/// Who is on the other end of a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    /// A connection to a machine in maintenance mode (no client certificates exist yet).
-    Maintenance,
-    /// A member-mode connection without a client certificate.
-    Anonymous,
-    /// A client certificate this network does not accept (the reason says why).
-    Refused(String),
-    /// A verified client certificate.
-    Client {
-        subject: String,
-        role: Role,
-        serial: String,
-    },
-}
 
 /// What the state says about client certificates.
 #[derive(Default)]

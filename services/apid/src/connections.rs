@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::api::Caller;
+use crate::caller::Caller;
 
 /// One open connection.
 #[derive(Debug, Clone)]

@@ -3,23 +3,19 @@
 //! The machine `uc` is connected to resolves the targets, answers for itself, and asks each
 //! other target on its mesh address, all at once, each bounded by [`FORWARD_TIMEOUT`]: a
 //! machine that is down or across a partition is reported unreachable, never waited for.
-//! The target serves the call with the caller's role, as if `uc` had asked it directly.
+//! The target serves the call with the caller's role, as if `uc` had asked it directly
+//! ([`crate::peer_server`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Json;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::codec::LengthDelimitedCodec;
-use uncloud_api::peer::{Forwarded, Peer, PeerClient, PEER_PORT};
+use uncloud_api::peer::{Forwarded, PeerClient};
 use uncloud_api::wire::{Answer, ApiError, Call, ErrorKind, MAX_FRAME_BYTES};
 use uncloud_common::model::Machine;
-
-use crate::api::Apid;
 
 /// How long a target gets to accept the connection, and to answer most calls.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
@@ -32,11 +28,6 @@ pub fn answer_timeout(call: &Call) -> Duration {
         _ => FORWARD_TIMEOUT,
     }
 }
-/// How often the peer listener checks that the machine's mesh address is still its own.
-const ADDRESS_CHECK: Duration = Duration::from_secs(2);
-/// How often a machine that has no mesh address yet (it is joining) looks again: short, so
-/// that a machine is asked through `-m` as soon as it is reachable.
-const ADDRESS_WAIT: Duration = Duration::from_millis(200);
 /// Pause before connecting again to a target that refused: its apid is starting, or is
 /// binding its new mesh address.
 const REFUSED_RETRY: Duration = Duration::from_millis(100);
@@ -79,7 +70,7 @@ pub fn resolve(
     out
 }
 
-fn framed<T>(io: T) -> tokio_util::codec::Framed<T, LengthDelimitedCodec>
+pub(crate) fn framed<T>(io: T) -> tokio_util::codec::Framed<T, LengthDelimitedCodec>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {
@@ -139,81 +130,6 @@ pub async fn forward(
             limit.as_secs()
         )))
     })
-}
-
-/// Serves other machines' forwarded calls on this machine's mesh address, binding once the
-/// address exists and moving when the machine is renumbered. Runs until dropped.
-pub async fn serve(apid: Arc<Apid>) {
-    loop {
-        let Some(ip) = apid.own_mesh_ip().await else {
-            tokio::time::sleep(ADDRESS_WAIT).await;
-            continue;
-        };
-        let listener = match TcpListener::bind((ip, PEER_PORT)).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(%ip, error = %e, "mesh address not usable yet");
-                tokio::time::sleep(ADDRESS_WAIT).await;
-                continue;
-            }
-        };
-        tracing::info!(%ip, port = PEER_PORT, "taking forwarded calls on the mesh address");
-        let mut check = tokio::time::interval(ADDRESS_CHECK);
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            while connections.try_join_next().is_some() {}
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((tcp, peer)) = accepted else { continue };
-                    if let Err(why) = apid.peer_machine(peer.ip()).await {
-                        tracing::warn!(%peer, %why, "refused a forwarding connection");
-                        continue;
-                    }
-                    if connections.len() >= 64 {
-                        tracing::warn!(%peer, "too many forwarding connections; closing");
-                        continue;
-                    }
-                    let apid = apid.clone();
-                    connections.spawn(serve_peer(apid, tcp));
-                }
-                _ = check.tick() => {
-                    if apid.own_mesh_ip().await != Some(ip) {
-                        tracing::info!(from = %ip, "mesh address changed; moving the forwarding port");
-                        break;
-                    }
-                }
-            }
-        }
-    }
-}
-
-async fn serve_peer(apid: Arc<Apid>, tcp: TcpStream) {
-    let _ = tcp.set_nodelay(true);
-    let transport = tarpc::serde_transport::new(framed(tcp), Json::default());
-    BaseChannel::with_defaults(transport)
-        .max_concurrent_requests(16)
-        .execute(PeerConnection { apid }.serve())
-        .for_each(|response| async {
-            tokio::spawn(response);
-        })
-        .await;
-}
-
-#[derive(Clone)]
-struct PeerConnection {
-    apid: Arc<Apid>,
-}
-
-impl Peer for PeerConnection {
-    async fn call(
-        self,
-        _: tarpc::context::Context,
-        caller: Forwarded,
-        call: Call,
-    ) -> Result<Answer, ApiError> {
-        let caller = self.apid.forwarded_caller(caller).await?;
-        self.apid.dispatch(&caller, call).await
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! member only by holders of client certificates of its network.
 //!
 //! # Design
-//! - [`api`]: what each call does for a [`api::Caller`]; transport-free.
+//! - [`api`]: what each call does for a [`Caller`](caller::Caller) ([`caller`]); transport-free.
 //! - [`server`]: TLS on [`uncloud_api::wire::PORT`], one tarpc channel of JSON frames per
 //!   connection; the caller comes from the TLS session.
 //! - [`tls`]: the two faces. **Maintenance mode** (stated says `fresh`): the identity key
@@ -18,7 +18,8 @@
 //!   marks the record, and every apid refuses the serial once the mark reaches it
 //!   ([`revocation`] decides what `uc cert revoke X` names).
 //! - [`fanout`]: `uc -m`: calls for other machines, forwarded over the mesh to their apid's
-//!   peer port (7949 on the mesh address; only machines of the state get in).
+//!   peer port; [`peer_server`] serves that port (7949 on the mesh address; only machines of
+//!   the state get in).
 //! - [`host`]: the machine itself for `uc machine status|logs|reboot` (the appliance has no
 //!   shell): `/proc`, `statvfs`, `systemctl show`, `journalctl --output=json`.
 //! - [`change`]: what `uc machine rename|label|role` writes, checked before anything is.
@@ -34,6 +35,7 @@
 //! - `uc machine logs -f` asks again every second (no server push).
 
 pub mod api;
+pub mod caller;
 pub mod change;
 pub mod config;
 pub mod connections;
@@ -41,6 +43,7 @@ pub mod credentials;
 pub mod dbus;
 pub mod fanout;
 pub mod host;
+pub mod peer_server;
 pub mod redeemed;
 pub mod revocation;
 pub mod server;

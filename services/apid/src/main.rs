@@ -83,7 +83,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         });
     }
     // Forwarded calls (`uc -m`), on the mesh address once this machine is a member.
-    tokio::spawn(apid::fanout::serve(apid.clone()));
+    tokio::spawn(apid::peer_server::serve(apid.clone()));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     // apid answers requests and has no loop of its own: the probe proves the runtime still
     // runs tasks.

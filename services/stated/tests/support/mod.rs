@@ -10,3 +10,9 @@ pub async fn cluster(n: usize) -> Cluster {
     init_tracing();
     Cluster::start(n).await
 }
+
+/// Like [`cluster`], with `tune` applied to every node's config.
+pub async fn cluster_with(n: usize, tune: impl Fn(&mut stated::config::Config)) -> Cluster {
+    init_tracing();
+    Cluster::start_with(n, tune).await
+}

@@ -1,0 +1,96 @@
+//! The target side of `uc -m`: other machines' forwarded calls, served on this machine's mesh
+//! address with the caller's role (the asking side is [`crate::fanout`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_serde::formats::Json;
+use tokio::net::{TcpListener, TcpStream};
+use uncloud_api::peer::{Forwarded, Peer, PEER_PORT};
+use uncloud_api::wire::{Answer, ApiError, Call};
+
+use crate::api::Apid;
+use crate::fanout::framed;
+
+/// How often the peer listener checks that the machine's mesh address is still its own.
+const ADDRESS_CHECK: Duration = Duration::from_secs(2);
+/// How often a machine that has no mesh address yet (it is joining) looks again: short, so
+/// that a machine is asked through `-m` as soon as it is reachable.
+const ADDRESS_WAIT: Duration = Duration::from_millis(200);
+
+/// Serves other machines' forwarded calls on this machine's mesh address, binding once the
+/// address exists and moving when the machine is renumbered. Runs until dropped.
+pub async fn serve(apid: Arc<Apid>) {
+    loop {
+        let Some(ip) = apid.own_mesh_ip().await else {
+            tokio::time::sleep(ADDRESS_WAIT).await;
+            continue;
+        };
+        let listener = match TcpListener::bind((ip, PEER_PORT)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(%ip, error = %e, "mesh address not usable yet");
+                tokio::time::sleep(ADDRESS_WAIT).await;
+                continue;
+            }
+        };
+        tracing::info!(%ip, port = PEER_PORT, "taking forwarded calls on the mesh address");
+        let mut check = tokio::time::interval(ADDRESS_CHECK);
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            while connections.try_join_next().is_some() {}
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((tcp, peer)) = accepted else { continue };
+                    if let Err(why) = apid.peer_machine(peer.ip()).await {
+                        tracing::warn!(%peer, %why, "refused a forwarding connection");
+                        continue;
+                    }
+                    if connections.len() >= 64 {
+                        tracing::warn!(%peer, "too many forwarding connections; closing");
+                        continue;
+                    }
+                    let apid = apid.clone();
+                    connections.spawn(serve_peer(apid, tcp));
+                }
+                _ = check.tick() => {
+                    if apid.own_mesh_ip().await != Some(ip) {
+                        tracing::info!(from = %ip, "mesh address changed; moving the forwarding port");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn serve_peer(apid: Arc<Apid>, tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let transport = tarpc::serde_transport::new(framed(tcp), Json::default());
+    BaseChannel::with_defaults(transport)
+        .max_concurrent_requests(16)
+        .execute(PeerConnection { apid }.serve())
+        .for_each(|response| async {
+            tokio::spawn(response);
+        })
+        .await;
+}
+
+#[derive(Clone)]
+struct PeerConnection {
+    apid: Arc<Apid>,
+}
+
+impl Peer for PeerConnection {
+    async fn call(
+        self,
+        _: tarpc::context::Context,
+        caller: Forwarded,
+        call: Call,
+    ) -> Result<Answer, ApiError> {
+        let caller = self.apid.forwarded_caller(caller).await?;
+        self.apid.dispatch(&caller, call).await
+    }
+}
