@@ -178,6 +178,9 @@ mod tests {
 
     #[test]
     fn the_port_is_the_one_meshd_lets_in_through_the_mesh_only() {
-        assert_eq!(uncloud_api::peer::PEER_PORT, uncloud_common::rpc::APID_PEER_PORT);
+        assert_eq!(
+            uncloud_api::peer::PEER_PORT,
+            uncloud_common::rpc::APID_PEER_PORT
+        );
     }
 }
