@@ -170,18 +170,19 @@ impl SyncServer {
 
 impl StateSync for SyncServer {
     async fn sync(self, _: context::Context, request: SyncRequest) -> Result<SyncReply, SyncError> {
-        off_workers(move || self.handle(request)).await
+        off_workers(move || self.handle(request))
+            .await
+            .unwrap_or(Err(SyncError::Unavailable))
     }
 }
 
 /// Runs automerge's CPU-heavy sync work (applying and generating messages, under the document
 /// lock) on the blocking pool, so a big merge never stalls the async workers that carry
 /// gossip, D-Bus and the other sessions.
-async fn off_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    // A panic in there has already aborted the process (`uncloud_common::fail_fast`).
-    tokio::task::spawn_blocking(work)
-        .await
-        .expect("sync work does not panic")
+/// `None` only while the runtime shuts down: the blocking pool then cancels work it has not
+/// started (a panic in the work has already aborted the process, `uncloud_common::fail_fast`).
+async fn off_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(work).await.ok()
 }
 
 /// Makes the sync workers match `known` (machine id -> sync address, live): a worker for each
@@ -214,6 +215,8 @@ enum SessionError {
     Refused(#[from] SyncError),
     #[error("peer sent a bad message: {0}")]
     BadReply(#[from] crate::document::DocError),
+    #[error("this node is stopping")]
+    Stopping,
 }
 
 async fn peer_worker(
@@ -289,6 +292,7 @@ async fn session(
                 (taken, out)
             })
             .await
+            .ok_or(SessionError::Stopping)?
         };
         *state = taken;
         let sent_nothing = out.is_none();
@@ -320,7 +324,8 @@ async fn session(
                     let received = shared.receive_sync(&mut taken, &bytes);
                     (taken, received)
                 })
-                .await;
+                .await
+                .ok_or(SessionError::Stopping)?;
                 *state = taken;
                 received?;
             }
