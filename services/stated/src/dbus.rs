@@ -21,7 +21,6 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::task::JoinHandle;
 use uncloud_common::dbus::{STATE_NAME, STATE_PATH};
-use uncloud_common::liveness::Liveness;
 use uncloud_common::model::{ClientCert, Container, ContainerState, Kind, Service};
 use zbus::object_server::SignalEmitter;
 use zbus::{interface, Connection};
@@ -424,36 +423,15 @@ impl State1 {
     }
 }
 
-/// What the forwarder emits next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Signal {
-    Changed {
-        kind: Kind,
-        ids: Vec<String>,
-    },
-    Liveness {
-        machine_id: String,
-        liveness: Liveness,
-    },
-    Resync,
-}
-
-/// The next signal for the node's events: each event as it is, and `Resync` when the forwarder
+/// The next event to forward: each event as it is, and [`Event::Resync`] when the forwarder
 /// fell behind and events were dropped (listeners cannot know what they missed). `None` once
 /// the node is gone.
-async fn next_signal(events: &mut broadcast::Receiver<Event>) -> Option<Signal> {
+async fn next_event(events: &mut broadcast::Receiver<Event>) -> Option<Event> {
     match events.recv().await {
-        Ok(Event::Changed { kind, ids }) => Some(Signal::Changed { kind, ids }),
-        Ok(Event::Liveness {
-            machine_id,
-            liveness,
-        }) => Some(Signal::Liveness {
-            machine_id,
-            liveness,
-        }),
+        Ok(event) => Some(event),
         Err(RecvError::Lagged(n)) => {
             tracing::warn!("dropped {n} change events; telling listeners to re-read the state");
-            Some(Signal::Resync)
+            Some(Event::Resync)
         }
         Err(RecvError::Closed) => None,
     }
@@ -507,22 +485,22 @@ pub async fn serve(
         let _ = guard.network_id_changed(ctx).await;
         drop(guard);
         // Whoever listened while the machine was fresh has a state to read now.
-        let mut next = Some(Signal::Resync);
+        let mut next = Some(Event::Resync);
         loop {
             let signal = match next.take() {
                 Some(s) => s,
-                None => match next_signal(&mut events).await {
+                None => match next_event(&mut events).await {
                     Some(s) => s,
                     None => return,
                 },
             };
             let result = match signal {
-                Signal::Changed { kind, ids } => iface.changed(kind.as_str(), ids).await,
-                Signal::Liveness {
+                Event::Changed { kind, ids } => iface.changed(kind.as_str(), ids).await,
+                Event::Liveness {
                     machine_id,
                     liveness,
                 } => iface.liveness_changed(&machine_id, liveness.as_str()).await,
-                Signal::Resync => iface.resync().await,
+                Event::Resync => iface.resync().await,
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, "could not emit a D-Bus signal");
@@ -545,8 +523,8 @@ mod tests {
         };
         tx.send(changed("a")).unwrap();
         assert_eq!(
-            next_signal(&mut rx).await,
-            Some(Signal::Changed {
+            next_event(&mut rx).await,
+            Some(Event::Changed {
                 kind: Kind::Services,
                 ids: vec!["a".into()]
             })
@@ -554,14 +532,14 @@ mod tests {
         for id in ["b", "c", "d", "e"] {
             tx.send(changed(id)).unwrap();
         }
-        assert_eq!(next_signal(&mut rx).await, Some(Signal::Resync));
+        assert_eq!(next_event(&mut rx).await, Some(Event::Resync));
         // The newest events still come through after the resync.
         assert!(matches!(
-            next_signal(&mut rx).await,
-            Some(Signal::Changed { ids, .. }) if ids == ["d"]
+            next_event(&mut rx).await,
+            Some(Event::Changed { ids, .. }) if ids == ["d"]
         ));
         drop(tx);
-        assert!(next_signal(&mut rx).await.is_some());
-        assert_eq!(next_signal(&mut rx).await, None);
+        assert!(next_event(&mut rx).await.is_some());
+        assert_eq!(next_event(&mut rx).await, None);
     }
 }

@@ -40,6 +40,9 @@ pub enum Event {
         machine_id: String,
         liveness: Liveness,
     },
+    /// Listeners may have missed events: the D-Bus forwarder says so when it fell behind, and
+    /// when the machine becomes a member. The node itself never sends it.
+    Resync,
 }
 
 /// Traffic counters, read by the benchmark.
