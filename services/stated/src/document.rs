@@ -424,9 +424,7 @@ impl StateDoc {
     }
 
     pub fn machine(&self, id: &str) -> Option<Machine> {
-        let obj = self.kind_obj(Kind::Machines).ok()?;
-        self.doc.get(&obj, id).ok()??;
-        hydrate_prop(&self.doc, &obj, id).ok()
+        self.entity(Kind::Machines, id)
     }
 
     pub fn state(&self) -> NetworkState {

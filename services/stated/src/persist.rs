@@ -128,13 +128,42 @@ impl Sink {
                 tracing::error!(error = %e,
                     "could not make {} change(s) durable; later changes wait for a full snapshot",
                     blobs.len());
-                self.behind = true;
-                // redb refuses every operation after an I/O error until the database is
-                // opened again.
-                self.store = None;
+                self.lose_store();
             }
         }
         result
+    }
+
+    /// After a failed write: the store may lack what the document has, and redb refuses every
+    /// operation after an I/O error until the database is opened again.
+    fn lose_store(&mut self) {
+        self.behind = true;
+        self.store = None;
+    }
+
+    /// Folds the appended entries into one snapshot once the policy says so. Everything
+    /// appended is already in the document, so the snapshot covers it.
+    fn compact_if_due(
+        &mut self,
+        policy: &CompactionPolicy,
+        snapshot: &(dyn Fn() -> Vec<u8> + Send + Sync),
+    ) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        if store.pending_entries() < policy.after_entries
+            && store.pending_bytes() < policy.after_bytes
+        {
+            return;
+        }
+        let snap = snapshot();
+        match store.compact(&snap) {
+            Ok(()) => tracing::debug!(bytes = snap.len(), "compacted the store"),
+            Err(e) => {
+                tracing::error!(error = %e, "compaction failed; entries kept");
+                self.lose_store();
+            }
+        }
     }
 
     fn try_write(
@@ -198,25 +227,8 @@ fn run(
                 let _ = ack.send(result.clone());
             }
         }
-        let Some(store) = sink.store.as_mut() else {
-            continue;
-        };
-        if result.is_ok()
-            && (store.pending_entries() >= policy.after_entries
-                || store.pending_bytes() >= policy.after_bytes)
-        {
-            // Everything appended so far is already in the document, so the snapshot covers it.
-            let snap = snapshot();
-            match store.compact(&snap) {
-                Ok(()) => tracing::debug!(bytes = snap.len(), "compacted the store"),
-                Err(e) => {
-                    // Nothing lost: the entries are still there, unless the failure closed
-                    // the database, which the next write reopens.
-                    tracing::error!(error = %e, "compaction failed; entries kept");
-                    sink.store = None;
-                    sink.behind = true;
-                }
-            }
+        if result.is_ok() {
+            sink.compact_if_due(&policy, snapshot.as_ref());
         }
     }
     if sink.behind {
