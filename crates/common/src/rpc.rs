@@ -38,12 +38,53 @@ pub struct SyncRequest {
     pub session: u64,
     /// An encoded automerge sync message, or `None` when the caller has nothing to send.
     pub message: Option<Vec<u8>>,
+    /// The container tables: the caller's versions and what the server lacks (decision
+    /// 0014). `None` from a machine that predates them.
+    #[serde(default)]
+    pub tables: Option<TablesMessage>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncReply {
     /// The server's next sync message, or `None` when it has nothing to send.
     pub message: Option<Vec<u8>>,
+    /// The server's table versions and what the caller lacks; `None` from an older server.
+    #[serde(default)]
+    pub tables: Option<TablesMessage>,
+}
+
+/// One side's container tables in a sync round: which versions it holds, and the changes the
+/// other side lacks by the versions it last said it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablesMessage {
+    /// Machine id -> version of that machine's table, for every table the sender holds.
+    #[serde(default)]
+    pub versions: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    pub deltas: Vec<TableDelta>,
+}
+
+/// The changes to one machine's container table after version `since` up to `version`;
+/// `since == 0` is the whole table, which replaces the receiver's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDelta {
+    pub machine_id: String,
+    #[serde(default)]
+    pub since: u64,
+    pub version: u64,
+    /// Containers written after `since`, each with the version that wrote it last.
+    #[serde(default)]
+    pub rows: Vec<TableRow>,
+    /// Ids of containers removed after `since`.
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
+/// One container as its machine's table holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRow {
+    pub version: u64,
+    pub container: crate::model::Container,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -400,6 +441,64 @@ mod tests {
         assert!(reply.accepted);
     }
 
+    /// State sync as machines before the container tables spoke it.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct SyncRequestBeforeTables {
+        network_id: String,
+        from: String,
+        session: u64,
+        message: Option<Vec<u8>>,
+    }
+    #[derive(Debug, Serialize, Deserialize)]
+    struct SyncReplyBeforeTables {
+        message: Option<Vec<u8>>,
+    }
+
+    #[test]
+    fn sync_messages_with_tables_and_without_understand_each_other() {
+        let new = SyncRequest {
+            network_id: "n".into(),
+            from: "m".into(),
+            session: 1,
+            message: Some(vec![1, 2]),
+            tables: Some(TablesMessage {
+                versions: [("m".to_string(), 7)].into(),
+                deltas: vec![TableDelta {
+                    machine_id: "m".into(),
+                    since: 0,
+                    version: 7,
+                    rows: vec![TableRow {
+                        version: 7,
+                        container: crate::model::Container {
+                            id: "c".into(),
+                            machine_id: "m".into(),
+                            ..Default::default()
+                        },
+                    }],
+                    removed: vec![],
+                }],
+            }),
+        };
+        let old: SyncRequestBeforeTables = decode(&encode(&new).unwrap()).unwrap();
+        assert_eq!(old.message, new.message);
+        let back: SyncRequest = decode(&encode(&new).unwrap()).unwrap();
+        assert_eq!(back.tables, new.tables);
+        let from_old: SyncRequest = decode(&encode(&old).unwrap()).unwrap();
+        assert_eq!(from_old.tables, None);
+        let reply: SyncReply =
+            decode(&encode(&SyncReplyBeforeTables { message: None }).unwrap()).unwrap();
+        assert_eq!(reply.tables, None);
+        let old_reply: SyncReplyBeforeTables = decode(
+            &encode(&SyncReply {
+                message: Some(vec![3]),
+                tables: new.tables.clone(),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(old_reply.message, Some(vec![3]));
+    }
+
     #[test]
     fn bytes_travel_as_binary_and_garbage_is_an_error() {
         let request = SyncRequest {
@@ -407,6 +506,7 @@ mod tests {
             from: "m".into(),
             session: 1,
             message: Some(vec![0xff; 1000]),
+            tables: None,
         };
         let wire = encode(&request).unwrap();
         // Binary, not an array of integers (which would take up to 2 bytes per byte).

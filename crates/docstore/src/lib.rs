@@ -45,6 +45,7 @@
 mod chunk;
 mod error;
 mod quarantine;
+pub mod rows;
 pub mod salvage;
 
 use std::{

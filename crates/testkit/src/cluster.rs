@@ -141,8 +141,8 @@ impl Cluster {
         self.ids[range].to_vec()
     }
 
-    /// Waits until every running node in `members` has the same heads; on timeout returns what
-    /// each node is missing compared with the union of all.
+    /// Waits until every running node in `members` has the same heads and container tables;
+    /// on timeout returns what each node is missing compared with the union of all.
     pub async fn converged(
         &self,
         members: &[usize],
@@ -150,7 +150,10 @@ impl Cluster {
     ) -> Result<Duration, String> {
         let start = Instant::now();
         loop {
-            let heads: BTreeSet<_> = members.iter().map(|&i| self.node(i).heads()).collect();
+            let heads: BTreeSet<_> = members
+                .iter()
+                .map(|&i| (self.node(i).heads(), self.node(i).table_versions()))
+                .collect();
             if heads.len() == 1 {
                 return Ok(start.elapsed());
             }
@@ -207,6 +210,7 @@ impl Cluster {
                     .keys()
                     .map(|k| format!("machine/{k}"))
                     .chain(s.services.keys().map(|k| format!("service/{k}")))
+                    .chain(s.containers.keys().map(|k| format!("container/{k}")))
                     .collect();
                 (i, ids)
             })

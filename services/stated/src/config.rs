@@ -179,6 +179,11 @@ impl Config {
         self.data_dir.join("state.redb")
     }
 
+    /// The container tables' rows (decision 0014), beside the document's store.
+    pub fn containers_path(&self) -> PathBuf {
+        self.data_dir.join("containers.redb")
+    }
+
     /// The file that says which network this machine belongs to (absent: fresh).
     pub fn membership_path(&self) -> PathBuf {
         self.data_dir.join("membership")

@@ -43,6 +43,8 @@ pub enum DocError {
     MalformedSync(String),
     #[error("not a network's state: {0}")]
     NotAState(String),
+    #[error("{0} are not kept in the document but in the container tables")]
+    NotInDocument(Kind),
 }
 
 /// A typed change to the state.
@@ -593,6 +595,11 @@ impl StateDoc {
             Mutation::RemoveMachine(r) => return self.remove_machine(r),
             Mutation::SweepRemoved => return self.sweep_removed(),
             Mutation::SettleService(id) => return self.settle_service(id),
+            Mutation::UpsertContainer(_)
+            | Mutation::UpdateContainer(_)
+            | Mutation::RemoveContainer(_) => {
+                return Err(DocError::NotInDocument(Kind::Containers))
+            }
             _ => {}
         }
         let (kind, id) = mutation.target();
@@ -607,16 +614,6 @@ impl StateDoc {
                         kind,
                         id: id.to_string(),
                     }
-                })?))
-            }
-            _ => None,
-        };
-        let container = match mutation {
-            Mutation::UpdateContainer(u) => {
-                let stored: Option<Container> = self.entity(Kind::Containers, &u.id);
-                Some(u.applied_to(stored.ok_or_else(|| DocError::NotFound {
-                    kind,
-                    id: id.to_string(),
                 })?))
             }
             _ => None,
@@ -646,11 +643,6 @@ impl StateDoc {
                 let v = service.as_ref().expect("read above for this mutation");
                 reconcile_prop(&mut tx, &obj, id, v)
             }
-            Mutation::UpsertContainer(v) => reconcile_prop(&mut tx, &obj, id, v),
-            Mutation::UpdateContainer(_) => {
-                let v = container.as_ref().expect("read above for this mutation");
-                reconcile_prop(&mut tx, &obj, id, v)
-            }
             Mutation::UpsertClient(v) => {
                 // A revocation is never undone: keep the first one recorded.
                 let had: Option<ClientCert> = hydrate_prop(&tx, &obj, id).ok().flatten();
@@ -665,10 +657,15 @@ impl StateDoc {
                 let m = updated.as_ref().expect("read above for this mutation");
                 reconcile_prop(&mut tx, &obj, id, m)
             }
-            Mutation::RemoveMachine(_) | Mutation::SweepRemoved | Mutation::SettleService(_) => {
+            Mutation::RemoveMachine(_)
+            | Mutation::SweepRemoved
+            | Mutation::SettleService(_)
+            | Mutation::UpsertContainer(_)
+            | Mutation::UpdateContainer(_)
+            | Mutation::RemoveContainer(_) => {
                 unreachable!("handled before the transaction")
             }
-            Mutation::RemoveService(_) | Mutation::RemoveContainer(_) => {
+            Mutation::RemoveService(_) => {
                 if tx.get(&obj, id)?.is_none() {
                     tx.rollback();
                     return Err(DocError::NotFound {
@@ -1001,21 +998,12 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_machine_leaves_a_tombstone_and_takes_its_containers_along() {
+    fn a_removed_machine_leaves_a_tombstone_and_its_leftovers_are_swept() {
         let mut a = StateDoc::new(genesis("n"));
         a.apply(&Mutation::UpsertMachine(machine("m1", "a", 1)))
             .unwrap();
         a.apply(&Mutation::UpsertMachine(machine("m2", "b", 2)))
             .unwrap();
-        for (cid, owner) in [("c1", "m1"), ("c2", "m2")] {
-            a.apply(&Mutation::UpsertContainer(Container {
-                id: cid.into(),
-                machine_id: owner.into(),
-                name: cid.into(),
-                ..Default::default()
-            }))
-            .unwrap();
-        }
         let mut b = StateDoc::new(genesis("n"));
         sync_pair(&mut a, &mut b);
         let removal = MachineRemoval {
@@ -1026,7 +1014,6 @@ mod tests {
         assert!(a.apply(&Mutation::RemoveMachine(removal.clone())).unwrap());
         let s = a.state();
         assert!(!s.machines.contains_key("m2"));
-        assert_eq!(s.containers.keys().collect::<Vec<_>>(), vec!["c1"]);
         assert_eq!(s.removed["m2"].name, "b");
         // Removing again changes nothing; an unknown machine is NotFound.
         assert!(!a.apply(&Mutation::RemoveMachine(removal)).unwrap());
@@ -1039,21 +1026,19 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, DocError::NotFound { .. }), "{err}");
 
-        // Meanwhile, on the other side, the removed machine wrote a new container record.
-        b.apply(&Mutation::UpsertContainer(Container {
-            id: "c3".into(),
-            machine_id: "m2".into(),
-            name: "c3".into(),
-            ..Default::default()
-        }))
-        .unwrap();
-        sync_pair(&mut a, &mut b);
-        assert_eq!(a.leftovers_of_removed(), (vec![], vec!["c3".to_string()]));
+        // Meanwhile, a member that never heard of the removal writes the machine's entry anew.
+        let mut c = StateDoc::new(genesis("n"));
+        c.apply(&Mutation::UpsertMachine(machine("m2", "b", 2)))
+            .unwrap();
+        sync_pair(&mut a, &mut c);
+        assert_eq!(a.leftovers_of_removed(), (vec!["m2".to_string()], vec![]));
         assert!(a.apply(&Mutation::SweepRemoved).unwrap());
         assert_eq!(a.leftovers_of_removed(), (vec![], vec![]));
         assert!(!a.apply(&Mutation::SweepRemoved).unwrap());
         sync_pair(&mut a, &mut b);
+        sync_pair(&mut a, &mut c);
         assert_eq!(b.state(), a.state());
+        assert_eq!(c.state(), a.state());
         assert!(!b.state().machines.contains_key("m2"));
     }
 

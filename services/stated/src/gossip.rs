@@ -1,11 +1,14 @@
 //! Membership and failure detection with chitchat (UDP).
 //!
-//! Each machine gossips two small values: `sync`, the address of its sync server, and `heads`,
-//! the hashes of its document heads. From every round we derive:
+//! Each machine gossips three small values: `sync`, the address of its sync server, `heads`,
+//! the hashes of its document heads, and `tables`, a fingerprint of the versions of the
+//! container tables it holds. From every round we derive:
 //! - the liveness of every machine (alive / suspect / down, see [`crate::liveness`]);
 //! - the set of live peers, which gets a sync worker each;
 //! - anti-entropy: a peer whose heads we do not have is pulled from at once, so a missed push
-//!   or a healed partition converges within about one gossip interval.
+//!   or a healed partition converges within about one gossip interval. So is a peer whose
+//!   table fingerprint changed to one that differs from ours (it may hold a newer table,
+//!   perhaps relayed from a machine we cannot reach).
 //!
 //! chitchat refuses messages whose cluster id differs, and the cluster id is the network id,
 //! so a machine of another network never enters the view.
@@ -34,6 +37,8 @@ use crate::replica::{Event, Shared};
 
 const KEY_SYNC: &str = "sync";
 const KEY_HEADS: &str = "heads";
+/// [`crate::tables::ContainerTables::fingerprint`] of the sender's container tables, hex.
+const KEY_TABLES: &str = "tables";
 
 pub(crate) struct Gossip {
     handle: ChitchatHandle,
@@ -71,6 +76,10 @@ impl Gossip {
             vec![
                 (KEY_SYNC.to_string(), sync_addr.to_string()),
                 (KEY_HEADS.to_string(), heads),
+                (
+                    KEY_TABLES.to_string(),
+                    format!("{:x}", *shared.watch_tables_fingerprint().borrow()),
+                ),
             ],
             &transport,
         )
@@ -92,8 +101,18 @@ impl Gossip {
                 }
             })
         };
+        let publish_tables = {
+            let chitchat = chitchat.clone();
+            let mut fingerprint = shared.watch_tables_fingerprint();
+            tokio::spawn(async move {
+                while fingerprint.changed().await.is_ok() {
+                    let hex = format!("{:x}", *fingerprint.borrow_and_update());
+                    chitchat.lock().await.self_node_state().set(KEY_TABLES, hex);
+                }
+            })
+        };
         let observe = tokio::spawn(observe_loop(shared, chitchat));
-        vec![publish, observe]
+        vec![publish, publish_tables, observe]
     }
 
     pub(crate) async fn shutdown(self) {
@@ -138,6 +157,7 @@ struct PeerView {
     live: bool,
     sync_addr: Option<SocketAddr>,
     heads: Option<Vec<automerge::ChangeHash>>,
+    tables: Option<u64>,
 }
 
 async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>) {
@@ -145,6 +165,7 @@ async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chit
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watcher = chitchat.lock().await.live_nodes_watcher();
     let mut last_heads: HashMap<String, Vec<automerge::ChangeHash>> = HashMap::new();
+    let mut last_tables: HashMap<String, u64> = HashMap::new();
     loop {
         // Every half round, and as soon as a peer's values change.
         tokio::select! {
@@ -168,6 +189,9 @@ async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chit
                     heads: state
                         .get(KEY_HEADS)
                         .and_then(|h| heads_from_hex(h.split(','))),
+                    tables: state
+                        .get(KEY_TABLES)
+                        .and_then(|t| u64::from_str_radix(t, 16).ok()),
                 };
                 match newest.get(&*id.node_id) {
                     Some((old, _)) if old.generation_id >= id.generation_id => {}
@@ -216,6 +240,18 @@ async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chit
         crate::sync::update_peers(&shared, &known);
         // Only machines gossip still knows: ids that come and go never pile up.
         last_heads.retain(|id, _| views.iter().any(|(v, _)| v == id));
+        last_tables.retain(|id, _| views.iter().any(|(v, _)| v == id));
+        let ours = *shared.watch_tables_fingerprint().borrow();
+        for (id, v) in &views {
+            // Only a fingerprint that changed wakes: two machines may hold different sets of
+            // tables for good (one has not learnt of a machine yet), and must not sync forever.
+            if let Some(tables) = v.tables {
+                let fresh = last_tables.insert(id.clone(), tables) != Some(tables);
+                if fresh && tables != ours {
+                    shared.peers.wake(id);
+                }
+            }
+        }
         for (id, v) in &views {
             let Some(heads) = &v.heads else { continue };
             // Heads that are new since the last round are fresh evidence the machine is up and

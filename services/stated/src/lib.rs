@@ -8,10 +8,16 @@
 //!
 //! # Design
 //! - [`document`]: one automerge document per network behind typed accessors; every machine
-//!   starts from the same deterministic genesis change.
+//!   starts from the same deterministic genesis change. It holds what people change
+//!   (machines, services, clients, removals).
+//! - [`tables`]: the containers, outside the document: one table per machine, versioned by
+//!   its only writer, passed between machines as deltas beside the automerge sync, with no
+//!   history kept (decision 0014).
 //! - [`persist`]: each change is appended to a redb store (crate `uncloud-docstore`) before a
-//!   write is acknowledged; group commit, periodic compaction, salvage of a damaged file.
-//! - [`sync`]: automerge's sync protocol over tarpc/TCP; a write is pushed to live peers at once.
+//!   write is acknowledged; group commit, periodic compaction, salvage of a damaged file. The
+//!   tables' rows go to a second file (`containers.redb`) through the same writer.
+//! - [`sync`]: automerge's sync protocol over tarpc/TCP, and the tables' deltas in the same
+//!   rounds; a write is pushed to live peers at once.
 //! - [`gossip`]: chitchat over UDP for membership, liveness and heads; a peer with heads we lack
 //!   is pulled from (anti-entropy), so missed pushes and healed partitions converge.
 //! - [`replica`]: what the node's tasks share ([`Shared`]): the document, its store writer,
@@ -49,6 +55,7 @@ pub mod peers;
 pub mod persist;
 pub mod replica;
 pub mod sync;
+pub mod tables;
 
 pub use errors::{StartError, WriteError};
 pub use membership::{Membership, MembershipError};

@@ -241,19 +241,25 @@ impl Membership {
     /// A store left by a create or join that did not finish would hide the new network's
     /// document: move it aside, keeping it for inspection.
     fn set_aside_leftover(&self) -> Result<(), MembershipError> {
-        let store = self.config.store_path();
-        if !store.exists() {
-            return Ok(());
+        for store in [self.config.store_path(), self.config.containers_path()] {
+            set_aside(store)?;
         }
-        let aside = store.with_extension(format!("redb.leftover-{}", now_ms()));
-        tracing::warn!(store = %store.display(), aside = %aside.display(),
-            "setting aside a state store of no recorded network");
-        std::fs::rename(&store, &aside).map_err(|reason| MembershipError::Io {
-            what: "set aside the leftover store",
-            path: store,
-            reason,
-        })
+        Ok(())
     }
+}
+
+fn set_aside(store: std::path::PathBuf) -> Result<(), MembershipError> {
+    if !store.exists() {
+        return Ok(());
+    }
+    let aside = store.with_extension(format!("redb.leftover-{}", now_ms()));
+    tracing::warn!(store = %store.display(), aside = %aside.display(),
+        "setting aside a state store of no recorded network");
+    std::fs::rename(&store, &aside).map_err(|reason| MembershipError::Io {
+        what: "set aside the leftover store",
+        path: store,
+        reason,
+    })
 }
 
 /// The recorded network id, `None` when the file does not exist.

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use uncloud_common::config::DaemonConfig;
+use uncloud_docstore::rows::RowStore;
 use uncloud_docstore::Store;
 
 use crate::config::Config;
 use crate::document::{genesis, StateDoc};
 use crate::errors::StartError;
 use crate::links::Links;
-use crate::persist::{CompactionPolicy, Writer};
+use crate::persist::{CompactionPolicy, Sources, Writer};
 use crate::replica::{DocCell, Shared};
 use crate::{gossip, identity, sync as statesync};
 
@@ -71,19 +72,35 @@ impl Node {
                 configured: network.to_string(),
             });
         }
+        let rows_path = config.containers_path();
+        let (rows, stored) = RowStore::open(&rows_path)?;
+        if let Some(problem) = &stored.problem {
+            tracing::error!("{problem}; peers and Docker supply the containers again");
+        }
+        let (tables, problems) = crate::tables::from_stored(stored.groups);
+        for problem in problems {
+            tracing::error!(store = %rows_path.display(), "{problem}");
+        }
         let heads = doc.heads();
         let doc = Arc::new(Mutex::new(DocCell {
             doc,
             saved_heads: heads.clone(),
+            tables,
         }));
-        let snapshot_doc = doc.clone();
+        let (snapshot_doc, all_rows) = (doc.clone(), doc.clone());
         let writer = Writer::start(
             store,
+            rows,
             CompactionPolicy {
                 after_entries: config.compact_after_entries,
                 after_bytes: config.compact_after_bytes,
             },
-            Arc::new(move || snapshot_doc.lock().unwrap().doc.save()),
+            Sources {
+                doc: Arc::new(move || snapshot_doc.lock().unwrap().doc.save()),
+                rows: Arc::new(move || {
+                    crate::tables::row_writes(&all_rows.lock().unwrap().tables.all_ops())
+                }),
+            },
         );
         let shared = Shared::new(
             machine_id.clone(),

@@ -1,4 +1,5 @@
-//! The store writer: one thread that makes document changes durable, in order.
+//! The store writer: one thread that makes document changes durable, in order, and the
+//! container tables' rows beside them (in their own file, [`uncloud_docstore::rows`]).
 //!
 //! Every change (local or merged from a peer) is handed over as an incremental blob while the
 //! document lock is held, so blobs arrive here in document order. The thread appends whatever
@@ -11,7 +12,8 @@
 //! and do not load after a restart. So after a failure the writer reopens the store and writes
 //! a whole snapshot instead (on the next change, or by itself every few seconds); until that
 //! succeeds every change is refused, and nothing that depends on a lost change is
-//! acknowledged.
+//! acknowledged. The row store recovers the same way: after a failed write it is rewritten
+//! whole from the tables in memory.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -20,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use uncloud_docstore::rows::{RowStore, RowWrite};
 use uncloud_docstore::Store;
 
 /// Result of making a change durable; the error is the store's message.
@@ -27,7 +30,18 @@ pub type Ack = Result<(), String>;
 
 struct Job {
     blob: Vec<u8>,
+    rows: Vec<RowWrite>,
     ack: Option<oneshot::Sender<Ack>>,
+}
+
+/// Where the writer reads everything there is, to write it whole after a failure or when
+/// compacting.
+#[derive(Clone)]
+pub struct Sources {
+    /// `Automerge::save()` of the current document.
+    pub doc: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
+    /// Every row of the container tables.
+    pub rows: Arc<dyn Fn() -> Vec<RowWrite> + Send + Sync>,
 }
 
 /// When to fold appended entries into a snapshot.
@@ -44,16 +58,17 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread. `snapshot` returns `Automerge::save()` of the current document.
+    /// Starts the thread.
     pub fn start(
         store: Store,
+        rows: RowStore,
         policy: CompactionPolicy,
-        snapshot: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
+        sources: Sources,
     ) -> Writer {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("stated-persist".into())
-            .spawn(move || run(store, rx, policy, snapshot))
+            .spawn(move || run(store, rows, rx, policy, sources))
             .expect("spawning a thread");
         Writer {
             tx: Some(tx),
@@ -63,9 +78,19 @@ impl Writer {
 
     /// Queues a blob; the returned receiver resolves once it is durable.
     pub fn submit(&self, blob: Vec<u8>) -> oneshot::Receiver<Ack> {
+        self.submit_job(blob, Vec::new())
+    }
+
+    /// Queues writes of table rows; the returned receiver resolves once they are durable.
+    pub fn submit_rows(&self, rows: Vec<RowWrite>) -> oneshot::Receiver<Ack> {
+        self.submit_job(Vec::new(), rows)
+    }
+
+    fn submit_job(&self, blob: Vec<u8>, rows: Vec<RowWrite>) -> oneshot::Receiver<Ack> {
         let (ack, rx) = oneshot::channel();
         let job = Job {
             blob,
+            rows,
             ack: Some(ack),
         };
         if let Some(tx) = &self.tx {
@@ -110,11 +135,79 @@ struct Sink {
     /// the next write must be a whole snapshot (an appended blob would depend on what is
     /// missing, and would not load after a restart).
     behind: bool,
+    rows: RowSink,
+}
+
+/// The writer thread's view of the row store; like [`Sink`], rewritten whole after a failure.
+struct RowSink {
+    path: PathBuf,
+    store: Option<RowStore>,
+    behind: bool,
+}
+
+impl RowSink {
+    fn write(&mut self, rows: &[RowWrite], all: &(dyn Fn() -> Vec<RowWrite> + Send + Sync)) -> Ack {
+        if rows.is_empty() && !self.behind {
+            return Ok(());
+        }
+        let result = self.try_write(rows, all);
+        match &result {
+            Ok(()) => {
+                if self.behind {
+                    tracing::info!(store = %self.path.display(),
+                        "the row store is writable again; every table is durable now");
+                }
+                self.behind = false;
+            }
+            Err(e) => {
+                tracing::error!(error = %e,
+                    "could not make {} row write(s) durable; the tables are written whole next",
+                    rows.len());
+                self.behind = true;
+                self.store = None;
+            }
+        }
+        result
+    }
+
+    fn try_write(
+        &mut self,
+        rows: &[RowWrite],
+        all: &(dyn Fn() -> Vec<RowWrite> + Send + Sync),
+    ) -> Ack {
+        if self.store.is_none() {
+            let (store, _) =
+                RowStore::open(&self.path).map_err(|e| format!("reopening the row store: {e}"))?;
+            self.store = Some(store);
+        }
+        let store = self.store.as_mut().expect("opened above");
+        if self.behind {
+            let mut whole = vec![RowWrite::Clear];
+            whole.extend(all());
+            store.write(&whole).map_err(|e| e.to_string())
+        } else {
+            store.write(rows).map_err(|e| e.to_string())
+        }
+    }
 }
 
 impl Sink {
-    /// Makes `blobs` durable, or everything in the document if a write failed before.
-    fn write(&mut self, blobs: &[Vec<u8>], snapshot: &(dyn Fn() -> Vec<u8> + Send + Sync)) -> Ack {
+    /// Makes `blobs` and `rows` durable, or everything in memory if a write failed before;
+    /// the outcome for the document and for the rows.
+    fn write(&mut self, blobs: &[Vec<u8>], rows: &[RowWrite], sources: &Sources) -> (Ack, Ack) {
+        let doc = self.write_doc(blobs, sources.doc.as_ref());
+        let rows = self.rows.write(rows, sources.rows.as_ref());
+        (doc, rows)
+    }
+
+    fn write_doc(
+        &mut self,
+        blobs: &[Vec<u8>],
+        snapshot: &(dyn Fn() -> Vec<u8> + Send + Sync),
+    ) -> Ack {
+        if blobs.iter().all(|b| b.is_empty()) && !self.behind {
+            return Ok(());
+        }
         let result = self.try_write(blobs, snapshot);
         match &result {
             Ok(()) => {
@@ -139,6 +232,10 @@ impl Sink {
     fn lose_store(&mut self) {
         self.behind = true;
         self.store = None;
+    }
+
+    fn behind(&self) -> bool {
+        self.behind || self.rows.behind
     }
 
     /// Folds the appended entries into one snapshot once the policy says so. Everything
@@ -188,23 +285,29 @@ impl Sink {
 
 fn run(
     store: Store,
+    rows: RowStore,
     rx: mpsc::Receiver<Job>,
     policy: CompactionPolicy,
-    snapshot: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
+    sources: Sources,
 ) {
     let mut sink = Sink {
         path: store.path().to_path_buf(),
         store: Some(store),
         behind: false,
+        rows: RowSink {
+            path: rows.path().to_path_buf(),
+            store: Some(rows),
+            behind: false,
+        },
     };
     loop {
-        let first = if sink.behind {
+        let first = if sink.behind() {
             match rx.recv_timeout(RETRY_AFTER) {
                 Ok(job) => job,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     // Nobody is writing: try to catch up anyway, so the disk holds what was
                     // acknowledged to no one but merged from peers.
-                    let _ = sink.write(&[], snapshot.as_ref());
+                    let _ = sink.write(&[], &[], &sources);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -221,18 +324,25 @@ fn run(
             .iter_mut()
             .map(|j| std::mem::take(&mut j.blob))
             .collect();
-        let result = sink.write(&blobs, snapshot.as_ref());
-        for job in batch {
+        let rows: Vec<RowWrite> = batch.iter().flat_map(|j| j.rows.clone()).collect();
+        let (doc, rows) = sink.write(&blobs, &rows, &sources);
+        for (job, blob) in batch.into_iter().zip(&blobs) {
+            // Each waiter hears about what it wrote.
+            let result = match (blob.is_empty(), job.rows.is_empty()) {
+                (false, true) => doc.clone(),
+                (true, false) => rows.clone(),
+                _ => doc.clone().and(rows.clone()),
+            };
             if let Some(ack) = job.ack {
-                let _ = ack.send(result.clone());
+                let _ = ack.send(result);
             }
         }
-        if result.is_ok() {
-            sink.compact_if_due(&policy, snapshot.as_ref());
+        if doc.is_ok() {
+            sink.compact_if_due(&policy, sources.doc.as_ref());
         }
     }
-    if sink.behind {
+    if sink.behind() {
         // Last chance before exit: a clean stop should leave everything on disk.
-        let _ = sink.write(&[], snapshot.as_ref());
+        let _ = sink.write(&[], &[], &sources);
     }
 }

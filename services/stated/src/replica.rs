@@ -17,7 +17,8 @@ use automerge::ChangeHash;
 use tokio::sync::{broadcast, watch, Notify};
 use uncloud_common::conflict;
 use uncloud_common::liveness::Liveness;
-use uncloud_common::model::{Kind, Machine, ModelError, NetworkState};
+use uncloud_common::model::{Container, Kind, Machine, ModelError, NetworkState};
+use uncloud_common::rpc::{TableDelta, TablesMessage};
 
 use crate::clock::now_ms;
 use crate::config::Config;
@@ -28,6 +29,7 @@ use crate::liveness::LivenessTracker;
 use crate::mesh_peers::MeshPeers;
 use crate::peers::Peers;
 use crate::persist::Writer;
+use crate::tables::{row_writes, ContainerTables, TableChange, TableError};
 
 /// What changed, for the D-Bus signals.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +60,17 @@ pub(crate) struct DocCell {
     pub doc: StateDoc,
     /// Heads up to which everything has been handed to the store writer.
     pub saved_heads: Vec<ChangeHash>,
+    /// The containers, outside the document (decision 0014).
+    pub tables: ContainerTables,
+}
+
+impl DocCell {
+    fn state(&self) -> NetworkState {
+        NetworkState {
+            containers: self.tables.containers(),
+            ..self.doc.state()
+        }
+    }
 }
 
 /// State shared by the node's tasks.
@@ -69,6 +82,8 @@ pub struct Shared {
     writer: Mutex<Writer>,
     events: broadcast::Sender<Event>,
     heads: watch::Sender<Vec<ChangeHash>>,
+    /// [`ContainerTables::fingerprint`], for gossip.
+    tables_fingerprint: watch::Sender<u64>,
     pub(crate) liveness: Mutex<LivenessTracker>,
     pub(crate) links: Links,
     pub metrics: Metrics,
@@ -97,6 +112,7 @@ impl Shared {
         links: Links,
     ) -> Arc<Shared> {
         let (events, _) = broadcast::channel(1024);
+        let fingerprint = doc.lock().unwrap().tables.fingerprint();
         Arc::new(Shared {
             machine_id,
             network_id: network.to_string(),
@@ -108,6 +124,7 @@ impl Shared {
             writer: Mutex::new(writer),
             events,
             heads: watch::channel(heads).0,
+            tables_fingerprint: watch::channel(fingerprint).0,
             links,
             metrics: Metrics::default(),
             peers: Peers::default(),
@@ -145,8 +162,17 @@ impl Shared {
         self.heads.subscribe()
     }
 
+    pub fn watch_tables_fingerprint(&self) -> watch::Receiver<u64> {
+        self.tables_fingerprint.subscribe()
+    }
+
+    /// Machine id -> version of every container table this machine holds.
+    pub fn table_versions(&self) -> BTreeMap<String, u64> {
+        self.doc.lock().unwrap().tables.versions()
+    }
+
     pub fn state(&self) -> NetworkState {
-        self.doc.lock().unwrap().doc.state()
+        self.doc.lock().unwrap().state()
     }
 
     pub fn machine(&self, id: &str) -> Option<Machine> {
@@ -154,12 +180,30 @@ impl Shared {
     }
 
     pub fn part_json(&self, kind: Kind, id: Option<&str>) -> Result<serde_json::Value, DocError> {
-        self.doc.lock().unwrap().doc.part_json(kind, id)
+        let cell = self.doc.lock().unwrap();
+        if kind != Kind::Containers {
+            return cell.doc.part_json(kind, id);
+        }
+        let value = match id {
+            None => serde_json::to_value(cell.tables.containers()),
+            Some(id) => {
+                serde_json::to_value(cell.tables.get(id).ok_or_else(|| DocError::NotFound {
+                    kind,
+                    id: id.to_string(),
+                })?)
+            }
+        };
+        Ok(value.unwrap_or(serde_json::Value::Null))
     }
 
     /// The entities of `kind` among `ids` that exist, as a JSON object keyed by id.
     pub fn part_json_many(&self, kind: Kind, ids: &[String]) -> serde_json::Value {
-        self.doc.lock().unwrap().doc.part_json_many(kind, ids)
+        let cell = self.doc.lock().unwrap();
+        if kind == Kind::Containers {
+            return serde_json::to_value(cell.tables.containers_by_id(ids))
+                .unwrap_or(serde_json::Value::Null);
+        }
+        cell.doc.part_json_many(kind, ids)
     }
 
     pub fn liveness(&self) -> BTreeMap<String, Liveness> {
@@ -192,16 +236,11 @@ impl Shared {
                 s.created_at_ms = now_ms();
             }
         }
+        if let Some(write) = ContainerWrite::of(&mutation) {
+            return self.write_container(write).await;
+        }
         let (ack, changed) = {
             let mut cell = self.doc.lock().unwrap();
-            if let Mutation::RemoveContainer(id) = &mutation {
-                if let Some(c) = cell.doc.state().containers.get(id) {
-                    // A removed machine's records are the one exception: any member deletes them.
-                    if cell.doc.removal(&c.machine_id).is_none() {
-                        self.check_owner(Kind::Containers, id, &c.machine_id)?;
-                    }
-                }
-            }
             let before = cell.doc.heads();
             if !cell.doc.apply(&mutation)? {
                 return Ok(());
@@ -222,6 +261,145 @@ impl Shared {
         }
     }
 
+    /// Writes this machine's own container table; returns once the rows are durable.
+    async fn write_container(
+        self: &Arc<Self>,
+        write: ContainerWrite<'_>,
+    ) -> Result<(), WriteError> {
+        let ack = {
+            let mut cell = self.doc.lock().unwrap();
+            let me = self.machine_id.as_str();
+            let change = match write {
+                ContainerWrite::Upsert(c) => cell.tables.upsert(me, c.clone(), now_ms()),
+                ContainerWrite::Update(u) => {
+                    let stored =
+                        cell.tables
+                            .get(&u.id)
+                            .cloned()
+                            .ok_or_else(|| DocError::NotFound {
+                                kind: Kind::Containers,
+                                id: u.id.clone(),
+                            })?;
+                    cell.tables.upsert(me, u.applied_to(stored), now_ms())
+                }
+                ContainerWrite::Remove(id) => {
+                    if let Some(owner) = cell.tables.get(id).map(|c| c.machine_id.clone()) {
+                        self.check_owner(Kind::Containers, id, &owner)?;
+                    }
+                    cell.tables.remove(me, id, now_ms())
+                }
+            };
+            let Some(change) = change else {
+                return Ok(());
+            };
+            let ack = self
+                .writer
+                .lock()
+                .unwrap()
+                .submit_rows(row_writes(&change.ops));
+            self.tables_changed(&cell, change);
+            ack
+        };
+        self.peers.push_all();
+        match ack.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(WriteError::Storage(e)),
+            Err(_) => Err(WriteError::Storage("the store writer stopped".into())),
+        }
+    }
+
+    /// Announces a change of the container tables (under the document lock, so fingerprints
+    /// are published in order).
+    fn tables_changed(&self, cell: &DocCell, change: TableChange) {
+        self.tables_fingerprint
+            .send_replace(cell.tables.fingerprint());
+        if !change.changed.is_empty() {
+            self.emit(Event::Changed {
+                kind: Kind::Containers,
+                ids: change.changed.into_iter().collect(),
+            });
+        }
+    }
+
+    /// What a peer holding `versions` lacks of the container tables. Removed machines'
+    /// tables are not passed on.
+    pub(crate) fn tables_for(&self, versions: &BTreeMap<String, u64>) -> TablesMessage {
+        let cell = self.doc.lock().unwrap();
+        TablesMessage {
+            versions: cell.tables.versions(),
+            deltas: cell
+                .tables
+                .deltas_for(versions, |m| cell.doc.removal(m).is_some()),
+        }
+    }
+
+    /// Applies a peer's table deltas: only for machines in the state that were not removed,
+    /// and never for this machine's own table (it is the one writer). Stored soon, in order;
+    /// a peer still has them if this machine crashes before.
+    pub(crate) fn receive_tables(&self, deltas: Vec<TableDelta>) -> Result<(), TableError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let cell = &mut *self.doc.lock().unwrap();
+        let mut merged = TableChange::default();
+        for delta in deltas {
+            crate::tables::check(&delta)?;
+            let m = delta.machine_id.as_str();
+            if m == self.machine_id
+                || cell.doc.removal(m).is_some()
+                || cell.doc.machine(m).is_none()
+            {
+                continue;
+            }
+            if let Some(change) = cell.tables.apply(delta)? {
+                merged.changed.extend(change.changed);
+                merged.ops.extend(change.ops);
+            }
+        }
+        if merged.ops.is_empty() {
+            return Ok(());
+        }
+        drop(
+            self.writer
+                .lock()
+                .unwrap()
+                .submit_rows(row_writes(&merged.ops)),
+        );
+        self.tables_changed(cell, merged);
+        self.conflict_check.notify_one();
+        Ok(())
+    }
+
+    /// Forgets the container tables of machines that were removed; returns whether any was.
+    fn drop_removed_tables(&self) -> bool {
+        let cell = &mut *self.doc.lock().unwrap();
+        let removed: Vec<String> = cell
+            .tables
+            .machines()
+            .filter(|m| cell.doc.removal(m).is_some())
+            .cloned()
+            .collect();
+        let mut merged = TableChange::default();
+        for m in &removed {
+            if let Some(change) = cell.tables.drop_table(m) {
+                merged.changed.extend(change.changed);
+                merged.ops.extend(change.ops);
+            }
+        }
+        if merged.ops.is_empty() {
+            return false;
+        }
+        tracing::info!(machines = ?removed, "forgetting the containers of removed machines");
+        drop(
+            self.writer
+                .lock()
+                .unwrap()
+                .submit_rows(row_writes(&merged.ops)),
+        );
+        self.tables_changed(cell, merged);
+        true
+    }
+
     fn validate(&self, mutation: &Mutation) -> Result<(), WriteError> {
         match mutation {
             Mutation::UpsertMachine(m) => m.validate()?,
@@ -236,9 +414,9 @@ impl Shared {
                     .doc
                     .lock()
                     .unwrap()
-                    .doc
-                    .entity::<uncloud_common::model::Container>(Kind::Containers, &u.id)
-                    .map(|c| c.machine_id);
+                    .tables
+                    .get(&u.id)
+                    .map(|c| c.machine_id.clone());
                 match owner {
                     Some(owner) => self.check_owner(Kind::Containers, &u.id, &owner)?,
                     None => {
@@ -394,6 +572,24 @@ impl Shared {
     }
 }
 
+/// A write of a container record: it goes to this machine's own table, not the document.
+enum ContainerWrite<'a> {
+    Upsert(&'a Container),
+    Update(&'a crate::document::ContainerUpdate),
+    Remove(&'a str),
+}
+
+impl<'a> ContainerWrite<'a> {
+    fn of(mutation: &'a Mutation) -> Option<Self> {
+        match mutation {
+            Mutation::UpsertContainer(c) => Some(ContainerWrite::Upsert(c)),
+            Mutation::UpdateContainer(u) => Some(ContainerWrite::Update(u)),
+            Mutation::RemoveContainer(id) => Some(ContainerWrite::Remove(id)),
+            _ => None,
+        }
+    }
+}
+
 /// What a member needs to admit a machine: its id and what it asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Admission {
@@ -494,6 +690,7 @@ pub(crate) async fn conflict_loop(shared: Arc<Shared>) {
                 tracing::error!(service = %id, error = %e, "could not settle the service's spec");
             }
         }
+        shared.drop_removed_tables();
         let leftovers = shared.doc.lock().unwrap().doc.leftovers_of_removed();
         if leftovers != (Vec::new(), Vec::new()) {
             tracing::info!(machines = ?leftovers.0, containers = ?leftovers.1,

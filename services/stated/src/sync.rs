@@ -10,6 +10,11 @@
 //! (anti-entropy safety net). Wake-ups while a
 //! session runs coalesce into one more session.
 //!
+//! Every round also carries the container tables (decision 0014): the caller sends the
+//! versions it holds, the server answers with the deltas the caller lacks and its own
+//! versions, and the caller sends what the server lacks in the next round. A session ends
+//! when neither side has automerge changes or table deltas left to send.
+//!
 //! The server keeps one `sync::State` per calling machine so later sessions exchange only what
 //! changed since the last one; a new session id resets its in-flight bookkeeping.
 
@@ -30,7 +35,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uncloud_common::rpc::{
-    transport, StateSync, StateSyncClient, SyncError, SyncReply, SyncRequest,
+    transport, StateSync, StateSyncClient, SyncError, SyncReply, SyncRequest, TableDelta,
+    TablesMessage,
 };
 
 use crate::document::reset_sync_state;
@@ -162,8 +168,19 @@ impl SyncServer {
                 return Err(SyncError::Malformed(e.to_string()));
             }
         }
+        let tables = match req.tables {
+            Some(t) => {
+                if let Err(e) = shared.receive_tables(t.deltas) {
+                    tracing::warn!(from = %req.from, error = %e, "refusing a malformed table delta");
+                    return Err(SyncError::Malformed(e.to_string()));
+                }
+                Some(shared.tables_for(&t.versions))
+            }
+            None => None,
+        };
         Ok(SyncReply {
             message: shared.generate_sync(&mut entry.state),
+            tables,
         })
     }
 }
@@ -215,6 +232,8 @@ enum SessionError {
     Refused(#[from] SyncError),
     #[error("peer sent a bad message: {0}")]
     BadReply(#[from] crate::document::DocError),
+    #[error("peer sent a bad table delta: {0}")]
+    BadTables(#[from] crate::tables::TableError),
     #[error("this node is stopping")]
     Stopping,
 }
@@ -283,19 +302,21 @@ async fn session(
     *state = reset_sync_state(state);
     let id = rand::random::<u64>();
     let timeout = Duration::from_millis(shared.config.sync_timeout_ms);
+    // Table deltas the peer lacks by the versions it sent last.
+    let mut pending: Vec<TableDelta> = Vec::new();
     for round in 0..MAX_ROUNDS {
-        let (taken, out) = {
+        let (taken, out, versions) = {
             let shared = shared.clone();
             let mut taken = std::mem::replace(state, sync::State::new());
             off_workers(move || {
                 let out = shared.generate_sync(&mut taken);
-                (taken, out)
+                (taken, out, shared.table_versions())
             })
             .await
             .ok_or(SessionError::Stopping)?
         };
         *state = taken;
-        let sent_nothing = out.is_none();
+        let sent_nothing = out.is_none() && pending.is_empty();
         if !shared.links.allows(me, peer) {
             return Err(SessionError::Unreachable);
         }
@@ -309,31 +330,43 @@ async fn session(
                     from: me.to_string(),
                     session: id,
                     message: out,
+                    tables: Some(TablesMessage {
+                        versions,
+                        deltas: std::mem::take(&mut pending),
+                    }),
                 },
             )
             .await??;
         if !shared.links.allows(peer, me) {
             return Err(SessionError::Unreachable);
         }
-        tracing::trace!(%peer, round, sent = !sent_nothing, got = reply.message.is_some(), "sync round");
-        match reply.message {
-            Some(bytes) => {
-                let shared = shared.clone();
-                let mut taken = std::mem::replace(state, sync::State::new());
-                let (taken, received) = off_workers(move || {
-                    let received = shared.receive_sync(&mut taken, &bytes);
-                    (taken, received)
-                })
-                .await
-                .ok_or(SessionError::Stopping)?;
-                *state = taken;
-                received?;
-            }
-            None if sent_nothing => {
-                tracing::debug!(%peer, rounds = round + 1, "sync session done");
-                return Ok(true);
-            }
-            None => {}
+        let got_message = reply.message.is_some();
+        let got_deltas = reply.tables.as_ref().is_some_and(|t| !t.deltas.is_empty());
+        tracing::trace!(%peer, round, sent = !sent_nothing, got = got_message, got_deltas, "sync round");
+        let (taken, received, next) = {
+            let shared = shared.clone();
+            let mut taken = std::mem::replace(state, sync::State::new());
+            off_workers(move || {
+                let received = match &reply.message {
+                    Some(bytes) => shared.receive_sync(&mut taken, bytes).map(drop),
+                    None => Ok(()),
+                };
+                let next = reply.tables.map(|t| {
+                    shared
+                        .receive_tables(t.deltas)
+                        .map(|()| shared.tables_for(&t.versions).deltas)
+                });
+                (taken, received, next)
+            })
+            .await
+            .ok_or(SessionError::Stopping)?
+        };
+        *state = taken;
+        received?;
+        pending = next.transpose()?.unwrap_or_default();
+        if sent_nothing && !got_message && !got_deltas && pending.is_empty() {
+            tracing::debug!(%peer, rounds = round + 1, "sync session done");
+            return Ok(true);
         }
     }
     // Writes keep arriving faster than the session settles: end here and go again, so one

@@ -10,8 +10,11 @@ use support::{wait_for, write_service};
 use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tarpc::{client, context};
 use tokio::io::AsyncWriteExt;
+use uncloud_common::model::Container;
 use uncloud_common::model::{Machine, ModelError, MAX_FIELD_BYTES};
-use uncloud_common::rpc::{StateSyncClient, SyncError, SyncRequest};
+use uncloud_common::rpc::{
+    StateSyncClient, SyncError, SyncRequest, TableDelta, TableRow, TablesMessage,
+};
 
 async fn raw_client(addr: std::net::SocketAddr) -> StateSyncClient {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -28,7 +31,15 @@ fn request(network: &str, from: &str, message: Option<Vec<u8>>) -> SyncRequest {
         from: from.into(),
         session: 7,
         message,
+        tables: None,
     }
+}
+
+fn deltas(deltas: Vec<TableDelta>) -> Option<TablesMessage> {
+    Some(TablesMessage {
+        versions: Default::default(),
+        deltas,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,6 +79,66 @@ async fn malformed_sync_and_wrong_network_are_refused() {
         .unwrap();
     assert!(matches!(r, Err(SyncError::InvalidCaller(_))), "{r:?}");
     assert_eq!(node.heads(), heads, "refused input changed the state");
+
+    // Container tables: a row of another machine inside a table, versions backwards, an
+    // invalid id are refused; a table of this machine itself (only it writes that) or of a
+    // machine that is not in the state is ignored.
+    let me = node.machine_id.clone();
+    let other = cluster.ids[1].clone();
+    let row = |machine: &str| TableRow {
+        version: 5,
+        container: Container {
+            id: "forged".into(),
+            machine_id: machine.into(),
+            name: "forged".into(),
+            ..Default::default()
+        },
+    };
+    let table = |machine: &str, rows: Vec<TableRow>| TableDelta {
+        machine_id: machine.into(),
+        since: 0,
+        version: 5,
+        rows,
+        removed: vec![],
+    };
+    for hostile in [
+        table(&other, vec![row(&me)]),
+        TableDelta {
+            since: 9,
+            ..table(&other, vec![])
+        },
+        table("bad/id", vec![]),
+    ] {
+        let r = client
+            .sync(
+                context::current(),
+                SyncRequest {
+                    tables: deltas(vec![hostile]),
+                    ..request("test-net", &other, None)
+                },
+            )
+            .await
+            .unwrap();
+        assert!(matches!(r, Err(SyncError::Malformed(_))), "{r:?}");
+    }
+    for ignored in [
+        table(&me, vec![row(&me)]),
+        table("not-a-member", vec![row("not-a-member")]),
+    ] {
+        let r = client
+            .sync(
+                context::current(),
+                SyncRequest {
+                    tables: deltas(vec![ignored]),
+                    ..request("test-net", &other, None)
+                },
+            )
+            .await
+            .unwrap();
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert!(node.state().containers.is_empty(), "a forged row was taken");
+    assert!(node.table_versions().is_empty());
 
     // Raw garbage on the TCP port and the UDP gossip port.
     let mut s = tokio::net::TcpStream::connect(node.sync_addr())

@@ -125,7 +125,10 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
         .await
         .unwrap();
     assert_eq!(pb.network_id().await.unwrap(), "crash-net");
+    let victim = pa.machine_id().await.unwrap();
     let mut acked: Vec<String> = Vec::new();
+    // Its own containers: rows in the container tables, a second store file.
+    let mut acked_containers: Vec<String> = Vec::new();
     let mut rng = rand::rng();
     for round in 0..3 {
         let pa = a.proxy().await;
@@ -136,8 +139,14 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
         let mut in_flight = None;
         while start.elapsed() < kill_after {
             let id = format!("r{round}-w{k}");
-            pa.upsert_service(&service_json(&id)).await.unwrap();
-            acked.push(id);
+            if k % 2 == 0 {
+                pa.upsert_service(&service_json(&id)).await.unwrap();
+                acked.push(id);
+            } else {
+                let c = format!(r#"{{"id":"{id}","machine_id":"{victim}","name":"{id}"}}"#);
+                pa.upsert_container(&c).await.unwrap();
+                acked_containers.push(id);
+            }
             k += 1;
             if start.elapsed() >= kill_after / 2 && in_flight.is_none() {
                 // Keep one write in flight while the process dies.
@@ -172,6 +181,15 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
             lost.is_empty(),
             "acknowledged writes lost after kill -9: {lost:?}"
         );
+        let containers = state["containers"].as_object().unwrap();
+        let lost: Vec<&String> = acked_containers
+            .iter()
+            .filter(|id| !containers.contains_key(*id))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "acknowledged container writes lost after kill -9: {lost:?}"
+        );
 
         // The restarted machine and its peer converge.
         let start = Instant::now();
@@ -190,6 +208,23 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
             serde_json::from_str(&pb.get_state().await.unwrap()).unwrap();
         for id in &acked {
             assert!(state_b["services"].get(id).is_some(), "peer lacks {id}");
+        }
+        let start = Instant::now();
+        loop {
+            let state_b: serde_json::Value =
+                serde_json::from_str(&pb.get_state().await.unwrap()).unwrap();
+            let missing = acked_containers
+                .iter()
+                .filter(|id| state_b["containers"].get(*id).is_none())
+                .count();
+            if missing == 0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the peer lacks {missing} of the victim's containers"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

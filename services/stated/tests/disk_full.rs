@@ -13,6 +13,7 @@ use rand::Rng;
 use stated::document::Mutation;
 use stated::{Node, WriteError};
 use support::*;
+use uncloud_common::model::Container;
 
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs {
@@ -132,6 +133,19 @@ async fn a_full_disk_refuses_writes_loses_nothing_acknowledged_and_catches_up() 
         node.mutate(bulky("small", 0)).await,
         Err(WriteError::Storage(_))
     ));
+    // So are container writes (the row store shares the full disk): at least one of a few
+    // bulky ones finds no room.
+    let mut container_refused = false;
+    for i in 0..8 {
+        if let Err(e) = node.mutate(container(&node, &format!("full{i}"))).await {
+            assert!(matches!(e, WriteError::Storage(_)), "{e}");
+            container_refused = true;
+        }
+    }
+    assert!(
+        container_refused,
+        "no container write was refused on a full disk"
+    );
 
     // Space frees: the writer catches up on its own (every few seconds), then writes succeed
     // and each is on disk when acknowledged.
@@ -149,7 +163,11 @@ async fn a_full_disk_refuses_writes_loses_nothing_acknowledged_and_catches_up() 
             .await
             .unwrap_or_else(|e| panic!("{id} after space was freed: {e}"));
         acknowledged.insert(id);
+        node.mutate(container(&node, &format!("c-after{i:02}")))
+            .await
+            .unwrap_or_else(|e| panic!("container {i} after space was freed: {e}"));
     }
+    let containers = node.state().containers;
     let on_disk = services_on_disk(&store);
     assert!(
         acknowledged.is_subset(&on_disk),
@@ -163,7 +181,22 @@ async fn a_full_disk_refuses_writes_loses_nothing_acknowledged_and_catches_up() 
     let after_restart = services_in(&node);
     assert!(acknowledged.is_subset(&after_restart));
     assert!(everything.is_subset(&after_restart));
+    // Every container the tables held, the refused ones included (the writer rewrote the
+    // row store whole once it could).
+    assert_eq!(node.state().containers, containers);
+    assert!(containers.contains_key("full0") && containers.contains_key("c-after19"));
     node.shutdown().await;
+}
+
+/// One of this machine's containers, of some size.
+fn container(node: &Node, id: &str) -> Mutation {
+    Mutation::UpsertContainer(Container {
+        id: id.into(),
+        machine_id: node.machine_id.clone(),
+        name: id.into(),
+        image: "x".repeat(2_000),
+        ..Default::default()
+    })
 }
 
 async fn wait_for_async<F, Fut>(what: &str, deadline: Duration, mut cond: F)

@@ -1,8 +1,9 @@
 //! A seeded simulation of a network going wrong: 20 real nodes in one process, and round after
 //! round a random schedule of partitions, one-way cuts, lost messages, node restarts and
-//! concurrent writers (some deploying the same service on both sides). After every heal all
-//! nodes must hold one state, with every acknowledged write, by a deadline; else the seed and
-//! what each node misses are printed.
+//! concurrent writers (some deploying the same service on both sides, each starting and
+//! stopping its own containers). After every heal all nodes must hold one state, with every
+//! acknowledged write and exactly the containers their machines hold, by a deadline; else the
+//! seed and what each node misses are printed.
 //!
 //! CI runs `STATED_SIM_ROUNDS` rounds (default 24) with a fresh seed each time (printed, and
 //! taken from `STATED_SIM_SEED` to replay one). The soak, by hand:
@@ -23,6 +24,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use stated::document::Mutation;
 use support::{service, Cluster};
+use uncloud_common::model::{Container, ContainerState};
 
 const NODES: usize = 20;
 
@@ -61,6 +63,9 @@ async fn random_failures_always_heal_into_one_state() {
     // Unique services every acknowledged write must leave behind; shared ones may be
     // redeployed or removed by anyone.
     let mut acknowledged: BTreeSet<String> = BTreeSet::new();
+    // Each machine is the only writer of its containers: after a heal every node must hold
+    // exactly these (container id -> writer), whatever happened in between.
+    let mut containers: BTreeMap<String, usize> = BTreeMap::new();
     let mut diverged = 0u64;
     let started = Instant::now();
     for r in 0..rounds {
@@ -120,17 +125,30 @@ async fn random_failures_always_heal_into_one_state() {
         for &w in &writers {
             let mut ops = Vec::new();
             for k in 0..rng.random_range(1..6) {
-                let op = match rng.random_range(0..10) {
-                    0..=5 => (format!("r{r}-n{w}-{k}"), None),
-                    6..=8 => (
+                let mine: Vec<&String> = containers
+                    .iter()
+                    .filter(|(_, owner)| **owner == w)
+                    .map(|(id, _)| id)
+                    .collect();
+                let op = match rng.random_range(0..14) {
+                    0..=5 => Op::Unique(format!("r{r}-n{w}-{k}")),
+                    6..=8 => Op::Deploy(
                         format!("shared-{}", rng.random_range(0..4)),
-                        Some(format!("img:{}", rng.random_range(0..1000))),
+                        format!("img:{}", rng.random_range(0..1000)),
                     ),
-                    _ => (
-                        format!("shared-{}", rng.random_range(0..4)),
-                        Some(String::new()),
-                    ),
+                    9 => Op::Remove(format!("shared-{}", rng.random_range(0..4))),
+                    10 | 11 => Op::Start(format!("c-r{r}-n{w}-{k}")),
+                    _ if !mine.is_empty() => {
+                        Op::Stop(mine[rng.random_range(0..mine.len())].clone())
+                    }
+                    _ => Op::Start(format!("c-r{r}-n{w}-{k}")),
                 };
+                if let Op::Stop(id) = &op {
+                    if ops.contains(&op) {
+                        continue;
+                    }
+                    containers.remove(id);
+                }
                 ops.push(op);
             }
             plans.push((w, ops));
@@ -139,30 +157,42 @@ async fn random_failures_always_heal_into_one_state() {
             let node = cluster.node(*w);
             async move {
                 let mut out = Vec::new();
-                for (id, kind) in ops {
-                    let mutation = match kind {
-                        None => Mutation::UpsertService(service(id, "img:unique")),
-                        Some(image) if !image.is_empty() => {
-                            Mutation::UpsertService(service(id, image))
-                        }
-                        Some(_) => Mutation::RemoveService(id.clone()),
+                for op in ops {
+                    let mutation = match op {
+                        Op::Unique(id) => Mutation::UpsertService(service(id, "img:unique")),
+                        Op::Deploy(id, image) => Mutation::UpsertService(service(id, image)),
+                        Op::Remove(id) => Mutation::RemoveService(id.clone()),
+                        Op::Start(id) => Mutation::UpsertContainer(Container {
+                            id: id.clone(),
+                            machine_id: node.machine_id.clone(),
+                            name: id.clone(),
+                            state: ContainerState::Running,
+                            healthy: true,
+                            ..Default::default()
+                        }),
+                        Op::Stop(id) => Mutation::RemoveContainer(id.clone()),
                     };
-                    let unique = kind.is_none();
-                    out.push((id.clone(), unique, node.mutate(mutation).await));
+                    out.push((*w, op.clone(), node.mutate(mutation).await));
                 }
                 out
             }
         }))
         .await;
-        for (id, unique, result) in results.into_iter().flatten() {
+        for (w, op, result) in results.into_iter().flatten() {
             round.writes += 1;
-            match result {
-                Ok(()) if unique => {
+            match (op, result) {
+                (Op::Unique(id), Ok(())) => {
                     acknowledged.insert(id);
                 }
-                Ok(()) => {}
+                (Op::Start(id), Ok(())) => {
+                    containers.insert(id, w);
+                }
+                (Op::Start(_) | Op::Stop(_), Err(e)) => {
+                    panic!("seed {seed}: a machine could not write its own container: {e}")
+                }
+                (_, Ok(())) => {}
                 // Removing a shared service this side never saw: refused, nothing to check.
-                Err(_) => round.refused += 1,
+                (_, Err(_)) => round.refused += 1,
             }
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
@@ -173,7 +203,11 @@ async fn random_failures_always_heal_into_one_state() {
             let node = cluster.start_node(i).await;
             cluster.nodes[i] = Some(node);
         }
-        let verdict = one_state(&cluster, &acknowledged, Duration::from_secs(45)).await;
+        let expected: BTreeMap<String, String> = containers
+            .iter()
+            .map(|(id, &w)| (id.clone(), cluster.ids[w].clone()))
+            .collect();
+        let verdict = one_state(&cluster, &acknowledged, &expected, Duration::from_secs(45)).await;
         if let Err(e) = verdict {
             diverged += 1;
             eprintln!("seed {seed}, round {r} diverged after {round:?}:\n{e}");
@@ -193,11 +227,24 @@ async fn random_failures_always_heal_into_one_state() {
     );
 }
 
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    /// Deploy a service only this write names: it must exist after every heal.
+    Unique(String),
+    /// Deploy a shared service, which other writers may deploy or remove concurrently.
+    Deploy(String, String),
+    Remove(String),
+    /// Start or stop one of the writer's own containers (its table).
+    Start(String),
+    Stop(String),
+}
+
 /// Waits until every node has the same heads and the same state (settling writes after a
 /// merge included), holding every acknowledged unique write.
 async fn one_state(
     cluster: &Cluster,
     acknowledged: &BTreeSet<String>,
+    containers: &BTreeMap<String, String>,
     deadline: Duration,
 ) -> Result<(), String> {
     let start = Instant::now();
@@ -220,6 +267,18 @@ async fn one_state(
                 .collect();
             if !missing.is_empty() {
                 return Err(format!("acknowledged writes lost everywhere: {missing:?}"));
+            }
+            let held: BTreeMap<String, String> = state
+                .containers
+                .iter()
+                .map(|(id, c)| (id.clone(), c.machine_id.clone()))
+                .collect();
+            if &held != containers {
+                return Err(format!(
+                    "the containers differ from what their machines wrote: held {} expected {}",
+                    held.len(),
+                    containers.len()
+                ));
             }
             return Ok(());
         }
