@@ -42,6 +42,10 @@ pub struct SyncRequest {
     /// 0014). `None` from a machine that predates them.
     #[serde(default)]
     pub tables: Option<TablesMessage>,
+    /// `message` is one part of a message too big for one frame; more parts follow, and the
+    /// server applies them all once the last (with `more` false) arrives.
+    #[serde(default)]
+    pub more: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +55,10 @@ pub struct SyncReply {
     /// The server's table versions and what the caller lacks; `None` from an older server.
     #[serde(default)]
     pub tables: Option<TablesMessage>,
+    /// `message` is one part of a message too big for one frame: the caller asks again, with
+    /// no message, for the next part.
+    #[serde(default)]
+    pub more: bool,
 }
 
 /// One side's container tables in a sync round: which versions it holds, and the changes the
@@ -461,6 +469,7 @@ mod tests {
             from: "m".into(),
             session: 1,
             message: Some(vec![1, 2]),
+            more: false,
             tables: Some(TablesMessage {
                 versions: [("m".to_string(), 7)].into(),
                 deltas: vec![TableDelta {
@@ -492,6 +501,7 @@ mod tests {
             &encode(&SyncReply {
                 message: Some(vec![3]),
                 tables: new.tables.clone(),
+                more: false,
             })
             .unwrap(),
         )
@@ -507,6 +517,7 @@ mod tests {
             session: 1,
             message: Some(vec![0xff; 1000]),
             tables: None,
+            more: false,
         };
         let wire = encode(&request).unwrap();
         // Binary, not an array of integers (which would take up to 2 bytes per byte).

@@ -29,6 +29,8 @@
 //!   and atomically replaced by a new store holding what was found. See [`LoadReport`].
 //! - A new store saves the caller's genesis document right away, so later `save_after` blobs
 //!   always find the changes they depend on.
+//! - [`rows`]: keyed rows beside the document, in their own file, for records with one writer
+//!   that need no history (stated's container tables).
 //!
 //! # Limitations
 //! - redb does not checksum its god byte. After a clean close both commit slots hold the same

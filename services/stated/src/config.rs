@@ -55,6 +55,9 @@ pub struct Config {
     pub anti_entropy_interval_ms: u64,
     /// How long one sync RPC may take before the session is abandoned, in ms. Default 5000.
     pub sync_timeout_ms: u64,
+    /// A sync message bigger than this (a machine far behind catching up) travels in parts
+    /// of this size, each its own RPC frame (frames are capped at 64 MiB). Default 32 MiB.
+    pub sync_chunk_bytes: usize,
     /// Compact the store into one snapshot after this many appended entries. Default 1000.
     pub compact_after_entries: u64,
     /// ... or after this many appended bytes. Default 8 MiB.
@@ -80,6 +83,7 @@ impl Default for Config {
             phi_threshold: 8.0,
             anti_entropy_interval_ms: 30_000,
             sync_timeout_ms: 5000,
+            sync_chunk_bytes: 32 * 1024 * 1024,
             compact_after_entries: 1000,
             compact_after_bytes: 8 * 1024 * 1024,
             bus: "system".into(),
@@ -113,6 +117,13 @@ impl DaemonConfig for Config {
         }
         if self.sync_timeout_ms == 0 {
             return invalid("sync_timeout_ms", "must be above 0");
+        }
+        let frame = uncloud_common::rpc::MAX_FRAME_BYTES;
+        if !(1024..=frame / 2).contains(&self.sync_chunk_bytes) {
+            return invalid(
+                "sync_chunk_bytes",
+                format!("must be between 1024 and {} (half a frame)", frame / 2),
+            );
         }
         if self.gossip_port != 0 && self.gossip_port == self.sync_port {
             return invalid("sync_port", "must differ from gossip_port");

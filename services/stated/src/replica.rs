@@ -54,6 +54,8 @@ pub struct Metrics {
     pub gossip_bytes_received: Arc<AtomicU64>,
     pub sync_bytes_sent: AtomicU64,
     pub sync_bytes_received: AtomicU64,
+    /// Sync message parts beyond the first of each message (catch-ups bigger than a part).
+    pub sync_parts: AtomicU64,
 }
 
 pub(crate) struct DocCell {
@@ -502,7 +504,7 @@ impl Shared {
 
     pub(crate) fn has_changes(&self, heads: &[ChangeHash]) -> bool {
         let cell = self.doc.lock().unwrap();
-        heads.iter().all(|h| cell.doc.has_change(h))
+        cell.doc.has_changes(heads)
     }
 
     pub(crate) fn emit(&self, event: Event) {

@@ -15,10 +15,15 @@
 //! versions, and the caller sends what the server lacks in the next round. A session ends
 //! when neither side has automerge changes or table deltas left to send.
 //!
+//! A message bigger than `sync_chunk_bytes` (a machine far behind catching up; frames are
+//! capped at 64 MiB) travels in parts: the caller sends its parts with `more` set and the
+//! server applies them once the last arrives; the server answers with its first part and
+//! `more`, and the caller fetches the rest with empty requests.
+//!
 //! The server keeps one `sync::State` per calling machine so later sessions exchange only what
 //! changed since the last one; a new session id resets its in-flight bookkeeping.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +52,13 @@ use crate::replica::Shared;
 const MAX_ROUNDS: usize = 64;
 /// Server-side conversations kept at most (one per calling machine).
 const MAX_SERVER_SESSIONS: usize = 4096;
+/// The biggest sync message taken in parts (a catch-up of a machine far behind).
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024 * 1024;
+
+/// `bytes` in parts of `chunk` bytes, in order.
+fn split(bytes: Vec<u8>, chunk: usize) -> VecDeque<Vec<u8>> {
+    bytes.chunks(chunk.max(1)).map(<[u8]>::to_vec).collect()
+}
 
 /// Binds the sync listener and serves it in a task.
 pub(crate) async fn serve(
@@ -99,6 +111,10 @@ struct ServerSession {
     session: u64,
     state: sync::State,
     used: Instant,
+    /// The parts of a big message the caller has sent so far.
+    inbound: Vec<u8>,
+    /// The parts of our big message the caller has yet to fetch.
+    outbound: VecDeque<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -155,13 +171,40 @@ impl SyncServer {
                 session: req.session,
                 state: sync::State::new(),
                 used: Instant::now(),
+                inbound: Vec::new(),
+                outbound: VecDeque::new(),
             });
         entry.used = Instant::now();
         if entry.session != req.session {
             entry.session = req.session;
             entry.state = reset_sync_state(&entry.state);
+            entry.inbound = Vec::new();
+            entry.outbound.clear();
         }
-        if let Some(bytes) = &req.message {
+        if req.more {
+            let part = req.message.unwrap_or_default();
+            if entry.inbound.len() + part.len() > MAX_MESSAGE_BYTES {
+                entry.inbound = Vec::new();
+                tracing::warn!(from = %req.from, "refusing a sync message over {MAX_MESSAGE_BYTES} bytes");
+                return Err(SyncError::Malformed(format!(
+                    "a sync message over {MAX_MESSAGE_BYTES} bytes"
+                )));
+            }
+            entry.inbound.extend_from_slice(&part);
+            return Ok(SyncReply {
+                message: None,
+                tables: None,
+                more: false,
+            });
+        }
+        let message = if entry.inbound.is_empty() {
+            req.message
+        } else {
+            let mut whole = std::mem::take(&mut entry.inbound);
+            whole.extend(req.message.unwrap_or_default());
+            Some(whole)
+        };
+        if let Some(bytes) = &message {
             if let Err(e) = shared.receive_sync(&mut entry.state, bytes) {
                 tracing::warn!(from = %req.from, error = %e, "refusing a malformed sync message");
                 entry.state = sync::State::new();
@@ -178,9 +221,20 @@ impl SyncServer {
             }
             None => None,
         };
+        let (message, more) = match entry.outbound.pop_front() {
+            Some(part) => (Some(part), !entry.outbound.is_empty()),
+            None => match shared.generate_sync(&mut entry.state) {
+                Some(m) if m.len() > shared.config.sync_chunk_bytes => {
+                    entry.outbound = split(m, shared.config.sync_chunk_bytes);
+                    (entry.outbound.pop_front(), true)
+                }
+                m => (m, false),
+            },
+        };
         Ok(SyncReply {
-            message: shared.generate_sync(&mut entry.state),
+            message,
             tables,
+            more,
         })
     }
 }
@@ -236,6 +290,8 @@ enum SessionError {
     BadTables(#[from] crate::tables::TableError),
     #[error("this node is stopping")]
     Stopping,
+    #[error("the peer's sync message grew over {MAX_MESSAGE_BYTES} bytes")]
+    TooBig,
 }
 
 async fn peer_worker(
@@ -317,28 +373,46 @@ async fn session(
         };
         *state = taken;
         let sent_nothing = out.is_none() && pending.is_empty();
-        if !shared.links.allows(me, peer) {
-            return Err(SessionError::Unreachable);
-        }
-        let mut ctx = context::current();
-        ctx.deadline = Instant::now() + timeout;
-        let reply = c
-            .sync(
-                ctx,
-                SyncRequest {
-                    network_id: shared.network_id.clone(),
-                    from: me.to_string(),
-                    session: id,
-                    message: out,
-                    tables: Some(TablesMessage {
-                        versions,
-                        deltas: std::mem::take(&mut pending),
-                    }),
-                },
-            )
-            .await??;
-        if !shared.links.allows(peer, me) {
-            return Err(SessionError::Unreachable);
+        let request =
+            |message: Option<Vec<u8>>, tables: Option<TablesMessage>, more: bool| SyncRequest {
+                network_id: shared.network_id.clone(),
+                from: me.to_string(),
+                session: id,
+                message,
+                tables,
+                more,
+            };
+        let c: &StateSyncClient = c;
+        let call = |request| call(shared, peer, c, timeout, request);
+        // A message too big for one frame goes in parts; the last travels with the tables.
+        let chunk = shared.config.sync_chunk_bytes;
+        let out = match out {
+            Some(big) if big.len() > chunk => {
+                let mut parts = split(big, chunk);
+                let last = parts.pop_back();
+                for part in parts {
+                    call(request(Some(part), None, true)).await?;
+                    shared.metrics.sync_parts.fetch_add(1, Ordering::Relaxed);
+                }
+                last
+            }
+            small => small,
+        };
+        let tables = TablesMessage {
+            versions,
+            deltas: std::mem::take(&mut pending),
+        };
+        let mut reply = call(request(out, Some(tables), false)).await?;
+        while reply.more {
+            let next = call(request(None, None, false)).await?;
+            shared.metrics.sync_parts.fetch_add(1, Ordering::Relaxed);
+            let mut whole = reply.message.take().unwrap_or_default();
+            if whole.len() + next.message.as_ref().map_or(0, Vec::len) > MAX_MESSAGE_BYTES {
+                return Err(SessionError::TooBig);
+            }
+            whole.extend(next.message.unwrap_or_default());
+            reply.message = Some(whole);
+            reply.more = next.more;
         }
         let got_message = reply.message.is_some();
         let got_deltas = reply.tables.as_ref().is_some_and(|t| !t.deltas.is_empty());
@@ -373,6 +447,27 @@ async fn session(
     // busy peer cannot hold the worker in a single endless session.
     tracing::debug!(%peer, "sync session cut after {MAX_ROUNDS} rounds; another follows");
     Ok(false)
+}
+
+/// One sync RPC, while the link both ways is up.
+async fn call(
+    shared: &Shared,
+    peer: &str,
+    client: &StateSyncClient,
+    timeout: Duration,
+    request: SyncRequest,
+) -> Result<SyncReply, SessionError> {
+    let me = shared.machine_id.as_str();
+    if !shared.links.allows(me, peer) {
+        return Err(SessionError::Unreachable);
+    }
+    let mut ctx = context::current();
+    ctx.deadline = Instant::now() + timeout;
+    let reply = client.sync(ctx, request).await??;
+    if !shared.links.allows(peer, me) {
+        return Err(SessionError::Unreachable);
+    }
+    Ok(reply)
 }
 
 /// Syncs with every live peer once per `anti_entropy_interval_ms`, whatever gossip says.

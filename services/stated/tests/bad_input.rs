@@ -32,6 +32,7 @@ fn request(network: &str, from: &str, message: Option<Vec<u8>>) -> SyncRequest {
         session: 7,
         message,
         tables: None,
+        more: false,
     }
 }
 

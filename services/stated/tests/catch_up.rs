@@ -1,7 +1,8 @@
 //! Bounded history: a 20-node network runs 10,000 container starts and stops and some service
 //! churn while one machine is off the whole time. The container churn adds nothing to the
 //! automerge document (it lives in the per-machine tables, decision 0014), and the machine
-//! that was off catches up to the same state when it comes back.
+//! that was off catches up to the same state when it comes back, with sync messages bigger
+//! than one part (`sync_chunk_bytes`).
 
 mod support;
 
@@ -18,7 +19,9 @@ const KEEP_ONE_IN: usize = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_machine_off_during_ten_thousand_container_starts_catches_up() {
-    let mut cluster = support::cluster(NODES).await;
+    // Small parts, so the catch-up's sync messages travel in many of them (a part is a frame;
+    // in production 32 MiB, frames are capped at 64 MiB).
+    let mut cluster = support::cluster_with(NODES, |c| c.sync_chunk_bytes = 16 * 1024).await;
     cluster
         .settled(Duration::from_secs(60))
         .await
@@ -73,16 +76,30 @@ async fn a_machine_off_during_ten_thousand_container_starts_catches_up() {
     let expected = (NODES - 1) * per_node.div_ceil(KEEP_ONE_IN);
     assert_eq!(cluster.node(0).state().containers.len(), expected);
 
-    // Some service churn too: that is the document's.
+    // Some service churn too, about 400 KB of it: that is the document's.
     for k in 0..200 {
         let node = cluster.node(k % (NODES - 1));
-        write_service(node, &format!("s{k}"), "img").await;
+        // Random, so automerge's compression cannot shrink it.
+        let padding: String = (0..1000)
+            .map(|_| format!("{:x}", rand::random::<u8>() % 16))
+            .collect();
+        write_service(node, &format!("s{k}"), &format!("img:{k}-{padding}")).await;
         if k % 2 == 1 {
             node.mutate(Mutation::RemoveService(format!("s{k}")))
                 .await
                 .unwrap();
         }
     }
+
+    let churn = Instant::now();
+    cluster
+        .converged(&running, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "the service churn settled {:?} after the last write",
+        churn.elapsed()
+    );
 
     // The machine that was off the whole time comes back and catches up.
     let back = Instant::now();
@@ -91,7 +108,16 @@ async fn a_machine_off_during_ten_thousand_container_starts_catches_up() {
         .all_converged(Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("the machine that was off caught up in {:?}", back.elapsed());
+    let parts = cluster
+        .node(off)
+        .metrics
+        .sync_parts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "the machine that was off caught up in {:?}, {parts} message parts after the first",
+        back.elapsed()
+    );
+    assert!(parts > 0, "the catch-up never needed a message in parts");
     let (caught_up, reference) = (cluster.node(off).state(), cluster.node(0).state());
     assert_eq!(caught_up.containers, reference.containers);
     assert_eq!(caught_up.services, reference.services);
