@@ -14,6 +14,17 @@ pub struct Metric {
     /// `value / reference`; below 1 means smaller (faster, leaner) than the reference.
     pub ratio: f64,
     pub unit: String,
+    /// For a figure that is the median of several runs: the runs, and min and max of each side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_max: Option<f64>,
 }
 
 impl Metric {
@@ -38,6 +49,26 @@ impl Metric {
             reference: round_to(reference, decimals),
             ratio: round_to(ratio, 3),
             unit: unit.to_string(),
+            runs: None,
+            min: None,
+            max: None,
+            reference_min: None,
+            reference_max: None,
+        }
+    }
+
+    /// The median (nearest rank) of several runs on each side, with their min and max.
+    pub fn spread(ours: &[f64], theirs: &[f64], unit: &str) -> Metric {
+        let median = |v: &[f64]| crate::stats::percentile(v, 0.5).unwrap_or(f64::NAN);
+        let min = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::min);
+        let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+        Metric {
+            runs: Some(ours.len().min(theirs.len())),
+            min: Some(round_to(min(ours), 1)),
+            max: Some(round_to(max(ours), 1)),
+            reference_min: Some(round_to(min(theirs), 1)),
+            reference_max: Some(round_to(max(theirs), 1)),
+            ..Self::new(median(ours), median(theirs), unit)
         }
     }
 }

@@ -30,6 +30,11 @@ struct Args {
     nodes: usize,
     #[arg(long, hide = true, default_value_t = 1000)]
     gossip_ms: u64,
+    #[arg(long, hide = true, default_value_t = 0)]
+    containers: usize,
+    /// Run only these parts (comma-separated): propagation, heal, catch-up, memory.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<stated::Part>,
 }
 
 #[tokio::main]
@@ -38,14 +43,23 @@ async fn main() -> Result<()> {
     uncloud_bench::logs::init();
     if let Some(kind) = &args.rss_probe {
         uncloud_bench::set_progress_label(&format!("{kind} memory probe"));
-        return rss::child(rss::Kind::parse(kind)?, args.nodes, args.gossip_ms).await;
+        return rss::child(
+            rss::Kind::parse(kind)?,
+            args.nodes,
+            args.gossip_ms,
+            args.containers,
+        )
+        .await;
     }
 
-    let plan = if args.quick {
+    let mut plan = if args.quick {
         Plan::quick(args.seed)
     } else {
         Plan::full(args.seed)
     };
+    if !args.only.is_empty() {
+        plan.parts = args.only.clone();
+    }
     let out = uncloud_bench::out_dir(args.out.clone(), args.quick);
     let command = uncloud_bench::command_line("stated-bench");
     progress(format!("plan: {plan:?}"));

@@ -1,6 +1,6 @@
 //! `stated.md`: how the run was made, on what, the results beside their targets, and caveats.
 
-use super::{targets, HealResult, Measured, Plan};
+use super::{per_peer_slope, targets, HealResult, Measured, Plan};
 use crate::report::{fmt_num, line, Results, Verdict};
 use crate::stats::summary_ms;
 use crate::sys::Machine;
@@ -250,11 +250,32 @@ fn method(s: &mut String, plan: &Plan, d: &stated::config::Config) {
              partition that lasts. Timed from `heal()` until all heads are equal (reference: \
              until every node has seen all {} keys), polled every 5 ms; `membership` is the time \
              until every node sees every node alive again (polled every 50 ms). {} run(s) per \
-             side on fresh clusters, alternating; the JSON holds the median (nearest rank).",
-            plan.heal_nodes,
+             side and size on fresh clusters, alternating; the JSON holds the median (nearest \
+             rank) with min and max of each side.",
+            plan.heal_nodes
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" and "),
             plan.heal_writes_per_side,
             2 * plan.heal_writes_per_side,
             plan.heal_runs
+        ),
+    );
+    let (cn, changes) = plan.catch_up;
+    line(
+        s,
+        format!(
+            "- **Catch-up** (`catch_up_ms_{changes}_changes`): a fresh settled cluster of {cn} \
+             nodes; one node is cut off (both directions) while the other {} make {changes} \
+             writes (stated: service deploys, one writer task per node, each deploy a change the \
+             document keeps; reference: keys set on the nodes in turn, the same JSON as values). \
+             Once the connected nodes agree, the cut is healed and timed until the node that was \
+             cut off holds every write (stated: equal heads and all services; reference: it has \
+             seen every key), polled every 5 ms. {} run(s) per side, alternating; median with \
+             min and max.",
+            cn - 1,
+            plan.catch_up_runs
         ),
     );
     line(
@@ -262,15 +283,24 @@ fn method(s: &mut String, plan: &Plan, d: &stated::config::Config) {
         format!(
             "- **Resident memory** (`rss_bytes_per_node_N_nodes`): in a fresh child process (this \
              binary with `--rss-probe`), `VmRSS` from `/proc/self/status` before starting the \
-             cluster and after it settled plus 3 gossip rounds; the difference divided by the \
+             cluster and after it settled plus 3 gossip rounds and stated's connection linger \
+             ({:?}, after which an idle sync connection closes); the difference divided by the \
              node count; at {} nodes. The stated document then holds the machines and nothing \
              else; the reference holds only membership. Comparing node counts separates the \
-             per-peer cost from the fixed cost of a node.",
+             per-peer cost from the fixed cost of a node (`memory_per_peer_bytes`: the \
+             difference of per-node memory between the two sizes, per added peer). Then {} \
+             container records (as dockerd-shim writes them, about 400 bytes of JSON each) are \
+             written, spread over the nodes, and once every node holds them all and the same \
+             quiet has passed, RSS again: `rss_bytes_per_node_per_1000_containers_N_nodes` is \
+             the growth per node per 1,000 containers (reference: the same records as chitchat \
+             keys).",
+            stated::sync::CONNECTION_LINGER,
             plan.rss_nodes
                 .iter()
                 .map(|n| n.to_string())
                 .collect::<Vec<_>>()
-                .join(" and ")
+                .join(" and "),
+            plan.rss_containers
         ),
     );
 }
@@ -311,7 +341,7 @@ fn details(s: &mut String, plan: &Plan, m: &Measured) {
             ),
         );
     }
-    if let Some((n, ours, theirs)) = &m.heal {
+    for (n, ours, theirs) in &m.heal {
         let show = |runs: &[HealResult]| {
             runs.iter()
                 .map(|r| {
@@ -335,17 +365,37 @@ fn details(s: &mut String, plan: &Plan, m: &Measured) {
             ),
         );
     }
+    if let Some((n, changes, ours, theirs)) = &m.catch_up {
+        let show = |v: &[f64]| {
+            v.iter()
+                .map(|ms| format!("{ms:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        line(
+            s,
+            format!(
+                "- catch-up of 1 of {n} nodes after {changes} missed writes, ms per run: stated \
+                 {}; reference {}",
+                show(ours),
+                show(theirs)
+            ),
+        );
+    }
     for (ours, theirs) in &m.rss {
         line(
             s,
             format!(
-                "- resident memory at {} nodes: stated {:.1} → {:.1} MiB, reference {:.1} → \
-                 {:.1} MiB",
+                "- resident memory at {} nodes: stated {:.1} → {:.1} MiB, then {:.1} MiB with {} \
+                 containers; reference {:.1} → {:.1} MiB, then {:.1} MiB",
                 ours.nodes,
                 mib(ours.before),
                 mib(ours.after),
+                mib(ours.with_containers),
+                ours.containers,
                 mib(theirs.before),
-                mib(theirs.after)
+                mib(theirs.after),
+                mib(theirs.with_containers)
             ),
         );
     }
@@ -370,7 +420,15 @@ fn mechanisms(s: &mut String, m: &Measured) {
          seen the two fresh heartbeats it needs to call the machine live again. Changes a node \
          merged from a peer are not pushed on (`after_change(.., local = false)`); the rest of \
          its side pulls them once gossip shows its new heads, about one more round. The \
-         reference's data rides on the gossip exchanges themselves.",
+         reference's data rides on the gossip exchanges themselves. Why an earlier figure did \
+         not reproduce on a slower machine (converged 2.7–3.4 s after the heal where 0.6 s was \
+         published): every half gossip round each node checked, for each peer, whether it held \
+         that peer's heads with automerge's `get_change_by_hash`, which rebuilds the whole \
+         change from the op set. After 1000 writes per side that check, under the document \
+         lock, became the largest CPU cost of a node and held up the very sync sessions it \
+         triggered; the slower the CPU, the longer. It is now a lookup in the change graph \
+         (`get_missing_deps`); the same fix cut a catch-up in stated's tests from 16.7 s to \
+         3 s.",
     );
     line(
         s,
@@ -379,25 +437,26 @@ fn mechanisms(s: &mut String, m: &Measured) {
          anti-entropy sync session with every live peer each `anti_entropy_interval_ms`, so the \
          sync part per node grows linearly with the node count.",
     );
-    if let [(a_ours, a_ref), .., (b_ours, b_ref)] = m.rss.as_slice() {
-        let peers = (b_ours.nodes - a_ours.nodes) as f64;
-        let slope = |a: &super::rss::Probe, b: &super::rss::Probe| {
-            (b.per_node() - a.per_node()) / peers / 1024.0
-        };
+    if let (Some((ours, theirs)), [(a, _), .., (b, _)]) = (per_peer_slope(&m.rss), m.rss.as_slice())
+    {
         line(
             s,
             format!(
                 "- Memory: per node, stated holds {:.1} MiB at {} nodes and {:.1} MiB at {} \
-                 nodes, about {:.0} KiB more per additional peer (reference: {:.1} KiB). Each \
-                 stated node keeps a tarpc connection to every peer it synced with and serves one from each \
-                 (2(n−1) TCP connections with framing buffers and tasks) and an automerge sync \
-                 state per peer on both ends, besides its redb store and document.",
-                a_ours.per_node() / 1_048_576.0,
-                a_ours.nodes,
-                b_ours.per_node() / 1_048_576.0,
-                b_ours.nodes,
-                slope(a_ours, b_ours),
-                slope(a_ref, b_ref)
+                 nodes, about {:.0} KiB more per additional peer (reference: {:.1} KiB). A \
+                 stated node keeps, per peer, a sync worker task, an automerge sync state on \
+                 both ends and chitchat's view of it; a sync connection (tarpc with framing \
+                 buffers and tasks on both ends) is open only during sessions and for {:?} \
+                 after (it used to stay open for good: about 118 KiB per peer). Containers live \
+                 in per-machine tables outside the automerge document (decision 0014), one \
+                 record per container with no history.",
+                a.per_node() / 1_048_576.0,
+                a.nodes,
+                b.per_node() / 1_048_576.0,
+                b.nodes,
+                ours / 1024.0,
+                theirs / 1024.0,
+                stated::sync::CONNECTION_LINGER
             ),
         );
     }

@@ -22,9 +22,20 @@ pub(crate) const SAMPLE_DEADLINE: Duration = Duration::from_secs(30);
 /// Poll period while timing a heal.
 pub(crate) const POLL: Duration = Duration::from_millis(5);
 
+/// The parts of a run, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Propagation,
+    Heal,
+    CatchUp,
+    Memory,
+}
+
 /// Sizes and counts of one run.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// What to run (all by default).
+    pub parts: Vec<Part>,
     pub quick: bool,
     pub seed: u64,
     pub gossip_interval_ms: u64,
@@ -33,11 +44,18 @@ pub struct Plan {
     /// Node counts (among the propagation ones) whose idle traffic is measured afterwards.
     pub idle_nodes: Vec<usize>,
     pub idle_window: Duration,
-    pub heal_nodes: usize,
+    /// Node counts of the healed partitions.
+    pub heal_nodes: Vec<usize>,
     pub heal_writes_per_side: usize,
-    /// Healed partitions per side (fresh cluster each); the median is reported.
+    /// Healed partitions per side and size (fresh cluster each); the median is reported,
+    /// with min and max.
     pub heal_runs: usize,
+    /// (nodes, changes missed) of the catch-up runs, and how many of each.
+    pub catch_up: (usize, usize),
+    pub catch_up_runs: usize,
     pub rss_nodes: Vec<usize>,
+    /// Containers written in the memory probes, for the cost per 1,000.
+    pub rss_containers: usize,
 }
 
 impl Plan {
@@ -45,6 +63,7 @@ impl Plan {
     pub fn full(seed: u64) -> Plan {
         let c = stated::config::Config::default();
         Plan {
+            parts: vec![Part::Propagation, Part::Heal, Part::CatchUp, Part::Memory],
             quick: false,
             seed,
             gossip_interval_ms: c.gossip_interval_ms,
@@ -52,26 +71,33 @@ impl Plan {
             idle_nodes: vec![10, 50],
             // One anti-entropy period, so every node's periodic sync round counts exactly once.
             idle_window: Duration::from_millis(c.anti_entropy_interval_ms),
-            heal_nodes: 10,
+            heal_nodes: vec![10, 50],
             heal_writes_per_side: 1000,
-            heal_runs: 3,
+            heal_runs: 5,
+            catch_up: (10, 10_000),
+            catch_up_runs: 5,
             rss_nodes: vec![10, 50],
+            rss_containers: 1000,
         }
     }
 
     /// A smoke run of under a minute: small counts, 200 ms gossip.
     pub fn quick(seed: u64) -> Plan {
         Plan {
+            parts: vec![Part::Propagation, Part::Heal, Part::CatchUp, Part::Memory],
             quick: true,
             seed,
             gossip_interval_ms: 200,
             propagation: vec![(3, 10), (5, 10)],
             idle_nodes: vec![5],
             idle_window: Duration::from_secs(5),
-            heal_nodes: 4,
+            heal_nodes: vec![4],
             heal_writes_per_side: 50,
             heal_runs: 1,
+            catch_up: (4, 200),
+            catch_up_runs: 1,
             rss_nodes: vec![5],
+            rss_containers: 100,
         }
     }
 
@@ -121,7 +147,9 @@ pub struct Measured {
     pub propagation: Vec<(usize, Vec<f64>, Vec<f64>)>,
     pub idle: Vec<(usize, Idle, Idle)>,
     pub startup: Vec<Startup>,
-    pub heal: Option<(usize, Vec<HealResult>, Vec<HealResult>)>,
+    pub heal: Vec<(usize, Vec<HealResult>, Vec<HealResult>)>,
+    /// (nodes, changes, stated ms per run, reference ms per run).
+    pub catch_up: Option<(usize, usize, Vec<f64>, Vec<f64>)>,
     pub rss: Vec<(rss::Probe, rss::Probe)>,
 }
 
@@ -141,7 +169,17 @@ pub fn targets() -> Vec<Target> {
         Target::new(
             "heal_convergence_ms_10_nodes",
             2000.0,
-            "convergence after healing a 50/50 partition (1000 writes per side) under 2 s",
+            "convergence after healing a 50/50 partition (1000 writes per side) under 2 s at 10 nodes",
+        ),
+        Target::new(
+            "heal_convergence_ms_50_nodes",
+            2000.0,
+            "convergence after healing a 50/50 partition (1000 writes per side) under 2 s at 50 nodes",
+        ),
+        Target::new(
+            "memory_per_peer_bytes",
+            30.0 * 1024.0,
+            "memory per additional peer under 30 KiB",
         ),
         Target::new(
             "idle_bytes_per_node_per_s_50_nodes",
@@ -158,12 +196,23 @@ pub async fn run(plan: &Plan, out_dir: &Path, command: &str) -> Result<Results> 
     let machine = crate::sys::Machine::describe(&workspace);
     let mut m = Measured::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed);
-    for &(n, samples) in &plan.propagation {
-        size(plan, n, samples, &mut rng, &mut m).await?;
+    if plan.parts.contains(&Part::Propagation) {
+        for &(n, samples) in &plan.propagation {
+            size(plan, n, samples, &mut rng, &mut m).await?;
+        }
     }
-    heal(plan, &mut m).await?;
-    for &n in &plan.rss_nodes {
-        memory(plan, n, &mut m).await?;
+    if plan.parts.contains(&Part::Heal) {
+        for &n in &plan.heal_nodes {
+            heal(plan, n, &mut m).await?;
+        }
+    }
+    if plan.parts.contains(&Part::CatchUp) {
+        catch_up(plan, &mut m).await?;
+    }
+    if plan.parts.contains(&Part::Memory) {
+        for &n in &plan.rss_nodes {
+            memory(plan, n, &mut m).await?;
+        }
     }
 
     let results = results(&m);
@@ -239,13 +288,9 @@ async fn size(
     Ok(())
 }
 
-/// Healed partitions, alternating stated and the reference on fresh clusters.
-async fn heal(plan: &Plan, m: &mut Measured) -> Result<()> {
-    let (n, w, g) = (
-        plan.heal_nodes,
-        plan.heal_writes_per_side,
-        plan.gossip_interval_ms,
-    );
+/// Healed partitions at `n` nodes, alternating stated and the reference on fresh clusters.
+async fn heal(plan: &Plan, n: usize, m: &mut Measured) -> Result<()> {
+    let (w, g) = (plan.heal_writes_per_side, plan.gossip_interval_ms);
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for run in 1..=plan.heal_runs {
         let of = plan.heal_runs;
@@ -268,7 +313,30 @@ async fn heal(plan: &Plan, m: &mut Measured) -> Result<()> {
         ));
         theirs.push(r);
     }
-    m.heal = Some((n, ours, theirs));
+    m.heal.push((n, ours, theirs));
+    Ok(())
+}
+
+/// A node cut off while the others make many writes, then healed, alternating sides.
+async fn catch_up(plan: &Plan, m: &mut Measured) -> Result<()> {
+    let ((n, changes), g) = (plan.catch_up, plan.gossip_interval_ms);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for run in 1..=plan.catch_up_runs {
+        let of = plan.catch_up_runs;
+        progress(format!(
+            "== catch-up {run}/{of}: 1 of {n} nodes misses {changes} writes, stated"
+        ));
+        let ms = subject::catch_up(n, changes, g).await?;
+        progress(format!("stated: caught up {ms:.0} ms after the heal"));
+        ours.push(ms);
+        progress(format!(
+            "== catch-up {run}/{of}: 1 of {n} nodes misses {changes} writes, chitchat reference"
+        ));
+        let ms = reference::catch_up(n, changes, g).await?;
+        progress(format!("chitchat: caught up {ms:.0} ms after the heal"));
+        theirs.push(ms);
+    }
+    m.catch_up = Some((n, changes, ours, theirs));
     Ok(())
 }
 
@@ -279,11 +347,12 @@ async fn memory(plan: &Plan, n: usize, m: &mut Measured) -> Result<()> {
     progress(format!(
         "== resident memory at {n} nodes, stated (child process)"
     ));
-    let ours = rss::measure(rss::Kind::Stated, n, g, deadline).await?;
+    let c = plan.rss_containers;
+    let ours = rss::measure(rss::Kind::Stated, n, g, c, deadline).await?;
     progress(format!(
         "== resident memory at {n} nodes, chitchat reference (child process)"
     ));
-    let theirs = rss::measure(rss::Kind::Chitchat, n, g, deadline).await?;
+    let theirs = rss::measure(rss::Kind::Chitchat, n, g, c, deadline).await?;
     progress(format!(
         "RSS per node at {n} nodes: stated {:.0} B, chitchat {:.0} B",
         ours.per_node(),
@@ -317,16 +386,25 @@ pub fn results(m: &Measured) -> Results {
             Metric::new(ours.total(), theirs.total(), "B/s"),
         );
     }
-    if let Some((n, ours, theirs)) = &m.heal {
+    for (n, ours, theirs) in &m.heal {
+        let all = |runs: &[HealResult], f: fn(&HealResult) -> f64| -> Vec<f64> {
+            runs.iter().map(f).collect()
+        };
         let conv = |h: &HealResult| h.convergence_ms;
         let memb = |h: &HealResult| h.membership_ms;
         r.insert(
             format!("heal_convergence_ms_{n}_nodes"),
-            Metric::new(median(ours, conv), median(theirs, conv), "ms"),
+            Metric::spread(&all(ours, conv), &all(theirs, conv), "ms"),
         );
         r.insert(
             format!("heal_membership_ms_{n}_nodes"),
-            Metric::new(median(ours, memb), median(theirs, memb), "ms"),
+            Metric::spread(&all(ours, memb), &all(theirs, memb), "ms"),
+        );
+    }
+    if let Some((_, changes, ours, theirs)) = &m.catch_up {
+        r.insert(
+            format!("catch_up_ms_{changes}_changes"),
+            Metric::spread(ours, theirs, "ms"),
         );
     }
     for (ours, theirs) in &m.rss {
@@ -334,6 +412,33 @@ pub fn results(m: &Measured) -> Results {
             format!("rss_bytes_per_node_{}_nodes", ours.nodes),
             Metric::new(ours.per_node(), theirs.per_node(), "B"),
         );
+        if ours.containers > 0 {
+            r.insert(
+                format!(
+                    "rss_bytes_per_node_per_1000_containers_{}_nodes",
+                    ours.nodes
+                ),
+                Metric::new(
+                    ours.per_node_per_1000_containers(),
+                    theirs.per_node_per_1000_containers(),
+                    "B",
+                ),
+            );
+        }
+    }
+    if let Some((a, b)) = per_peer_slope(&m.rss) {
+        r.insert("memory_per_peer_bytes".into(), Metric::new(a, b, "B"));
     }
     r
+}
+
+/// What one more peer costs a node (stated, reference): the difference of per-node memory
+/// between the smallest and largest probe, per added peer.
+pub fn per_peer_slope(rss: &[(rss::Probe, rss::Probe)]) -> Option<(f64, f64)> {
+    let [(a_ours, a_ref), .., (b_ours, b_ref)] = rss else {
+        return None;
+    };
+    let peers = b_ours.nodes.checked_sub(a_ours.nodes).filter(|p| *p > 0)? as f64;
+    let slope = |a: &rss::Probe, b: &rss::Probe| (b.per_node() - a.per_node()) / peers;
+    Some((slope(a_ours, b_ours), slope(a_ref, b_ref)))
 }

@@ -48,8 +48,22 @@ fn value(id: &str, image: &str) -> String {
 }
 
 impl RefCluster {
-    /// Starts `n` nodes and waits until every node sees every other live.
+    /// Starts `n` nodes and waits until every node sees every other live. A port taken by
+    /// someone else between choosing and binding it costs a fresh attempt, not the run.
     pub async fn start(n: usize, gossip_interval_ms: u64) -> Result<RefCluster> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(n, gossip_interval_ms).await {
+                Err(e) if attempt < 5 && format!("{e:#}").contains("in use") => {
+                    progress(format!("chitchat: {e:#}; starting again with other ports"));
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(n: usize, gossip_interval_ms: u64) -> Result<RefCluster> {
         let interval = Duration::from_millis(gossip_interval_ms);
         let net = SimulatedNetwork::new();
         let ids: Vec<String> = (0..n).map(|i| format!("c{i:02}")).collect();
@@ -157,6 +171,31 @@ impl RefCluster {
             .await
             .self_node_state()
             .set(format!("{PREFIX}{key}"), value);
+    }
+
+    /// Sets `count` keys holding the same container records stated stores, spread over the
+    /// nodes, and waits until every node has seen them all.
+    pub async fn containers(&self, count: usize) -> Result<()> {
+        let n = self.nodes.len();
+        for k in 0..count {
+            let i = k % n;
+            let c = super::subject::container(&self.ids[i], k);
+            self.set(i, &format!("container-{k}"), serde_json::to_string(&c)?)
+                .await;
+        }
+        let deadline = Duration::from_secs(120);
+        let t = Instant::now();
+        while !self
+            .nodes
+            .iter()
+            .all(|nd| nd.seen_count.load(Ordering::Relaxed) >= count)
+        {
+            if t.elapsed() > deadline {
+                bail!("chitchat: not every node saw {count} container keys after {deadline:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     pub async fn shutdown(self) {
@@ -341,4 +380,52 @@ async fn heal_on(cluster: &RefCluster, writes: usize) -> Result<HealResult> {
         write_s,
         down_wait_s,
     })
+}
+
+/// A node cut off from the rest while they set `changes` keys: the time from healing until
+/// it has seen them all.
+pub async fn catch_up(n: usize, changes: usize, gossip_interval_ms: u64) -> Result<f64> {
+    let cluster = RefCluster::start(n, gossip_interval_ms).await?;
+    let result = catch_up_on(&cluster, changes).await;
+    cluster.shutdown().await;
+    result
+}
+
+async fn catch_up_on(cluster: &RefCluster, changes: usize) -> Result<f64> {
+    let n = cluster.ids.len();
+    let off = n - 1;
+    cluster
+        .net
+        .partition(&[cluster.ids[..off].to_vec(), vec![cluster.ids[off].clone()]]);
+    progress(format!(
+        "chitchat: {} cut off; setting {changes} keys on the other {off} nodes",
+        cluster.ids[off]
+    ));
+    for k in 0..changes {
+        let i = k % off;
+        let key = format!("catch-up-{k}");
+        cluster
+            .set(i, &key, value(&key, &format!("img:{}", cluster.ids[i])))
+            .await;
+    }
+    let deadline = Duration::from_secs(300);
+    let t = Instant::now();
+    while !cluster.nodes[..off]
+        .iter()
+        .all(|nd| nd.seen_count.load(Ordering::Relaxed) == changes)
+    {
+        if t.elapsed() > deadline {
+            bail!("chitchat: the connected nodes did not share {changes} keys within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let healed = Instant::now();
+    cluster.net.heal();
+    while cluster.nodes[off].seen_count.load(Ordering::Relaxed) < changes {
+        if healed.elapsed() > deadline {
+            bail!("chitchat: the node that was cut off did not catch up within {deadline:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(healed.elapsed().as_secs_f64() * 1000.0)
 }

@@ -1,6 +1,7 @@
 //! Resident memory per node, measured in a fresh child process (this binary again, with the
 //! hidden `--rss-probe` flag) so that memory freed by earlier scenarios does not blur it:
-//! (RSS after starting and settling N nodes − RSS before) / N.
+//! (RSS after starting and settling N nodes − RSS before) / N; then the same nodes holding
+//! some containers, for the cost of 1,000 containers per node.
 
 use std::time::Duration;
 
@@ -16,11 +17,27 @@ pub struct Probe {
     pub nodes: usize,
     pub before: u64,
     pub after: u64,
+    /// Containers then written (spread over the nodes, each its own), 0 for none.
+    #[serde(default)]
+    pub containers: usize,
+    /// RSS once every node holds them all.
+    #[serde(default)]
+    pub with_containers: u64,
 }
 
 impl Probe {
     pub fn per_node(&self) -> f64 {
         self.after.saturating_sub(self.before) as f64 / self.nodes as f64
+    }
+
+    /// What holding 1,000 containers costs one node.
+    pub fn per_node_per_1000_containers(&self) -> f64 {
+        if self.containers == 0 {
+            return f64::NAN;
+        }
+        self.with_containers.saturating_sub(self.after) as f64
+            / self.nodes as f64
+            / (self.containers as f64 / 1000.0)
     }
 }
 
@@ -49,29 +66,43 @@ impl Kind {
 }
 
 /// In the child: start the cluster, let it settle, measure, stop it, print the probe.
-pub async fn child(kind: Kind, nodes: usize, gossip_interval_ms: u64) -> Result<()> {
+pub async fn child(
+    kind: Kind,
+    nodes: usize,
+    gossip_interval_ms: u64,
+    containers: usize,
+) -> Result<()> {
     let before = rss_bytes()?;
-    let quiet = Duration::from_millis(3 * gossip_interval_ms);
-    let after = match kind {
+    // Idle: a few gossip rounds, and long enough for stated's idle sync connections to close.
+    let quiet = Duration::from_millis(3 * gossip_interval_ms) + stated::sync::CONNECTION_LINGER;
+    let (after, with_containers) = match kind {
         Kind::Stated => {
             let (cluster, _) = subject::start(nodes, gossip_interval_ms).await?;
             tokio::time::sleep(quiet).await;
             let after = rss_bytes()?;
+            subject::containers(&cluster, containers).await?;
+            tokio::time::sleep(quiet).await;
+            let with = rss_bytes()?;
             subject::shutdown(cluster).await;
-            after
+            (after, with)
         }
         Kind::Chitchat => {
             let cluster = reference::RefCluster::start(nodes, gossip_interval_ms).await?;
             tokio::time::sleep(quiet).await;
             let after = rss_bytes()?;
+            cluster.containers(containers).await?;
+            tokio::time::sleep(quiet).await;
+            let with = rss_bytes()?;
             cluster.shutdown().await;
-            after
+            (after, with)
         }
     };
     let probe = Probe {
         nodes,
         before,
         after,
+        containers,
+        with_containers,
     };
     println!("{}", serde_json::to_string(&probe)?);
     Ok(())
@@ -82,6 +113,7 @@ pub async fn measure(
     kind: Kind,
     nodes: usize,
     gossip_interval_ms: u64,
+    containers: usize,
     deadline: Duration,
 ) -> Result<Probe> {
     let exe = std::env::current_exe().context("locating this benchmark's executable")?;
@@ -89,6 +121,7 @@ pub async fn measure(
         .args(["--rss-probe", kind.as_str()])
         .args(["--nodes", &nodes.to_string()])
         .args(["--gossip-ms", &gossip_interval_ms.to_string()])
+        .args(["--containers", &containers.to_string()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true)

@@ -338,3 +338,124 @@ async fn heal_on(cluster: &Cluster, writes: usize) -> Result<HealResult> {
 fn ms(d: Option<Duration>) -> f64 {
     d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }
+
+/// A node cut off from the rest while they make `changes` writes (service deploys: the
+/// document's kind of change, each one kept in its history): the time from healing until it
+/// holds them all.
+pub async fn catch_up(n: usize, changes: usize, gossip_interval_ms: u64) -> Result<f64> {
+    let (cluster, _) = start(n, gossip_interval_ms).await?;
+    let result = catch_up_on(&cluster, changes).await;
+    shutdown(cluster).await;
+    result
+}
+
+async fn catch_up_on(cluster: &Cluster, changes: usize) -> Result<f64> {
+    let n = cluster.ids.len();
+    let off = n - 1;
+    cluster
+        .net
+        .partition(&[cluster.group(0..off), cluster.group(off..n)]);
+    progress(format!(
+        "stated: {} cut off; {changes} writes on the other {off} nodes",
+        cluster.ids[off]
+    ));
+    let mut tasks = Vec::new();
+    for i in 0..off {
+        let shared = cluster.node(i).shared().clone();
+        let ids: Vec<String> = (i..changes)
+            .step_by(off)
+            .map(|k| format!("catch-up-{k}"))
+            .collect();
+        let image = format!("img:{}", cluster.ids[i]);
+        tasks.push(tokio::spawn(async move {
+            for id in ids {
+                shared
+                    .mutate(Mutation::UpsertService(service(&id, &image)))
+                    .await
+                    .with_context(|| format!("writing {id}"))?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let connected: Vec<usize> = (0..off).collect();
+    let deadline = Duration::from_secs(300);
+    let t = Instant::now();
+    while !all_heads_equal(cluster, &connected) {
+        if t.elapsed() > deadline {
+            bail!("stated: the connected nodes did not converge within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let everyone: Vec<usize> = (0..n).collect();
+    let healed = Instant::now();
+    cluster.net.heal();
+    while !all_heads_equal(cluster, &everyone) {
+        if healed.elapsed() > deadline {
+            bail!("stated: the node that was cut off did not catch up within {deadline:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let services = cluster.node(off).state().services.len();
+    if services < changes {
+        bail!("stated: caught up with {services} services of {changes}");
+    }
+    Ok(healed.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Writes `count` containers, spread over the nodes (each writes its own), and waits until
+/// every node holds them all.
+pub async fn containers(cluster: &Cluster, count: usize) -> Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let n = cluster.ids.len();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let shared = cluster.node(i).shared().clone();
+        let ids: Vec<usize> = (i..count).step_by(n).collect();
+        tasks.push(tokio::spawn(async move {
+            for k in ids {
+                let c = container(&shared.machine_id, k);
+                shared
+                    .mutate(Mutation::UpsertContainer(c))
+                    .await
+                    .with_context(|| format!("writing container {k}"))?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let deadline = Duration::from_secs(120);
+    let t = Instant::now();
+    while !(0..n).all(|i| cluster.node(i).state().containers.len() == count) {
+        if t.elapsed() > deadline {
+            bail!("stated: not every node holds {count} containers after {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// A container record as dockerd-shim writes one: a service's replica with its address.
+pub fn container(machine_id: &str, k: usize) -> uncloud_common::model::Container {
+    uncloud_common::model::Container {
+        id: format!("{k:064x}"),
+        machine_id: machine_id.to_string(),
+        name: format!("web-{k}"),
+        service_id: "web.shop".into(),
+        image: "registry.example/shop/web:1.4.2".into(),
+        ip: format!("10.210.{}.{}", k / 250 % 250 + 1, k % 250 + 2),
+        state: uncloud_common::model::ContainerState::Running,
+        healthy: true,
+        revision: 3,
+        image_digest: format!("sha256:{:064x}", k * 7919),
+        created_at_ms: 1_796_000_000_000 + k as u64,
+        started_at_ms: 1_796_000_000_500 + k as u64,
+        ..Default::default()
+    }
+}

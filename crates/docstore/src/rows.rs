@@ -14,6 +14,17 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 use crate::{builder, guard_panic, optional, quarantine, refusal, Refusal, StoreError};
 
+/// redb's page cache for rows: they are read once, at open, so a small cache only bounds the
+/// memory that writing them keeps around (the document store's cache would cost every
+/// machine tens of MiB once enough container records were written).
+const CACHE_BYTES: usize = 2 * 1024 * 1024;
+
+fn rows_builder() -> redb::Builder {
+    let mut b = builder();
+    b.set_cache_size(CACHE_BYTES);
+    b
+}
+
 const ROWS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("rows");
 const VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("versions");
 
@@ -69,7 +80,7 @@ impl RowStore {
             std::fs::create_dir_all(parent)
                 .map_err(StoreError::io(path, "create the parent directory"))?;
         }
-        let opened = match guard_panic("redb", || Ok(builder().create(path))) {
+        let opened = match guard_panic("redb", || Ok(rows_builder().create(path))) {
             Ok(Ok(db)) => match guard_panic("redb", || Ok(read_groups(&db))) {
                 Ok(Ok(groups)) => Ok((db, groups)),
                 Ok(Err(e)) => Err(refusal(path, "read the rows", e)),
@@ -97,7 +108,7 @@ impl RowStore {
             std::fs::read(path).map_err(StoreError::io(path, "read a damaged row store"))?;
         let copy = quarantine::keep_copy(path, &bytes)?;
         std::fs::remove_file(path).map_err(StoreError::io(path, "remove a damaged row store"))?;
-        let db = builder()
+        let db = rows_builder()
             .create(path)
             .map_err(StoreError::redb(path, "create the row store again"))?;
         let problem = format!(

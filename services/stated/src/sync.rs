@@ -50,6 +50,8 @@ use crate::replica::Shared;
 
 /// Most rounds one session may take; a healthy session needs 2–4.
 const MAX_ROUNDS: usize = 64;
+/// How long a sync connection stays open without a session.
+pub const CONNECTION_LINGER: Duration = Duration::from_secs(5);
 /// Server-side conversations kept at most (one per calling machine).
 const MAX_SERVER_SESSIONS: usize = 4096;
 /// The biggest sync message taken in parts (a catch-up of a machine far behind).
@@ -305,7 +307,20 @@ async fn peer_worker(
     let mut state = sync::State::new();
     let mut backoff = Duration::from_millis(50);
     loop {
-        wake.notified().await;
+        if client.is_some() {
+            // A connection idle for a while is closed: every open one costs both ends
+            // buffers and tasks, which at a few hundred peers is most of a node's memory.
+            // The next session connects again (one TCP handshake on the mesh).
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(CONNECTION_LINGER) => {
+                    client = None;
+                    continue;
+                }
+            }
+        } else {
+            wake.notified().await;
+        }
         match session(&shared, &peer, addr, &mut client, &mut state).await {
             Ok(settled) => {
                 backoff = Duration::from_millis(50);
