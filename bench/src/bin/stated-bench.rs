@@ -35,6 +35,12 @@ struct Args {
     /// Run only these parts (comma-separated): propagation, heal, catch-up, memory.
     #[arg(long, value_delimiter = ',')]
     only: Vec<stated::Part>,
+    /// Node counts of the healed partitions (comma-separated), instead of the plan's.
+    #[arg(long, value_delimiter = ',')]
+    heal_nodes: Vec<usize>,
+    /// Runs per side of each healed partition and catch-up, instead of the plan's.
+    #[arg(long)]
+    runs: Option<usize>,
 }
 
 #[tokio::main]
@@ -59,6 +65,13 @@ async fn main() -> Result<()> {
     };
     if !args.only.is_empty() {
         plan.parts = args.only.clone();
+    }
+    if !args.heal_nodes.is_empty() {
+        plan.heal_nodes = args.heal_nodes.clone();
+    }
+    if let Some(runs) = args.runs {
+        plan.heal_runs = runs;
+        plan.catch_up_runs = runs;
     }
     let out = uncloud_bench::out_dir(args.out.clone(), args.quick);
     let command = uncloud_bench::command_line("stated-bench");

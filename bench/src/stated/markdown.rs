@@ -52,7 +52,7 @@ pub fn render(
     line(s, "\n## Rerun and compare\n");
     line(
         s,
-        "Run the command above from the workspace root on an otherwise idle machine (about ten \
+        "Run the command above from the workspace root on an otherwise idle machine (about 30 \
          minutes on 2 CPUs; `--quick` for a smoke run into a temp dir, `--out DIR` elsewhere). \
          Compare the `ratio` columns across machines rather than absolute figures: both sides \
          ran on the same machine in the same command.",

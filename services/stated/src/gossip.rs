@@ -5,7 +5,8 @@
 //! container tables it holds. From every round we derive:
 //! - the liveness of every machine (alive / suspect / down, see [`crate::liveness`]);
 //! - the set of live peers, which gets a sync worker each;
-//! - anti-entropy: a peer whose heads we do not have is pulled from at once, so a missed push
+//! - anti-entropy: a peer whose heads we do not have is pulled from at once (two of them, when
+//!   several are ahead, as after a healed partition), so a missed push
 //!   or a healed partition converges within about one gossip interval. So is a peer whose
 //!   table fingerprint changed to one that differs from ours (it may hold a newer table,
 //!   perhaps relayed from a machine we cannot reach).
@@ -25,6 +26,7 @@ use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatEnvelope, ChitchatHandle, ChitchatId,
     FailureDetectorConfig, ProtocolVersion,
 };
+use rand::seq::SliceRandom;
 use tokio::task::JoinHandle;
 
 use crate::clock::now_ms;
@@ -39,6 +41,8 @@ const KEY_SYNC: &str = "sync";
 const KEY_HEADS: &str = "heads";
 /// [`crate::tables::ContainerTables::fingerprint`] of the sender's container tables, hex.
 const KEY_TABLES: &str = "tables";
+/// Peers pulled from at most per half gossip round, when several are ahead.
+const MAX_PULLS: usize = 2;
 
 pub(crate) struct Gossip {
     handle: ChitchatHandle,
@@ -242,25 +246,33 @@ async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chit
         last_heads.retain(|id, _| views.iter().any(|(v, _)| v == id));
         last_tables.retain(|id, _| views.iter().any(|(v, _)| v == id));
         let ours = *shared.watch_tables_fingerprint().borrow();
+        let mut ahead: Vec<&String> = Vec::new();
         for (id, v) in &views {
-            // Only a fingerprint that changed wakes: two machines may hold different sets of
+            // Only a fingerprint that changed counts: two machines may hold different sets of
             // tables for good (one has not learnt of a machine yet), and must not sync forever.
-            if let Some(tables) = v.tables {
+            let tables_ahead = v.tables.is_some_and(|tables| {
                 let fresh = last_tables.insert(id.clone(), tables) != Some(tables);
-                if fresh && tables != ours {
-                    shared.peers.wake(id);
-                }
-            }
-        }
-        for (id, v) in &views {
-            let Some(heads) = &v.heads else { continue };
+                fresh && tables != ours
+            });
             // Heads that are new since the last round are fresh evidence the machine is up and
             // ahead of us, even before the failure detector calls it live again (right after a
             // partition heals). Stale heads of a dead machine do not keep waking its worker.
-            let fresh = last_heads.insert(id.clone(), heads.clone()).as_ref() != Some(heads);
-            if (v.live || fresh) && !shared.has_changes(heads) {
-                shared.peers.wake(id);
+            let heads_ahead = v.heads.as_ref().is_some_and(|heads| {
+                let fresh = last_heads.insert(id.clone(), heads.clone()).as_ref() != Some(heads);
+                (v.live || fresh) && !shared.has_changes(heads)
+            });
+            if tables_ahead || heads_ahead {
+                ahead.push(id);
             }
+        }
+        // Pull from a few of them, not all, and not while this machine's sessions are busy:
+        // after a partition heals, every machine of the other side is ahead with the same
+        // changes, and pulling them from each at once cost a 50-machine network seconds of
+        // redundant merging. Whoever is still ahead next half round is pulled from then.
+        ahead.shuffle(&mut rand::rng());
+        let budget = MAX_PULLS.saturating_sub(shared.peers.sessions_running());
+        for id in ahead.into_iter().take(budget) {
+            shared.peers.wake(id);
         }
     }
 }

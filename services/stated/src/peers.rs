@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -15,6 +15,17 @@ use tokio::task::JoinHandle;
 #[derive(Default)]
 pub(crate) struct Peers {
     workers: Mutex<HashMap<String, PeerWorker>>,
+    /// Sessions this machine's workers are running right now.
+    running: AtomicUsize,
+}
+
+/// Counts one running session for as long as it lives.
+pub(crate) struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct PeerWorker {
@@ -27,6 +38,17 @@ struct PeerWorker {
 }
 
 impl Peers {
+    /// Marks a session as running until the returned guard drops.
+    pub(crate) fn session_started(&self) -> Running<'_> {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        Running(&self.running)
+    }
+
+    /// Sessions this machine's workers are running right now.
+    pub(crate) fn sessions_running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
     /// Makes the worker set match `known` (machine id -> sync address, live): no worker for
     /// a machine `removed` says is gone, a new one from `spawn` (id, address, its wake-up, its
     /// liveness flag) for a machine without one.

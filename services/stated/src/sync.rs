@@ -321,7 +321,10 @@ async fn peer_worker(
         } else {
             wake.notified().await;
         }
-        match session(&shared, &peer, addr, &mut client, &mut state).await {
+        let running = shared.peers.session_started();
+        let outcome = session(&shared, &peer, addr, &mut client, &mut state).await;
+        drop(running);
+        match outcome {
             Ok(settled) => {
                 backoff = Duration::from_millis(50);
                 if !settled {
