@@ -110,7 +110,7 @@ fn results_table(s: &mut String, plan: &Plan, results: &Results) {
         );
     }
 
-    line(s, "\n## Targets (issue 2, item 4)\n");
+    line(s, "\n## Targets (issues 2 and 13)\n");
     for t in &targets {
         let measured = results.get(&t.metric).map_or(String::new(), |m| {
             format!(" — measured {} {}", fmt_num(m.value), m.unit)

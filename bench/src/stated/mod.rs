@@ -153,7 +153,7 @@ pub struct Measured {
     pub rss: Vec<(rss::Probe, rss::Probe)>,
 }
 
-/// The issue's targets (issue 2, item 4).
+/// The targets of issues 2 and 13.
 pub fn targets() -> Vec<Target> {
     vec![
         Target::new(

@@ -228,28 +228,8 @@ async fn heal_on(cluster: &Cluster, writes: usize) -> Result<HealResult> {
     ));
 
     let t = Instant::now();
-    let mut tasks = Vec::new();
     for (tag, side) in ["a", "b"].iter().zip(&sides) {
-        for (slot, &i) in side.iter().enumerate() {
-            let shared = cluster.node(i).shared().clone();
-            let ids: Vec<String> = (slot..writes)
-                .step_by(side.len())
-                .map(|k| format!("heal-{tag}-{k}"))
-                .collect();
-            let image = format!("img:{}", cluster.ids[i]);
-            tasks.push(tokio::spawn(async move {
-                for id in ids {
-                    shared
-                        .mutate(Mutation::UpsertService(service(&id, &image)))
-                        .await
-                        .with_context(|| format!("writing {id}"))?;
-                }
-                anyhow::Ok(())
-            }));
-        }
-    }
-    for task in tasks {
-        task.await??;
+        spread_writes(cluster, side, writes, |k| format!("heal-{tag}-{k}")).await?;
     }
     let write_s = t.elapsed().as_secs_f64();
     progress(format!(
@@ -359,28 +339,8 @@ async fn catch_up_on(cluster: &Cluster, changes: usize) -> Result<f64> {
         "stated: {} cut off; {changes} writes on the other {off} nodes",
         cluster.ids[off]
     ));
-    let mut tasks = Vec::new();
-    for i in 0..off {
-        let shared = cluster.node(i).shared().clone();
-        let ids: Vec<String> = (i..changes)
-            .step_by(off)
-            .map(|k| format!("catch-up-{k}"))
-            .collect();
-        let image = format!("img:{}", cluster.ids[i]);
-        tasks.push(tokio::spawn(async move {
-            for id in ids {
-                shared
-                    .mutate(Mutation::UpsertService(service(&id, &image)))
-                    .await
-                    .with_context(|| format!("writing {id}"))?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
     let connected: Vec<usize> = (0..off).collect();
+    spread_writes(cluster, &connected, changes, |k| format!("catch-up-{k}")).await?;
     let deadline = Duration::from_secs(300);
     let t = Instant::now();
     while !all_heads_equal(cluster, &connected) {
@@ -458,4 +418,33 @@ pub fn container(machine_id: &str, k: usize) -> uncloud_common::model::Container
         started_at_ms: 1_796_000_000_500 + k as u64,
         ..Default::default()
     }
+}
+
+/// `count` service deploys named by `name`, spread over `nodes`, one writer task per node,
+/// all at once; returns when every one is acknowledged.
+async fn spread_writes(
+    cluster: &Cluster,
+    nodes: &[usize],
+    count: usize,
+    name: impl Fn(usize) -> String,
+) -> Result<()> {
+    let mut tasks = Vec::new();
+    for (slot, &i) in nodes.iter().enumerate() {
+        let shared = cluster.node(i).shared().clone();
+        let ids: Vec<String> = (slot..count).step_by(nodes.len()).map(&name).collect();
+        let image = format!("img:{}", cluster.ids[i]);
+        tasks.push(tokio::spawn(async move {
+            for id in ids {
+                shared
+                    .mutate(Mutation::UpsertService(service(&id, &image)))
+                    .await
+                    .with_context(|| format!("writing {id}"))?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
 }

@@ -250,8 +250,13 @@ async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chit
         for (id, v) in &views {
             // Only a fingerprint that changed counts: two machines may hold different sets of
             // tables for good (one has not learnt of a machine yet), and must not sync forever.
+            // A fingerprint counts as seen only once its peer is pulled from (below), so one
+            // left out for lack of budget is tried again next half round.
             let tables_ahead = v.tables.is_some_and(|tables| {
-                let fresh = last_tables.insert(id.clone(), tables) != Some(tables);
+                let fresh = last_tables.get(id) != Some(&tables);
+                if !fresh || tables == ours {
+                    last_tables.insert(id.clone(), tables);
+                }
                 fresh && tables != ours
             });
             // Heads that are new since the last round are fresh evidence the machine is up and
@@ -272,6 +277,13 @@ async fn observe_loop(shared: Arc<Shared>, chitchat: Arc<tokio::sync::Mutex<chit
         ahead.shuffle(&mut rand::rng());
         let budget = MAX_PULLS.saturating_sub(shared.peers.sessions_running());
         for id in ahead.into_iter().take(budget) {
+            if let Some(tables) = views
+                .iter()
+                .find(|(v, _)| v == id)
+                .and_then(|(_, v)| v.tables)
+            {
+                last_tables.insert(id.clone(), tables);
+            }
             shared.peers.wake(id);
         }
     }

@@ -323,29 +323,55 @@ impl Shared {
         }
     }
 
-    /// What a peer holding `versions` lacks of the container tables. Removed machines'
-    /// tables are not passed on.
-    pub(crate) fn tables_for(&self, versions: &BTreeMap<String, u64>) -> TablesMessage {
-        let cell = self.doc.lock().unwrap();
+    /// What peer `peer`, holding `versions`, lacks of the container tables. Removed
+    /// machines' tables are not passed on, nor the peer's own (it is their only writer). When
+    /// the peer holds this machine's own table at a newer version than this machine does,
+    /// this machine lost writes the peer saw: its table jumps past that version, so the next
+    /// exchange replaces every copy ([`ContainerTables::outrun`]).
+    pub(crate) fn tables_for(&self, peer: &str, versions: &BTreeMap<String, u64>) -> TablesMessage {
+        let cell = &mut *self.doc.lock().unwrap();
+        let me = self.machine_id.as_str();
+        if let Some(&theirs) = versions.get(me) {
+            if let Some(change) = cell.tables.outrun(me, theirs, now_ms()) {
+                tracing::warn!(
+                    peer,
+                    theirs,
+                    "a peer holds a newer copy of this machine's \
+                    containers than this machine (writes lost in a crash or with the store); \
+                    sending the whole table to every peer"
+                );
+                drop(
+                    self.writer
+                        .lock()
+                        .unwrap()
+                        .submit_rows(row_writes(&change.ops)),
+                );
+                self.tables_changed(cell, change);
+            }
+        }
         TablesMessage {
             versions: cell.tables.versions(),
             deltas: cell
                 .tables
-                .deltas_for(versions, |m| cell.doc.removal(m).is_some()),
+                .deltas_for(versions, |m| m == peer || cell.doc.removal(m).is_some()),
         }
     }
 
     /// Applies a peer's table deltas: only for machines in the state that were not removed,
     /// and never for this machine's own table (it is the one writer). Stored soon, in order;
-    /// a peer still has them if this machine crashes before.
-    pub(crate) fn receive_tables(&self, deltas: Vec<TableDelta>) -> Result<(), TableError> {
+    /// a peer still has them if this machine crashes before. Returns whether anything
+    /// changed; a delta that fails the checks refuses the whole message before anything of
+    /// it is applied.
+    pub(crate) fn receive_tables(&self, deltas: Vec<TableDelta>) -> Result<bool, TableError> {
         if deltas.is_empty() {
-            return Ok(());
+            return Ok(false);
+        }
+        for delta in &deltas {
+            crate::tables::check(delta)?;
         }
         let cell = &mut *self.doc.lock().unwrap();
         let mut merged = TableChange::default();
         for delta in deltas {
-            crate::tables::check(&delta)?;
             let m = delta.machine_id.as_str();
             if m == self.machine_id
                 || cell.doc.removal(m).is_some()
@@ -354,12 +380,11 @@ impl Shared {
                 continue;
             }
             if let Some(change) = cell.tables.apply(delta)? {
-                merged.changed.extend(change.changed);
-                merged.ops.extend(change.ops);
+                merged.absorb(change);
             }
         }
         if merged.ops.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         drop(
             self.writer
@@ -369,7 +394,7 @@ impl Shared {
         );
         self.tables_changed(cell, merged);
         self.conflict_check.notify_one();
-        Ok(())
+        Ok(true)
     }
 
     /// Forgets the container tables of machines that were removed; returns whether any was.
@@ -384,8 +409,7 @@ impl Shared {
         let mut merged = TableChange::default();
         for m in &removed {
             if let Some(change) = cell.tables.drop_table(m) {
-                merged.changed.extend(change.changed);
-                merged.ops.extend(change.ops);
+                merged.absorb(change);
             }
         }
         if merged.ops.is_empty() {

@@ -55,7 +55,7 @@ pub const CONNECTION_LINGER: Duration = Duration::from_secs(5);
 /// Server-side conversations kept at most (one per calling machine).
 const MAX_SERVER_SESSIONS: usize = 4096;
 /// The biggest sync message taken in parts (a catch-up of a machine far behind).
-const MAX_MESSAGE_BYTES: usize = 1024 * 1024 * 1024;
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// `bytes` in parts of `chunk` bytes, in order.
 fn split(bytes: Vec<u8>, chunk: usize) -> VecDeque<Vec<u8>> {
@@ -219,7 +219,7 @@ impl SyncServer {
                     tracing::warn!(from = %req.from, error = %e, "refusing a malformed table delta");
                     return Err(SyncError::Malformed(e.to_string()));
                 }
-                Some(shared.tables_for(&t.versions))
+                Some(shared.tables_for(&req.from, &t.versions))
             }
             None => None,
         };
@@ -376,8 +376,9 @@ async fn session(
     *state = reset_sync_state(state);
     let id = rand::random::<u64>();
     let timeout = Duration::from_millis(shared.config.sync_timeout_ms);
-    // Table deltas the peer lacks by the versions it sent last.
+    // Table deltas the peer lacks by the versions it sent last, and those sent already.
     let mut pending: Vec<TableDelta> = Vec::new();
+    let mut sent: std::collections::BTreeSet<(String, u64)> = Default::default();
     for round in 0..MAX_ROUNDS {
         let (taken, out, versions) = {
             let shared = shared.clone();
@@ -433,10 +434,9 @@ async fn session(
             reply.more = next.more;
         }
         let got_message = reply.message.is_some();
-        let got_deltas = reply.tables.as_ref().is_some_and(|t| !t.deltas.is_empty());
-        tracing::trace!(%peer, round, sent = !sent_nothing, got = got_message, got_deltas, "sync round");
         let (taken, received, next) = {
             let shared = shared.clone();
+            let peer_id = peer.to_string();
             let mut taken = std::mem::replace(state, sync::State::new());
             off_workers(move || {
                 let received = match &reply.message {
@@ -444,9 +444,11 @@ async fn session(
                     None => Ok(()),
                 };
                 let next = reply.tables.map(|t| {
-                    shared
-                        .receive_tables(t.deltas)
-                        .map(|()| shared.tables_for(&t.versions).deltas)
+                    let changed = shared.receive_tables(t.deltas)?;
+                    Ok::<_, crate::tables::TableError>((
+                        changed,
+                        shared.tables_for(&peer_id, &t.versions).deltas,
+                    ))
                 });
                 (taken, received, next)
             })
@@ -455,7 +457,12 @@ async fn session(
         };
         *state = taken;
         received?;
-        pending = next.transpose()?.unwrap_or_default();
+        let (got_deltas, mut next) = next.transpose()?.unwrap_or_default();
+        // A table the peer did not take (a machine it does not know yet) would be sent every
+        // round: once per session is enough, the next session tries again.
+        next.retain(|d| sent.insert((d.machine_id.clone(), d.version)));
+        pending = next;
+        tracing::trace!(%peer, round, sent = !sent_nothing, got = got_message, got_deltas, "sync round");
         if sent_nothing && !got_message && !got_deltas && pending.is_empty() {
             tracing::debug!(%peer, rounds = round + 1, "sync session done");
             return Ok(true);

@@ -112,6 +112,14 @@ pub struct TableChange {
     pub ops: Vec<RowOp>,
 }
 
+impl TableChange {
+    /// Adds a later change to this one.
+    pub fn absorb(&mut self, later: TableChange) {
+        self.changed.extend(later.changed);
+        self.ops.extend(later.ops);
+    }
+}
+
 /// The store writes for `ops`, rows as JSON.
 pub fn row_writes(ops: &[RowOp]) -> Vec<RowWrite> {
     ops.iter()
@@ -146,7 +154,8 @@ pub fn from_stored(groups: BTreeMap<String, Group>) -> (ContainerTables, Vec<Str
     let stored = groups
         .into_iter()
         .map(|(machine, group)| {
-            let rows = group
+            let before = problems.len();
+            let rows: Vec<TableRow> = group
                 .rows
                 .into_iter()
                 .filter_map(
@@ -167,7 +176,13 @@ pub fn from_stored(groups: BTreeMap<String, Group>) -> (ContainerTables, Vec<Str
                     },
                 )
                 .collect();
-            (machine, group.version, rows)
+            // Rows were lost: version 0 makes peers send the whole table again.
+            let version = if problems.len() > before {
+                0
+            } else {
+                group.version
+            };
+            (machine, version, rows)
         })
         .collect::<Vec<_>>();
     (ContainerTables::restore(stored), problems)
@@ -296,6 +311,11 @@ impl ContainerTables {
             return None;
         }
         let version = next_version(table.version, now_ms);
+        if table.version == 0 {
+            // A table this machine starts (again, if its store was lost): a peer holding an
+            // older one must get it whole, removals included.
+            table.floor = version;
+        }
         table.version = version;
         let row = TableRow {
             version,
@@ -338,6 +358,28 @@ impl ContainerTables {
                     version,
                 },
             ],
+        })
+    }
+
+    /// A peer holds `machine_id`'s own table at `theirs`, above what this machine (its only
+    /// writer) holds: it lost writes its peers had already seen (a lost or damaged store, a
+    /// crash between sending and storing). Jumps past that version and answers every peer
+    /// with the whole table from then on, so every copy is replaced.
+    pub fn outrun(&mut self, machine_id: &str, theirs: u64, now_ms: u64) -> Option<TableChange> {
+        let table = self.tables.entry(machine_id.to_string()).or_default();
+        if theirs <= table.version {
+            return None;
+        }
+        let version = next_version(theirs, now_ms);
+        table.version = version;
+        table.floor = version;
+        table.tombstones.clear();
+        Some(TableChange {
+            changed: BTreeSet::new(),
+            ops: vec![RowOp::Version {
+                machine_id: machine_id.to_string(),
+                version,
+            }],
         })
     }
 
@@ -635,6 +677,31 @@ mod tests {
         b.upsert("m1", container("m1", "c2", "x"), 20);
         b.apply(d[0].clone()).unwrap();
         assert_eq!(b.containers(), a.containers());
+    }
+
+    #[test]
+    fn a_writer_that_lost_its_store_replaces_every_copy() {
+        let mut w = ContainerTables::default();
+        w.upsert("m1", container("m1", "c1", "x"), 10);
+        w.upsert("m1", container("m1", "c2", "x"), 20);
+        let mut p = ContainerTables::default();
+        exchange(&w, &mut p);
+        // The store is lost: the writer starts empty, Docker gives back only c2.
+        let mut w = ContainerTables::default();
+        w.upsert("m1", container("m1", "c2", "x"), 30);
+        exchange(&w, &mut p);
+        assert_eq!(p.containers(), w.containers(), "c1 is gone on the peer too");
+        // A crash lost a write the peer had: the peer is ahead of the writer.
+        let mut w = ContainerTables::default();
+        w.upsert("m1", container("m1", "c2", "x"), 5);
+        assert!(p.version_of("m1") > w.version_of("m1"));
+        let change = w.outrun("m1", p.version_of("m1"), 6).unwrap();
+        assert!(change.changed.is_empty());
+        assert!(w.version_of("m1") > p.version_of("m1"));
+        w.upsert("m1", container("m1", "c3", "x"), 7);
+        exchange(&w, &mut p);
+        assert_eq!(p.containers(), w.containers());
+        assert_eq!(w.outrun("m1", 1, 8), None, "nothing to outrun");
     }
 
     #[derive(Debug, Clone)]
