@@ -268,7 +268,7 @@ impl Shared {
         self: &Arc<Self>,
         write: ContainerWrite<'_>,
     ) -> Result<(), WriteError> {
-        let ack = {
+        let (ack, changed) = {
             let mut cell = self.doc.lock().unwrap();
             let me = self.machine_id.as_str();
             let change = match write {
@@ -291,28 +291,32 @@ impl Shared {
                     cell.tables.remove(me, id, now_ms())
                 }
             };
-            let Some(change) = change else {
-                return Ok(());
-            };
-            let ack = self
-                .writer
-                .lock()
-                .unwrap()
-                .submit_rows(row_writes(&change.ops));
-            self.tables_changed(&cell, change);
-            ack
+            match change {
+                Some(change) => (self.tables_changed(&cell, change), true),
+                // Already so in memory, but perhaps not yet on disk (an identical write still
+                // in flight, or one that failed): the caller waits for the row store anyway.
+                None => (self.writer.lock().unwrap().submit_rows(Vec::new()), false),
+            }
         };
-        self.peers.push_all();
-        match ack.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(WriteError::Storage(e)),
-            Err(_) => Err(WriteError::Storage("the store writer stopped".into())),
+        if changed {
+            self.peers.push_all();
         }
+        durable(ack).await
     }
 
-    /// Announces a change of the container tables (under the document lock, so fingerprints
-    /// are published in order).
-    fn tables_changed(&self, cell: &DocCell, change: TableChange) {
+    /// Hands a change of the container tables to the store writer and announces it (under
+    /// the document lock, so rows are stored and fingerprints published in order); the
+    /// receiver resolves once its rows are durable.
+    fn tables_changed(
+        &self,
+        cell: &DocCell,
+        change: TableChange,
+    ) -> tokio::sync::oneshot::Receiver<crate::persist::Ack> {
+        let ack = self
+            .writer
+            .lock()
+            .unwrap()
+            .submit_rows(row_writes(&change.ops));
         self.tables_fingerprint
             .send_replace(cell.tables.fingerprint());
         if !change.changed.is_empty() {
@@ -321,6 +325,7 @@ impl Shared {
                 ids: change.changed.into_iter().collect(),
             });
         }
+        ack
     }
 
     /// What peer `peer`, holding `versions`, lacks of the container tables. Removed
@@ -340,13 +345,8 @@ impl Shared {
                     containers than this machine (writes lost in a crash or with the store); \
                     sending the whole table to every peer"
                 );
-                drop(
-                    self.writer
-                        .lock()
-                        .unwrap()
-                        .submit_rows(row_writes(&change.ops)),
-                );
-                self.tables_changed(cell, change);
+                // Durable soon; nobody waits for it.
+                drop(self.tables_changed(cell, change));
             }
         }
         TablesMessage {
@@ -386,13 +386,7 @@ impl Shared {
         if merged.ops.is_empty() {
             return Ok(false);
         }
-        drop(
-            self.writer
-                .lock()
-                .unwrap()
-                .submit_rows(row_writes(&merged.ops)),
-        );
-        self.tables_changed(cell, merged);
+        drop(self.tables_changed(cell, merged));
         self.conflict_check.notify_one();
         Ok(true)
     }
@@ -416,13 +410,7 @@ impl Shared {
             return false;
         }
         tracing::info!(machines = ?removed, "forgetting the containers of removed machines");
-        drop(
-            self.writer
-                .lock()
-                .unwrap()
-                .submit_rows(row_writes(&merged.ops)),
-        );
-        self.tables_changed(cell, merged);
+        drop(self.tables_changed(cell, merged));
         true
     }
 
@@ -595,6 +583,17 @@ impl Shared {
         if machines_changed {
             self.conflict_check.notify_one();
         }
+    }
+}
+
+/// Waits for the store writer's answer to a write.
+async fn durable(
+    ack: tokio::sync::oneshot::Receiver<crate::persist::Ack>,
+) -> Result<(), WriteError> {
+    match ack.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WriteError::Storage(e)),
+        Err(_) => Err(WriteError::Storage("the store writer stopped".into())),
     }
 }
 
