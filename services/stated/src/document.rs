@@ -2,8 +2,10 @@
 //!
 //! Callers read and write [`NetworkState`] entities; the string paths inside the document live
 //! only here. Layout: `{network: {id, mesh_cidr}, machines: {<id>: Machine}, services: {…},
-//! containers: {…}, removed: {…}, clients: {…}}`, one automerge map per entity so concurrent
-//! writers of different entities (or different fields) never conflict. A service's spec is
+//! containers: {}, removed: {…}, clients: {…}}`, one automerge map per entity so concurrent
+//! writers of different entities (or different fields) never conflict. `containers` stays
+//! empty: it is part of the genesis change, but containers live in per-machine tables
+//! (`crate::tables`, decision 0014). A service's spec is
 //! the exception: one value (`uncloud_common::service_doc`), so concurrent deploys never mix.
 //!
 //! Every machine starts from the same **genesis** change, built deterministically from the
@@ -51,11 +53,11 @@ pub enum DocError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
     UpsertMachine(Machine),
-    /// Removes a machine for good: a tombstone in `removed`, its entry and its containers'
-    /// records deleted, all in one change.
+    /// Removes a machine for good: a tombstone in `removed` and its entry deleted, in one
+    /// change (its container table is dropped by the replica).
     RemoveMachine(MachineRemoval),
-    /// Deletes what a removed machine still has in the state (an entry or container records
-    /// that a peer merged in after the removal); any member may.
+    /// Deletes the entry of a removed machine that a peer merged in after the removal; any
+    /// member may.
     SweepRemoved,
     /// Deploys a service's spec: creates the service (revision 1, `created_at_ms` as given),
     /// or, when it exists and the spec differs, makes the spec its next revision and keeps the
@@ -438,7 +440,8 @@ impl StateDoc {
             network: self.network(),
             machines: self.entities(Kind::Machines),
             services: self.entities(Kind::Services),
-            containers: self.entities(Kind::Containers),
+            // Not in the document: the replica fills them in from the tables (decision 0014).
+            containers: BTreeMap::new(),
             removed: self.entities(Kind::Removed),
             clients: self.entities(Kind::Clients),
         }
@@ -476,7 +479,7 @@ impl StateDoc {
             Kind::Network => Ok(serde_json::to_value(self.network()).expect("serializes")),
             Kind::Machines => pick(self.entities::<Machine>(kind), kind, id),
             Kind::Services => pick(self.entities::<Service>(kind), kind, id),
-            Kind::Containers => pick(self.entities::<Container>(kind), kind, id),
+            Kind::Containers => Err(DocError::NotInDocument(kind)),
             Kind::Removed => pick(self.entities::<Removal>(kind), kind, id),
             Kind::Clients => pick(self.entities::<ClientCert>(kind), kind, id),
         }
@@ -493,30 +496,23 @@ impl StateDoc {
             Kind::Network => serde_json::to_value(self.network()).expect("serializes"),
             Kind::Machines => json(self.entities_by_id::<Machine>(kind, ids)),
             Kind::Services => json(self.entities_by_id::<Service>(kind, ids)),
-            Kind::Containers => json(self.entities_by_id::<Container>(kind, ids)),
+            Kind::Containers => serde_json::json!({}),
             Kind::Removed => json(self.entities_by_id::<Removal>(kind, ids)),
             Kind::Clients => json(self.entities_by_id::<ClientCert>(kind, ids)),
         }
     }
 
-    /// What a removed machine still has in the state: (machine entries, container records).
-    pub fn leftovers_of_removed(&self) -> (Vec<String>, Vec<String>) {
+    /// Entries of removed machines still in the state (merged from a peer that had not heard
+    /// of the removal). Their container tables are dropped by the replica.
+    pub fn leftovers_of_removed(&self) -> Vec<String> {
         let removed = self.entities::<Removal>(Kind::Removed);
         if removed.is_empty() {
-            return (Vec::new(), Vec::new());
+            return Vec::new();
         }
-        let machines = self
-            .machines()
+        self.machines()
             .into_keys()
             .filter(|id| removed.contains_key(id))
-            .collect();
-        let containers = self
-            .entities::<Container>(Kind::Containers)
-            .into_iter()
-            .filter(|(_, c)| removed.contains_key(&c.machine_id))
-            .map(|(id, _)| id)
-            .collect();
-        (machines, containers)
+            .collect()
     }
 
     /// The tombstone of a removed machine.
@@ -531,7 +527,6 @@ impl StateDoc {
             self.kind_obj(Kind::Machines)?,
             self.kind_obj(Kind::Removed)?,
         );
-        let containers = self.kind_obj(Kind::Containers)?;
         let entry = self.machine(&r.machine_id);
         let tombstone = self.removal(&r.machine_id);
         if entry.is_none() && tombstone.is_none() {
@@ -540,12 +535,6 @@ impl StateDoc {
                 id: r.machine_id.clone(),
             });
         }
-        let records: Vec<String> = self
-            .entities::<Container>(Kind::Containers)
-            .into_iter()
-            .filter(|(_, c)| c.machine_id == r.machine_id)
-            .map(|(id, _)| id)
-            .collect();
         let before = self.doc.get_heads();
         let mut tx = self.doc.transaction();
         if tombstone.is_none() {
@@ -566,28 +555,19 @@ impl StateDoc {
         if entry.is_some() {
             tx.delete(&machines, r.machine_id.as_str())?;
         }
-        for id in records {
-            tx.delete(&containers, id.as_str())?;
-        }
         tx.commit();
         Ok(self.doc.get_heads() != before)
     }
 
     fn sweep_removed(&mut self) -> Result<bool, DocError> {
-        let (machine_ids, container_ids) = self.leftovers_of_removed();
-        if machine_ids.is_empty() && container_ids.is_empty() {
+        let machine_ids = self.leftovers_of_removed();
+        if machine_ids.is_empty() {
             return Ok(false);
         }
-        let (machines, containers) = (
-            self.kind_obj(Kind::Machines)?,
-            self.kind_obj(Kind::Containers)?,
-        );
+        let machines = self.kind_obj(Kind::Machines)?;
         let mut tx = self.doc.transaction();
         for id in machine_ids {
             tx.delete(&machines, id.as_str())?;
-        }
-        for id in container_ids {
-            tx.delete(&containers, id.as_str())?;
         }
         tx.commit();
         Ok(true)
@@ -1035,9 +1015,9 @@ mod tests {
         c.apply(&Mutation::UpsertMachine(machine("m2", "b", 2)))
             .unwrap();
         sync_pair(&mut a, &mut c);
-        assert_eq!(a.leftovers_of_removed(), (vec!["m2".to_string()], vec![]));
+        assert_eq!(a.leftovers_of_removed(), vec!["m2".to_string()]);
         assert!(a.apply(&Mutation::SweepRemoved).unwrap());
-        assert_eq!(a.leftovers_of_removed(), (vec![], vec![]));
+        assert!(a.leftovers_of_removed().is_empty());
         assert!(!a.apply(&Mutation::SweepRemoved).unwrap());
         sync_pair(&mut a, &mut b);
         sync_pair(&mut a, &mut c);

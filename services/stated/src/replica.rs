@@ -717,9 +717,8 @@ pub(crate) async fn conflict_loop(shared: Arc<Shared>) {
         }
         shared.drop_removed_tables();
         let leftovers = shared.doc.lock().unwrap().doc.leftovers_of_removed();
-        if leftovers != (Vec::new(), Vec::new()) {
-            tracing::info!(machines = ?leftovers.0, containers = ?leftovers.1,
-                "deleting what removed machines still had in the state");
+        if !leftovers.is_empty() {
+            tracing::info!(machines = ?leftovers, "deleting what removed machines still had in the state");
             if let Err(e) = shared.mutate(Mutation::SweepRemoved).await {
                 tracing::error!(error = %e, "could not delete a removed machine's leftovers");
             }
