@@ -38,6 +38,9 @@ struct Args {
     /// Node counts of the healed partitions (comma-separated), instead of the plan's.
     #[arg(long, value_delimiter = ',')]
     heal_nodes: Vec<usize>,
+    /// Node counts of the propagation runs (comma-separated), instead of the plan's.
+    #[arg(long, value_delimiter = ',')]
+    propagation_nodes: Vec<usize>,
     /// Runs per side of each healed partition and catch-up, instead of the plan's.
     #[arg(long)]
     runs: Option<usize>,
@@ -68,6 +71,15 @@ async fn main() -> Result<()> {
     }
     if !args.heal_nodes.is_empty() {
         plan.heal_nodes = args.heal_nodes.clone();
+    }
+    if !args.propagation_nodes.is_empty() {
+        plan.propagation = args
+            .propagation_nodes
+            .iter()
+            .map(|&n| (n, stated::Plan::propagation_samples(n)))
+            .collect();
+        plan.idle_nodes
+            .retain(|n| args.propagation_nodes.contains(n));
     }
     if let Some(runs) = args.runs {
         plan.heal_runs = runs;

@@ -408,8 +408,9 @@ fn mechanisms(s: &mut String, m: &Measured) {
         s,
         "- Propagation: stated pushes a local write to every live peer at once (`Peers::push_all` \
          from `after_change`), one automerge sync session (2–4 RPC round trips) per peer, so the \
-         writer runs n−1 sessions per write; with every node on the same 2 CPUs these queue on \
-         CPU at 50 nodes. The reference moves data only in gossip rounds, one round per hop.",
+         writer runs n−1 sessions per write, at most 4 of them exchanging at once (session \
+         slots); with every node on the same 2 CPUs these queue on CPU at 50 nodes. The \
+         reference moves data only in gossip rounds, one round per hop.",
     );
     line(
         s,
@@ -419,8 +420,13 @@ fn mechanisms(s: &mut String, m: &Measured) {
          worker for that machine at once (`observe_loop` in `gossip.rs`), before chitchat has \
          seen the two fresh heartbeats it needs to call the machine live again. Changes a node \
          merged from a peer are not pushed on (`after_change(.., local = false)`); the rest of \
-         its side pulls them once gossip shows its new heads, about one more round. The \
-         reference's data rides on the gossip exchanges themselves. Why an earlier figure did \
+         its side pulls them once gossip shows its new heads, about one more round. What \
+         bounds the figure at 50 nodes is how many times the same 1,000 changes are generated \
+         and merged: about 30 ms of CPU per copy, and the minimum is one copy per node. Before \
+         session slots (at most 4 sessions of a node exchanging at once), no blind retries and \
+         no session on a peer's return from the dead, a 50-node heal moved about 600 copies \
+         (7.7–10 s); now about 70. The reference's data rides on the gossip exchanges \
+         themselves. Why an earlier figure did \
          not reproduce on a slower machine (converged 2.7–3.4 s after the heal where 0.6 s was \
          published): every half gossip round each node checked, for each peer, whether it held \
          that peer's heads with automerge's `get_change_by_hash`, which rebuilds the whole \
@@ -484,8 +490,9 @@ fn caveats(s: &mut String, machine: &Machine) {
     line(
         s,
         "- The healed partition is held until each side has declared the other dead, the slower \
-         case for stated (see above); a partition healed before that converges through stated's \
-         sync retries instead (backoff up to 2 s). The figure depends on where the heal falls \
+         case for stated (see above); a partition healed before that converges the same way, \
+         through pulls once gossip shows the other side's heads. The figure depends on where \
+         the heal falls \
          within the gossip rounds, hence several runs and their median.",
     );
     line(

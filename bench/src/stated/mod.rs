@@ -67,7 +67,10 @@ impl Plan {
             quick: false,
             seed,
             gossip_interval_ms: c.gossip_interval_ms,
-            propagation: vec![(3, 100), (10, 100), (50, 50)],
+            propagation: [3, 10, 50, 100]
+                .into_iter()
+                .map(|n| (n, Plan::propagation_samples(n)))
+                .collect(),
             idle_nodes: vec![10, 50],
             // One anti-entropy period, so every node's periodic sync round counts exactly once.
             idle_window: Duration::from_millis(c.anti_entropy_interval_ms),
@@ -82,6 +85,16 @@ impl Plan {
     }
 
     /// A smoke run of under a minute: small counts, 200 ms gossip.
+    /// Writes timed at `n` nodes in a full run: fewer on big clusters, where each one costs
+    /// a node's sessions with every peer.
+    pub fn propagation_samples(n: usize) -> usize {
+        match n {
+            0..=10 => 100,
+            11..=50 => 50,
+            _ => 30,
+        }
+    }
+
     pub fn quick(seed: u64) -> Plan {
         Plan {
             parts: vec![Part::Propagation, Part::Heal, Part::CatchUp, Part::Memory],

@@ -42,7 +42,7 @@ const KEY_HEADS: &str = "heads";
 /// [`crate::tables::ContainerTables::fingerprint`] of the sender's container tables, hex.
 const KEY_TABLES: &str = "tables";
 /// Peers pulled from at most per half gossip round, when several are ahead.
-const MAX_PULLS: usize = 2;
+pub(crate) const MAX_PULLS: usize = 2;
 
 pub(crate) struct Gossip {
     handle: ChitchatHandle,

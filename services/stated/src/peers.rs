@@ -8,15 +8,41 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
 
 /// The sync workers, one per known peer.
-#[derive(Default)]
 pub(crate) struct Peers {
     workers: Mutex<HashMap<String, PeerWorker>>,
     /// Sessions this machine's workers are running right now.
     running: AtomicUsize,
+    /// Sessions allowed to exchange at once (see [`Peers::slot`]).
+    slots: Semaphore,
+}
+
+/// Sessions of one machine that exchange messages at once.
+///
+/// Unbounded, a burst of writes woke a session to every peer per write; on a busy machine they
+/// queued behind the document lock, and when a partition healed, the backlog and every
+/// machine's pull moved the same changes between the same machines many times over (a healed
+/// 50-machine network spent seconds of CPU on copies it already had). Waiting for a slot,
+/// wake-ups coalesce and a session starts from what the machine holds by then.
+pub(crate) const SESSION_SLOTS: usize = 4;
+
+/// Longest wait for a slot: past it a session runs anyway, so peers that stopped answering
+/// (each holding a slot until its deadline) never hold up the rest for long.
+pub(crate) const SLOT_WAIT: Duration = Duration::from_secs(2);
+
+impl Default for Peers {
+    fn default() -> Self {
+        Peers {
+            workers: Mutex::default(),
+            running: AtomicUsize::default(),
+            slots: Semaphore::new(SESSION_SLOTS),
+        }
+    }
 }
 
 /// Counts one running session for as long as it lives.
@@ -44,19 +70,28 @@ impl Peers {
         Running(&self.running)
     }
 
+    /// Waits for one of the [`SESSION_SLOTS`], at most [`SLOT_WAIT`]; the slot is held until
+    /// the returned permit drops (`None`: the wait timed out, run without one).
+    pub(crate) async fn slot(&self) -> Option<SemaphorePermit<'_>> {
+        tokio::time::timeout(SLOT_WAIT, self.slots.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
     /// Sessions this machine's workers are running right now.
     pub(crate) fn sessions_running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
     }
 
     /// Makes the worker set match `known` (machine id -> sync address, live): no worker for
-    /// a machine `removed` says is gone, a new one from `spawn` (id, address, its wake-up, its
-    /// liveness flag) for a machine without one.
+    /// a machine `removed` says is gone, a new one from `spawn` (id, address, its wake-up) for
+    /// a machine without one.
     pub(crate) fn update(
         &self,
         known: &HashMap<String, (SocketAddr, bool)>,
         removed: impl Fn(&str) -> bool,
-        spawn: impl Fn(&str, SocketAddr, Arc<Notify>, Arc<AtomicBool>) -> JoinHandle<()>,
+        spawn: impl Fn(&str, SocketAddr, Arc<Notify>) -> JoinHandle<()>,
     ) {
         let mut workers = self.workers.lock().unwrap();
         workers.retain(|id, w| {
@@ -74,16 +109,14 @@ impl Peers {
                 continue;
             }
             if let Some(w) = workers.get(id) {
-                let was_live = w.live.swap(*live, Ordering::Relaxed);
-                if *live && !was_live {
-                    // Back from the dead: it may have missed everything.
-                    w.wake.notify_one();
-                }
+                // Back from the dead, it is not synced with at once: each side pulls what it
+                // lacks once gossip shows the other's heads, a few machines at a time.
+                w.live.store(*live, Ordering::Relaxed);
                 continue;
             }
             let wake = Arc::new(Notify::new());
             let live_flag = Arc::new(AtomicBool::new(*live));
-            let task = spawn(id, *addr, wake.clone(), live_flag.clone());
+            let task = spawn(id, *addr, wake.clone());
             if *live {
                 // A new peer is synced at once: it may have missed everything.
                 wake.notify_one();

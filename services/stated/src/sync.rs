@@ -7,8 +7,13 @@
 //! Workers are woken by: a local write (push to every live peer), gossip showing the peer has
 //! heads we lack (pull; also for a peer not yet live again when those heads are new, which is
 //! what makes a healed partition converge within a gossip round), and a slow periodic timer
-//! (anti-entropy safety net). Wake-ups while a
-//! session runs coalesce into one more session.
+//! (anti-entropy safety net, skipped while sessions are busy). Wake-ups while a session runs
+//! coalesce into one more session; a session that failed is not retried on its own (its
+//! peer's heads in gossip bring the next one).
+//!
+//! At most [`crate::peers::SESSION_SLOTS`] sessions of a machine exchange messages at once:
+//! unbounded, a healed partition made every machine fetch the same changes from many peers
+//! at the same time.
 //!
 //! Every round also carries the container tables (decision 0014): the caller sends the
 //! versions it holds, the server answers with the deltas the caller lacks and its own
@@ -26,13 +31,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use automerge::sync;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::{client, context};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -264,15 +269,7 @@ pub(crate) fn update_peers(shared: &Arc<Shared>, known: &HashMap<String, (Socket
     shared.peers.update(
         known,
         |id| shared.is_removed(id),
-        |id, addr, wake, live| {
-            tokio::spawn(peer_worker(
-                shared.clone(),
-                id.to_string(),
-                addr,
-                wake,
-                live,
-            ))
-        },
+        |id, addr, wake| tokio::spawn(peer_worker(shared.clone(), id.to_string(), addr, wake)),
     );
 }
 
@@ -296,13 +293,7 @@ enum SessionError {
     TooBig,
 }
 
-async fn peer_worker(
-    shared: Arc<Shared>,
-    peer: String,
-    addr: SocketAddr,
-    wake: Arc<Notify>,
-    live: Arc<AtomicBool>,
-) {
+async fn peer_worker(shared: Arc<Shared>, peer: String, addr: SocketAddr, wake: Arc<Notify>) {
     let mut client: Option<StateSyncClient> = None;
     let mut state = sync::State::new();
     let mut backoff = Duration::from_millis(50);
@@ -337,11 +328,12 @@ async fn peer_worker(
                 state = reset_sync_state(&state);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
-                // Try again later rather than dropping the wish to sync, while the peer is
-                // live; a dead one is retried when gossip shows it again.
-                if live.load(Ordering::Relaxed) {
-                    wake.notify_one();
-                }
+                // Wake-ups that came while the peer was out of reach are dropped, not kept for
+                // later: each machine pulls what it lacks once gossip shows the other's heads
+                // again (and anti-entropy is the safety net). Kept, they fired a session from
+                // every machine to every machine of the other side the moment a partition
+                // healed, each carrying the same changes.
+                let _ = wake.notified().now_or_never();
             }
         }
     }
@@ -373,6 +365,8 @@ async fn session(
         Some(c) => c,
         None => client.insert(connect(shared, addr).await?),
     };
+    // Connected (a peer out of reach fails above without taking a slot).
+    let _slot = shared.peers.slot().await;
     *state = reset_sync_state(state);
     let id = rand::random::<u64>();
     let timeout = Duration::from_millis(shared.config.sync_timeout_ms);
@@ -509,7 +503,10 @@ pub(crate) async fn anti_entropy_loop(shared: Arc<Shared>) {
         }
         let gap = period / live.len() as u32;
         for id in live {
-            shared.peers.wake(&id);
+            // The safety net waits while sessions are busy (a healed partition merging).
+            if shared.peers.sessions_running() < crate::gossip::MAX_PULLS {
+                shared.peers.wake(&id);
+            }
             tokio::time::sleep(gap).await;
         }
     }
