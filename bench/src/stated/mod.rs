@@ -84,7 +84,6 @@ impl Plan {
         }
     }
 
-    /// A smoke run of under a minute: small counts, 200 ms gossip.
     /// Writes timed at `n` nodes in a full run: fewer on big clusters, where each one costs
     /// a node's sessions with every peer.
     pub fn propagation_samples(n: usize) -> usize {
@@ -95,6 +94,7 @@ impl Plan {
         }
     }
 
+    /// A smoke run of under a minute: small counts, 200 ms gossip.
     pub fn quick(seed: u64) -> Plan {
         Plan {
             parts: vec![Part::Propagation, Part::Heal, Part::CatchUp, Part::Memory],

@@ -35,14 +35,13 @@ use crate::errors::StartError;
 use crate::links::Links;
 use crate::liveness::Observation;
 use crate::mesh_peers::MeshPeers;
+use crate::peers::MAX_PULLS;
 use crate::replica::{Event, Shared};
 
 const KEY_SYNC: &str = "sync";
 const KEY_HEADS: &str = "heads";
 /// [`crate::tables::ContainerTables::fingerprint`] of the sender's container tables, hex.
 const KEY_TABLES: &str = "tables";
-/// Peers pulled from at most per half gossip round, when several are ahead.
-pub(crate) const MAX_PULLS: usize = 2;
 
 pub(crate) struct Gossip {
     handle: ChitchatHandle,

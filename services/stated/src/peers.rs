@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
@@ -30,6 +29,10 @@ pub(crate) struct Peers {
 /// 50-machine network spent seconds of CPU on copies it already had). Waiting for a slot,
 /// wake-ups coalesce and a session starts from what the machine holds by then.
 pub(crate) const SESSION_SLOTS: usize = 4;
+
+/// Peers pulled from at most per half gossip round, when several are ahead; also the number
+/// of running sessions past which a machine counts as busy (no pulls, no anti-entropy).
+pub(crate) const MAX_PULLS: usize = 2;
 
 /// Longest wait for a slot: past it a session runs anyway, so peers that stopped answering
 /// (each holding a slot until its deadline) never hold up the rest for long.
@@ -57,7 +60,7 @@ impl Drop for Running<'_> {
 struct PeerWorker {
     addr: SocketAddr,
     /// Whether the failure detector calls the peer live; only live peers get pushes and
-    /// retries.
+    /// anti-entropy sessions.
     live: Arc<AtomicBool>,
     wake: Arc<Notify>,
     task: JoinHandle<()>,
@@ -82,6 +85,11 @@ impl Peers {
     /// Sessions this machine's workers are running right now.
     pub(crate) fn sessions_running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
+    }
+
+    /// Whether [`MAX_PULLS`] sessions are running (or waiting for a slot) already.
+    pub(crate) fn busy(&self) -> bool {
+        self.sessions_running() >= MAX_PULLS
     }
 
     /// Makes the worker set match `known` (machine id -> sync address, live): no worker for
@@ -163,5 +171,30 @@ impl Peers {
         for (_, w) in self.workers.lock().unwrap().drain() {
             w.task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn at_most_the_slots_exchange_at_once_and_a_freed_slot_goes_to_the_next() {
+        let peers = Peers::default();
+        let mut held = Vec::new();
+        for _ in 0..SESSION_SLOTS {
+            held.push(peers.slot().await.expect("a free slot is given at once"));
+        }
+        let short = Duration::from_millis(100);
+        assert!(
+            tokio::time::timeout(short, peers.slot()).await.is_err(),
+            "a session beyond the slots must wait"
+        );
+        held.pop();
+        let next = tokio::time::timeout(short, peers.slot()).await;
+        assert!(
+            matches!(next, Ok(Some(_))),
+            "a freed slot goes to the next session"
+        );
     }
 }

@@ -504,7 +504,7 @@ pub(crate) async fn anti_entropy_loop(shared: Arc<Shared>) {
         let gap = period / live.len() as u32;
         for id in live {
             // The safety net waits while sessions are busy (a healed partition merging).
-            if shared.peers.sessions_running() < crate::gossip::MAX_PULLS {
+            if !shared.peers.busy() {
                 shared.peers.wake(&id);
             }
             tokio::time::sleep(gap).await;
