@@ -336,7 +336,7 @@ fn details(s: &mut String, plan: &Plan, m: &Measured) {
             format!(
                 "- stated start-up at {} nodes (all nodes started together): settled after \
                  {:.1} s; {} tarpc error events meanwhile (mostly sync RPCs past their deadline, \
-                 which stated retries)",
+                 after which gossip brings the next session)",
                 st.nodes, st.settle_s, st.rpc_errors
             ),
         );

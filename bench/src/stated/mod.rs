@@ -137,7 +137,7 @@ impl Idle {
 pub struct Startup {
     pub nodes: usize,
     pub settle_s: f64,
-    /// tarpc error events meanwhile (sync RPCs past their deadline, retried by stated).
+    /// tarpc error events meanwhile (sync RPCs past their deadline; gossip brings the next session).
     pub rpc_errors: u64,
 }
 

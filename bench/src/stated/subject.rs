@@ -49,7 +49,7 @@ pub async fn start(n: usize, gossip_interval_ms: u64) -> Result<(Cluster, Startu
     };
     progress(format!(
         "stated: {n} nodes settled after {:.1} s ({} sync RPC errors meanwhile, mostly past \
-         their deadline; stated retries them)",
+         their deadline; the next session follows from gossip)",
         startup.settle_s, startup.rpc_errors
     ));
     // A few more rounds so that nothing from the start-up is still in flight.
