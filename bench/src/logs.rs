@@ -2,7 +2,7 @@
 //! `RUST_LOG` asks for), except tarpc's, which are counted instead of printed.
 //!
 //! tarpc logs every RPC that passed its deadline at ERROR level. When many in-process nodes
-//! start at once, sync RPCs time out by the thousand (stated retries them), which would bury
+//! start at once, sync RPCs time out by the thousand (gossip brings the next session), which would bury
 //! the progress lines; the count is reported instead.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -130,7 +130,7 @@ impl Dockerd {
         for applet in [
             "sh", "sleep", "echo", "cat", "ls", "nc", "wget", "true", "false", "hostname", "id",
             "ps", "kill", "env", "ip", "ping", "httpd", "yes", "head", "touch", "mkdir", "rm",
-            "test", "[",
+            "test", "[", "nslookup",
         ] {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }

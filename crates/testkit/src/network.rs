@@ -1,5 +1,5 @@
 //! A local Uncloud network: machines as network namespaces on one "internet" bridge, each
-//! with its own D-Bus daemon and the real `stated`, `meshd` and `apid` processes, set up by
+//! with its own D-Bus daemon and the real `stated`, `meshd`, `apid` and `dnsd` processes, set up by
 //! the real `uncloud-firstboot`, and a "laptop" namespace on the same bridge where `uc` runs.
 //! Nothing is joined for you: tests (and `./scripts/up`) form the network with `uc` exactly
 //! as a user would.
@@ -55,6 +55,7 @@ pub fn public_ip(i: usize) -> Ipv4Addr {
 /// One machine. Field order is drop order: daemons stop before the bus and the namespace go.
 pub struct LocalMachine {
     pub apid: Option<Daemon>,
+    pub dnsd: Option<Daemon>,
     pub shim: Option<Daemon>,
     pub docker: Option<Dockerd>,
     pub meshd: Option<Daemon>,
@@ -240,7 +241,14 @@ impl LocalMachine {
     /// Every daemon's log, for a failing test.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for d in ["stated", "meshd", "apid", "dockerd-shim", "firstboot"] {
+        for d in [
+            "stated",
+            "meshd",
+            "apid",
+            "dnsd",
+            "dockerd-shim",
+            "firstboot",
+        ] {
             let text =
                 std::fs::read_to_string(self.root().join(format!("{d}.log"))).unwrap_or_default();
             // A panic's message first: its backtrace would push it out of the tail.
@@ -318,6 +326,14 @@ impl LocalMachine {
                  token_backoff_max_secs = 2\nreboot_command = [\"touch\", \"{root}/rebooted\"]\n"
             ),
         ));
+        // No upstream in a namespace without internet: names outside `internal` get SERVFAIL.
+        self.dnsd = Some(self.spawn(
+            "dnsd",
+            &format!(
+                "bus = \"{bus}\"\nresolv_conf = \"{root}/etc/resolv.conf\"\n\
+                 extra_listen = [\"127.0.0.1:53\"]\n"
+            ),
+        ));
         self.start_shim();
     }
 
@@ -343,6 +359,7 @@ impl LocalMachine {
     pub fn stop(&mut self) {
         for d in [
             &mut self.apid,
+            &mut self.dnsd,
             &mut self.shim,
             &mut self.meshd,
             &mut self.stated,
@@ -453,6 +470,7 @@ impl LocalNetwork {
         let docker = docker.then(|| Dockerd::start_in(ns.share()));
         let mut m = LocalMachine {
             apid: None,
+            dnsd: None,
             shim: None,
             docker,
             meshd: None,

@@ -1,0 +1,222 @@
+//! The daemon: wires stated (D-Bus), the mirror of the state, the forwarder and the server.
+//!
+//! Start-up: wait for stated and for this machine to be a member; subscribe to changes, then
+//! read what dnsd serves; bind UDP and TCP on the machine's mesh address (waiting for meshd
+//! to put it on its device) and any extra addresses; tell systemd it is ready. Then each
+//! change rebuilds the names, and a new mesh address (the machine was renumbered) moves the
+//! listeners.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use uncloud_common::config::DaemonConfig;
+use uncloud_common::dbus::StateProxy;
+use uncloud_common::watchdog::{self, Heartbeat};
+
+use crate::answer::Zone;
+use crate::config::{Config, ConfigInvalid};
+use crate::forward::Forwarder;
+use crate::mirror::{self, parse_liveness};
+use crate::names::{Names, View};
+use crate::server::{self, Counters, Handler, Running, Served};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigInvalid),
+    #[error("bus = \"none\": dnsd needs D-Bus to read the state from stated")]
+    NoBus,
+    #[error("D-Bus ({bus}): {reason}")]
+    Bus { bus: String, reason: zbus::Error },
+    #[error("cannot watch for signals: {0}")]
+    Signal(std::io::Error),
+}
+
+/// How often the loop beats when nothing happens.
+const TICK: Duration = Duration::from_secs(5);
+/// A loop that has not gone round for this long is stuck: systemd restarts dnsd.
+const STALLED_AFTER: Duration = Duration::from_secs(45);
+/// How long to wait between tries to bind an address not there yet.
+const BIND_RETRY: Duration = Duration::from_millis(500);
+
+/// What is served, from `view`.
+pub fn served(view: &View, ttl: u32) -> Served {
+    Served {
+        names: Names::build(view),
+        zone: Zone {
+            ttl,
+            cidr: view.cidr,
+        },
+    }
+}
+
+/// The addresses to serve on: this machine's mesh address and the configured extras.
+fn listen_addrs(view: &View, config: &Config) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = view
+        .machines
+        .get(&view.me)
+        .and_then(|m| view.cidr.as_ref()?.machine_ip(m.subnet))
+        .map(|ip| SocketAddr::new(IpAddr::V4(ip), config.port))
+        .into_iter()
+        .collect();
+    out.extend(config.extra_listen.iter().copied());
+    out
+}
+
+async fn wait_for_member(state: &StateProxy<'_>, heartbeat: &Heartbeat) -> String {
+    let mut told = false;
+    loop {
+        heartbeat.beat();
+        if let Ok(id) = state.machine_id().await {
+            match state.mode().await {
+                Ok(m) if m != "fresh" => return id,
+                Ok(_) if !told => {
+                    tracing::info!(
+                        "this machine belongs to no network yet; waiting until it joins one"
+                    );
+                    uncloud_common::daemon::notify_waiting_for_membership();
+                    told = true;
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Binds `addrs`, retrying while an address is not on any interface yet (meshd puts the
+/// mesh address on its device a moment after it learns it).
+async fn bind(
+    handler: impl Fn() -> Handler,
+    addrs: &[SocketAddr],
+    heartbeat: &Heartbeat,
+) -> Running {
+    let mut told = false;
+    loop {
+        heartbeat.beat();
+        match server::serve(handler(), addrs).await {
+            Ok(r) => return r,
+            Err(e) => {
+                if !told {
+                    tracing::info!(error = %e, "cannot serve yet; retrying until the address exists");
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
+                        "waiting: {e}"
+                    ))]);
+                    told = true;
+                }
+                tokio::time::sleep(BIND_RETRY).await;
+            }
+        }
+    }
+}
+
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    config.validate()?;
+    let bus_err = |reason| DaemonError::Bus {
+        bus: config.bus.clone(),
+        reason,
+    };
+    let conn = uncloud_common::dbus::bus_builder(&config.bus)
+        .ok_or(DaemonError::NoBus)?
+        .build()
+        .await
+        .map_err(bus_err)?;
+    let proxy = StateProxy::new(&conn).await.map_err(bus_err)?;
+    let heartbeat = Heartbeat::default();
+    {
+        let heartbeat = heartbeat.clone();
+        tokio::spawn(watchdog::run(move || {
+            let heartbeat = heartbeat.clone();
+            async move { heartbeat.check(STALLED_AFTER) }
+        }));
+    }
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+
+    let me = wait_for_member(&proxy, &heartbeat).await;
+    // Subscribe first, then read: a change in between shows up in the streams.
+    let mut updates = uncloud_common::state_follow::follow(&conn)
+        .await
+        .map_err(bus_err)?;
+    let mut liveness = proxy.receive_liveness_changed().await.map_err(bus_err)?;
+    let mut view = loop {
+        heartbeat.beat();
+        match mirror::load(&proxy, &me).await {
+            Ok(v) => break v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the state; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let (tx, rx) = watch::channel(Arc::new(served(&view, config.ttl_secs)));
+    let upstreams = config.upstream_addrs()?;
+    if upstreams.is_empty() {
+        tracing::warn!(
+            resolv_conf = %config.resolv_conf.display(),
+            "no upstream resolver: names outside `internal` get SERVFAIL"
+        );
+    }
+    let forwarder = Arc::new(Forwarder::new(
+        upstreams,
+        config.cache_entries,
+        config.max_forwards,
+        Duration::from_millis(config.forward_timeout_ms),
+    ));
+    let counters = Arc::new(Counters::default());
+    let handler = || Handler::new(rx.clone(), forwarder.clone(), counters.clone());
+
+    let mut addrs = listen_addrs(&view, &config);
+    let mut running = bind(&handler, &addrs, &heartbeat).await;
+    tracing::info!(addrs = ?running.addrs, upstreams = ?forwarder.upstreams(), "serving DNS");
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("serving on {:?}", running.addrs)),
+    ]);
+
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        let changed = tokio::select! {
+            update = updates.next() => match update {
+                Some(u) => match mirror::apply(&proxy, &mut view, u).await {
+                    Ok(changed) => changed,
+                    Err(e) => {
+                        // The next change or resync reads again; meanwhile answers are a
+                        // moment old, never wrong in shape.
+                        tracing::warn!(error = %e, "cannot read a change from stated");
+                        false
+                    }
+                },
+                None => {
+                    tracing::warn!("stated's signals ended; reading everything again");
+                    mirror::apply(&proxy, &mut view, uncloud_common::state_follow::Update::Resync)
+                        .await
+                        .unwrap_or(false)
+                }
+            },
+            signal = liveness.next() => match signal.and_then(|s| s.args().ok().map(|a| (a.machine_id().to_string(), parse_liveness(a.liveness())))) {
+                Some((id, l)) => view.liveness.insert(id, l) != Some(l),
+                None => false,
+            },
+            _ = tick.tick() => false,
+            _ = term.recv() => break,
+        };
+        heartbeat.beat();
+        if !changed {
+            continue;
+        }
+        tx.send_replace(Arc::new(served(&view, config.ttl_secs)));
+        let now = listen_addrs(&view, &config);
+        if now != addrs {
+            tracing::info!(from = ?addrs, to = ?now, "the mesh address changed; moving the listeners");
+            running.stop().await;
+            addrs = now;
+            running = bind(&handler, &addrs, &heartbeat).await;
+        }
+    }
+    running.stop().await;
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! dnsd: the DNS server of an Uncloud network.
+//!
+//! # Background
+//! Containers find each other by name: a compose project reaches its database as plain `db`.
+//! Docker's embedded DNS knows only the containers of one machine; an Uncloud network spans
+//! many, and its state (machines, services, containers, who is reachable) lives in stated.
+//!
+//! # Design
+//! - [`names`] (pure) builds every name of the `internal` zone from one machine's view of the
+//!   state, and resolves a name for an asker: a container's own project wins for bare service
+//!   names; only running, healthy containers on machines this machine sees reachable answer.
+//! - [`answer`] (pure) decides the reply to one question: authoritative from the zone
+//!   (NXDOMAIN vs NODATA with the SOA, PTR for the mesh range, refusals), or forward.
+//! - [`cache`] (pure) keeps forwarded answers by TTL; [`forward`] asks the upstreams.
+//! - [`server`] is hickory-server's UDP and TCP listeners with dnsd's request handler (header
+//!   checks: one question, EDNS version, only loopback and the mesh may ask).
+//! - [`mirror`] keeps the view up to date from stated's `Changed` signals (only the ids that
+//!   changed are read) and `LivenessChanged`; [`daemon`] wires it all.
+//!
+//! # Limitations
+//! - `lb.<service>.internal` (virtual addresses balanced by nftables) is not served yet: it
+//!   answers NXDOMAIN.
+//! - No `org.uncloud.Dns1` D-Bus interface and no `uc dns ls` yet.
+//! - IPv6: the mesh is IPv4, so every name has A records only (AAAA is NODATA).
+
+pub mod answer;
+pub mod cache;
+pub mod config;
+pub mod daemon;
+pub mod forward;
+pub mod mirror;
+pub mod names;
+pub mod server;

@@ -1,0 +1,120 @@
+//! The part of the state dnsd serves, kept up to date by change.
+//!
+//! Read once, then each `Changed(kind, ids)` fetches only those ids (an absent id was
+//! removed), a `Resync` reads everything again, and `LivenessChanged` updates one machine's
+//! liveness (see `uncloud_common::state_follow`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use uncloud_common::dbus::StateProxy;
+use uncloud_common::liveness::Liveness;
+use uncloud_common::model::{Kind, NetworkInfo};
+use uncloud_common::state_follow::{fetch, fetch_all, FetchError, Update};
+
+use crate::names::View;
+
+/// A liveness as stated names it; anything unknown counts as down.
+pub fn parse_liveness(s: &str) -> Liveness {
+    match s {
+        "alive" => Liveness::Alive,
+        "suspect" => Liveness::Suspect,
+        _ => Liveness::Down,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("asking stated for liveness: {0}")]
+    Liveness(zbus::Error),
+    #[error("asking stated for the network: {0}")]
+    Network(zbus::Error),
+    #[error("stated's network does not parse: {0}")]
+    NetworkParse(serde_json::Error),
+}
+
+async fn network(proxy: &StateProxy<'_>) -> Result<NetworkInfo, MirrorError> {
+    let json = proxy
+        .get(Kind::Network.as_str(), "")
+        .await
+        .map_err(MirrorError::Network)?;
+    serde_json::from_str(&json).map_err(MirrorError::NetworkParse)
+}
+
+/// Reads everything dnsd serves.
+pub async fn load(proxy: &StateProxy<'_>, me: &str) -> Result<View, MirrorError> {
+    let info = network(proxy).await?;
+    let liveness: HashMap<String, Liveness> = proxy
+        .liveness()
+        .await
+        .map_err(MirrorError::Liveness)?
+        .into_iter()
+        .map(|(k, v)| (k, parse_liveness(&v)))
+        .collect();
+    Ok(View {
+        me: me.to_string(),
+        cidr: cidr_of(&info),
+        machines: fetch_all(proxy, Kind::Machines).await?,
+        services: fetch_all(proxy, Kind::Services).await?,
+        containers: fetch_all(proxy, Kind::Containers).await?,
+        liveness,
+    })
+}
+
+fn cidr_of(info: &NetworkInfo) -> Option<uncloud_common::address::MeshCidr> {
+    if info.mesh_cidr.is_empty() {
+        return Some(Default::default());
+    }
+    match info.mesh_cidr.parse() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "unusable mesh CIDR in the state");
+            None
+        }
+    }
+}
+
+fn replace<T>(map: &mut BTreeMap<String, T>, ids: &[String], mut fresh: BTreeMap<String, T>) {
+    for id in ids {
+        match fresh.remove(id) {
+            Some(v) => {
+                map.insert(id.clone(), v);
+            }
+            None => {
+                map.remove(id);
+            }
+        }
+    }
+}
+
+/// Applies one update to `view`. Returns whether anything dnsd serves may have changed.
+pub async fn apply(
+    proxy: &StateProxy<'_>,
+    view: &mut View,
+    update: Update,
+) -> Result<bool, MirrorError> {
+    match update {
+        Update::Resync => {
+            let me = view.me.clone();
+            *view = load(proxy, &me).await?;
+        }
+        Update::Changed { kind, ids } => match kind {
+            Kind::Machines => {
+                let fresh = fetch(proxy, kind, &ids).await?;
+                replace(&mut view.machines, &ids, fresh);
+            }
+            Kind::Services => {
+                let fresh = fetch(proxy, kind, &ids).await?;
+                replace(&mut view.services, &ids, fresh);
+            }
+            Kind::Containers => {
+                let fresh = fetch(proxy, kind, &ids).await?;
+                replace(&mut view.containers, &ids, fresh);
+            }
+            Kind::Network => view.cidr = cidr_of(&network(proxy).await?),
+            Kind::Removed | Kind::Clients => return Ok(false),
+        },
+    }
+    Ok(true)
+}

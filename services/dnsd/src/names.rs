@@ -1,0 +1,444 @@
+//! The names of the `internal` zone, built from one machine's view of the state.
+//!
+//! Pure: [`Names::build`] takes a [`View`] (machines, services, containers, and how this
+//! machine sees the others) and [`Names::resolve`] answers one name for one asker. Nothing here
+//! does I/O, so every rule is tested without sockets.
+//!
+//! The names:
+//! - `<machine>.machine.internal`: the machine's mesh address;
+//! - `<container>.<machine>.machine.internal`: a running container's address;
+//! - `<service>.<project>.internal`: the addresses of the service's containers that are
+//!   running, healthy and on a machine this machine sees reachable;
+//! - `<service>.internal`: the same, for the asker's project first (see [`Names::resolve`]).
+//!
+//! `machine` and `lb` are reserved labels: a project called `machine` would shadow the machine
+//! names (the machines win), and `lb.` names are the services' virtual addresses, not served
+//! yet (they answer NXDOMAIN).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use uncloud_common::address::MeshCidr;
+use uncloud_common::liveness::Liveness;
+use uncloud_common::model::{Container, ContainerState, Machine, Service};
+
+/// The zone dnsd is authoritative for.
+pub const ZONE: &str = "internal";
+/// The label under which machines (and their containers) are named.
+pub const MACHINE_LABEL: &str = "machine";
+/// The label of the services' virtual addresses.
+pub const LB_LABEL: &str = "lb";
+
+/// What one machine knows: the state's entities and the liveness of the other machines.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// This machine's id; it always counts as reachable.
+    pub me: String,
+    /// The mesh range (`10.210.0.0/16`), which gives the machines' addresses.
+    pub cidr: Option<MeshCidr>,
+    pub machines: BTreeMap<String, Machine>,
+    pub services: BTreeMap<String, Service>,
+    pub containers: BTreeMap<String, Container>,
+    /// Machine id -> how this machine sees it; a machine missing here counts as down.
+    pub liveness: HashMap<String, Liveness>,
+}
+
+impl View {
+    fn reachable(&self, machine_id: &str) -> bool {
+        machine_id == self.me
+            || self
+                .liveness
+                .get(machine_id)
+                .is_some_and(|l| l.is_reachable())
+    }
+}
+
+/// The answer to one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// The name's addresses right now (possibly none: the name exists, nothing answers).
+    Addresses(Vec<Ipv4Addr>),
+    /// The zone itself or a name that only has names below it (`machine.internal`).
+    Exists,
+    /// No such name in the zone.
+    Missing,
+}
+
+/// A service's name within one project.
+#[derive(Debug, Clone)]
+struct ServiceName {
+    project: String,
+    /// The service's id: the tie-break among projects (see [`Names::resolve`]).
+    id: String,
+    created_at_ms: u64,
+    addresses: Vec<Ipv4Addr>,
+}
+
+/// Every name of the zone, lowercased, without the trailing `.internal`.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    /// `<machine>.machine` and `<container>.<machine>.machine` -> address(es).
+    hosts: HashMap<String, Vec<Ipv4Addr>>,
+    /// `<service>` -> its instances, one per project.
+    services: HashMap<String, Vec<ServiceName>>,
+    /// Names that exist only as parents of others (`machine`, `<project>`).
+    parents: HashSet<String>,
+    /// Address -> the name it has (`<machine>.machine.internal`), for PTR.
+    reverse: HashMap<Ipv4Addr, String>,
+    /// A container's address -> its project, to scope bare service names by who asks.
+    project_of: HashMap<Ipv4Addr, String>,
+}
+
+impl Names {
+    /// Builds every name from `view`.
+    pub fn build(view: &View) -> Names {
+        let mut names = Names::default();
+        names.parents.insert(MACHINE_LABEL.into());
+        let machine_name: HashMap<&str, String> = view
+            .machines
+            .values()
+            .map(|m| (m.id.as_str(), m.name.to_ascii_lowercase()))
+            .collect();
+        for m in view.machines.values() {
+            let Some(ip) = view.cidr.as_ref().and_then(|c| c.machine_ip(m.subnet)) else {
+                continue;
+            };
+            let name = format!("{}.{MACHINE_LABEL}", m.name.to_ascii_lowercase());
+            names.reverse.insert(ip, format!("{name}.{ZONE}"));
+            names.hosts.insert(name, vec![ip]);
+        }
+        let services_by_id: HashMap<&str, &Service> =
+            view.services.values().map(|s| (s.id.as_str(), s)).collect();
+        let mut service_addresses: HashMap<&str, Vec<Ipv4Addr>> = HashMap::new();
+        for c in view.containers.values() {
+            let Ok(ip) = c.ip.parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let Some(machine) = machine_name.get(c.machine_id.as_str()) else {
+                continue;
+            };
+            let service = services_by_id.get(c.service_id.as_str());
+            if let Some(s) = service {
+                names.project_of.insert(ip, s.project.to_ascii_lowercase());
+            }
+            let running = c.state == ContainerState::Running;
+            let reachable = view.reachable(&c.machine_id);
+            let host = format!("{}.{machine}.{MACHINE_LABEL}", c.name.to_ascii_lowercase());
+            let addrs = names.hosts.entry(host.clone()).or_default();
+            if running && reachable {
+                addrs.push(ip);
+                names.reverse.entry(ip).or_insert(format!("{host}.{ZONE}"));
+            }
+            if let Some(s) = service {
+                let entry = service_addresses.entry(s.id.as_str()).or_default();
+                if running && reachable && c.healthy {
+                    entry.push(ip);
+                }
+            }
+        }
+        for s in view.services.values() {
+            let project = s.project.to_ascii_lowercase();
+            if project == MACHINE_LABEL {
+                // Reserved: the machines keep `<name>.machine.internal`.
+                continue;
+            }
+            let mut addresses = service_addresses.remove(s.id.as_str()).unwrap_or_default();
+            addresses.sort();
+            let name = s.name.to_ascii_lowercase();
+            if !project.is_empty() {
+                names.parents.insert(project.clone());
+            }
+            names.services.entry(name).or_default().push(ServiceName {
+                project,
+                id: s.id.clone(),
+                created_at_ms: s.created_at_ms,
+                addresses,
+            });
+        }
+        for instances in names.services.values_mut() {
+            instances.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        }
+        names
+    }
+
+    /// Resolves `name` (any case, with or without the trailing dot) for a query from `asker`.
+    ///
+    /// `<service>.internal` is ambiguous when several projects have a service of that name:
+    /// the asker's own project wins (a container of project P asking for `db` through the
+    /// search domain gets P's `db`); then the service without a project; then the oldest
+    /// service (by creation time, then id), so every machine picks the same one.
+    pub fn resolve(&self, name: &str, asker: Option<Ipv4Addr>) -> Resolution {
+        let lower = name.trim_end_matches('.').to_ascii_lowercase();
+        let Some(rel) = relative(&lower) else {
+            return Resolution::Missing;
+        };
+        if rel.is_empty() {
+            return Resolution::Exists;
+        }
+        if let Some(addrs) = self.hosts.get(rel) {
+            return Resolution::Addresses(addrs.clone());
+        }
+        let labels: Vec<&str> = rel.split('.').collect();
+        match labels.as_slice() {
+            [service] => match self.services.get(*service) {
+                Some(instances) => {
+                    let project = asker.and_then(|ip| self.project_of.get(&ip));
+                    let pick = project
+                        .and_then(|p| instances.iter().find(|i| &i.project == p))
+                        .or_else(|| instances.iter().find(|i| i.project.is_empty()))
+                        .or_else(|| instances.first());
+                    Resolution::Addresses(pick.map(|i| i.addresses.clone()).unwrap_or_default())
+                }
+                None if self.parents.contains(*service) => Resolution::Exists,
+                None => Resolution::Missing,
+            },
+            [service, project] if *project != MACHINE_LABEL => {
+                match self
+                    .services
+                    .get(*service)
+                    .and_then(|i| i.iter().find(|i| i.project == *project))
+                {
+                    Some(i) => Resolution::Addresses(i.addresses.clone()),
+                    None => Resolution::Missing,
+                }
+            }
+            // `<machine>.machine` without an entry, or deeper names under `machine`.
+            _ => {
+                let under_machine = labels.last() == Some(&MACHINE_LABEL);
+                let is_parent_of_host =
+                    under_machine && self.hosts.keys().any(|h| h.ends_with(&format!(".{rel}")));
+                if is_parent_of_host {
+                    Resolution::Exists
+                } else {
+                    Resolution::Missing
+                }
+            }
+        }
+    }
+
+    /// The name of a mesh or container address, for PTR.
+    pub fn reverse(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.reverse.get(&ip).map(String::as_str)
+    }
+
+    /// Every name with its addresses right now, sorted: what `org.uncloud.Dns1` lists.
+    pub fn list(&self) -> Vec<(String, Vec<Ipv4Addr>)> {
+        let mut out: Vec<(String, Vec<Ipv4Addr>)> = self
+            .hosts
+            .iter()
+            .map(|(k, v)| (format!("{k}.{ZONE}"), v.clone()))
+            .collect();
+        for (name, instances) in &self.services {
+            for i in instances {
+                if !i.project.is_empty() {
+                    out.push((format!("{name}.{}.{ZONE}", i.project), i.addresses.clone()));
+                }
+            }
+            if let Some(first) = instances
+                .iter()
+                .find(|i| i.project.is_empty())
+                .or_else(|| instances.first())
+            {
+                out.push((format!("{name}.{ZONE}"), first.addresses.clone()));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// `name` relative to the zone (`db.web` for `db.web.internal`), `""` for the zone itself,
+/// `None` outside it.
+fn relative(lower: &str) -> Option<&str> {
+    if lower == ZONE {
+        return Some("");
+    }
+    lower.strip_suffix(ZONE)?.strip_suffix('.')
+}
+
+/// Whether `name` (lowercase or not) is in the zone.
+pub fn in_zone(name: &str) -> bool {
+    relative(&name.trim_end_matches('.').to_ascii_lowercase()).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(id: &str, name: &str, subnet: u32) -> Machine {
+        Machine {
+            id: id.into(),
+            name: name.into(),
+            subnet,
+            ..Default::default()
+        }
+    }
+
+    fn service(id: &str, project: &str, name: &str, created: u64) -> Service {
+        Service {
+            id: id.into(),
+            name: name.into(),
+            project: project.into(),
+            created_at_ms: created,
+            ..Default::default()
+        }
+    }
+
+    fn container(id: &str, machine: &str, service: &str, ip: &str) -> Container {
+        Container {
+            id: id.into(),
+            machine_id: machine.into(),
+            name: id.into(),
+            service_id: service.into(),
+            ip: ip.into(),
+            state: ContainerState::Running,
+            healthy: true,
+            ..Default::default()
+        }
+    }
+
+    fn view() -> View {
+        let mut v = View {
+            me: "m1".into(),
+            cidr: Some("10.210.0.0/16".parse().unwrap()),
+            ..Default::default()
+        };
+        for m in [machine("m1", "one", 1), machine("m2", "Two", 2)] {
+            v.machines.insert(m.id.clone(), m);
+        }
+        v.liveness.insert("m2".into(), Liveness::Alive);
+        for s in [
+            service("shop/db", "shop", "db", 10),
+            service("blog/db", "blog", "db", 5),
+            service("shop/web", "shop", "web", 10),
+        ] {
+            v.services.insert(s.id.clone(), s);
+        }
+        for c in [
+            container("shop-db-1", "m1", "shop/db", "10.210.1.2"),
+            container("blog-db-1", "m2", "blog/db", "10.210.2.2"),
+            container("shop-web-1", "m1", "shop/web", "10.210.1.3"),
+            container("shop-web-2", "m2", "shop/web", "10.210.2.3"),
+        ] {
+            v.containers.insert(c.id.clone(), c);
+        }
+        v
+    }
+
+    fn ips(list: &[&str]) -> Resolution {
+        Resolution::Addresses(list.iter().map(|s| s.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn machines_and_their_containers_have_names_in_any_case() {
+        let n = Names::build(&view());
+        assert_eq!(
+            n.resolve("one.machine.internal.", None),
+            ips(&["10.210.1.1"])
+        );
+        assert_eq!(
+            n.resolve("TWO.Machine.Internal", None),
+            ips(&["10.210.2.1"])
+        );
+        assert_eq!(
+            n.resolve("shop-web-2.two.machine.internal", None),
+            ips(&["10.210.2.3"])
+        );
+        assert_eq!(
+            n.resolve("three.machine.internal", None),
+            Resolution::Missing
+        );
+        assert_eq!(n.resolve("machine.internal", None), Resolution::Exists);
+        assert_eq!(n.resolve("internal", None), Resolution::Exists);
+        assert_eq!(n.resolve("example.com", None), Resolution::Missing);
+        assert_eq!(
+            n.reverse("10.210.2.1".parse().unwrap()),
+            Some("two.machine.internal")
+        );
+        assert_eq!(
+            n.reverse("10.210.1.3".parse().unwrap()),
+            Some("shop-web-1.one.machine.internal")
+        );
+    }
+
+    #[test]
+    fn a_bare_service_name_is_the_askers_project_first_then_the_oldest() {
+        let n = Names::build(&view());
+        let shop_web: Ipv4Addr = "10.210.1.3".parse().unwrap();
+        let blog_db: Ipv4Addr = "10.210.2.2".parse().unwrap();
+        assert_eq!(
+            n.resolve("db.internal", Some(shop_web)),
+            ips(&["10.210.1.2"])
+        );
+        assert_eq!(
+            n.resolve("db.internal", Some(blog_db)),
+            ips(&["10.210.2.2"])
+        );
+        // Not a container (the machine itself): the oldest `db`, blog's.
+        assert_eq!(n.resolve("db.internal", None), ips(&["10.210.2.2"]));
+        assert_eq!(n.resolve("db.shop.internal", None), ips(&["10.210.1.2"]));
+        assert_eq!(
+            n.resolve("web.shop.internal", None),
+            ips(&["10.210.1.3", "10.210.2.3"])
+        );
+        assert_eq!(n.resolve("web.blog.internal", None), Resolution::Missing);
+        assert_eq!(n.resolve("shop.internal", None), Resolution::Exists);
+        assert_eq!(n.resolve("lb.web.internal", None), Resolution::Missing);
+    }
+
+    #[test]
+    fn only_running_healthy_containers_on_reachable_machines_answer() {
+        let mut v = view();
+        v.containers.get_mut("shop-web-1").unwrap().healthy = false;
+        let n = Names::build(&v);
+        assert_eq!(n.resolve("web.shop.internal", None), ips(&["10.210.2.3"]));
+        // An unhealthy container keeps its own name.
+        assert_eq!(
+            n.resolve("shop-web-1.one.machine.internal", None),
+            ips(&["10.210.1.3"])
+        );
+
+        v.liveness.insert("m2".into(), Liveness::Down);
+        let n = Names::build(&v);
+        assert_eq!(n.resolve("web.shop.internal", None), ips(&[]));
+        assert_eq!(n.resolve("shop-web-2.two.machine.internal", None), ips(&[]));
+        // The machine itself keeps its name: its address is known even while it is down.
+        assert_eq!(
+            n.resolve("two.machine.internal", None),
+            ips(&["10.210.2.1"])
+        );
+
+        v.liveness.insert("m2".into(), Liveness::Suspect);
+        v.containers.get_mut("shop-web-2").unwrap().state = ContainerState::Exited;
+        let n = Names::build(&v);
+        assert_eq!(n.resolve("web.shop.internal", None), ips(&[]));
+    }
+
+    #[test]
+    fn a_project_named_machine_never_shadows_the_machines() {
+        let mut v = view();
+        let s = service("machine/one", "machine", "one", 1);
+        v.services.insert(s.id.clone(), s);
+        let n = Names::build(&v);
+        assert_eq!(
+            n.resolve("one.machine.internal", None),
+            ips(&["10.210.1.1"])
+        );
+    }
+
+    #[test]
+    fn the_list_names_every_host_and_service() {
+        let n = Names::build(&view());
+        let names: Vec<String> = n.list().into_iter().map(|(k, _)| k).collect();
+        for want in [
+            "one.machine.internal",
+            "shop-db-1.one.machine.internal",
+            "db.shop.internal",
+            "db.blog.internal",
+            "db.internal",
+            "web.internal",
+        ] {
+            assert!(names.contains(&want.to_string()), "{want} in {names:?}");
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The DNS server: hickory-server's UDP and TCP listeners with dnsd's own request handler.
+//!
+//! The handler checks the header (one question, EDNS version 0, who asks), then either
+//! answers from the zone ([`crate::answer`]) or relays the upstream answer
+//! ([`crate::forward`]). hickory-server frames TCP, and truncates UDP replies to 512 bytes
+//! (or the client's EDNS size) with the TC bit set, so a client retries over TCP.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, ResponseCode};
+use hickory_proto::rr::Record;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::Server;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+
+use crate::answer::{decide, Decision, Zone};
+use crate::forward::{relayable, Forwarder};
+use crate::names::Names;
+
+/// What is served right now; replaced whole on every change of the state.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub names: Names,
+    pub zone: Zone,
+}
+
+/// Counters of the server, for `org.uncloud.Dns1`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub queries: AtomicU64,
+    pub answered_locally: AtomicU64,
+    pub refused: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Who may ask: this machine and the mesh (machines and containers); nobody else, so dnsd is
+/// never an open resolver even if a listen address faces the internet.
+fn allowed(src: IpAddr, zone: &Zone) -> bool {
+    match src {
+        IpAddr::V4(ip) => ip.is_loopback() || zone.cidr.as_ref().is_some_and(|c| c.contains(ip)),
+        IpAddr::V6(ip) => {
+            ip.is_loopback()
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| allowed(IpAddr::V4(v4), zone))
+        }
+    }
+}
+
+pub struct Handler {
+    served: watch::Receiver<Arc<Served>>,
+    forwarder: Arc<Forwarder>,
+    pub counters: Arc<Counters>,
+}
+
+impl Handler {
+    pub fn new(
+        served: watch::Receiver<Arc<Served>>,
+        forwarder: Arc<Forwarder>,
+        counters: Arc<Counters>,
+    ) -> Handler {
+        Handler {
+            served,
+            forwarder,
+            counters,
+        }
+    }
+}
+
+/// The EDNS version dnsd speaks.
+const EDNS_VERSION: u8 = 0;
+/// The largest UDP reply dnsd offers to send (RFC 6891; the DNS flag day 2020 value).
+const MAX_PAYLOAD: u16 = 1232;
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        self.counters.queries.fetch_add(1, Ordering::Relaxed);
+        let served = self.served.borrow().clone();
+        let response_edns = request.edns.as_ref().map(|req| {
+            let mut e = Edns::new();
+            e.set_max_payload(req.max_payload().clamp(512, MAX_PAYLOAD));
+            e.set_version(EDNS_VERSION);
+            e
+        });
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(e) = &response_edns {
+            builder.edns(e);
+        }
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = true;
+
+        let error = |code: ResponseCode| {
+            let mut m = metadata;
+            m.response_code = code;
+            m
+        };
+        let rcode_only = if request.metadata.message_type != MessageType::Query {
+            Some(ResponseCode::FormErr)
+        } else if request
+            .edns
+            .as_ref()
+            .is_some_and(|e| e.version() > EDNS_VERSION)
+        {
+            Some(ResponseCode::BADVERS)
+        } else if !allowed(request.src().ip(), &served.zone) {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            Some(ResponseCode::Refused)
+        } else {
+            None
+        };
+        let info = match (rcode_only, request.request_info()) {
+            (Some(code), _) => None.ok_or(code),
+            // Not exactly one question.
+            (None, Err(_)) => None.ok_or(ResponseCode::FormErr),
+            (None, Ok(info)) => Ok(info),
+        };
+        let info = match info {
+            Ok(info) => info,
+            Err(code) => {
+                let response = builder.build_no_records(error(code));
+                return send(&mut response_handle, response, &self.counters).await;
+            }
+        };
+        let query = info.query.original();
+        let asker = match request.src().ip() {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+        };
+        match decide(
+            &served.names,
+            &served.zone,
+            request.metadata.op_code,
+            query.name(),
+            query.query_type(),
+            query.query_class(),
+            asker,
+        ) {
+            Decision::Local(reply) => {
+                self.counters
+                    .answered_locally
+                    .fetch_add(1, Ordering::Relaxed);
+                let mut m = error(reply.rcode);
+                m.authoritative =
+                    reply.rcode != ResponseCode::Refused && reply.rcode != ResponseCode::NotImp;
+                let response = builder.build(
+                    m,
+                    reply.answers.iter(),
+                    reply.authorities.iter(),
+                    std::iter::empty::<&Record>(),
+                    std::iter::empty::<&Record>(),
+                );
+                send(&mut response_handle, response, &self.counters).await
+            }
+            Decision::Forward => {
+                match self
+                    .forwarder
+                    .resolve(query, request.metadata.checking_disabled)
+                    .await
+                {
+                    Ok(up) => {
+                        let m = error(up.metadata.response_code);
+                        let response = builder.build(
+                            m,
+                            up.answers.iter(),
+                            up.authorities.iter().filter(|r| relayable(r)),
+                            std::iter::empty::<&Record>(),
+                            up.additionals.iter().filter(|r| relayable(r)),
+                        );
+                        send(&mut response_handle, response, &self.counters).await
+                    }
+                    Err(e) => {
+                        tracing::debug!(name = %query.name(), error = %e, "forwarding failed");
+                        let response = builder.build_no_records(error(ResponseCode::ServFail));
+                        send(&mut response_handle, response, &self.counters).await
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn send<'a, R: ResponseHandler>(
+    handle: &mut R,
+    response: hickory_server::zone_handler::MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    counters: &Counters,
+) -> ResponseInfo {
+    let metadata = *response.metadata();
+    match handle.send_response(response).await {
+        Ok(info) => info,
+        Err(e) => {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "could not send a DNS reply");
+            let mut m = metadata;
+            m.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(Header {
+                metadata: m,
+                counts: HeaderCounts::default(),
+            })
+        }
+    }
+}
+
+/// How long a TCP client may stay silent before its connection is closed.
+pub const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("binding DNS on {addr} ({proto}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        proto: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A running server on some addresses; dropping it does not stop it, [`Running::stop`] does.
+pub struct Running {
+    server: Server<Handler>,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        let _ = self.server.shutdown_gracefully().await;
+    }
+}
+
+/// Serves `handler` on UDP and TCP at each of `addrs` (port 0: any free port, the same number
+/// for UDP and TCP is not guaranteed; tests pass fixed ports).
+pub async fn serve(handler: Handler, addrs: &[SocketAddr]) -> Result<Running, BindError> {
+    let mut server = Server::new(handler);
+    let mut bound = Vec::new();
+    for &addr in addrs {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| BindError::Bind {
+                addr,
+                proto: "udp",
+                source,
+            })?;
+        let local = udp.local_addr().map_err(|source| BindError::Bind {
+            addr,
+            proto: "udp",
+            source,
+        })?;
+        // TCP on the port UDP got (matters when asked for port 0).
+        let tcp = TcpListener::bind(local)
+            .await
+            .map_err(|source| BindError::Bind {
+                addr: local,
+                proto: "tcp",
+                source,
+            })?;
+        server.register_socket(udp);
+        server.register_listener(tcp, TCP_TIMEOUT, 65535);
+        bound.push(local);
+    }
+    Ok(Running {
+        server,
+        addrs: bound,
+    })
+}
+
+/// The first IPv4 address among `addrs`, for logs.
+pub fn first_v4(addrs: &[SocketAddr]) -> Option<Ipv4Addr> {
+    addrs.iter().find_map(|a| match a.ip() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_and_the_mesh_may_ask() {
+        let zone = Zone {
+            ttl: 5,
+            cidr: Some("10.210.0.0/16".parse().unwrap()),
+        };
+        for ok in ["127.0.0.1", "10.210.3.7", "::1", "::ffff:10.210.1.1"] {
+            assert!(allowed(ok.parse().unwrap(), &zone), "{ok}");
+        }
+        for no in ["198.18.0.10", "10.211.0.1", "2001:db8::1", "192.168.1.1"] {
+            assert!(!allowed(no.parse().unwrap(), &zone), "{no}");
+        }
+    }
+}

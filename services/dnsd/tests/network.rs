@@ -1,0 +1,186 @@
+//! dnsd in a local network: two machines (namespaces with the real daemons and their own
+//! dockerd), formed with `uc`, serving names of real containers, through a partition.
+
+use uncloud_testkit::network::{Binaries, Boot, LocalNetwork};
+
+const STATE: [&str; 4] = [
+    "call",
+    "org.uncloud.State1",
+    "/org/uncloud/State1",
+    "org.uncloud.State1",
+];
+const DOCKER: [&str; 4] = [
+    "call",
+    "org.uncloud.Docker1",
+    "/org/uncloud/Docker1",
+    "org.uncloud.Docker1",
+];
+
+fn service_json(project: &str, name: &str) -> String {
+    serde_json::json!({
+        "id": format!("{name}.{project}"),
+        "name": name,
+        "project": project,
+        "spec": {"image": "busybox:uc", "command": ["sleep", "3600"], "replicas": 1},
+    })
+    .to_string()
+}
+
+/// `dig +short` on machine `i` against its own dnsd (127.0.0.1), sorted lines.
+fn dig(net: &LocalNetwork, i: usize, name: &str) -> Vec<String> {
+    let out = net.machines[i].ns.exec(
+        "dig",
+        &["@127.0.0.1", "+short", "+tries=1", "+time=2", name],
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn names_of_machines_containers_and_services_follow_the_state_and_the_partition() {
+    let mut net = LocalNetwork::new(Binaries::beside(env!("CARGO_BIN_EXE_dnsd")));
+    let docker = Boot {
+        docker: true,
+        ..Boot::default()
+    };
+    let alpha = net.boot_with("alpha", docker);
+    let beta = net.boot_with("beta", docker);
+    net.uc_ok(&net.machines[alpha].enrol("init"));
+    net.uc_ok(&net.machines[beta].enrol("add"));
+    let ips: Vec<String> = [alpha, beta]
+        .iter()
+        .map(|&i| {
+            let mut ip = None;
+            net.wait_until("a mesh address", 30, || {
+                ip = net.machines[i].mesh_ip();
+                ip.is_some()
+            });
+            ip.unwrap()
+        })
+        .collect();
+
+    // Machines by name, from either machine.
+    for i in [alpha, beta] {
+        net.wait_until("machine names resolve", 30, || {
+            dig(&net, i, "alpha.machine.internal") == [ips[0].clone()]
+                && dig(&net, i, "BETA.machine.internal") == [ips[1].clone()]
+        });
+    }
+
+    // Two projects each with a `db`, and shop's `web`: db of shop on alpha, the rest on beta.
+    for (project, name) in [("shop", "db"), ("blog", "db"), ("shop", "web")] {
+        let (ok, _, err) = net.machines[alpha].busctl(
+            &[
+                &STATE[..],
+                &["UpsertService", "s", &service_json(project, name)],
+            ]
+            .concat(),
+        );
+        assert!(ok, "{err}");
+    }
+    for i in [alpha, beta] {
+        net.machines[i]
+            .docker
+            .as_ref()
+            .unwrap()
+            .import_busybox("busybox:uc");
+    }
+    let run = |i: usize, project: &str, name: &str, container: &str| {
+        net.wait_until("the service reached the machine", 30, || {
+            net.machines[i]
+                .busctl(
+                    &[
+                        &STATE[..],
+                        &["Get", "ss", "services", &format!("{name}.{project}")],
+                    ]
+                    .concat(),
+                )
+                .0
+        });
+        let (ok, _, err) = net.machines[i].busctl(
+            &[
+                &DOCKER[..],
+                &["RunService", "ss", &service_json(project, name), container],
+            ]
+            .concat(),
+        );
+        assert!(ok, "{err}\n{}", net.logs());
+    };
+    run(alpha, "shop", "db", "shop-db-1");
+    run(beta, "blog", "db", "blog-db-1");
+    run(beta, "shop", "web", "shop-web-1");
+    let container_ip = |i: usize, name: &str| {
+        net.machines[i]
+            .docker
+            .as_ref()
+            .unwrap()
+            .docker_ok(&[
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                name,
+            ])
+            .trim()
+            .to_string()
+    };
+    let shop_db = container_ip(alpha, "shop-db-1");
+    let blog_db = container_ip(beta, "blog-db-1");
+    assert!(shop_db.starts_with("10.210."), "{shop_db}");
+
+    // Services by project, containers by machine, from both machines.
+    for i in [alpha, beta] {
+        net.wait_until("service and container names resolve", 30, || {
+            dig(&net, i, "db.shop.internal") == [shop_db.clone()]
+                && dig(&net, i, "db.blog.internal") == [blog_db.clone()]
+                && dig(&net, i, "blog-db-1.beta.machine.internal") == [blog_db.clone()]
+        });
+    }
+    // Inside a container of shop (on beta), plain `db` is shop's db (on alpha), through the
+    // search domain and beta's dnsd; a container of blog gets blog's.
+    let beta_docker = net.machines[beta].docker.as_ref().unwrap();
+    let out = beta_docker.docker(&["exec", "shop-web-1", "nslookup", "db"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&shop_db),
+        "shop's db for shop: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = beta_docker.docker(&["exec", "blog-db-1", "nslookup", "db"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&blog_db), "blog's db for blog: {text}");
+
+    // An unhealthy container leaves its service's answers (its own name stays).
+    let id = beta_docker.docker_ok(&["inspect", "-f", "{{.Id}}", "blog-db-1"]);
+    let (ok, _, err) = net.machines[beta].busctl(
+        &[
+            &STATE[..],
+            &["SetContainerHealth", "sb", id.trim(), "false"],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{err}");
+    net.wait_until("an unhealthy container leaves its service", 10, || {
+        dig(&net, alpha, "db.blog.internal").is_empty()
+            && dig(&net, alpha, "blog-db-1.beta.machine.internal") == [blog_db.clone()]
+    });
+
+    // A partition: alpha stops answering with beta's containers once it sees beta down,
+    // and answers again after the heal.
+    net.partition(&[alpha], &[beta]);
+    net.wait_until("beta's containers leave alpha's answers", 30, || {
+        dig(&net, alpha, "web.shop.internal").is_empty()
+    });
+    assert_eq!(
+        dig(&net, beta, "web.shop.internal").len(),
+        1,
+        "beta still answers with its own"
+    );
+    net.heal();
+    net.wait_until("beta's containers come back after the heal", 60, || {
+        dig(&net, alpha, "web.shop.internal").len() == 1
+    });
+}
