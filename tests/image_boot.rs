@@ -21,6 +21,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(900);
 const UNITS: &[&str] = &[
     "stated.service",
     "meshd.service",
+    "dnsd.service",
     "dockerd-shim.service",
     "docker.service",
 ];

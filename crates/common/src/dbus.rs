@@ -152,6 +152,30 @@ pub trait Mesh {
     fn endpoints(&self) -> zbus::Result<Vec<String>>;
 }
 
+/// Well-known name and object path of `dnsd`.
+pub const DNS_NAME: &str = "org.uncloud.Dns1";
+pub const DNS_PATH: &str = "/org/uncloud/Dns1";
+
+/// One name as `org.uncloud.Dns1.Names` returns it: the name and the addresses it resolves
+/// to right now (none: it exists, nothing healthy answers).
+pub type DnsNameRow = (String, Vec<String>);
+
+/// Client side of `org.uncloud.Dns1`; see `services/dnsd` for the server and docs.
+#[zbus::proxy(
+    interface = "org.uncloud.Dns1",
+    default_service = "org.uncloud.Dns1",
+    default_path = "/org/uncloud/Dns1"
+)]
+pub trait Dns {
+    fn names(&self) -> zbus::Result<Vec<DnsNameRow>>;
+    fn resolve(&self, name: &str) -> zbus::Result<Vec<String>>;
+    fn counters(&self) -> zbus::Result<std::collections::HashMap<String, u64>>;
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn listening(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn upstreams(&self) -> zbus::Result<Vec<String>>;
+}
+
 /// Well-known name and object path of `apid`.
 pub const API_NAME: &str = "org.uncloud.Api1";
 pub const API_PATH: &str = "/org/uncloud/Api1";

@@ -331,7 +331,7 @@ impl LocalMachine {
             "dnsd",
             &format!(
                 "bus = \"{bus}\"\nresolv_conf = \"{root}/etc/resolv.conf\"\n\
-                 extra_listen = [\"127.0.0.1:53\"]\n"
+                 extra_listen = [\"127.0.0.1:53\"]\nresolved_link = \"\"\n"
             ),
         ));
         self.start_shim();

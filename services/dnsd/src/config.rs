@@ -36,6 +36,10 @@ pub struct Config {
     pub max_forwards: usize,
     /// Forwarded answers kept in the cache. Default 10000.
     pub cache_entries: usize,
+    /// The mesh device (meshd's `interface`), on which systemd-resolved is told to send
+    /// `*.internal` to dnsd, so the machine itself resolves those names. Empty: leave
+    /// resolved alone. Default `uncloud`.
+    pub resolved_link: String,
     /// Which D-Bus to use: `system`, `session`, or a bus address such as
     /// `unix:path=/run/test-bus`. Default `system`.
     pub bus: String,
@@ -52,6 +56,7 @@ impl Default for Config {
             forward_timeout_ms: 2000,
             max_forwards: 512,
             cache_entries: 10_000,
+            resolved_link: "uncloud".into(),
             bus: "system".into(),
         }
     }
@@ -113,6 +118,12 @@ impl DaemonConfig for Config {
         }
         if self.max_forwards == 0 {
             return invalid("max_forwards", "must be above 0");
+        }
+        if !self.resolved_link.is_empty() && self.port != 53 {
+            return invalid(
+                "resolved_link",
+                "systemd-resolved asks port 53 only: set resolved_link = \"\" with another port",
+            );
         }
         self.upstream_addrs()?;
         Ok(())

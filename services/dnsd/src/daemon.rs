@@ -7,7 +7,7 @@
 //! listeners.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -19,6 +19,7 @@ use uncloud_common::watchdog::{self, Heartbeat};
 
 use crate::answer::Zone;
 use crate::config::{Config, ConfigInvalid};
+use crate::dbus::Dns1;
 use crate::forward::Forwarder;
 use crate::mirror::{self, parse_liveness};
 use crate::names::{Names, View};
@@ -40,6 +41,8 @@ pub enum DaemonError {
 const TICK: Duration = Duration::from_secs(5);
 /// A loop that has not gone round for this long is stuck: systemd restarts dnsd.
 const STALLED_AFTER: Duration = Duration::from_secs(45);
+/// systemd-resolved is told again every this many ticks (it forgets a link that went away).
+const RESOLVED_EVERY_TICKS: u32 = 6;
 /// How long to wait between tries to bind an address not there yet.
 const BIND_RETRY: Duration = Duration::from_millis(500);
 
@@ -114,6 +117,64 @@ async fn bind(
     }
 }
 
+/// Keeps systemd-resolved pointing `~internal` at dnsd (see [`crate::resolved`]).
+struct Resolved {
+    link: String,
+    system: Option<zbus::Connection>,
+    /// Whether the last try failed (a failure is logged once until the next success).
+    failing: bool,
+    /// Whether a success was logged already.
+    told: bool,
+}
+
+impl Resolved {
+    async fn new(config: &Config, conn: &zbus::Connection) -> Resolved {
+        let system = if config.resolved_link.is_empty() {
+            None
+        } else if config.bus == "system" {
+            Some(conn.clone())
+        } else {
+            zbus::Connection::system().await.ok()
+        };
+        Resolved {
+            link: config.resolved_link.clone(),
+            system,
+            failing: false,
+            told: false,
+        }
+    }
+
+    async fn refresh(&mut self, view: &View) {
+        let Some(system) = &self.system else {
+            return;
+        };
+        let Some(ip) = view
+            .machines
+            .get(&view.me)
+            .and_then(|m| view.cidr.as_ref()?.machine_ip(m.subnet))
+        else {
+            return;
+        };
+        match crate::resolved::register(system, &self.link, ip).await {
+            Ok(()) => {
+                if std::mem::replace(&mut self.failing, false) || !self.told {
+                    tracing::info!(link = %self.link, %ip, "systemd-resolved sends *.internal here");
+                    self.told = true;
+                }
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!(
+                        error = %e,
+                        "the machine itself cannot resolve *.internal through systemd-resolved"
+                    );
+                }
+                self.failing = true;
+            }
+        }
+    }
+}
+
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     config.validate()?;
     let bus_err = |reason| DaemonError::Bus {
@@ -168,16 +229,33 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     ));
     let counters = Arc::new(Counters::default());
     let handler = || Handler::new(rx.clone(), forwarder.clone(), counters.clone());
+    let listening: Arc<Mutex<Vec<String>>> = Arc::default();
+    crate::dbus::serve(
+        &conn,
+        Dns1 {
+            served: rx.clone(),
+            counters: counters.clone(),
+            forwarder: forwarder.clone(),
+            listening: listening.clone(),
+        },
+    )
+    .await
+    .map_err(bus_err)?;
 
     let mut addrs = listen_addrs(&view, &config);
     let mut running = bind(&handler, &addrs, &heartbeat).await;
     tracing::info!(addrs = ?running.addrs, upstreams = ?forwarder.upstreams(), "serving DNS");
+    *listening.lock().unwrap() = running.addrs.iter().map(ToString::to_string).collect();
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("serving on {:?}", running.addrs)),
     ]);
 
+    let mut resolved = Resolved::new(&config, &conn).await;
+    resolved.refresh(&view).await;
+
     let mut tick = tokio::time::interval(TICK);
+    let mut ticks = 0u32;
     loop {
         let changed = tokio::select! {
             update = updates.next() => match update {
@@ -201,7 +279,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 Some((id, l)) => view.liveness.insert(id, l) != Some(l),
                 None => false,
             },
-            _ = tick.tick() => false,
+            _ = tick.tick() => {
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(RESOLVED_EVERY_TICKS) {
+                    resolved.refresh(&view).await;
+                }
+                false
+            }
             _ = term.recv() => break,
         };
         heartbeat.beat();
@@ -215,6 +299,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             running.stop().await;
             addrs = now;
             running = bind(&handler, &addrs, &heartbeat).await;
+            *listening.lock().unwrap() = running.addrs.iter().map(ToString::to_string).collect();
+            resolved.refresh(&view).await;
         }
     }
     running.stop().await;

@@ -15,19 +15,22 @@
 //! - [`server`] is hickory-server's UDP and TCP listeners with dnsd's request handler (header
 //!   checks: one question, EDNS version, only loopback and the mesh may ask).
 //! - [`mirror`] keeps the view up to date from stated's `Changed` signals (only the ids that
-//!   changed are read) and `LivenessChanged`; [`daemon`] wires it all.
+//!   changed are read) and `LivenessChanged`; [`dbus`] shows what is served
+//!   (`org.uncloud.Dns1`); [`resolved`] points the machine's own resolver at dnsd for
+//!   `internal`; [`daemon`] wires it all.
 //!
 //! # Limitations
 //! - `lb.<service>.internal` (virtual addresses balanced by nftables) is not served yet: it
 //!   answers NXDOMAIN.
-//! - No `org.uncloud.Dns1` D-Bus interface and no `uc dns ls` yet.
 //! - IPv6: the mesh is IPv4, so every name has A records only (AAAA is NODATA).
 
 pub mod answer;
 pub mod cache;
 pub mod config;
 pub mod daemon;
+pub mod dbus;
 pub mod forward;
 pub mod mirror;
 pub mod names;
+pub mod resolved;
 pub mod server;

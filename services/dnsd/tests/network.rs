@@ -139,6 +139,18 @@ fn names_of_machines_containers_and_services_follow_the_state_and_the_partition(
                 && dig(&net, i, "blog-db-1.beta.machine.internal") == [blog_db.clone()]
         });
     }
+    // The local API shows the same names.
+    let (ok, out, err) = net.machines[beta].busctl(&[
+        "call",
+        "org.uncloud.Dns1",
+        "/org/uncloud/Dns1",
+        "org.uncloud.Dns1",
+        "Resolve",
+        "s",
+        "db.shop.internal",
+    ]);
+    assert!(ok && out.contains(&shop_db), "{out} {err}");
+
     // Inside a container of shop (on beta), plain `db` is shop's db (on alpha), through the
     // search domain and beta's dnsd; a container of blog gets blog's.
     let beta_docker = net.machines[beta].docker.as_ref().unwrap();
