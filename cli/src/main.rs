@@ -18,6 +18,7 @@
 mod cert;
 mod context;
 mod ctx;
+mod dns;
 mod host;
 mod machine;
 mod mesh;
@@ -80,6 +81,9 @@ enum Command {
     /// The WireGuard mesh: who reaches whom.
     #[command(subcommand)]
     Mesh(mesh::Mesh),
+    /// Service discovery: the names each machine's DNS answers.
+    #[command(subcommand)]
+    Dns(dns::Dns),
     /// Client certificates: issue, list, revoke, renew.
     #[command(subcommand)]
     Cert(cert::Cert),
@@ -113,18 +117,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     use machine::Machine as M;
     let takes_machines = matches!(
         &cli.command,
-        Command::Machine(M::Ls | M::Status | M::Logs { .. } | M::Reboot) | Command::Mesh(_)
+        Command::Machine(M::Ls | M::Status | M::Logs { .. } | M::Reboot)
+            | Command::Mesh(_)
+            | Command::Dns(_)
     );
     if !cli.global.targets.is_empty() && !takes_machines {
         anyhow::bail!(
             "-m does not apply to this command (it acts on the network, not on one machine's \
-             view); it applies to: uc machine ls|status|logs|reboot, uc mesh peers"
+             view); it applies to: uc machine ls|status|logs|reboot, uc mesh peers, uc dns ls"
         );
     }
     // A certificate near its end is renewed by whatever command uses it next.
     let uses_context = match &cli.command {
         Command::Machine(m) => !matches!(m, machine::Machine::Init { .. }),
-        Command::Mesh(_) => true,
+        Command::Mesh(_) | Command::Dns(_) => true,
         Command::Cert(c) => !matches!(c, cert::Cert::Renew),
         _ => false,
     };
@@ -134,6 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Machine(m) => machine::run(m, &cli.global).await,
         Command::Mesh(m) => mesh::run(m, &cli.global).await,
+        Command::Dns(d) => dns::run(d, &cli.global).await,
         Command::Cert(c) => cert::run(c, &cli.global).await,
         Command::Ctx(c) => ctx::run(c, &cli.global),
         Command::Completion { shell } => {

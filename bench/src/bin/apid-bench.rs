@@ -37,7 +37,7 @@ fn main() -> Result<()> {
     let out = uncloud_bench::out_dir(args.out.clone(), args.quick);
     std::fs::create_dir_all(&out)?;
     let mut dir = None;
-    for p in ["stated", "meshd", "apid", "uncloud-firstboot", "uc"] {
+    for p in ["stated", "meshd", "dnsd", "apid", "uncloud-firstboot", "uc"] {
         dir = Some(workspace_binary(p)?.parent().unwrap().to_owned());
     }
     let bins = Binaries { dir: dir.unwrap() };
@@ -149,7 +149,7 @@ fn main() -> Result<()> {
         &mut md,
         format!(
             "One network grown machine by machine to {} machines, each a network namespace on a \
-         private bridge running the real `uncloud-firstboot`, `stated`, `meshd` and `apid` \
+         private bridge running the real `uncloud-firstboot`, `stated`, `meshd`, `dnsd` and `apid` \
          (built with the benchmark's profile: see Machine); `uc` runs in another namespace. A join is timed from the start of \
          `uc machine add` (ticket from the first machine, `join` on the new one, redeem, state \
          handed over) until every machine's stated reports the new machine alive and the new \

@@ -9,6 +9,7 @@ pub const UNITS: &[&str] = &[
     "uncloud-firstboot.service",
     "stated.service",
     "meshd.service",
+    "dnsd.service",
     "apid.service",
     "docker.service",
     "dockerd-shim.service",
@@ -19,6 +20,7 @@ pub const LOG_UNITS: &[&str] = &[
     "uncloud-firstboot.service",
     "stated.service",
     "meshd.service",
+    "dnsd.service",
     "apid.service",
     "dockerd-shim.service",
 ];
@@ -103,6 +105,15 @@ pub struct LogEntry {
     /// syslog priority: 0 emergency … 7 debug.
     pub priority: u8,
     pub message: String,
+}
+
+/// One name of the `internal` zone and the addresses it resolves to right now, as the
+/// machine's dnsd answers it (`uc dns ls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DnsName {
+    pub name: String,
+    pub addresses: Vec<String>,
 }
 
 /// One peer of the machine's mesh, as its meshd sees it (`uc mesh peers`).

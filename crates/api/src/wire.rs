@@ -6,7 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::host::{LogEntry, LogPage, LogRequest, MachineStatus, MeshPeer, UnitStatus};
+pub use crate::host::{
+    DnsName, LogEntry, LogPage, LogRequest, MachineStatus, MeshPeer, UnitStatus,
+};
 
 /// The TCP port apid listens on (TLS), on every address. The only public port besides
 /// WireGuard's.
@@ -15,9 +17,10 @@ pub const PORT: u16 = 7443;
 /// Version of this API; a reply's `api_version` says what the server speaks.
 /// 2: `change_machine`, `remove_machine`, certificates, `fan_out`.
 /// 3: `call`, and the calls `status`, `logs`, `reboot`, `mesh_peers`.
+/// 4: the call `dns_names`.
 /// An older apid closes the connection on a call it does not know; `uc` checks
 /// `info().api_version` first where that matters.
-pub const API_VERSION: u32 = 3;
+pub const API_VERSION: u32 = 4;
 
 /// Largest JSON frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -95,6 +98,9 @@ pub enum Call {
     /// Who this machine reaches, how, and when it last heard from them (`uc mesh peers`).
     /// API version 3.
     MeshPeers,
+    /// The names this machine's dnsd serves and what they resolve to (`uc dns ls`). API
+    /// version 4.
+    DnsNames,
 }
 
 /// What a [`Call`] returns.
@@ -108,6 +114,7 @@ pub enum Answer {
     /// The machine accepted the reboot and goes down in a moment.
     Rebooting,
     MeshPeers(Vec<MeshPeer>),
+    DnsNames(Vec<DnsName>),
 }
 
 /// One target's outcome: an answer or an error.

@@ -10,13 +10,13 @@ use rustls::ServerConfig;
 use time::OffsetDateTime;
 use uncloud_api::peer::Forwarded;
 use uncloud_api::wire::{
-    Answer, ApiError, Call, CertRef, CertReply, CertRequest, CertRow, ErrorKind, FanOut, InitReply,
-    InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow,
-    MeshPeer, RedeemReply, RedeemRequest, RenewRequest, TargetReply, TicketReply, TicketRequest,
-    API_VERSION,
+    Answer, ApiError, Call, CertRef, CertReply, CertRequest, CertRow, DnsName, ErrorKind, FanOut,
+    InitReply, InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef,
+    MachineRow, MeshPeer, RedeemReply, RedeemRequest, RenewRequest, TargetReply, TicketReply,
+    TicketRequest, API_VERSION,
 };
 use uncloud_common::address::MeshCidr;
-use uncloud_common::dbus::{MeshProxy, StateProxy};
+use uncloud_common::dbus::{DnsProxy, MeshProxy, StateProxy};
 use uncloud_common::durable;
 use uncloud_common::identity::IdentityPaths;
 use uncloud_common::model::{ClientCert, Machine, NetworkInfo};
@@ -1114,7 +1114,28 @@ impl Apid {
                 self.require(caller, Role::Reader)?;
                 Answer::MeshPeers(self.mesh_peers().await?)
             }
+            Call::DnsNames => {
+                self.require(caller, Role::Reader)?;
+                Answer::DnsNames(self.dns_names().await?)
+            }
         })
+    }
+
+    /// The names this machine's dnsd serves, sorted.
+    async fn dns_names(&self) -> Result<Vec<DnsName>, ApiError> {
+        let dns = DnsProxy::new(self.state.inner().connection())
+            .await
+            .map_err(|e| internal("dnsd", e))?;
+        let rows = dns
+            .names()
+            .await
+            .map_err(|e| internal("dnsd does not answer", e))?;
+        let mut names: Vec<DnsName> = rows
+            .into_iter()
+            .map(|(name, addresses)| DnsName { name, addresses })
+            .collect();
+        names.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(names)
     }
 
     /// The mesh as this machine's meshd sees it.

@@ -151,6 +151,17 @@ fn names_of_machines_containers_and_services_follow_the_state_and_the_partition(
     ]);
     assert!(ok && out.contains(&shop_db), "{out} {err}");
 
+    // And `uc` shows what each machine answers.
+    let table = net.uc_ok(&["dns", "ls", "-m", "all"]);
+    for want in [
+        "answered by alpha",
+        "answered by beta",
+        "db.shop.internal",
+        &shop_db,
+    ] {
+        assert!(table.contains(want), "{want}: {table}");
+    }
+
     // Inside a container of shop (on beta), plain `db` is shop's db (on alpha), through the
     // search domain and beta's dnsd; a container of blog gets blog's.
     let beta_docker = net.machines[beta].docker.as_ref().unwrap();
@@ -186,6 +197,26 @@ fn names_of_machines_containers_and_services_follow_the_state_and_the_partition(
     net.wait_until("beta's containers leave alpha's answers", 30, || {
         dig(&net, alpha, "web.shop.internal").is_empty()
     });
+    let seen: serde_json::Value = serde_json::from_str(&net.uc_ok(&[
+        "dns",
+        "ls",
+        "-o",
+        "json",
+        "--endpoint",
+        &net.machines[alpha].api(),
+    ]))
+    .unwrap();
+    let web = seen[0]["answer"]["dns_names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .find(|n| n["name"] == "web.shop.internal")
+        .cloned();
+    assert_eq!(
+        web.map(|w| w["addresses"].clone()),
+        Some(serde_json::json!([])),
+        "alpha's view, through uc, in the partition"
+    );
     assert_eq!(
         dig(&net, beta, "web.shop.internal").len(),
         1,

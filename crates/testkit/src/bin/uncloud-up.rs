@@ -3,7 +3,7 @@
 //! background; `./scripts/up --down` stops it.
 //!
 //! Machines are network namespaces on an "internet" bridge (198.18.0.0/24) that this host is
-//! plugged into as 198.18.0.1, each running the real firstboot, stated, meshd and apid. The
+//! plugged into as 198.18.0.1, each running the real firstboot, stated, meshd, dnsd and apid. The
 //! first is initialised with `uc machine init`, the second added with `uc machine add`, the
 //! rest join by themselves with a ticket from `uc machine token` pre-seeded before they boot.
 
