@@ -15,9 +15,11 @@
 //!   `dockerd-shim-bench`).
 //! - [`image`]: the images' boot to ready under QEMU against plain Debian boots of the same
 //!   images, and their size (binary `image-bench`).
+//! - [`dnsd`]: DNS against dnsmasq and unbound with dnsperf (binary `dnsd-bench`).
 //! - `apid-bench` (a binary only): joins with `uc machine add` in a local network of
 //!   namespaces, `uc machine ls` beside `busctl`, apid's memory.
 
+pub mod dnsd;
 pub mod image;
 pub mod logs;
 pub mod meshd;

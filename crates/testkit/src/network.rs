@@ -337,6 +337,17 @@ impl LocalMachine {
         self.start_shim();
     }
 
+    /// Restarts dnsd with the config it had (it reads the machine's `etc/resolv.conf` again:
+    /// how a test gives it upstream resolvers).
+    pub fn restart_dnsd(&mut self) {
+        if let Some(mut d) = self.dnsd.take() {
+            d.stop(Duration::from_secs(5));
+        }
+        let path = self.root().join("etc/uncloud/dnsd.toml");
+        let config = std::fs::read_to_string(path).expect("dnsd was started before");
+        self.dnsd = Some(self.spawn("dnsd", &config));
+    }
+
     /// Starts dockerd-shim when the machine has a dockerd ([`Boot::docker`]).
     fn start_shim(&mut self) {
         let Some(docker) = &self.docker else {
