@@ -59,16 +59,25 @@ impl Metric {
 
     /// The median (nearest rank) of several runs on each side, with their min and max.
     pub fn spread(ours: &[f64], theirs: &[f64], unit: &str) -> Metric {
+        Self::spread_rounded(ours, theirs, unit, 1)
+    }
+
+    /// [`Metric::spread`] with three decimals, for small figures (sub-millisecond latencies).
+    pub fn spread_precise(ours: &[f64], theirs: &[f64], unit: &str) -> Metric {
+        Self::spread_rounded(ours, theirs, unit, 3)
+    }
+
+    fn spread_rounded(ours: &[f64], theirs: &[f64], unit: &str, decimals: i32) -> Metric {
         let median = |v: &[f64]| crate::stats::percentile(v, 0.5).unwrap_or(f64::NAN);
         let min = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::min);
         let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
         Metric {
             runs: Some(ours.len().min(theirs.len())),
-            min: Some(round_to(min(ours), 1)),
-            max: Some(round_to(max(ours), 1)),
-            reference_min: Some(round_to(min(theirs), 1)),
-            reference_max: Some(round_to(max(theirs), 1)),
-            ..Self::new(median(ours), median(theirs), unit)
+            min: Some(round_to(min(ours), decimals)),
+            max: Some(round_to(max(ours), decimals)),
+            reference_min: Some(round_to(min(theirs), decimals)),
+            reference_max: Some(round_to(max(theirs), decimals)),
+            ..Self::rounded(median(ours), median(theirs), unit, decimals)
         }
     }
 }

@@ -548,20 +548,12 @@ fn results(f: &[Figures]) -> Results {
         ("forwarded_p99_ms", |f| &f.forwarded_p99, "ms"),
     ];
     for (name, pick, unit) in pairs {
-        let precise = unit == "ms";
         let mut against = |reference: &Figures, key: String| {
-            let mut metric = Metric::spread(pick(d), pick(reference), unit);
-            if precise {
-                let median = |v: &[f64]| percentile(v, 0.5).unwrap_or(f64::NAN);
-                metric = Metric {
-                    runs: metric.runs,
-                    min: metric.min,
-                    max: metric.max,
-                    reference_min: metric.reference_min,
-                    reference_max: metric.reference_max,
-                    ..Metric::precise(median(pick(d)), median(pick(reference)), unit)
-                };
-            }
+            let metric = if unit == "ms" {
+                Metric::spread_precise(pick(d), pick(reference), unit)
+            } else {
+                Metric::spread(pick(d), pick(reference), unit)
+            };
             r.insert(key, metric);
         };
         against(m, name.to_string());

@@ -48,13 +48,13 @@ const BIND_RETRY: Duration = Duration::from_millis(500);
 
 /// What is served, from `view`.
 pub fn served(view: &View, ttl: u32) -> Served {
-    Served {
-        names: Names::build(view),
-        zone: Zone {
+    Served::new(
+        Names::build(view),
+        Zone {
             ttl,
             cidr: view.cidr,
         },
-    }
+    )
 }
 
 /// The addresses to serve on: this machine's mesh address and the configured extras.
@@ -101,7 +101,7 @@ async fn bind(
     let mut told = false;
     loop {
         heartbeat.beat();
-        match server::serve(handler(), addrs).await {
+        match server::serve(&handler, addrs).await {
             Ok(r) => return r,
             Err(e) => {
                 if !told {

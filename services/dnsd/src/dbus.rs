@@ -34,7 +34,7 @@ impl Dns1 {
     fn names(&self) -> Vec<DnsNameRow> {
         self.served
             .borrow()
-            .names
+            .names()
             .list()
             .into_iter()
             .map(|(name, ips)| (name, ips.iter().map(ToString::to_string).collect()))
@@ -44,7 +44,7 @@ impl Dns1 {
     /// The addresses `name` resolves to right now, as asked from this machine. A name that
     /// does not exist is an error.
     fn resolve(&self, name: &str) -> zbus::fdo::Result<Vec<String>> {
-        match self.served.borrow().names.resolve(name, None) {
+        match self.served.borrow().names().resolve(name, None) {
             Resolution::Addresses(ips) => Ok(ips.iter().map(ToString::to_string).collect()),
             Resolution::Exists => Ok(Vec::new()),
             Resolution::Missing => Err(zbus::fdo::Error::InvalidArgs(format!(
@@ -54,7 +54,8 @@ impl Dns1 {
     }
 
     /// Queries received, answered from the zone, refused (not from loopback or the mesh),
-    /// forwarded upstream, answered from the cache, failed upstream, replies not sent.
+    /// forwarded upstream, answered from the cache, failed upstream, replies not sent, datagrams
+    /// that were no DNS message.
     fn counters(&self) -> HashMap<String, u64> {
         let c = &self.counters;
         let f = &self.forwarder.counters;
@@ -69,6 +70,7 @@ impl Dns1 {
             ("cache_hits", f.cache_hits.load(Ordering::Relaxed)),
             ("upstream_failures", f.failures.load(Ordering::Relaxed)),
             ("send_errors", c.errors.load(Ordering::Relaxed)),
+            ("malformed", c.malformed.load(Ordering::Relaxed)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -12,8 +12,10 @@
 //! - [`answer`] (pure) decides the reply to one question: authoritative from the zone
 //!   (NXDOMAIN vs NODATA with the SOA, PTR for the mesh range, refusals), or forward.
 //! - [`cache`] (pure) keeps forwarded answers by TTL; [`forward`] asks the upstreams.
-//! - [`server`] is hickory-server's UDP and TCP listeners with dnsd's request handler (header
-//!   checks: one question, EDNS version, only loopback and the mesh may ask).
+//! - [`server`] is dnsd's request handler (header checks: one question, EDNS version, only
+//!   loopback and the mesh may ask) behind hickory-server's TCP listeners and [`udp`], dnsd's
+//!   own UDP listeners, which take datagrams in batches and answer the common question from
+//!   [`fast`] (pure: bytes in, bytes out) without decoding it.
 //! - [`mirror`] keeps the view up to date from stated's `Changed` signals (only the ids that
 //!   changed are read) and `LivenessChanged`; [`dbus`] shows what is served
 //!   (`org.uncloud.Dns1`); [`resolved`] points the machine's own resolver at dnsd for
@@ -29,8 +31,10 @@ pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod dbus;
+pub mod fast;
 pub mod forward;
 pub mod mirror;
 pub mod names;
 pub mod resolved;
 pub mod server;
+pub mod udp;

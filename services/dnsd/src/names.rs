@@ -221,6 +221,25 @@ impl Names {
         self.reverse.get(&ip).map(String::as_str)
     }
 
+    /// The names whose answer is the same whoever asks, with their addresses: every host
+    /// name, every `<service>.<project>`, and `<service>` where one project has it.
+    pub fn asker_independent(&self) -> Vec<(String, Vec<Ipv4Addr>)> {
+        let mut out: Vec<(String, Vec<Ipv4Addr>)> = self
+            .hosts
+            .iter()
+            .map(|(k, v)| (format!("{k}.{ZONE}"), v.clone()))
+            .collect();
+        for (name, instances) in &self.services {
+            for i in instances.iter().filter(|i| !i.project.is_empty()) {
+                out.push((format!("{name}.{}.{ZONE}", i.project), i.addresses.clone()));
+            }
+            if let [only] = instances.as_slice() {
+                out.push((format!("{name}.{ZONE}"), only.addresses.clone()));
+            }
+        }
+        out
+    }
+
     /// Every name with its addresses right now, sorted: what `org.uncloud.Dns1` lists.
     pub fn list(&self) -> Vec<(String, Vec<Ipv4Addr>)> {
         let mut out: Vec<(String, Vec<Ipv4Addr>)> = self

@@ -1,11 +1,12 @@
-//! The DNS server: hickory-server's UDP and TCP listeners with dnsd's own request handler.
+//! The DNS server: dnsd's request handler, hickory-server's TCP listeners and dnsd's own UDP
+//! listeners ([`crate::udp`]).
 //!
 //! The handler checks the header (one question, EDNS version 0, who asks), then either
 //! answers from the zone ([`crate::answer`]) or relays the upstream answer
-//! ([`crate::forward`]). hickory-server frames TCP, and truncates UDP replies to 512 bytes
-//! (or the client's EDNS size) with the TC bit set, so a client retries over TCP.
+//! ([`crate::forward`]). hickory-server frames TCP; UDP replies stop at 512 bytes (or the
+//! client's EDNS size) with the TC bit set, so a client retries over TCP.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,18 +17,43 @@ use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::answer::{decide, Decision, Zone};
+use crate::fast::FastTable;
 use crate::forward::{relayable, Forwarder};
 use crate::names::Names;
+use crate::udp::UdpListener;
 
 /// What is served right now; replaced whole on every change of the state.
 #[derive(Debug, Clone)]
+/// Built only whole ([`Served::new`]), so the fast path always answers what the full path
+/// would.
 pub struct Served {
-    pub names: Names,
-    pub zone: Zone,
+    names: Names,
+    zone: Zone,
+    fast: FastTable,
+}
+
+impl Served {
+    pub fn new(names: Names, zone: Zone) -> Served {
+        let fast = FastTable::build(&names, zone.ttl);
+        Served { names, zone, fast }
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
+    /// The same names for the fast path.
+    pub fn fast(&self) -> &FastTable {
+        &self.fast
+    }
 }
 
 /// Counters of the server, for `org.uncloud.Dns1`.
@@ -37,11 +63,13 @@ pub struct Counters {
     pub answered_locally: AtomicU64,
     pub refused: AtomicU64,
     pub errors: AtomicU64,
+    /// Datagrams that were no DNS message.
+    pub malformed: AtomicU64,
 }
 
 /// Who may ask: this machine and the mesh (machines and containers); nobody else, so dnsd is
 /// never an open resolver even if a listen address faces the internet.
-fn allowed(src: IpAddr, zone: &Zone) -> bool {
+pub fn allowed(src: IpAddr, zone: &Zone) -> bool {
     match src {
         IpAddr::V4(ip) => ip.is_loopback() || zone.cidr.as_ref().is_some_and(|c| c.contains(ip)),
         IpAddr::V6(ip) => {
@@ -70,6 +98,25 @@ impl Handler {
             forwarder,
             counters,
         }
+    }
+
+    /// What is served right now.
+    pub fn served(&self) -> Arc<Served> {
+        self.served.borrow().clone()
+    }
+
+    /// A query answered by the fast path (it never reaches [`RequestHandler::handle_request`]).
+    pub fn count_fast_answer(&self) {
+        self.counters.queries.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .answered_locally
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A datagram that was no DNS message.
+    pub fn count_malformed(&self) {
+        self.counters.queries.fetch_add(1, Ordering::Relaxed);
+        self.counters.malformed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -232,59 +279,55 @@ pub enum BindError {
     },
 }
 
-/// A running server on some addresses; dropping it does not stop it, [`Running::stop`] does.
+/// A running server on some addresses; [`Running::stop`] stops it and frees them.
 pub struct Running {
     server: Server<Handler>,
+    udp: Vec<UdpListener>,
     pub addrs: Vec<SocketAddr>,
 }
 
 impl Running {
     pub async fn stop(mut self) {
         let _ = self.server.shutdown_gracefully().await;
+        for u in self.udp {
+            u.stop().await;
+        }
     }
 }
 
-/// Serves `handler` on UDP and TCP at each of `addrs` (port 0: any free port, the same number
-/// for UDP and TCP is not guaranteed; tests pass fixed ports).
-pub async fn serve(handler: Handler, addrs: &[SocketAddr]) -> Result<Running, BindError> {
-    let mut server = Server::new(handler);
+/// Serves UDP and TCP at each of `addrs` with handlers from `handler` (port 0: a free port,
+/// the same for UDP and TCP).
+pub async fn serve(
+    handler: impl Fn() -> Handler,
+    addrs: &[SocketAddr],
+) -> Result<Running, BindError> {
+    let mut server = Server::new(handler());
+    let udp_handler = Arc::new(handler());
     let mut bound = Vec::new();
+    let mut listeners = Vec::new();
     for &addr in addrs {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(|source| BindError::Bind {
-                addr,
-                proto: "udp",
-                source,
-            })?;
-        let local = udp.local_addr().map_err(|source| BindError::Bind {
+        let bind_error = |addr, proto, source| BindError::Bind {
             addr,
-            proto: "udp",
+            proto,
             source,
-        })?;
+        };
+        let udp = std::net::UdpSocket::bind(addr).map_err(|e| bind_error(addr, "udp", e))?;
+        let local = udp.local_addr().map_err(|e| bind_error(addr, "udp", e))?;
         // TCP on the port UDP got (matters when asked for port 0).
         let tcp = TcpListener::bind(local)
             .await
-            .map_err(|source| BindError::Bind {
-                addr: local,
-                proto: "tcp",
-                source,
-            })?;
-        server.register_socket(udp);
+            .map_err(|e| bind_error(local, "tcp", e))?;
         server.register_listener(tcp, TCP_TIMEOUT, 65535);
+        let listener =
+            UdpListener::spawn(udp, udp_handler.clone(), tokio::runtime::Handle::current())
+                .map_err(|e| bind_error(local, "udp", e))?;
+        listeners.push(listener);
         bound.push(local);
     }
     Ok(Running {
         server,
+        udp: listeners,
         addrs: bound,
-    })
-}
-
-/// The first IPv4 address among `addrs`, for logs.
-pub fn first_v4(addrs: &[SocketAddr]) -> Option<Ipv4Addr> {
-    addrs.iter().find_map(|a| match a.ip() {
-        IpAddr::V4(ip) => Some(ip),
-        IpAddr::V6(_) => None,
     })
 }
 

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dnsd::answer::Zone;
 use dnsd::daemon::served;
 use dnsd::forward::Forwarder;
 use dnsd::names::View;
@@ -164,7 +163,7 @@ async fn dnsd(upstreams: Vec<SocketAddr>) -> Dnsd {
         16,
         Duration::from_millis(500),
     ));
-    let handler = Handler::new(rx, forwarder.clone(), counters.clone());
+    let handler = || Handler::new(rx.clone(), forwarder.clone(), counters.clone());
     let running = server::serve(handler, &["127.0.0.1:0".parse().unwrap()])
         .await
         .unwrap();
@@ -239,6 +238,23 @@ async fn every_kind_of_name_answers_with_the_rfc_behaviours() {
     let mut got = answers(&out);
     got.sort();
     assert_eq!(got, ["10.210.1.2", "10.210.2.2"]);
+
+    // Without EDNS, the fast path answers: the same flags, records and case.
+    let before = d.counters.answered_locally.load(Ordering::Relaxed);
+    let out = d.dig(&["+noedns", "OnE.machine.internal", "A"]).await;
+    assert!(out.contains("flags: qr aa rd ra"), "{out}");
+    assert!(
+        out.contains("OnE.machine.internal.\t5\tIN\tA\t10.210.1.1"),
+        "{out}"
+    );
+    let out = d.dig(&["+noedns", "+short", "web.p.internal"]).await;
+    let mut got = answers(&out);
+    got.sort();
+    assert_eq!(got, ["10.210.1.2", "10.210.2.2"]);
+    assert_eq!(
+        d.counters.answered_locally.load(Ordering::Relaxed),
+        before + 2
+    );
 
     // The question comes back in the case it was asked in.
     let out = d.dig(&["WeB.P.InTeRnAl"]).await;
@@ -406,10 +422,13 @@ async fn a_new_view_shows_in_the_next_answer() {
     let d = dnsd(Vec::new()).await;
     let mut v = view();
     v.containers.get_mut("web-2").unwrap().healthy = false;
-    let mut s = served(&v, 5);
-    s.zone = Zone { ttl: 7, ..s.zone };
-    d._names.send_replace(Arc::new(s));
+    d._names.send_replace(Arc::new(served(&v, 7)));
     let out = d.dig(&["+noall", "+answer", "web.p.internal"]).await;
+    assert_eq!(answers(&out), ["web.p.internal.\t\t7\tIN\tA\t10.210.1.2"]);
+    // The fast path too.
+    let out = d
+        .dig(&["+noedns", "+noall", "+answer", "web.p.internal"])
+        .await;
     assert_eq!(answers(&out), ["web.p.internal.\t\t7\tIN\tA\t10.210.1.2"]);
     d.stop().await;
 }

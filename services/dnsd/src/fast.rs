@@ -1,0 +1,355 @@
+//! The fast path: the common question answered straight from bytes.
+//!
+//! Most queries a resolver of containers gets are one plain `A` question, without EDNS, for a
+//! name that has addresses. [`FastTable`] holds those names in wire format and writes the
+//! reply into a buffer without decoding the query into a message: the header, the question
+//! copied as asked (so its case comes back), and one A record per address pointing back at the
+//! question's name, shuffled per answer. Anything else (EDNS, another type, a missing name, a
+//! name whose answer depends on who asks, a reply over 512 bytes, any oddity in the packet)
+//! is left to the full path ([`crate::server`]), which then answers it the same way.
+//!
+//! Pure: bytes in, bytes out, tested against the full path.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use crate::names::Names;
+
+/// The longest reply sent without EDNS (RFC 1035); longer ones take the full path, which
+/// truncates.
+const MAX_PLAIN_UDP: usize = 512;
+const TYPE_A: u16 = 1;
+const TYPE_ANY: u16 = 255;
+const CLASS_IN: u16 = 1;
+
+/// The names the fast path answers, keyed by their lowercase wire form.
+#[derive(Debug, Clone, Default)]
+pub struct FastTable {
+    entries: HashMap<Box<[u8]>, Vec<[u8; 4]>>,
+    ttl: [u8; 4],
+}
+
+/// `name` (dotted, no trailing dot) in lowercase wire form, `None` if it cannot be one.
+fn wire(name: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    for label in name.trim_end_matches('.').split('.') {
+        let len = u8::try_from(label.len())
+            .ok()
+            .filter(|l| (1..=63).contains(l))?;
+        out.push(len);
+        out.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+    }
+    out.push(0);
+    (out.len() <= 255).then_some(out)
+}
+
+impl FastTable {
+    /// The names of `names` whose answer is the same whoever asks and has addresses.
+    pub fn build(names: &Names, ttl: u32) -> FastTable {
+        let entries = names
+            .asker_independent()
+            .into_iter()
+            .filter(|(_, ips)| !ips.is_empty())
+            .filter_map(|(name, ips)| {
+                let key = wire(&name)?.into_boxed_slice();
+                Some((key, ips.iter().map(Ipv4Addr::octets).collect()))
+            })
+            .collect();
+        FastTable {
+            entries,
+            ttl: ttl.to_be_bytes(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes the reply to `request` into `out` and returns true, if the fast path answers
+    /// it; `random` varies the order of the addresses.
+    pub fn answer(&self, request: &[u8], out: &mut Vec<u8>, random: u64) -> bool {
+        let Some(q) = Question::parse(request) else {
+            return false;
+        };
+        let Some(addrs) = self.entries.get(&q.key[..q.key_len]) else {
+            return false;
+        };
+        let total = 12 + (request.len() - 12) + 16 * addrs.len();
+        if total > MAX_PLAIN_UDP {
+            return false;
+        }
+        out.clear();
+        out.extend_from_slice(&request[..2]);
+        // QR, opcode QUERY, AA, RD as asked; RA, CD as asked; NOERROR.
+        out.push(0x80 | 0x04 | (request[2] & 0x01));
+        out.push(0x80 | (request[3] & 0x10));
+        out.extend_from_slice(&[0, 1]);
+        out.extend_from_slice(&u16::try_from(addrs.len()).unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(&request[12..]);
+        // A random rotation and swap: enough for clients that take the first address.
+        let n = addrs.len();
+        let start = (random % n as u64) as usize;
+        let swap = (random >> 32) as usize % n;
+        for i in 0..n {
+            let k = match (start + i) % n {
+                k if k == start => (start + swap) % n,
+                k if k == (start + swap) % n => start,
+                k => k,
+            };
+            out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+            out.extend_from_slice(&self.ttl);
+            out.extend_from_slice(&[0, 4]);
+            out.extend_from_slice(&addrs[k]);
+        }
+        true
+    }
+}
+
+/// The one question of a plain query, its name lowercased.
+struct Question {
+    key: [u8; 256],
+    key_len: usize,
+}
+
+impl Question {
+    /// A standard query (not a response), one question of type A or ANY and class IN, no
+    /// other records, the name in plain labels (no compression), nothing after it.
+    fn parse(req: &[u8]) -> Option<Question> {
+        if req.len() < 12 + 5 {
+            return None;
+        }
+        let (flags, opcode) = (req[2], (req[2] >> 3) & 0x0f);
+        if flags & 0x80 != 0 || opcode != 0 || req[4..12] != [0, 1, 0, 0, 0, 0, 0, 0] {
+            return None;
+        }
+        let mut key = [0u8; 256];
+        let mut pos = 12;
+        let mut len = 0;
+        loop {
+            let l = usize::from(*req.get(pos)?);
+            if l == 0 {
+                key[len] = 0;
+                len += 1;
+                pos += 1;
+                break;
+            }
+            if l > 63 || len + 1 + l >= 255 {
+                return None;
+            }
+            let label = req.get(pos + 1..pos + 1 + l)?;
+            key[len] = l as u8;
+            for (d, s) in key[len + 1..len + 1 + l].iter_mut().zip(label) {
+                *d = s.to_ascii_lowercase();
+            }
+            len += 1 + l;
+            pos += 1 + l;
+        }
+        let rest = req.get(pos..)?;
+        if rest.len() != 4 {
+            return None;
+        }
+        let qtype = u16::from_be_bytes([rest[0], rest[1]]);
+        let qclass = u16::from_be_bytes([rest[2], rest[3]]);
+        if !(qtype == TYPE_A || qtype == TYPE_ANY) || qclass != CLASS_IN {
+            return None;
+        }
+        Some(Question { key, key_len: len })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answer::{decide, Decision, Zone};
+    use crate::names::View;
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+    use proptest::prelude::*;
+    use uncloud_common::model::{Container, ContainerState, Machine, Service};
+
+    fn names() -> Names {
+        let mut v = View {
+            me: "m1".into(),
+            cidr: Some("10.210.0.0/16".parse().unwrap()),
+            ..Default::default()
+        };
+        v.machines.insert(
+            "m1".into(),
+            Machine {
+                id: "m1".into(),
+                name: "one".into(),
+                subnet: 1,
+                ..Default::default()
+            },
+        );
+        for (id, project) in [("web.p", "p"), ("db.p", "p"), ("db.q", "q")] {
+            v.services.insert(
+                id.into(),
+                Service {
+                    id: id.into(),
+                    name: id.split('.').next().unwrap().into(),
+                    project: project.into(),
+                    ..Default::default()
+                },
+            );
+        }
+        for (id, service, ip) in [
+            ("w1", "web.p", "10.210.1.2"),
+            ("w2", "web.p", "10.210.1.3"),
+            ("w3", "web.p", "10.210.1.4"),
+            ("d1", "db.p", "10.210.1.5"),
+            ("d2", "db.q", "10.210.1.6"),
+        ] {
+            v.containers.insert(
+                id.into(),
+                Container {
+                    id: id.into(),
+                    machine_id: "m1".into(),
+                    name: id.into(),
+                    service_id: service.into(),
+                    ip: ip.into(),
+                    state: ContainerState::Running,
+                    healthy: true,
+                    ..Default::default()
+                },
+            );
+        }
+        Names::build(&v)
+    }
+
+    fn query(name: &str, qtype: RecordType) -> Message {
+        let mut m = Message::new(0x1234, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        m
+    }
+
+    fn fast(table: &FastTable, m: &Message) -> Option<Message> {
+        let mut out = Vec::new();
+        table
+            .answer(&m.to_vec().unwrap(), &mut out, rand::random())
+            .then(|| Message::from_vec(&out).expect("the fast reply parses"))
+    }
+
+    #[test]
+    fn a_fast_answer_is_what_the_full_path_answers() {
+        let names = names();
+        let table = FastTable::build(&names, 5);
+        let zone = Zone {
+            ttl: 5,
+            cidr: Some("10.210.0.0/16".parse().unwrap()),
+        };
+        for name in [
+            "web.p.internal.",
+            "WeB.P.Internal.",
+            "one.machine.internal.",
+            "w2.one.machine.internal.",
+            "db.p.internal.",
+            "web.internal.",
+        ] {
+            let q = query(name, RecordType::A);
+            let reply = fast(&table, &q).unwrap_or_else(|| panic!("{name} is fast"));
+            assert_eq!(reply.metadata.id, 0x1234);
+            assert!(reply.metadata.authoritative && reply.metadata.recursion_available);
+            assert!(reply.metadata.recursion_desired);
+            assert_eq!(reply.queries[0].name().to_ascii(), name, "case echoed");
+            let Decision::Local(full) = decide(
+                &names,
+                &zone,
+                OpCode::Query,
+                q.queries[0].name(),
+                RecordType::A,
+                DNSClass::IN,
+                None,
+            ) else {
+                panic!("local")
+            };
+            let ips = |rs: &[hickory_proto::rr::Record]| {
+                let mut v: Vec<String> = rs
+                    .iter()
+                    .map(|r| match &r.data {
+                        RData::A(a) => {
+                            format!("{} {} {}", r.name.to_ascii().to_lowercase(), r.ttl, a.0)
+                        }
+                        other => panic!("{other:?}"),
+                    })
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(ips(&reply.answers), ips(&full.answers), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_rest_takes_the_full_path() {
+        let table = FastTable::build(&names(), 5);
+        // `db.internal` depends on who asks (two projects have a db).
+        assert!(fast(&table, &query("db.internal.", RecordType::A)).is_none());
+        assert!(fast(&table, &query("nope.internal.", RecordType::A)).is_none());
+        assert!(fast(&table, &query("web.p.internal.", RecordType::AAAA)).is_none());
+        assert!(fast(&table, &query("example.com.", RecordType::A)).is_none());
+        let mut edns = query("web.p.internal.", RecordType::A);
+        edns.set_edns(Edns::new());
+        assert!(fast(&table, &edns).is_none());
+        let mut response = query("web.p.internal.", RecordType::A);
+        response.metadata.message_type = MessageType::Response;
+        assert!(fast(&table, &response).is_none());
+        let mut update = query("web.p.internal.", RecordType::A);
+        update.metadata.op_code = OpCode::Update;
+        assert!(fast(&table, &update).is_none());
+        // Trailing bytes.
+        let mut bytes = query("web.p.internal.", RecordType::A).to_vec().unwrap();
+        bytes.push(0);
+        assert!(!table.answer(&bytes, &mut Vec::new(), 1));
+    }
+
+    #[test]
+    fn addresses_come_in_varying_order() {
+        let table = FastTable::build(&names(), 5);
+        let q = query("web.p.internal.", RecordType::A);
+        let firsts: std::collections::HashSet<String> = (0..64)
+            .map(|_| format!("{:?}", fast(&table, &q).unwrap().answers[0].data))
+            .collect();
+        assert_eq!(firsts.len(), 3);
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_give_no_answer_or_a_reply_to_that_question(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            random in any::<u64>(),
+        ) {
+            let table = FastTable::build(&names(), 5);
+            let mut out = Vec::new();
+            if table.answer(&bytes, &mut out, random) {
+                let reply = Message::from_vec(&out).expect("a fast reply parses");
+                prop_assert_eq!(&out[12..bytes.len()], &bytes[12..]);
+                prop_assert!(!reply.answers.is_empty());
+            }
+        }
+
+        #[test]
+        fn mutated_queries_never_panic(
+            flip in 0usize..40,
+            value in any::<u8>(),
+            cut in 0usize..40,
+        ) {
+            let table = FastTable::build(&names(), 5);
+            let mut bytes = query("web.p.internal.", RecordType::A).to_vec().unwrap();
+            if flip < bytes.len() {
+                bytes[flip] = value;
+            }
+            bytes.truncate(bytes.len().saturating_sub(cut % 8));
+            let mut out = Vec::new();
+            if table.answer(&bytes, &mut out, 7) {
+                prop_assert!(Message::from_vec(&out).is_ok());
+            }
+        }
+    }
+}
