@@ -231,6 +231,46 @@ fn three_vms_form_a_network_with_init_add_and_a_ticket_in_user_data() {
                 })
         },
     );
+    // Every machine's dnsd names every machine, and told systemd-resolved to send
+    // `*.internal` to it (the machine itself resolves the names).
+    wait_until(
+        "every machine's dnsd names all three machines",
+        Duration::from_secs(120),
+        || {
+            lan.uc
+                .try_json(&["dns", "ls", "-m", "all"])
+                .and_then(|r| r.as_array().cloned())
+                .is_some_and(|replies| {
+                    replies.len() == 3
+                        && replies.iter().all(|r| {
+                            r["answer"]["dns_names"].as_array().is_some_and(|names| {
+                                nodes.iter().all(|n| {
+                                    names.iter().any(|d| {
+                                        d["name"] == format!("{}.machine.internal", n.name)
+                                            && d["addresses"]
+                                                .as_array()
+                                                .is_some_and(|a| a.len() == 1)
+                                    })
+                                })
+                            })
+                        })
+                })
+        },
+    );
+    let log = lan.uc.ok(&[
+        "machine",
+        "logs",
+        "-u",
+        "dnsd",
+        "-n",
+        "200",
+        "--endpoint",
+        &format!("{}:7443", alpha.address),
+    ]);
+    assert!(
+        log.contains("systemd-resolved sends *.internal here"),
+        "dnsd on the image registers with systemd-resolved:\n{log}"
+    );
     let views = lan.uc.json(&["machine", "ls", "-m", "all"]);
     for view in views.as_array().unwrap() {
         let rows = view["answer"]["machines"].as_array().expect("rows");

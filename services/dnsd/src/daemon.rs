@@ -10,11 +10,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use uncloud_common::config::DaemonConfig;
 use uncloud_common::dbus::StateProxy;
+use uncloud_common::state_follow::Update;
 use uncloud_common::watchdog::{self, Heartbeat};
 
 use crate::answer::Zone;
@@ -37,6 +38,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
 }
 
+/// Most signals applied as one batch.
+const MAX_BATCH: usize = 4096;
 /// How often the loop beats when nothing happens.
 const TICK: Duration = Duration::from_secs(5);
 /// A loop that has not gone round for this long is stuck: systemd restarts dnsd.
@@ -256,31 +259,74 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let mut tick = tokio::time::interval(TICK);
     let mut ticks = 0u32;
+    // A change could not be read: the view misses it until everything is read again.
+    let mut stale = false;
     loop {
         let changed = tokio::select! {
-            update = updates.next() => match update {
-                Some(u) => match mirror::apply(&proxy, &mut view, u).await {
-                    Ok(changed) => changed,
+            update = updates.next() => {
+                let mut batch = Vec::new();
+                match update {
+                    Some(u) => batch.push(u),
+                    None => {
+                        // The signal streams ended (the bus connection broke): subscribe
+                        // again and read everything.
+                        tracing::warn!("stated's signals ended; subscribing again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if let Ok(u) = uncloud_common::state_follow::follow(&conn).await {
+                            updates = u;
+                        }
+                        batch.push(Update::Resync);
+                    }
+                }
+                // Everything else already waiting goes in the same batch.
+                while batch.len() < MAX_BATCH {
+                    match updates.next().now_or_never() {
+                        Some(Some(u)) => batch.push(u),
+                        _ => break,
+                    }
+                }
+                match mirror::apply(&proxy, &mut view, batch).await {
+                    Ok(changed) => {
+                        stale = false;
+                        changed
+                    }
                     Err(e) => {
-                        // The next change or resync reads again; meanwhile answers are a
-                        // moment old, never wrong in shape.
-                        tracing::warn!(error = %e, "cannot read a change from stated");
+                        // Those changes are not in the view: read everything at the next tick.
+                        tracing::warn!(error = %e, "cannot read a change from stated; reading everything again shortly");
+                        stale = true;
                         false
                     }
-                },
-                None => {
-                    tracing::warn!("stated's signals ended; reading everything again");
-                    mirror::apply(&proxy, &mut view, uncloud_common::state_follow::Update::Resync)
-                        .await
-                        .unwrap_or(false)
                 }
             },
-            signal = liveness.next() => match signal.and_then(|s| s.args().ok().map(|a| (a.machine_id().to_string(), parse_liveness(a.liveness())))) {
-                Some((id, l)) => view.liveness.insert(id, l) != Some(l),
-                None => false,
+            signal = liveness.next() => match signal {
+                Some(signal) => match signal.args() {
+                    Ok(a) => {
+                        let l = parse_liveness(a.liveness());
+                        view.liveness.insert(a.machine_id().to_string(), l) != Some(l)
+                    }
+                    Err(_) => false,
+                },
+                None => {
+                    tracing::warn!("stated's liveness signals ended; subscribing again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Ok(l) = proxy.receive_liveness_changed().await {
+                        liveness = l;
+                    }
+                    stale = true;
+                    false
+                }
             },
             _ = tick.tick() => {
                 ticks = ticks.wrapping_add(1);
+                if stale {
+                    match mirror::apply(&proxy, &mut view, vec![Update::Resync]).await {
+                        Ok(_) => {
+                            stale = false;
+                            tx.send_replace(Arc::new(served(&view, config.ttl_secs)));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot read the state from stated"),
+                    }
+                }
                 if ticks.is_multiple_of(RESOLVED_EVERY_TICKS) {
                     resolved.refresh(&view).await;
                 }

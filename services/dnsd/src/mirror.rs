@@ -2,9 +2,10 @@
 //!
 //! Read once, then each `Changed(kind, ids)` fetches only those ids (an absent id was
 //! removed), a `Resync` reads everything again, and `LivenessChanged` updates one machine's
-//! liveness (see `uncloud_common::state_follow`).
+//! liveness (see `uncloud_common::state_follow`). Signals that arrive together (a deploy of
+//! many containers) are applied as one batch: one read per kind, one rebuild of the names.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use uncloud_common::dbus::StateProxy;
 use uncloud_common::liveness::Liveness;
@@ -88,33 +89,55 @@ fn replace<T>(map: &mut BTreeMap<String, T>, ids: &[String], mut fresh: BTreeMap
     }
 }
 
-/// Applies one update to `view`. Returns whether anything dnsd serves may have changed.
+/// stated's `GetMany` takes at most this many ids per call.
+const MAX_IDS_PER_CALL: usize = 10_000;
+
+/// Applies a batch of updates to `view`: everything again if one of them is a `Resync`, else
+/// one read per kind of all the ids the batch names. Returns whether anything dnsd serves may
+/// have changed.
 pub async fn apply(
     proxy: &StateProxy<'_>,
     view: &mut View,
-    update: Update,
+    updates: Vec<Update>,
 ) -> Result<bool, MirrorError> {
-    match update {
-        Update::Resync => {
-            let me = view.me.clone();
-            *view = load(proxy, &me).await?;
-        }
-        Update::Changed { kind, ids } => match kind {
-            Kind::Machines => {
-                let fresh = fetch(proxy, kind, &ids).await?;
-                replace(&mut view.machines, &ids, fresh);
-            }
-            Kind::Services => {
-                let fresh = fetch(proxy, kind, &ids).await?;
-                replace(&mut view.services, &ids, fresh);
-            }
-            Kind::Containers => {
-                let fresh = fetch(proxy, kind, &ids).await?;
-                replace(&mut view.containers, &ids, fresh);
-            }
-            Kind::Network => view.cidr = cidr_of(&network(proxy).await?),
-            Kind::Removed | Kind::Clients => return Ok(false),
-        },
+    if updates.iter().any(|u| matches!(u, Update::Resync)) {
+        let me = view.me.clone();
+        *view = load(proxy, &me).await?;
+        return Ok(true);
     }
-    Ok(true)
+    let mut by_kind: BTreeMap<Kind, BTreeSet<String>> = BTreeMap::new();
+    for u in updates {
+        if let Update::Changed { kind, ids } = u {
+            by_kind.entry(kind).or_default().extend(ids);
+        }
+    }
+    let mut changed = false;
+    for (kind, ids) in by_kind {
+        let ids: Vec<String> = ids.into_iter().collect();
+        for ids in ids.chunks(MAX_IDS_PER_CALL) {
+            changed |= match kind {
+                Kind::Machines => {
+                    let fresh = fetch(proxy, kind, ids).await?;
+                    replace(&mut view.machines, ids, fresh);
+                    true
+                }
+                Kind::Services => {
+                    let fresh = fetch(proxy, kind, ids).await?;
+                    replace(&mut view.services, ids, fresh);
+                    true
+                }
+                Kind::Containers => {
+                    let fresh = fetch(proxy, kind, ids).await?;
+                    replace(&mut view.containers, ids, fresh);
+                    true
+                }
+                Kind::Network => {
+                    view.cidr = cidr_of(&network(proxy).await?);
+                    true
+                }
+                Kind::Removed | Kind::Clients => false,
+            };
+        }
+    }
+    Ok(changed)
 }
