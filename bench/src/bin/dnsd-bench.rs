@@ -20,6 +20,9 @@ struct Args {
     /// Directory for dnsd.json and dnsd.md. Default: bench/results (a temp dir with --quick).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Names each server holds, instead of the plan's (1000; 100 with --quick).
+    #[arg(long)]
+    names: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -30,6 +33,10 @@ fn main() -> Result<()> {
     } else {
         Plan::full()
     };
+    let mut plan = plan;
+    if let Some(n) = args.names {
+        plan.names = n.max(1);
+    }
     let out = uncloud_bench::out_dir(args.out.clone(), args.quick);
     let command = uncloud_bench::command_line("dnsd-bench");
     progress(format!("plan: {plan:?}"));

@@ -36,6 +36,8 @@ pub struct Plan {
     pub secs: u32,
     /// The fixed rate of the latency runs, queries per second.
     pub fixed_qps: u32,
+    /// Length of one latency run.
+    pub latency_secs: u32,
     /// State changes timed per server.
     pub change_samples: usize,
 }
@@ -48,6 +50,7 @@ impl Plan {
             runs: 5,
             secs: 3,
             fixed_qps: 2000,
+            latency_secs: 10,
             change_samples: 100,
         }
     }
@@ -59,6 +62,7 @@ impl Plan {
             runs: 1,
             secs: 1,
             fixed_qps: 500,
+            latency_secs: 1,
             change_samples: 10,
         }
     }
@@ -106,6 +110,8 @@ struct Figures {
     forwarded_p99: Vec<f64>,
     change_ms: Vec<f64>,
     rss: f64,
+    rss_anon: f64,
+    rss_file: f64,
 }
 
 /// A UDP socket in the machine's namespace, for timing single queries.
@@ -208,25 +214,38 @@ fn latency(net: &LocalNetwork, t: Target, file: &Path, qps: u32, secs: u32) -> R
     ))
 }
 
-fn measure(net: &LocalNetwork, plan: &Plan, t: Target, files: &Files) -> Result<Figures> {
-    let mut f = Figures::default();
-    // Warm the forwarding caches: every forwarded name once, gently.
-    dnsperf(net, t, &files.forwarded, &["-n", "1", "-Q", "2000"])?;
-    for run in 0..plan.runs {
-        progress(format!("{}: run {}/{}", t.name, run + 1, plan.runs));
-        f.internal_qps
-            .push(max_qps(net, t, &files.internal, plan.secs)?);
-        f.forwarded_qps
-            .push(max_qps(net, t, &files.forwarded, plan.secs)?);
-        let (p50, p99) = latency(net, t, &files.internal, plan.fixed_qps, plan.secs)?;
-        f.internal_p50.push(p50);
-        f.internal_p99.push(p99);
-        let (p50, p99) = latency(net, t, &files.forwarded, plan.fixed_qps, plan.secs)?;
-        f.forwarded_p50.push(p50);
-        f.forwarded_p99.push(p99);
-    }
-    f.rss = rss_of(t.pid) as f64;
-    Ok(f)
+/// One run of every measurement against one server.
+fn measure_once(
+    net: &LocalNetwork,
+    plan: &Plan,
+    t: Target,
+    files: &Files,
+    f: &mut Figures,
+) -> Result<()> {
+    f.internal_qps
+        .push(max_qps(net, t, &files.internal, plan.secs)?);
+    f.forwarded_qps
+        .push(max_qps(net, t, &files.forwarded, plan.secs)?);
+    let (p50, p99) = latency(net, t, &files.internal, plan.fixed_qps, plan.latency_secs)?;
+    f.internal_p50.push(p50);
+    f.internal_p99.push(p99);
+    let (p50, p99) = latency(net, t, &files.forwarded, plan.fixed_qps, plan.latency_secs)?;
+    f.forwarded_p50.push(p50);
+    f.forwarded_p99.push(p99);
+    Ok(())
+}
+
+/// Resident memory of `pid`: total, anonymous (heap, stacks) and file-backed (code) bytes.
+fn memory(pid: u32) -> (f64, f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |k| k * 1024.0)
+    };
+    (rss_of(pid) as f64, kib("RssAnon:"), kib("RssFile:"))
 }
 
 struct Files {
@@ -472,9 +491,48 @@ pub fn run(plan: &Plan, out: &Path, command: &str) -> Result<Results> {
             pid: unbound_server.child.id(),
         },
     ];
-    let mut figures: Vec<Figures> = Vec::new();
+    let mut figures: Vec<Figures> = vec![Figures::default(); targets.len()];
     for t in targets {
-        figures.push(measure(&net, plan, t, &files)?);
+        // Warm the forwarding caches: every forwarded name once, gently.
+        dnsperf(&net, t, &files.forwarded, &["-n", "1", "-Q", "2000"])?;
+    }
+    // Runs alternate between the servers, so whatever else the machine does at some moment
+    // falls on all of them alike.
+    for run in 0..plan.runs {
+        for (t, f) in targets.iter().zip(figures.iter_mut()) {
+            progress(format!("run {}/{}: {}", run + 1, plan.runs, t.name));
+            measure_once(&net, plan, *t, &files, f)?;
+        }
+    }
+    for (t, f) in targets.iter().zip(figures.iter_mut()) {
+        (f.rss, f.rss_anon, f.rss_file) = memory(t.pid);
+    }
+    if std::env::var_os("TMP_SMAPS").is_some() {
+        let text =
+            std::fs::read_to_string(format!("/proc/{}/smaps", targets[0].pid)).unwrap_or_default();
+        let mut cur = String::new();
+        let mut rows: Vec<(u64, String)> = Vec::new();
+        for l in text.lines() {
+            if l.split_whitespace()
+                .next()
+                .is_some_and(|w| w.contains('-') && !w.ends_with(':'))
+            {
+                cur = l.to_string();
+            } else if let Some(v) = l.strip_prefix("Rss:") {
+                let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                rows.push((kb, cur.clone()));
+            }
+        }
+        rows.sort();
+        for r in rows.iter().rev().take(25) {
+            eprintln!("SMAPS {} kB {}", r.0, r.1);
+        }
+        eprintln!(
+            "threads: {}",
+            std::fs::read_dir(format!("/proc/{}/task", targets[0].pid))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        );
     }
 
     // State change to answer. dnsd: from the call into stated that records a new container
@@ -661,8 +719,8 @@ fn markdown(plan: &Plan, r: &Results, f: &[Figures], command: &str) -> String {
         plan.secs, plan.names, plan.runs
     ));
     line(&mut s, format!(
-        "- **Latency** (`*_p50_ms`, `*_p99_ms`): dnsperf at a fixed {} queries/s for {}s with `-v`, every query's latency; p50 and p99 by nearest rank per run, the median of {} run(s).",
-        plan.fixed_qps, plan.secs, plan.runs
+        "- **Latency** (`*_p50_ms`, `*_p99_ms`): dnsperf at a fixed {} queries/s for {}s with `-v`, every query's latency; p50 and p99 by nearest rank per run, the median of {} run(s). Runs alternate between the three servers (each run measures QPS and latency of one server, then the next), so background noise falls on all alike.",
+        plan.fixed_qps, plan.latency_secs, plan.runs
     ));
     line(&mut s, format!(
         "- **State change to answer** (`change_to_answer_*`): {} samples. dnsd: from calling stated's `UpsertContainer` for a new container (acknowledged once it is on disk) until dnsd answers `chg-K.m0.machine.internal`, polled every 0.5 ms over UDP from the namespace: stated's write, its `Changed` signal, dnsd reading that one container and rebuilding its names. dnsmasq (its way to change a name): from appending the name to its hosts file and sending SIGHUP until it answers.",
@@ -672,12 +730,14 @@ fn markdown(plan: &Plan, r: &Results, f: &[Figures], command: &str) -> String {
     line(&mut s, "\n## Details\n");
     for (name, fig) in ["dnsd", "dnsmasq", "unbound"].iter().zip(f) {
         line(&mut s, format!(
-            "- {name}: internal QPS {:?}; forwarded QPS {:?}; internal p99 ms {:?}; forwarded p99 ms {:?}; RSS {:.1} MiB",
+            "- {name}: internal QPS {:?}; forwarded QPS {:?}; internal p99 ms {:?}; forwarded p99 ms {:?}; RSS {:.1} MiB ({:.1} MiB anonymous, {:.1} MiB file-backed: code)",
             fig.internal_qps.iter().map(|x| x.round()).collect::<Vec<_>>(),
             fig.forwarded_qps.iter().map(|x| x.round()).collect::<Vec<_>>(),
             fig.internal_p99.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
             fig.forwarded_p99.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
-            fig.rss / 1048576.0
+            fig.rss / 1048576.0,
+            fig.rss_anon / 1048576.0,
+            fig.rss_file / 1048576.0
         ));
     }
     s

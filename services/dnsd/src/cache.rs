@@ -3,7 +3,7 @@
 //! An answer is kept for the smallest TTL among its records (a negative answer: its SOA's
 //! minimum, RFC 2308), capped, and served with its TTLs counted down. Only NOERROR and
 //! NXDOMAIN answers that were not truncated are kept; SERVFAIL and the like are asked again.
-//! When full, the entry closest to expiring goes first.
+//! When full, the entry closest to expiring goes first. Entries are kept as wire bytes.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,8 +19,10 @@ pub const MAX_TTL: u32 = 3600;
 /// Longest a negative answer is kept.
 pub const MAX_NEGATIVE_TTL: u32 = 300;
 
+/// Kept as wire bytes: a decoded message takes ten times the memory, and a cache of 10,000
+/// entries would outweigh the rest of dnsd.
 struct Entry {
-    message: Message,
+    bytes: Box<[u8]>,
     stored: Instant,
     expires: Instant,
 }
@@ -55,7 +57,10 @@ impl Cache {
             return None;
         }
         let age = u32::try_from(now.duration_since(entry.stored).as_secs()).unwrap_or(u32::MAX);
-        let mut message = entry.message.clone();
+        let Ok(mut message) = Message::from_vec(&entry.bytes) else {
+            self.entries.remove(key);
+            return None;
+        };
         for r in message
             .answers
             .iter_mut()
@@ -78,6 +83,9 @@ impl Cache {
         if ttl == 0 {
             return;
         }
+        let Ok(bytes) = message.to_vec() else {
+            return;
+        };
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             self.entries.retain(|_, e| e.expires > now);
             if self.entries.len() >= self.capacity {
@@ -94,7 +102,7 @@ impl Cache {
         self.entries.insert(
             key,
             Entry {
-                message: message.clone(),
+                bytes: bytes.into_boxed_slice(),
                 stored: now,
                 expires: now + Duration::from_secs(u64::from(ttl)),
             },

@@ -178,6 +178,17 @@ impl Resolved {
     }
 }
 
+/// Returns the heap's free pages to the system. A burst of changes (a deploy of many
+/// containers) rebuilds the names many times over; glibc keeps what was freed in between, and
+/// dnsd would carry a burst's peak for good.
+fn give_back_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     config.validate()?;
     let bus_err = |reason| DaemonError::Bus {
@@ -261,6 +272,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut ticks = 0u32;
     // A change could not be read: the view misses it until everything is read again.
     let mut stale = false;
+    // The names were rebuilt since the last tick.
+    let mut rebuilt = false;
     loop {
         let changed = tokio::select! {
             update = updates.next() => {
@@ -318,6 +331,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             },
             _ = tick.tick() => {
                 ticks = ticks.wrapping_add(1);
+                if std::mem::take(&mut rebuilt) {
+                    give_back_free_memory();
+                }
                 if stale {
                     match mirror::apply(&proxy, &mut view, vec![Update::Resync]).await {
                         Ok(_) => {
@@ -339,6 +355,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             continue;
         }
         tx.send_replace(Arc::new(served(&view, config.ttl_secs)));
+        rebuilt = true;
         let now = listen_addrs(&view, &config);
         if now != addrs {
             tracing::info!(from = ?addrs, to = ?now, "the mesh address changed; moving the listeners");

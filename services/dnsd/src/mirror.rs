@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use uncloud_common::dbus::StateProxy;
 use uncloud_common::liveness::Liveness;
-use uncloud_common::model::{Kind, NetworkInfo};
+use uncloud_common::model::{Container, Kind, Machine, NetworkInfo, Service};
 use uncloud_common::state_follow::{fetch, fetch_all, FetchError, Update};
 
 use crate::names::View;
@@ -56,9 +56,9 @@ pub async fn load(proxy: &StateProxy<'_>, me: &str) -> Result<View, MirrorError>
     Ok(View {
         me: me.to_string(),
         cidr: cidr_of(&info),
-        machines: fetch_all(proxy, Kind::Machines).await?,
-        services: fetch_all(proxy, Kind::Services).await?,
-        containers: fetch_all(proxy, Kind::Containers).await?,
+        machines: slim_all(fetch_all(proxy, Kind::Machines).await?),
+        services: slim_all(fetch_all(proxy, Kind::Services).await?),
+        containers: slim_all(fetch_all(proxy, Kind::Containers).await?),
         liveness,
     })
 }
@@ -76,11 +76,59 @@ fn cidr_of(info: &NetworkInfo) -> Option<uncloud_common::address::MeshCidr> {
     }
 }
 
-fn replace<T>(map: &mut BTreeMap<String, T>, ids: &[String], mut fresh: BTreeMap<String, T>) {
+/// What dnsd keeps of an entity: only what names need (a service's spec and history, a
+/// machine's keys, endpoints and certificate are most of their size).
+pub trait Slim {
+    fn slim(self) -> Self;
+}
+
+impl Slim for Machine {
+    fn slim(self) -> Self {
+        Machine {
+            id: self.id,
+            name: self.name,
+            subnet: self.subnet,
+            ..Default::default()
+        }
+    }
+}
+
+impl Slim for Service {
+    fn slim(self) -> Self {
+        Service {
+            id: self.id,
+            name: self.name,
+            project: self.project,
+            created_at_ms: self.created_at_ms,
+            ..Default::default()
+        }
+    }
+}
+
+impl Slim for Container {
+    fn slim(self) -> Self {
+        Container {
+            id: self.id,
+            machine_id: self.machine_id,
+            name: self.name,
+            service_id: self.service_id,
+            ip: self.ip,
+            state: self.state,
+            healthy: self.healthy,
+            ..Default::default()
+        }
+    }
+}
+
+fn slim_all<T: Slim>(map: BTreeMap<String, T>) -> BTreeMap<String, T> {
+    map.into_iter().map(|(k, v)| (k, v.slim())).collect()
+}
+
+fn replace<T: Slim>(map: &mut BTreeMap<String, T>, ids: &[String], mut fresh: BTreeMap<String, T>) {
     for id in ids {
         match fresh.remove(id) {
             Some(v) => {
-                map.insert(id.clone(), v);
+                map.insert(id.clone(), v.slim());
             }
             None => {
                 map.remove(id);
