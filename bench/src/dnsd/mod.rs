@@ -507,33 +507,6 @@ pub fn run(plan: &Plan, out: &Path, command: &str) -> Result<Results> {
     for (t, f) in targets.iter().zip(figures.iter_mut()) {
         (f.rss, f.rss_anon, f.rss_file) = memory(t.pid);
     }
-    if std::env::var_os("TMP_SMAPS").is_some() {
-        let text =
-            std::fs::read_to_string(format!("/proc/{}/smaps", targets[0].pid)).unwrap_or_default();
-        let mut cur = String::new();
-        let mut rows: Vec<(u64, String)> = Vec::new();
-        for l in text.lines() {
-            if l.split_whitespace()
-                .next()
-                .is_some_and(|w| w.contains('-') && !w.ends_with(':'))
-            {
-                cur = l.to_string();
-            } else if let Some(v) = l.strip_prefix("Rss:") {
-                let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-                rows.push((kb, cur.clone()));
-            }
-        }
-        rows.sort();
-        for r in rows.iter().rev().take(25) {
-            eprintln!("SMAPS {} kB {}", r.0, r.1);
-        }
-        eprintln!(
-            "threads: {}",
-            std::fs::read_dir(format!("/proc/{}/task", targets[0].pid))
-                .map(|d| d.count())
-                .unwrap_or(0)
-        );
-    }
 
     // State change to answer. dnsd: from the call into stated that records a new container
     // (acknowledged once durable) until dnsd answers its name. dnsmasq: from appending the
