@@ -203,38 +203,29 @@ mod tests {
             cidr: Some("10.210.0.0/16".parse().unwrap()),
             ..Default::default()
         };
-        v.machines.insert(
-            "m1".into(),
-            Machine {
-                id: "m1".into(),
-                name: "one".into(),
-                subnet: 1,
-                ..Default::default()
-            },
-        );
-        v.services.insert(
-            "p/web".into(),
-            Service {
-                id: "p/web".into(),
-                name: "web".into(),
-                project: "p".into(),
-                ..Default::default()
-            },
-        );
+        v.add_machine(Machine {
+            id: "m1".into(),
+            name: "one".into(),
+            subnet: 1,
+            ..Default::default()
+        });
+        v.add_service(Service {
+            id: "p/web".into(),
+            name: "web".into(),
+            project: "p".into(),
+            ..Default::default()
+        });
         for (id, ip) in [("w1", "10.210.1.2"), ("w2", "10.210.1.3")] {
-            v.containers.insert(
-                id.into(),
-                Container {
-                    id: id.into(),
-                    machine_id: "m1".into(),
-                    name: id.into(),
-                    service_id: "p/web".into(),
-                    ip: ip.into(),
-                    state: ContainerState::Running,
-                    healthy: true,
-                    ..Default::default()
-                },
-            );
+            v.add_container(Container {
+                id: id.into(),
+                machine_id: "m1".into(),
+                name: id.into(),
+                service_id: "p/web".into(),
+                ip: ip.into(),
+                state: ContainerState::Running,
+                healthy: true,
+                ..Default::default()
+            });
         }
         Names::build(&v)
     }

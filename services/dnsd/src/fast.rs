@@ -178,25 +178,19 @@ mod tests {
             cidr: Some("10.210.0.0/16".parse().unwrap()),
             ..Default::default()
         };
-        v.machines.insert(
-            "m1".into(),
-            Machine {
-                id: "m1".into(),
-                name: "one".into(),
-                subnet: 1,
-                ..Default::default()
-            },
-        );
+        v.add_machine(Machine {
+            id: "m1".into(),
+            name: "one".into(),
+            subnet: 1,
+            ..Default::default()
+        });
         for (id, project) in [("web.p", "p"), ("db.p", "p"), ("db.q", "q")] {
-            v.services.insert(
-                id.into(),
-                Service {
-                    id: id.into(),
-                    name: id.split('.').next().unwrap().into(),
-                    project: project.into(),
-                    ..Default::default()
-                },
-            );
+            v.add_service(Service {
+                id: id.into(),
+                name: id.split('.').next().unwrap().into(),
+                project: project.into(),
+                ..Default::default()
+            });
         }
         for (id, service, ip) in [
             ("w1", "web.p", "10.210.1.2"),
@@ -205,19 +199,16 @@ mod tests {
             ("d1", "db.p", "10.210.1.5"),
             ("d2", "db.q", "10.210.1.6"),
         ] {
-            v.containers.insert(
-                id.into(),
-                Container {
-                    id: id.into(),
-                    machine_id: "m1".into(),
-                    name: id.into(),
-                    service_id: service.into(),
-                    ip: ip.into(),
-                    state: ContainerState::Running,
-                    healthy: true,
-                    ..Default::default()
-                },
-            );
+            v.add_container(Container {
+                id: id.into(),
+                machine_id: "m1".into(),
+                name: id.into(),
+                service_id: service.into(),
+                ip: ip.into(),
+                state: ContainerState::Running,
+                healthy: true,
+                ..Default::default()
+            });
         }
         Names::build(&v)
     }

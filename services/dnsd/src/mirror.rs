@@ -56,9 +56,9 @@ pub async fn load(proxy: &StateProxy<'_>, me: &str) -> Result<View, MirrorError>
     Ok(View {
         me: me.to_string(),
         cidr: cidr_of(&info),
-        machines: slim_all(fetch_all(proxy, Kind::Machines).await?),
-        services: slim_all(fetch_all(proxy, Kind::Services).await?),
-        containers: slim_all(fetch_all(proxy, Kind::Containers).await?),
+        machines: entries::<Machine, _>(fetch_all(proxy, Kind::Machines).await?),
+        services: entries::<Service, _>(fetch_all(proxy, Kind::Services).await?),
+        containers: entries::<Container, _>(fetch_all(proxy, Kind::Containers).await?),
         liveness,
     })
 }
@@ -76,59 +76,20 @@ fn cidr_of(info: &NetworkInfo) -> Option<uncloud_common::address::MeshCidr> {
     }
 }
 
-/// What dnsd keeps of an entity: only what names need (a service's spec and history, a
-/// machine's keys, endpoints and certificate are most of their size).
-pub trait Slim {
-    fn slim(self) -> Self;
+/// Converts what stated holds into what names need.
+fn entries<T, E: From<T>>(map: BTreeMap<String, T>) -> BTreeMap<String, E> {
+    map.into_iter().map(|(k, v)| (k, E::from(v))).collect()
 }
 
-impl Slim for Machine {
-    fn slim(self) -> Self {
-        Machine {
-            id: self.id,
-            name: self.name,
-            subnet: self.subnet,
-            ..Default::default()
-        }
-    }
-}
-
-impl Slim for Service {
-    fn slim(self) -> Self {
-        Service {
-            id: self.id,
-            name: self.name,
-            project: self.project,
-            created_at_ms: self.created_at_ms,
-            ..Default::default()
-        }
-    }
-}
-
-impl Slim for Container {
-    fn slim(self) -> Self {
-        Container {
-            id: self.id,
-            machine_id: self.machine_id,
-            name: self.name,
-            service_id: self.service_id,
-            ip: self.ip,
-            state: self.state,
-            healthy: self.healthy,
-            ..Default::default()
-        }
-    }
-}
-
-fn slim_all<T: Slim>(map: BTreeMap<String, T>) -> BTreeMap<String, T> {
-    map.into_iter().map(|(k, v)| (k, v.slim())).collect()
-}
-
-fn replace<T: Slim>(map: &mut BTreeMap<String, T>, ids: &[String], mut fresh: BTreeMap<String, T>) {
+fn replace<T, E: From<T>>(
+    map: &mut BTreeMap<String, E>,
+    ids: &[String],
+    mut fresh: BTreeMap<String, T>,
+) {
     for id in ids {
         match fresh.remove(id) {
             Some(v) => {
-                map.insert(id.clone(), v.slim());
+                map.insert(id.clone(), E::from(v));
             }
             None => {
                 map.remove(id);
@@ -165,17 +126,17 @@ pub async fn apply(
         for ids in ids.chunks(MAX_IDS_PER_CALL) {
             changed |= match kind {
                 Kind::Machines => {
-                    let fresh = fetch(proxy, kind, ids).await?;
+                    let fresh: BTreeMap<String, Machine> = fetch(proxy, kind, ids).await?;
                     replace(&mut view.machines, ids, fresh);
                     true
                 }
                 Kind::Services => {
-                    let fresh = fetch(proxy, kind, ids).await?;
+                    let fresh: BTreeMap<String, Service> = fetch(proxy, kind, ids).await?;
                     replace(&mut view.services, ids, fresh);
                     true
                 }
                 Kind::Containers => {
-                    let fresh = fetch(proxy, kind, ids).await?;
+                    let fresh: BTreeMap<String, Container> = fetch(proxy, kind, ids).await?;
                     replace(&mut view.containers, ids, fresh);
                     true
                 }

@@ -36,14 +36,88 @@ pub struct View {
     pub me: String,
     /// The mesh range (`10.210.0.0/16`), which gives the machines' addresses.
     pub cidr: Option<MeshCidr>,
-    pub machines: BTreeMap<String, Machine>,
-    pub services: BTreeMap<String, Service>,
-    pub containers: BTreeMap<String, Container>,
+    /// By machine id.
+    pub machines: BTreeMap<String, MachineEntry>,
+    /// By service id.
+    pub services: BTreeMap<String, ServiceEntry>,
+    /// By container id.
+    pub containers: BTreeMap<String, ContainerEntry>,
     /// Machine id -> how this machine sees it; a machine missing here counts as down.
     pub liveness: HashMap<String, Liveness>,
 }
 
+/// What names need of a machine (the state's entry is mostly keys, endpoints and a
+/// certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineEntry {
+    pub name: String,
+    pub subnet: u32,
+}
+
+/// What names need of a service (its spec and history are most of its size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub name: String,
+    pub project: String,
+    pub created_at_ms: u64,
+}
+
+/// What names need of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEntry {
+    pub machine_id: String,
+    pub name: String,
+    pub service_id: String,
+    pub ip: Option<Ipv4Addr>,
+    pub running: bool,
+    pub healthy: bool,
+}
+
+impl From<Machine> for MachineEntry {
+    fn from(m: Machine) -> Self {
+        MachineEntry {
+            name: m.name,
+            subnet: m.subnet,
+        }
+    }
+}
+
+impl From<Service> for ServiceEntry {
+    fn from(s: Service) -> Self {
+        ServiceEntry {
+            name: s.name,
+            project: s.project,
+            created_at_ms: s.created_at_ms,
+        }
+    }
+}
+
+impl From<Container> for ContainerEntry {
+    fn from(c: Container) -> Self {
+        ContainerEntry {
+            ip: c.ip.parse().ok(),
+            running: c.state == ContainerState::Running,
+            healthy: c.healthy,
+            machine_id: c.machine_id,
+            name: c.name,
+            service_id: c.service_id,
+        }
+    }
+}
+
 impl View {
+    pub fn add_machine(&mut self, m: Machine) {
+        self.machines.insert(m.id.clone(), m.into());
+    }
+
+    pub fn add_service(&mut self, s: Service) {
+        self.services.insert(s.id.clone(), s.into());
+    }
+
+    pub fn add_container(&mut self, c: Container) {
+        self.containers.insert(c.id.clone(), c.into());
+    }
+
     fn reachable(&self, machine_id: &str) -> bool {
         machine_id == self.me
             || self
@@ -96,8 +170,8 @@ impl Names {
         names.parents.insert(MACHINE_LABEL.into());
         let machine_name: HashMap<&str, String> = view
             .machines
-            .values()
-            .map(|m| (m.id.as_str(), m.name.to_ascii_lowercase()))
+            .iter()
+            .map(|(id, m)| (id.as_str(), m.name.to_ascii_lowercase()))
             .collect();
         for m in view.machines.values() {
             let Some(ip) = view.cidr.as_ref().and_then(|c| c.machine_ip(m.subnet)) else {
@@ -107,21 +181,22 @@ impl Names {
             names.reverse.insert(ip, format!("{name}.{ZONE}"));
             names.hosts.insert(name, vec![ip]);
         }
-        let services_by_id: HashMap<&str, &Service> =
-            view.services.values().map(|s| (s.id.as_str(), s)).collect();
         let mut service_addresses: HashMap<&str, Vec<Ipv4Addr>> = HashMap::new();
         for c in view.containers.values() {
-            let Ok(ip) = c.ip.parse::<Ipv4Addr>() else {
+            let Some(ip) = c.ip else {
                 continue;
             };
             let Some(machine) = machine_name.get(c.machine_id.as_str()) else {
                 continue;
             };
-            let service = services_by_id.get(c.service_id.as_str());
-            if let Some(s) = service {
+            let service = view
+                .services
+                .get_key_value(c.service_id.as_str())
+                .map(|(id, s)| (id.as_str(), s));
+            if let Some((_, s)) = service {
                 names.project_of.insert(ip, s.project.to_ascii_lowercase());
             }
-            let running = c.state == ContainerState::Running;
+            let running = c.running;
             let reachable = view.reachable(&c.machine_id);
             let host = format!("{}.{machine}.{MACHINE_LABEL}", c.name.to_ascii_lowercase());
             let addrs = names.hosts.entry(host.clone()).or_default();
@@ -129,20 +204,20 @@ impl Names {
                 addrs.push(ip);
                 names.reverse.entry(ip).or_insert(format!("{host}.{ZONE}"));
             }
-            if let Some(s) = service {
-                let entry = service_addresses.entry(s.id.as_str()).or_default();
+            if let Some((id, _)) = service {
+                let entry = service_addresses.entry(id).or_default();
                 if running && reachable && c.healthy {
                     entry.push(ip);
                 }
             }
         }
-        for s in view.services.values() {
+        for (id, s) in &view.services {
             let project = s.project.to_ascii_lowercase();
             if project == MACHINE_LABEL {
                 // Reserved: the machines keep `<name>.machine.internal`.
                 continue;
             }
-            let mut addresses = service_addresses.remove(s.id.as_str()).unwrap_or_default();
+            let mut addresses = service_addresses.remove(id.as_str()).unwrap_or_default();
             addresses.sort();
             let name = s.name.to_ascii_lowercase();
             if !project.is_empty() {
@@ -150,7 +225,7 @@ impl Names {
             }
             names.services.entry(name).or_default().push(ServiceName {
                 project,
-                id: s.id.clone(),
+                id: id.clone(),
                 created_at_ms: s.created_at_ms,
                 addresses,
             });
@@ -323,7 +398,7 @@ mod tests {
             ..Default::default()
         };
         for m in [machine("m1", "one", 1), machine("m2", "Two", 2)] {
-            v.machines.insert(m.id.clone(), m);
+            v.add_machine(m);
         }
         v.liveness.insert("m2".into(), Liveness::Alive);
         for s in [
@@ -331,7 +406,7 @@ mod tests {
             service("blog/db", "blog", "db", 5),
             service("shop/web", "shop", "web", 10),
         ] {
-            v.services.insert(s.id.clone(), s);
+            v.add_service(s);
         }
         for c in [
             container("shop-db-1", "m1", "shop/db", "10.210.1.2"),
@@ -339,7 +414,7 @@ mod tests {
             container("shop-web-1", "m1", "shop/web", "10.210.1.3"),
             container("shop-web-2", "m2", "shop/web", "10.210.2.3"),
         ] {
-            v.containers.insert(c.id.clone(), c);
+            v.add_container(c);
         }
         v
     }
@@ -428,7 +503,7 @@ mod tests {
         );
 
         v.liveness.insert("m2".into(), Liveness::Suspect);
-        v.containers.get_mut("shop-web-2").unwrap().state = ContainerState::Exited;
+        v.containers.get_mut("shop-web-2").unwrap().running = false;
         let n = Names::build(&v);
         assert_eq!(n.resolve("web.shop.internal", None), ips(&[]));
     }
@@ -437,7 +512,7 @@ mod tests {
     fn a_project_named_machine_never_shadows_the_machines() {
         let mut v = view();
         let s = service("machine/one", "machine", "one", 1);
-        v.services.insert(s.id.clone(), s);
+        v.add_service(s);
         let n = Names::build(&v);
         assert_eq!(
             n.resolve("one.machine.internal", None),

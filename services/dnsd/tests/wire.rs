@@ -24,42 +24,33 @@ fn view() -> View {
         ..Default::default()
     };
     for (id, name, subnet) in [("m1", "one", 1), ("m2", "two", 2)] {
-        v.machines.insert(
-            id.into(),
-            Machine {
-                id: id.into(),
-                name: name.into(),
-                subnet,
-                ..Default::default()
-            },
-        );
+        v.add_machine(Machine {
+            id: id.into(),
+            name: name.into(),
+            subnet,
+            ..Default::default()
+        });
     }
     v.liveness.insert("m2".into(), Liveness::Alive);
     for (id, name) in [("p/web", "web"), ("p/big", "big")] {
-        v.services.insert(
-            id.into(),
-            Service {
-                id: id.into(),
-                name: name.into(),
-                project: "p".into(),
-                ..Default::default()
-            },
-        );
+        v.add_service(Service {
+            id: id.into(),
+            name: name.into(),
+            project: "p".into(),
+            ..Default::default()
+        });
     }
     let mut add = |id: String, machine: &str, service: &str, ip: String| {
-        v.containers.insert(
-            id.clone(),
-            Container {
-                id: id.clone(),
-                machine_id: machine.into(),
-                name: id,
-                service_id: service.into(),
-                ip,
-                state: ContainerState::Running,
-                healthy: true,
-                ..Default::default()
-            },
-        );
+        v.add_container(Container {
+            id: id.clone(),
+            machine_id: machine.into(),
+            name: id,
+            service_id: service.into(),
+            ip,
+            state: ContainerState::Running,
+            healthy: true,
+            ..Default::default()
+        });
     };
     add("web-1".into(), "m1", "p/web", "10.210.1.2".into());
     add("web-2".into(), "m2", "p/web", "10.210.2.2".into());
