@@ -44,6 +44,11 @@ impl MeshPeers {
         self.by_ip.contains_key(&ip)
     }
 
+    /// The machine whose mesh address `ip` is.
+    pub fn id_at(&self, ip: IpAddr) -> Option<&str> {
+        self.by_ip.get(&ip).map(String::as_str)
+    }
+
     /// The address of machine `id` on `port`, if it is in the state.
     pub fn addr_of(&self, id: &str, port: u16) -> Option<SocketAddr> {
         self.by_ip
@@ -98,6 +103,8 @@ mod tests {
             Some("10.210.7.1:7947".parse().unwrap())
         );
         assert_eq!(p.addr_of("a", 7947), None);
+        assert_eq!(p.id_at("10.210.7.1".parse().unwrap()), Some("c"));
+        assert_eq!(p.id_at("10.210.1.1".parse().unwrap()), None, "not itself");
         assert_eq!(p.all_on(7946), vec!["10.210.2.1:7946", "10.210.7.1:7946"]);
     }
 

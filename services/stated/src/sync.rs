@@ -81,6 +81,7 @@ pub(crate) async fn serve(
     let server = SyncServer {
         shared,
         sessions: Arc::default(),
+        caller: None,
     };
     let task = tokio::spawn(async move {
         loop {
@@ -99,7 +100,10 @@ pub(crate) async fn serve(
             let _ = stream.set_nodelay(true);
             let stream = Counting::new(stream, server.shared.clone());
             let transport = transport(stream);
-            let server = server.clone();
+            let server = SyncServer {
+                caller: Some(peer),
+                ..server.clone()
+            };
             tokio::spawn(async move {
                 BaseChannel::with_defaults(transport)
                     .execute(server.serve())
@@ -128,6 +132,8 @@ struct ServerSession {
 struct SyncServer {
     shared: Arc<Shared>,
     sessions: Arc<Mutex<HashMap<String, ServerSession>>>,
+    /// The address of the connection this clone serves (set per connection).
+    caller: Option<SocketAddr>,
 }
 
 impl SyncServer {
@@ -149,6 +155,23 @@ impl SyncServer {
             return Err(SyncError::InvalidCaller(
                 req.from.chars().take(64).collect(),
             ));
+        }
+        // On the mesh, the address vouches for the machine (WireGuard): a caller speaks only
+        // for the machine whose address it calls from, never for another one.
+        if let (true, Some(caller)) = (shared.config.on_mesh(), self.caller) {
+            let owner = shared.mesh_peers().id_at(caller.ip()).map(str::to_string);
+            if owner.as_deref() != Some(req.from.as_str()) {
+                tracing::warn!(
+                    from = %req.from,
+                    %caller,
+                    "refusing sync that names another machine than its address"
+                );
+                return Err(SyncError::InvalidCaller(format!(
+                    "{} calls from {}, which is not its mesh address",
+                    req.from,
+                    caller.ip()
+                )));
+            }
         }
         if shared.is_removed(&req.from) {
             tracing::warn!(from = %req.from, "refusing sync from a removed machine");
