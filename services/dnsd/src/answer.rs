@@ -194,39 +194,14 @@ fn reverse_zone(cidr: &MeshCidr) -> Name {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::View;
-    use uncloud_common::model::{Container, ContainerState, Machine, Service};
+    use crate::names::fixtures::{container, machine, service, view};
 
     fn names() -> Names {
-        let mut v = View {
-            me: "m1".into(),
-            cidr: Some("10.210.0.0/16".parse().unwrap()),
-            ..Default::default()
-        };
-        v.add_machine(Machine {
-            id: "m1".into(),
-            name: "one".into(),
-            subnet: 1,
-            ..Default::default()
-        });
-        v.add_service(Service {
-            id: "p/web".into(),
-            name: "web".into(),
-            project: "p".into(),
-            ..Default::default()
-        });
-        for (id, ip) in [("w1", "10.210.1.2"), ("w2", "10.210.1.3")] {
-            v.add_container(Container {
-                id: id.into(),
-                machine_id: "m1".into(),
-                name: id.into(),
-                service_id: "p/web".into(),
-                ip: ip.into(),
-                state: ContainerState::Running,
-                healthy: true,
-                ..Default::default()
-            });
-        }
+        let mut v = view();
+        v.add_machine(machine("m1", "one", 1));
+        v.add_service(service("p/web", "p", "web", 0));
+        v.add_container(container("w1", "m1", "p/web", "10.210.1.2"));
+        v.add_container(container("w2", "m1", "p/web", "10.210.1.3"));
         Names::build(&v)
     }
 

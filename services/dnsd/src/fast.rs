@@ -166,31 +166,20 @@ impl Question {
 mod tests {
     use super::*;
     use crate::answer::{decide, Decision, Zone};
-    use crate::names::View;
+    use crate::names::fixtures::{container, machine, service, view};
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
     use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
     use proptest::prelude::*;
-    use uncloud_common::model::{Container, ContainerState, Machine, Service};
 
     fn names() -> Names {
-        let mut v = View {
-            me: "m1".into(),
-            cidr: Some("10.210.0.0/16".parse().unwrap()),
-            ..Default::default()
-        };
-        v.add_machine(Machine {
-            id: "m1".into(),
-            name: "one".into(),
-            subnet: 1,
-            ..Default::default()
-        });
-        for (id, project) in [("web.p", "p"), ("db.p", "p"), ("db.q", "q")] {
-            v.add_service(Service {
-                id: id.into(),
-                name: id.split('.').next().unwrap().into(),
-                project: project.into(),
-                ..Default::default()
-            });
+        let mut v = view();
+        v.add_machine(machine("m1", "one", 1));
+        for (id, project, name) in [
+            ("web.p", "p", "web"),
+            ("db.p", "p", "db"),
+            ("db.q", "q", "db"),
+        ] {
+            v.add_service(service(id, project, name, 0));
         }
         for (id, service, ip) in [
             ("w1", "web.p", "10.210.1.2"),
@@ -199,16 +188,7 @@ mod tests {
             ("d1", "db.p", "10.210.1.5"),
             ("d2", "db.q", "10.210.1.6"),
         ] {
-            v.add_container(Container {
-                id: id.into(),
-                machine_id: "m1".into(),
-                name: id.into(),
-                service_id: service.into(),
-                ip: ip.into(),
-                state: ContainerState::Running,
-                healthy: true,
-                ..Default::default()
-            });
+            v.add_container(container(id, "m1", service, ip));
         }
         Names::build(&v)
     }

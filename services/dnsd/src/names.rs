@@ -296,9 +296,8 @@ impl Names {
         self.reverse.get(&ip).map(String::as_str)
     }
 
-    /// The names whose answer is the same whoever asks, with their addresses: every host
-    /// name, every `<service>.<project>`, and `<service>` where one project has it.
-    pub fn asker_independent(&self) -> Vec<(String, Vec<Ipv4Addr>)> {
+    /// Every host name and every `<service>.<project>`, with their addresses.
+    fn qualified(&self) -> Vec<(String, Vec<Ipv4Addr>)> {
         let mut out: Vec<(String, Vec<Ipv4Addr>)> = self
             .hosts
             .iter()
@@ -308,6 +307,15 @@ impl Names {
             for i in instances.iter().filter(|i| !i.project.is_empty()) {
                 out.push((format!("{name}.{}.{ZONE}", i.project), i.addresses.clone()));
             }
+        }
+        out
+    }
+
+    /// The names whose answer is the same whoever asks, with their addresses: every host
+    /// name, every `<service>.<project>`, and `<service>` where one project has it.
+    pub fn asker_independent(&self) -> Vec<(String, Vec<Ipv4Addr>)> {
+        let mut out = self.qualified();
+        for (name, instances) in &self.services {
             if let [only] = instances.as_slice() {
                 out.push((format!("{name}.{ZONE}"), only.addresses.clone()));
             }
@@ -315,19 +323,11 @@ impl Names {
         out
     }
 
-    /// Every name with its addresses right now, sorted: what `org.uncloud.Dns1` lists.
+    /// Every name with its addresses right now, sorted: what `org.uncloud.Dns1` lists (a bare
+    /// service name as the machine itself gets it).
     pub fn list(&self) -> Vec<(String, Vec<Ipv4Addr>)> {
-        let mut out: Vec<(String, Vec<Ipv4Addr>)> = self
-            .hosts
-            .iter()
-            .map(|(k, v)| (format!("{k}.{ZONE}"), v.clone()))
-            .collect();
+        let mut out = self.qualified();
         for (name, instances) in &self.services {
-            for i in instances {
-                if !i.project.is_empty() {
-                    out.push((format!("{name}.{}.{ZONE}", i.project), i.addresses.clone()));
-                }
-            }
             if let Some(first) = instances
                 .iter()
                 .find(|i| i.project.is_empty())
@@ -356,10 +356,12 @@ pub fn in_zone(name: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    //! Entities for the tests of this crate's pure modules.
 
-    fn machine(id: &str, name: &str, subnet: u32) -> Machine {
+    use uncloud_common::model::{Container, ContainerState, Machine, Service};
+
+    pub(crate) fn machine(id: &str, name: &str, subnet: u32) -> Machine {
         Machine {
             id: id.into(),
             name: name.into(),
@@ -368,7 +370,7 @@ mod tests {
         }
     }
 
-    fn service(id: &str, project: &str, name: &str, created: u64) -> Service {
+    pub(crate) fn service(id: &str, project: &str, name: &str, created: u64) -> Service {
         Service {
             id: id.into(),
             name: name.into(),
@@ -378,7 +380,7 @@ mod tests {
         }
     }
 
-    fn container(id: &str, machine: &str, service: &str, ip: &str) -> Container {
+    pub(crate) fn container(id: &str, machine: &str, service: &str, ip: &str) -> Container {
         Container {
             id: id.into(),
             machine_id: machine.into(),
@@ -390,6 +392,21 @@ mod tests {
             ..Default::default()
         }
     }
+
+    /// A view from machine `m1` of the mesh `10.210.0.0/16`.
+    pub(crate) fn view() -> super::View {
+        super::View {
+            me: "m1".into(),
+            cidr: Some("10.210.0.0/16".parse().unwrap()),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{container, machine, service};
+    use super::*;
 
     fn view() -> View {
         let mut v = View {
