@@ -50,4 +50,5 @@ pub mod rpc;
 #[cfg(feature = "automerge")]
 pub mod service_doc;
 pub mod state_follow;
+pub mod vips;
 pub mod watchdog;

@@ -168,6 +168,10 @@ pub struct Service {
     /// older of two services claiming one hostname keeps it ([`crate::claims`]).
     #[serde(default)]
     pub created_at_ms: u64,
+    /// Index of the virtual address the service claims (`lb.<name>.internal`), given by stated
+    /// when it creates the service; 0 for none. Readers apply [`crate::vips::resolve`].
+    #[serde(default)]
+    pub vip: u32,
     /// Current revision, incremented on every spec change.
     #[serde(default)]
     pub revision: u64,

@@ -9,7 +9,7 @@
 //! `history` after the merge (`loser_revisions`). `history` is a map keyed by revision and a
 //! hash of the spec, so the same earlier revision recorded by two machines is one entry.
 //!
-//! Layout: `{id, name, project, created_at_ms, current: "<json>", history: {key: "<json>"}}`.
+//! Layout: `{id, name, project, created_at_ms, vip, current: "<json>", history: {key: "<json>"}}`.
 //! An entry in the older layout (`revision`, `spec` as a map, `history` as a list) still reads.
 
 use std::collections::BTreeMap;
@@ -63,6 +63,9 @@ impl Reconcile for Service {
         m.put("name", &self.name)?;
         m.put("project", &self.project)?;
         m.put("created_at_ms", self.created_at_ms)?;
+        if self.vip != 0 {
+            m.put("vip", u64::from(self.vip))?;
+        }
         m.put("current", current_json(self.revision, &self.spec))?;
         let history: BTreeMap<String, String> = self
             .history
@@ -130,6 +133,10 @@ impl Hydrate for Service {
                 "created_at_ms",
             )?
             .unwrap_or_default(),
+            // Written by stated; a peer-written value past u32 counts as no claim.
+            vip: autosurgeon::hydrate_prop::<_, Option<u64>, _, _>(doc, obj, "vip")?
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or_default(),
             revision,
             spec,
             history,

@@ -40,6 +40,14 @@ pub struct Config {
     /// `*.internal` to dnsd, so the machine itself resolves those names. Empty: leave
     /// resolved alone. Default `uncloud`.
     pub resolved_link: String,
+    /// Whether dnsd balances the services' virtual addresses (`lb.<service>.internal`) in
+    /// nftables (table `ip uncloud_vips`). Off: the names still answer, connections to them
+    /// fail. Default true.
+    pub virtual_addresses: bool,
+    /// The container bridge (dockerd-shim's `bridge`), whose ports dnsd puts in hairpin mode
+    /// so that a container can reach itself through its service's virtual address. Default
+    /// `uncloud0`.
+    pub bridge: String,
     /// Which D-Bus to use: `system`, `session`, or a bus address such as
     /// `unix:path=/run/test-bus`. Default `system`.
     pub bus: String,
@@ -57,6 +65,8 @@ impl Default for Config {
             max_forwards: 512,
             cache_entries: 10_000,
             resolved_link: "uncloud".into(),
+            virtual_addresses: true,
+            bridge: "uncloud0".into(),
             bus: "system".into(),
         }
     }

@@ -4,7 +4,7 @@
 //! read what dnsd serves; bind UDP and TCP on the machine's mesh address (waiting for meshd
 //! to put it on its device) and any extra addresses; tell systemd it is ready. Then each
 //! change rebuilds the names, and a new mesh address (the machine was renumbered) moves the
-//! listeners.
+//! listeners. The virtual addresses' nftables table follows every rebuild ([`crate::vip`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,7 @@ use crate::forward::Forwarder;
 use crate::mirror::{self, parse_liveness};
 use crate::names::{Names, View};
 use crate::server::{self, Counters, Handler, Running, Served};
+use crate::vip;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -58,6 +59,24 @@ pub fn served(view: &View, ttl: u32) -> Served {
             cidr: view.cidr,
         },
     )
+}
+
+/// Brings the virtual addresses' table in step with `served` (with `again`, even if nothing
+/// changed). Nothing without a programmer (turned off) or before the mesh range is known.
+fn program_vips(
+    programmer: Option<&mut vip::Programmer>,
+    view: &View,
+    served: &Served,
+    again: bool,
+) {
+    let (Some(programmer), Some(cidr)) = (programmer, view.cidr.as_ref()) else {
+        return;
+    };
+    let subnet = view.machines.get(&view.me).map_or(0, |m| m.subnet);
+    programmer.apply(
+        vip::Rules::new(cidr, subnet, served.names().balanced()),
+        again,
+    );
 }
 
 /// The addresses to serve on: this machine's mesh address and the configured extras.
@@ -227,7 +246,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             }
         }
     };
-    let (tx, rx) = watch::channel(Arc::new(served(&view, config.ttl_secs)));
+    let mut vips = config
+        .virtual_addresses
+        .then(|| vip::Programmer::new(&config.bridge));
+    if vips.is_none() {
+        if let Err(e) = vip::remove() {
+            tracing::debug!(error = %e, "virtual addresses are off; no table to delete");
+        }
+    }
+    let first = Arc::new(served(&view, config.ttl_secs));
+    program_vips(vips.as_mut(), &view, &first, false);
+    let (tx, rx) = watch::channel(first);
     let upstreams = config.upstream_addrs()?;
     if upstreams.is_empty() {
         tracing::warn!(
@@ -338,13 +367,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                     match mirror::apply(&proxy, &mut view, vec![Update::Resync]).await {
                         Ok(_) => {
                             stale = false;
-                            tx.send_replace(Arc::new(served(&view, config.ttl_secs)));
+                            let now = Arc::new(served(&view, config.ttl_secs));
+                            program_vips(vips.as_mut(), &view, &now, false);
+                            tx.send_replace(now);
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot read the state from stated"),
                     }
                 }
                 if ticks.is_multiple_of(RESOLVED_EVERY_TICKS) {
                     resolved.refresh(&view).await;
+                    // A host firewall reload may have flushed the table.
+                    program_vips(vips.as_mut(), &view, &rx.borrow(), true);
                 }
                 false
             }
@@ -354,7 +387,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         if !changed {
             continue;
         }
-        tx.send_replace(Arc::new(served(&view, config.ttl_secs)));
+        let now = Arc::new(served(&view, config.ttl_secs));
+        tx.send_replace(now.clone());
+        // After the answers: a name shows as soon as it can, the balancing a moment later.
+        program_vips(vips.as_mut(), &view, &now, false);
         rebuilt = true;
         let now = listen_addrs(&view, &config);
         if now != addrs {

@@ -19,11 +19,12 @@
 //! - [`mirror`] keeps the view up to date from stated's `Changed` signals (only the ids that
 //!   changed are read) and `LivenessChanged`; [`dbus`] shows what is served
 //!   (`org.uncloud.Dns1`); [`resolved`] points the machine's own resolver at dnsd for
-//!   `internal`; [`daemon`] wires it all.
+//!   `internal`; [`vip`] balances the services' virtual addresses in nftables; [`daemon`]
+//!   wires it all.
 //!
 //! # Limitations
-//! - `lb.<service>.internal` (virtual addresses balanced by nftables) is not served yet: it
-//!   answers NXDOMAIN.
+//! - A virtual address balances new connections only: one open to a container that stops
+//!   stays until it ends (see [`vip`]).
 //! - IPv6: the mesh is IPv4, so every name has A records only (AAAA is NODATA).
 
 pub mod answer;
@@ -38,3 +39,4 @@ pub mod names;
 pub mod resolved;
 pub mod server;
 pub mod udp;
+pub mod vip;

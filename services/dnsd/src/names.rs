@@ -9,11 +9,13 @@
 //! - `<container>.<machine>.machine.internal`: a running container's address;
 //! - `<service>.<project>.internal`: the addresses of the service's containers that are
 //!   running, healthy and on a machine this machine sees reachable;
-//! - `<service>.internal`: the same, for the asker's project first (see [`Names::resolve`]).
+//! - `<service>.internal`: the same, for the asker's project first (see [`Names::resolve`]);
+//! - `lb.<service>.<project>.internal` and `lb.<service>.internal`: the service's virtual
+//!   address ([`uncloud_common::vips`]), which every machine balances across the same
+//!   containers the service's name answers ([`Names::balanced`], programmed by `crate::vip`).
 //!
-//! `machine` and `lb` are reserved labels: a project called `machine` would shadow the machine
-//! names (the machines win), and `lb.` names are the services' virtual addresses, not served
-//! yet (they answer NXDOMAIN).
+//! `machine` and `lb` are reserved labels (stated refuses them as service or project names; a
+//! project called `machine` that a peer wrote anyway never shadows the machines).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -21,6 +23,7 @@ use std::net::Ipv4Addr;
 use uncloud_common::address::MeshCidr;
 use uncloud_common::liveness::Liveness;
 use uncloud_common::model::{Container, ContainerState, Machine, Service};
+use uncloud_common::vips;
 
 /// The zone dnsd is authoritative for.
 pub const ZONE: &str = "internal";
@@ -60,6 +63,8 @@ pub struct ServiceEntry {
     pub name: String,
     pub project: String,
     pub created_at_ms: u64,
+    /// The virtual address index it claims (0: none).
+    pub vip: u32,
 }
 
 /// What names need of a container.
@@ -88,6 +93,7 @@ impl From<Service> for ServiceEntry {
             name: s.name,
             project: s.project,
             created_at_ms: s.created_at_ms,
+            vip: s.vip,
         }
     }
 }
@@ -146,6 +152,8 @@ struct ServiceName {
     id: String,
     created_at_ms: u64,
     addresses: Vec<Ipv4Addr>,
+    /// Its virtual address (none once all are taken).
+    vip: Option<Ipv4Addr>,
 }
 
 /// Every name of the zone, lowercased, without the trailing `.internal`.
@@ -161,6 +169,8 @@ pub struct Names {
     reverse: HashMap<Ipv4Addr, String>,
     /// A container's address -> its project, to scope bare service names by who asks.
     project_of: HashMap<Ipv4Addr, String>,
+    /// Virtual address -> the addresses it balances over, by address.
+    balanced: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>,
 }
 
 impl Names {
@@ -211,15 +221,39 @@ impl Names {
                 }
             }
         }
+        let reserved = |s: &ServiceEntry| {
+            [MACHINE_LABEL, LB_LABEL]
+                .iter()
+                .any(|r| s.project.eq_ignore_ascii_case(r) || s.name.eq_ignore_ascii_case(r))
+        };
+        let vip_index = vips::resolve(view.services.iter().filter(|(_, s)| !reserved(s)).map(
+            |(id, s)| vips::Claim {
+                id,
+                created_at_ms: s.created_at_ms,
+                index: s.vip,
+            },
+        ));
         for (id, s) in &view.services {
-            let project = s.project.to_ascii_lowercase();
-            if project == MACHINE_LABEL {
-                // Reserved: the machines keep `<name>.machine.internal`.
+            if reserved(s) {
+                // The machines keep `<name>.machine.internal`, `lb.` stays the VIPs'.
                 continue;
             }
+            let project = s.project.to_ascii_lowercase();
             let mut addresses = service_addresses.remove(id.as_str()).unwrap_or_default();
             addresses.sort();
             let name = s.name.to_ascii_lowercase();
+            let vip = vip_index
+                .get(id)
+                .zip(view.cidr.as_ref())
+                .and_then(|(&i, cidr)| vips::address(cidr, i));
+            if let Some(vip) = vip {
+                let qualified = match project.as_str() {
+                    "" => format!("{LB_LABEL}.{name}.{ZONE}"),
+                    p => format!("{LB_LABEL}.{name}.{p}.{ZONE}"),
+                };
+                names.reverse.insert(vip, qualified);
+                names.balanced.insert(vip, addresses.clone());
+            }
             if !project.is_empty() {
                 names.parents.insert(project.clone());
             }
@@ -228,7 +262,11 @@ impl Names {
                 id: id.clone(),
                 created_at_ms: s.created_at_ms,
                 addresses,
+                vip,
             });
+        }
+        if !names.balanced.is_empty() {
+            names.parents.insert(LB_LABEL.into());
         }
         for instances in names.services.values_mut() {
             instances.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
@@ -254,16 +292,18 @@ impl Names {
             return Resolution::Addresses(addrs.clone());
         }
         let labels: Vec<&str> = rel.split('.').collect();
+        let vip = |i: &ServiceName| Resolution::Addresses(i.vip.into_iter().collect());
         match labels.as_slice() {
-            [service] => match self.services.get(*service) {
-                Some(instances) => {
-                    let project = asker.and_then(|ip| self.project_of.get(&ip));
-                    let pick = project
-                        .and_then(|p| instances.iter().find(|i| &i.project == p))
-                        .or_else(|| instances.iter().find(|i| i.project.is_empty()))
-                        .or_else(|| instances.first());
-                    Resolution::Addresses(pick.map(|i| i.addresses.clone()).unwrap_or_default())
-                }
+            [LB_LABEL, service] => match self.pick(service, asker) {
+                Some(i) => vip(i),
+                None => Resolution::Missing,
+            },
+            [LB_LABEL, service, project] => match self.instance(service, project) {
+                Some(i) => vip(i),
+                None => Resolution::Missing,
+            },
+            [service] => match self.pick(service, asker) {
+                Some(i) => Resolution::Addresses(i.addresses.clone()),
                 None if self.parents.contains(*service) => Resolution::Exists,
                 None => Resolution::Missing,
             },
@@ -291,7 +331,31 @@ impl Names {
         }
     }
 
-    /// The name of a mesh or container address, for PTR.
+    /// The instance of `service` a bare name means for `asker` (see [`Names::resolve`]).
+    fn pick(&self, service: &str, asker: Option<Ipv4Addr>) -> Option<&ServiceName> {
+        let instances = self.services.get(service)?;
+        let project = asker.and_then(|ip| self.project_of.get(&ip));
+        project
+            .and_then(|p| instances.iter().find(|i| &i.project == p))
+            .or_else(|| instances.iter().find(|i| i.project.is_empty()))
+            .or_else(|| instances.first())
+    }
+
+    /// `service` of `project`.
+    fn instance(&self, service: &str, project: &str) -> Option<&ServiceName> {
+        self.services
+            .get(service)?
+            .iter()
+            .find(|i| i.project == project)
+    }
+
+    /// Every virtual address with the addresses it balances over right now (running, healthy
+    /// containers on reachable machines; possibly none), ordered by virtual address.
+    pub fn balanced(&self) -> &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> {
+        &self.balanced
+    }
+
+    /// The name of a mesh, container or virtual address, for PTR.
     pub fn reverse(&self, ip: Ipv4Addr) -> Option<&str> {
         self.reverse.get(&ip).map(String::as_str)
     }
@@ -306,6 +370,9 @@ impl Names {
         for (name, instances) in &self.services {
             for i in instances.iter().filter(|i| !i.project.is_empty()) {
                 out.push((format!("{name}.{}.{ZONE}", i.project), i.addresses.clone()));
+                if let Some(vip) = i.vip {
+                    out.push((format!("{LB_LABEL}.{name}.{}.{ZONE}", i.project), vec![vip]));
+                }
             }
         }
         out
@@ -318,6 +385,9 @@ impl Names {
         for (name, instances) in &self.services {
             if let [only] = instances.as_slice() {
                 out.push((format!("{name}.{ZONE}"), only.addresses.clone()));
+                if let Some(vip) = only.vip {
+                    out.push((format!("{LB_LABEL}.{name}.{ZONE}"), vec![vip]));
+                }
             }
         }
         out
@@ -334,6 +404,9 @@ impl Names {
                 .or_else(|| instances.first())
             {
                 out.push((format!("{name}.{ZONE}"), first.addresses.clone()));
+                if let Some(vip) = first.vip {
+                    out.push((format!("{LB_LABEL}.{name}.{ZONE}"), vec![vip]));
+                }
             }
         }
         out.sort();
@@ -494,7 +567,50 @@ mod tests {
         );
         assert_eq!(n.resolve("web.blog.internal", None), Resolution::Missing);
         assert_eq!(n.resolve("shop.internal", None), Resolution::Exists);
-        assert_eq!(n.resolve("lb.web.internal", None), Resolution::Missing);
+    }
+
+    #[test]
+    fn lb_names_are_the_virtual_addresses_scoped_like_service_names() {
+        let mut v = view();
+        // blog/db (oldest) claims 1 and shop/web 2; shop/db was written without a claim.
+        v.services.get_mut("blog/db").unwrap().vip = 1;
+        v.services.get_mut("shop/web").unwrap().vip = 2;
+        let n = Names::build(&v);
+        let shop_web: Ipv4Addr = "10.210.1.3".parse().unwrap();
+        assert_eq!(n.resolve("lb.db.shop.internal", None), ips(&["10.210.0.3"]));
+        assert_eq!(n.resolve("lb.db.blog.internal", None), ips(&["10.210.0.1"]));
+        assert_eq!(
+            n.resolve("LB.DB.internal", Some(shop_web)),
+            ips(&["10.210.0.3"])
+        );
+        assert_eq!(n.resolve("lb.db.internal", None), ips(&["10.210.0.1"]));
+        assert_eq!(n.resolve("lb.web.internal", None), ips(&["10.210.0.2"]));
+        assert_eq!(n.resolve("lb.nope.internal", None), Resolution::Missing);
+        assert_eq!(n.resolve("lb.web.blog.internal", None), Resolution::Missing);
+        assert_eq!(n.resolve("lb.internal", None), Resolution::Exists);
+        assert_eq!(
+            n.reverse("10.210.0.2".parse().unwrap()),
+            Some("lb.web.shop.internal")
+        );
+        // Each balances over what its service's name answers.
+        assert_eq!(
+            n.balanced()[&"10.210.0.2".parse::<Ipv4Addr>().unwrap()],
+            [
+                "10.210.1.3".parse::<Ipv4Addr>().unwrap(),
+                "10.210.2.3".parse().unwrap()
+            ]
+        );
+        v.liveness.insert("m2".into(), Liveness::Down);
+        let n = Names::build(&v);
+        assert_eq!(
+            n.balanced()[&"10.210.0.2".parse::<Ipv4Addr>().unwrap()],
+            ["10.210.1.3".parse::<Ipv4Addr>().unwrap()]
+        );
+        // A service named `lb` gets no names at all.
+        v.add_service(service("shop/lb", "shop", "lb", 1));
+        let n = Names::build(&v);
+        assert_eq!(n.resolve("lb.shop.internal", None), Resolution::Missing);
+        assert_eq!(n.balanced().len(), 3);
     }
 
     #[test]
@@ -548,6 +664,8 @@ mod tests {
             "db.blog.internal",
             "db.internal",
             "web.internal",
+            "lb.web.shop.internal",
+            "lb.web.internal",
         ] {
             assert!(names.contains(&want.to_string()), "{want} in {names:?}");
         }

@@ -1,5 +1,8 @@
 //! dnsd in a local network: two machines (namespaces with the real daemons and their own
-//! dockerd), formed with `uc`, serving names of real containers, through a partition.
+//! dockerd), formed with `uc`, serving names of real containers and balancing the services'
+//! virtual addresses, through a partition.
+
+use std::collections::BTreeSet;
 
 use uncloud_testkit::network::{Binaries, Boot, LocalNetwork};
 
@@ -17,13 +20,43 @@ const DOCKER: [&str; 4] = [
 ];
 
 fn service_json(project: &str, name: &str) -> String {
+    service_running(project, name, &["sleep", "3600"])
+}
+
+fn service_running(project: &str, name: &str, command: &[&str]) -> String {
     serde_json::json!({
         "id": format!("{name}.{project}"),
         "name": name,
         "project": project,
-        "spec": {"image": "busybox:uc", "command": ["sleep", "3600"], "replicas": 1},
+        "spec": {"image": "busybox:uc", "command": command, "replicas": 1},
     })
     .to_string()
+}
+
+/// A web server that answers its container's hostname on port 8080.
+const ECHO: [&str; 3] = [
+    "sh",
+    "-c",
+    "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 8080 -h /w",
+];
+
+/// `n` fresh connections to `host` port 8080 with busybox's `nc` (a shell loop, in a
+/// container or on a machine); what answered each: a hostname, or the last line of the error.
+fn fetch_hostnames(
+    run: impl Fn(&[&str]) -> std::process::Output,
+    nc: &str,
+    host: &str,
+    n: u32,
+) -> Vec<String> {
+    let script = format!(
+        "i=0; while [ $i -lt {n} ]; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | {nc} -w 3 {host} 8080 2>&1; echo; echo --; i=$((i+1)); done"
+    );
+    let out = run(&["sh", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout)
+        .split("\n--\n")
+        .filter_map(|answer| answer.lines().rev().find(|l| !l.trim().is_empty()))
+        .map(|l| l.trim().to_string())
+        .collect()
 }
 
 /// `dig +short` on machine `i` against its own dnsd (127.0.0.1), sorted lines.
@@ -89,7 +122,7 @@ fn names_of_machines_containers_and_services_follow_the_state_and_the_partition(
             .unwrap()
             .import_busybox("busybox:uc");
     }
-    let run = |i: usize, project: &str, name: &str, container: &str| {
+    let run_spec = |i: usize, project: &str, name: &str, spec: &str, container: &str| {
         net.wait_until("the service reached the machine", 30, || {
             net.machines[i]
                 .busctl(
@@ -101,14 +134,12 @@ fn names_of_machines_containers_and_services_follow_the_state_and_the_partition(
                 )
                 .0
         });
-        let (ok, _, err) = net.machines[i].busctl(
-            &[
-                &DOCKER[..],
-                &["RunService", "ss", &service_json(project, name), container],
-            ]
-            .concat(),
-        );
+        let (ok, _, err) =
+            net.machines[i].busctl(&[&DOCKER[..], &["RunService", "ss", spec, container]].concat());
         assert!(ok, "{err}\n{}", net.logs());
+    };
+    let run = |i: usize, project: &str, name: &str, container: &str| {
+        run_spec(i, project, name, &service_json(project, name), container)
     };
     run(alpha, "shop", "db", "shop-db-1");
     run(beta, "blog", "db", "blog-db-1");
@@ -190,6 +221,113 @@ fn names_of_machines_containers_and_services_follow_the_state_and_the_partition(
         dig(&net, alpha, "db.blog.internal").is_empty()
             && dig(&net, alpha, "blog-db-1.beta.machine.internal") == [blog_db.clone()]
     });
+
+    // A virtual address: shop's `echo` has two containers on alpha and one on beta; 30 new
+    // connections to `lb.echo` reach all three, from a container of the project on beta (bare
+    // name through the search domain), from one of echo's own containers on alpha (the
+    // answer may be itself, through the bridge), and from the machine alpha itself.
+    let echo = service_running("shop", "echo", &ECHO);
+    let (ok, _, err) =
+        net.machines[alpha].busctl(&[&STATE[..], &["UpsertService", "s", &echo]].concat());
+    assert!(ok, "{err}");
+    let echoes = [
+        (alpha, "shop-echo-1"),
+        (alpha, "shop-echo-2"),
+        (beta, "shop-echo-3"),
+    ];
+    for (i, name) in echoes {
+        run_spec(i, "shop", "echo", &echo, name);
+    }
+    let docker = |i: usize| net.machines[i].docker.as_ref().unwrap();
+    let hostname = |i: usize, name: &str| {
+        docker(i)
+            .docker_ok(&["exec", name, "hostname"])
+            .trim()
+            .to_string()
+    };
+    let all: BTreeSet<String> = echoes.iter().map(|&(i, n)| hostname(i, n)).collect();
+    assert_eq!(all.len(), 3);
+    let echo_ips: BTreeSet<String> = echoes.iter().map(|&(i, n)| container_ip(i, n)).collect();
+    let vip = dig(&net, alpha, "lb.echo.shop.internal");
+    assert_eq!(vip.len(), 1, "one virtual address: {vip:?}");
+    let vip = vip[0].clone();
+    assert!(
+        vip.starts_with("10.210.0."),
+        "from the mesh's index-0 /24: {vip}"
+    );
+    // nftables on each machine balances over all three once it sees them.
+    let balanced_on = |i: usize| {
+        let out = net.machines[i]
+            .ns
+            .exec("nft", &["list", "table", "ip", "uncloud_vips"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        echo_ips
+            .iter()
+            .filter(|ip| text.contains(ip.as_str()))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+    };
+    for i in [alpha, beta] {
+        net.wait_until("every machine balances over the three", 30, || {
+            dig(&net, i, "lb.echo.shop.internal") == [vip.clone()] && balanced_on(i) == echo_ips
+        });
+    }
+    let host = "lb.echo";
+    let from_container = |i: usize, name: &str, host: &str| {
+        fetch_hostnames(
+            |cmd| docker(i).docker(&[&["exec", name][..], cmd].concat()),
+            "nc",
+            host,
+            30,
+        )
+    };
+    let from_machine = |i: usize, host: &str| {
+        fetch_hostnames(
+            |cmd| net.machines[i].ns.exec("busybox", cmd),
+            "busybox nc",
+            host,
+            30,
+        )
+    };
+    let vip_host = vip.clone();
+    for (who, got) in [
+        (
+            "a shop container on beta",
+            from_container(beta, "shop-web-1", host),
+        ),
+        (
+            "echo's own container on alpha",
+            from_container(alpha, "shop-echo-1", host),
+        ),
+        ("the machine alpha", from_machine(alpha, &vip_host)),
+    ] {
+        let reached: BTreeSet<String> = got.iter().cloned().collect();
+        assert_eq!(got.len(), 30, "{who}: every connection answered: {got:?}");
+        assert_eq!(reached, all, "{who}: all three reached");
+    }
+    // One stops: no new connection goes to it.
+    docker(beta).docker_ok(&["stop", "-t", "1", "shop-echo-3"]);
+    let left: BTreeSet<String> = echoes[..2]
+        .iter()
+        .map(|&(i, n)| container_ip(i, n))
+        .collect();
+    let left_names: BTreeSet<String> = echoes[..2].iter().map(|&(i, n)| hostname(i, n)).collect();
+    for i in [alpha, beta] {
+        net.wait_until("the stopped container leaves the balancing", 30, || {
+            balanced_on(i) == left
+        });
+    }
+    for (who, got) in [
+        (
+            "a shop container on beta",
+            from_container(beta, "shop-web-1", host),
+        ),
+        ("the machine alpha", from_machine(alpha, &vip_host)),
+    ] {
+        let reached: BTreeSet<String> = got.iter().cloned().collect();
+        assert_eq!(got.len(), 30, "{who}: {got:?}");
+        assert_eq!(reached, left_names, "{who}: only the running two");
+    }
 
     // A partition: alpha stops answering with beta's containers once it sees beta down,
     // and answers again after the heal.

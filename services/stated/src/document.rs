@@ -24,7 +24,7 @@ use uncloud_common::model::{
     ClientCert, Container, ContainerState, Kind, Machine, NetworkState, Removal, Service,
     ServiceRevision, SERVICE_HISTORY_LEN,
 };
-use uncloud_common::service_doc;
+use uncloud_common::{service_doc, vips};
 
 /// Why a document operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -358,6 +358,18 @@ impl StateDoc {
         hydrate_prop(&self.doc, &obj, id).ok()
     }
 
+    /// The virtual address index a new service claims (0 when none is left): the lowest one
+    /// no service holds (`uncloud_common::vips`).
+    fn free_vip(&self) -> u32 {
+        let services: BTreeMap<String, Service> = self.entities(Kind::Services);
+        vips::free_index(services.values().map(|s| vips::Claim {
+            id: &s.id,
+            created_at_ms: s.created_at_ms,
+            index: s.vip,
+        }))
+        .unwrap_or(0)
+    }
+
     /// The services among `ids` whose spec holds concurrent values (a merge of two deploys
     /// that [`Mutation::SettleService`] has not settled yet).
     pub fn unsettled_services<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> Vec<String> {
@@ -614,6 +626,7 @@ impl StateDoc {
                 None => Some(Service {
                     revision: 1,
                     history: Vec::new(),
+                    vip: self.free_vip(),
                     ..new.clone()
                 }),
             },
@@ -913,6 +926,55 @@ mod tests {
         let changed = d.changed_between(&mid, &d.heads());
         assert_eq!(changed[&Kind::Machines], BTreeSet::from(["m1".to_string()]));
         assert_eq!(changed[&Kind::Services], BTreeSet::from(["s1".to_string()]));
+    }
+
+    #[test]
+    fn new_services_claim_free_virtual_addresses_and_a_merge_resolves_a_clash() {
+        let svc = |id: &str, at: u64, image: &str| Service {
+            id: id.into(),
+            name: id.into(),
+            created_at_ms: at,
+            vip: 77, // not the caller's to choose
+            spec: uncloud_common::model::ServiceSpec {
+                image: image.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let vip_of = |d: &StateDoc, id: &str| d.entity::<Service>(Kind::Services, id).unwrap().vip;
+        let mut a = StateDoc::new(genesis("n"));
+        a.apply(&Mutation::UpsertService(svc("web", 1, "x:1")))
+            .unwrap();
+        a.apply(&Mutation::UpsertService(svc("db", 2, "x:1")))
+            .unwrap();
+        assert_eq!((vip_of(&a, "web"), vip_of(&a, "db")), (1, 2));
+        // A new revision keeps the claim.
+        a.apply(&Mutation::UpsertService(svc("web", 1, "x:2")))
+            .unwrap();
+        assert_eq!(vip_of(&a, "web"), 1);
+        // Two sides of a partition each create a service: both claim 3.
+        let mut b = StateDoc::new(genesis("n"));
+        sync_pair(&mut a, &mut b);
+        a.apply(&Mutation::UpsertService(svc("cache", 10, "x:1")))
+            .unwrap();
+        b.apply(&Mutation::UpsertService(svc("queue", 20, "x:1")))
+            .unwrap();
+        assert_eq!((vip_of(&a, "cache"), vip_of(&b, "queue")), (3, 3));
+        sync_pair(&mut a, &mut b);
+        for d in [&a, &b] {
+            let services: Vec<Service> = d
+                .entities::<Service>(Kind::Services)
+                .into_values()
+                .collect();
+            let got = vips::resolve(services.iter().map(|s| vips::Claim {
+                id: &s.id,
+                created_at_ms: s.created_at_ms,
+                index: s.vip,
+            }));
+            assert_eq!(got["cache"], 3, "the older claim");
+            assert_eq!(got["queue"], 4, "the lowest unclaimed");
+            assert_eq!(d.free_vip(), 5);
+        }
     }
 
     #[test]
