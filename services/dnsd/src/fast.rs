@@ -6,7 +6,9 @@
 //! copied as asked (so its case comes back), and one A record per address pointing back at the
 //! question's name, shuffled per answer. Anything else (EDNS, another type, a missing name, a
 //! name whose answer depends on who asks, a reply over 512 bytes, any oddity in the packet)
-//! is left to the full path ([`crate::server`]), which then answers it the same way.
+//! is left to the full path ([`crate::server`]), which then answers it the same way. The UDP
+//! listener also answers a plain query for a forwarded name from the cache's bytes
+//! ([`crate::cache::Cache::answer_plain`]), with the [`Question`] parsed here.
 //!
 //! Pure: bytes in, bytes out, tested against the full path.
 
@@ -72,10 +74,21 @@ impl FastTable {
     /// Writes the reply to `request` into `out` and returns true, if the fast path answers
     /// it; `random` varies the order of the addresses.
     pub fn answer(&self, request: &[u8], out: &mut Vec<u8>, random: u64) -> bool {
-        let Some(q) = Question::parse(request) else {
+        Question::parse(request).is_some_and(|q| self.answer_question(&q, request, out, random))
+    }
+
+    /// [`FastTable::answer`] for a request already parsed into `q`.
+    pub fn answer_question(
+        &self,
+        q: &Question,
+        request: &[u8],
+        out: &mut Vec<u8>,
+        random: u64,
+    ) -> bool {
+        if !(q.qtype == TYPE_A || q.qtype == TYPE_ANY) || q.qclass != CLASS_IN {
             return false;
-        };
-        let Some(addrs) = self.entries.get(&q.key[..q.key_len]) else {
+        }
+        let Some(addrs) = self.entries.get(q.name()) else {
             return false;
         };
         let total = 12 + (request.len() - 12) + 16 * addrs.len();
@@ -111,15 +124,22 @@ impl FastTable {
 }
 
 /// The one question of a plain query, its name lowercased.
-struct Question {
+pub struct Question {
     key: [u8; 256],
     key_len: usize,
+    pub qtype: u16,
+    pub qclass: u16,
 }
 
 impl Question {
-    /// A standard query (not a response), one question of type A or ANY and class IN, no
-    /// other records, the name in plain labels (no compression), nothing after it.
-    fn parse(req: &[u8]) -> Option<Question> {
+    /// The name in lowercase wire form.
+    pub fn name(&self) -> &[u8] {
+        &self.key[..self.key_len]
+    }
+
+    /// A standard query (not a response), one question, no other records (so no EDNS), the
+    /// name in plain labels (no compression), nothing after it.
+    pub fn parse(req: &[u8]) -> Option<Question> {
         if req.len() < 12 + 5 {
             return None;
         }
@@ -153,12 +173,12 @@ impl Question {
         if rest.len() != 4 {
             return None;
         }
-        let qtype = u16::from_be_bytes([rest[0], rest[1]]);
-        let qclass = u16::from_be_bytes([rest[2], rest[3]]);
-        if !(qtype == TYPE_A || qtype == TYPE_ANY) || qclass != CLASS_IN {
-            return None;
-        }
-        Some(Question { key, key_len: len })
+        Some(Question {
+            key,
+            key_len: len,
+            qtype: u16::from_be_bytes([rest[0], rest[1]]),
+            qclass: u16::from_be_bytes([rest[2], rest[3]]),
+        })
     }
 }
 

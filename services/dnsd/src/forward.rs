@@ -12,12 +12,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
-use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
-use crate::cache::{Cache, Key};
+use crate::cache::{self, Cache};
+use crate::fast::Question;
 
 /// The UDP payload size we offer upstreams (the DNS flag day 2020 value).
 const UPSTREAM_PAYLOAD: u16 = 1232;
@@ -85,24 +85,37 @@ impl Forwarder {
         query: &Query,
         checking_disabled: bool,
     ) -> Result<Message, ForwardError> {
-        let key: Key = (
-            query.name().to_ascii().to_ascii_lowercase(),
-            query.query_type(),
-            query.query_class(),
-        );
-        if let Some(hit) = self.cache.lock().unwrap().get(&key, Instant::now()) {
+        let key = cache::key(query);
+        if let Some(hit) = key
+            .as_ref()
+            .and_then(|k| self.cache.lock().unwrap().get(k, Instant::now()))
+        {
             self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
         self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
         let result = self.ask_upstreams(query, checking_disabled).await;
         match &result {
-            Ok(reply) => self.cache.lock().unwrap().put(key, reply, Instant::now()),
+            Ok(reply) => self.cache.lock().unwrap().put(query, reply, Instant::now()),
             Err(_) => {
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
             }
         }
         result
+    }
+
+    /// Writes the reply to the plain query `request` (parsed into `q`) from the cache, if a
+    /// fresh answer is there (see [`Cache::answer_plain`]).
+    pub fn answer_plain(&self, q: &Question, request: &[u8], out: &mut Vec<u8>) -> bool {
+        let hit = self
+            .cache
+            .lock()
+            .unwrap()
+            .answer_plain(q, request, out, Instant::now());
+        if hit {
+            self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
     }
 
     async fn ask_upstreams(
@@ -213,19 +226,10 @@ fn matches_request(m: &Message, id: u16, query: &Query) -> bool {
             .eq_ignore_ascii_case(&query.name().to_ascii())
 }
 
-/// Records an upstream reply may carry to a client: not its OPT (the server adds its own),
-/// and no transaction signatures meant for us.
-pub fn relayable(r: &hickory_proto::rr::Record) -> bool {
-    !matches!(
-        r.record_type(),
-        RecordType::OPT | RecordType::TSIG | RecordType::SIG
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::rr::Name;
+    use hickory_proto::rr::{Name, RecordType};
 
     #[tokio::test]
     async fn no_upstream_and_a_silent_upstream_fail_within_the_deadline() {

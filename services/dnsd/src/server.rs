@@ -21,8 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::answer::{decide, Decision, Zone};
+use crate::cache::relayable;
 use crate::fast::FastTable;
-use crate::forward::{relayable, Forwarder};
+use crate::fast::Question;
+use crate::forward::Forwarder;
 use crate::names::Names;
 use crate::udp::UdpListener;
 
@@ -111,6 +113,16 @@ impl Handler {
         self.counters
             .answered_locally
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes the reply to the plain query `request` (parsed into `q`) from the forward
+    /// cache, if it holds a fresh answer; counted like the full path counts a cache hit.
+    pub fn cached_answer(&self, q: &Question, request: &[u8], out: &mut Vec<u8>) -> bool {
+        let hit = self.forwarder.answer_plain(q, request, out);
+        if hit {
+            self.counters.queries.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
     }
 
     /// A datagram that was no DNS message.

@@ -24,6 +24,7 @@ use hickory_server::zone_handler::MessageResponse;
 use nix::errno::Errno;
 use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 
+use crate::fast::Question;
 use crate::server::{allowed, Handler};
 
 /// Datagrams taken (and fast answers sent) per system call at most.
@@ -135,10 +136,22 @@ fn serve(
             random ^= random << 13;
             random ^= random >> 7;
             random ^= random << 17;
-            if allowed(src.ip(), served.zone())
-                && served.fast().answer(request, &mut replies[i], random)
-            {
-                handler.count_fast_answer();
+            let question = allowed(src.ip(), served.zone())
+                .then(|| Question::parse(request))
+                .flatten();
+            let answered = question.is_some_and(|q| {
+                if served
+                    .fast()
+                    .answer_question(&q, request, &mut replies[i], random)
+                {
+                    handler.count_fast_answer();
+                    true
+                } else {
+                    // Names of the zone never reach the cache: it holds forwarded answers.
+                    handler.cached_answer(&q, request, &mut replies[i])
+                }
+            });
+            if answered {
                 fast.push((i, SockaddrStorage::from(src)));
             } else {
                 full_path(request.to_vec(), src, &socket, &handler, &runtime);

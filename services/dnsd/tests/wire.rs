@@ -12,7 +12,8 @@ use dnsd::forward::Forwarder;
 use dnsd::names::View;
 use dnsd::server::{self, Counters, Handler, Running};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::sync::watch;
 use uncloud_common::liveness::Liveness;
 use uncloud_common::model::{Container, ContainerState, Machine, Service};
@@ -350,6 +351,24 @@ async fn other_names_go_to_the_upstream_and_are_cached() {
     assert_eq!(out.trim(), "192.0.2.7");
     assert_eq!(d.forwarder.counters.forwarded.load(Ordering::Relaxed), 1);
     assert_eq!(d.forwarder.counters.cache_hits.load(Ordering::Relaxed), 1);
+
+    // A plain query (no EDNS, as dnsperf and most stub resolvers send) is answered from the
+    // cache's bytes by the UDP fast path: the same records, its own id and case.
+    let mut plain = query("Fwd.TEST.", RecordType::A, OpCode::Query);
+    plain.metadata.recursion_desired = true;
+    let reply = d.raw(plain.to_vec().unwrap()).await.expect("an answer");
+    assert_eq!(d.forwarder.counters.cache_hits.load(Ordering::Relaxed), 2);
+    assert_eq!(d.forwarder.counters.forwarded.load(Ordering::Relaxed), 1);
+    assert_eq!(reply.metadata.id, plain.metadata.id);
+    assert!(reply.metadata.recursion_desired && reply.metadata.recursion_available);
+    assert!(!reply.metadata.authoritative);
+    assert_eq!(reply.queries[0].name().to_ascii(), "Fwd.TEST.");
+    assert!(reply.edns.is_none(), "no OPT to a query without one");
+    let [answer] = reply.answers.as_slice() else {
+        panic!("one A record: {reply:?}")
+    };
+    assert_eq!(answer.data, RData::A(A::new(192, 0, 2, 7)));
+    assert!((55..=60).contains(&answer.ttl), "{}", answer.ttl);
 
     // dnsmasq with no upstream of its own refuses other names; that comes back as is.
     let out = d.dig(&["other.example"]).await;
