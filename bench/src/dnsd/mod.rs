@@ -459,7 +459,8 @@ pub fn run(plan: &Plan, out: &Path, command: &str) -> Result<Results> {
             .with_context(|| format!("writing c-{k}"))?;
     }
     let last = format!("svc-{}.p.internal", plan.names - 1);
-    wait_answers(&net, 53, &last, "dnsd serves every service")?;
+    wait_answers(&net, 53, &last, "dnsd serves every service")
+        .with_context(|| format!("the machine's logs:\n{}", net.logs()))?;
 
     let dnsd_pid = net.machines[m].dnsd.as_ref().expect("running").pid();
     crate::sys::run(Command::new("taskset").args([

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use autosurgeon::hydrate::MaybeMissing;
 use autosurgeon::{Hydrate, HydrateError, Reconcile, Reconciler};
 
 use crate::model::{Service, ServiceRevision, ServiceSpec};
@@ -134,9 +135,11 @@ impl Hydrate for Service {
             )?
             .unwrap_or_default(),
             // Written by stated; a peer-written value past u32 counts as no claim.
-            vip: autosurgeon::hydrate_prop::<_, Option<u64>, _, _>(doc, obj, "vip")?
-                .and_then(|v| u32::try_from(v).ok())
-                .unwrap_or_default(),
+            // Missing (no claim, or written before virtual addresses) is 0.
+            vip: match autosurgeon::hydrate_prop::<_, MaybeMissing<u64>, _, _>(doc, obj, "vip")? {
+                MaybeMissing::Present(v) => u32::try_from(v).unwrap_or_default(),
+                MaybeMissing::Missing => 0,
+            },
             revision,
             spec,
             history,
@@ -175,6 +178,26 @@ mod tests {
         assert_eq!(back, s);
         assert_eq!(back.history.len(), 2);
         assert!(history_key(&back.history[0]) < history_key(&back.history[1]));
+    }
+
+    #[test]
+    fn a_service_without_a_virtual_address_reads_back() {
+        // Past the last address, or written by a machine from before they existed.
+        for vip in [0, 254] {
+            let s = Service {
+                id: "web".into(),
+                name: "web".into(),
+                vip,
+                spec: spec("nginx:1", 1),
+                ..Default::default()
+            };
+            let mut doc = automerge::Automerge::new();
+            let mut tx = doc.transaction();
+            reconcile_prop(&mut tx, ROOT, "web", &s).unwrap();
+            tx.commit();
+            let back: Service = hydrate_prop(&doc, ROOT, "web").unwrap();
+            assert_eq!(back, s);
+        }
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum DaemonError {
     Bus { bus: String, reason: zbus::Error },
     #[error("cannot watch for signals: {0}")]
     Signal(std::io::Error),
+    #[error("cannot start the virtual address thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Most signals applied as one batch.
@@ -63,12 +65,7 @@ pub fn served(view: &View, ttl: u32) -> Served {
 
 /// Brings the virtual addresses' table in step with `served` (with `again`, even if nothing
 /// changed). Nothing without a programmer (turned off) or before the mesh range is known.
-fn program_vips(
-    programmer: Option<&mut vip::Programmer>,
-    view: &View,
-    served: &Served,
-    again: bool,
-) {
+fn program_vips(programmer: Option<&vip::Background>, view: &View, served: &Served, again: bool) {
     let (Some(programmer), Some(cidr)) = (programmer, view.cidr.as_ref()) else {
         return;
     };
@@ -246,16 +243,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             }
         }
     };
-    let mut vips = config
-        .virtual_addresses
-        .then(|| vip::Programmer::new(&config.bridge));
+    let vips = if config.virtual_addresses {
+        Some(vip::Background::spawn(&config.bridge).map_err(DaemonError::Thread)?)
+    } else {
+        None
+    };
     if vips.is_none() {
         if let Err(e) = vip::remove() {
             tracing::debug!(error = %e, "virtual addresses are off; no table to delete");
         }
     }
     let first = Arc::new(served(&view, config.ttl_secs));
-    program_vips(vips.as_mut(), &view, &first, false);
+    program_vips(vips.as_ref(), &view, &first, false);
     let (tx, rx) = watch::channel(first);
     let upstreams = config.upstream_addrs()?;
     if upstreams.is_empty() {
@@ -368,7 +367,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                         Ok(_) => {
                             stale = false;
                             let now = Arc::new(served(&view, config.ttl_secs));
-                            program_vips(vips.as_mut(), &view, &now, false);
+                            program_vips(vips.as_ref(), &view, &now, false);
                             tx.send_replace(now);
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot read the state from stated"),
@@ -377,7 +376,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 if ticks.is_multiple_of(RESOLVED_EVERY_TICKS) {
                     resolved.refresh(&view).await;
                     // A host firewall reload may have flushed the table.
-                    program_vips(vips.as_mut(), &view, &rx.borrow(), true);
+                    program_vips(vips.as_ref(), &view, &rx.borrow(), true);
                 }
                 false
             }
@@ -390,7 +389,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         let now = Arc::new(served(&view, config.ttl_secs));
         tx.send_replace(now.clone());
         // After the answers: a name shows as soon as it can, the balancing a moment later.
-        program_vips(vips.as_mut(), &view, &now, false);
+        program_vips(vips.as_ref(), &view, &now, false);
         rebuilt = true;
         let now = listen_addrs(&view, &config);
         if now != addrs {

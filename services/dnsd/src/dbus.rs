@@ -65,6 +65,7 @@ impl Dns1 {
                 "answered_locally",
                 c.answered_locally.load(Ordering::Relaxed),
             ),
+            ("from_bytes", c.from_bytes.load(Ordering::Relaxed)),
             ("refused", c.refused.load(Ordering::Relaxed)),
             ("forwarded", f.forwarded.load(Ordering::Relaxed)),
             ("cache_hits", f.cache_hits.load(Ordering::Relaxed)),

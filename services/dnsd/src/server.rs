@@ -63,6 +63,8 @@ impl Served {
 pub struct Counters {
     pub queries: AtomicU64,
     pub answered_locally: AtomicU64,
+    /// Answered on the UDP fast path, from bytes (names of the zone, or the forward cache).
+    pub from_bytes: AtomicU64,
     pub refused: AtomicU64,
     pub errors: AtomicU64,
     /// Datagrams that were no DNS message.
@@ -113,6 +115,7 @@ impl Handler {
         self.counters
             .answered_locally
             .fetch_add(1, Ordering::Relaxed);
+        self.counters.from_bytes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Writes the reply to the plain query `request` (parsed into `q`) from the forward
@@ -121,6 +124,7 @@ impl Handler {
         let hit = self.forwarder.answer_plain(q, request, out);
         if hit {
             self.counters.queries.fetch_add(1, Ordering::Relaxed);
+            self.counters.from_bytes.fetch_add(1, Ordering::Relaxed);
         }
         hit
     }

@@ -216,6 +216,36 @@ impl Programmer {
     }
 }
 
+/// The programmer on a thread of its own: loading a table takes `nft` tens of milliseconds
+/// with many services, which must not hold up the names. Rules sent while it loads are
+/// coalesced; only the latest is loaded.
+pub struct Background {
+    tx: std::sync::mpsc::Sender<(Rules, bool)>,
+}
+
+impl Background {
+    pub fn spawn(bridge: &str) -> std::io::Result<Background> {
+        let (tx, rx) = std::sync::mpsc::channel::<(Rules, bool)>();
+        let mut programmer = Programmer::new(bridge);
+        std::thread::Builder::new()
+            .name("vip".into())
+            .spawn(move || {
+                while let Ok(mut latest) = rx.recv() {
+                    while let Ok((rules, again)) = rx.try_recv() {
+                        latest = (rules, latest.1 || again);
+                    }
+                    programmer.apply(latest.0, latest.1);
+                }
+            })?;
+        Ok(Background { tx })
+    }
+
+    /// Loads `rules` soon (see [`Programmer::apply`]).
+    pub fn apply(&self, rules: Rules, again: bool) {
+        let _ = self.tx.send((rules, again));
+    }
+}
+
 /// Deletes the table (virtual addresses turned off).
 pub fn remove() -> Result<(), FirewallError> {
     nft::delete_table("ip", TABLE, "deleting the virtual addresses")

@@ -356,8 +356,14 @@ async fn other_names_go_to_the_upstream_and_are_cached() {
     // cache's bytes by the UDP fast path: the same records, its own id and case.
     let mut plain = query("Fwd.TEST.", RecordType::A, OpCode::Query);
     plain.metadata.recursion_desired = true;
+    let from_bytes = d.counters.from_bytes.load(Ordering::Relaxed);
     let reply = d.raw(plain.to_vec().unwrap()).await.expect("an answer");
     assert_eq!(d.forwarder.counters.cache_hits.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        d.counters.from_bytes.load(Ordering::Relaxed),
+        from_bytes + 1,
+        "the fast path answered"
+    );
     assert_eq!(d.forwarder.counters.forwarded.load(Ordering::Relaxed), 1);
     assert_eq!(reply.metadata.id, plain.metadata.id);
     assert!(reply.metadata.recursion_desired && reply.metadata.recursion_available);

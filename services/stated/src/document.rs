@@ -258,6 +258,16 @@ fn genesis_actor(network_id: &str) -> Vec<u8> {
 /// The document with typed accessors.
 pub struct StateDoc {
     doc: Automerge,
+    /// The services' virtual address claims, kept up to date by diffs from the heads they
+    /// were read at: a deploy of many services creates one after the other, and reading every
+    /// service for each new one would take quadratic time.
+    vip_claims: Option<VipClaims>,
+}
+
+/// Service id -> (created_at_ms, claimed index), as of `heads`.
+struct VipClaims {
+    heads: Vec<ChangeHash>,
+    claims: BTreeMap<String, (u64, u32)>,
 }
 
 impl StateDoc {
@@ -265,7 +275,10 @@ impl StateDoc {
     /// (reusing an actor after a crash could reuse sequence numbers).
     pub fn new(mut doc: Automerge) -> Self {
         doc.set_actor(ActorId::random());
-        StateDoc { doc }
+        StateDoc {
+            doc,
+            vip_claims: None,
+        }
     }
 
     pub fn heads(&self) -> Vec<ChangeHash> {
@@ -360,14 +373,55 @@ impl StateDoc {
 
     /// The virtual address index a new service claims (0 when none is left): the lowest one
     /// no service holds (`uncloud_common::vips`).
-    fn free_vip(&self) -> u32 {
-        let services: BTreeMap<String, Service> = self.entities(Kind::Services);
-        vips::free_index(services.values().map(|s| vips::Claim {
-            id: &s.id,
-            created_at_ms: s.created_at_ms,
-            index: s.vip,
-        }))
-        .unwrap_or(0)
+    fn free_vip(&mut self) -> u32 {
+        let Ok(services) = self.kind_obj(Kind::Services) else {
+            return 1;
+        };
+        let now = self.doc.get_heads();
+        let (mut claims, to_read): (BTreeMap<String, (u64, u32)>, Vec<String>) =
+            match self.vip_claims.take() {
+                Some(c) if c.heads == now => (c.claims, Vec::new()),
+                Some(c) => {
+                    let changed = self
+                        .changed_between(&c.heads, &now)
+                        .remove(&Kind::Services)
+                        .unwrap_or_default();
+                    (c.claims, changed.into_iter().collect())
+                }
+                None => (BTreeMap::new(), self.doc.keys(&services).collect()),
+            };
+        // Two numbers per service, read without hydrating its spec and history.
+        let number = |obj: &ObjId, key: &str| -> u64 {
+            hydrate_prop::<_, Option<u64>, _, _>(&self.doc, obj, key)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        for id in to_read {
+            match self.doc.get(&services, id.as_str()) {
+                Ok(Some((automerge::Value::Object(ObjType::Map), obj))) => {
+                    let created_at_ms = number(&obj, "created_at_ms");
+                    let index = u32::try_from(number(&obj, "vip")).unwrap_or(0);
+                    claims.insert(id, (created_at_ms, index));
+                }
+                _ => {
+                    claims.remove(&id);
+                }
+            }
+        }
+        let free =
+            vips::free_index(
+                claims
+                    .iter()
+                    .map(|(id, (created_at_ms, index))| vips::Claim {
+                        id,
+                        created_at_ms: *created_at_ms,
+                        index: *index,
+                    }),
+            )
+            .unwrap_or(0);
+        self.vip_claims = Some(VipClaims { heads: now, claims });
+        free
     }
 
     /// The services among `ids` whose spec holds concurrent values (a merge of two deploys
@@ -961,7 +1015,7 @@ mod tests {
             .unwrap();
         assert_eq!((vip_of(&a, "cache"), vip_of(&b, "queue")), (3, 3));
         sync_pair(&mut a, &mut b);
-        for d in [&a, &b] {
+        for d in [&mut a, &mut b] {
             let services: Vec<Service> = d
                 .entities::<Service>(Kind::Services)
                 .into_values()
