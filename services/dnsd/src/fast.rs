@@ -27,7 +27,7 @@ const CLASS_IN: u16 = 1;
 /// The names the fast path answers, keyed by their lowercase wire form.
 #[derive(Debug, Clone, Default)]
 pub struct FastTable {
-    entries: HashMap<Box<[u8]>, Vec<[u8; 4]>>,
+    entries: HashMap<Box<[u8]>, Box<[[u8; 4]]>>,
     ttl: [u8; 4],
 }
 

