@@ -47,7 +47,8 @@ fn main() -> ExitCode {
 /// (a megabyte each, mostly empty in a daemon this small), and the few allocations dnsd's
 /// threads make do not contend. Blocks of 64 KiB and more (the tables of the names, rebuilt
 /// on every change) get pages of their own, given back whole when freed, rather than holes
-/// in the heap that interleave with live data (measured: 0.7 MB less heap at 1000 names).
+/// in the heap that interleave with live data (measured at 1000 names: a 4.4 MB heap became
+/// 3.7 MB plus 0.3 MB in such blocks).
 fn one_malloc_arena() {
     #[cfg(target_env = "gnu")]
     // SAFETY: called before any other thread exists; mallopt only sets an allocator limit.
