@@ -45,11 +45,6 @@ pub fn range(mesh: &MeshCidr) -> String {
     format!("{}/24", mesh.network())
 }
 
-/// Whether `ip` is in the virtual address range of `mesh`.
-pub fn in_range(mesh: &MeshCidr, ip: Ipv4Addr) -> bool {
-    u32::from(ip) & 0xffff_ff00 == u32::from(mesh.network())
-}
-
 /// Service id -> the index it serves at, for every service that gets one (all of them while
 /// fewer than [`CAPACITY`] exist). Any order of `claims` gives the same answer.
 pub fn resolve<'a>(claims: impl IntoIterator<Item = Claim<'a>>) -> BTreeMap<String, u32> {
@@ -112,8 +107,6 @@ mod tests {
         assert_eq!(address(&mesh, 0), None);
         assert_eq!(address(&mesh, 255), None);
         assert_eq!(range(&mesh), "10.210.0.0/24");
-        assert!(in_range(&mesh, Ipv4Addr::new(10, 210, 0, 9)));
-        assert!(!in_range(&mesh, Ipv4Addr::new(10, 210, 1, 9)));
         // Never a machine's address.
         assert_eq!(mesh.index_of(Ipv4Addr::new(10, 210, 0, 9)), None);
     }

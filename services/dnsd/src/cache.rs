@@ -21,10 +21,10 @@ use hickory_proto::serialize::binary::BinEncodable;
 use crate::fast::Question;
 
 /// What an answer is cached under: the question's name in lowercase wire form, then its type
-/// and class (two bytes each), as a plain query carries them.
+/// and class (two bytes each), as a plain query carries them ([`Question::key`]).
 pub type Key = Box<[u8]>;
 
-/// The cache key of `query`.
+/// The cache key of `query`, laid out as [`Question::key`].
 pub fn key(query: &Query) -> Option<Key> {
     let mut k = query.name().to_lowercase().to_bytes().ok()?;
     k.extend_from_slice(&u16::from(query.query_type()).to_be_bytes());
@@ -129,12 +129,7 @@ impl Cache {
         out: &mut Vec<u8>,
         now: Instant,
     ) -> bool {
-        let mut key = [0u8; 260];
-        let name = q.name();
-        key[..name.len()].copy_from_slice(name);
-        key[name.len()..name.len() + 2].copy_from_slice(&q.qtype.to_be_bytes());
-        key[name.len() + 2..name.len() + 4].copy_from_slice(&q.qclass.to_be_bytes());
-        let Some(entry) = self.fresh(&key[..name.len() + 4], now) else {
+        let Some(entry) = self.fresh(q.key(), now) else {
             return false;
         };
         let records = usize::from(entry.records);

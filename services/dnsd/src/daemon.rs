@@ -366,9 +366,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                     match mirror::apply(&proxy, &mut view, vec![Update::Resync]).await {
                         Ok(_) => {
                             stale = false;
-                            let now = Arc::new(served(&view, config.ttl_secs));
-                            program_vips(vips.as_ref(), &view, &now, false);
-                            tx.send_replace(now);
+                            let fresh = Arc::new(served(&view, config.ttl_secs));
+                            program_vips(vips.as_ref(), &view, &fresh, false);
+                            tx.send_replace(fresh);
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot read the state from stated"),
                     }
@@ -386,10 +386,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         if !changed {
             continue;
         }
-        let now = Arc::new(served(&view, config.ttl_secs));
-        tx.send_replace(now.clone());
+        let fresh = Arc::new(served(&view, config.ttl_secs));
+        tx.send_replace(fresh.clone());
         // After the answers: a name shows as soon as it can, the balancing a moment later.
-        program_vips(vips.as_ref(), &view, &now, false);
+        program_vips(vips.as_ref(), &view, &fresh, false);
         rebuilt = true;
         let now = listen_addrs(&view, &config);
         if now != addrs {

@@ -85,7 +85,7 @@ impl FastTable {
         out: &mut Vec<u8>,
         random: u64,
     ) -> bool {
-        if !(q.qtype == TYPE_A || q.qtype == TYPE_ANY) || q.qclass != CLASS_IN {
+        if !(q.qtype() == TYPE_A || q.qtype() == TYPE_ANY) || q.qclass() != CLASS_IN {
             return false;
         }
         let Some(addrs) = self.entries.get(q.name()) else {
@@ -125,16 +125,29 @@ impl FastTable {
 
 /// The one question of a plain query, its name lowercased.
 pub struct Question {
-    key: [u8; 256],
-    key_len: usize,
-    pub qtype: u16,
-    pub qclass: u16,
+    /// The name in lowercase wire form, then the type and class as asked.
+    key: [u8; 260],
+    name_len: usize,
 }
 
 impl Question {
     /// The name in lowercase wire form.
     pub fn name(&self) -> &[u8] {
-        &self.key[..self.key_len]
+        &self.key[..self.name_len]
+    }
+
+    /// The name in lowercase wire form, then the type and class: what the forward cache keys
+    /// its answers by ([`crate::cache::key`] builds the same from a decoded query).
+    pub fn key(&self) -> &[u8] {
+        &self.key[..self.name_len + 4]
+    }
+
+    pub fn qtype(&self) -> u16 {
+        u16::from_be_bytes([self.key[self.name_len], self.key[self.name_len + 1]])
+    }
+
+    pub fn qclass(&self) -> u16 {
+        u16::from_be_bytes([self.key[self.name_len + 2], self.key[self.name_len + 3]])
     }
 
     /// A standard query (not a response), one question, no other records (so no EDNS), the
@@ -147,7 +160,7 @@ impl Question {
         if flags & 0x80 != 0 || opcode != 0 || req[4..12] != [0, 1, 0, 0, 0, 0, 0, 0] {
             return None;
         }
-        let mut key = [0u8; 256];
+        let mut key = [0u8; 260];
         let mut pos = 12;
         let mut len = 0;
         loop {
@@ -173,12 +186,8 @@ impl Question {
         if rest.len() != 4 {
             return None;
         }
-        Some(Question {
-            key,
-            key_len: len,
-            qtype: u16::from_be_bytes([rest[0], rest[1]]),
-            qclass: u16::from_be_bytes([rest[2], rest[3]]),
-        })
+        key[len..len + 4].copy_from_slice(rest);
+        Some(Question { key, name_len: len })
     }
 }
 

@@ -22,7 +22,7 @@ use std::net::Ipv4Addr;
 
 use uncloud_common::address::MeshCidr;
 use uncloud_common::liveness::Liveness;
-use uncloud_common::model::{Container, ContainerState, Machine, Service};
+use uncloud_common::model::{Container, ContainerState, Machine, Service, RESERVED_LABELS};
 use uncloud_common::vips;
 
 /// The zone dnsd is authoritative for.
@@ -221,8 +221,9 @@ impl Names {
                 }
             }
         }
+        // stated refuses these; a peer's entry that has one anyway gets no names.
         let reserved = |s: &ServiceEntry| {
-            [MACHINE_LABEL, LB_LABEL]
+            RESERVED_LABELS
                 .iter()
                 .any(|r| s.project.eq_ignore_ascii_case(r) || s.name.eq_ignore_ascii_case(r))
         };
@@ -247,11 +248,7 @@ impl Names {
                 .zip(view.cidr.as_ref())
                 .and_then(|(&i, cidr)| vips::address(cidr, i));
             if let Some(vip) = vip {
-                let qualified = match project.as_str() {
-                    "" => format!("{LB_LABEL}.{name}.{ZONE}"),
-                    p => format!("{LB_LABEL}.{name}.{p}.{ZONE}"),
-                };
-                names.reverse.insert(vip, qualified);
+                names.reverse.insert(vip, lb_name(&name, &project));
                 names.balanced.insert(vip, addresses.clone());
             }
             if !project.is_empty() {
@@ -371,7 +368,7 @@ impl Names {
             for i in instances.iter().filter(|i| !i.project.is_empty()) {
                 out.push((format!("{name}.{}.{ZONE}", i.project), i.addresses.clone()));
                 if let Some(vip) = i.vip {
-                    out.push((format!("{LB_LABEL}.{name}.{}.{ZONE}", i.project), vec![vip]));
+                    out.push((lb_name(name, &i.project), vec![vip]));
                 }
             }
         }
@@ -386,7 +383,7 @@ impl Names {
             if let [only] = instances.as_slice() {
                 out.push((format!("{name}.{ZONE}"), only.addresses.clone()));
                 if let Some(vip) = only.vip {
-                    out.push((format!("{LB_LABEL}.{name}.{ZONE}"), vec![vip]));
+                    out.push((lb_name(name, ""), vec![vip]));
                 }
             }
         }
@@ -405,12 +402,20 @@ impl Names {
             {
                 out.push((format!("{name}.{ZONE}"), first.addresses.clone()));
                 if let Some(vip) = first.vip {
-                    out.push((format!("{LB_LABEL}.{name}.{ZONE}"), vec![vip]));
+                    out.push((lb_name(name, ""), vec![vip]));
                 }
             }
         }
         out.sort();
         out
+    }
+}
+
+/// `lb.<service>.<project>.internal`, or `lb.<service>.internal` without a project.
+fn lb_name(service: &str, project: &str) -> String {
+    match project {
+        "" => format!("{LB_LABEL}.{service}.{ZONE}"),
+        p => format!("{LB_LABEL}.{service}.{p}.{ZONE}"),
     }
 }
 
