@@ -12,63 +12,122 @@
 //!
 //! Pure: bytes in, bytes out, tested against the full path.
 
-use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::hash::{BuildHasher, RandomState};
 
-use crate::names::Names;
+use hashbrown::HashTable;
+
+use crate::names::{Names, ZONE};
 
 /// The longest reply sent without EDNS (RFC 1035); longer ones take the full path, which
 /// truncates.
 const MAX_PLAIN_UDP: usize = 512;
+/// More addresses than this never fit a plain reply: such names are left to the full path.
+const MAX_ADDRESSES: usize = (MAX_PLAIN_UDP - 12) / 16;
 const TYPE_A: u16 = 1;
 const TYPE_ANY: u16 = 255;
 const CLASS_IN: u16 = 1;
 
-/// The names the fast path answers, keyed by their lowercase wire form.
+/// The names the fast path answers, by their lowercase wire form.
+///
+/// Rebuilt whole on every change, so it is two allocations, not two per name: every entry
+/// back to back in `arena` (the name's length, the name, the number of addresses, the
+/// addresses), and `index`, where each entry starts, by the hash of its name. Large tables
+/// get pages of their own and give them back whole when replaced.
 #[derive(Debug, Clone, Default)]
 pub struct FastTable {
-    entries: HashMap<Box<[u8]>, Box<[[u8; 4]]>>,
+    arena: Vec<u8>,
+    index: HashTable<u32>,
+    hasher: RandomState,
     ttl: [u8; 4],
 }
 
-/// `name` (dotted, no trailing dot) in lowercase wire form, `None` if it cannot be one.
-fn wire(name: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(name.len() + 2);
-    for label in name.trim_end_matches('.').split('.') {
-        let len = u8::try_from(label.len())
+/// Appends the name made of `parts` (each one or more dotted labels) and the zone to `out`
+/// in lowercase wire form; false, with `out` as it was, if it cannot be one.
+fn push_wire(out: &mut Vec<u8>, parts: &[&str]) -> bool {
+    let start = out.len();
+    for label in parts.iter().flat_map(|p| p.split('.')).chain([ZONE]) {
+        let Some(len) = u8::try_from(label.len())
             .ok()
-            .filter(|l| (1..=63).contains(l))?;
+            .filter(|l| (1..=63).contains(l))
+        else {
+            out.truncate(start);
+            return false;
+        };
         out.push(len);
         out.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
     }
     out.push(0);
-    (out.len() <= 255).then_some(out)
+    if out.len() - start > 255 {
+        out.truncate(start);
+        return false;
+    }
+    true
+}
+
+/// The name of the entry at `at`.
+fn name_at(arena: &[u8], at: u32) -> &[u8] {
+    let at = at as usize;
+    &arena[at + 1..at + 1 + usize::from(arena[at])]
 }
 
 impl FastTable {
     /// The names of `names` whose answer is the same whoever asks and has addresses.
     pub fn build(names: &Names, ttl: u32) -> FastTable {
-        let entries = names
-            .asker_independent()
-            .into_iter()
-            .filter(|(_, ips)| !ips.is_empty())
-            .filter_map(|(name, ips)| {
-                let key = wire(&name)?.into_boxed_slice();
-                Some((key, ips.iter().map(Ipv4Addr::octets).collect()))
-            })
-            .collect();
+        let mut arena = Vec::new();
+        let mut index = HashTable::new();
+        let hasher = RandomState::new();
+        names.visit_asker_independent(|parts, ips| {
+            if ips.is_empty() || ips.len() > MAX_ADDRESSES {
+                return;
+            }
+            let Ok(at) = u32::try_from(arena.len()) else {
+                return;
+            };
+            arena.push(0);
+            if !push_wire(&mut arena, parts) {
+                arena.truncate(at as usize);
+                return;
+            }
+            let name = &arena[at as usize + 1..];
+            let hash = hasher.hash_one(name);
+            // A name given twice keeps its first addresses, as the full path would answer.
+            if index.find(hash, |&e| name_at(&arena, e) == name).is_some() {
+                arena.truncate(at as usize);
+                return;
+            }
+            arena[at as usize] = (arena.len() - at as usize - 1) as u8;
+            arena.push(ips.len() as u8);
+            for ip in ips {
+                arena.extend_from_slice(&ip.octets());
+            }
+            index.insert_unique(hash, at, |&e| hasher.hash_one(name_at(&arena, e)));
+        });
+        arena.shrink_to_fit();
         FastTable {
-            entries,
+            arena,
+            index,
+            hasher,
             ttl: ttl.to_be_bytes(),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.index.is_empty()
+    }
+
+    /// The addresses of `name` (lowercase wire form), four bytes each.
+    fn addresses(&self, name: &[u8]) -> Option<&[u8]> {
+        let hash = self.hasher.hash_one(name);
+        let at = *self
+            .index
+            .find(hash, |&e| name_at(&self.arena, e) == name)? as usize;
+        let count_at = at + 1 + usize::from(self.arena[at]);
+        let count = usize::from(self.arena[count_at]);
+        Some(&self.arena[count_at + 1..count_at + 1 + 4 * count])
     }
 
     /// Writes the reply to `request` into `out` and returns true, if the fast path answers
@@ -88,10 +147,11 @@ impl FastTable {
         if !(q.qtype() == TYPE_A || q.qtype() == TYPE_ANY) || q.qclass() != CLASS_IN {
             return false;
         }
-        let Some(addrs) = self.entries.get(q.name()) else {
+        let Some(addrs) = self.addresses(q.name()) else {
             return false;
         };
-        let total = 12 + (request.len() - 12) + 16 * addrs.len();
+        let n = addrs.len() / 4;
+        let total = 12 + (request.len() - 12) + 16 * n;
         if total > MAX_PLAIN_UDP {
             return false;
         }
@@ -101,11 +161,10 @@ impl FastTable {
         out.push(0x80 | 0x04 | (request[2] & 0x01));
         out.push(0x80 | (request[3] & 0x10));
         out.extend_from_slice(&[0, 1]);
-        out.extend_from_slice(&u16::try_from(addrs.len()).unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&u16::try_from(n).unwrap_or(0).to_be_bytes());
         out.extend_from_slice(&[0, 0, 0, 0]);
         out.extend_from_slice(&request[12..]);
         // A random rotation and swap: enough for clients that take the first address.
-        let n = addrs.len();
         let start = (random % n as u64) as usize;
         let swap = (random >> 32) as usize % n;
         for i in 0..n {
@@ -117,7 +176,7 @@ impl FastTable {
             out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
             out.extend_from_slice(&self.ttl);
             out.extend_from_slice(&[0, 4]);
-            out.extend_from_slice(&addrs[k]);
+            out.extend_from_slice(&addrs[4 * k..4 * k + 4]);
         }
         true
     }

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use uncloud_common::address::MeshCidr;
 use uncloud_common::liveness::Liveness;
@@ -147,49 +148,80 @@ pub enum Resolution {
 /// A service's name within one project.
 #[derive(Debug, Clone)]
 struct ServiceName {
-    project: String,
-    /// The service's id: the tie-break among projects (see [`Names::resolve`]).
-    id: String,
-    created_at_ms: u64,
-    addresses: Vec<Ipv4Addr>,
+    project: Arc<str>,
+    addresses: Box<[Ipv4Addr]>,
     /// Its virtual address (none once all are taken).
     vip: Option<Ipv4Addr>,
 }
 
+/// What a reverse (PTR) lookup of an address finds.
+#[derive(Debug, Clone)]
+enum Reverse {
+    /// A machine or a container: its host name (a key of [`Names::hosts`]).
+    Host(Arc<str>),
+    /// A virtual address: `lb.<service>[.<project>]`.
+    Lb {
+        service: Arc<str>,
+        project: Arc<str>,
+    },
+}
+
 /// Every name of the zone, lowercased, without the trailing `.internal`.
+///
+/// Rebuilt whole on every change, so it is kept small: a label that many names share (a
+/// project, a machine) is one `Arc<str>`, a host name is stored once for its address and its
+/// reverse, and a reverse name is put together when asked for.
 #[derive(Debug, Clone, Default)]
 pub struct Names {
     /// `<machine>.machine` and `<container>.<machine>.machine` -> address(es).
-    hosts: HashMap<String, Vec<Ipv4Addr>>,
-    /// `<service>` -> its instances, one per project.
-    services: HashMap<String, Vec<ServiceName>>,
+    hosts: HashMap<Arc<str>, Vec<Ipv4Addr>>,
+    /// `<service>` -> its instances, one per project, oldest first (by creation time, then
+    /// id).
+    services: HashMap<Arc<str>, Vec<ServiceName>>,
     /// Names that exist only as parents of others (`machine`, `<project>`).
-    parents: HashSet<String>,
-    /// Address -> the name it has (`<machine>.machine.internal`), for PTR.
-    reverse: HashMap<Ipv4Addr, String>,
+    parents: HashSet<Arc<str>>,
+    /// Address -> what has it, for PTR.
+    reverse: HashMap<Ipv4Addr, Reverse>,
     /// A container's address -> its project, to scope bare service names by who asks.
-    project_of: HashMap<Ipv4Addr, String>,
+    project_of: HashMap<Ipv4Addr, Arc<str>>,
     /// Virtual address -> the addresses it balances over, by address.
     balanced: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>,
+}
+
+/// One `Arc<str>` per distinct label during a build.
+#[derive(Default)]
+struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.0.insert(a.clone());
+        a
+    }
 }
 
 impl Names {
     /// Builds every name from `view`.
     pub fn build(view: &View) -> Names {
         let mut names = Names::default();
-        names.parents.insert(MACHINE_LABEL.into());
-        let machine_name: HashMap<&str, String> = view
+        let mut labels = Interner::default();
+        names.parents.insert(labels.get(MACHINE_LABEL));
+        let machine_name: HashMap<&str, Arc<str>> = view
             .machines
             .iter()
-            .map(|(id, m)| (id.as_str(), m.name.to_ascii_lowercase()))
+            .map(|(id, m)| (id.as_str(), labels.get(&m.name.to_ascii_lowercase())))
             .collect();
-        for m in view.machines.values() {
+        for (id, m) in &view.machines {
             let Some(ip) = view.cidr.as_ref().and_then(|c| c.machine_ip(m.subnet)) else {
                 continue;
             };
-            let name = format!("{}.{MACHINE_LABEL}", m.name.to_ascii_lowercase());
-            names.reverse.insert(ip, format!("{name}.{ZONE}"));
-            names.hosts.insert(name, vec![ip]);
+            let host: Arc<str> =
+                Arc::from(format!("{}.{MACHINE_LABEL}", machine_name[id.as_str()]));
+            names.reverse.insert(ip, Reverse::Host(host.clone()));
+            names.hosts.insert(host, vec![ip]);
         }
         let mut service_addresses: HashMap<&str, Vec<Ipv4Addr>> = HashMap::new();
         for c in view.containers.values() {
@@ -204,15 +236,25 @@ impl Names {
                 .get_key_value(c.service_id.as_str())
                 .map(|(id, s)| (id.as_str(), s));
             if let Some((_, s)) = service {
-                names.project_of.insert(ip, s.project.to_ascii_lowercase());
+                let project = labels.get(&s.project.to_ascii_lowercase());
+                names.project_of.insert(ip, project);
             }
             let running = c.running;
             let reachable = view.reachable(&c.machine_id);
             let host = format!("{}.{machine}.{MACHINE_LABEL}", c.name.to_ascii_lowercase());
-            let addrs = names.hosts.entry(host.clone()).or_default();
+            let host = match names.hosts.get_key_value(host.as_str()) {
+                Some((k, _)) => k.clone(),
+                None => Arc::from(host),
+            };
+            if running && reachable {
+                names
+                    .reverse
+                    .entry(ip)
+                    .or_insert_with(|| Reverse::Host(host.clone()));
+            }
+            let addrs = names.hosts.entry(host).or_default();
             if running && reachable {
                 addrs.push(ip);
-                names.reverse.entry(ip).or_insert(format!("{host}.{ZONE}"));
             }
             if let Some((id, _)) = service {
                 let entry = service_addresses.entry(id).or_default();
@@ -234,21 +276,31 @@ impl Names {
                 index: s.vip,
             },
         ));
-        for (id, s) in &view.services {
-            if reserved(s) {
-                // The machines keep `<name>.machine.internal`, `lb.` stays the VIPs'.
-                continue;
-            }
-            let project = s.project.to_ascii_lowercase();
+        // Oldest first, so each name's instances come out in that order.
+        let mut oldest_first: Vec<(&String, &ServiceEntry)> =
+            view.services.iter().filter(|(_, s)| !reserved(s)).collect();
+        oldest_first.sort_by(|a, b| (a.1.created_at_ms, a.0).cmp(&(b.1.created_at_ms, b.0)));
+        for (id, s) in oldest_first {
+            let project = labels.get(&s.project.to_ascii_lowercase());
             let mut addresses = service_addresses.remove(id.as_str()).unwrap_or_default();
             addresses.sort();
             let name = s.name.to_ascii_lowercase();
+            let name = match names.services.get_key_value(name.as_str()) {
+                Some((k, _)) => k.clone(),
+                None => Arc::from(name),
+            };
             let vip = vip_index
                 .get(id)
                 .zip(view.cidr.as_ref())
                 .and_then(|(&i, cidr)| vips::address(cidr, i));
             if let Some(vip) = vip {
-                names.reverse.insert(vip, lb_name(&name, &project));
+                names.reverse.insert(
+                    vip,
+                    Reverse::Lb {
+                        service: name.clone(),
+                        project: project.clone(),
+                    },
+                );
                 names.balanced.insert(vip, addresses.clone());
             }
             if !project.is_empty() {
@@ -256,17 +308,12 @@ impl Names {
             }
             names.services.entry(name).or_default().push(ServiceName {
                 project,
-                id: id.clone(),
-                created_at_ms: s.created_at_ms,
-                addresses,
+                addresses: addresses.into_boxed_slice(),
                 vip,
             });
         }
         if !names.balanced.is_empty() {
-            names.parents.insert(LB_LABEL.into());
-        }
-        for instances in names.services.values_mut() {
-            instances.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+            names.parents.insert(labels.get(LB_LABEL));
         }
         names
     }
@@ -300,17 +347,13 @@ impl Names {
                 None => Resolution::Missing,
             },
             [service] => match self.pick(service, asker) {
-                Some(i) => Resolution::Addresses(i.addresses.clone()),
+                Some(i) => Resolution::Addresses(i.addresses.to_vec()),
                 None if self.parents.contains(*service) => Resolution::Exists,
                 None => Resolution::Missing,
             },
             [service, project] if *project != MACHINE_LABEL => {
-                match self
-                    .services
-                    .get(*service)
-                    .and_then(|i| i.iter().find(|i| i.project == *project))
-                {
-                    Some(i) => Resolution::Addresses(i.addresses.clone()),
+                match self.instance(service, project) {
+                    Some(i) => Resolution::Addresses(i.addresses.to_vec()),
                     None => Resolution::Missing,
                 }
             }
@@ -343,7 +386,7 @@ impl Names {
         self.services
             .get(service)?
             .iter()
-            .find(|i| i.project == project)
+            .find(|i| &*i.project == project)
     }
 
     /// Every virtual address with the addresses it balances over right now (running, healthy
@@ -353,56 +396,62 @@ impl Names {
     }
 
     /// The name of a mesh, container or virtual address, for PTR.
-    pub fn reverse(&self, ip: Ipv4Addr) -> Option<&str> {
-        self.reverse.get(&ip).map(String::as_str)
+    pub fn reverse(&self, ip: Ipv4Addr) -> Option<String> {
+        Some(match self.reverse.get(&ip)? {
+            Reverse::Host(host) => format!("{host}.{ZONE}"),
+            Reverse::Lb { service, project } => lb_name(service, project),
+        })
     }
 
-    /// Every host name and every `<service>.<project>`, with their addresses.
-    fn qualified(&self) -> Vec<(String, Vec<Ipv4Addr>)> {
-        let mut out: Vec<(String, Vec<Ipv4Addr>)> = self
-            .hosts
-            .iter()
-            .map(|(k, v)| (format!("{k}.{ZONE}"), v.clone()))
-            .collect();
+    /// Calls `f` with every host name and every `<service>.<project>` (and its `lb.` name),
+    /// given as the parts of the name below the zone (each one or more labels), and their
+    /// addresses.
+    fn visit_qualified(&self, f: &mut impl FnMut(&[&str], &[Ipv4Addr])) {
+        for (host, addrs) in &self.hosts {
+            f(&[host], addrs);
+        }
         for (name, instances) in &self.services {
             for i in instances.iter().filter(|i| !i.project.is_empty()) {
-                out.push((format!("{name}.{}.{ZONE}", i.project), i.addresses.clone()));
+                f(&[name, &i.project], &i.addresses);
                 if let Some(vip) = i.vip {
-                    out.push((lb_name(name, &i.project), vec![vip]));
+                    f(&[LB_LABEL, name, &i.project], &[vip]);
                 }
             }
         }
-        out
     }
 
-    /// The names whose answer is the same whoever asks, with their addresses: every host
-    /// name, every `<service>.<project>`, and `<service>` where one project has it.
-    pub fn asker_independent(&self) -> Vec<(String, Vec<Ipv4Addr>)> {
-        let mut out = self.qualified();
+    /// Calls `f` (as [`Names::visit_qualified`] does) with the names whose answer is the same
+    /// whoever asks: every host name, every `<service>.<project>`, and `<service>` where one
+    /// project has it. Nothing is allocated: the fast path's table is built from this.
+    pub fn visit_asker_independent(&self, mut f: impl FnMut(&[&str], &[Ipv4Addr])) {
+        self.visit_qualified(&mut f);
         for (name, instances) in &self.services {
             if let [only] = instances.as_slice() {
-                out.push((format!("{name}.{ZONE}"), only.addresses.clone()));
+                f(&[name], &only.addresses);
                 if let Some(vip) = only.vip {
-                    out.push((lb_name(name, ""), vec![vip]));
+                    f(&[LB_LABEL, name], &[vip]);
                 }
             }
         }
-        out
     }
 
     /// Every name with its addresses right now, sorted: what `org.uncloud.Dns1` lists (a bare
     /// service name as the machine itself gets it).
     pub fn list(&self) -> Vec<(String, Vec<Ipv4Addr>)> {
-        let mut out = self.qualified();
+        let mut out = Vec::new();
+        let mut push = |parts: &[&str], ips: &[Ipv4Addr]| {
+            out.push((format!("{}.{ZONE}", parts.join(".")), ips.to_vec()))
+        };
+        self.visit_qualified(&mut push);
         for (name, instances) in &self.services {
             if let Some(first) = instances
                 .iter()
                 .find(|i| i.project.is_empty())
                 .or_else(|| instances.first())
             {
-                out.push((format!("{name}.{ZONE}"), first.addresses.clone()));
+                push(&[name], &first.addresses);
                 if let Some(vip) = first.vip {
-                    out.push((lb_name(name, ""), vec![vip]));
+                    push(&[LB_LABEL, name], &[vip]);
                 }
             }
         }
@@ -541,11 +590,11 @@ mod tests {
         assert_eq!(n.resolve("internal", None), Resolution::Exists);
         assert_eq!(n.resolve("example.com", None), Resolution::Missing);
         assert_eq!(
-            n.reverse("10.210.2.1".parse().unwrap()),
+            n.reverse("10.210.2.1".parse().unwrap()).as_deref(),
             Some("two.machine.internal")
         );
         assert_eq!(
-            n.reverse("10.210.1.3".parse().unwrap()),
+            n.reverse("10.210.1.3".parse().unwrap()).as_deref(),
             Some("shop-web-1.one.machine.internal")
         );
     }
@@ -594,7 +643,7 @@ mod tests {
         assert_eq!(n.resolve("lb.web.blog.internal", None), Resolution::Missing);
         assert_eq!(n.resolve("lb.internal", None), Resolution::Exists);
         assert_eq!(
-            n.reverse("10.210.0.2".parse().unwrap()),
+            n.reverse("10.210.0.2".parse().unwrap()).as_deref(),
             Some("lb.web.shop.internal")
         );
         // Each balances over what its service's name answers.
