@@ -8,12 +8,12 @@
 //!
 //! # Design
 //! One module per command group ([`machine`], [`host`] for a machine's insides, [`mesh`],
-//! [`cert`], [`ctx`]); [`targets`] asks the connected machine or each of `-m`; [`remote`]
+//! [`service`] for `run`/`ls`/`ps`/`rm`, [`cert`], [`ctx`]); [`targets`] asks the connected machine or each of `-m`; [`remote`]
 //! connects and turns errors into advice; [`context`] keeps contexts on disk; [`output`] prints tables, JSON and
 //! progress. Adding a command is a variant and a match arm.
 //!
 //! # Limitations
-//! Services, DNS and ingress come with later issues.
+//! Compose deploys, rolling updates, image push and ingress come with later issues.
 
 mod cert;
 mod context;
@@ -24,6 +24,7 @@ mod machine;
 mod mesh;
 mod output;
 mod remote;
+mod service;
 mod targets;
 
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ Start here:
   uc machine ls -m all                                            # as every machine sees it
   uc machine status -m all                                        # units, memory, disk
   uc machine logs -u meshd -f                                     # the journal, followed
+  uc run --name web --replicas 3 nginx:1.25                       # a service on 3 machines
+  uc ps                                                           # its containers, everywhere
 
 Contexts live in $XDG_CONFIG_HOME/uncloud (or ~/.config/uncloud); UNCLOUD_CONFIG_DIR overrides."
 )]
@@ -68,13 +71,39 @@ pub struct Global {
     pub output: output::Format,
     /// Ask these machines instead (names or ids, comma-separated, or `all`), through the
     /// connected one: one answer per machine; one that is down or across a partition is
-    /// reported unreachable within seconds. For commands that show one machine's view.
+    /// reported unreachable within seconds. For commands that show one machine's view; for
+    /// `uc run`, the machines its containers may go to.
     #[arg(short = 'm', long = "machines", global = true, value_delimiter = ',')]
     pub targets: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a service: containers from one image, spread over the machines.
+    #[command(after_help = "\
+Examples:
+  uc run --name web --replicas 3 -p app.example.com:80/https nginx:1.25
+  uc run --mode global -v /var/log:/host/log:ro busybox tail -F /host/log/syslog
+  uc run -m alpha,beta --name db -e POSTGRES_PASSWORD postgres:16
+  uc run --project shop --name cache redis:7       # reached as `cache` from shop's containers
+
+Containers reach each other by name: <service>.internal (all healthy containers),
+lb.<service>.internal (one balanced address), <container>.<machine>.machine.internal.")]
+    Run(Box<service::Run>),
+    /// List the services: mode, containers running out of wanted, image, virtual address.
+    #[command(
+        after_help = "Examples:\n  uc ls\n  uc ls -m all      # as each machine sees it, e.g. during a partition"
+    )]
+    Ls,
+    /// List the containers of every service: machine, state, health, address, revision. A
+    /// container on a machine the connected one cannot reach shows that machine's state.
+    #[command(after_help = "Examples:\n  uc ps\n  uc ps -o json")]
+    Ps,
+    /// Remove services: their containers on every machine, then the service.
+    #[command(
+        after_help = "Examples:\n  uc rm web\n  uc rm db.shop          # `db` of project `shop`"
+    )]
+    Rm(service::Rm),
     /// Create the network, add and list machines.
     #[command(subcommand)]
     Machine(machine::Machine),
@@ -120,17 +149,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Machine(M::Ls | M::Status | M::Logs { .. } | M::Reboot)
             | Command::Mesh(_)
             | Command::Dns(_)
+            | Command::Run(_)
+            | Command::Ls
+            | Command::Ps
     );
     if !cli.global.targets.is_empty() && !takes_machines {
         anyhow::bail!(
             "-m does not apply to this command (it acts on the network, not on one machine's \
-             view); it applies to: uc machine ls|status|logs|reboot, uc mesh peers, uc dns ls"
+             view); it applies to: uc machine ls|status|logs|reboot, uc mesh peers, uc dns ls, \
+             uc ls, uc ps, and uc run (where the containers may go)"
         );
     }
     // A certificate near its end is renewed by whatever command uses it next.
     let uses_context = match &cli.command {
         Command::Machine(m) => !matches!(m, machine::Machine::Init { .. }),
-        Command::Mesh(_) | Command::Dns(_) => true,
+        Command::Mesh(_)
+        | Command::Dns(_)
+        | Command::Run(_)
+        | Command::Ls
+        | Command::Ps
+        | Command::Rm(_) => true,
         Command::Cert(c) => !matches!(c, cert::Cert::Renew),
         _ => false,
     };
@@ -141,6 +179,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Machine(m) => machine::run(m, &cli.global).await,
         Command::Mesh(m) => mesh::run(m, &cli.global).await,
         Command::Dns(d) => dns::run(d, &cli.global).await,
+        Command::Run(r) => service::run(*r, &cli.global).await,
+        Command::Ls => service::list(&cli.global, false).await,
+        Command::Ps => service::list(&cli.global, true).await,
+        Command::Rm(r) => service::rm(r, &cli.global).await,
         Command::Cert(c) => cert::run(c, &cli.global).await,
         Command::Ctx(c) => ctx::run(c, &cli.global),
         Command::Completion { shell } => {

@@ -133,7 +133,7 @@ async fn one_write(cluster: &Cluster, writer: usize, id: &str) -> Result<f64> {
     let mut heads = shared.watch_heads();
     heads.borrow_and_update();
     let t0 = Instant::now();
-    let write = shared.mutate(Mutation::UpsertService(service(id, "img:bench")));
+    let write = shared.mutate(Mutation::UpsertService(Box::new(service(id, "img:bench"))));
     // The writer publishes its new heads as soon as the change is applied, before it is durable.
     let announce = async {
         if heads.changed().await.is_ok() {
@@ -436,7 +436,7 @@ async fn spread_writes(
         tasks.push(tokio::spawn(async move {
             for id in ids {
                 shared
-                    .mutate(Mutation::UpsertService(service(&id, &image)))
+                    .mutate(Mutation::UpsertService(Box::new(service(&id, &image))))
                     .await
                     .with_context(|| format!("writing {id}"))?;
             }

@@ -14,6 +14,8 @@
 //! - [`client`]: connect with a timeout; never hangs on an unreachable machine.
 //! - [`host`]: what a machine reports about itself (status, journal, mesh peers).
 //! - [`peer`]: apid to apid over the mesh, for calls `uc` sends to other machines (`-m`).
+//! - [`service`]: services and their containers (`uc run|ls|ps|rm`); the spec is the shared
+//!   model's.
 //!
 //! # Limitations
 //! - A call an older apid does not know fails the connection rather than returning a typed
@@ -22,6 +24,7 @@
 pub mod client;
 pub mod host;
 pub mod peer;
+pub mod service;
 pub mod tls;
 pub mod wire;
 

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub use crate::host::{
     DnsName, LogEntry, LogPage, LogRequest, MachineStatus, MeshPeer, UnitStatus,
 };
+pub use crate::service::{
+    ContainerRow, MachineFailure, RemoveReply, RunReply, RunRequest, ServiceRef, ServiceRow,
+};
 
 /// The TCP port apid listens on (TLS), on every address. The only public port besides
 /// WireGuard's.
@@ -18,9 +21,10 @@ pub const PORT: u16 = 7443;
 /// 2: `change_machine`, `remove_machine`, certificates, `fan_out`.
 /// 3: `call`, and the calls `status`, `logs`, `reboot`, `mesh_peers`.
 /// 4: the call `dns_names`.
+/// 5: `run`, `remove_service` and the call `services`.
 /// An older apid closes the connection on a call it does not know; `uc` checks
 /// `info().api_version` first where that matters.
-pub const API_VERSION: u32 = 4;
+pub const API_VERSION: u32 = 5;
 
 /// Largest JSON frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -68,6 +72,12 @@ pub trait Api {
     /// Member mode: `call` answered by this machine (what `fan_out` asks each target). The
     /// role `call` needs: reader, except `reboot` (admin). Added in API version 3.
     async fn call(call: Call) -> Result<Answer, ApiError>;
+    /// Member mode, admin: creates a service and starts its containers on the machines
+    /// placement picks, each by that machine's dockerd-shim. Added in API version 5.
+    async fn run(request: RunRequest) -> Result<RunReply, ApiError>;
+    /// Member mode, admin: removes a service's containers on every machine, then the service.
+    /// Added in API version 5.
+    async fn remove_service(request: ServiceRef) -> Result<RemoveReply, ApiError>;
 }
 
 /// `uc -m TARGETS …`.
@@ -101,6 +111,9 @@ pub enum Call {
     /// The names this machine's dnsd serves and what they resolve to (`uc dns ls`). API
     /// version 4.
     DnsNames,
+    /// Every service and its containers, as this machine's state has them (`uc ls`, `uc ps`).
+    /// API version 5.
+    Services,
 }
 
 /// What a [`Call`] returns.
@@ -115,6 +128,7 @@ pub enum Answer {
     Rebooting,
     MeshPeers(Vec<MeshPeer>),
     DnsNames(Vec<DnsName>),
+    Services(Vec<ServiceRow>),
 }
 
 /// One target's outcome: an answer or an error.
@@ -393,6 +407,8 @@ pub enum ErrorKind {
     Internal,
     /// No machine (or other object) of that name or id.
     NotFound,
+    /// It exists already (a service of that name).
+    Conflict,
     /// A kind this client does not know (a newer server).
     #[serde(other)]
     Other,

@@ -227,6 +227,30 @@ pub struct ServiceSpec {
     /// Wanted number of containers (replicated mode).
     #[serde(default)]
     pub replicas: u32,
+    /// [`MODE_GLOBAL`]: one container on each eligible machine; empty or
+    /// [`MODE_REPLICATED`]: `replicas` containers spread over them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub mode: String,
+    /// The machines (names or ids) containers may run on (`uc run -m`, `x-machines`); empty:
+    /// every machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub machines: Vec<String>,
+    /// The user the processes run as (`uid[:gid]` or a name), instead of the image's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub user: String,
+}
+
+pub const MODE_REPLICATED: &str = "replicated";
+pub const MODE_GLOBAL: &str = "global";
+
+impl ServiceSpec {
+    /// Whether the service runs one container on every eligible machine.
+    pub fn is_global(&self) -> bool {
+        self.mode == MODE_GLOBAL
+    }
 }
 
 /// A container health check, as in a Dockerfile's `HEALTHCHECK`.
@@ -548,6 +572,18 @@ impl Service {
                 what: "service image",
             });
         }
+        if ![String::new(), MODE_REPLICATED.into(), MODE_GLOBAL.into()].contains(&self.spec.mode) {
+            return Err(ModelError::Invalid {
+                what: "service mode",
+                value: self.spec.mode.clone(),
+                why: "expected replicated or global",
+            });
+        }
+        if self.spec.machines.iter().any(|m| m.trim().is_empty()) {
+            return Err(ModelError::Empty {
+                what: "machine name in the placement",
+            });
+        }
         let spec_len = serde_json::to_string(&self.spec).map_or(0, |s| s.len());
         if spec_len > MAX_FIELD_BYTES {
             return Err(ModelError::TooLarge {
@@ -677,5 +713,39 @@ mod tests {
             assert_eq!(Kind::parse(k.as_str()), Some(k));
         }
         assert_eq!(Kind::parse("nope"), None);
+    }
+
+    #[test]
+    fn fields_added_to_the_spec_leave_older_specs_json_unchanged() {
+        // A spec's JSON keys its history entries (`service_doc::history_key`): a spec written
+        // before `mode`, `machines` and `user` existed must serialize as it did then.
+        let old = ServiceSpec {
+            image: "web:1".into(),
+            replicas: 2,
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&old).unwrap();
+        for key in ["mode", "machines", "user"] {
+            assert!(!json.contains(key), "{json}");
+        }
+        let global = ServiceSpec {
+            mode: MODE_GLOBAL.into(),
+            machines: vec!["alpha".into()],
+            ..old.clone()
+        };
+        let back: ServiceSpec =
+            serde_json::from_str(&serde_json::to_string(&global).unwrap()).unwrap();
+        assert!(back.is_global() && back.machines == ["alpha"]);
+        let svc = |mode: &str| Service {
+            id: "web".into(),
+            name: "web".into(),
+            spec: ServiceSpec {
+                mode: mode.into(),
+                ..old.clone()
+            },
+            ..Default::default()
+        };
+        assert!(svc(MODE_REPLICATED).validate().is_ok());
+        assert!(svc("everywhere").validate().is_err());
     }
 }

@@ -259,7 +259,7 @@ pub fn service(id: &str, image: &str) -> Service {
 }
 
 pub async fn write_service(node: &Node, id: &str, image: &str) {
-    node.mutate(Mutation::UpsertService(service(id, image)))
+    node.mutate(Mutation::UpsertService(Box::new(service(id, image))))
         .await
         .unwrap_or_else(|e| panic!("write {id} on {}: {e}", node.machine_id));
 }

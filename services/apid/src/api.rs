@@ -93,7 +93,7 @@ pub enum StartError {
     Member(#[from] BecomeError),
 }
 
-fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorKind::Internal, format!("{what}: {e}"))
 }
 
@@ -226,13 +226,18 @@ impl Apid {
         serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))
     }
 
-    async fn read_machines(&self) -> Result<BTreeMap<String, Machine>, ApiError> {
+    pub(crate) async fn read_machines(&self) -> Result<BTreeMap<String, Machine>, ApiError> {
         let json = self
             .state
             .get("machines", "")
             .await
             .map_err(|e| internal("stated", e))?;
         serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))
+    }
+
+    /// This machine's stated.
+    pub(crate) fn state(&self) -> &StateProxy<'static> {
+        &self.state
     }
 
     fn now_ms(&self) -> u64 {
@@ -514,7 +519,7 @@ impl Apid {
     }
 
     /// The network's mesh range, as the state says.
-    async fn mesh_cidr(&self) -> Result<MeshCidr, ApiError> {
+    pub(crate) async fn mesh_cidr(&self) -> Result<MeshCidr, ApiError> {
         let json = self
             .state
             .get("network", "")
@@ -758,7 +763,7 @@ impl Apid {
         }
     }
 
-    fn require(&self, caller: &Caller, need: Role) -> Result<Arc<Member>, ApiError> {
+    pub(crate) fn require(&self, caller: &Caller, need: Role) -> Result<Arc<Member>, ApiError> {
         let member = self.member().ok_or_else(|| {
             ApiError::new(
                 ErrorKind::NotMember,
@@ -1118,6 +1123,10 @@ impl Apid {
                 self.require(caller, Role::Reader)?;
                 Answer::DnsNames(self.dns_names().await?)
             }
+            Call::Services => {
+                self.require(caller, Role::Reader)?;
+                Answer::Services(self.service_rows().await?)
+            }
         })
     }
 
@@ -1331,7 +1340,7 @@ fn row(
 }
 
 /// stated's refusals as the client's error kinds.
-fn state_error(e: zbus::Error) -> ApiError {
+pub(crate) fn state_error(e: zbus::Error) -> ApiError {
     match e {
         zbus::Error::MethodError(name, msg, _) => {
             let msg = msg.unwrap_or_default();

@@ -22,6 +22,9 @@
 //!   the state get in).
 //! - [`host`]: the machine itself for `uc machine status|logs|reboot` (the appliance has no
 //!   shell): `/proc`, `statvfs`, `systemctl show`, `journalctl --output=json`.
+//! - [`services`]: `uc run|rm|ls|ps`: [`placement`] (pure) picks the machines, the service
+//!   goes into the state, and each chosen machine's dockerd-shim starts a container
+//!   ([`engines`]: this machine's over D-Bus, another's over the mesh).
 //! - [`change`]: what `uc machine rename|label|role` writes, checked before anything is.
 //! - `init` asks stated to create the network, makes the CA, issues an admin certificate for
 //!   the public key the client sent (its private key never leaves the client), then consumes
@@ -41,12 +44,15 @@ pub mod config;
 pub mod connections;
 pub mod credentials;
 pub mod dbus;
+pub mod engines;
 pub mod fanout;
 pub mod host;
 pub mod peer_server;
+pub mod placement;
 pub mod redeemed;
 pub mod revocation;
 pub mod server;
+pub mod services;
 pub mod tls;
 pub mod token;
 

@@ -16,7 +16,8 @@ use uncloud_api::wire::MAX_FRAME_BYTES;
 use uncloud_api::wire::{
     Answer, Api, ApiError, Call, CertRef, CertReply, CertRequest, CertRow, FanOut, InitReply,
     InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow,
-    RedeemReply, RedeemRequest, RenewRequest, TargetReply, TicketReply, TicketRequest,
+    RedeemReply, RedeemRequest, RemoveReply, RenewRequest, RunReply, RunRequest, ServiceRef,
+    TargetReply, TicketReply, TicketRequest,
 };
 
 use crate::api::{Apid, Caller};
@@ -234,5 +235,21 @@ impl Api for Connection {
 
     async fn call(self, _: tarpc::context::Context, call: Call) -> Result<Answer, ApiError> {
         self.apid.dispatch(&self.caller, call).await
+    }
+
+    async fn run(
+        self,
+        _: tarpc::context::Context,
+        request: RunRequest,
+    ) -> Result<RunReply, ApiError> {
+        self.apid.run_service(&self.caller, request).await
+    }
+
+    async fn remove_service(
+        self,
+        _: tarpc::context::Context,
+        request: ServiceRef,
+    ) -> Result<RemoveReply, ApiError> {
+        self.apid.remove_service(&self.caller, request).await
     }
 }

@@ -239,6 +239,7 @@ pub fn create_body(
         image: Some(spec.image.clone()),
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
         entrypoint: (!spec.entrypoint.is_empty()).then(|| spec.entrypoint.clone()),
+        user: (!spec.user.is_empty()).then(|| spec.user.clone()),
         env: (!spec.env.is_empty())
             .then(|| spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
@@ -339,9 +340,11 @@ mod tests {
                 ..Default::default()
             }),
             labels: [("team".to_string(), "a".to_string())].into(),
+            user: "1000:1000".into(),
             ..Default::default()
         };
         let body = create_body(&service(spec), "uncloud", "10.210.3.1".parse().unwrap()).unwrap();
+        assert_eq!(body.user.as_deref(), Some("1000:1000"));
         let hc = body.host_config.as_ref().unwrap();
         assert_eq!(hc.nano_cpus, Some(500_000_000));
         assert_eq!(hc.memory, Some(64 << 20));

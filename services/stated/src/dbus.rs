@@ -302,7 +302,10 @@ impl State1 {
     /// resolve to one of them whole.
     async fn upsert_service(&self, json: &str) -> Result<(), StateError> {
         let s: Service = parse("service", json)?;
-        Ok(self.member()?.mutate(Mutation::UpsertService(s)).await?)
+        Ok(self
+            .member()?
+            .mutate(Mutation::UpsertService(Box::new(s)))
+            .await?)
     }
 
     async fn remove_service(&self, id: &str) -> Result<(), StateError> {

@@ -63,7 +63,7 @@ pub enum Mutation {
     /// or, when it exists and the spec differs, makes the spec its next revision and keeps the
     /// old one in its history. Name, project and creation time of an existing service stay;
     /// a caller never writes the history.
-    UpsertService(Service),
+    UpsertService(Box<Service>),
     RemoveService(String),
     /// After a merge of concurrent deploys of one service: keeps the winning spec, moves the
     /// losing ones into the history. Any machine may; all write the same.
@@ -681,7 +681,7 @@ impl StateDoc {
                     revision: 1,
                     history: Vec::new(),
                     vip: self.free_vip(),
-                    ..new.clone()
+                    ..(**new).clone()
                 }),
             },
             _ => None,
@@ -957,7 +957,7 @@ mod tests {
         let before = d.heads();
         d.apply(&Mutation::UpsertMachine(machine("m1", "a", 1)))
             .unwrap();
-        d.apply(&Mutation::UpsertService(Service {
+        d.apply(&Mutation::UpsertService(Box::new(Service {
             id: "s1".into(),
             name: "s1".into(),
             spec: uncloud_common::model::ServiceSpec {
@@ -965,7 +965,7 @@ mod tests {
                 ..Default::default()
             },
             ..Default::default()
-        }))
+        })))
         .unwrap();
         let mid = d.heads();
         let changed = d.changed_between(&before, &mid);
@@ -997,21 +997,21 @@ mod tests {
         };
         let vip_of = |d: &StateDoc, id: &str| d.entity::<Service>(Kind::Services, id).unwrap().vip;
         let mut a = StateDoc::new(genesis("n"));
-        a.apply(&Mutation::UpsertService(svc("web", 1, "x:1")))
+        a.apply(&Mutation::UpsertService(Box::new(svc("web", 1, "x:1"))))
             .unwrap();
-        a.apply(&Mutation::UpsertService(svc("db", 2, "x:1")))
+        a.apply(&Mutation::UpsertService(Box::new(svc("db", 2, "x:1"))))
             .unwrap();
         assert_eq!((vip_of(&a, "web"), vip_of(&a, "db")), (1, 2));
         // A new revision keeps the claim.
-        a.apply(&Mutation::UpsertService(svc("web", 1, "x:2")))
+        a.apply(&Mutation::UpsertService(Box::new(svc("web", 1, "x:2"))))
             .unwrap();
         assert_eq!(vip_of(&a, "web"), 1);
         // Two sides of a partition each create a service: both claim 3.
         let mut b = StateDoc::new(genesis("n"));
         sync_pair(&mut a, &mut b);
-        a.apply(&Mutation::UpsertService(svc("cache", 10, "x:1")))
+        a.apply(&Mutation::UpsertService(Box::new(svc("cache", 10, "x:1"))))
             .unwrap();
-        b.apply(&Mutation::UpsertService(svc("queue", 20, "x:1")))
+        b.apply(&Mutation::UpsertService(Box::new(svc("queue", 20, "x:1"))))
             .unwrap();
         assert_eq!((vip_of(&a, "cache"), vip_of(&b, "queue")), (3, 3));
         sync_pair(&mut a, &mut b);
@@ -1053,12 +1053,12 @@ mod tests {
         ) {
             let mut a = StateDoc::new(genesis("n"));
             a.apply(&Mutation::UpsertMachine(machine("ma", "a", 1))).unwrap();
-            a.apply(&Mutation::UpsertService(Service {
+            a.apply(&Mutation::UpsertService(Box::new(Service {
                 id: "s".into(),
                 name: "s".into(),
                 spec: uncloud_common::model::ServiceSpec { image: "x".into(), ..Default::default() },
                 ..Default::default()
-            })).unwrap();
+            }))).unwrap();
             // A real message carrying changes: b asks, a answers.
             let mut b = StateDoc::new(genesis("n"));
             let (mut sa, mut sb) = (sync::State::new(), sync::State::new());

@@ -280,7 +280,12 @@ async fn concurrent_deploys_and_hostname_claims_resolve_the_same_everywhere() {
     // Revision 1, everywhere, before the partition.
     cluster
         .node(0)
-        .mutate(Mutation::UpsertService(deploy("web", "web:1", 1, &[])))
+        .mutate(Mutation::UpsertService(Box::new(deploy(
+            "web",
+            "web:1",
+            1,
+            &[],
+        ))))
         .await
         .unwrap();
     cluster
@@ -295,34 +300,44 @@ async fn concurrent_deploys_and_hostname_claims_resolve_the_same_everywhere() {
     // web:2 with 5 replicas, which nobody deployed.
     cluster
         .node(0)
-        .mutate(Mutation::UpsertService(deploy("web", "web:2", 1, &[])))
+        .mutate(Mutation::UpsertService(Box::new(deploy(
+            "web",
+            "web:2",
+            1,
+            &[],
+        ))))
         .await
         .unwrap();
     cluster
         .node(3)
-        .mutate(Mutation::UpsertService(deploy("web", "web:1", 5, &[])))
+        .mutate(Mutation::UpsertService(Box::new(deploy(
+            "web",
+            "web:1",
+            5,
+            &[],
+        ))))
         .await
         .unwrap();
     // Both sides publish app.example.com; side B's service is created first.
     cluster
         .node(3)
-        .mutate(Mutation::UpsertService(deploy(
+        .mutate(Mutation::UpsertService(Box::new(deploy(
             "shop-b",
             "b:1",
             1,
             &["app.example.com:80/https"],
-        )))
+        ))))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     cluster
         .node(1)
-        .mutate(Mutation::UpsertService(deploy(
+        .mutate(Mutation::UpsertService(Box::new(deploy(
             "shop-a",
             "a:1",
             1,
             &["app.example.com:8080/https"],
-        )))
+        ))))
         .await
         .unwrap();
 

@@ -58,7 +58,7 @@ fn bulky(id: &str, kib: usize) -> Mutation {
         .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
         .collect();
     s.spec.env.insert("FILL".into(), value);
-    Mutation::UpsertService(s)
+    Mutation::UpsertService(Box::new(s))
 }
 
 fn services_in(node: &Node) -> BTreeSet<String> {

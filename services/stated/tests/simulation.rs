@@ -159,8 +159,12 @@ async fn random_failures_always_heal_into_one_state() {
                 let mut out = Vec::new();
                 for op in ops {
                     let mutation = match op {
-                        Op::Unique(id) => Mutation::UpsertService(service(id, "img:unique")),
-                        Op::Deploy(id, image) => Mutation::UpsertService(service(id, image)),
+                        Op::Unique(id) => {
+                            Mutation::UpsertService(Box::new(service(id, "img:unique")))
+                        }
+                        Op::Deploy(id, image) => {
+                            Mutation::UpsertService(Box::new(service(id, image)))
+                        }
                         Op::Remove(id) => Mutation::RemoveService(id.clone()),
                         Op::Start(id) => Mutation::UpsertContainer(Container {
                             id: id.clone(),

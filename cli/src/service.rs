@@ -1,0 +1,460 @@
+//! `uc run`, `uc ls`, `uc ps`, `uc rm`: services across the network's machines.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use uncloud_api::service::{
+    HealthCheck, RunRequest, ServiceRef, ServiceRow, ServiceSpec, MODE_GLOBAL, MODE_REPLICATED,
+};
+use uncloud_api::wire::{Answer, Call};
+
+use crate::context::Store;
+use crate::output::{self, Format, Spinner};
+use crate::remote::{self, answer};
+use crate::targets::{self, unexpected};
+use crate::Global;
+
+/// The API version that knows services.
+const SERVICES_API: u32 = 5;
+/// How long `uc run` waits: pulls of big images take minutes.
+const RUN_TIMEOUT: Duration = Duration::from_secs(1000);
+
+/// `uc run IMAGE [COMMAND…]`.
+#[derive(Debug, clap::Args)]
+pub struct Run {
+    /// The image (`busybox`, `nginx:1.25`, `registry.example.com/team/app:3`).
+    pub image: String,
+    /// Replaces the image's command.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+    /// The service's name, a DNS label (default: from the image, `nginx:1.25` -> `nginx`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The project it belongs to: names it `<name>.<project>` and scopes its DNS name.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Containers to run, spread over the machines (fewest of this service first, then the
+    /// least loaded).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    /// `global`: one container on every machine (of `-m`, if given).
+    #[arg(long, value_parser = [MODE_REPLICATED, MODE_GLOBAL], default_value = MODE_REPLICATED)]
+    pub mode: String,
+    /// Environment variable `KEY=VALUE`, or `KEY` to pass this shell's value. Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// A published port. Through ingress machines: `[hostname:]port[/http|https]` or
+    /// `hostname/path:port/https`. On the container's own machine: `[ip:]host:container[/tcp|udp]`.
+    /// Repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "PORT")]
+    pub publish: Vec<String>,
+    /// A named volume or a bind mount: `name:/path[:ro]`, `/host/path:/path[:ro]`. Repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "SOURCE:TARGET[:ro]")]
+    pub volumes: Vec<String>,
+    /// CPU limit in cores (`0.5`, `2`).
+    #[arg(long, value_parser = parse_cpus)]
+    pub cpu: Option<u64>,
+    /// Memory limit (`512M`, `1G`, bytes without a unit).
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory: Option<u64>,
+    /// Restart policy: `no`, `always`, `on-failure` or `unless-stopped` (the default).
+    #[arg(long, value_parser = ["no", "always", "on-failure", "unless-stopped"])]
+    pub restart: Option<String>,
+    /// A shell command whose success means healthy.
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Time between health checks (`10s`, `1m`).
+    #[arg(long, value_parser = parse_duration_ms, requires = "health_cmd")]
+    pub health_interval: Option<u64>,
+    /// Longest one check may take.
+    #[arg(long, value_parser = parse_duration_ms, requires = "health_cmd")]
+    pub health_timeout: Option<u64>,
+    /// Failed checks in a row that make the container unhealthy.
+    #[arg(long, requires = "health_cmd")]
+    pub health_retries: Option<u32>,
+    /// Time after start when failures do not count yet.
+    #[arg(long, value_parser = parse_duration_ms, requires = "health_cmd")]
+    pub health_start_period: Option<u64>,
+    /// A container label `KEY=VALUE`. Repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// The user to run as (`uid[:gid]` or a name in the image).
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// Replaces the image's entrypoint (one program; arguments go after the image).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// When to pull the image on each machine.
+    #[arg(long, value_parser = ["missing", "always", "never"], default_value = "missing")]
+    pub pull: String,
+}
+
+/// Which service: `web`, or `web.shop` for `web` of project `shop`.
+#[derive(Debug, clap::Args)]
+pub struct Rm {
+    #[arg(required = true)]
+    pub services: Vec<String>,
+}
+
+pub async fn run(cmd: Run, g: &Global) -> anyhow::Result<()> {
+    let request = request(cmd, &g.targets)?;
+    let store = Store::default_location();
+    let ctx = store.load(g.context.as_deref())?;
+    let (member, via) = remote::member(&ctx, g).await?;
+    remote::require_api(&member, &via, SERVICES_API).await?;
+    let what = if request.name.is_empty() {
+        request.spec.image.clone()
+    } else {
+        request.name.clone()
+    };
+    let spinner = Spinner::start(format!("starting {what}"));
+    let reply = answer(member.run(uncloud_api::context(RUN_TIMEOUT), request).await);
+    let reply = match reply {
+        Ok(r) => {
+            spinner.done(&format!("{} started", r.service.containers.len()));
+            r
+        }
+        Err(e) => {
+            spinner.done("failed");
+            return Err(e.into());
+        }
+    };
+    if g.output == Format::Json {
+        print!("{}", output::json(&reply));
+    } else {
+        print!("{}", containers_table(std::slice::from_ref(&reply.service)));
+    }
+    for f in &reply.failed {
+        eprintln!("error: {}: {}", f.machine, f.error);
+    }
+    if !reply.failed.is_empty() {
+        bail!(
+            "{} of {} containers did not start; `uc rm {}` removes the service",
+            reply.failed.len(),
+            reply.failed.len() + reply.service.containers.len(),
+            reply.service.display_name()
+        );
+    }
+    Ok(())
+}
+
+/// The request `uc run`'s flags say.
+fn request(cmd: Run, machines: &[String]) -> anyhow::Result<RunRequest> {
+    let mut env = BTreeMap::new();
+    for e in &cmd.env {
+        match e.split_once('=') {
+            Some((k, v)) => env.insert(k.to_string(), v.to_string()),
+            None => env.insert(
+                e.clone(),
+                std::env::var(e).with_context(|| format!("-e {e}: not set in this shell"))?,
+            ),
+        };
+    }
+    let mut labels = BTreeMap::new();
+    for l in &cmd.labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--label {l:?}: expected KEY=VALUE"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    // Host ports name two port numbers (`8080:80`); everything else goes through ingress.
+    let (publish, ports): (Vec<String>, Vec<String>) =
+        cmd.publish.into_iter().partition(|p| is_host_port(p));
+    let healthcheck = cmd.health_cmd.map(|c| HealthCheck {
+        test: vec!["CMD-SHELL".into(), c],
+        interval_ms: cmd.health_interval.unwrap_or(0),
+        timeout_ms: cmd.health_timeout.unwrap_or(0),
+        retries: cmd.health_retries.unwrap_or(0),
+        start_period_ms: cmd.health_start_period.unwrap_or(0),
+    });
+    let global = cmd.mode == MODE_GLOBAL;
+    Ok(RunRequest {
+        name: cmd.name.unwrap_or_default(),
+        project: cmd.project.unwrap_or_default(),
+        pull: cmd.pull,
+        spec: ServiceSpec {
+            image: cmd.image,
+            command: cmd.command,
+            entrypoint: cmd.entrypoint.into_iter().collect(),
+            env,
+            ports,
+            publish,
+            volumes: cmd.volumes,
+            cpu_millis: cmd.cpu.unwrap_or(0),
+            memory_bytes: cmd.memory.unwrap_or(0),
+            restart: cmd.restart.unwrap_or_default(),
+            healthcheck,
+            labels,
+            replicas: if global { 0 } else { cmd.replicas },
+            mode: if global {
+                MODE_GLOBAL.into()
+            } else {
+                String::new()
+            },
+            machines: machines.to_vec(),
+            user: cmd.user.unwrap_or_default(),
+        },
+    })
+}
+
+/// `[ip:]host:container[/tcp|udp]`: the last two `:` parts are port numbers.
+fn is_host_port(p: &str) -> bool {
+    let ports = p.rsplit_once('/').map_or(p, |(ports, _)| ports);
+    let parts: Vec<&str> = ports.rsplit(':').take(2).collect();
+    parts.len() == 2 && parts.iter().all(|x| x.parse::<u16>().is_ok())
+}
+
+pub async fn rm(cmd: Rm, g: &Global) -> anyhow::Result<()> {
+    let store = Store::default_location();
+    let ctx = store.load(g.context.as_deref())?;
+    let (member, via) = remote::member(&ctx, g).await?;
+    remote::require_api(&member, &via, SERVICES_API).await?;
+    let mut failed = 0;
+    for service in cmd.services {
+        let spinner = Spinner::start(format!("removing {service}"));
+        let reply = member
+            .remove_service(
+                uncloud_api::context(Duration::from_secs(120)),
+                ServiceRef {
+                    service: service.clone(),
+                },
+            )
+            .await;
+        match answer(reply) {
+            Ok(r) => spinner.done(&format!("done, {} containers removed", r.removed.len())),
+            Err(e) => {
+                spinner.done("failed");
+                eprintln!("error: {service}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} service(s) not removed");
+    }
+    Ok(())
+}
+
+/// `uc ls` (`containers` false) and `uc ps`.
+pub async fn list(g: &Global, containers: bool) -> anyhow::Result<()> {
+    let replies = targets::ask(g, Call::Services, SERVICES_API).await?;
+    if g.output == Format::Json {
+        print!("{}", output::json(&replies));
+        return targets::each(&replies, |_, _, _| Ok(()));
+    }
+    targets::each(&replies, |machine, answer, several| {
+        let Answer::Services(rows) = answer else {
+            return Err(unexpected(machine));
+        };
+        if several {
+            println!("as {machine} sees it:");
+        }
+        if containers {
+            print!("{}", containers_table(rows));
+        } else {
+            print!("{}", services_table(rows));
+        }
+        Ok(())
+    })
+}
+
+pub fn services_table(rows: &[ServiceRow]) -> String {
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|s| {
+            let wanted = if s.mode == MODE_GLOBAL {
+                "global".to_string()
+            } else {
+                s.replicas.to_string()
+            };
+            vec![
+                s.display_name(),
+                s.mode.clone(),
+                format!("{}/{wanted}", s.running()),
+                s.image.clone(),
+                s.vip.clone(),
+                s.ports.join(", "),
+            ]
+        })
+        .collect();
+    output::table(
+        &["NAME", "MODE", "RUNNING", "IMAGE", "VIP", "PORTS"],
+        &table,
+    )
+}
+
+pub fn containers_table(rows: &[ServiceRow]) -> String {
+    let mut table = Vec::new();
+    for s in rows {
+        for c in &s.containers {
+            let state = if c.machine_state == "alive" {
+                c.state.clone()
+            } else {
+                format!("{} (machine {})", c.state, c.machine_state)
+            };
+            table.push(vec![
+                s.display_name(),
+                c.name.clone(),
+                c.machine.clone(),
+                state,
+                if c.healthy { "healthy" } else { "unhealthy" }.to_string(),
+                c.ip.clone(),
+                c.revision.to_string(),
+            ]);
+        }
+    }
+    output::table(
+        &[
+            "SERVICE",
+            "CONTAINER",
+            "MACHINE",
+            "STATE",
+            "HEALTH",
+            "IP",
+            "REVISION",
+        ],
+        &table,
+    )
+}
+
+fn parse_cpus(s: &str) -> Result<u64, String> {
+    let cores: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of cores (0.5, 2)"))?;
+    if !(cores > 0.0 && cores <= 1024.0) {
+        return Err(format!(
+            "{s:?}: expected more than 0 and at most 1024 cores"
+        ));
+    }
+    Ok((cores * 1000.0).round() as u64)
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
+    let n: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (512M, 1G)"))?;
+    let scale: u64 = match unit.to_ascii_lowercase().trim_end_matches(['b', 'i']) {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(format!("{s:?}: the unit is one of K, M, G, T")),
+    };
+    let bytes = (n * scale as f64).round();
+    if bytes < 4.0 * 1024.0 * 1024.0 {
+        return Err(format!("{s:?}: Docker needs at least 4M"));
+    }
+    Ok(bytes as u64)
+}
+
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (500ms, 10s, 1m)"))?;
+    let scale = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{s:?}: the unit is one of ms, s, m, h")),
+    };
+    Ok(n * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        run: Run,
+    }
+
+    fn parse(args: &[&str]) -> RunRequest {
+        let t = T::try_parse_from([&["run"], args].concat()).unwrap();
+        request(t.run, &["beta".to_string()]).unwrap()
+    }
+
+    #[test]
+    fn flags_become_the_spec() {
+        let r = parse(&[
+            "--name",
+            "web",
+            "-e",
+            "A=1",
+            "-p",
+            "8080:80",
+            "-p",
+            "app.example.com:80/https",
+            "--memory",
+            "512M",
+            "--cpu",
+            "0.5",
+            "--replicas",
+            "3",
+            "--health-cmd",
+            "true",
+            "--health-interval",
+            "2s",
+            "busybox",
+            "httpd",
+            "-f",
+        ]);
+        assert_eq!(r.name, "web");
+        assert_eq!(r.spec.image, "busybox");
+        assert_eq!(r.spec.command, ["httpd", "-f"]);
+        assert_eq!(r.spec.env["A"], "1");
+        assert_eq!(r.spec.publish, ["8080:80"]);
+        assert_eq!(r.spec.ports, ["app.example.com:80/https"]);
+        assert_eq!(r.spec.memory_bytes, 512 << 20);
+        assert_eq!(r.spec.cpu_millis, 500);
+        assert_eq!(r.spec.replicas, 3);
+        assert_eq!(r.spec.machines, ["beta"]);
+        let h = r.spec.healthcheck.unwrap();
+        assert_eq!(h.test, ["CMD-SHELL", "true"]);
+        assert_eq!(h.interval_ms, 2000);
+    }
+
+    #[test]
+    fn a_global_service_wants_no_replica_count() {
+        let r = parse(&["--mode", "global", "busybox"]);
+        assert_eq!(r.spec.mode, "global");
+        assert_eq!(r.spec.replicas, 0);
+    }
+
+    #[test]
+    fn host_ports_and_ingress_ports_are_told_apart() {
+        for host in ["8080:80", "127.0.0.1:53:53/udp", "9000:9000/tcp"] {
+            assert!(is_host_port(host), "{host}");
+        }
+        for ingress in [
+            "80",
+            "app.example.com:8000/https",
+            "app.example.com/api:80/https",
+        ] {
+            assert!(!is_host_port(ingress), "{ingress}");
+        }
+    }
+
+    #[test]
+    fn sizes_cpus_and_durations_parse_or_say_why() {
+        assert_eq!(parse_bytes("1G"), Ok(1 << 30));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert!(parse_bytes("1k").unwrap_err().contains("at least 4M"));
+        assert!(parse_bytes("lots").is_err());
+        assert_eq!(parse_cpus("1.5"), Ok(1500));
+        assert!(parse_cpus("0").is_err());
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("2m"), Ok(120_000));
+        assert!(parse_duration_ms("2d").is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! Where a service's containers go. Pure: the caller reads the machines, their liveness and
+//! the containers from the state, this decides.
+//!
+//! A machine is eligible when this machine sees it alive and, if the spec names machines, it
+//! is one of them. Replicas go one at a time to the eligible machine with the fewest
+//! containers of this service, then the fewest containers in all, then the first by name (so
+//! the same inputs always give the same plan). A global service wants one container on every
+//! eligible machine.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use uncloud_common::model::{Machine, ServiceSpec};
+
+/// One machine as placement sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: String,
+    pub name: String,
+    /// This machine sees it alive (not suspect, not down).
+    pub alive: bool,
+    /// Containers of every service on it.
+    pub containers: usize,
+    /// Containers of the service being placed on it.
+    pub of_service: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    #[error("no machine named {0:?} in this network (see `uc machine ls`)")]
+    UnknownMachine(String),
+    #[error("no machine can take it: {0}")]
+    NoMachine(String),
+}
+
+/// The candidates `spec` may run on, by name, or why there are none.
+pub fn eligible<'a>(
+    spec: &ServiceSpec,
+    candidates: &'a [Candidate],
+) -> Result<Vec<&'a Candidate>, PlacementError> {
+    let mut wanted: BTreeSet<&str> = BTreeSet::new();
+    for m in &spec.machines {
+        let m = m.trim();
+        let found = candidates.iter().find(|c| c.id == m || c.name == m);
+        match found {
+            Some(c) => {
+                wanted.insert(&c.id);
+            }
+            None => return Err(PlacementError::UnknownMachine(m.to_string())),
+        }
+    }
+    let allowed = |c: &Candidate| wanted.is_empty() || wanted.contains(c.id.as_str());
+    let mut out: Vec<&Candidate> = candidates.iter().filter(|c| allowed(c)).collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    let down: Vec<&str> = out
+        .iter()
+        .filter(|c| !c.alive)
+        .map(|c| c.name.as_str())
+        .collect();
+    out.retain(|c| c.alive);
+    if out.is_empty() {
+        return Err(PlacementError::NoMachine(if down.is_empty() {
+            "the network has no machines".into()
+        } else {
+            format!(
+                "{} {} not reachable from this machine",
+                down.join(", "),
+                if down.len() == 1 { "is" } else { "are" }
+            )
+        }));
+    }
+    Ok(out)
+}
+
+/// Machine ids for `more` new containers of a replicated service (a machine may get several).
+pub fn spread(eligible: &[&Candidate], more: usize) -> Vec<String> {
+    let mut load: Vec<(usize, usize, &str, &str)> = eligible
+        .iter()
+        .map(|c| (c.of_service, c.containers, c.name.as_str(), c.id.as_str()))
+        .collect();
+    let mut out = Vec::with_capacity(more);
+    for _ in 0..more {
+        let Some(best) = load.iter_mut().min() else {
+            break;
+        };
+        out.push(best.3.to_string());
+        best.0 += 1;
+        best.1 += 1;
+    }
+    out
+}
+
+/// Machine ids that lack their container of a global service.
+pub fn global(eligible: &[&Candidate]) -> Vec<String> {
+    eligible
+        .iter()
+        .filter(|c| c.of_service == 0)
+        .map(|c| c.id.clone())
+        .collect()
+}
+
+/// The candidates from the state: every machine, whether `liveness` (machine id -> `alive`,
+/// `suspect`, `down`; this machine is always alive) says it is alive, and how many containers
+/// it runs in all and of `service_id`.
+pub fn candidates<'a>(
+    machines: &BTreeMap<String, Machine>,
+    liveness: &std::collections::HashMap<String, String>,
+    own_id: &str,
+    containers: impl Iterator<Item = (&'a str, &'a str)>,
+    service_id: &str,
+) -> Vec<Candidate> {
+    let mut all: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut mine: BTreeMap<&str, usize> = BTreeMap::new();
+    for (machine, service) in containers {
+        *all.entry(machine).or_default() += 1;
+        if service == service_id {
+            *mine.entry(machine).or_default() += 1;
+        }
+    }
+    machines
+        .values()
+        .map(|m| Candidate {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            alive: m.id == own_id || liveness.get(&m.id).is_some_and(|l| l == "alive"),
+            containers: all.get(m.id.as_str()).copied().unwrap_or(0),
+            of_service: mine.get(m.id.as_str()).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(name: &str, alive: bool, containers: usize, of_service: usize) -> Candidate {
+        Candidate {
+            id: format!("id-{name}"),
+            name: name.into(),
+            alive,
+            containers,
+            of_service,
+        }
+    }
+
+    fn names(ids: &[String]) -> Vec<&str> {
+        ids.iter().map(|i| i.trim_start_matches("id-")).collect()
+    }
+
+    #[test]
+    fn replicas_go_to_the_fewest_of_the_service_then_the_least_loaded() {
+        let all = [c("a", true, 5, 1), c("b", true, 0, 0), c("c", true, 2, 0)];
+        let spec = ServiceSpec::default();
+        let e = eligible(&spec, &all).unwrap();
+        // b and c have none of the service; b is less loaded; then c; then all have one, and
+        // the least loaded of all goes next.
+        assert_eq!(names(&spread(&e, 4)), ["b", "c", "b", "c"]);
+        assert_eq!(names(&spread(&e, 0)), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn more_replicas_than_machines_double_up_evenly() {
+        let all = [c("a", true, 0, 0), c("b", true, 0, 0)];
+        let e = eligible(&ServiceSpec::default(), &all).unwrap();
+        assert_eq!(names(&spread(&e, 5)), ["a", "b", "a", "b", "a"]);
+    }
+
+    #[test]
+    fn machines_that_are_not_alive_or_not_named_are_left_out() {
+        let all = [c("a", true, 0, 0), c("b", false, 0, 0), c("c", true, 0, 0)];
+        let e = eligible(&ServiceSpec::default(), &all).unwrap();
+        assert_eq!(names(&spread(&e, 3)), ["a", "c", "a"]);
+        let spec = ServiceSpec {
+            machines: vec!["c".into(), "id-b".into()],
+            ..Default::default()
+        };
+        let e = eligible(&spec, &all).unwrap();
+        assert_eq!(names(&global(&e)), ["c"]);
+    }
+
+    #[test]
+    fn why_nothing_can_be_placed_is_said() {
+        let all = [c("a", false, 0, 0), c("b", false, 0, 0)];
+        let spec = ServiceSpec {
+            machines: vec!["b".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            eligible(&spec, &all).unwrap_err().to_string(),
+            "no machine can take it: b is not reachable from this machine"
+        );
+        let spec = ServiceSpec {
+            machines: vec!["zeta".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            eligible(&spec, &all).unwrap_err(),
+            PlacementError::UnknownMachine("zeta".into())
+        );
+    }
+
+    #[test]
+    fn a_global_service_fills_only_the_machines_without_one() {
+        let all = [c("a", true, 3, 1), c("b", true, 0, 0), c("c", true, 1, 0)];
+        let e = eligible(&ServiceSpec::default(), &all).unwrap();
+        assert_eq!(names(&global(&e)), ["b", "c"]);
+    }
+
+    #[test]
+    fn candidates_count_containers_and_take_liveness_from_the_state() {
+        let mut machines = BTreeMap::new();
+        for (id, name) in [("m1", "a"), ("m2", "b"), ("m3", "c")] {
+            machines.insert(
+                id.to_string(),
+                Machine {
+                    id: id.into(),
+                    name: name.into(),
+                    subnet: 1,
+                    ..Default::default()
+                },
+            );
+        }
+        let liveness = std::collections::HashMap::from([
+            ("m2".to_string(), "alive".to_string()),
+            ("m3".to_string(), "suspect".to_string()),
+        ]);
+        let containers = [("m1", "web"), ("m1", "db"), ("m2", "web")];
+        let got = candidates(&machines, &liveness, "m1", containers.into_iter(), "web");
+        let got: Vec<(&str, bool, usize, usize)> = got
+            .iter()
+            .map(|c| (c.name.as_str(), c.alive, c.containers, c.of_service))
+            .collect();
+        assert_eq!(
+            got,
+            [("a", true, 2, 1), ("b", true, 1, 1), ("c", false, 0, 0)]
+        );
+    }
+}

@@ -1,0 +1,624 @@
+//! Services: `uc run`, `uc rm`, and the rows of `uc ls` and `uc ps`.
+//!
+//! Imperative, like the rest of the API: the machine `uc` is connected to decides placement
+//! ([`crate::placement`]), writes the service into the state (stated gives it its revision and
+//! virtual address), and asks each chosen machine's dockerd-shim to start a container
+//! ([`crate::engines`]), all at once. Each shim records its own containers in the state; no
+//! daemon reschedules anything later (Docker restarts crashed containers; a machine that dies
+//! takes its containers with it until it is back).
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures::future::join_all;
+use uncloud_api::service::{
+    ContainerRow, MachineFailure, RemoveReply, RunReply, RunRequest, ServiceRef, ServiceRow,
+};
+use uncloud_api::wire::{ApiError, ErrorKind};
+use uncloud_common::address::MeshCidr;
+use uncloud_common::docker::{ErrorKind as OpsKind, OpsError};
+use uncloud_common::model::{Container, Machine, Service, MODE_GLOBAL, MODE_REPLICATED};
+use uncloud_common::vips;
+use uncloud_pki::Role;
+
+use crate::api::{internal, state_error, Apid, Caller, Member};
+use crate::engines::Engine;
+use crate::placement::{self, PlacementError};
+
+/// When to pull the image on a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pull {
+    Missing,
+    Always,
+    Never,
+}
+
+impl Pull {
+    fn parse(s: &str) -> Result<Pull, ApiError> {
+        match s {
+            "" | "missing" => Ok(Pull::Missing),
+            "always" => Ok(Pull::Always),
+            "never" => Ok(Pull::Never),
+            other => Err(ApiError::new(
+                ErrorKind::Invalid,
+                format!("--pull {other:?}: expected missing, always or never"),
+            )),
+        }
+    }
+}
+
+/// The service name an image suggests: `registry:5000/team/nginx:1.25` -> `nginx`.
+pub fn name_from_image(image: &str) -> String {
+    let image = image.split('@').next().unwrap_or_default();
+    let last = image.rsplit('/').next().unwrap_or_default();
+    let repo = last.split(':').next().unwrap_or_default();
+    let mut name: String = repo
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(50);
+    name.trim_matches('-').to_string()
+}
+
+/// A new container's name: `<service>-<4 hex>`, `<project>-<service>-<4 hex>` in a project.
+/// A DNS label, so `<container>.<machine>.machine.internal` resolves.
+fn container_name(service: &Service) -> String {
+    let suffix: u16 = rand::random();
+    if service.project.is_empty() {
+        format!("{}-{suffix:04x}", service.name)
+    } else {
+        format!("{}-{}-{suffix:04x}", service.project, service.name)
+    }
+}
+
+fn placement_error(e: PlacementError) -> ApiError {
+    match e {
+        PlacementError::UnknownMachine(_) => ApiError::new(ErrorKind::NotFound, e.to_string()),
+        PlacementError::NoMachine(_) => ApiError::new(ErrorKind::Unreachable, e.to_string()),
+    }
+}
+
+fn ops_message(e: &OpsError) -> String {
+    match e.kind {
+        OpsKind::NoImage => format!(
+            "{} (the image is not on the machine: push it with `uc image push`, or let it \
+             be pulled with --pull missing)",
+            e.message
+        ),
+        _ => e.message.clone(),
+    }
+}
+
+impl Apid {
+    async fn read_services(&self) -> Result<BTreeMap<String, Service>, ApiError> {
+        let json = self
+            .state()
+            .get("services", "")
+            .await
+            .map_err(|e| internal("stated", e))?;
+        serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))
+    }
+
+    async fn read_containers(&self) -> Result<BTreeMap<String, Container>, ApiError> {
+        let json = self
+            .state()
+            .get("containers", "")
+            .await
+            .map_err(|e| internal("stated", e))?;
+        serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))
+    }
+
+    /// The shim of machine `m`: this machine's over D-Bus, another's over the mesh.
+    async fn engine(
+        &self,
+        member: &Member,
+        cidr: &MeshCidr,
+        m: &Machine,
+    ) -> Result<Engine, OpsError> {
+        if m.id == member.machine_id {
+            return Engine::local(self.state().inner().connection()).await;
+        }
+        let ip = cidr.machine_ip(m.subnet).ok_or_else(|| {
+            OpsError::new(
+                OpsKind::Unreachable,
+                format!("{} has no mesh address", m.name),
+            )
+        })?;
+        Engine::remote(ip, &member.network_id, &member.machine_id).await
+    }
+
+    /// Starts one container of `service` on `m`, pulling the image as `pull` says.
+    async fn start_on(
+        &self,
+        member: &Member,
+        cidr: &MeshCidr,
+        m: &Machine,
+        service: &Service,
+        pull: Pull,
+    ) -> Result<String, OpsError> {
+        let engine = self.engine(member, cidr, m).await?;
+        if pull == Pull::Always {
+            engine.pull(&service.spec.image).await?;
+        }
+        let name = container_name(service);
+        match engine.run(service, &name).await {
+            Err(e) if e.kind == OpsKind::NoImage && pull == Pull::Missing => {
+                tracing::info!(machine = %m.name, image = %service.spec.image, "pulling");
+                engine.pull(&service.spec.image).await.map_err(|p| {
+                    OpsError::new(
+                        OpsKind::NoImage,
+                        format!(
+                            "{} is not on {} and pulling it failed: {}",
+                            service.spec.image, m.name, p.message
+                        ),
+                    )
+                })?;
+                engine.run(service, &name).await
+            }
+            other => other,
+        }
+    }
+
+    /// `uc run`.
+    pub async fn run_service(
+        &self,
+        caller: &Caller,
+        req: RunRequest,
+    ) -> Result<RunReply, ApiError> {
+        let member = self.require(caller, Role::Admin)?;
+        let pull = Pull::parse(&req.pull)?;
+        let name = if req.name.is_empty() {
+            name_from_image(&req.spec.image)
+        } else {
+            req.name.clone()
+        };
+        let mut spec = req.spec;
+        if spec.mode == MODE_REPLICATED {
+            spec.mode.clear();
+        }
+        if !spec.is_global() && spec.replicas == 0 {
+            spec.replicas = 1;
+        }
+        let candidate = Service {
+            id: Service::key(&req.project, &name),
+            name,
+            project: req.project,
+            spec,
+            ..Default::default()
+        };
+        candidate
+            .validate()
+            .map_err(|e| ApiError::new(ErrorKind::Invalid, e.to_string()))?;
+        if self.read_services().await?.contains_key(&candidate.id) {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "a service {:?} exists already: remove it first (`uc rm {}`)",
+                    candidate.id, candidate.id
+                ),
+            ));
+        }
+
+        let machines = self.read_machines().await?;
+        let liveness = self.state().liveness().await.map_err(state_error)?;
+        let containers = self.read_containers().await?;
+        let cidr = self.mesh_cidr().await?;
+        let candidates = placement::candidates(
+            &machines,
+            &liveness,
+            &member.machine_id,
+            containers
+                .values()
+                .map(|c| (c.machine_id.as_str(), c.service_id.as_str())),
+            &candidate.id,
+        );
+        let eligible =
+            placement::eligible(&candidate.spec, &candidates).map_err(placement_error)?;
+        let targets = if candidate.spec.is_global() {
+            placement::global(&eligible)
+        } else {
+            placement::spread(&eligible, candidate.spec.replicas as usize)
+        };
+
+        self.state()
+            .upsert_service(&serde_json::to_string(&candidate).expect("services serialize"))
+            .await
+            .map_err(state_error)?;
+        // stated gave it its revision, creation time and virtual address.
+        let service = self
+            .read_services()
+            .await?
+            .remove(&candidate.id)
+            .ok_or_else(|| internal("stated", "the service it just wrote is gone"))?;
+        tracing::info!(service = %service.id, containers = targets.len(), "run");
+
+        let started = join_all(targets.iter().map(|id| {
+            let (member, cidr, service) = (&member, &cidr, &service);
+            let m = &machines[id];
+            async move { (m, self.start_on(member, cidr, m, service, pull).await) }
+        }))
+        .await;
+        let mut failed = Vec::new();
+        let mut unreachable = 0;
+        let mut ids: Vec<(&Machine, String)> = Vec::new();
+        for (m, result) in started {
+            match result {
+                Ok(id) => ids.push((m, id)),
+                Err(e) => {
+                    unreachable += usize::from(e.kind == OpsKind::Unreachable);
+                    failed.push(MachineFailure {
+                        machine: m.name.clone(),
+                        error: ops_message(&e),
+                    })
+                }
+            }
+        }
+        if ids.is_empty() && !targets.is_empty() {
+            // Nothing runs: leave no service behind, and say why.
+            if let Err(e) = self.state().remove_service(&service.id).await {
+                tracing::warn!(service = %service.id, error = %e, "cannot remove a service none of whose containers started");
+            }
+            let why: Vec<String> = failed
+                .iter()
+                .map(|f| format!("{}: {}", f.machine, f.error))
+                .collect();
+            let kind = if unreachable == failed.len() {
+                ErrorKind::Unreachable
+            } else {
+                ErrorKind::Invalid
+            };
+            return Err(ApiError::new(
+                kind,
+                format!(
+                    "no container of {} started:\n  {}",
+                    service.id,
+                    why.join("\n  ")
+                ),
+            ));
+        }
+        let mut row = self
+            .service_rows()
+            .await?
+            .into_iter()
+            .find(|r| r.id == service.id)
+            .unwrap_or_default();
+        // The shims record their containers a moment later: show what was started now.
+        for (m, id) in ids {
+            if !row.containers.iter().any(|c| c.id == id) {
+                row.containers.push(ContainerRow {
+                    id,
+                    machine: m.name.clone(),
+                    machine_id: m.id.clone(),
+                    state: "running".into(),
+                    revision: service.revision,
+                    machine_state: "alive".into(),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(RunReply {
+            service: row,
+            failed,
+        })
+    }
+
+    /// `uc rm`: every container of the service, on its machine, then the service. A machine
+    /// that cannot be reached keeps its containers and the service stays, so that `uc rm`
+    /// again finishes the job.
+    pub async fn remove_service(
+        &self,
+        caller: &Caller,
+        req: ServiceRef,
+    ) -> Result<RemoveReply, ApiError> {
+        let member = self.require(caller, Role::Admin)?;
+        let services = self.read_services().await?;
+        let service = find_service(&services, &req.service)?.clone();
+        let machines = self.read_machines().await?;
+        let cidr = self.mesh_cidr().await?;
+        let containers: Vec<Container> = self
+            .read_containers()
+            .await?
+            .into_values()
+            .filter(|c| c.service_id == service.id)
+            .collect();
+        let results = join_all(containers.iter().map(|c| {
+            let (member, cidr, machines) = (&member, &cidr, &machines);
+            async move {
+                let Some(m) = machines.get(&c.machine_id) else {
+                    // Its machine was removed from the network: nothing to ask.
+                    return Ok(c.name.clone());
+                };
+                let engine = self
+                    .engine(member, cidr, m)
+                    .await
+                    .map_err(|e| format!("{}: {}", m.name, e.message))?;
+                engine
+                    .remove(&c.id)
+                    .await
+                    .map(|()| c.name.clone())
+                    .map_err(|e| format!("{} on {}: {}", c.name, m.name, e.message))
+            }
+        }))
+        .await;
+        let mut removed = Vec::new();
+        let mut left = Vec::new();
+        for r in results {
+            match r {
+                Ok(name) => removed.push(name),
+                Err(e) => left.push(e),
+            }
+        }
+        if !left.is_empty() {
+            return Err(ApiError::new(
+                ErrorKind::Unreachable,
+                format!(
+                    "{} of {} containers removed; these are left, and so is the service \
+                     (run `uc rm {}` again once their machines are reachable):\n  {}",
+                    removed.len(),
+                    containers.len(),
+                    service.id,
+                    left.join("\n  ")
+                ),
+            ));
+        }
+        self.state()
+            .remove_service(&service.id)
+            .await
+            .map_err(state_error)?;
+        tracing::info!(service = %service.id, containers = removed.len(), "removed");
+        removed.sort();
+        Ok(RemoveReply { removed })
+    }
+
+    /// Every service with its containers, as this machine's state has them, by name.
+    pub async fn service_rows(&self) -> Result<Vec<ServiceRow>, ApiError> {
+        let services = self.read_services().await?;
+        let containers = self.read_containers().await?;
+        let machines = self.read_machines().await?;
+        let liveness = self.state().liveness().await.unwrap_or_default();
+        let cidr = self.mesh_cidr().await?;
+        let own = self
+            .member()
+            .map(|m| m.machine_id.clone())
+            .unwrap_or_default();
+        Ok(rows(
+            &services,
+            &containers,
+            &machines,
+            &liveness,
+            &own,
+            &cidr,
+        ))
+    }
+}
+
+/// A service by id (`web.shop`), or by name when only one service has it.
+fn find_service<'a>(
+    services: &'a BTreeMap<String, Service>,
+    which: &str,
+) -> Result<&'a Service, ApiError> {
+    if let Some(s) = services.get(which) {
+        return Ok(s);
+    }
+    let named: Vec<&Service> = services.values().filter(|s| s.name == which).collect();
+    match named.as_slice() {
+        [one] => Ok(one),
+        [] => Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("no service named {which:?} (see `uc ls`)"),
+        )),
+        several => Err(ApiError::new(
+            ErrorKind::Invalid,
+            format!(
+                "{which:?} is a service of several projects: say which, as one of {}",
+                several
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// The rows of `uc ls` and `uc ps`. Pure.
+pub fn rows(
+    services: &BTreeMap<String, Service>,
+    containers: &BTreeMap<String, Container>,
+    machines: &BTreeMap<String, Machine>,
+    liveness: &HashMap<String, String>,
+    own_id: &str,
+    cidr: &MeshCidr,
+) -> Vec<ServiceRow> {
+    let vip_index = vips::resolve(services.values().map(|s| vips::Claim {
+        id: &s.id,
+        created_at_ms: s.created_at_ms,
+        index: s.vip,
+    }));
+    let mut out: Vec<ServiceRow> = services
+        .values()
+        .map(|s| {
+            let mut row_containers: Vec<ContainerRow> = containers
+                .values()
+                .filter(|c| c.service_id == s.id)
+                .map(|c| {
+                    let machine = machines.get(&c.machine_id);
+                    ContainerRow {
+                        id: c.id.clone(),
+                        name: c.name.clone(),
+                        machine: machine.map_or_else(|| c.machine_id.clone(), |m| m.name.clone()),
+                        machine_id: c.machine_id.clone(),
+                        state: serde_json::to_value(c.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        healthy: c.healthy,
+                        ip: c.ip.clone(),
+                        revision: c.revision,
+                        machine_state: if c.machine_id == own_id {
+                            "alive".into()
+                        } else {
+                            liveness
+                                .get(&c.machine_id)
+                                .cloned()
+                                .unwrap_or_else(|| "down".into())
+                        },
+                    }
+                })
+                .collect();
+            row_containers.sort_by(|a, b| (&a.machine, &a.name).cmp(&(&b.machine, &b.name)));
+            let mut ports = s.spec.ports.clone();
+            ports.extend(s.spec.publish.iter().cloned());
+            ServiceRow {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                project: s.project.clone(),
+                revision: s.revision,
+                mode: if s.spec.is_global() {
+                    MODE_GLOBAL.into()
+                } else {
+                    MODE_REPLICATED.into()
+                },
+                image: s.spec.image.clone(),
+                replicas: s.spec.replicas,
+                ports,
+                vip: vip_index
+                    .get(&s.id)
+                    .and_then(|&i| vips::address(cidr, i))
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default(),
+                containers: row_containers,
+            }
+        })
+        .collect();
+    out.sort_by_key(|r| r.display_name());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uncloud_common::model::{ContainerState, ServiceSpec};
+
+    #[test]
+    fn a_name_is_derived_from_the_image() {
+        assert_eq!(name_from_image("nginx"), "nginx");
+        assert_eq!(name_from_image("nginx:1.25"), "nginx");
+        assert_eq!(name_from_image("registry:5000/team/My_App:1"), "my-app");
+        assert_eq!(name_from_image("busybox@sha256:abcd"), "busybox");
+    }
+
+    #[test]
+    fn a_container_name_is_a_dns_label_with_the_project() {
+        let s = Service {
+            name: "db".into(),
+            project: "shop".into(),
+            ..Default::default()
+        };
+        let n = container_name(&s);
+        assert!(
+            n.starts_with("shop-db-") && n.len() == "shop-db-".len() + 4,
+            "{n}"
+        );
+        uncloud_common::model::validate_dns_label("container", &n).unwrap();
+    }
+
+    fn service(id: &str, name: &str, project: &str) -> Service {
+        Service {
+            id: id.into(),
+            name: name.into(),
+            project: project.into(),
+            vip: 1,
+            spec: ServiceSpec {
+                image: "busybox".into(),
+                replicas: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rows_join_containers_to_their_service_and_machine_and_say_what_is_unreachable() {
+        let services = BTreeMap::from([
+            ("web".to_string(), service("web", "web", "")),
+            ("db.shop".to_string(), service("db.shop", "db", "shop")),
+        ]);
+        let machines = BTreeMap::from([
+            (
+                "m1".to_string(),
+                Machine {
+                    id: "m1".into(),
+                    name: "alpha".into(),
+                    subnet: 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "m2".to_string(),
+                Machine {
+                    id: "m2".into(),
+                    name: "beta".into(),
+                    subnet: 2,
+                    ..Default::default()
+                },
+            ),
+        ]);
+        let container = |id: &str, machine: &str, service: &str| Container {
+            id: id.into(),
+            name: format!("{service}-{id}"),
+            machine_id: machine.into(),
+            service_id: service.into(),
+            state: ContainerState::Running,
+            ..Default::default()
+        };
+        let containers = BTreeMap::from([
+            ("c1".to_string(), container("c1", "m1", "web")),
+            ("c2".to_string(), container("c2", "m2", "web")),
+            ("c3".to_string(), container("c3", "m2", "db.shop")),
+        ]);
+        let liveness = HashMap::from([("m2".to_string(), "down".to_string())]);
+        let cidr: MeshCidr = "10.210.0.0/16".parse().unwrap();
+        let rows = rows(&services, &containers, &machines, &liveness, "m1", &cidr);
+        let names: Vec<String> = rows.iter().map(ServiceRow::display_name).collect();
+        assert_eq!(names, ["db.shop", "web"]);
+        let web = &rows[1];
+        // Both claim index 1 at the same age: the smaller id keeps it, the other gets the next.
+        assert_eq!(
+            (rows[0].vip.as_str(), web.vip.as_str()),
+            ("10.210.0.1", "10.210.0.2")
+        );
+        assert_eq!(web.containers.len(), 2);
+        assert_eq!(
+            (
+                web.containers[0].machine.as_str(),
+                web.containers[0].state.as_str()
+            ),
+            ("alpha", "running")
+        );
+        assert_eq!(web.containers[1].machine_state, "down");
+        assert_eq!(web.running(), 1);
+    }
+
+    #[test]
+    fn a_service_is_found_by_id_or_by_a_name_only_one_project_uses() {
+        let services = BTreeMap::from([
+            ("db.shop".to_string(), service("db.shop", "db", "shop")),
+            ("db.blog".to_string(), service("db.blog", "db", "blog")),
+            ("web".to_string(), service("web", "web", "")),
+        ]);
+        assert_eq!(find_service(&services, "web").unwrap().id, "web");
+        assert_eq!(find_service(&services, "db.blog").unwrap().id, "db.blog");
+        let e = find_service(&services, "db").unwrap_err();
+        assert!(e.message.contains("db.blog, db.shop"), "{e}");
+        assert_eq!(
+            find_service(&services, "cache").unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Services across a network, the way a user runs them: three machines (namespaces with the
+//! real daemons and their own dockerd), formed with `uc`, then `uc run` spreads containers over
+//! them, `uc ls`/`uc ps` show them from the state, DNS answers for them, and `uc rm` leaves
+//! nothing behind, even when a machine was cut off at first.
+
+use uncloud_testkit::network::{Binaries, Boot, LocalNetwork};
+
+/// A web server that answers its container's hostname on port 8080.
+const ECHO: &str = "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 8080 -h /w";
+
+/// `uc ps -o json` as (service, machine, state, machine_state, ip) rows, sorted.
+fn ps(net: &LocalNetwork, endpoint: &str) -> Vec<(String, String, String, String, String)> {
+    let out = net.uc_ok(&["ps", "-o", "json", "--endpoint", endpoint]);
+    let replies: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut rows = Vec::new();
+    for service in replies[0]["answer"]["services"].as_array().unwrap() {
+        let name = service["name"].as_str().unwrap().to_string();
+        let name = match service["project"].as_str().unwrap() {
+            "" => name,
+            p => format!("{name}.{p}"),
+        };
+        for c in service["containers"].as_array().unwrap() {
+            let s = |k: &str| c[k].as_str().unwrap().to_string();
+            rows.push((
+                name.clone(),
+                s("machine"),
+                s("state"),
+                s("machine_state"),
+                s("ip"),
+            ));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// Managed containers in machine `i`'s engine, by name.
+fn engine_containers(net: &LocalNetwork, i: usize) -> Vec<String> {
+    let out = net.machines[i].docker.as_ref().unwrap().docker_ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=org.uncloud.service.id",
+        "--format",
+        "{{.Names}}",
+    ]);
+    let mut names: Vec<String> = out.lines().map(str::to_string).collect();
+    names.sort();
+    names
+}
+
+fn count(rows: &[(String, String, String, String, String)], service: &str, machine: &str) -> usize {
+    rows.iter()
+        .filter(|r| r.0 == service && r.1 == machine && r.2 == "running")
+        .count()
+}
+
+#[test]
+fn services_spread_over_the_machines_and_leave_nothing_behind() {
+    let mut net = LocalNetwork::new(Binaries::beside(env!("CARGO_BIN_EXE_apid")));
+    let docker = Boot {
+        docker: true,
+        ..Boot::default()
+    };
+    let alpha = net.boot_with("alpha", docker);
+    let beta = net.boot_with("beta", docker);
+    let gamma = net.boot_with("gamma", docker);
+    net.uc_ok(&net.machines[alpha].enrol("init"));
+    net.uc_ok(&net.machines[beta].enrol("add"));
+    net.uc_ok(&net.machines[gamma].enrol("add"));
+    for i in [alpha, beta, gamma] {
+        net.machines[i]
+            .docker
+            .as_ref()
+            .unwrap()
+            .import_busybox("busybox:uc");
+    }
+    let ids: Vec<String> = [alpha, beta, gamma]
+        .iter()
+        .map(|&i| net.machines[i].machine_id())
+        .collect();
+    net.wait_until("alpha sees every machine alive", 60, || {
+        ids.iter().all(|id| net.machines[alpha].sees_alive(id))
+    });
+    let at_alpha = net.machines[alpha].api();
+
+    // Three replicas go one to each machine; `uc run` says where.
+    let out = net.uc_ok(&[
+        "run",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "busybox:uc",
+        "sh",
+        "-c",
+        ECHO,
+    ]);
+    for name in ["alpha", "beta", "gamma"] {
+        assert!(out.contains(name), "{out}");
+    }
+    net.wait_until("every machine's container is in the state", 30, || {
+        let rows = ps(&net, &at_alpha);
+        ["alpha", "beta", "gamma"]
+            .iter()
+            .all(|m| count(&rows, "web", m) == 1)
+    });
+    let ls = net.uc_ok(&["ls", "--endpoint", &at_alpha]);
+    assert!(ls.contains("web") && ls.contains("3/3"), "{ls}");
+
+    // The containers answer under the service's name, from any machine.
+    let ips: Vec<String> = ps(&net, &at_alpha).into_iter().map(|r| r.4).collect();
+    net.wait_until("web.internal resolves to the three containers", 30, || {
+        let out = net.machines[gamma].ns.exec(
+            "dig",
+            &[
+                "@127.0.0.1",
+                "+short",
+                "+tries=1",
+                "+time=2",
+                "web.internal",
+            ],
+        );
+        let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        got.sort();
+        got == ips
+    });
+
+    // Global: one on every machine. Pinned with -m: only where asked, doubled up.
+    net.uc_ok(&[
+        "run",
+        "--mode",
+        "global",
+        "--name",
+        "agent",
+        "busybox:uc",
+        "sleep",
+        "3600",
+    ]);
+    net.uc_ok(&[
+        "run",
+        "-m",
+        "beta",
+        "--project",
+        "shop",
+        "--name",
+        "db",
+        "--replicas",
+        "2",
+        "busybox:uc",
+        "sleep",
+        "3600",
+    ]);
+    net.wait_until("agent everywhere and db twice on beta", 30, || {
+        let rows = ps(&net, &at_alpha);
+        ["alpha", "beta", "gamma"]
+            .iter()
+            .all(|m| count(&rows, "agent", m) == 1)
+            && count(&rows, "db.shop", "beta") == 2
+            && rows.iter().filter(|r| r.0 == "db.shop").count() == 2
+    });
+
+    // What cannot run says why and leaves no service behind.
+    let err = net.uc_fails(&[
+        "run",
+        "--pull",
+        "never",
+        "--name",
+        "ghost",
+        "nosuch/image:1",
+        "true",
+    ]);
+    assert!(err.contains("not on the machine"), "{err}");
+    let err = net.uc_fails(&["run", "--name", "web", "busybox:uc"]);
+    assert!(err.contains("exists already"), "{err}");
+    let err = net.uc_fails(&["run", "--name", "lb", "busybox:uc"]);
+    assert!(err.contains("reserved"), "{err}");
+    let err = net.uc_fails(&["run", "-m", "zeta", "busybox:uc"]);
+    assert!(err.contains("no machine named \"zeta\""), "{err}");
+    let ls = net.uc_ok(&["ls", "--endpoint", &at_alpha]);
+    assert!(!ls.contains("ghost"), "{ls}");
+    let err = net.uc_fails(&["rm", "--endpoint", &at_alpha, "nosuch"]);
+    assert!(err.contains("no service named"), "{err}");
+
+    // gamma is cut off: new replicas avoid it, `uc ps` says its containers are unreachable,
+    // and `uc rm` removes what it reaches, says what is left, and keeps the service.
+    net.partition(&[alpha, beta], &[gamma]);
+    net.wait_until("alpha no longer sees gamma alive", 30, || {
+        !net.machines[alpha].sees_alive(&ids[gamma])
+    });
+    net.uc_ok(&[
+        "run",
+        "--endpoint",
+        &at_alpha,
+        "--name",
+        "late",
+        "--replicas",
+        "2",
+        "busybox:uc",
+        "sleep",
+        "3600",
+    ]);
+    let rows = ps(&net, &at_alpha);
+    assert_eq!(count(&rows, "late", "gamma"), 0, "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r.0 == "web" && r.1 == "gamma" && r.3 != "alive"),
+        "{rows:?}"
+    );
+    let err = net.uc_fails(&["rm", "--endpoint", &at_alpha, "web"]);
+    assert!(
+        err.contains("2 of 3 containers removed") && err.contains("gamma"),
+        "{err}"
+    );
+    assert!(
+        net.uc_ok(&["ls", "--endpoint", &at_alpha]).contains("web"),
+        "the service stays until every container is gone"
+    );
+
+    // Healed, `uc rm` finishes the job; in the end no engine has a container left.
+    net.heal();
+    net.wait_until("alpha sees gamma again", 60, || {
+        net.machines[alpha].sees_alive(&ids[gamma])
+    });
+    net.wait_until("gamma's shim answers alpha again", 60, || {
+        net.uc(&["rm", "--endpoint", &at_alpha, "web"])
+            .status
+            .success()
+    });
+    net.uc_ok(&["rm", "--endpoint", &at_alpha, "agent", "db.shop", "late"]);
+    for i in [alpha, beta, gamma] {
+        assert_eq!(engine_containers(&net, i), Vec::<String>::new());
+    }
+    net.wait_until("the state has no service and no container left", 30, || {
+        ps(&net, &at_alpha).is_empty()
+            && !net
+                .uc_ok(&["ls", "--endpoint", &at_alpha])
+                .contains("busybox")
+    });
+}
