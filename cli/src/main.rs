@@ -99,6 +99,10 @@ lb.<service>.internal (one balanced address), <container>.<machine>.machine.inte
     /// container on a machine the connected one cannot reach shows that machine's state.
     #[command(after_help = "Examples:\n  uc ps\n  uc ps -o json")]
     Ps,
+    /// Change how many containers a replicated service has: new ones are placed as `uc run`
+    /// places them; removed ones come from the machines with the most of it, newest first.
+    #[command(after_help = "Examples:\n  uc scale web 5\n  uc scale db.shop 1")]
+    Scale(service::Scale),
     /// Remove services: their containers on every machine, then the service.
     #[command(
         after_help = "Examples:\n  uc rm web\n  uc rm db.shop          # `db` of project `shop`"
@@ -168,6 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Run(_)
         | Command::Ls
         | Command::Ps
+        | Command::Scale(_)
         | Command::Rm(_) => true,
         Command::Cert(c) => !matches!(c, cert::Cert::Renew),
         _ => false,
@@ -182,6 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(r) => service::run(*r, &cli.global).await,
         Command::Ls => service::list(&cli.global, false).await,
         Command::Ps => service::list(&cli.global, true).await,
+        Command::Scale(s) => service::scale(s, &cli.global).await,
         Command::Rm(r) => service::rm(r, &cli.global).await,
         Command::Cert(c) => cert::run(c, &cli.global).await,
         Command::Ctx(c) => ctx::run(c, &cli.global),

@@ -52,7 +52,9 @@ fn with_hint(e: &ApiError) -> String {
         ErrorKind::Forbidden => "ask an admin for a certificate with the role this needs",
         ErrorKind::BadTicket => "get a new ticket with `uc machine token`",
         ErrorKind::Unreachable => "check that the machines can reach each other",
-        ErrorKind::NotFound => "`uc machine ls` lists the machines",
+        ErrorKind::NotFound if e.message.contains("machine") => {
+            "`uc machine ls` lists the machines"
+        }
         _ => "",
     };
     if hint.is_empty() || e.message.contains(hint) {

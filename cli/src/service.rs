@@ -1,11 +1,12 @@
-//! `uc run`, `uc ls`, `uc ps`, `uc rm`: services across the network's machines.
+//! `uc run`, `uc ls`, `uc ps`, `uc scale`, `uc rm`: services across the network's machines.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use uncloud_api::service::{
-    HealthCheck, RunRequest, ServiceRef, ServiceRow, ServiceSpec, MODE_GLOBAL, MODE_REPLICATED,
+    HealthCheck, RunReply, RunRequest, ScaleRequest, ServiceRef, ServiceRow, ServiceSpec,
+    MODE_GLOBAL, MODE_REPLICATED,
 };
 use uncloud_api::wire::{Answer, Call};
 
@@ -17,8 +18,9 @@ use crate::Global;
 
 /// The API version that knows services.
 const SERVICES_API: u32 = 5;
-/// How long `uc run` waits: pulls of big images take minutes.
-const RUN_TIMEOUT: Duration = Duration::from_secs(1000);
+/// How long `uc run` waits: longer than apid may take (a pull of a big image, up to 15 min,
+/// then the container's start), so the answer is never lost to the client giving up first.
+const RUN_TIMEOUT: Duration = Duration::from_secs(1300);
 
 /// `uc run IMAGE [COMMAND…]`.
 #[derive(Debug, clap::Args)]
@@ -97,6 +99,64 @@ pub struct Rm {
     pub services: Vec<String>,
 }
 
+/// `uc scale SERVICE REPLICAS`.
+#[derive(Debug, clap::Args)]
+pub struct Scale {
+    /// The service: `web`, or `web.shop` for `web` of project `shop`.
+    pub service: String,
+    /// How many containers it should have (0 keeps the service with none).
+    pub replicas: u32,
+}
+
+pub async fn scale(cmd: Scale, g: &Global) -> anyhow::Result<()> {
+    let store = Store::default_location();
+    let ctx = store.load(g.context.as_deref())?;
+    let (member, via) = remote::member(&ctx, g).await?;
+    remote::require_api(&member, &via, SERVICES_API).await?;
+    let spinner = Spinner::start(format!("scaling {} to {}", cmd.service, cmd.replicas));
+    let reply = answer(
+        member
+            .scale(
+                uncloud_api::context(RUN_TIMEOUT),
+                ScaleRequest {
+                    service: cmd.service,
+                    replicas: cmd.replicas,
+                },
+            )
+            .await,
+    );
+    match reply {
+        Ok(r) => {
+            spinner.done(&format!("{} containers", r.service.containers.len()));
+            report(&r, g)
+        }
+        Err(e) => {
+            spinner.done("failed");
+            Err(e.into())
+        }
+    }
+}
+
+/// Prints what `run` or `scale` left, and fails naming each machine where it fell short.
+fn report(reply: &RunReply, g: &Global) -> anyhow::Result<()> {
+    if g.output == Format::Json {
+        print!("{}", output::json(reply));
+    } else {
+        print!("{}", containers_table(std::slice::from_ref(&reply.service)));
+    }
+    for f in &reply.failed {
+        eprintln!("error: {}: {}", f.machine, f.error);
+    }
+    if !reply.failed.is_empty() {
+        bail!(
+            "{} of the changes to {} did not happen",
+            reply.failed.len(),
+            reply.service.display_name()
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(cmd: Run, g: &Global) -> anyhow::Result<()> {
     let request = request(cmd, &g.targets)?;
     let store = Store::default_location();
@@ -120,23 +180,13 @@ pub async fn run(cmd: Run, g: &Global) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    if g.output == Format::Json {
-        print!("{}", output::json(&reply));
-    } else {
-        print!("{}", containers_table(std::slice::from_ref(&reply.service)));
-    }
-    for f in &reply.failed {
-        eprintln!("error: {}: {}", f.machine, f.error);
-    }
-    if !reply.failed.is_empty() {
-        bail!(
-            "{} of {} containers did not start; `uc rm {}` removes the service",
-            reply.failed.len(),
-            reply.failed.len() + reply.service.containers.len(),
+    if !reply.failed.is_empty() && g.output != Format::Json {
+        eprintln!(
+            "note: the service stays with the containers that started; `uc rm {}` removes it",
             reply.service.display_name()
         );
     }
-    Ok(())
+    report(&reply, g)
 }
 
 /// The request `uc run`'s flags say.
@@ -192,7 +242,12 @@ fn request(cmd: Run, machines: &[String]) -> anyhow::Result<RunRequest> {
             } else {
                 String::new()
             },
-            machines: machines.to_vec(),
+            // `-m all` is every machine: no restriction.
+            machines: if machines.iter().any(|m| m == "all") {
+                Vec::new()
+            } else {
+                machines.to_vec()
+            },
             user: cmd.user.unwrap_or_default(),
         },
     })
@@ -422,6 +477,16 @@ mod tests {
         let h = r.spec.healthcheck.unwrap();
         assert_eq!(h.test, ["CMD-SHELL", "true"]);
         assert_eq!(h.interval_ms, 2000);
+    }
+
+    #[test]
+    fn all_machines_is_no_restriction() {
+        let t = T::try_parse_from(["run", "busybox"]).unwrap();
+        assert!(request(t.run, &["all".to_string()])
+            .unwrap()
+            .spec
+            .machines
+            .is_empty());
     }
 
     #[test]

@@ -45,6 +45,14 @@ pub struct ServiceRef {
     pub service: String,
 }
 
+/// `uc scale`: the number of containers a replicated service should have.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    /// The service, as in [`ServiceRef`].
+    pub service: String,
+    pub replicas: u32,
+}
+
 /// What `remove_service` did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RemoveReply {

@@ -10,7 +10,8 @@ pub use crate::host::{
     DnsName, LogEntry, LogPage, LogRequest, MachineStatus, MeshPeer, UnitStatus,
 };
 pub use crate::service::{
-    ContainerRow, MachineFailure, RemoveReply, RunReply, RunRequest, ServiceRef, ServiceRow,
+    ContainerRow, MachineFailure, RemoveReply, RunReply, RunRequest, ScaleRequest, ServiceRef,
+    ServiceRow,
 };
 
 /// The TCP port apid listens on (TLS), on every address. The only public port besides
@@ -21,7 +22,7 @@ pub const PORT: u16 = 7443;
 /// 2: `change_machine`, `remove_machine`, certificates, `fan_out`.
 /// 3: `call`, and the calls `status`, `logs`, `reboot`, `mesh_peers`.
 /// 4: the call `dns_names`.
-/// 5: `run`, `remove_service` and the call `services`.
+/// 5: `run`, `scale`, `remove_service` and the call `services`.
 /// An older apid closes the connection on a call it does not know; `uc` checks
 /// `info().api_version` first where that matters.
 pub const API_VERSION: u32 = 5;
@@ -78,6 +79,10 @@ pub trait Api {
     /// Member mode, admin: removes a service's containers on every machine, then the service.
     /// Added in API version 5.
     async fn remove_service(request: ServiceRef) -> Result<RemoveReply, ApiError>;
+    /// Member mode, admin: starts or removes containers of a replicated service until it has
+    /// `replicas` (placed as `run` places them; removed from the machines with the most of
+    /// it). Returns the service as it is now. Added in API version 5.
+    async fn scale(request: ScaleRequest) -> Result<RunReply, ApiError>;
 }
 
 /// `uc -m TARGETS …`.

@@ -138,6 +138,15 @@ async fn bounded<T>(
 /// The shim's D-Bus errors (`org.uncloud.Docker1.Error.<Kind>`) as kinds.
 fn from_dbus(e: zbus::Error) -> OpsError {
     match e {
+        zbus::Error::MethodError(name, msg, _)
+            if name.as_str().starts_with("org.freedesktop.DBus.Error.") =>
+        {
+            // The bus's own errors: the shim is not running or did not answer.
+            OpsError::new(
+                ErrorKind::Unreachable,
+                format!("dockerd-shim: {}", msg.unwrap_or_else(|| name.to_string())),
+            )
+        }
         zbus::Error::MethodError(name, msg, _) => {
             let msg = msg.unwrap_or_default();
             let kind = match name.as_str().rsplit('.').next().unwrap_or_default() {

@@ -89,6 +89,52 @@ pub fn spread(eligible: &[&Candidate], more: usize) -> Vec<String> {
     out
 }
 
+/// One container of the service being scaled down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub id: String,
+    pub machine_id: String,
+    pub created_at_ms: u64,
+    /// Running as its machine last said; others go first.
+    pub running: bool,
+}
+
+/// Which `fewer` containers to remove when scaling down: only on machines this machine sees
+/// alive (others cannot be asked), one at a time from the machine with the most of the
+/// service; there a container that is not running first, else the newest. So what stays runs,
+/// spread as evenly as it can be.
+pub fn shrink(placed: &[Placed], alive: &[&Candidate], fewer: usize) -> Vec<String> {
+    let mut per_machine: std::collections::BTreeMap<&str, Vec<&Placed>> = Default::default();
+    for p in placed {
+        per_machine
+            .entry(p.machine_id.as_str())
+            .or_default()
+            .push(p);
+    }
+    for list in per_machine.values_mut() {
+        // Running and oldest first, so `pop` takes one that is not running, else the newest.
+        list.sort_by(|a, b| {
+            (!a.running, a.created_at_ms, &a.id).cmp(&(!b.running, b.created_at_ms, &b.id))
+        });
+    }
+    let reachable = |m: &str| alive.iter().any(|c| c.id == m);
+    let mut out = Vec::with_capacity(fewer);
+    for _ in 0..fewer {
+        let most = per_machine
+            .iter()
+            .filter(|(m, list)| reachable(m) && !list.is_empty())
+            .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(a.0)))
+            .map(|(m, _)| *m);
+        let Some(m) = most else { break };
+        let victim = per_machine
+            .get_mut(m)
+            .and_then(Vec::pop)
+            .expect("not empty");
+        out.push(victim.id.clone());
+    }
+    out
+}
+
 /// Machine ids that lack their container of a global service.
 pub fn global(eligible: &[&Candidate]) -> Vec<String> {
     eligible
@@ -196,6 +242,34 @@ mod tests {
             eligible(&spec, &all).unwrap_err(),
             PlacementError::UnknownMachine("zeta".into())
         );
+    }
+
+    #[test]
+    fn scaling_down_takes_the_newest_from_the_fullest_reachable_machine() {
+        let p = |id: &str, m: &str, at: u64| Placed {
+            id: id.into(),
+            machine_id: format!("id-{m}"),
+            created_at_ms: at,
+            running: true,
+        };
+        let placed = [
+            p("a1", "a", 1),
+            p("a2", "a", 5),
+            p("a3", "a", 3),
+            p("b1", "b", 2),
+            p("c1", "c", 1),
+            p("c2", "c", 9),
+        ];
+        let all = [c("a", true, 3, 3), c("b", true, 1, 1), c("c", false, 2, 2)];
+        let e = eligible(&ServiceSpec::default(), &all).unwrap();
+        // a has the most (3): its newest, a2, then a3; then a and b have one each and c is not
+        // reachable: a (first by id) gives a1, then b1; nothing is left to take.
+        assert_eq!(shrink(&placed, &e, 2), ["a2", "a3"]);
+        assert_eq!(shrink(&placed, &e, 9), ["a2", "a3", "a1", "b1"]);
+        // One that is not running goes before any that is.
+        let mut placed = placed.to_vec();
+        placed[0].running = false;
+        assert_eq!(shrink(&placed, &e, 1), ["a1"]);
     }
 
     #[test]

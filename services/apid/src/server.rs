@@ -16,8 +16,8 @@ use uncloud_api::wire::MAX_FRAME_BYTES;
 use uncloud_api::wire::{
     Answer, Api, ApiError, Call, CertRef, CertReply, CertRequest, CertRow, FanOut, InitReply,
     InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow,
-    RedeemReply, RedeemRequest, RemoveReply, RenewRequest, RunReply, RunRequest, ServiceRef,
-    TargetReply, TicketReply, TicketRequest,
+    RedeemReply, RedeemRequest, RemoveReply, RenewRequest, RunReply, RunRequest, ScaleRequest,
+    ServiceRef, TargetReply, TicketReply, TicketRequest,
 };
 
 use crate::api::{Apid, Caller};
@@ -251,5 +251,13 @@ impl Api for Connection {
         request: ServiceRef,
     ) -> Result<RemoveReply, ApiError> {
         self.apid.remove_service(&self.caller, request).await
+    }
+
+    async fn scale(
+        self,
+        _: tarpc::context::Context,
+        request: ScaleRequest,
+    ) -> Result<RunReply, ApiError> {
+        self.apid.scale_service(&self.caller, request).await
     }
 }

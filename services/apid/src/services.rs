@@ -1,28 +1,51 @@
-//! Services: `uc run`, `uc rm`, and the rows of `uc ls` and `uc ps`.
+//! Services: `uc run`, `uc scale`, `uc rm`, and the rows of `uc ls` and `uc ps`.
 //!
 //! Imperative, like the rest of the API: the machine `uc` is connected to decides placement
 //! ([`crate::placement`]), writes the service into the state (stated gives it its revision and
 //! virtual address), and asks each chosen machine's dockerd-shim to start a container
 //! ([`crate::engines`]), all at once. Each shim records its own containers in the state; no
 //! daemon reschedules anything later (Docker restarts crashed containers; a machine that dies
-//! takes its containers with it until it is back).
+//! takes its containers with it until it is back). `run` and `scale` return once the records
+//! of the containers they started have reached this machine's state (or a few seconds passed),
+//! so what they print, and a `uc rm` right after, see them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use uncloud_api::service::{
-    ContainerRow, MachineFailure, RemoveReply, RunReply, RunRequest, ServiceRef, ServiceRow,
+    ContainerRow, MachineFailure, RemoveReply, RunReply, RunRequest, ScaleRequest, ServiceRef,
+    ServiceRow,
 };
 use uncloud_api::wire::{ApiError, ErrorKind};
 use uncloud_common::address::MeshCidr;
 use uncloud_common::docker::{ErrorKind as OpsKind, OpsError};
-use uncloud_common::model::{Container, Machine, Service, MODE_GLOBAL, MODE_REPLICATED};
+use uncloud_common::model::{
+    Container, ContainerState, Machine, Service, MODE_GLOBAL, MODE_REPLICATED,
+};
 use uncloud_common::vips;
 use uncloud_pki::Role;
 
 use crate::api::{internal, state_error, Apid, Caller, Member};
 use crate::engines::Engine;
 use crate::placement::{self, PlacementError};
+
+/// How long `run` and `scale` wait for the records of the containers they started.
+const RECORDS_WAIT: Duration = Duration::from_secs(5);
+
+/// What starting containers on several machines gave.
+#[derive(Default)]
+struct Started {
+    /// The machine, id and name of each container that started.
+    ids: Vec<(Machine, String, String)>,
+    failed: Vec<MachineFailure>,
+    /// How many of the failures were machines that could not be reached.
+    unreachable: usize,
+    /// How many were refusals of the spec or the image (the user's to fix).
+    refused: usize,
+    /// Containers removed (scaling down): their records go a moment later.
+    removed: Vec<String>,
+}
 
 /// When to pull the image on a machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,13 +163,13 @@ impl Apid {
         m: &Machine,
         service: &Service,
         pull: Pull,
-    ) -> Result<String, OpsError> {
+    ) -> Result<(String, String), OpsError> {
         let engine = self.engine(member, cidr, m).await?;
         if pull == Pull::Always {
             engine.pull(&service.spec.image).await?;
         }
         let name = container_name(service);
-        match engine.run(service, &name).await {
+        let id = match engine.run(service, &name).await {
             Err(e) if e.kind == OpsKind::NoImage && pull == Pull::Missing => {
                 tracing::info!(machine = %m.name, image = %service.spec.image, "pulling");
                 engine.pull(&service.spec.image).await.map_err(|p| {
@@ -161,7 +184,25 @@ impl Apid {
                 engine.run(service, &name).await
             }
             other => other,
+        }?;
+        Ok((id, name))
+    }
+
+    /// Waits until the records of `ids` are in this machine's state: each machine's shim
+    /// writes its own, and they replicate here within moments. Bounded: a slow record only
+    /// makes the reply show less.
+    async fn wait_for_records(&self, ids: &[String]) {
+        let deadline = Instant::now() + RECORDS_WAIT;
+        while Instant::now() < deadline {
+            match self.read_containers().await {
+                Ok(have) if ids.iter().all(|id| have.contains_key(id)) => return,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
+        tracing::info!(
+            containers = ids.len(),
+            "not every container's record reached this machine's state in time"
+        );
     }
 
     /// `uc run`.
@@ -184,7 +225,7 @@ impl Apid {
         if !spec.is_global() && spec.replicas == 0 {
             spec.replicas = 1;
         }
-        let candidate = Service {
+        let mut candidate = Service {
             id: Service::key(&req.project, &name),
             name,
             project: req.project,
@@ -219,6 +260,19 @@ impl Apid {
         );
         let eligible =
             placement::eligible(&candidate.spec, &candidates).map_err(placement_error)?;
+        // Pinned machines are kept by id, so renaming one does not break the pin.
+        candidate.spec.machines = candidate
+            .spec
+            .machines
+            .iter()
+            .map(|m| {
+                let m = m.trim();
+                candidates
+                    .iter()
+                    .find(|c| c.id == m || c.name == m)
+                    .map_or_else(|| m.to_string(), |c| c.id.clone())
+            })
+            .collect();
         let targets = if candidate.spec.is_global() {
             placement::global(&eligible)
         } else {
@@ -237,40 +291,25 @@ impl Apid {
             .ok_or_else(|| internal("stated", "the service it just wrote is gone"))?;
         tracing::info!(service = %service.id, containers = targets.len(), "run");
 
-        let started = join_all(targets.iter().map(|id| {
-            let (member, cidr, service) = (&member, &cidr, &service);
-            let m = &machines[id];
-            async move { (m, self.start_on(member, cidr, m, service, pull).await) }
-        }))
-        .await;
-        let mut failed = Vec::new();
-        let mut unreachable = 0;
-        let mut ids: Vec<(&Machine, String)> = Vec::new();
-        for (m, result) in started {
-            match result {
-                Ok(id) => ids.push((m, id)),
-                Err(e) => {
-                    unreachable += usize::from(e.kind == OpsKind::Unreachable);
-                    failed.push(MachineFailure {
-                        machine: m.name.clone(),
-                        error: ops_message(&e),
-                    })
-                }
-            }
-        }
-        if ids.is_empty() && !targets.is_empty() {
+        let started = self
+            .start_all(&member, &cidr, &machines, &service, &targets, pull)
+            .await;
+        if started.ids.is_empty() && !targets.is_empty() {
             // Nothing runs: leave no service behind, and say why.
             if let Err(e) = self.state().remove_service(&service.id).await {
                 tracing::warn!(service = %service.id, error = %e, "cannot remove a service none of whose containers started");
             }
-            let why: Vec<String> = failed
+            let why: Vec<String> = started
+                .failed
                 .iter()
                 .map(|f| format!("{}: {}", f.machine, f.error))
                 .collect();
-            let kind = if unreachable == failed.len() {
+            let kind = if started.unreachable == started.failed.len() {
                 ErrorKind::Unreachable
-            } else {
+            } else if started.refused > 0 {
                 ErrorKind::Invalid
+            } else {
+                ErrorKind::Internal
             };
             return Err(ApiError::new(
                 kind,
@@ -281,17 +320,63 @@ impl Apid {
                 ),
             ));
         }
+        self.reply(&service, started).await
+    }
+
+    /// One container of `service` on each of `targets` (machine ids, repeats allowed), all at
+    /// once.
+    async fn start_all(
+        &self,
+        member: &Member,
+        cidr: &MeshCidr,
+        machines: &BTreeMap<String, Machine>,
+        service: &Service,
+        targets: &[String],
+        pull: Pull,
+    ) -> Started {
+        let results = join_all(targets.iter().map(|id| {
+            let m = &machines[id];
+            async move { (m, self.start_on(member, cidr, m, service, pull).await) }
+        }))
+        .await;
+        let mut started = Started::default();
+        for (m, result) in results {
+            match result {
+                Ok((id, name)) => started.ids.push((m.clone(), id, name)),
+                Err(e) => {
+                    started.unreachable += usize::from(e.kind == OpsKind::Unreachable);
+                    started.refused += usize::from(matches!(
+                        e.kind,
+                        OpsKind::InvalidArgument | OpsKind::NoImage
+                    ));
+                    started.failed.push(MachineFailure {
+                        machine: m.name.clone(),
+                        error: ops_message(&e),
+                    })
+                }
+            }
+        }
+        started
+    }
+
+    /// The service as it is now, with the containers just started even before their shims
+    /// record them (a moment later).
+    async fn reply(&self, service: &Service, started: Started) -> Result<RunReply, ApiError> {
+        let ids: Vec<String> = started.ids.iter().map(|(_, id, _)| id.clone()).collect();
+        self.wait_for_records(&ids).await;
         let mut row = self
             .service_rows()
             .await?
             .into_iter()
             .find(|r| r.id == service.id)
             .unwrap_or_default();
-        // The shims record their containers a moment later: show what was started now.
-        for (m, id) in ids {
+        row.containers.retain(|c| !started.removed.contains(&c.id));
+        for (m, id, name) in started.ids {
             if !row.containers.iter().any(|c| c.id == id) {
                 row.containers.push(ContainerRow {
                     id,
+                    name,
+                    healthy: service.spec.healthcheck.is_none(),
                     machine: m.name.clone(),
                     machine_id: m.id.clone(),
                     state: "running".into(),
@@ -303,8 +388,117 @@ impl Apid {
         }
         Ok(RunReply {
             service: row,
-            failed,
+            failed: started.failed,
         })
+    }
+
+    /// `uc scale`.
+    pub async fn scale_service(
+        &self,
+        caller: &Caller,
+        req: ScaleRequest,
+    ) -> Result<RunReply, ApiError> {
+        let member = self.require(caller, Role::Admin)?;
+        let mut service = find_service(&self.read_services().await?, &req.service)?.clone();
+        if service.spec.is_global() {
+            return Err(ApiError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{} is global: it runs one container on each machine it may use, so it \
+                     has no replica count",
+                    service.id
+                ),
+            ));
+        }
+        let machines = self.read_machines().await?;
+        let liveness = self.state().liveness().await.map_err(state_error)?;
+        let containers = self.read_containers().await?;
+        let cidr = self.mesh_cidr().await?;
+        let candidates = placement::candidates(
+            &machines,
+            &liveness,
+            &member.machine_id,
+            containers
+                .values()
+                .map(|c| (c.machine_id.as_str(), c.service_id.as_str())),
+            &service.id,
+        );
+        let placed: Vec<placement::Placed> = containers
+            .values()
+            .filter(|c| c.service_id == service.id)
+            .map(|c| placement::Placed {
+                id: c.id.clone(),
+                machine_id: c.machine_id.clone(),
+                created_at_ms: c.created_at_ms,
+                running: c.state == ContainerState::Running,
+            })
+            .collect();
+        let want = req.replicas as usize;
+        // Where new ones would go, decided (and refused) before the count is written.
+        let targets = if want > placed.len() {
+            let eligible =
+                placement::eligible(&service.spec, &candidates).map_err(placement_error)?;
+            placement::spread(&eligible, want - placed.len())
+        } else {
+            Vec::new()
+        };
+        if service.spec.replicas != req.replicas {
+            let mut changed = service.clone();
+            changed.spec.replicas = req.replicas;
+            self.state()
+                .upsert_service(&serde_json::to_string(&changed).expect("services serialize"))
+                .await
+                .map_err(state_error)?;
+            service = self
+                .read_services()
+                .await?
+                .remove(&service.id)
+                .ok_or_else(|| internal("stated", "the service it just wrote is gone"))?;
+        }
+        let mut started = Started::default();
+        if !targets.is_empty() {
+            tracing::info!(service = %service.id, more = targets.len(), "scale up");
+            started = self
+                .start_all(&member, &cidr, &machines, &service, &targets, Pull::Missing)
+                .await;
+        } else if want < placed.len() {
+            let alive: Vec<&placement::Candidate> = candidates.iter().filter(|c| c.alive).collect();
+            let victims = placement::shrink(&placed, &alive, placed.len() - want);
+            tracing::info!(service = %service.id, fewer = victims.len(), "scale down");
+            let results = join_all(victims.iter().map(|id| {
+                let c = &containers[id];
+                let (member, cidr) = (&member, &cidr);
+                let m = &machines[&c.machine_id];
+                async move {
+                    let result = match self.engine(member, cidr, m).await {
+                        Ok(engine) => engine.remove(id).await,
+                        Err(e) => Err(e),
+                    };
+                    (m, id, result)
+                }
+            }))
+            .await;
+            for (m, id, result) in results {
+                match result {
+                    Ok(()) => started.removed.push(id.clone()),
+                    Err(e) => started.failed.push(MachineFailure {
+                        machine: m.name.clone(),
+                        error: ops_message(&e),
+                    }),
+                }
+            }
+            let short = placed.len() - want - victims.len();
+            if short > 0 {
+                started.failed.push(MachineFailure {
+                    machine: "(unreachable machines)".into(),
+                    error: format!(
+                        "{short} more container(s) should go, but only machines this one \
+                         cannot reach have them; `uc scale` again once they are back"
+                    ),
+                });
+            }
+        }
+        self.reply(&service, started).await
     }
 
     /// `uc rm`: every container of the service, on its machine, then the service. A machine
@@ -336,29 +530,38 @@ impl Apid {
                 let engine = self
                     .engine(member, cidr, m)
                     .await
-                    .map_err(|e| format!("{}: {}", m.name, e.message))?;
+                    .map_err(|e| (e.kind, format!("{}: {}", m.name, e.message)))?;
                 engine
                     .remove(&c.id)
                     .await
                     .map(|()| c.name.clone())
-                    .map_err(|e| format!("{} on {}: {}", c.name, m.name, e.message))
+                    .map_err(|e| (e.kind, format!("{} on {}: {}", c.name, m.name, e.message)))
             }
         }))
         .await;
         let mut removed = Vec::new();
         let mut left = Vec::new();
+        let mut unreachable = 0;
         for r in results {
             match r {
                 Ok(name) => removed.push(name),
-                Err(e) => left.push(e),
+                Err((kind, e)) => {
+                    unreachable += usize::from(kind == OpsKind::Unreachable);
+                    left.push(e)
+                }
             }
         }
         if !left.is_empty() {
+            let (kind, when) = if unreachable == left.len() {
+                (ErrorKind::Unreachable, "once their machines are reachable")
+            } else {
+                (ErrorKind::Internal, "once what failed is fixed")
+            };
             return Err(ApiError::new(
-                ErrorKind::Unreachable,
+                kind,
                 format!(
                     "{} of {} containers removed; these are left, and so is the service \
-                     (run `uc rm {}` again once their machines are reachable):\n  {}",
+                     (run `uc rm {}` again {when}):\n  {}",
                     removed.len(),
                     containers.len(),
                     service.id,
@@ -503,7 +706,7 @@ pub fn rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uncloud_common::model::{ContainerState, ServiceSpec};
+    use uncloud_common::model::ServiceSpec;
 
     #[test]
     fn a_name_is_derived_from_the_image() {

@@ -1,7 +1,7 @@
 //! Services across a network, the way a user runs them: three machines (namespaces with the
 //! real daemons and their own dockerd), formed with `uc`, then `uc run` spreads containers over
-//! them, `uc ls`/`uc ps` show them from the state, DNS answers for them, and `uc rm` leaves
-//! nothing behind, even when a machine was cut off at first.
+//! them, `uc scale` changes how many, `uc ls`/`uc ps` show them from the state, DNS answers for
+//! them, and `uc rm` leaves nothing behind, even when a machine was cut off at first.
 
 use uncloud_testkit::network::{Binaries, Boot, LocalNetwork};
 
@@ -129,6 +129,30 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         got == ips
     });
 
+    // Scaled up, the new ones spread; scaled down, what stays is spread; back to one each.
+    let web_per_machine = |net: &LocalNetwork| -> Vec<usize> {
+        let rows = ps(net, &at_alpha);
+        ["alpha", "beta", "gamma"]
+            .iter()
+            .map(|m| count(&rows, "web", m))
+            .collect()
+    };
+    net.uc_ok(&["scale", "web", "5"]);
+    net.wait_until("five web containers, at most two a machine", 30, || {
+        let per = web_per_machine(&net);
+        per.iter().sum::<usize>() == 5 && per.iter().all(|&n| (1..=2).contains(&n))
+    });
+    net.uc_ok(&["scale", "web", "2"]);
+    net.wait_until("two web containers on two machines", 30, || {
+        let per = web_per_machine(&net);
+        per.iter().sum::<usize>() == 2 && per.iter().all(|&n| n <= 1)
+    });
+    net.uc_ok(&["scale", "web", "3"]);
+    net.wait_until("one web container on each machine again", 30, || {
+        web_per_machine(&net) == [1, 1, 1]
+    });
+    assert!(net.uc_ok(&["ls", "--endpoint", &at_alpha]).contains("3/3"));
+
     // Global: one on every machine. Pinned with -m: only where asked, doubled up.
     net.uc_ok(&[
         "run",
@@ -182,8 +206,30 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
     assert!(err.contains("no machine named \"zeta\""), "{err}");
     let ls = net.uc_ok(&["ls", "--endpoint", &at_alpha]);
     assert!(!ls.contains("ghost"), "{ls}");
+    let err = net.uc_fails(&["scale", "agent", "2"]);
+    assert!(err.contains("global"), "{err}");
     let err = net.uc_fails(&["rm", "--endpoint", &at_alpha, "nosuch"]);
-    assert!(err.contains("no service named"), "{err}");
+    assert!(
+        err.contains("no service named") && !err.contains("machine ls"),
+        "{err}"
+    );
+    // Removed right after it ran: `uc run` returned once the records were in the state, so
+    // `uc rm` finds every container.
+    net.uc_ok(&[
+        "run",
+        "--name",
+        "brief",
+        "--replicas",
+        "3",
+        "busybox:uc",
+        "sleep",
+        "3600",
+    ]);
+    net.uc_ok(&["rm", "brief"]);
+    for i in [alpha, beta, gamma] {
+        let left = engine_containers(&net, i);
+        assert!(!left.iter().any(|n| n.starts_with("brief-")), "{left:?}");
+    }
 
     // gamma is cut off: new replicas avoid it, `uc ps` says its containers are unreachable,
     // and `uc rm` removes what it reaches, says what is left, and keeps the service.
@@ -203,8 +249,11 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         "sleep",
         "3600",
     ]);
+    net.wait_until("late runs once on alpha and once on beta", 30, || {
+        let rows = ps(&net, &at_alpha);
+        count(&rows, "late", "alpha") == 1 && count(&rows, "late", "beta") == 1
+    });
     let rows = ps(&net, &at_alpha);
-    assert_eq!(count(&rows, "late", "gamma"), 0, "{rows:?}");
     assert!(
         rows.iter()
             .any(|r| r.0 == "web" && r.1 == "gamma" && r.3 != "alive"),
