@@ -483,6 +483,24 @@ pub fn validate_dns_label(what: &'static str, name: &str) -> Result<(), ModelErr
     Ok(())
 }
 
+/// `text` made into a DNS label of at most `max` characters: lowercase, anything but ASCII
+/// letters and digits turned into '-', no '-' at either end (`My_App` -> `my-app`). Empty when
+/// nothing usable is left.
+pub fn to_dns_label(text: &str, max: usize) -> String {
+    let label: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(max)
+        .collect();
+    label.trim_matches('-').to_string()
+}
+
 fn validate_size(what: &'static str, s: &str) -> Result<(), ModelError> {
     if s.len() > MAX_FIELD_BYTES {
         return Err(ModelError::TooLarge {

@@ -30,6 +30,14 @@ use crate::api::{internal, state_error, Apid, Caller, Member};
 use crate::engines::Engine;
 use crate::placement::{self, PlacementError};
 
+/// The machines, containers and placement candidates as this machine's state has them.
+struct View {
+    machines: BTreeMap<String, Machine>,
+    containers: BTreeMap<String, Container>,
+    cidr: MeshCidr,
+    candidates: Vec<placement::Candidate>,
+}
+
 /// How long `run` and `scale` wait for the records of the containers they started.
 const RECORDS_WAIT: Duration = Duration::from_secs(5);
 
@@ -74,29 +82,23 @@ pub fn name_from_image(image: &str) -> String {
     let image = image.split('@').next().unwrap_or_default();
     let last = image.rsplit('/').next().unwrap_or_default();
     let repo = last.split(':').next().unwrap_or_default();
-    let mut name: String = repo
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    name.truncate(50);
-    name.trim_matches('-').to_string()
+    // Room for the containers' `-xxxx` suffix (and a project) within a label's 63.
+    uncloud_common::model::to_dns_label(repo, 40)
 }
 
 /// A new container's name: `<service>-<4 hex>`, `<project>-<service>-<4 hex>` in a project.
 /// A DNS label, so `<container>.<machine>.machine.internal` resolves.
 fn container_name(service: &Service) -> String {
     let suffix: u16 = rand::random();
-    if service.project.is_empty() {
-        format!("{}-{suffix:04x}", service.name)
+    let prefix = if service.project.is_empty() {
+        service.name.clone()
     } else {
-        format!("{}-{}-{suffix:04x}", service.project, service.name)
-    }
+        format!("{}-{}", service.project, service.name)
+    };
+    format!(
+        "{}-{suffix:04x}",
+        uncloud_common::model::to_dns_label(&prefix, 58)
+    )
 }
 
 fn placement_error(e: PlacementError) -> ApiError {
@@ -134,6 +136,29 @@ impl Apid {
             .await
             .map_err(|e| internal("stated", e))?;
         serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))
+    }
+
+    /// What placing containers of `service_id` needs to know, from this machine's state.
+    async fn view(&self, member: &Member, service_id: &str) -> Result<View, ApiError> {
+        let machines = self.read_machines().await?;
+        let liveness = self.state().liveness().await.map_err(state_error)?;
+        let containers = self.read_containers().await?;
+        let cidr = self.mesh_cidr().await?;
+        let candidates = placement::candidates(
+            &machines,
+            &liveness,
+            &member.machine_id,
+            containers
+                .values()
+                .map(|c| (c.machine_id.as_str(), c.service_id.as_str())),
+            service_id,
+        );
+        Ok(View {
+            machines,
+            containers,
+            cidr,
+            candidates,
+        })
     }
 
     /// The shim of machine `m`: this machine's over D-Bus, another's over the mesh.
@@ -245,19 +270,12 @@ impl Apid {
             ));
         }
 
-        let machines = self.read_machines().await?;
-        let liveness = self.state().liveness().await.map_err(state_error)?;
-        let containers = self.read_containers().await?;
-        let cidr = self.mesh_cidr().await?;
-        let candidates = placement::candidates(
-            &machines,
-            &liveness,
-            &member.machine_id,
-            containers
-                .values()
-                .map(|c| (c.machine_id.as_str(), c.service_id.as_str())),
-            &candidate.id,
-        );
+        let View {
+            machines,
+            containers: _,
+            cidr,
+            candidates,
+        } = self.view(&member, &candidate.id).await?;
         let eligible =
             placement::eligible(&candidate.spec, &candidates).map_err(placement_error)?;
         // Pinned machines are kept by id, so renaming one does not break the pin.
@@ -410,19 +428,12 @@ impl Apid {
                 ),
             ));
         }
-        let machines = self.read_machines().await?;
-        let liveness = self.state().liveness().await.map_err(state_error)?;
-        let containers = self.read_containers().await?;
-        let cidr = self.mesh_cidr().await?;
-        let candidates = placement::candidates(
-            &machines,
-            &liveness,
-            &member.machine_id,
-            containers
-                .values()
-                .map(|c| (c.machine_id.as_str(), c.service_id.as_str())),
-            &service.id,
-        );
+        let View {
+            machines,
+            containers,
+            cidr,
+            candidates,
+        } = self.view(&member, &service.id).await?;
         let placed: Vec<placement::Placed> = containers
             .values()
             .filter(|c| c.service_id == service.id)
@@ -729,6 +740,12 @@ mod tests {
             "{n}"
         );
         uncloud_common::model::validate_dns_label("container", &n).unwrap();
+        let long = Service {
+            name: "d".repeat(63),
+            project: "p".repeat(63),
+            ..Default::default()
+        };
+        uncloud_common::model::validate_dns_label("container", &container_name(&long)).unwrap();
     }
 
     fn service(id: &str, name: &str, project: &str) -> Service {

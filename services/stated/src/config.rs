@@ -213,18 +213,7 @@ impl Config {
 /// Turns a host name into a valid DNS label (`My_Host.local` -> `my-host`).
 pub fn sanitize_label(host: &str) -> String {
     let first = host.split('.').next().unwrap_or_default();
-    let mut label: String = first
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    label = label.trim_matches('-').to_string();
+    let label = uncloud_common::model::to_dns_label(first, 63);
     if label.is_empty() {
         "machine".into()
     } else {
