@@ -217,22 +217,25 @@ impl Apid {
         }
     }
 
-    async fn read_clients(&self) -> Result<BTreeMap<String, ClientCert>, ApiError> {
+    /// Everything of one kind in the state (`machines`, `services`, …), by id.
+    pub(crate) async fn read_all<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+    ) -> Result<BTreeMap<String, T>, ApiError> {
         let json = self
             .state
-            .get("clients", "")
+            .get(kind, "")
             .await
             .map_err(|e| internal("stated", e))?;
         serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))
     }
 
+    async fn read_clients(&self) -> Result<BTreeMap<String, ClientCert>, ApiError> {
+        self.read_all("clients").await
+    }
+
     pub(crate) async fn read_machines(&self) -> Result<BTreeMap<String, Machine>, ApiError> {
-        let json = self
-            .state
-            .get("machines", "")
-            .await
-            .map_err(|e| internal("stated", e))?;
-        serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))
+        self.read_all("machines").await
     }
 
     /// This machine's stated.

@@ -121,21 +121,11 @@ fn ops_message(e: &OpsError) -> String {
 
 impl Apid {
     async fn read_services(&self) -> Result<BTreeMap<String, Service>, ApiError> {
-        let json = self
-            .state()
-            .get("services", "")
-            .await
-            .map_err(|e| internal("stated", e))?;
-        serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))
+        self.read_all("services").await
     }
 
     async fn read_containers(&self) -> Result<BTreeMap<String, Container>, ApiError> {
-        let json = self
-            .state()
-            .get("containers", "")
-            .await
-            .map_err(|e| internal("stated", e))?;
-        serde_json::from_str(&json).map_err(|e| internal("stated's answer", e))
+        self.read_all("containers").await
     }
 
     /// What placing containers of `service_id` needs to know, from this machine's state.
