@@ -154,6 +154,39 @@ pub fn profile() -> String {
     }
 }
 
+/// The packages `image/build-debs` builds, in one cargo invocation: built together, their
+/// dependencies get the same features as in the images.
+const IMAGE_PACKAGES: [&str; 6] = [
+    "stated",
+    "apid",
+    "dnsd",
+    "dockerd-shim",
+    "uncloud-firstboot",
+    "meshd",
+];
+
+/// What `cargo build` is given to build `package` with `profile` the way the rest of the
+/// project builds it, so that the build is a no-op when that already ran: `dev` as
+/// `scripts/test` builds (`--workspace --bins`), the images' packages as `image/build-debs`
+/// builds them, anything else alone.
+fn build_args(package: &str, profile: &str) -> Vec<String> {
+    let mut args = vec![
+        "build".to_string(),
+        "-q".into(),
+        format!("--profile={profile}"),
+    ];
+    if profile == "dev" {
+        args.extend(["--workspace".into(), "--bins".into()]);
+    } else if IMAGE_PACKAGES.contains(&package) {
+        for p in IMAGE_PACKAGES {
+            args.extend(["-p".into(), p.into()]);
+        }
+    } else {
+        args.extend(["-p".into(), package.into()]);
+    }
+    args
+}
+
 /// Finds (building it first when run through cargo) a workspace binary of the same profile
 /// next to this benchmark's: the daemon is measured as it ships, as its own process.
 pub fn workspace_binary(package: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -162,9 +195,8 @@ pub fn workspace_binary(package: &str) -> anyhow::Result<std::path::PathBuf> {
     let dir = exe.parent().context("no directory for this executable")?;
     if let Ok(cargo) = std::env::var("CARGO") {
         crate::progress(format!("building {package}"));
-        let profile = format!("--profile={}", profile());
         let status = Command::new(cargo)
-            .args(["build", "-q", &profile, "-p", package])
+            .args(build_args(package, &profile()))
             .status()?;
         if !status.success() {
             anyhow::bail!("building {package} failed");
@@ -232,5 +264,34 @@ mod tests {
             describe_commit("abc", "M Cargo.toml\n M x/y.rs\n?? bench/"),
             "abc + uncommitted changes in Cargo.toml, x/y.rs, bench/"
         );
+    }
+
+    /// `image/build-debs` packages every crate under `services/` with a `dist/` folder: the
+    /// benchmarks must build that same set, or their daemons differ from what ships.
+    #[test]
+    fn image_packages_are_the_services_with_a_dist_folder() {
+        let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services");
+        let mut shipped = Vec::new();
+        for entry in std::fs::read_dir(&services).unwrap() {
+            let dir = entry.unwrap().path();
+            if !dir.join("dist").is_dir() {
+                continue;
+            }
+            let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+            let name = manifest
+                .lines()
+                .find_map(|l| l.strip_prefix("name = \""))
+                .and_then(|l| l.strip_suffix('"'))
+                .unwrap()
+                .to_string();
+            shipped.push(name);
+        }
+        shipped.sort();
+        let mut ours: Vec<String> = IMAGE_PACKAGES.iter().map(|p| p.to_string()).collect();
+        ours.sort();
+        assert_eq!(ours, shipped);
+        assert!(build_args("dnsd", "image").contains(&"uncloud-firstboot".to_string()));
+        assert_eq!(build_args("uc", "release")[3..], ["-p", "uc"]);
+        assert!(build_args("uc", "dev").contains(&"--workspace".to_string()));
     }
 }

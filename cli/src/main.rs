@@ -18,6 +18,7 @@
 mod cert;
 mod context;
 mod ctx;
+mod deploy;
 mod dns;
 mod host;
 mod machine;
@@ -108,6 +109,20 @@ lb.<service>.internal (one balanced address), <container>.<machine>.machine.inte
         after_help = "Examples:\n  uc rm web\n  uc rm db.shop          # `db` of project `shop`"
     )]
     Rm(service::Rm),
+    /// Deploy a Compose file: create, replace and remove services until the network runs
+    /// what the file says. Shows the plan and asks first.
+    #[command(after_help = "\
+Examples:
+  uc deploy                         # compose.yaml in this folder; its .env beside it
+  uc deploy -f shop/compose.yaml --dry-run
+  uc deploy -y web                  # only the service web, without asking
+  uc deploy -p shop-staging         # the same file as another project
+
+The project name prefixes containers and volumes (shop_db_data) and scopes DNS: the project's
+containers reach its services by their bare names (db), others as db.shop.internal. Keys that
+cannot be honoured are warnings (ignored, and why) or errors (with what to do instead), each
+with its line. docs/services.md lists the keys uc reads.")]
+    Deploy(Box<deploy::Deploy>),
     /// Create the network, add and list machines.
     #[command(subcommand)]
     Machine(machine::Machine),
@@ -173,7 +188,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Ls
         | Command::Ps
         | Command::Scale(_)
-        | Command::Rm(_) => true,
+        | Command::Rm(_)
+        | Command::Deploy(_) => true,
         Command::Cert(c) => !matches!(c, cert::Cert::Renew),
         _ => false,
     };
@@ -189,6 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ps => service::list(&cli.global, true).await,
         Command::Scale(s) => service::scale(s, &cli.global).await,
         Command::Rm(r) => service::rm(r, &cli.global).await,
+        Command::Deploy(d) => deploy::deploy(*d, &cli.global).await,
         Command::Cert(c) => cert::run(c, &cli.global).await,
         Command::Ctx(c) => ctx::run(c, &cli.global),
         Command::Completion { shell } => {

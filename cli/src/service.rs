@@ -10,6 +10,8 @@ use uncloud_api::service::{
 };
 use uncloud_api::wire::{Answer, Call};
 
+use uncloud_compose::units::{parse_bytes, parse_cpus, parse_duration_ms};
+
 use crate::context::Store;
 use crate::output::{self, Format, Spinner};
 use crate::remote::{self, answer};
@@ -17,10 +19,10 @@ use crate::targets::{self, unexpected};
 use crate::Global;
 
 /// The API version that knows services.
-const SERVICES_API: u32 = 5;
+pub const SERVICES_API: u32 = 5;
 /// How long `uc run` waits: longer than apid may take (a pull of a big image, up to 15 min,
 /// then the container's start), so the answer is never lost to the client giving up first.
-const RUN_TIMEOUT: Duration = Duration::from_secs(1300);
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(1300);
 
 /// `uc run IMAGE [COMMAND…]`.
 #[derive(Debug, clap::Args)]
@@ -371,56 +373,6 @@ pub fn containers_table(rows: &[ServiceRow]) -> String {
         ],
         &table,
     )
-}
-
-fn parse_cpus(s: &str) -> Result<u64, String> {
-    let cores: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of cores (0.5, 2)"))?;
-    if !(cores > 0.0 && cores <= 1024.0) {
-        return Err(format!(
-            "{s:?}: expected more than 0 and at most 1024 cores"
-        ));
-    }
-    Ok((cores * 1000.0).round() as u64)
-}
-
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
-    let n: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (512M, 1G)"))?;
-    let scale: u64 = match unit.to_ascii_lowercase().trim_end_matches(['b', 'i']) {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        _ => return Err(format!("{s:?}: the unit is one of K, M, G, T")),
-    };
-    let bytes = (n * scale as f64).round();
-    if bytes < 4.0 * 1024.0 * 1024.0 {
-        return Err(format!("{s:?}: Docker needs at least 4M"));
-    }
-    Ok(bytes as u64)
-}
-
-fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (500ms, 10s, 1m)"))?;
-    let scale = match unit {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(format!("{s:?}: the unit is one of ms, s, m, h")),
-    };
-    Ok(n * scale)
 }
 
 #[cfg(test)]

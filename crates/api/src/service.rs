@@ -79,6 +79,10 @@ pub struct ServiceRow {
     /// `lb.<name>[.<project>].internal`'s address; empty when it has none.
     pub vip: String,
     pub containers: Vec<ContainerRow>,
+    /// The whole spec of its current revision (`uc deploy` compares it with the file's).
+    /// Absent from the replies of apids older than the field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spec: Option<ServiceSpec>,
 }
 
 /// One container of a service, with what the answering machine knows of its machine.

@@ -697,6 +697,7 @@ pub fn rows(
                     .map(|ip| ip.to_string())
                     .unwrap_or_default(),
                 containers: row_containers,
+                spec: Some(s.spec.clone()),
             }
         })
         .collect();

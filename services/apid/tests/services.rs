@@ -231,6 +231,100 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         assert!(!left.iter().any(|n| n.starts_with("brief-")), "{left:?}");
     }
 
+    // A Compose project: planned, deployed in dependency order (web waits for db to be
+    // healthy), idempotent, a change replaces what changed, a service left out is removed.
+    let project = tempfile::tempdir().unwrap();
+    let file = project.path().join("compose.yaml");
+    let compose = |with_web: bool| {
+        let web = "  web:\n    image: busybox:uc\n    command: [\"sleep\", \"3600\"]\n    \
+                   deploy:\n      replicas: 2\n    environment:\n      GREETING: ${GREETING:-hello}\n    \
+                   depends_on:\n      db:\n        condition: service_healthy\n    networks: [front]\n";
+        let db = "  db:\n    image: busybox:uc\n    command: sleep 3600\n    x-machines: beta\n    \
+                  healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: 1s\n      retries: 1\n";
+        format!(
+            "name: store\nservices:\n{}{db}networks:\n  front:\n",
+            if with_web { web } else { "" }
+        )
+    };
+    std::fs::write(&file, compose(true)).unwrap();
+    std::fs::write(project.path().join(".env"), "GREETING=hi\n").unwrap();
+    let f = file.to_str().unwrap();
+    let dry = net.uc(&["deploy", "-f", f, "--dry-run"]);
+    let (plan, warnings) = (
+        String::from_utf8_lossy(&dry.stdout).into_owned(),
+        String::from_utf8_lossy(&dry.stderr).into_owned(),
+    );
+    assert!(dry.status.success(), "{plan}{warnings}");
+    let db_at = plan.find("+ create  db").expect(&plan);
+    let web_at = plan.find("+ create  web").expect(&plan);
+    assert!(db_at < web_at, "db first, as web depends on it: {plan}");
+    assert!(
+        warnings.contains("compose.yaml:13: services.web.networks: ignored"),
+        "{warnings}"
+    );
+    assert!(
+        !net.uc_ok(&["ls"]).contains("store"),
+        "a dry run changes nothing"
+    );
+    let err = net.uc_fails(&["deploy", "-f", f]);
+    assert!(err.contains("add -y"), "{err}");
+    net.uc_ok(&["deploy", "-f", f, "-y"]);
+    let rows = ps(&net, &at_alpha);
+    assert_eq!(count(&rows, "db.store", "beta"), 1, "{rows:?}");
+    assert_eq!(
+        rows.iter().filter(|r| r.0 == "web.store").count(),
+        2,
+        "{rows:?}"
+    );
+    let web_env = |net: &LocalNetwork| -> Vec<String> {
+        let mut envs = Vec::new();
+        for i in [alpha, beta, gamma] {
+            let docker = net.machines[i].docker.as_ref().unwrap();
+            for name in engine_containers(net, i) {
+                if name.starts_with("store-web-") {
+                    envs.push(docker.docker_ok(&["inspect", "-f", "{{.Config.Env}}", &name]));
+                }
+            }
+        }
+        envs
+    };
+    let envs = web_env(&net);
+    assert!(
+        envs.len() == 2 && envs.iter().all(|e| e.contains("GREETING=hi")),
+        "{envs:?}"
+    );
+    let again = net.uc_ok(&["deploy", "-f", f, "-y"]);
+    assert!(again.contains("nothing to change"), "{again}");
+    std::fs::write(project.path().join(".env"), "GREETING=hey\n").unwrap();
+    let out = net.uc_ok(&["deploy", "-f", f, "-y"]);
+    assert!(
+        out.contains("~ replace web") && out.contains("(changed: env)"),
+        "{out}"
+    );
+    assert!(out.contains("= same    db"), "{out}");
+    let envs = web_env(&net);
+    assert!(
+        envs.len() == 2 && envs.iter().all(|e| e.contains("GREETING=hey")),
+        "{envs:?}"
+    );
+    std::fs::write(&file, compose(false)).unwrap();
+    let out = net.uc_ok(&["deploy", "-f", f, "-y"]);
+    assert!(out.contains("- remove  web"), "{out}");
+    assert!(web_env(&net).is_empty());
+    // A file that cannot be deployed says every line at fault and changes nothing.
+    std::fs::write(
+        &file,
+        "services:\n  app:\n    build: .\n    volumes:\n      - ./conf:/etc/app\n",
+    )
+    .unwrap();
+    let err = net.uc_fails(&["deploy", "-f", f, "-y"]);
+    assert!(
+        err.contains("compose.yaml:3: services.app.build")
+            && err.contains("compose.yaml:5: services.app.volumes"),
+        "{err}"
+    );
+    net.uc_ok(&["rm", "db.store"]);
+
     // gamma is cut off: new replicas avoid it, `uc ps` says its containers are unreachable,
     // and `uc rm` removes what it reaches, says what is left, and keeps the service.
     net.partition(&[alpha, beta], &[gamma]);

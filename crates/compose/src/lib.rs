@@ -1,0 +1,36 @@
+//! Compose files for `uc deploy`: a `compose.yaml` (and the `.env` beside it) read the way
+//! `docker compose` reads it, turned into Uncloud service specs.
+//!
+//! # Background
+//!
+//! People arrive with Compose files. `uc deploy` runs them across the machines of a network,
+//! so it must read them as Docker does (interpolation, `.env`, list-or-map forms, string or
+//! list commands) and be honest about the rest: a key that cannot be honoured is either
+//! harmless to ignore (a warning that says why) or would change what the service does if
+//! ignored (an error that says what to do instead). Either way the message names the key and
+//! its line.
+//!
+//! # Design
+//!
+//! - [`yaml`]: the document as a tree of nodes that keep their line, from `yaml-rust2`'s event
+//!   parser, with aliases and merge keys resolved and a bound on depth and size.
+//! - [`interpolate`]: `${VAR}` in all its forms and `.env` / `env_file` parsing.
+//! - [`project`]: the Compose keys to [`uncloud_common::model::ServiceSpec`]s, the project
+//!   name, named volumes under the project's name, services ordered by `depends_on`.
+//! - [`units`]: CPU, size and duration values, shared with `uc run`'s flags.
+//!
+//! Pure: reading the file and its `.env` is the only I/O; nothing here talks to a network.
+//!
+//! # Limitations
+//!
+//! Not yet: `build` (images come from a registry), `secrets` and `configs`, relative bind
+//! mounts (the file is on this computer, the container on another machine), capabilities and
+//! sysctls, machine labels in placement constraints, `extends`, Compose's `!reset` and
+//! `!override` tags, several files with `-f a -f b`.
+
+pub mod interpolate;
+pub mod project;
+pub mod units;
+pub mod yaml;
+
+pub use project::{load, ComposeService, Dependency, Diagnostic, LoadError, Options, Project};
