@@ -130,6 +130,7 @@ fn wanted(spec: &ServiceSpec, machine_ids: &BTreeMap<String, String>) -> Service
 fn differences(wanted: &ServiceSpec, current: &ServiceSpec) -> Vec<String> {
     let mut current = current.clone();
     current.machines.sort();
+    current.machines.dedup();
     let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
         (serde_json::to_value(wanted), serde_json::to_value(&current))
     else {

@@ -100,6 +100,10 @@ lb.<service>.internal (one balanced address), <container>.<machine>.machine.inte
     /// container on a machine the connected one cannot reach shows that machine's state.
     #[command(after_help = "Examples:\n  uc ps\n  uc ps -o json")]
     Ps,
+    /// Show one service as JSON: its spec as deployed (image, command, environment, ports,
+    /// volumes, resources, health check, placement) and its containers.
+    #[command(after_help = "Examples:\n  uc inspect web\n  uc inspect db.shop | jq .spec.env")]
+    Inspect(service::Inspect),
     /// Change how many containers a replicated service has: new ones are placed as `uc run`
     /// places them; removed ones come from the machines with the most of it, newest first.
     #[command(after_help = "Examples:\n  uc scale web 5\n  uc scale db.shop 1")]
@@ -187,6 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Run(_)
         | Command::Ls
         | Command::Ps
+        | Command::Inspect(_)
         | Command::Scale(_)
         | Command::Rm(_)
         | Command::Deploy(_) => true,
@@ -203,6 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(r) => service::run(*r, &cli.global).await,
         Command::Ls => service::list(&cli.global, false).await,
         Command::Ps => service::list(&cli.global, true).await,
+        Command::Inspect(i) => service::inspect(i, &cli.global).await,
         Command::Scale(s) => service::scale(s, &cli.global).await,
         Command::Rm(r) => service::rm(r, &cli.global).await,
         Command::Deploy(d) => deploy::deploy(*d, &cli.global).await,

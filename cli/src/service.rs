@@ -1,4 +1,5 @@
-//! `uc run`, `uc ls`, `uc ps`, `uc scale`, `uc rm`: services across the network's machines.
+//! `uc run`, `uc ls`, `uc ps`, `uc inspect`, `uc scale`, `uc rm`: services across the network's
+//! machines.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -99,6 +100,13 @@ pub struct Run {
 pub struct Rm {
     #[arg(required = true)]
     pub services: Vec<String>,
+}
+
+/// `uc inspect SERVICE`.
+#[derive(Debug, clap::Args)]
+pub struct Inspect {
+    /// The service: `web`, or `web.shop` for `web` of project `shop`.
+    pub service: String,
 }
 
 /// `uc scale SERVICE REPLICAS`.
@@ -316,6 +324,37 @@ pub async fn list(g: &Global, containers: bool) -> anyhow::Result<()> {
     })
 }
 
+pub async fn inspect(cmd: Inspect, g: &Global) -> anyhow::Result<()> {
+    let replies = targets::ask(g, Call::Services, SERVICES_API).await?;
+    targets::each(&replies, |machine, answer, _| {
+        let Answer::Services(rows) = answer else {
+            return Err(unexpected(machine));
+        };
+        let row = find_service(rows, &cmd.service)?;
+        println!("{}", serde_json::to_string_pretty(row)?);
+        Ok(())
+    })
+}
+
+/// The row of `name` (`web` or `web.shop`).
+fn find_service<'a>(rows: &'a [ServiceRow], name: &str) -> anyhow::Result<&'a ServiceRow> {
+    if let Some(row) = rows.iter().find(|r| r.display_name() == name) {
+        return Ok(row);
+    }
+    let in_projects: Vec<String> = rows
+        .iter()
+        .filter(|r| r.name == name)
+        .map(ServiceRow::display_name)
+        .collect();
+    if in_projects.is_empty() {
+        bail!("no service {name}; `uc ls` lists them");
+    }
+    bail!(
+        "no service {name} outside a project; did you mean {}?",
+        in_projects.join(" or ")
+    )
+}
+
 pub fn services_table(rows: &[ServiceRow]) -> String {
     let table: Vec<Vec<String>> = rows
         .iter()
@@ -384,6 +423,22 @@ mod tests {
     struct T {
         #[command(flatten)]
         run: Run,
+    }
+
+    #[test]
+    fn a_service_is_found_by_name_or_name_dot_project() {
+        let row = |name: &str, project: &str| ServiceRow {
+            name: name.into(),
+            project: project.into(),
+            ..Default::default()
+        };
+        let rows = [row("web", ""), row("db", "shop"), row("db", "blog")];
+        assert_eq!(find_service(&rows, "web").unwrap().project, "");
+        assert_eq!(find_service(&rows, "db.blog").unwrap().project, "blog");
+        let e = find_service(&rows, "db").unwrap_err().to_string();
+        assert!(e.contains("db.shop or db.blog"), "{e}");
+        let e = find_service(&rows, "cache").unwrap_err().to_string();
+        assert!(e.contains("uc ls"), "{e}");
     }
 
     fn parse(args: &[&str]) -> RunRequest {

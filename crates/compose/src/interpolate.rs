@@ -31,6 +31,10 @@ pub enum Problem {
     Syntax(String),
 }
 
+/// Defaults nested deeper than this (`${A:-${B:-${C…}}}`) are refused: a hostile file would
+/// otherwise take the stack.
+const MAX_NESTING: usize = 16;
+
 /// Interpolates `text`. Variables that are unset and have no default become empty and are
 /// named in `unset`, as Compose warns about them.
 pub fn interpolate(
@@ -38,6 +42,20 @@ pub fn interpolate(
     vars: &Variables,
     unset: &mut Vec<String>,
 ) -> Result<String, Problem> {
+    interpolate_nested(text, vars, unset, 0)
+}
+
+fn interpolate_nested(
+    text: &str,
+    vars: &Variables,
+    unset: &mut Vec<String>,
+    depth: usize,
+) -> Result<String, Problem> {
+    if depth > MAX_NESTING {
+        return Err(Problem::Syntax(format!(
+            "`${{…}}` nested more than {MAX_NESTING} levels deep"
+        )));
+    }
     if !text.contains('$') {
         return Ok(text.to_string());
     }
@@ -52,7 +70,7 @@ pub fn interpolate(
         } else if let Some(r) = rest.strip_prefix('{') {
             let end = closing_brace(r)
                 .ok_or_else(|| Problem::Syntax(format!("`${{` without its `}}` in {text:?}")))?;
-            out.push_str(&expression(&r[..end], vars, unset)?);
+            out.push_str(&expression(&r[..end], vars, unset, depth)?);
             rest = &r[end + 1..];
         } else {
             let len = rest
@@ -95,7 +113,12 @@ fn closing_brace(s: &str) -> Option<usize> {
     None
 }
 
-fn expression(expr: &str, vars: &Variables, unset: &mut Vec<String>) -> Result<String, Problem> {
+fn expression(
+    expr: &str,
+    vars: &Variables,
+    unset: &mut Vec<String>,
+    depth: usize,
+) -> Result<String, Problem> {
     let len = expr
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .unwrap_or(expr.len());
@@ -132,12 +155,12 @@ fn expression(expr: &str, vars: &Variables, unset: &mut Vec<String>) -> Result<S
     let arg = &op[kind.len_utf8()..];
     match kind {
         '-' if set => Ok(value.unwrap_or_default().to_string()),
-        '-' => interpolate(arg, vars, unset),
-        '+' if set => interpolate(arg, vars, unset),
+        '-' => interpolate_nested(arg, vars, unset, depth + 1),
+        '+' if set => interpolate_nested(arg, vars, unset, depth + 1),
         '+' => Ok(String::new()),
         '?' if set => Ok(value.unwrap_or_default().to_string()),
         '?' => {
-            let message = interpolate(arg, vars, unset)?;
+            let message = interpolate_nested(arg, vars, unset, depth + 1)?;
             Err(Problem::Required(if message.is_empty() {
                 format!("{name} must be set")
             } else {
@@ -154,11 +177,25 @@ fn expression(expr: &str, vars: &Variables, unset: &mut Vec<String>) -> Result<S
 pub type EnvPairs = Vec<(String, Option<String>)>;
 
 /// Parses a `.env` (or `env_file`) file: `KEY=VALUE` lines, `export ` allowed, `#` comments,
-/// values in single quotes taken as they are, in double quotes with `\n`, `\"` and `\\`
-/// escapes, unquoted ones up to a ` #` comment and trimmed. A line without `=` names a
-/// variable with an empty value only in `env_file` (Compose reads it from the shell; `uc`
-/// does the same). Errors name the line.
-pub fn parse_env_file(text: &str) -> Result<EnvPairs, (usize, String)> {
+/// values in single quotes taken as they are, in double quotes with `\n`, `\r`, `\t`, `\"`,
+/// `\\` and `\$` escapes (another backslash stays), unquoted ones up to a ` #` comment and
+/// trimmed. Unquoted and double-quoted values are interpolated as Compose does, from `vars`
+/// and then the file's earlier lines. A line without `=` names a variable without a value
+/// (the caller looks it up). Errors name the line.
+pub fn parse_env_file(text: &str, vars: &Variables) -> Result<EnvPairs, (usize, String)> {
+    // The caller's variables (shell, then .env) first, then this file's earlier lines.
+    let mut lookup = Variables {
+        shell: vars.shell.clone(),
+        dotenv: BTreeMap::new(),
+    };
+    for (k, v) in &vars.dotenv {
+        lookup.shell.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    let expand = |value: &str, lookup: &Variables, n: usize| {
+        interpolate(value, lookup, &mut Vec::new()).map_err(|p| match p {
+            Problem::Required(m) | Problem::Syntax(m) => (n, m),
+        })
+    };
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
@@ -195,24 +232,35 @@ pub fn parse_env_file(text: &str) -> Result<EnvPairs, (usize, String)> {
                     }
                     '\\' => match chars.next() {
                         Some('n') => s.push('\n'),
+                        Some('r') => s.push('\r'),
                         Some('t') => s.push('\t'),
-                        Some(c) => s.push(c),
+                        Some('"') => s.push('"'),
+                        Some('\\') => s.push('\\'),
+                        // `$$` keeps a literal dollar through the interpolation below.
+                        Some('$') => s.push_str("$$"),
+                        Some(c) => {
+                            s.push('\\');
+                            s.push(c);
+                        }
                         None => break,
                     },
                     c => s.push(c),
                 }
             }
             if !closed {
-                return Err((n, "a double quote without its closing quote".to_string()));
+                return Err((
+                    n,
+                    "a double quote without its closing quote (a value spans one line; \
+                     write line breaks as \\n)"
+                        .to_string(),
+                ));
             }
-            s
+            expand(&s, &lookup, n)?
         } else {
-            value
-                .split_once(" #")
-                .map_or(value, |(v, _)| v)
-                .trim_end()
-                .to_string()
+            let v = value.split_once(" #").map_or(value, |(v, _)| v).trim_end();
+            expand(v, &lookup, n)?
         };
+        lookup.dotenv.insert(key.to_string(), value.clone());
         out.push((key.to_string(), Some(value)));
     }
     Ok(out)
@@ -264,12 +312,19 @@ mod tests {
         assert!(matches!(run("${TAG").0, Err(Problem::Syntax(_))));
         assert!(matches!(run("${1X}").0, Err(Problem::Syntax(_))));
         assert!(matches!(run("${TAG:x}").0, Err(Problem::Syntax(_))));
+        // Nested defaults a hostile file could stack up are refused, not followed.
+        let deep = "${A:-".repeat(200_000) + &"}".repeat(200_000);
+        assert!(matches!(run(&deep).0, Err(Problem::Syntax(m)) if m.contains("nested")));
+        let ok = "${A:-".repeat(10) + "x" + &"}".repeat(10);
+        assert_eq!(run(&ok).0.unwrap(), "x");
     }
 
     #[test]
     fn env_files() {
         let parsed = parse_env_file(
-            "# comment\nA=1\nexport B = two words # note\nC='a # b'\nD=\"x\\ny\"\nE\n\nF=\n",
+            "# comment\nA=1\nexport B = two words # note\nC='a # b'\nD=\"x\\ny\"\nE\n\nF=\n\
+             G=${A}-${USER}\nH='${A}'\nI=\"C:\\data \\$A $$\"\nJ=\"${TAG:-none}\"\n",
+            &vars(),
         )
         .unwrap();
         let get = |k: &str| parsed.iter().find(|(n, _)| n == k).unwrap().1.clone();
@@ -279,8 +334,21 @@ mod tests {
         assert_eq!(get("D").as_deref(), Some("x\ny"));
         assert_eq!(get("E"), None);
         assert_eq!(get("F").as_deref(), Some(""));
-        assert_eq!(parse_env_file("A=1\n=2\n").unwrap_err().0, 2);
-        assert_eq!(parse_env_file("A='open\n").unwrap_err().0, 1);
+        // Interpolated from the file's earlier lines and the caller's variables (the shell's
+        // USER over the .env's), except in single quotes; unknown escapes keep their backslash.
+        assert_eq!(get("G").as_deref(), Some("1-ada"));
+        assert_eq!(get("H").as_deref(), Some("${A}"));
+        assert_eq!(get("I").as_deref(), Some("C:\\data $A $"));
+        assert_eq!(get("J").as_deref(), Some("1.2"));
+        let none = Variables::default();
+        assert_eq!(parse_env_file("A=1\n=2\n", &none).unwrap_err().0, 2);
+        assert_eq!(parse_env_file("A='open\n", &none).unwrap_err().0, 1);
+        assert_eq!(
+            parse_env_file("A=1\nB=${NOPE:?needed}\n", &none)
+                .unwrap_err()
+                .0,
+            2
+        );
     }
 
     proptest! {
@@ -296,7 +364,7 @@ mod tests {
 
         #[test]
         fn env_file_never_panics(s in "(?s).{0,80}") {
-            let _ = parse_env_file(&s);
+            let _ = parse_env_file(&s, &vars());
         }
     }
 }

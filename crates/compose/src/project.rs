@@ -120,7 +120,7 @@ pub fn load(file: &Path, options: &Options) -> Result<Project, LoadError> {
     if dotenv.exists() {
         let text = std::fs::read_to_string(&dotenv)
             .map_err(|e| fail(0, format!("cannot read {}: {e}", dotenv.display())))?;
-        let pairs = parse_env_file(&text)
+        let pairs = parse_env_file(&text, &vars)
             .map_err(|(line, m)| fail(0, format!("{} line {line}: {m}", dotenv.display())))?;
         vars.dotenv = pairs
             .into_iter()
@@ -197,9 +197,11 @@ pub fn parse(
         }
     }
 
+    // Compose's order: -p, COMPOSE_PROJECT_NAME (shell or .env), `name:`, the folder.
     let raw_name = options
         .project
         .clone()
+        .or_else(|| vars.get("COMPOSE_PROJECT_NAME").map(str::to_string))
         .or(name_key)
         .unwrap_or_else(|| folder.to_string());
     let name = to_dns_label(&raw_name, 63);
@@ -444,7 +446,10 @@ impl Cx<'_> {
                     let fpath = format!("{path}.{}", fk.text);
                     match fk.text.as_str() {
                         "name" => docker_name = self.string(fk, fv, &fpath),
-                        "external" => external = fv.as_str() == Some("true"),
+                        "external" => match truth(fv) {
+                            Some(b) => external = b,
+                            None => self.error(fk, &fpath, "expected true or false"),
+                        },
                         "driver" if fv.as_str() == Some("local") => {}
                         "labels" => self.warn(fk, &fpath, "ignored: volumes are made by Docker on first use"),
                         "driver" | "driver_opts" => self.error(
@@ -511,6 +516,11 @@ impl Cx<'_> {
         let mut env_files: Vec<(PathBuf, bool, usize)> = Vec::new();
         let mut environment = Vec::new();
         let mut has_image = false;
+        let has_restart_policy = entries.iter().any(|(k, v)| {
+            k.text == "deploy"
+                && v.as_map()
+                    .is_some_and(|m| m.iter().any(|(f, _)| f.text == "restart_policy"))
+        });
         for (k, v) in entries {
             let path = format!("{base}.{}", k.text);
             match k.text.as_str() {
@@ -535,8 +545,19 @@ impl Cx<'_> {
                                 continue;
                             }
                         },
+                        Value::Null => Vec::new(),
                         _ => self.strings(k, v, &path),
                     };
+                    if args.is_empty() && !matches!(v.value, Value::Null) {
+                        // Compose clears the image's entrypoint or command then; uc would keep it.
+                        self.error(
+                            k,
+                            &path,
+                            "an empty one is not supported (uc would keep the image's): give \
+                             the arguments, or leave the key out",
+                        );
+                        continue;
+                    }
                     if k.text == "command" {
                         spec.command = args;
                     } else {
@@ -560,7 +581,10 @@ impl Cx<'_> {
                                     match get("path") {
                                         Some(p) => Some((
                                             p.to_string(),
-                                            get("required") != Some("false"),
+                                            !matches!(
+                                                get("required"),
+                                                Some("false" | "False" | "FALSE")
+                                            ),
                                             i.line,
                                         )),
                                         None => {
@@ -621,6 +645,8 @@ impl Cx<'_> {
                 "restart" => {
                     if let Some(r) = self.string(k, v, &path) {
                         match restart(&r) {
+                            // `deploy.restart_policy` wins, as in Compose.
+                            Ok(_) if has_restart_policy => {}
                             Ok(r) => spec.restart = r,
                             Err(m) => self.error(k, &path, &m),
                         }
@@ -633,7 +659,8 @@ impl Cx<'_> {
                     }
                 }
                 "user" => spec.user = self.string(k, v, &path).unwrap_or_default(),
-                "x-machines" => spec.machines = self.strings(k, v, &path),
+                // With `deploy.placement.constraints` on `node.hostname`, the machines of both.
+                "x-machines" => spec.machines.extend(self.strings(k, v, &path)),
                 "depends_on" => depends_on = self.depends_on(k, v, &path),
                 "pull_policy" => match self.string(k, v, &path).as_deref() {
                     Some("always") => pull = "always".into(),
@@ -714,10 +741,11 @@ impl Cx<'_> {
         // Compose's precedence: `environment` over `env_file`, later files over earlier.
         for (file, required, line) in env_files {
             match std::fs::read_to_string(&file) {
-                Ok(text) => match parse_env_file(&text) {
+                Ok(text) => match parse_env_file(&text, self.vars) {
                     Ok(pairs) => {
                         for (k, v) in pairs {
-                            if let Some(v) = v.or_else(|| self.vars.shell.get(&k).cloned()) {
+                            let v = v.or_else(|| self.vars.get(&k).map(str::to_string));
+                            if let Some(v) = v {
                                 spec.env.insert(k, v);
                             }
                         }
@@ -737,8 +765,8 @@ impl Cx<'_> {
             }
         }
         for (k, v, _) in environment {
-            // `KEY` alone takes the value from the shell, or stays unset.
-            if let Some(v) = v.or_else(|| self.vars.shell.get(&k).cloned()) {
+            // `KEY` alone takes the value from the shell or .env, or stays unset.
+            if let Some(v) = v.or_else(|| self.vars.get(&k).map(str::to_string)) {
                 spec.env.insert(k, v);
             }
         }
@@ -772,7 +800,7 @@ impl Cx<'_> {
                         self.error(fk, &fpath, "a list starts with CMD, CMD-SHELL or NONE");
                     }
                 }
-                "disable" if fv.as_str() == Some("true") => h.test = vec!["NONE".into()],
+                "disable" if truth(fv) == Some(true) => h.test = vec!["NONE".into()],
                 "disable" => {}
                 "interval" | "timeout" | "start_period" => {
                     let Some(s) = self.string(fk, fv, &fpath) else {
@@ -812,6 +840,12 @@ impl Cx<'_> {
             let fpath = format!("{path}.{}", fk.text);
             match fk.text.as_str() {
                 "replicas" => match fv.as_str().map(str::parse::<u32>) {
+                    Some(Ok(0)) => self.error(
+                        fk,
+                        &fpath,
+                        "0 is not supported by uc deploy: leave the service out of the file, or \
+                         `uc scale NAME 0` after deploying",
+                    ),
                     Some(Ok(n)) if n <= 1000 => replicas = Some((n, fk.clone())),
                     _ => self.error(fk, &fpath, "expected a whole number up to 1000"),
                 },
@@ -1024,6 +1058,15 @@ impl Cx<'_> {
     }
 }
 
+/// A YAML boolean as Compose reads it (`true`, `True`, `TRUE` and the same for false).
+fn truth(node: &Node) -> Option<bool> {
+    match node.as_str()? {
+        "true" | "True" | "TRUE" => Some(true),
+        "false" | "False" | "FALSE" => Some(false),
+        _ => None,
+    }
+}
+
 /// `restart:` values; `on-failure:N` loses its N (Docker's count is not kept).
 fn restart(r: &str) -> Result<String, String> {
     match r {
@@ -1153,7 +1196,7 @@ fn volume(
             (
                 source.to_string(),
                 target.to_string(),
-                get("read_only") == Some("true"),
+                get("read_only").is_some_and(|t| matches!(t, "true" | "True" | "TRUE")),
             )
         }
         _ => return Err(format!("expected a volume, found {}", node.kind())),
@@ -1250,4 +1293,179 @@ pub fn split_shell(s: &str) -> Result<Vec<String>, String> {
         out.push(cur);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(shell: &[(&str, &str)], dotenv: &[(&str, &str)]) -> Variables {
+        let map = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        Variables {
+            shell: map(shell),
+            dotenv: map(dotenv),
+        }
+    }
+
+    fn load(text: &str, vars: &Variables) -> Result<Project, Vec<Diagnostic>> {
+        parse(
+            text,
+            Path::new("/nowhere"),
+            "folder",
+            vars,
+            &Options::default(),
+        )
+    }
+
+    fn spec<'a>(p: &'a Project, name: &str) -> &'a ServiceSpec {
+        &p.services.iter().find(|s| s.name == name).unwrap().spec
+    }
+
+    /// (line, key) of each error.
+    fn errors(text: &str) -> Vec<(usize, String)> {
+        load(text, &Variables::default())
+            .unwrap_err()
+            .into_iter()
+            .map(|d| (d.line, d.key))
+            .collect()
+    }
+
+    #[test]
+    fn keys_become_the_spec() {
+        let text = "\
+services:
+  web:
+    image: nginx:${TAG:-1.27}
+    command: nginx -g 'daemon off;'
+    environment:
+      - MODE=prod
+      - FROM_DOTENV
+      - FROM_SHELL
+    ports: ['8080:80', '127.0.0.1:5353:53/udp']
+    volumes: [data:/srv, '/etc/ssl:/ssl:ro']
+    restart: always
+    deploy:
+      replicas: 3
+      resources: {limits: {cpus: '0.5', memory: 256M}}
+      restart_policy: {condition: on-failure}
+      placement: {constraints: [node.hostname == alpha]}
+    x-machines: [beta]
+volumes:
+  data:
+  shared: {external: True}
+";
+        let v = vars(&[("FROM_SHELL", "s")], &[("FROM_DOTENV", "d")]);
+        let p = load(text, &v).unwrap();
+        assert_eq!(p.name, "folder");
+        let web = spec(&p, "web");
+        assert_eq!(web.image, "nginx:1.27");
+        assert_eq!(web.command, ["nginx", "-g", "daemon off;"]);
+        assert_eq!(web.env["MODE"], "prod");
+        assert_eq!(
+            web.env["FROM_DOTENV"], "d",
+            "a bare name is looked up in .env too"
+        );
+        assert_eq!(web.env["FROM_SHELL"], "s");
+        assert_eq!(web.publish, ["8080:80", "127.0.0.1:5353:53/udp"]);
+        assert_eq!(web.volumes, ["folder_data:/srv", "/etc/ssl:/ssl:ro"]);
+        assert_eq!(web.replicas, 3);
+        assert_eq!(web.cpu_millis, 500);
+        assert_eq!(web.memory_bytes, 256 << 20);
+        assert_eq!(
+            web.restart, "on-failure",
+            "deploy.restart_policy wins over restart"
+        );
+        assert_eq!(
+            web.machines,
+            ["alpha", "beta"],
+            "constraints and x-machines add up"
+        );
+    }
+
+    #[test]
+    fn the_project_name_comes_from_p_then_the_environment_then_name_then_the_folder() {
+        let text = "name: Shop_App\nservices:\n  a: {image: x}\n";
+        assert_eq!(load(text, &Variables::default()).unwrap().name, "shop-app");
+        let v = vars(&[], &[("COMPOSE_PROJECT_NAME", "staging")]);
+        assert_eq!(load(text, &v).unwrap().name, "staging");
+        let options = Options {
+            project: Some("mine".into()),
+            ..Default::default()
+        };
+        let p = parse(text, Path::new("/"), "folder", &v, &options).unwrap();
+        assert_eq!(p.name, "mine");
+        let p = load("services:\n  a: {image: x}\n", &Variables::default()).unwrap();
+        assert_eq!(p.name, "folder");
+    }
+
+    #[test]
+    fn services_start_after_their_dependencies_and_cycles_are_refused() {
+        let text = "\
+services:
+  web: {image: x, depends_on: [api]}
+  api: {image: x, depends_on: {db: {condition: service_healthy}}}
+  db: {image: x}
+";
+        let p = load(text, &Variables::default()).unwrap();
+        let order: Vec<&str> = p.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(order, ["db", "api", "web"]);
+        let api = p.services.iter().find(|s| s.name == "api").unwrap();
+        assert!(api.depends_on[0].healthy);
+        let cycle =
+            "services:\n  a: {image: x, depends_on: [b]}\n  b: {image: x, depends_on: [a]}\n";
+        let e = load(cycle, &Variables::default()).unwrap_err();
+        assert!(e.iter().any(|d| d.message.contains("cycle")), "{e:?}");
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_an_error_at_its_line() {
+        let text = "\
+services:
+  a:
+    image: x
+    build: .
+    replicas_typo: 1
+    deploy: {replicas: 0}
+  b:
+    image: x
+    entrypoint: []
+    command: ''
+    ports: ['80-90:80']
+  c:
+    command: run
+";
+        assert_eq!(
+            errors(text),
+            [
+                (4, "services.a.build".to_string()),
+                (5, "services.a.replicas_typo".to_string()),
+                (6, "services.a.deploy.replicas".to_string()),
+                (9, "services.b.entrypoint".to_string()),
+                (10, "services.b.command".to_string()),
+                (11, "services.b.ports".to_string()),
+                (12, "services.c".to_string()),
+            ]
+        );
+        let e = errors("services:\n  a:\n    image: ${IMAGE:?set IMAGE}\n");
+        assert_eq!(e, [(3, "services.a.image".to_string())]);
+    }
+
+    #[test]
+    fn unset_variables_are_blank_with_a_warning() {
+        let p = load(
+            "services:\n  a:\n    image: x\n    environment: {A: '${NOPE}'}\n",
+            &Variables::default(),
+        )
+        .unwrap();
+        assert_eq!(spec(&p, "a").env["A"], "");
+        assert!(
+            p.warnings.iter().any(|w| w.message.contains("NOPE")),
+            "{:?}",
+            p.warnings
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //! scalar means (a string, a number, a boolean) is decided by the key it belongs to, as the
 //! Compose spec decides it, not by YAML 1.1's guesses (`80:80` stays `80:80`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -80,10 +80,19 @@ impl Node {
 pub fn parse(text: &str) -> Result<Node, YamlError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut builder, true).map_err(|e| YamlError {
-        line: e.marker().line(),
-        message: e.info().to_string(),
-    })?;
+    // Event by event rather than `Parser::load`, which recurses once per level of nesting
+    // (a file of 100,000 nested `- ` would take the stack before the depth check saw it).
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| YamlError {
+            line: e.marker().line(),
+            message: e.info().to_string(),
+        })?;
+        let end = event == Event::StreamEnd;
+        builder.on_event(event, mark);
+        if end || builder.error.is_some() {
+            break;
+        }
+    }
     if let Some(e) = builder.error {
         return Err(e);
     }
@@ -106,16 +115,25 @@ enum Frame {
     },
     Map {
         entries: Vec<(Key, Node)>,
+        /// The keys so far, to find one written twice without a quadratic scan.
+        seen: HashSet<String>,
         key: Option<Key>,
         anchor: usize,
         line: usize,
     },
 }
 
+/// An anchored node, with what an alias to it adds: its nodes and its depth.
+struct Anchored {
+    node: Node,
+    nodes: usize,
+    depth: usize,
+}
+
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
+    anchors: HashMap<usize, Anchored>,
     root: Option<Node>,
     error: Option<YamlError>,
     nodes: usize,
@@ -132,18 +150,28 @@ impl Builder {
         }
     }
 
-    /// Places a finished node in its parent.
-    fn finish(&mut self, node: Node, anchor: usize) {
-        self.nodes += count(&node);
+    /// Counts `n` more nodes; false (and the error) past [`MAX_NODES`].
+    fn grow(&mut self, n: usize, line: usize) -> bool {
+        self.nodes += n;
         if self.nodes > MAX_NODES {
             self.fail(
-                node.line,
+                line,
                 "the document is too large (aliases expand to over a million nodes)",
             );
-            return;
+            return false;
         }
+        true
+    }
+
+    /// Places a finished node in its parent.
+    fn finish(&mut self, node: Node, anchor: usize) {
         if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
+            let anchored = Anchored {
+                nodes: count(&node),
+                depth: depth(&node),
+                node: node.clone(),
+            };
+            self.anchors.insert(anchor, anchored);
         }
         match self.stack.last_mut() {
             None => {
@@ -154,7 +182,9 @@ impl Builder {
                 }
             }
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, key, .. }) => match key.take() {
+            Some(Frame::Map {
+                entries, seen, key, ..
+            }) => match key.take() {
                 None => match node.value {
                     Value::Scalar { text, .. } => {
                         *key = Some(Key {
@@ -174,7 +204,7 @@ impl Builder {
                     }
                 },
                 Some(k) => {
-                    if k.text != "<<" && entries.iter().any(|(e, _)| e.text == k.text) {
+                    if k.text != "<<" && !seen.insert(k.text.clone()) {
                         let (line, text) = (k.line, k.text.clone());
                         self.fail(line, format!("`{text}` appears twice in the same mapping"));
                         return;
@@ -183,6 +213,15 @@ impl Builder {
                 }
             },
         }
+    }
+}
+
+/// Levels of lists and mappings in `node` (a scalar: 0).
+fn depth(node: &Node) -> usize {
+    match &node.value {
+        Value::Seq(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Map(entries) => 1 + entries.iter().map(|(_, v)| depth(v)).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -260,9 +299,24 @@ impl MarkedEventReceiver for Builder {
                         return;
                     }
                 }
-                self.finish(Node { value, line }, anchor);
+                if self.grow(1, line) {
+                    self.finish(Node { value, line }, anchor);
+                }
             }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+            Event::SequenceStart(anchor, ref tag) | Event::MappingStart(anchor, ref tag) => {
+                if let Some(tag) = tag {
+                    // `!!seq`/`!!map` say what it is anyway; `!reset []` and the like do not.
+                    if !matches!(tag.suffix.as_str(), "seq" | "map") {
+                        self.fail(
+                            line,
+                            format!("the YAML tag `!{}` is not supported", tag.suffix),
+                        );
+                        return;
+                    }
+                }
+                if !self.grow(1, line) {
+                    return;
+                }
                 if self.stack.len() >= MAX_DEPTH {
                     self.fail(line, format!("nested more than {MAX_DEPTH} levels deep"));
                     return;
@@ -276,6 +330,7 @@ impl MarkedEventReceiver for Builder {
                 } else {
                     Frame::Map {
                         entries: Vec::new(),
+                        seen: HashSet::new(),
                         key: None,
                         anchor,
                         line,
@@ -319,12 +374,17 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::Alias(id) => match self.anchors.get(&id) {
-                Some(node) => {
+                Some(anchored) => {
+                    let (nodes, deep) = (anchored.nodes, self.stack.len() + anchored.depth);
                     let node = Node {
-                        value: node.value.clone(),
+                        value: anchored.node.value.clone(),
                         line,
                     };
-                    self.finish(node, 0);
+                    if deep > MAX_DEPTH {
+                        self.fail(line, format!("nested more than {MAX_DEPTH} levels deep"));
+                    } else if self.grow(nodes, line) {
+                        self.finish(node, 0);
+                    }
                 }
                 None => self.fail(line, "an alias to an anchor that is not defined before it"),
             },
@@ -424,5 +484,34 @@ mod tests {
         }
         assert!(parse(&lol).unwrap_err().message.contains("too large"));
         assert_eq!(parse("").unwrap().value, Value::Map(Vec::new()));
+    }
+
+    #[test]
+    fn hostile_nesting_and_tags_are_refused_without_taking_the_stack() {
+        // Block nesting, which the parser's own recursion would follow to a stack overflow.
+        let deep = "- ".repeat(100_000) + "x\n";
+        assert!(parse(&deep).unwrap_err().message.contains("deep"));
+        // An alias does not get around the depth limit: 40 levels placed 40 levels deep.
+        let anchored = "[".repeat(40) + "x" + &"]".repeat(40);
+        let doc = format!(
+            "a: &a {anchored}\nb: {}*a{}\n",
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        assert!(parse(&doc).unwrap_err().message.contains("deep"));
+        assert!(parse("ports: !reset []\n")
+            .unwrap_err()
+            .message
+            .contains("tag"));
+        assert!(parse("env: !override {a: 1}\n")
+            .unwrap_err()
+            .message
+            .contains("tag"));
+        assert!(parse("a: !!map {b: 1}\n").is_ok());
+        // Many keys in one mapping: found twice without a quadratic scan.
+        let mut wide: String = (0..50_000).map(|i| format!("k{i}: 1\n")).collect();
+        assert!(parse(&wide).is_ok());
+        wide.push_str("k7: 2\n");
+        assert_eq!(parse(&wide).unwrap_err().line, 50_001);
     }
 }

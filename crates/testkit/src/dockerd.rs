@@ -117,6 +117,12 @@ impl Dockerd {
 
     /// Imports a busybox-static root filesystem as image `tag`: no registry is needed.
     pub fn import_busybox(&self, tag: &str) {
+        self.import_busybox_with(tag, &[]);
+    }
+
+    /// [`Dockerd::import_busybox`] with Dockerfile instructions applied to the image
+    /// (`docker import --change`), e.g. an `ENTRYPOINT` that stands in for a real image's.
+    pub fn import_busybox_with(&self, tag: &str, changes: &[&str]) {
         let busybox = Path::new("/bin/busybox");
         assert!(
             busybox.exists(),
@@ -144,7 +150,12 @@ impl Dockerd {
             .status()
             .expect("tar");
         assert!(status.success());
-        self.docker_ok(&["import", tar.to_str().unwrap(), tag]);
+        let mut args = vec!["import"];
+        for change in changes {
+            args.extend(["--change", change]);
+        }
+        args.extend([tar.to_str().unwrap(), tag]);
+        self.docker_ok(&args);
     }
 }
 

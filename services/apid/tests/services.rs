@@ -1,7 +1,8 @@
 //! Services across a network, the way a user runs them: three machines (namespaces with the
 //! real daemons and their own dockerd), formed with `uc`, then `uc run` spreads containers over
 //! them, `uc scale` changes how many, `uc ls`/`uc ps` show them from the state, DNS answers for
-//! them, and `uc rm` leaves nothing behind, even when a machine was cut off at first.
+//! them, `uc deploy` runs Compose projects (real ones among them), and `uc rm` leaves nothing
+//! behind, even when a machine was cut off at first.
 
 use uncloud_testkit::network::{Binaries, Boot, LocalNetwork};
 
@@ -293,6 +294,16 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         envs.len() == 2 && envs.iter().all(|e| e.contains("GREETING=hi")),
         "{envs:?}"
     );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&net.uc_ok(&["inspect", "web.store"])).unwrap();
+    assert_eq!(inspect["spec"]["env"]["GREETING"], "hi", "{inspect}");
+    assert_eq!(
+        inspect["containers"].as_array().unwrap().len(),
+        2,
+        "{inspect}"
+    );
+    let err = net.uc_fails(&["inspect", "db"]);
+    assert!(err.contains("db.shop") && err.contains("db.store"), "{err}");
     let again = net.uc_ok(&["deploy", "-f", f, "-y"]);
     assert!(again.contains("nothing to change"), "{again}");
     std::fs::write(project.path().join(".env"), "GREETING=hey\n").unwrap();
@@ -324,6 +335,137 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         "{err}"
     );
     net.uc_ok(&["rm", "db.store"]);
+
+    // Real Compose projects (crates/compose/tests/samples, from awesome-compose). Each image
+    // they name is a busybox standing in for the real one: it serves its hostname over HTTP on
+    // the ports the samples use, so a service reaching another by its Compose name shows whose
+    // container answered. Every sample plans; those that can run here deploy, reach each other,
+    // redeploy as "nothing to change", and are removed again (two of them publish port 80).
+    let stand_in = "mkdir -p /w && hostname > /w/index.html && \
+                    for p in 80 3000 3306 5432 6379; do httpd -p $p -h /w; done; exec sleep 3600";
+    let entrypoint = format!(
+        "ENTRYPOINT [\"/bin/sh\", \"-c\", {}, \"stand-in\"]",
+        serde_json::to_string(stand_in).unwrap()
+    );
+    for i in [alpha, beta, gamma] {
+        let docker = net.machines[i].docker.as_ref().unwrap();
+        docker.import_busybox_with("stand-in:uc", &[&entrypoint]);
+        for image in [
+            "gitea/gitea:latest",
+            "postgres:alpine",
+            "nextcloud:apache",
+            "redis:alpine",
+            "mariadb:10.5",
+            "mariadb:10.6.4-focal",
+            "wordpress:latest",
+            "postgres:latest",
+            "dpage/pgadmin4:latest",
+        ] {
+            docker.docker_ok(&["tag", "stand-in:uc", image]);
+        }
+    }
+    let samples =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates/compose/tests/samples");
+    // The container of `<project>-<service>-…` and the machine whose engine runs it.
+    let find = |net: &LocalNetwork, project: &str, service: &str| -> Option<(usize, String)> {
+        let prefix = format!("{project}-{service}-");
+        [alpha, beta, gamma].into_iter().find_map(|i| {
+            engine_containers(net, i)
+                .into_iter()
+                .find(|n| n.starts_with(&prefix))
+                .map(|n| (i, n))
+        })
+    };
+    // (sample, services, client reaching server:port by name).
+    type Link<'a> = (&'a str, &'a str, &'a str);
+    let runnable: [(&str, &[&str], &[Link]); 4] = [
+        (
+            "gitea-postgres",
+            &["gitea", "db"],
+            &[("gitea", "db", "5432")],
+        ),
+        (
+            "nextcloud-redis-mariadb",
+            &["nc", "redis", "db"],
+            &[("nc", "db", "3306"), ("nc", "redis", "6379")],
+        ),
+        (
+            "postgresql-pgadmin",
+            &["postgres", "pgadmin"],
+            &[("pgadmin", "postgres", "5432")],
+        ),
+        (
+            "wordpress-mysql",
+            &["db", "wordpress"],
+            &[("wordpress", "db", "3306")],
+        ),
+    ];
+    for (sample, services, links) in runnable {
+        let file = samples.join(sample).join("compose.yaml");
+        let f = file.to_str().unwrap();
+        let plan = net.uc_ok(&["deploy", "-f", f, "--dry-run"]);
+        for service in services {
+            assert!(plan.contains(&format!("+ create  {service}")), "{plan}");
+        }
+        net.uc_ok(&["deploy", "-f", f, "-y"]);
+        for (client, server, port) in links {
+            let (ci, client_name) = find(&net, sample, client).expect(client);
+            let (si, server_name) = find(&net, sample, server).expect(server);
+            let hostname = net.machines[si].docker.as_ref().unwrap().docker_ok(&[
+                "exec",
+                &server_name,
+                "hostname",
+            ]);
+            // HTTP by hand with nc: busybox-static's wget crashes in these containers.
+            let fetch = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {server} {port}");
+            net.wait_until(
+                &format!("{sample}: {client} reaches {server} by name"),
+                30,
+                || {
+                    let out = net.machines[ci].docker.as_ref().unwrap().docker(&[
+                        "exec",
+                        &client_name,
+                        "sh",
+                        "-c",
+                        &fetch,
+                    ]);
+                    let body = String::from_utf8_lossy(&out.stdout);
+                    body.lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .map(str::trim)
+                        == Some(hostname.as_str())
+                },
+            );
+        }
+        let again = net.uc_ok(&["deploy", "-f", f, "-y"]);
+        assert!(again.contains("nothing to change"), "{sample}: {again}");
+        let names: Vec<String> = services.iter().map(|s| format!("{s}.{sample}")).collect();
+        let mut rm = vec!["rm"];
+        rm.extend(names.iter().map(String::as_str));
+        net.uc_ok(&rm);
+        for i in [alpha, beta, gamma] {
+            let left = engine_containers(&net, i);
+            let prefix = format!("{sample}-");
+            assert!(!left.iter().any(|n| n.starts_with(&prefix)), "{left:?}");
+        }
+    }
+    // Portainer binds the machine's Docker socket, which these test machines do not have at
+    // that path: it only plans. Prometheus with Grafana is refused for its relative binds.
+    let portainer = samples.join("portainer/compose.yaml");
+    let plan = net.uc_ok(&["deploy", "-f", portainer.to_str().unwrap(), "--dry-run"]);
+    assert!(plan.contains("+ create  portainer"), "{plan}");
+    let prometheus = samples.join("prometheus-grafana/compose.yaml");
+    let err = net.uc_fails(&["deploy", "-f", prometheus.to_str().unwrap(), "-y"]);
+    assert!(
+        err.contains("compose.yaml:11: services.prometheus.volumes")
+            && err.contains("compose.yaml:23: services.grafana.volumes"),
+        "{err}"
+    );
+    assert!(
+        !net.uc_ok(&["ls"]).contains("prometheus"),
+        "nothing deployed"
+    );
 
     // gamma is cut off: new replicas avoid it, `uc ps` says its containers are unreachable,
     // and `uc rm` removes what it reaches, says what is left, and keeps the service.
