@@ -1,6 +1,7 @@
 //! `uc deploy`: a Compose file's services onto the network. The file is read here
 //! (`uncloud-compose`), compared with the services the network runs, and the difference is
-//! shown as a plan, confirmed, then carried out with the same calls as `uc run` and `uc rm`.
+//! shown as a plan, confirmed, then carried out with the same calls as `uc run` and `uc rm`;
+//! a changed service is rolled out one container at a time (`update`, API version 6).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use uncloud_api::service::{RunRequest, ServiceRef, ServiceRow, ServiceSpec};
+use uncloud_api::service::{RunRequest, ServiceRow, ServiceSpec, UpdateRequest};
 use uncloud_api::wire::{Answer, Call};
 use uncloud_api::ApiClient;
 use uncloud_compose::{ComposeService, Options, Project};
@@ -16,7 +17,8 @@ use uncloud_compose::{ComposeService, Options, Project};
 use crate::context::Store;
 use crate::output::Spinner;
 use crate::remote::{self, answer};
-use crate::service::{containers_table, RUN_TIMEOUT, SERVICES_API};
+use crate::service::{containers_table, remove_one, RUN_TIMEOUT, SERVICES_API};
+use crate::update::UPDATE_API;
 use crate::Global;
 
 /// `uc deploy [-f FILE] [SERVICE…]`.
@@ -90,7 +92,13 @@ pub fn plan(
             Some(row) => match &row.spec {
                 Some(spec) => {
                     let differs = differences(&wanted(&s.spec, machine_ids), spec);
-                    if differs.is_empty() {
+                    if differs.is_empty() && row.outdated > 0 {
+                        // An update that stopped half way, or machines that were cut off.
+                        Step::Update(vec![format!(
+                            "{} container(s) still of an earlier spec",
+                            row.outdated
+                        )])
+                    } else if differs.is_empty() {
                         Step::Same
                     } else {
                         Step::Update(differs)
@@ -127,7 +135,7 @@ fn wanted(spec: &ServiceSpec, machine_ids: &BTreeMap<String, String>) -> Service
 }
 
 /// The top-level fields of the spec that differ, by their JSON names.
-fn differences(wanted: &ServiceSpec, current: &ServiceSpec) -> Vec<String> {
+pub(crate) fn differences(wanted: &ServiceSpec, current: &ServiceSpec) -> Vec<String> {
     let mut current = current.clone();
     current.machines.sort();
     current.machines.dedup();
@@ -154,7 +162,7 @@ pub fn render(project: &Project, plan: &Plan) -> String {
         let line = match step {
             Step::Create => format!("  + create  {name:<16} {what}"),
             Step::Update(fields) => format!(
-                "  ~ replace {name:<16} {what} (changed: {})",
+                "  ~ update  {name:<16} {what} (changed: {})",
                 fields.join(", ")
             ),
             Step::Same => format!("  = same    {name:<16} {what}"),
@@ -225,6 +233,7 @@ pub async fn deploy(cmd: Deploy, g: &Global) -> anyhow::Result<()> {
     let ctx = store.load(g.context.as_deref())?;
     let (member, via) = remote::member(&ctx, g).await?;
     remote::require_api(&member, &via, SERVICES_API).await?;
+    let rolling = answer(member.info(remote::ctx()).await)?.api_version >= UPDATE_API;
     let running = services(&member).await?;
     let machine_ids = match answer(member.call(remote::ctx(), Call::Machines).await)? {
         Answer::Machines(rows) => rows.into_iter().map(|m| (m.name, m.id)).collect(),
@@ -263,19 +272,35 @@ pub async fn deploy(cmd: Deploy, g: &Global) -> anyhow::Result<()> {
                 for dep in s.depends_on.iter().filter(|d| d.healthy) {
                     wait_healthy(&member, &format!("{}.{}", dep.service, project.name)).await?;
                 }
+                let pull = if s.pull.is_empty() {
+                    cmd.pull.clone()
+                } else {
+                    s.pull.clone()
+                };
                 if matches!(step, Step::Update(_)) {
-                    // No rolling update yet: the old containers go, then the new ones start.
+                    if rolling {
+                        let request = UpdateRequest {
+                            service: id.clone(),
+                            spec: Some(s.spec.clone()),
+                            pull,
+                            order: s.update.order.clone(),
+                            monitor_ms: s.update.monitor_ms,
+                            no_rollback: s.update.no_rollback,
+                            to_revision: None,
+                        };
+                        crate::update::update(&member, request, g).await?;
+                        continue;
+                    }
+                    // An apid without rolling updates: the old containers go, then the new
+                    // ones start.
+                    eprintln!("note: {via} cannot roll updates out (API < {UPDATE_API}): {id} is replaced");
                     remove(&member, &id).await?;
                 }
                 let request = RunRequest {
                     name: s.name.clone(),
                     project: project.name.clone(),
                     spec: s.spec.clone(),
-                    pull: if s.pull.is_empty() {
-                        cmd.pull.clone()
-                    } else {
-                        s.pull.clone()
-                    },
+                    pull,
                 };
                 let spinner = Spinner::start(format!("starting {id}"));
                 match answer(member.run(uncloud_api::context(RUN_TIMEOUT), request).await) {
@@ -317,25 +342,9 @@ async fn services(member: &ApiClient) -> anyhow::Result<Vec<ServiceRow>> {
 }
 
 async fn remove(member: &ApiClient, id: &str) -> anyhow::Result<()> {
-    let spinner = Spinner::start(format!("removing {id}"));
-    let reply = member
-        .remove_service(
-            uncloud_api::context(Duration::from_secs(120)),
-            ServiceRef {
-                service: id.to_string(),
-            },
-        )
-        .await;
-    match answer(reply) {
-        Ok(r) => {
-            spinner.done(&format!("{} containers removed", r.removed.len()));
-            Ok(())
-        }
-        Err(e) => {
-            spinner.done("failed");
-            Err(anyhow::Error::from(e).context(format!("{id} was not removed")))
-        }
-    }
+    remove_one(member, id)
+        .await
+        .with_context(|| format!("{id} was not removed"))
 }
 
 /// How long a `depends_on: condition: service_healthy` is waited for.
@@ -404,6 +413,7 @@ mod tests {
                     },
                     depends_on: Vec::<Dependency>::new(),
                     pull: String::new(),
+                    update: Default::default(),
                     line: 1,
                 })
                 .collect(),
@@ -422,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn plans_create_same_replace_and_remove() {
+    fn plans_create_same_update_and_remove() {
         let p = project(&[
             ("db", "postgres:16"),
             ("web", "nginx:1.27"),
@@ -454,7 +464,7 @@ mod tests {
         );
         assert_eq!(plan.changes(), 3);
         let text = render(&p, &plan);
-        assert!(text.contains("~ replace web"), "{text}");
+        assert!(text.contains("~ update  web"), "{text}");
         assert!(text.contains("(changed: image)"), "{text}");
         assert!(text.contains("- remove  old"), "{text}");
 
@@ -469,6 +479,13 @@ mod tests {
             .map(|s| row(&s.name, "shop", Some(wanted(&s.spec, &ids))))
             .collect();
         assert_eq!(super::plan(&p, &deployed, &[], &ids).changes(), 0);
+        // ... unless some containers still run an earlier spec: they are rolled out again.
+        let mut half = deployed.clone();
+        half[1].outdated = 1;
+        assert!(matches!(
+            &super::plan(&p, &half, &[], &ids).steps[1].1,
+            Step::Update(w) if w[0].contains("earlier spec")
+        ));
 
         // An older apid's rows have no spec: replaced, saying why.
         let old = vec![row("db", "shop", None)];

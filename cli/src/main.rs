@@ -8,12 +8,12 @@
 //!
 //! # Design
 //! One module per command group ([`machine`], [`host`] for a machine's insides, [`mesh`],
-//! [`service`] for `run`/`ls`/`ps`/`rm`, [`cert`], [`ctx`]); [`targets`] asks the connected machine or each of `-m`; [`remote`]
+//! [`service`] for `run`/`ls`/`ps`/`rm`, [`deploy`], [`update`] for rolling updates, [`cert`], [`ctx`]); [`targets`] asks the connected machine or each of `-m`; [`remote`]
 //! connects and turns errors into advice; [`context`] keeps contexts on disk; [`output`] prints tables, JSON and
 //! progress. Adding a command is a variant and a match arm.
 //!
 //! # Limitations
-//! Compose deploys, rolling updates, image push and ingress come with later issues.
+//! Image push, logs, exec and ingress come with later issues.
 
 mod cert;
 mod context;
@@ -27,6 +27,7 @@ mod output;
 mod remote;
 mod service;
 mod targets;
+mod update;
 
 use std::process::ExitCode;
 
@@ -127,6 +128,19 @@ containers reach its services by their bare names (db), others as db.shop.intern
 cannot be honoured are warnings (ignored, and why) or errors (with what to do instead), each
 with its line. docs/services.md lists the keys uc reads.")]
     Deploy(Box<deploy::Deploy>),
+    /// Go back to an earlier revision of a service, one container at a time (as a deploy
+    /// rolls out).
+    #[command(after_help = "\
+Examples:
+  uc rollback web                 # the revision before the current
+  uc rollback web --to 3          # revision 3 (see `uc service history web`)
+
+A deploy whose new container fails goes back on its own; this is for a change that worked
+but should not have.")]
+    Rollback(update::Rollback),
+    /// A service's revisions.
+    #[command(subcommand)]
+    Service(update::ServiceCmd),
     /// Create the network, add and list machines.
     #[command(subcommand)]
     Machine(machine::Machine),
@@ -194,7 +208,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Inspect(_)
         | Command::Scale(_)
         | Command::Rm(_)
-        | Command::Deploy(_) => true,
+        | Command::Deploy(_)
+        | Command::Rollback(_)
+        | Command::Service(_) => true,
         Command::Cert(c) => !matches!(c, cert::Cert::Renew),
         _ => false,
     };
@@ -212,6 +228,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale(s) => service::scale(s, &cli.global).await,
         Command::Rm(r) => service::rm(r, &cli.global).await,
         Command::Deploy(d) => deploy::deploy(*d, &cli.global).await,
+        Command::Rollback(r) => update::rollback(r, &cli.global).await,
+        Command::Service(s) => update::service(s, &cli.global).await,
         Command::Cert(c) => cert::run(c, &cli.global).await,
         Command::Ctx(c) => ctx::run(c, &cli.global),
         Command::Completion { shell } => {

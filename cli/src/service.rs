@@ -199,6 +199,30 @@ pub async fn run(cmd: Run, g: &Global) -> anyhow::Result<()> {
     report(&reply, g)
 }
 
+/// Removes one service (`uc rm`, and `uc deploy` for a service gone from the file), with a
+/// spinner that says how many containers went.
+pub async fn remove_one(member: &uncloud_api::ApiClient, service: &str) -> anyhow::Result<()> {
+    let spinner = Spinner::start(format!("removing {service}"));
+    let reply = member
+        .remove_service(
+            uncloud_api::context(Duration::from_secs(120)),
+            ServiceRef {
+                service: service.to_string(),
+            },
+        )
+        .await;
+    match answer(reply) {
+        Ok(r) => {
+            spinner.done(&format!("done, {} containers removed", r.removed.len()));
+            Ok(())
+        }
+        Err(e) => {
+            spinner.done("failed");
+            Err(e.into())
+        }
+    }
+}
+
 /// The request `uc run`'s flags say.
 fn request(cmd: Run, machines: &[String]) -> anyhow::Result<RunRequest> {
     let mut env = BTreeMap::new();
@@ -277,22 +301,9 @@ pub async fn rm(cmd: Rm, g: &Global) -> anyhow::Result<()> {
     remote::require_api(&member, &via, SERVICES_API).await?;
     let mut failed = 0;
     for service in cmd.services {
-        let spinner = Spinner::start(format!("removing {service}"));
-        let reply = member
-            .remove_service(
-                uncloud_api::context(Duration::from_secs(120)),
-                ServiceRef {
-                    service: service.clone(),
-                },
-            )
-            .await;
-        match answer(reply) {
-            Ok(r) => spinner.done(&format!("done, {} containers removed", r.removed.len())),
-            Err(e) => {
-                spinner.done("failed");
-                eprintln!("error: {service}: {e}");
-                failed += 1;
-            }
+        if let Err(e) = remove_one(&member, &service).await {
+            eprintln!("error: {service}: {e:#}");
+            failed += 1;
         }
     }
     if failed > 0 {

@@ -79,6 +79,10 @@ pub struct ServiceRow {
     /// `lb.<name>[.<project>].internal`'s address; empty when it has none.
     pub vip: String,
     pub containers: Vec<ContainerRow>,
+    /// Containers made from a revision whose spec differs from the current one (an update
+    /// that stopped half way, or a machine that was cut off during one). 0 from apids older
+    /// than the field (API version 6).
+    pub outdated: usize,
     /// The whole spec of its current revision (`uc deploy` compares it with the file's).
     /// Absent from the replies of apids older than the field.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,4 +126,70 @@ impl ServiceRow {
             .filter(|c| c.state == "running" && c.machine_state == "alive")
             .count()
     }
+}
+
+/// `update`: make a service's containers run a new spec, one container at a time (`uc deploy`
+/// of a changed service), or an earlier revision's (`uc rollback`). Added in API version 6.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpdateRequest {
+    /// The service, as in [`ServiceRef`].
+    pub service: String,
+    /// The spec to run; `None`: an earlier revision's, `to_revision` or else the one before
+    /// the current.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spec: Option<ServiceSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_revision: Option<u64>,
+    /// As in [`RunRequest::pull`].
+    pub pull: String,
+    /// `start-first` (a new container starts and must be ready before the old one stops),
+    /// `stop-first`, or empty: start-first unless host ports or a volume only one container
+    /// may use force stop-first.
+    pub order: String,
+    /// How long a new container without a health check must keep running to count as
+    /// ready; 0: 5 s.
+    pub monitor_ms: u64,
+    /// When a new container fails, stop there instead of going back to the previous spec.
+    pub no_rollback: bool,
+}
+
+/// What `update` did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpdateReply {
+    /// The service as it is now.
+    pub service: ServiceRow,
+    /// The order used: `start-first` or `stop-first`.
+    pub order: String,
+    /// What was done, one line per step (`replaced web-1a2b on alpha by web-3c4d`).
+    pub steps: Vec<String>,
+    /// Why the update failed; empty when it succeeded.
+    pub error: String,
+    /// The failed container's last log lines.
+    pub logs: Vec<String>,
+    /// The update failed and the service went back to the spec it had before.
+    pub rolled_back: bool,
+    /// Containers left as they were because their machine could not be reached.
+    pub skipped: Vec<MachineFailure>,
+}
+
+/// `history`: a service's revisions, oldest first, the current one last. Added in API
+/// version 6.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HistoryReply {
+    pub service: String,
+    pub revisions: Vec<RevisionRow>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RevisionRow {
+    pub revision: u64,
+    pub spec: ServiceSpec,
+    /// The service runs this revision now.
+    pub current: bool,
+    /// Containers of this revision (by its number) that exist now.
+    pub containers: usize,
 }

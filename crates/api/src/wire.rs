@@ -10,8 +10,8 @@ pub use crate::host::{
     DnsName, LogEntry, LogPage, LogRequest, MachineStatus, MeshPeer, UnitStatus,
 };
 pub use crate::service::{
-    ContainerRow, MachineFailure, RemoveReply, RunReply, RunRequest, ScaleRequest, ServiceRef,
-    ServiceRow,
+    ContainerRow, HistoryReply, MachineFailure, RemoveReply, RevisionRow, RunReply, RunRequest,
+    ScaleRequest, ServiceRef, ServiceRow, UpdateReply, UpdateRequest,
 };
 
 /// The TCP port apid listens on (TLS), on every address. The only public port besides
@@ -23,9 +23,10 @@ pub const PORT: u16 = 7443;
 /// 3: `call`, and the calls `status`, `logs`, `reboot`, `mesh_peers`.
 /// 4: the call `dns_names`.
 /// 5: `run`, `scale`, `remove_service` and the call `services`.
+/// 6: `update` (rolling updates, rollback) and `history`.
 /// An older apid closes the connection on a call it does not know; `uc` checks
 /// `info().api_version` first where that matters.
-pub const API_VERSION: u32 = 5;
+pub const API_VERSION: u32 = 6;
 
 /// Largest JSON frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -83,6 +84,12 @@ pub trait Api {
     /// `replicas` (placed as `run` places them; removed from the machines with the most of
     /// it). Returns the service as it is now. Added in API version 5.
     async fn scale(request: ScaleRequest) -> Result<RunReply, ApiError>;
+    /// Member mode, admin: replaces a service's containers one at a time by containers of a
+    /// new spec (or an earlier revision's), each ready before the next; goes back to the
+    /// previous spec when one fails, unless asked not to. Added in API version 6.
+    async fn update(request: UpdateRequest) -> Result<UpdateReply, ApiError>;
+    /// Member mode, any role: a service's revisions. Added in API version 6.
+    async fn history(request: ServiceRef) -> Result<HistoryReply, ApiError>;
 }
 
 /// `uc -m TARGETS …`.

@@ -33,4 +33,6 @@ pub mod project;
 pub mod units;
 pub mod yaml;
 
-pub use project::{load, ComposeService, Dependency, Diagnostic, LoadError, Options, Project};
+pub use project::{
+    load, ComposeService, Dependency, Diagnostic, LoadError, Options, Project, UpdateConfig,
+};

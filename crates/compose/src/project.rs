@@ -43,7 +43,23 @@ pub struct ComposeService {
     pub depends_on: Vec<Dependency>,
     /// `pull_policy`: `always`, `missing` or `never`; empty for the default.
     pub pull: String,
+    /// `deploy.update_config`: how a change is rolled out.
+    pub update: UpdateConfig,
     pub line: usize,
+}
+
+/// How `uc deploy` rolls a changed service out (`deploy.update_config`). One container at a
+/// time, always.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpdateConfig {
+    /// `start-first`, `stop-first`, or empty for uc's default (start-first unless host ports
+    /// or a volume force stop-first).
+    pub order: String,
+    /// `monitor`: how long a new container without a health check must keep running; 0 for
+    /// uc's default (5 s).
+    pub monitor_ms: u64,
+    /// `failure_action: pause`: stop at a failed container instead of going back.
+    pub no_rollback: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -513,6 +529,7 @@ impl Cx<'_> {
         };
         let mut depends_on = Vec::new();
         let mut pull = String::new();
+        let mut update = UpdateConfig::default();
         let mut env_files: Vec<(PathBuf, bool, usize)> = Vec::new();
         let mut environment = Vec::new();
         let mut has_image = false;
@@ -652,7 +669,7 @@ impl Cx<'_> {
                         }
                     }
                 }
-                "deploy" => self.deploy(k, v, &path, &mut spec),
+                "deploy" => self.deploy(k, v, &path, &mut spec, &mut update),
                 "labels" => {
                     for (lk, lv, _) in self.key_values(k, v, &path) {
                         spec.labels.insert(lk, lv.unwrap_or_default());
@@ -775,6 +792,7 @@ impl Cx<'_> {
             spec,
             depends_on,
             pull,
+            update,
             line: key.line,
         })
     }
@@ -830,7 +848,14 @@ impl Cx<'_> {
         Some(h)
     }
 
-    fn deploy(&mut self, k: &Key, v: &Node, path: &str, spec: &mut ServiceSpec) {
+    fn deploy(
+        &mut self,
+        k: &Key,
+        v: &Node,
+        path: &str,
+        spec: &mut ServiceSpec,
+        update: &mut UpdateConfig,
+    ) {
         let Some(fields) = v.as_map() else {
             self.error(k, path, "expected a mapping");
             return;
@@ -865,13 +890,18 @@ impl Cx<'_> {
                         Some("none") => spec.restart = "no".into(),
                         Some("on-failure") => spec.restart = "on-failure".into(),
                         Some("any") | None => spec.restart = "always".into(),
-                        Some(other) => self.error(fk, &fpath, &format!("{other:?}: expected none, on-failure or any")),
+                        Some(other) => self.error(
+                            fk,
+                            &fpath,
+                            &format!("{other:?}: expected none, on-failure or any"),
+                        ),
                     }
                 }
-                "update_config" | "rollback_config" => self.warn(
+                "update_config" => self.update_config(fk, fv, &fpath, update),
+                "rollback_config" => self.warn(
                     fk,
                     &fpath,
-                    "not honoured yet: a changed service is replaced, not rolled (docs/services.md)",
+                    "ignored: going back rolls out the previous spec the way `update_config` says",
                 ),
                 "labels" | "endpoint_mode" => self.warn(fk, &fpath, "ignored (a Swarm setting)"),
                 t if t.starts_with("x-") => {}
@@ -891,6 +921,54 @@ impl Cx<'_> {
         }
         if spec.is_global() {
             spec.replicas = 0;
+        }
+    }
+
+    fn update_config(&mut self, k: &Key, v: &Node, path: &str, update: &mut UpdateConfig) {
+        let Some(fields) = v.as_map() else {
+            self.error(k, path, "expected a mapping");
+            return;
+        };
+        for (fk, fv) in fields {
+            let fpath = format!("{path}.{}", fk.text);
+            match fk.text.as_str() {
+                "order" => match fv.as_str() {
+                    Some(o @ ("start-first" | "stop-first")) => update.order = o.into(),
+                    _ => self.error(fk, &fpath, "expected start-first or stop-first"),
+                },
+                "monitor" => {
+                    if let Some(s) = self.string(fk, fv, &fpath) {
+                        match parse_duration_ms(&s) {
+                            Ok(ms) => update.monitor_ms = ms,
+                            Err(m) => self.error(fk, &fpath, &m),
+                        }
+                    }
+                }
+                "failure_action" => match fv.as_str() {
+                    Some("rollback") => update.no_rollback = false,
+                    Some("pause") => update.no_rollback = true,
+                    Some("continue") => self.error(
+                        fk,
+                        &fpath,
+                        "not supported: uc deploy stops at the first container that fails \
+                         (rollback, the default, or pause)",
+                    ),
+                    _ => self.error(fk, &fpath, "expected rollback or pause"),
+                },
+                "parallelism" => {
+                    if fv.as_str() != Some("1") {
+                        self.warn(
+                            fk,
+                            &fpath,
+                            "ignored: uc deploy replaces one container at a time",
+                        );
+                    }
+                }
+                "delay" | "max_failure_ratio" => {
+                    self.warn(fk, &fpath, "ignored: uc deploy stops at the first failure")
+                }
+                _ => self.error(fk, &fpath, "not a key of `update_config`"),
+            }
         }
     }
 
@@ -1332,6 +1410,33 @@ mod tests {
             .into_iter()
             .map(|d| (d.line, d.key))
             .collect()
+    }
+
+    #[test]
+    fn update_config_says_how_a_change_rolls_out() {
+        let text = "services:\n  web:\n    image: web:1\n    deploy:\n      update_config:\n        order: stop-first\n        monitor: 2s\n        failure_action: pause\n        parallelism: 2\n";
+        let p = load(text, &Variables::default()).unwrap();
+        let web = &p.services[0];
+        assert_eq!(
+            web.update,
+            UpdateConfig {
+                order: "stop-first".into(),
+                monitor_ms: 2000,
+                no_rollback: true,
+            }
+        );
+        assert!(p.warnings.iter().any(|w| w.key.ends_with("parallelism")));
+        let bad = "services:\n  web:\n    image: web:1\n    deploy:\n      update_config:\n        order: blue-green\n        failure_action: continue\n";
+        assert_eq!(
+            errors(bad),
+            [
+                (6, "services.web.deploy.update_config.order".to_string()),
+                (
+                    7,
+                    "services.web.deploy.update_config.failure_action".to_string()
+                )
+            ]
+        );
     }
 
     #[test]

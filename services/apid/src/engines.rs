@@ -6,8 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use uncloud_common::dbus::DockerProxy;
+use uncloud_common::docker::LogsRequest;
 use uncloud_common::docker::{ErrorKind, OpsError};
-use uncloud_common::model::Service;
+use uncloud_common::model::{Container, Service};
 use uncloud_common::rpc::{connect_container_ops, ContainerOpsClient, CONTAINER_OPS_PORT};
 
 /// Longest a container create and start may take (the engine may be slow to start it).
@@ -16,6 +17,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const PULL_TIMEOUT: Duration = Duration::from_secs(900);
 /// Longest a removal may take (a stop's grace period included).
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest an inspect or a log tail may take.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One machine's shim.
 pub enum Engine {
@@ -122,6 +125,102 @@ impl Engine {
         }
     }
 }
+
+impl Engine {
+    /// The container as its engine sees it now.
+    pub async fn inspect(&self, container: &str) -> Result<Container, OpsError> {
+        match self {
+            Engine::Local(p) => {
+                let json = bounded(LOOK_TIMEOUT, async {
+                    p.inspect(container).await.map_err(from_dbus)
+                })
+                .await?;
+                serde_json::from_str(&json).map_err(|e| {
+                    OpsError::new(ErrorKind::Engine, format!("dockerd-shim's inspect: {e}"))
+                })
+            }
+            Engine::Remote(c) => c
+                .inspect(uncloud_api::context(LOOK_TIMEOUT), container.into())
+                .await
+                .map_err(rpc_error)
+                .and_then(|r| r),
+        }
+    }
+
+    /// The last `lines` lines a container wrote (stdout and stderr together), for saying why
+    /// it failed. Bounded in time and size.
+    pub async fn tail(&self, container: &str, lines: u32) -> Result<Vec<String>, OpsError> {
+        let bytes = match self {
+            Engine::Local(p) => {
+                // The shim writes into a pipe we pass it; both streams share it.
+                let (mut read, write) = std::io::pipe().map_err(|e| {
+                    OpsError::new(ErrorKind::Engine, format!("a pipe for the logs: {e}"))
+                })?;
+                let (out, err) = (zbus::Fd::from(&write), zbus::Fd::from(&write));
+                bounded(LOOK_TIMEOUT, async {
+                    p.inner()
+                        .call_method("Logs", &(container, false, 0i32, lines as i32, out, err))
+                        .await
+                        .map(drop)
+                        .map_err(from_dbus)
+                })
+                .await?;
+                drop(write);
+                let reader = tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    let mut out = Vec::new();
+                    let _ = (&mut read).take(MAX_TAIL_BYTES).read_to_end(&mut out);
+                    out
+                });
+                tokio::time::timeout(LOOK_TIMEOUT, reader)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default()
+            }
+            Engine::Remote(c) => {
+                let request = LogsRequest {
+                    follow: false,
+                    since_secs: 0,
+                    tail: Some(lines),
+                };
+                let stream = c
+                    .logs(
+                        uncloud_api::context(LOOK_TIMEOUT),
+                        container.into(),
+                        request,
+                    )
+                    .await
+                    .map_err(rpc_error)??;
+                let mut out = Vec::new();
+                let started = std::time::Instant::now();
+                while started.elapsed() < LOOK_TIMEOUT && (out.len() as u64) < MAX_TAIL_BYTES {
+                    let got = c
+                        .stream_read(uncloud_api::context(LOOK_TIMEOUT), stream, 2_000)
+                        .await
+                        .map_err(rpc_error)??;
+                    for (_, chunk) in got.chunks {
+                        out.extend_from_slice(&chunk);
+                    }
+                    if got.end.is_some() {
+                        break;
+                    }
+                }
+                let _ = c
+                    .stream_close(uncloud_api::context(Duration::from_secs(5)), stream)
+                    .await;
+                out
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let all: Vec<&str> = text.lines().collect();
+        let from = all.len().saturating_sub(lines as usize);
+        Ok(all[from..].iter().map(|l| l.to_string()).collect())
+    }
+}
+
+/// Most of a log tail read.
+const MAX_TAIL_BYTES: u64 = 64 * 1024;
 
 async fn bounded<T>(
     limit: Duration,

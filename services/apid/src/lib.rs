@@ -51,10 +51,12 @@ pub mod peer_server;
 pub mod placement;
 pub mod redeemed;
 pub mod revocation;
+pub mod rollout;
 pub mod server;
 pub mod services;
 pub mod tls;
 pub mod token;
+pub mod update;
 
 pub use api::Apid;
 pub use config::Config;

@@ -14,10 +14,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::LengthDelimitedCodec;
 use uncloud_api::wire::MAX_FRAME_BYTES;
 use uncloud_api::wire::{
-    Answer, Api, ApiError, Call, CertRef, CertReply, CertRequest, CertRow, FanOut, InitReply,
-    InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef, MachineRow,
-    RedeemReply, RedeemRequest, RemoveReply, RenewRequest, RunReply, RunRequest, ScaleRequest,
-    ServiceRef, TargetReply, TicketReply, TicketRequest,
+    Answer, Api, ApiError, Call, CertRef, CertReply, CertRequest, CertRow, FanOut, HistoryReply,
+    InitReply, InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef,
+    MachineRow, RedeemReply, RedeemRequest, RemoveReply, RenewRequest, RunReply, RunRequest,
+    ScaleRequest, ServiceRef, TargetReply, TicketReply, TicketRequest, UpdateReply, UpdateRequest,
 };
 
 use crate::api::{Apid, Caller};
@@ -259,5 +259,21 @@ impl Api for Connection {
         request: ScaleRequest,
     ) -> Result<RunReply, ApiError> {
         self.apid.scale_service(&self.caller, request).await
+    }
+
+    async fn update(
+        self,
+        _: tarpc::context::Context,
+        request: UpdateRequest,
+    ) -> Result<UpdateReply, ApiError> {
+        self.apid.update_service(&self.caller, request).await
+    }
+
+    async fn history(
+        self,
+        _: tarpc::context::Context,
+        request: ServiceRef,
+    ) -> Result<HistoryReply, ApiError> {
+        self.apid.service_history(&self.caller, request).await
     }
 }

@@ -21,7 +21,7 @@ use uncloud_api::wire::{ApiError, ErrorKind};
 use uncloud_common::address::MeshCidr;
 use uncloud_common::docker::{ErrorKind as OpsKind, OpsError};
 use uncloud_common::model::{
-    Container, ContainerState, Machine, Service, MODE_GLOBAL, MODE_REPLICATED,
+    Container, ContainerState, Machine, Service, ServiceSpec, MODE_GLOBAL, MODE_REPLICATED,
 };
 use uncloud_common::vips;
 use uncloud_pki::Role;
@@ -31,11 +31,11 @@ use crate::engines::Engine;
 use crate::placement::{self, PlacementError};
 
 /// The machines, containers and placement candidates as this machine's state has them.
-struct View {
-    machines: BTreeMap<String, Machine>,
-    containers: BTreeMap<String, Container>,
-    cidr: MeshCidr,
-    candidates: Vec<placement::Candidate>,
+pub(crate) struct View {
+    pub machines: BTreeMap<String, Machine>,
+    pub containers: BTreeMap<String, Container>,
+    pub cidr: MeshCidr,
+    pub candidates: Vec<placement::Candidate>,
 }
 
 /// How long `run` and `scale` wait for the records of the containers they started.
@@ -57,14 +57,14 @@ struct Started {
 
 /// When to pull the image on a machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pull {
+pub(crate) enum Pull {
     Missing,
     Always,
     Never,
 }
 
 impl Pull {
-    fn parse(s: &str) -> Result<Pull, ApiError> {
+    pub(crate) fn parse(s: &str) -> Result<Pull, ApiError> {
         match s {
             "" | "missing" => Ok(Pull::Missing),
             "always" => Ok(Pull::Always),
@@ -101,14 +101,14 @@ fn container_name(service: &Service) -> String {
     )
 }
 
-fn placement_error(e: PlacementError) -> ApiError {
+pub(crate) fn placement_error(e: PlacementError) -> ApiError {
     match e {
         PlacementError::UnknownMachine(_) => ApiError::new(ErrorKind::NotFound, e.to_string()),
         PlacementError::NoMachine(_) => ApiError::new(ErrorKind::Unreachable, e.to_string()),
     }
 }
 
-fn ops_message(e: &OpsError) -> String {
+pub(crate) fn ops_message(e: &OpsError) -> String {
     match e.kind {
         OpsKind::NoImage => format!(
             "{} (the image is not on the machine: push it with `uc image push`, or let it \
@@ -120,16 +120,16 @@ fn ops_message(e: &OpsError) -> String {
 }
 
 impl Apid {
-    async fn read_services(&self) -> Result<BTreeMap<String, Service>, ApiError> {
+    pub(crate) async fn read_services(&self) -> Result<BTreeMap<String, Service>, ApiError> {
         self.read_all("services").await
     }
 
-    async fn read_containers(&self) -> Result<BTreeMap<String, Container>, ApiError> {
+    pub(crate) async fn read_containers(&self) -> Result<BTreeMap<String, Container>, ApiError> {
         self.read_all("containers").await
     }
 
     /// What placing containers of `service_id` needs to know, from this machine's state.
-    async fn view(&self, member: &Member, service_id: &str) -> Result<View, ApiError> {
+    pub(crate) async fn view(&self, member: &Member, service_id: &str) -> Result<View, ApiError> {
         let machines = self.read_machines().await?;
         let liveness = self.state().liveness().await.map_err(state_error)?;
         let containers = self.read_containers().await?;
@@ -152,7 +152,7 @@ impl Apid {
     }
 
     /// The shim of machine `m`: this machine's over D-Bus, another's over the mesh.
-    async fn engine(
+    pub(crate) async fn engine(
         &self,
         member: &Member,
         cidr: &MeshCidr,
@@ -171,7 +171,7 @@ impl Apid {
     }
 
     /// Starts one container of `service` on `m`, pulling the image as `pull` says.
-    async fn start_on(
+    pub(crate) async fn start_on(
         &self,
         member: &Member,
         cidr: &MeshCidr,
@@ -206,7 +206,7 @@ impl Apid {
     /// Waits until the records of `ids` are in this machine's state: each machine's shim
     /// writes its own, and they replicate here within moments. Bounded: a slow record only
     /// makes the reply show less.
-    async fn wait_for_records(&self, ids: &[String]) {
+    pub(crate) async fn wait_for_records(&self, ids: &[String]) {
         let deadline = Instant::now() + RECORDS_WAIT;
         while Instant::now() < deadline {
             match self.read_containers().await {
@@ -234,12 +234,7 @@ impl Apid {
             req.name.clone()
         };
         let mut spec = req.spec;
-        if spec.mode == MODE_REPLICATED {
-            spec.mode.clear();
-        }
-        if !spec.is_global() && spec.replicas == 0 {
-            spec.replicas = 1;
-        }
+        normalize(&mut spec);
         let mut candidate = Service {
             id: Service::key(&req.project, &name),
             name,
@@ -268,19 +263,7 @@ impl Apid {
         } = self.view(&member, &candidate.id).await?;
         let eligible =
             placement::eligible(&candidate.spec, &candidates).map_err(placement_error)?;
-        // Pinned machines are kept by id, so renaming one does not break the pin.
-        candidate.spec.machines = candidate
-            .spec
-            .machines
-            .iter()
-            .map(|m| {
-                let m = m.trim();
-                candidates
-                    .iter()
-                    .find(|c| c.id == m || c.name == m)
-                    .map_or_else(|| m.to_string(), |c| c.id.clone())
-            })
-            .collect();
+        candidate.spec.machines = pin_by_id(&candidate.spec.machines, &candidates);
         let targets = if candidate.spec.is_global() {
             placement::global(&eligible)
         } else {
@@ -601,8 +584,33 @@ impl Apid {
     }
 }
 
+/// The spec as stored: replicated mode is the empty default, and a replicated service has at
+/// least one replica.
+pub(crate) fn normalize(spec: &mut ServiceSpec) {
+    if spec.mode == MODE_REPLICATED {
+        spec.mode.clear();
+    }
+    if !spec.is_global() && spec.replicas == 0 {
+        spec.replicas = 1;
+    }
+}
+
+/// Pinned machines by id (names or ids in), so renaming a machine does not break the pin.
+pub(crate) fn pin_by_id(machines: &[String], candidates: &[placement::Candidate]) -> Vec<String> {
+    machines
+        .iter()
+        .map(|m| {
+            let m = m.trim();
+            candidates
+                .iter()
+                .find(|c| c.id == m || c.name == m)
+                .map_or_else(|| m.to_string(), |c| c.id.clone())
+        })
+        .collect()
+}
+
 /// A service by id (`web.shop`), or by name when only one service has it.
-fn find_service<'a>(
+pub(crate) fn find_service<'a>(
     services: &'a BTreeMap<String, Service>,
     which: &str,
 ) -> Result<&'a Service, ApiError> {
@@ -676,6 +684,18 @@ pub fn rows(
                 })
                 .collect();
             row_containers.sort_by(|a, b| (&a.machine, &a.name).cmp(&(&b.machine, &b.name)));
+            let current: Vec<u64> = std::iter::once(s.revision)
+                .chain(
+                    s.history
+                        .iter()
+                        .filter(|h| h.spec == s.spec)
+                        .map(|h| h.revision),
+                )
+                .collect();
+            let outdated = row_containers
+                .iter()
+                .filter(|c| !current.contains(&c.revision))
+                .count();
             let mut ports = s.spec.ports.clone();
             ports.extend(s.spec.publish.iter().cloned());
             ServiceRow {
@@ -697,6 +717,7 @@ pub fn rows(
                     .map(|ip| ip.to_string())
                     .unwrap_or_default(),
                 containers: row_containers,
+                outdated,
                 spec: Some(s.spec.clone()),
             }
         })
@@ -708,7 +729,6 @@ pub fn rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uncloud_common::model::ServiceSpec;
 
     #[test]
     fn a_name_is_derived_from_the_image() {

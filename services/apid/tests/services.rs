@@ -309,7 +309,7 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
     std::fs::write(project.path().join(".env"), "GREETING=hey\n").unwrap();
     let out = net.uc_ok(&["deploy", "-f", f, "-y"]);
     assert!(
-        out.contains("~ replace web") && out.contains("(changed: env)"),
+        out.contains("~ update  web") && out.contains("(changed: env)"),
         "{out}"
     );
     assert!(out.contains("= same    db"), "{out}");
@@ -335,6 +335,177 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         "{err}"
     );
     net.uc_ok(&["rm", "db.store"]);
+
+    // Rolling updates. Project `roll`: `web`, three replicas with a health check, and `edge`,
+    // one replica on a host port. A change rolls out one container at a time: `web`
+    // start-first, never fewer than three healthy containers; `edge` stop-first, as its host
+    // port forces.
+    for i in [alpha, beta, gamma] {
+        let docker = net.machines[i].docker.as_ref().unwrap();
+        docker.docker_ok(&["tag", "busybox:uc", "app:1"]);
+    }
+    let roll_dir = tempfile::tempdir().unwrap();
+    let roll_file = roll_dir.path().join("compose.yaml");
+    let rf = roll_file.to_str().unwrap();
+    let echo = serde_json::to_string(ECHO).unwrap();
+    let roll = |image: &str, version: &str| {
+        format!(
+            "name: roll\nservices:\n  web:\n    image: {image}\n    command: [\"sh\", \"-c\", {echo}]\n    \
+             environment:\n      VERSION: \"{version}\"\n    deploy:\n      replicas: 3\n    \
+             healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: 1s\n      timeout: 1s\n      \
+             retries: 1\n  edge:\n    image: app:1\n    command: [\"sh\", \"-c\", {echo}]\n    \
+             environment:\n      VERSION: \"{version}\"\n    ports: [\"18080:8080\"]\n    deploy:\n      \
+             update_config:\n        monitor: 1s\n"
+        )
+    };
+    // (container, machine index) of a service of `roll`.
+    let roll_containers = |net: &LocalNetwork, service: &str| -> Vec<(String, usize)> {
+        let prefix = format!("roll-{service}-");
+        [alpha, beta, gamma]
+            .into_iter()
+            .flat_map(|i| {
+                engine_containers(net, i)
+                    .into_iter()
+                    .filter(|n| n.starts_with(&prefix))
+                    .map(move |n| (n, i))
+            })
+            .collect()
+    };
+    // `{{.Config.Image}} VERSION=…` of each `web` container.
+    let web_versions = |net: &LocalNetwork| -> Vec<String> {
+        let mut out: Vec<String> = roll_containers(net, "web")
+            .into_iter()
+            .map(|(n, i)| {
+                let docker = net.machines[i].docker.as_ref().unwrap();
+                let image = docker.docker_ok(&["inspect", "-f", "{{.Config.Image}}", &n]);
+                let env = docker.docker_ok(&["inspect", "-f", "{{.Config.Env}}", &n]);
+                let version = env
+                    .split(|c: char| c == ' ' || c == '[' || c == ']')
+                    .find(|e| e.starts_with("VERSION="))
+                    .unwrap_or("VERSION=?")
+                    .to_string();
+                format!("{} {version}", image.trim())
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let healthy_web = |net: &LocalNetwork| -> usize {
+        [alpha, beta, gamma]
+            .iter()
+            .map(|&i| {
+                net.machines[i]
+                    .docker
+                    .as_ref()
+                    .unwrap()
+                    .docker_ok(&[
+                        "ps",
+                        "-q",
+                        "--filter",
+                        "label=org.uncloud.service.id=web.roll",
+                        "--filter",
+                        "health=healthy",
+                    ])
+                    .lines()
+                    .count()
+            })
+            .sum()
+    };
+    std::fs::write(&roll_file, roll("app:1", "1")).unwrap();
+    net.uc_ok(&["deploy", "-f", rf, "-y"]);
+    net.wait_until("three healthy web containers", 30, || {
+        healthy_web(&net) == 3
+    });
+    assert_eq!(web_versions(&net), ["app:1 VERSION=1"; 3]);
+
+    std::fs::write(&roll_file, roll("app:1", "2")).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (out, (least, samples)) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let (mut least, mut samples) = (usize::MAX, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                least = least.min(healthy_web(&net));
+                samples += 1;
+            }
+            (least, samples)
+        });
+        let out = net.uc(&["deploy", "-f", rf, "-y"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (out, sampler.join().unwrap())
+    });
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("start-first") && err.contains("stop-first"),
+        "{err}"
+    );
+    assert_eq!(err.matches("replaced roll-web-").count(), 3, "{err}");
+    assert!(
+        samples >= 5 && least >= 3,
+        "{samples} samples, at least {least} healthy: {err}"
+    );
+    assert_eq!(web_versions(&net), ["app:1 VERSION=2"; 3]);
+    let edge = roll_containers(&net, "edge");
+    assert_eq!(edge.len(), 1, "{edge:?}");
+    let docker = net.machines[edge[0].1].docker.as_ref().unwrap();
+    assert!(docker.docker_ok(&["port", &edge[0].0]).contains("18080"));
+
+    // A new image that cannot start on the machine the update reaches last: the deploy fails
+    // there, says why with the container's last lines, and every container goes back to the
+    // previous spec, the two already replaced too.
+    let last = (0..ids.len()).max_by_key(|&i| &ids[i]).unwrap();
+    for i in [alpha, beta, gamma] {
+        let docker = net.machines[i].docker.as_ref().unwrap();
+        if i == last {
+            docker.import_busybox_with(
+                "app:next",
+                &["ENTRYPOINT [\"/bin/sh\", \"-c\", \"echo app:next cannot start on this machine; exit 3\"]"],
+            );
+        } else {
+            docker.docker_ok(&["tag", "busybox:uc", "app:next"]);
+        }
+    }
+    std::fs::write(&roll_file, roll("app:next", "2")).unwrap();
+    let out = net.uc(&["deploy", "-f", rf, "-y"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("| app:next cannot start on this machine")
+            && err.contains(&format!("on {}", net.machines[last].name))
+            && err.contains("went back to its previous spec"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("rollback: replaced roll-web-").count(),
+        2,
+        "{err}"
+    );
+    assert_eq!(web_versions(&net), ["app:1 VERSION=2"; 3]);
+    net.wait_until("three healthy web containers again", 30, || {
+        healthy_web(&net) == 3
+    });
+    let history = net.uc_ok(&["service", "history", "web.roll"]);
+    let rows: Vec<&str> = history.lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "{history}");
+    assert!(
+        rows[2].contains("app:next") && rows[2].contains(" 0 "),
+        "{history}"
+    );
+    assert!(
+        rows[3].starts_with("4 *") && rows[3].contains("app:1"),
+        "{history}"
+    );
+
+    // `uc rollback` goes to what ran before: version 1. A revision not kept is refused.
+    let out = net.uc(&["rollback", "web.roll"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(web_versions(&net), ["app:1 VERSION=1"; 3]);
+    let err = net.uc_fails(&["rollback", "web.roll", "--to", "99"]);
+    assert!(err.contains("no revision 99"), "{err}");
 
     // Real Compose projects (crates/compose/tests/samples, from awesome-compose). Each image
     // they name is a busybox standing in for the real one: it serves its hostname over HTTP on
@@ -495,6 +666,16 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
             .any(|r| r.0 == "web" && r.1 == "gamma" && r.3 != "alive"),
         "{rows:?}"
     );
+    // An update while gamma is cut off replaces what alpha reaches and says what it left.
+    std::fs::write(&roll_file, roll("app:1", "3")).unwrap();
+    let out = net.uc(&["deploy", "--endpoint", &at_alpha, "-f", rf, "-y", "web"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: gamma:") && err.contains("left as it was"),
+        "{err}"
+    );
+    assert_eq!(err.matches("replaced roll-web-").count(), 2, "{err}");
     let err = net.uc_fails(&["rm", "--endpoint", &at_alpha, "web"]);
     assert!(
         err.contains("2 of 3 containers removed") && err.contains("gamma"),
@@ -515,6 +696,26 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
             .status
             .success()
     });
+    // Healed, a deploy of the same file finishes the update on gamma.
+    let plan = net.uc_ok(&[
+        "deploy",
+        "--endpoint",
+        &at_alpha,
+        "-f",
+        rf,
+        "--dry-run",
+        "web",
+    ]);
+    assert!(
+        plan.contains("1 container(s) still of an earlier spec"),
+        "{plan}"
+    );
+    let out = net.uc(&["deploy", "--endpoint", &at_alpha, "-f", rf, "-y", "web"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("on gamma by roll-web-"), "{err}");
+    assert_eq!(web_versions(&net), ["app:1 VERSION=3"; 3]);
+    net.uc_ok(&["rm", "--endpoint", &at_alpha, "web.roll", "edge.roll"]);
     net.uc_ok(&["rm", "--endpoint", &at_alpha, "agent", "db.shop", "late"]);
     for i in [alpha, beta, gamma] {
         assert_eq!(engine_containers(&net, i), Vec::<String>::new());
