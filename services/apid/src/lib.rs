@@ -49,6 +49,7 @@ pub mod fanout;
 pub mod host;
 pub mod peer_server;
 pub mod placement;
+pub mod reconcile;
 pub mod redeemed;
 pub mod revocation;
 pub mod rollout;

@@ -82,6 +82,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    // Global services on machines that joined later, containers whose service is gone.
+    {
+        let apid = apid.clone();
+        tokio::spawn(async move { apid.reconcile_forever().await });
+    }
     // Forwarded calls (`uc -m`), on the mesh address once this machine is a member.
     tokio::spawn(apid::peer_server::serve(apid.clone()));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

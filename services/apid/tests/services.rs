@@ -1,7 +1,8 @@
 //! Services across a network, the way a user runs them: three machines (namespaces with the
 //! real daemons and their own dockerd), formed with `uc`, then `uc run` spreads containers over
 //! them, `uc scale` changes how many, `uc ls`/`uc ps` show them from the state, DNS answers for
-//! them, `uc deploy` runs Compose projects (real ones among them), and `uc rm` leaves nothing
+//! them, `uc deploy` runs Compose projects (real ones among them) and rolls changes out (and
+//! back), a machine that joins later gets the global services, and `uc rm` leaves nothing
 //! behind, even when a machine was cut off at first.
 
 use uncloud_testkit::network::{Binaries, Boot, LocalNetwork};
@@ -447,8 +448,10 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
     assert_eq!(web_versions(&net), ["app:1 VERSION=2"; 3]);
     let edge = roll_containers(&net, "edge");
     assert_eq!(edge.len(), 1, "{edge:?}");
-    let docker = net.machines[edge[0].1].docker.as_ref().unwrap();
-    assert!(docker.docker_ok(&["port", &edge[0].0]).contains("18080"));
+    let edge_engine = net.machines[edge[0].1].docker.as_ref().unwrap();
+    assert!(edge_engine
+        .docker_ok(&["port", &edge[0].0])
+        .contains("18080"));
 
     // A new image that cannot start on the machine the update reaches last: the deploy fails
     // there, says why with the container's last lines, and every container goes back to the
@@ -716,8 +719,27 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
     assert!(err.contains("on gamma by roll-web-"), "{err}");
     assert_eq!(web_versions(&net), ["app:1 VERSION=3"; 3]);
     net.uc_ok(&["rm", "--endpoint", &at_alpha, "web.roll", "edge.roll"]);
+
+    // A machine that joins later gets its container of the global service `agent` by itself
+    // (its reconciler starts it), and nothing of the replicated ones.
+    let delta = net.boot_with("delta", docker);
+    net.machines[delta]
+        .docker
+        .as_ref()
+        .unwrap()
+        .import_busybox("busybox:uc");
+    net.uc_ok(&net.machines[delta].enrol("add"));
+    net.wait_until("delta runs its agent container", 120, || {
+        count(&ps(&net, &at_alpha), "agent", "delta") == 1
+    });
+    let on_delta = engine_containers(&net, delta);
+    assert!(
+        on_delta.len() == 1 && on_delta[0].starts_with("agent-"),
+        "{on_delta:?}"
+    );
+
     net.uc_ok(&["rm", "--endpoint", &at_alpha, "agent", "db.shop", "late"]);
-    for i in [alpha, beta, gamma] {
+    for i in [alpha, beta, gamma, delta] {
         assert_eq!(engine_containers(&net, i), Vec::<String>::new());
     }
     net.wait_until("the state has no service and no container left", 30, || {
