@@ -109,6 +109,19 @@ lb.<service>.internal (one balanced address), <container>.<machine>.machine.inte
     /// places them; removed ones come from the machines with the most of it, newest first.
     #[command(after_help = "Examples:\n  uc scale web 5\n  uc scale db.shop 1")]
     Scale(service::Scale),
+    /// Stop a service's containers (or one of them), each on its machine; they stay the
+    /// service's, stopped, until `uc start`.
+    #[command(
+        after_help = "Examples:\n  uc stop web\n  uc stop web/web-1a2b -t 30   # one container, 30 s to exit"
+    )]
+    Stop(service::Act),
+    /// Start a service's stopped containers (or one of them).
+    #[command(after_help = "Examples:\n  uc start web\n  uc start db.shop")]
+    Start(service::Act),
+    /// Restart a service's containers (or one of them), all at once: for one at a time with
+    /// a health gate, change the spec and `uc deploy`.
+    #[command(after_help = "Examples:\n  uc restart web\n  uc restart web/web-1a2b")]
+    Restart(service::Act),
     /// Remove services: their containers on every machine, then the service.
     #[command(
         after_help = "Examples:\n  uc rm web\n  uc rm db.shop          # `db` of project `shop`"
@@ -210,7 +223,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Rm(_)
         | Command::Deploy(_)
         | Command::Rollback(_)
-        | Command::Service(_) => true,
+        | Command::Service(_)
+        | Command::Stop(_)
+        | Command::Start(_)
+        | Command::Restart(_) => true,
         Command::Cert(c) => !matches!(c, cert::Cert::Renew),
         _ => false,
     };
@@ -229,6 +245,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm(r) => service::rm(r, &cli.global).await,
         Command::Deploy(d) => deploy::deploy(*d, &cli.global).await,
         Command::Rollback(r) => update::rollback(r, &cli.global).await,
+        Command::Stop(a) => service::act(a, "stop", &cli.global).await,
+        Command::Start(a) => service::act(a, "start", &cli.global).await,
+        Command::Restart(a) => service::act(a, "restart", &cli.global).await,
         Command::Service(s) => update::service(s, &cli.global).await,
         Command::Cert(c) => cert::run(c, &cli.global).await,
         Command::Ctx(c) => ctx::run(c, &cli.global),

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use uncloud_api::service::{
-    HealthCheck, RunReply, RunRequest, ScaleRequest, ServiceRef, ServiceRow, ServiceSpec,
-    MODE_GLOBAL, MODE_REPLICATED,
+    ContainerAction, HealthCheck, RunReply, RunRequest, ScaleRequest, ServiceRef, ServiceRow,
+    ServiceSpec, MODE_GLOBAL, MODE_REPLICATED,
 };
 use uncloud_api::wire::{Answer, Call};
 
@@ -100,6 +100,18 @@ pub struct Run {
 pub struct Rm {
     #[arg(required = true)]
     pub services: Vec<String>,
+}
+
+/// `uc stop|start|restart SERVICE[/CONTAINER]…`.
+#[derive(Debug, clap::Args)]
+pub struct Act {
+    /// Services (`web`, `web.shop`), or one container of one as `SERVICE/CONTAINER` (its
+    /// name as `uc ps` shows it, or a prefix of it).
+    #[arg(required = true, value_name = "SERVICE[/CONTAINER]")]
+    pub services: Vec<String>,
+    /// Seconds a stopping container gets to exit before it is killed (default 10).
+    #[arg(short = 't', long = "time", value_name = "SECONDS")]
+    pub time: Option<u32>,
 }
 
 /// `uc inspect SERVICE`.
@@ -197,6 +209,52 @@ pub async fn run(cmd: Run, g: &Global) -> anyhow::Result<()> {
         );
     }
     report(&reply, g)
+}
+
+/// `uc stop`, `uc start`, `uc restart` (`action`): each service's containers on their
+/// machines; the spec stays.
+pub async fn act(cmd: Act, action: &str, g: &Global) -> anyhow::Result<()> {
+    let store = Store::default_location();
+    let ctx = store.load(g.context.as_deref())?;
+    let (member, via) = remote::member(&ctx, g).await?;
+    remote::require_api(&member, &via, crate::update::UPDATE_API).await?;
+    let mut failed = 0;
+    for target in cmd.services {
+        let (service, container) = target.split_once('/').unwrap_or((&target, ""));
+        let spinner = Spinner::start(format!("{action} {target}"));
+        let request = ContainerAction {
+            service: service.to_string(),
+            container: container.to_string(),
+            action: action.to_string(),
+            grace_secs: cmd.time,
+        };
+        match answer(
+            member
+                .container_action(uncloud_api::context(RUN_TIMEOUT), request)
+                .await,
+        ) {
+            Ok(r) => {
+                spinner.done(&format!(
+                    "{} of {} containers",
+                    r.done.len(),
+                    r.done.len() + r.failed.len()
+                ));
+                for f in &r.failed {
+                    eprintln!("error: {}: {}", f.machine, f.error);
+                }
+                failed += usize::from(!r.failed.is_empty());
+            }
+            Err(e) => {
+                spinner.done("failed");
+                eprintln!("error: {target}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of the services were not fully done");
+    }
+    Ok(())
 }
 
 /// Removes one service (`uc rm`, and `uc deploy` for a service gone from the file), with a

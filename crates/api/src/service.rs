@@ -193,3 +193,29 @@ pub struct RevisionRow {
     /// Containers of this revision (by its number) that exist now.
     pub containers: usize,
 }
+
+/// `container_action`: stop, start or restart a service's containers (`uc stop|start|restart`).
+/// Added in API version 6.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerAction {
+    /// The service, as in [`ServiceRef`].
+    pub service: String,
+    /// One container of it, by name or id (prefix); empty: all of them.
+    pub container: String,
+    /// `stop`, `start` or `restart`.
+    pub action: String,
+    /// Seconds a stopping container gets before it is killed; `None`: its engine's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace_secs: Option<u32>,
+}
+
+/// What `container_action` did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ActionReply {
+    /// The containers it was done to, by name.
+    pub done: Vec<String>,
+    /// Containers it could not be done to, and why (by machine).
+    pub failed: Vec<MachineFailure>,
+}

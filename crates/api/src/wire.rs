@@ -10,8 +10,9 @@ pub use crate::host::{
     DnsName, LogEntry, LogPage, LogRequest, MachineStatus, MeshPeer, UnitStatus,
 };
 pub use crate::service::{
-    ContainerRow, HistoryReply, MachineFailure, RemoveReply, RevisionRow, RunReply, RunRequest,
-    ScaleRequest, ServiceRef, ServiceRow, UpdateReply, UpdateRequest,
+    ActionReply, ContainerAction, ContainerRow, HistoryReply, MachineFailure, RemoveReply,
+    RevisionRow, RunReply, RunRequest, ScaleRequest, ServiceRef, ServiceRow, UpdateReply,
+    UpdateRequest,
 };
 
 /// The TCP port apid listens on (TLS), on every address. The only public port besides
@@ -23,7 +24,7 @@ pub const PORT: u16 = 7443;
 /// 3: `call`, and the calls `status`, `logs`, `reboot`, `mesh_peers`.
 /// 4: the call `dns_names`.
 /// 5: `run`, `scale`, `remove_service` and the call `services`.
-/// 6: `update` (rolling updates, rollback) and `history`.
+/// 6: `update` (rolling updates, rollback), `history`, `container_action`.
 /// An older apid closes the connection on a call it does not know; `uc` checks
 /// `info().api_version` first where that matters.
 pub const API_VERSION: u32 = 6;
@@ -90,6 +91,9 @@ pub trait Api {
     async fn update(request: UpdateRequest) -> Result<UpdateReply, ApiError>;
     /// Member mode, any role: a service's revisions. Added in API version 6.
     async fn history(request: ServiceRef) -> Result<HistoryReply, ApiError>;
+    /// Member mode, admin: stops, starts or restarts a service's containers (or one of
+    /// them), each on its machine, all at once. Added in API version 6.
+    async fn container_action(request: ContainerAction) -> Result<ActionReply, ApiError>;
 }
 
 /// `uc -m TARGETS …`.

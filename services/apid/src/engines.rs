@@ -127,6 +127,59 @@ impl Engine {
 }
 
 impl Engine {
+    /// Stops a container, giving it `grace` seconds (`-1`: the engine's default).
+    pub async fn stop(&self, container: &str, grace: i32) -> Result<(), OpsError> {
+        match self {
+            Engine::Local(p) => {
+                bounded(REMOVE_TIMEOUT, async {
+                    p.stop(container, grace).await.map_err(from_dbus)
+                })
+                .await
+            }
+            Engine::Remote(c) => c
+                .stop(
+                    uncloud_api::context(REMOVE_TIMEOUT),
+                    container.into(),
+                    grace,
+                )
+                .await
+                .map_err(rpc_error)
+                .and_then(|r| r),
+        }
+    }
+
+    pub async fn start(&self, container: &str) -> Result<(), OpsError> {
+        match self {
+            Engine::Local(p) => {
+                bounded(RUN_TIMEOUT, async {
+                    p.start(container).await.map_err(from_dbus)
+                })
+                .await
+            }
+            Engine::Remote(c) => c
+                .start(uncloud_api::context(RUN_TIMEOUT), container.into())
+                .await
+                .map_err(rpc_error)
+                .and_then(|r| r),
+        }
+    }
+
+    pub async fn restart(&self, container: &str, grace: i32) -> Result<(), OpsError> {
+        match self {
+            Engine::Local(p) => {
+                bounded(RUN_TIMEOUT, async {
+                    p.restart(container, grace).await.map_err(from_dbus)
+                })
+                .await
+            }
+            Engine::Remote(c) => c
+                .restart(uncloud_api::context(RUN_TIMEOUT), container.into(), grace)
+                .await
+                .map_err(rpc_error)
+                .and_then(|r| r),
+        }
+    }
+
     /// The container as its engine sees it now.
     pub async fn inspect(&self, container: &str) -> Result<Container, OpsError> {
         match self {

@@ -42,6 +42,7 @@ pub mod caller;
 pub mod change;
 pub mod config;
 pub mod connections;
+pub mod control;
 pub mod credentials;
 pub mod dbus;
 pub mod engines;

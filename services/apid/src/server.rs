@@ -14,10 +14,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::LengthDelimitedCodec;
 use uncloud_api::wire::MAX_FRAME_BYTES;
 use uncloud_api::wire::{
-    Answer, Api, ApiError, Call, CertRef, CertReply, CertRequest, CertRow, FanOut, HistoryReply,
-    InitReply, InitRequest, JoinReply, JoinRequest, MachineChange, MachineInfo, MachineRef,
-    MachineRow, RedeemReply, RedeemRequest, RemoveReply, RenewRequest, RunReply, RunRequest,
-    ScaleRequest, ServiceRef, TargetReply, TicketReply, TicketRequest, UpdateReply, UpdateRequest,
+    ActionReply, Answer, Api, ApiError, Call, CertRef, CertReply, CertRequest, CertRow,
+    ContainerAction, FanOut, HistoryReply, InitReply, InitRequest, JoinReply, JoinRequest,
+    MachineChange, MachineInfo, MachineRef, MachineRow, RedeemReply, RedeemRequest, RemoveReply,
+    RenewRequest, RunReply, RunRequest, ScaleRequest, ServiceRef, TargetReply, TicketReply,
+    TicketRequest, UpdateReply, UpdateRequest,
 };
 
 use crate::api::{Apid, Caller};
@@ -275,5 +276,13 @@ impl Api for Connection {
         request: ServiceRef,
     ) -> Result<HistoryReply, ApiError> {
         self.apid.service_history(&self.caller, request).await
+    }
+
+    async fn container_action(
+        self,
+        _: tarpc::context::Context,
+        request: ContainerAction,
+    ) -> Result<ActionReply, ApiError> {
+        self.apid.container_action(&self.caller, request).await
     }
 }

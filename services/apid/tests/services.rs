@@ -510,6 +510,39 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
     let err = net.uc_fails(&["rollback", "web.roll", "--to", "99"]);
     assert!(err.contains("no revision 99"), "{err}");
 
+    // `uc stop` one container by a prefix of its name; `uc start` the service brings it back;
+    // `uc restart` starts the container anew. The spec and the containers stay.
+    let (first, fi) = roll_containers(&net, "web").into_iter().next().unwrap();
+    let state = |net: &LocalNetwork, i: usize, name: &str, field: &str| {
+        net.machines[i].docker.as_ref().unwrap().docker_ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{.State.{field}}}}}"),
+            name,
+        ])
+    };
+    net.uc_ok(&[
+        "stop",
+        "-t",
+        "1",
+        &format!("web.roll/{}", &first[..first.len() - 1]),
+    ]);
+    assert_eq!(state(&net, fi, &first, "Status").trim(), "exited");
+    net.wait_until("uc ps shows it exited", 30, || {
+        ps(&net, &at_alpha)
+            .iter()
+            .any(|r| r.0 == "web.roll" && r.2 == "exited")
+    });
+    let err = net.uc_fails(&["stop", "web.roll/roll-web-"]);
+    assert!(err.contains("names several containers"), "{err}");
+    net.uc_ok(&["start", "web.roll"]);
+    assert_eq!(state(&net, fi, &first, "Status").trim(), "running");
+    let (edge_name, ei) = roll_containers(&net, "edge").into_iter().next().unwrap();
+    let before = state(&net, ei, &edge_name, "StartedAt");
+    net.uc_ok(&["restart", "-t", "1", "edge.roll"]);
+    assert_ne!(state(&net, ei, &edge_name, "StartedAt"), before);
+    assert_eq!(roll_containers(&net, "web").len(), 3);
+
     // Real Compose projects (crates/compose/tests/samples, from awesome-compose). Each image
     // they name is a busybox standing in for the real one: it serves its hostname over HTTP on
     // the ports the samples use, so a service reaching another by its Compose name shows whose
