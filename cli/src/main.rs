@@ -21,6 +21,7 @@ mod ctx;
 mod deploy;
 mod dns;
 mod host;
+mod logs;
 mod machine;
 mod mesh;
 mod output;
@@ -109,6 +110,15 @@ lb.<service>.internal (one balanced address), <container>.<machine>.machine.inte
     /// places them; removed ones come from the machines with the most of it, newest first.
     #[command(after_help = "Examples:\n  uc scale web 5\n  uc scale db.shop 1")]
     Scale(service::Scale),
+    /// Print the lines a service's containers wrote, from every machine, merged by time with
+    /// each container's name in front.
+    #[command(after_help = "\
+Examples:
+  uc logs web                      # the last 100 lines of each container of web
+  uc logs -f web db.shop           # follow two services
+  uc logs web/web-1a2b --since 10m # one container, the last ten minutes
+  uc logs -n all -t web            # everything, with times")]
+    Logs(logs::Logs),
     /// Stop a service's containers (or one of them), each on its machine; they stay the
     /// service's, stopped, until `uc start`.
     #[command(
@@ -225,6 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Rollback(_)
         | Command::Service(_)
         | Command::Stop(_)
+        | Command::Logs(_)
         | Command::Start(_)
         | Command::Restart(_) => true,
         Command::Cert(c) => !matches!(c, cert::Cert::Renew),
@@ -246,6 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(d) => deploy::deploy(*d, &cli.global).await,
         Command::Rollback(r) => update::rollback(r, &cli.global).await,
         Command::Stop(a) => service::act(a, "stop", &cli.global).await,
+        Command::Logs(l) => logs::logs(l, &cli.global).await,
         Command::Start(a) => service::act(a, "start", &cli.global).await,
         Command::Restart(a) => service::act(a, "restart", &cli.global).await,
         Command::Service(s) => update::service(s, &cli.global).await,

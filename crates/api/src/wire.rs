@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use uncloud_common::docker::{LogLine, LogLinesRequest};
+
 pub use crate::host::{
     DnsName, LogEntry, LogPage, LogRequest, MachineStatus, MeshPeer, UnitStatus,
 };
@@ -130,6 +132,18 @@ pub enum Call {
     /// Every service and its containers, as this machine's state has them (`uc ls`, `uc ps`).
     /// API version 5.
     Services,
+    /// A page of the log lines of a container on this machine (`uc logs`). API version 6.
+    ContainerLogs(ContainerLogRequest),
+}
+
+/// [`Call::ContainerLogs`]: which container and which of its lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerLogRequest {
+    /// Its id (or name), on the machine asked.
+    pub container: String,
+    #[serde(flatten)]
+    pub lines: uncloud_common::docker::LogLinesRequest,
 }
 
 /// What a [`Call`] returns.
@@ -145,6 +159,7 @@ pub enum Answer {
     MeshPeers(Vec<MeshPeer>),
     DnsNames(Vec<DnsName>),
     Services(Vec<ServiceRow>),
+    ContainerLogs(Vec<uncloud_common::docker::LogLine>),
 }
 
 /// One target's outcome: an answer or an error.

@@ -219,6 +219,8 @@ pub trait Docker {
     fn restart(&self, container: &str, grace_secs: i32) -> zbus::Result<()>;
     fn remove(&self, container: &str) -> zbus::Result<()>;
     fn inspect(&self, container: &str) -> zbus::Result<String>;
+    /// JSON [`crate::docker::LogLinesRequest`] in, JSON [`crate::docker::LogLine`]s out.
+    fn log_lines(&self, container: &str, request: &str) -> zbus::Result<String>;
     fn stats(&self, container: &str) -> zbus::Result<String>;
     fn pull_image(&self, image: &str) -> zbus::Result<()>;
     fn list_images(&self) -> zbus::Result<String>;

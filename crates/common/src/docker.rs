@@ -135,3 +135,95 @@ pub struct StreamEnd {
     /// Why the stream ended early, if it did.
     pub error: Option<OpsError>,
 }
+
+/// A page of a container's log lines (`uc logs`), each with its time, so a reader that asks
+/// again for what came after the last one it saw follows the logs without a stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogLinesRequest {
+    /// Only lines after this time, in ns since the Unix epoch; 0 for all.
+    pub after_ns: i64,
+    /// Only the last N lines (of those after `after_ns`); `None` for all.
+    pub tail: Option<u32>,
+    /// At most this many lines (the oldest first when following); 0 for [`MAX_LOG_LINES`].
+    pub limit: u32,
+}
+
+/// Most lines one page carries.
+pub const MAX_LOG_LINES: u32 = 5_000;
+
+/// One line a container wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogLine {
+    /// When the engine got it, in ns since the Unix epoch.
+    pub time_ns: i64,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line, without its end of line (invalid UTF-8 replaced).
+    pub text: String,
+}
+
+/// Splits a line Docker wrote with `timestamps` (`2026-12-05T03:40:00.123456789Z text`, the
+/// fraction 0 to 9 digits) into its time in ns since the Unix epoch and its text.
+pub fn split_log_timestamp(line: &str) -> Option<(i64, &str)> {
+    let (stamp, text) = line.split_once(' ').unwrap_or((line, ""));
+    let stamp = stamp.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(str::parse::<i64>);
+    let (y, mo, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(str::parse::<i64>);
+    let (h, mi, s) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<i64>().ok()? * 10i64.pow(9 - frac.len() as u32)
+    };
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3_600 + mi * 60 + s;
+    Some((secs.checked_mul(1_000_000_000)?.checked_add(nanos)?, text))
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn docker_timestamps_split_into_nanoseconds_and_text() {
+        assert_eq!(
+            split_log_timestamp("1970-01-01T00:00:01.5Z hello world"),
+            Some((1_500_000_000, "hello world"))
+        );
+        assert_eq!(
+            split_log_timestamp("2026-12-05T03:40:00.123456789Z x"),
+            Some((1_796_442_000_123_456_789, "x"))
+        );
+        assert_eq!(
+            split_log_timestamp("2000-03-01T00:00:00Z"),
+            Some((951_868_800_000_000_000, ""))
+        );
+        for bad in [
+            "",
+            "hello",
+            "2026-13-01T00:00:00Z x",
+            "2026-12-05T03:40:00.1234567891Z x",
+            "2026-12-05 03:40:00Z x",
+        ] {
+            assert_eq!(split_log_timestamp(bad), None, "{bad}");
+        }
+    }
+}

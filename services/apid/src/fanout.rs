@@ -25,6 +25,8 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn answer_timeout(call: &Call) -> Duration {
     match call {
         Call::Status | Call::Logs(_) => crate::host::COMMAND_TIMEOUT + Duration::from_secs(2),
+        // A page of up to 5,000 lines read from the engine.
+        Call::ContainerLogs(_) => Duration::from_secs(10),
         _ => FORWARD_TIMEOUT,
     }
 }

@@ -543,6 +543,68 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
     assert_ne!(state(&net, ei, &edge_name, "StartedAt"), before);
     assert_eq!(roll_containers(&net, "web").len(), 3);
 
+    // `uc logs`: each container's lines, from its machine, merged by time with its name in
+    // front; one container by a prefix; `-f` keeps printing what comes.
+    net.uc_ok(&[
+        "run",
+        "--name",
+        "chatty",
+        "--replicas",
+        "2",
+        "busybox:uc",
+        "sh",
+        "-c",
+        "i=0; while true; do echo \"line $i from $(hostname)\"; i=$((i+1)); sleep 0.3; done",
+    ]);
+    let chatty: Vec<String> = ps(&net, &at_alpha)
+        .iter()
+        .filter(|r| r.0 == "chatty")
+        .map(|r| r.1.clone())
+        .collect();
+    assert_eq!(chatty.len(), 2, "{chatty:?}");
+    let names: Vec<String> = [alpha, beta, gamma]
+        .into_iter()
+        .flat_map(|i| engine_containers(&net, i))
+        .filter(|n| n.starts_with("chatty-"))
+        .collect();
+    net.wait_until("uc logs shows lines of both containers", 30, || {
+        let out = net.uc_ok(&["logs", "chatty"]);
+        names
+            .iter()
+            .all(|n| out.contains(&format!("{n} | line 1 from ")))
+    });
+    let one = net.uc_ok(&["logs", "-n", "1", &format!("chatty/{}", &names[0][..9])]);
+    assert_eq!(one.lines().count(), 1, "{one}");
+    assert!(one.starts_with(&format!("{} | line ", names[0])), "{one}");
+    let mut follow = net
+        .laptop
+        .command(net.bins.get("uc"))
+        .args(["logs", "-f", "-n", "0", "-t", "chatty"])
+        .env("UNCLOUD_CONFIG_DIR", net.uc_config.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    follow.kill().unwrap();
+    let followed = String::from_utf8_lossy(&follow.wait_with_output().unwrap().stdout).into_owned();
+    for n in &names {
+        assert!(
+            followed
+                .lines()
+                .filter(|l| l.contains(&format!("{n} | line ")))
+                .count()
+                >= 3,
+            "{followed}"
+        );
+    }
+    let times: Vec<&str> = followed.lines().map(|l| &l[..24]).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "merged by time: {followed}"
+    );
+    net.uc_ok(&["rm", "chatty"]);
+
     // Real Compose projects (crates/compose/tests/samples, from awesome-compose). Each image
     // they name is a busybox standing in for the real one: it serves its hostname over HTTP on
     // the ports the samples use, so a service reaching another by its Compose name shows whose

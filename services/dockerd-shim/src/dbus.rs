@@ -266,6 +266,15 @@ impl Docker1 {
         Ok(serde_json::to_string(&s).expect("serializes"))
     }
 
+    /// A page of a container's log lines with their times, as JSON `[{"time_ns", "stream",
+    /// "text"}]`; `request` is JSON `{"after_ns", "tail", "limit"}` (all optional).
+    async fn log_lines(&self, container: &str, request: &str) -> Result<String, DockerError> {
+        let req: logs::LogLinesRequest = serde_json::from_str(request)
+            .map_err(|e| DockerError::InvalidArgument(format!("the request: {e}")))?;
+        let lines = logs::lines(&self.local.docker, container, &req).await?;
+        Ok(serde_json::to_string(&lines).expect("serializes"))
+    }
+
     /// The container as the shared model's JSON.
     async fn inspect(&self, container: &str) -> Result<String, DockerError> {
         let c = self.local.inspect(container).await?;
