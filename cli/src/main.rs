@@ -29,6 +29,7 @@ mod remote;
 mod service;
 mod targets;
 mod update;
+mod volume;
 
 use std::process::ExitCode;
 
@@ -164,6 +165,12 @@ but should not have.")]
     /// A service's revisions.
     #[command(subcommand)]
     Service(update::ServiceCmd),
+    /// Named volumes, each on one machine (`-m`).
+    #[command(subcommand)]
+    Volume(volume::Volume),
+    /// Images on the machines.
+    #[command(subcommand)]
+    Image(volume::Image),
     /// Create the network, add and list machines.
     #[command(subcommand)]
     Machine(machine::Machine),
@@ -212,12 +219,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             | Command::Run(_)
             | Command::Ls
             | Command::Ps
+            | Command::Volume(_)
+            | Command::Image(_)
     );
     if !cli.global.targets.is_empty() && !takes_machines {
         anyhow::bail!(
             "-m does not apply to this command (it acts on the network, not on one machine's \
              view); it applies to: uc machine ls|status|logs|reboot, uc mesh peers, uc dns ls, \
-             uc ls, uc ps, and uc run (where the containers may go)"
+             uc ls, uc ps, uc volume, uc image ls, and uc run (where the containers may go)"
         );
     }
     // A certificate near its end is renewed by whatever command uses it next.
@@ -236,6 +245,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Service(_)
         | Command::Stop(_)
         | Command::Logs(_)
+        | Command::Volume(_)
+        | Command::Image(_)
         | Command::Start(_)
         | Command::Restart(_) => true,
         Command::Cert(c) => !matches!(c, cert::Cert::Renew),
@@ -258,6 +269,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(r) => update::rollback(r, &cli.global).await,
         Command::Stop(a) => service::act(a, "stop", &cli.global).await,
         Command::Logs(l) => logs::logs(l, &cli.global).await,
+        Command::Volume(v) => volume::volume(v, &cli.global).await,
+        Command::Image(i) => volume::image(i, &cli.global).await,
         Command::Start(a) => service::act(a, "start", &cli.global).await,
         Command::Restart(a) => service::act(a, "restart", &cli.global).await,
         Command::Service(s) => update::service(s, &cli.global).await,

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use uncloud_common::docker::{LogLine, LogLinesRequest};
+pub use uncloud_common::docker::{ImageInfo, LogLine, LogLinesRequest, VolumeInfo};
 
 pub use crate::host::{
     DnsName, LogEntry, LogPage, LogRequest, MachineStatus, MeshPeer, UnitStatus,
@@ -75,7 +75,8 @@ pub trait Api {
     /// target decides on the call with the caller's role. Added in API version 2.
     async fn fan_out(request: FanOut) -> Result<Vec<TargetReply>, ApiError>;
     /// Member mode: `call` answered by this machine (what `fan_out` asks each target). The
-    /// role `call` needs: reader, except `reboot` (admin). Added in API version 3.
+    /// role `call` needs: reader, except `reboot`, `create_volume` and `remove_volume`
+    /// (admin). Added in API version 3.
     async fn call(call: Call) -> Result<Answer, ApiError>;
     /// Member mode, admin: creates a service and starts its containers on the machines
     /// placement picks, each by that machine's dockerd-shim. Added in API version 5.
@@ -134,6 +135,17 @@ pub enum Call {
     Services,
     /// A page of the log lines of a container on this machine (`uc logs`). API version 6.
     ContainerLogs(ContainerLogRequest),
+    /// The machine's named volumes (`uc volume ls`). API version 6.
+    Volumes,
+    /// One named volume (`uc volume inspect`). API version 6.
+    InspectVolume(String),
+    /// Admin: creates a named volume, or returns the one of that name (`uc volume create`).
+    /// API version 6.
+    CreateVolume(String),
+    /// Admin: removes a named volume no container uses (`uc volume rm`). API version 6.
+    RemoveVolume(String),
+    /// The machine's images (`uc image ls`). API version 6.
+    Images,
 }
 
 /// [`Call::ContainerLogs`]: which container and which of its lines.
@@ -159,7 +171,12 @@ pub enum Answer {
     MeshPeers(Vec<MeshPeer>),
     DnsNames(Vec<DnsName>),
     Services(Vec<ServiceRow>),
-    ContainerLogs(Vec<uncloud_common::docker::LogLine>),
+    ContainerLogs(Vec<LogLine>),
+    Volumes(Vec<VolumeInfo>),
+    Volume(VolumeInfo),
+    /// What was removed (`RemoveVolume`).
+    Removed(String),
+    Images(Vec<ImageInfo>),
 }
 
 /// One target's outcome: an answer or an error.

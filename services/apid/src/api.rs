@@ -1130,34 +1130,20 @@ impl Apid {
                 self.require(caller, Role::Reader)?;
                 Answer::Services(self.service_rows().await?)
             }
-            Call::ContainerLogs(request) => {
-                self.require(caller, Role::Reader)?;
-                Answer::ContainerLogs(self.container_logs(&request).await?)
+            Call::ContainerLogs(_)
+            | Call::Volumes
+            | Call::InspectVolume(_)
+            | Call::CreateVolume(_)
+            | Call::RemoveVolume(_)
+            | Call::Images => {
+                let need = match call {
+                    Call::CreateVolume(_) | Call::RemoveVolume(_) => Role::Admin,
+                    _ => Role::Reader,
+                };
+                self.require(caller, need)?;
+                self.engine_call(call).await?
             }
         })
-    }
-
-    /// A page of a container's lines from this machine's shim.
-    async fn container_logs(
-        &self,
-        request: &uncloud_api::wire::ContainerLogRequest,
-    ) -> Result<Vec<uncloud_common::docker::LogLine>, ApiError> {
-        let docker = uncloud_common::dbus::DockerProxy::new(self.state.inner().connection())
-            .await
-            .map_err(|e| internal("dockerd-shim", e))?;
-        let json = serde_json::to_string(&request.lines).expect("serializes");
-        match docker.log_lines(&request.container, &json).await {
-            Ok(lines) => {
-                serde_json::from_str(&lines).map_err(|e| internal("dockerd-shim's log lines", e))
-            }
-            Err(zbus::Error::MethodError(name, msg, _)) if name.as_str().ends_with(".NotFound") => {
-                Err(ApiError::new(
-                    ErrorKind::NotFound,
-                    msg.unwrap_or_else(|| format!("no container {}", request.container)),
-                ))
-            }
-            Err(e) => Err(internal("dockerd-shim", e)),
-        }
     }
 
     /// The names this machine's dnsd serves, sorted.

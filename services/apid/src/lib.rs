@@ -45,6 +45,7 @@ pub mod connections;
 pub mod control;
 pub mod credentials;
 pub mod dbus;
+pub mod engine_calls;
 pub mod engines;
 pub mod fanout;
 pub mod host;

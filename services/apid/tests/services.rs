@@ -381,7 +381,7 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
                 let image = docker.docker_ok(&["inspect", "-f", "{{.Config.Image}}", &n]);
                 let env = docker.docker_ok(&["inspect", "-f", "{{.Config.Env}}", &n]);
                 let version = env
-                    .split(|c: char| c == ' ' || c == '[' || c == ']')
+                    .split([' ', '[', ']'])
                     .find(|e| e.starts_with("VERSION="))
                     .unwrap_or("VERSION=?")
                     .to_string();
@@ -604,6 +604,41 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         "merged by time: {followed}"
     );
     net.uc_ok(&["rm", "chatty"]);
+
+    // Volumes live on one machine each: `uc volume` with -m says which. One in use is kept.
+    net.uc_ok(&["volume", "create", "scratch", "-m", "beta"]);
+    assert!(net
+        .uc_ok(&["volume", "ls", "-m", "beta"])
+        .contains("scratch"));
+    assert!(!net
+        .uc_ok(&["volume", "ls", "-m", "alpha"])
+        .contains("scratch"));
+    let inspect = net.uc_ok(&["volume", "inspect", "scratch", "-m", "beta"]);
+    assert!(inspect.contains("\"mountpoint\""), "{inspect}");
+    net.uc_ok(&["volume", "rm", "scratch", "-m", "beta"]);
+    assert!(!net
+        .uc_ok(&["volume", "ls", "-m", "beta"])
+        .contains("scratch"));
+    net.uc_ok(&[
+        "run",
+        "-m",
+        "gamma",
+        "--name",
+        "holder",
+        "-v",
+        "held:/data",
+        "busybox:uc",
+        "sleep",
+        "3600",
+    ]);
+    let err = net.uc_fails(&["volume", "rm", "held", "-m", "gamma"]);
+    assert!(err.contains("gamma"), "{err}");
+    net.uc_ok(&["rm", "holder"]);
+    net.uc_ok(&["volume", "rm", "held", "-m", "gamma"]);
+    let err = net.uc_fails(&["volume", "inspect", "held", "-m", "gamma"]);
+    assert!(err.contains("gamma"), "{err}");
+    let images = net.uc_ok(&["image", "ls", "-m", "all"]);
+    assert_eq!(images.matches("busybox:uc").count(), 3, "{images}");
 
     // Real Compose projects (crates/compose/tests/samples, from awesome-compose). Each image
     // they name is a busybox standing in for the real one: it serves its hostname over HTTP on
