@@ -25,6 +25,13 @@
 //! - [`services`]: `uc run|rm|ls|ps`: [`placement`] (pure) picks the machines, the service
 //!   goes into the state, and each chosen machine's dockerd-shim starts a container
 //!   ([`engines`]: this machine's over D-Bus, another's over the mesh).
+//! - [`update`]: `uc deploy` of a changed service and `uc rollback`: [`rollout`] (pure)
+//!   plans the replacements and judges each new container (healthy, or running through the
+//!   monitor period); a failure rolls the previous spec back out.
+//! - [`reconcile`]: each machine, every 10 s, starts its own container of each global service
+//!   it lacks (machines that join later) and removes its containers whose service is gone.
+//! - [`control`]: `uc stop|start|restart`; [`engine_calls`]: `uc logs` pages, volumes and
+//!   images, answered by this machine's shim for `call` and `fan_out`.
 //! - [`change`]: what `uc machine rename|label|role` writes, checked before anything is.
 //! - `init` asks stated to create the network, makes the CA, issues an admin certificate for
 //!   the public key the client sent (its private key never leaves the client), then consumes
@@ -35,7 +42,10 @@
 //!   connected ([`connections`]).
 //!
 //! # Limitations
-//! - `uc machine logs -f` asks again every second (no server push).
+//! - `uc machine logs -f` and `uc logs -f` ask again every second (no server push).
+//! - Nothing reschedules the containers of a machine that died; an update through one
+//!   machine refuses a second update of the same service through it, but two machines may
+//!   update one service at once (the state keeps one spec; the next deploy settles).
 
 pub mod api;
 pub mod caller;

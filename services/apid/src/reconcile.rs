@@ -285,7 +285,7 @@ mod tests {
         assert!(d.confirm(BTreeSet::from([a.clone()])).is_empty());
         assert_eq!(
             d.confirm(BTreeSet::from([a.clone(), b.clone()])),
-            [a.clone()]
+            vec![a.clone()]
         );
         assert_eq!(d.confirm(BTreeSet::from([b.clone()])), [b]);
         assert!(d.confirm(BTreeSet::new()).is_empty());

@@ -64,6 +64,36 @@ struct Outcome {
     removed: HashSet<String>,
 }
 
+/// Services being updated through this machine: a second update of one of them is refused
+/// rather than interleaved with the first. (Through two machines at once, both go on; the
+/// state keeps one spec, and the next deploy settles the containers.)
+static UNDER_WAY: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// Holds a service's place in [`UNDER_WAY`] until dropped.
+struct UnderWay(String);
+
+impl UnderWay {
+    fn claim(service: &str) -> Result<UnderWay, ApiError> {
+        let mut set = UNDER_WAY.lock().unwrap_or_else(|p| p.into_inner());
+        if !set.insert(service.to_string()) {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!("{service} is being updated already (through this machine): wait for it to finish"),
+            ));
+        }
+        Ok(UnderWay(service.to_string()))
+    }
+}
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        UNDER_WAY
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
+    }
+}
+
 impl Apid {
     /// `update`: a new spec (or an earlier revision's) rolled out one container at a time.
     pub async fn update_service(
@@ -75,6 +105,7 @@ impl Apid {
         let pull = Pull::parse(&req.pull)?;
         let invalid = |m: String| ApiError::new(ErrorKind::Invalid, m);
         let before = find_service(&self.read_services().await?, &req.service)?.clone();
+        let _under_way = UnderWay::claim(&before.id)?;
         let going_back = req.spec.is_none();
         let mut target = match req.spec {
             Some(spec) => spec,

@@ -15,7 +15,8 @@
 //! - [`dbus`]: `org.uncloud.Docker1`, container operations for other daemons and busctl.
 //! - [`exec`]: a command in a container with stdin, stdout, stderr, TTY and resize.
 //! - [`images`]: pull with progress, load a `docker save` tarball in chunks, list, remove.
-//! - [`logs`]: a container's logs, both streams, to two writers (file descriptors on D-Bus).
+//! - [`logs`]: a container's logs, both streams, to two writers (file descriptors on D-Bus);
+//!   or a page of lines with their times (`LogLines`, what `uc logs` reads through apid).
 //! - [`mirror`]: engine events and periodic resyncs written into the replicated state.
 //! - [`stats`]: a container's CPU, memory and network use.
 //! - [`volumes`]: named volumes: create, list, inspect, remove (never while in use).
