@@ -289,6 +289,27 @@ impl Service {
         }
     }
 
+    /// The revision numbers whose containers run the current spec: the current revision and
+    /// earlier ones with the same spec (a rollback), except a number two specs share:
+    /// concurrent deploys merged after a partition both wrote it, and their containers cannot
+    /// be told apart, so none of them counts (the next rollout replaces them all).
+    pub fn current_revisions(&self) -> std::collections::BTreeSet<u64> {
+        let clash = |r: u64| {
+            self.history
+                .iter()
+                .any(|h| h.revision == r && h.spec != self.spec)
+        };
+        std::iter::once(self.revision)
+            .chain(
+                self.history
+                    .iter()
+                    .filter(|h| h.spec == self.spec)
+                    .map(|h| h.revision),
+            )
+            .filter(|&r| !clash(r))
+            .collect()
+    }
+
     /// Replaces the spec, pushing the old one onto the bounded history.
     pub fn update_spec(&mut self, spec: ServiceSpec) {
         if spec == self.spec {
@@ -713,6 +734,30 @@ mod tests {
         // An unchanged spec is not a new revision.
         s.update_spec(s.spec.clone());
         assert_eq!(s.revision, 28);
+    }
+
+    #[test]
+    fn current_revisions_include_rollbacks_but_not_a_number_two_specs_share() {
+        let spec = |image: &str| ServiceSpec {
+            image: image.into(),
+            ..Default::default()
+        };
+        let rev = |revision, image| ServiceRevision {
+            revision,
+            spec: spec(image),
+        };
+        let mut s = Service {
+            revision: 4,
+            spec: spec("web:2"),
+            history: vec![rev(1, "web:1"), rev(2, "web:2"), rev(3, "web:3")],
+            ..Default::default()
+        };
+        assert_eq!(s.current_revisions(), [2, 4].into());
+        // Two sides of a partition both deployed revision 5; web:5b lost the merge.
+        s.revision = 5;
+        s.spec = spec("web:5a");
+        s.history.push(rev(5, "web:5b"));
+        assert!(s.current_revisions().is_empty());
     }
 
     #[test]

@@ -684,14 +684,7 @@ pub fn rows(
                 })
                 .collect();
             row_containers.sort_by(|a, b| (&a.machine, &a.name).cmp(&(&b.machine, &b.name)));
-            let current: Vec<u64> = std::iter::once(s.revision)
-                .chain(
-                    s.history
-                        .iter()
-                        .filter(|h| h.spec == s.spec)
-                        .map(|h| h.revision),
-                )
-                .collect();
+            let current = s.current_revisions();
             let outdated = row_containers
                 .iter()
                 .filter(|c| !current.contains(&c.revision))

@@ -207,15 +207,7 @@ impl Apid {
                 return out;
             }
         };
-        let current: BTreeSet<u64> = std::iter::once(service.revision)
-            .chain(
-                service
-                    .history
-                    .iter()
-                    .filter(|h| h.spec == service.spec)
-                    .map(|h| h.revision),
-            )
-            .collect();
+        let current = service.current_revisions();
         let existing: Vec<rollout::Existing> = view
             .containers
             .values()
@@ -452,11 +444,12 @@ impl Apid {
     }
 }
 
-/// The revision `uc rollback` goes to: `to`, or else what ran before the current spec first
-/// came: the newest revision before the newest one with the current spec that has another
-/// spec. So after a failed update went back on its own, `uc rollback` goes further back, not
-/// to the spec that failed; when nothing came before, it goes to the newest other spec (so a
-/// rollback can be undone the same way).
+/// The revision `uc rollback` goes to: `to`, or else the newest earlier spec that was not
+/// itself undone. Walking back from the current revision, it skips revisions with the current
+/// spec and revisions between two of the same spec (a failed update that went back by itself,
+/// or a rollback), so after a failed update `uc rollback` goes to what ran before, not to the
+/// spec that failed. When nothing is left, it goes to the newest other spec (so a rollback
+/// can be undone the same way).
 fn earlier(
     service: &Service,
     to: Option<u64>,
@@ -494,16 +487,22 @@ fn earlier(
     let mut history: Vec<&uncloud_common::model::ServiceRevision> =
         service.history.iter().collect();
     history.sort_by_key(|h| h.revision);
-    let same_since = history
+    // The specs in order, the current one last.
+    let specs: Vec<&ServiceSpec> = history
         .iter()
-        .rposition(|h| h.spec == service.spec)
-        .unwrap_or(history.len());
-    history[..same_since]
-        .iter()
+        .map(|h| &h.spec)
+        .chain(std::iter::once(&service.spec))
+        .collect();
+    let undone = |i: usize| i > 0 && specs[i - 1] == specs[i + 1];
+    (0..history.len())
         .rev()
-        .find(|h| h.spec != service.spec)
-        .or_else(|| history.iter().rev().find(|h| h.spec != service.spec))
-        .copied()
+        .find(|&i| history[i].spec != service.spec && !undone(i))
+        .or_else(|| {
+            (0..history.len())
+                .rev()
+                .find(|&i| history[i].spec != service.spec)
+        })
+        .map(|i| history[i])
         .ok_or_else(|| {
             ApiError::new(
                 ErrorKind::NotFound,
@@ -550,8 +549,25 @@ mod tests {
             ],
             ..Default::default()
         };
-        // web:2 came at revision 2 (4 is the automatic way back from 3): before it, web:1.
+        // 3 was undone (web:2 on both sides of it): before web:2, web:1.
         assert_eq!(earlier(&s, None).unwrap().revision, 1);
+        // Two failed updates in a row, each undone: still web:1.
+        let mut twice = s.clone();
+        twice.history.push(ServiceRevision {
+            revision: 4,
+            spec: spec("web:2"),
+        });
+        twice.history.push(ServiceRevision {
+            revision: 5,
+            spec: spec("web:bad"),
+        });
+        twice.revision = 6;
+        assert_eq!(earlier(&twice, None).unwrap().revision, 1);
+        // A plain change: the one before.
+        let mut plain = s.clone();
+        plain.revision = 4;
+        plain.spec = spec("web:4");
+        assert_eq!(earlier(&plain, None).unwrap().revision, 3);
         // Back at web:1 with nothing before it: the newest other spec, so it can be undone.
         let mut back = s.clone();
         back.history.push(ServiceRevision {

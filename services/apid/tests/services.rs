@@ -487,19 +487,34 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
     net.wait_until("three healthy web containers again", 30, || {
         healthy_web(&net) == 3
     });
+    // A health check that never passes: the first new container is not healthy in time
+    // (start period + (interval + timeout) × (retries + 1) + 2 s = 6 s), and back it goes.
+    let failing = roll("app:1", "5").replace("[\"CMD\", \"true\"]", "[\"CMD\", \"false\"]");
+    std::fs::write(&roll_file, &failing).unwrap();
+    let out = net.uc(&["deploy", "-f", rf, "-y", "web"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("was not healthy within 6 s")
+            && err.contains("went back to its previous spec"),
+        "{err}"
+    );
+    assert_eq!(web_versions(&net), ["app:1 VERSION=2"; 3]);
     let history = net.uc_ok(&["service", "history", "web.roll"]);
     let rows: Vec<&str> = history.lines().skip(1).collect();
-    assert_eq!(rows.len(), 4, "{history}");
+    assert_eq!(rows.len(), 6, "{history}");
     assert!(
         rows[2].contains("app:next") && rows[2].contains(" 0 "),
         "{history}"
     );
+    assert!(rows[4].contains("env, healthcheck"), "{history}");
     assert!(
-        rows[3].starts_with("4 *") && rows[3].contains("app:1"),
+        rows[5].starts_with("6 *") && rows[5].contains("app:1"),
         "{history}"
     );
 
-    // `uc rollback` goes to what ran before: version 1. A revision not kept is refused.
+    // `uc rollback` goes to what ran before, skipping the two failed updates: version 1. A
+    // revision not kept is refused.
     let out = net.uc(&["rollback", "web.roll"]);
     assert!(
         out.status.success(),
@@ -809,6 +824,17 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         "{err}"
     );
     assert_eq!(err.matches("replaced roll-web-").count(), 2, "{err}");
+    // Meanwhile gamma's side deploys another change: it replaces its own container.
+    let at_gamma = net.machines[gamma].api();
+    std::fs::write(&roll_file, roll("app:1", "4")).unwrap();
+    let out = net.uc(&["deploy", "--endpoint", &at_gamma, "-f", rf, "-y", "web"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: alpha:") && err.contains("warning: beta:"),
+        "{err}"
+    );
+    assert_eq!(err.matches("replaced roll-web-").count(), 1, "{err}");
     let err = net.uc_fails(&["rm", "--endpoint", &at_alpha, "web"]);
     assert!(
         err.contains("2 of 3 containers removed") && err.contains("gamma"),
@@ -829,7 +855,25 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
             .status
             .success()
     });
-    // Healed, a deploy of the same file finishes the update on gamma.
+    // Healed, the two deploys merge into one spec that every machine agrees on (the other
+    // goes to the history). Containers of the two sides share a revision number and cannot
+    // be told apart, so a deploy of the winning spec replaces all three.
+    let version_at = |endpoint: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&net.uc_ok(&["inspect", "--endpoint", endpoint, "web.roll"]))
+                .unwrap();
+        v["spec"]["env"]["VERSION"].as_str().unwrap().to_string()
+    };
+    let mut winner = String::new();
+    net.wait_until("alpha and gamma hold one spec of web.roll", 60, || {
+        winner = version_at(&at_alpha);
+        winner == version_at(&at_gamma)
+    });
+    assert!(winner == "3" || winner == "4", "{winner}");
+    let history = net.uc_ok(&["service", "history", "--endpoint", &at_alpha, "web.roll"]);
+    let loser = if winner == "3" { "4" } else { "3" };
+    assert!(history.lines().count() >= 3, "{history}");
+    std::fs::write(&roll_file, roll("app:1", &winner)).unwrap();
     let plan = net.uc_ok(&[
         "deploy",
         "--endpoint",
@@ -840,14 +884,19 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         "web",
     ]);
     assert!(
-        plan.contains("1 container(s) still of an earlier spec"),
-        "{plan}"
+        plan.contains("3 container(s) still of an earlier spec"),
+        "{plan} (the spec of {loser} lost)"
     );
     let out = net.uc(&["deploy", "--endpoint", &at_alpha, "-f", rf, "-y", "web"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{err}");
     assert!(err.contains("on gamma by roll-web-"), "{err}");
-    assert_eq!(web_versions(&net), ["app:1 VERSION=3"; 3]);
+    assert_eq!(
+        web_versions(&net),
+        vec![format!("app:1 VERSION={winner}"); 3]
+    );
+    let again = net.uc_ok(&["deploy", "--endpoint", &at_gamma, "-f", rf, "-y", "web"]);
+    assert!(again.contains("nothing to change"), "{again}");
     net.uc_ok(&["rm", "--endpoint", &at_alpha, "web.roll", "edge.roll"]);
 
     // A machine that joins later gets its container of the global service `agent` by itself

@@ -444,8 +444,11 @@ impl StateDoc {
     }
 
     /// Keeps the spec automerge chose among concurrent deploys and records the others in the
-    /// history (keyed, so machines that settle at once write the same entries). Writing the
-    /// winner again ends the conflict.
+    /// history (keyed, so machines that settle at once write the same entries). The winner is
+    /// written again under a revision above all of them, which ends the conflict and gives the
+    /// containers rolled out from now on a number no other spec has (the concurrent deploys
+    /// shared theirs). Machines that settle at once write the same value; settling that
+    /// leftover conflict of equal values writes it as it is.
     fn settle_service(&mut self, id: &str) -> Result<bool, DocError> {
         let services = self.kind_obj(Kind::Services)?;
         let Some((_, obj)) = self.doc.get(&services, id)? else {
@@ -468,6 +471,19 @@ impl StateDoc {
             .filter_map(|t| service_doc::parse_current(&t).ok())
             .collect();
         losers.dedup();
+        let winner = if losers.is_empty() {
+            winner
+        } else {
+            let all = values
+                .iter()
+                .filter_map(|(v, _)| text(v))
+                .filter_map(|t| service_doc::parse_current(&t).ok());
+            let top = all.map(|r| r.revision).max().unwrap_or(0);
+            let won = service_doc::parse_current(&winner).map_err(|e| {
+                DocError::NotAState(format!("service {id:?} has an unreadable spec: {e}"))
+            })?;
+            service_doc::current_json(top + 1, &won.spec)
+        };
         let history = match self.doc.get(&obj, "history")? {
             Some((automerge::Value::Object(ObjType::Map), h)) => Some(h),
             _ => None,
@@ -875,6 +891,49 @@ mod tests {
         assert_eq!(merged.roles, vec!["ingress".to_string()]);
         assert_eq!(merged.labels["zone"], "eu");
         assert_eq!(a.machines().len(), 2);
+    }
+
+    #[test]
+    fn concurrent_deploys_settle_to_one_spec_under_a_new_revision() {
+        let svc = |image: &str| {
+            Box::new(Service {
+                id: "web".into(),
+                name: "web".into(),
+                spec: uncloud_common::model::ServiceSpec {
+                    image: image.into(),
+                    replicas: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+        };
+        let mut a = StateDoc::new(genesis("n"));
+        let mut b = StateDoc::new(genesis("n"));
+        a.apply(&Mutation::UpsertService(svc("web:1"))).unwrap();
+        sync_pair(&mut a, &mut b);
+        // Both sides of a partition deploy: both write revision 2.
+        a.apply(&Mutation::UpsertService(svc("web:2a"))).unwrap();
+        b.apply(&Mutation::UpsertService(svc("web:2b"))).unwrap();
+        sync_pair(&mut a, &mut b);
+        let web = ["web".to_string()];
+        assert_eq!(a.unsettled_services(web.iter()), ["web"]);
+        assert!(a.apply(&Mutation::SettleService("web".into())).unwrap());
+        sync_pair(&mut a, &mut b);
+        assert!(b.unsettled_services(web.iter()).is_empty());
+        let settled = b.state().services["web"].clone();
+        // Above both deploys, so containers of the winner from now on are told apart from
+        // those either side started at revision 2.
+        assert_eq!(settled.revision, 3);
+        assert!(settled.spec.image == "web:2a" || settled.spec.image == "web:2b");
+        let lost = settled
+            .history
+            .iter()
+            .find(|h| h.revision == 2)
+            .expect("the losing deploy in the history");
+        assert_ne!(lost.spec, settled.spec);
+        assert_eq!(a.state(), b.state());
+        // Settling again (another machine a moment later) changes nothing.
+        assert!(!b.apply(&Mutation::SettleService("web".into())).unwrap());
     }
 
     #[test]
