@@ -76,3 +76,22 @@ pub fn command_line(bin: &str) -> String {
         extra.join(" ")
     )
 }
+
+/// `uc ARGS` on the local network's laptop; its stdout, or an error with its stderr.
+pub fn uc<S: AsRef<str>>(
+    net: &uncloud_testkit::network::LocalNetwork,
+    args: &[S],
+) -> anyhow::Result<String> {
+    let out = net.uc(args);
+    if !out.status.success() {
+        anyhow::bail!(
+            "uc {} failed: {}",
+            args.iter()
+                .map(|a| a.as_ref())
+                .collect::<Vec<_>>()
+                .join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

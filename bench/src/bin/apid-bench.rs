@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use uncloud_bench::progress;
 use uncloud_bench::report::{fmt_num, line, write_json, Metric, Results};
 use uncloud_bench::stats::{min_max, percentile};
 use uncloud_bench::sys::{rss_of, workspace_binary, Machine};
+use uncloud_bench::{progress, uc};
 use uncloud_testkit::network::{Binaries, LocalNetwork};
 
 #[derive(Parser)]
@@ -211,21 +211,6 @@ fn main() -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn uc<S: AsRef<str>>(net: &LocalNetwork, args: &[S]) -> Result<String> {
-    let out = net.uc(args);
-    if !out.status.success() {
-        bail!(
-            "uc {} failed: {}",
-            args.iter()
-                .map(|a| a.as_ref())
-                .collect::<Vec<_>>()
-                .join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn wait(started: Instant, mut done: impl FnMut() -> bool) -> Result<()> {

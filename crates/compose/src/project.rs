@@ -981,7 +981,11 @@ impl Cx<'_> {
             let fpath = format!("{path}.{}", fk.text);
             match fk.text.as_str() {
                 "limits" => {
-                    for (lk, lv) in fv.as_map().unwrap_or_default() {
+                    let Some(limits) = fv.as_map() else {
+                        self.error(fk, &fpath, "expected a mapping (cpus, memory)");
+                        continue;
+                    };
+                    for (lk, lv) in limits {
                         let lpath = format!("{fpath}.{}", lk.text);
                         let Some(s) = self.string(lk, lv, &lpath) else { continue };
                         match lk.text.as_str() {
@@ -1410,6 +1414,15 @@ mod tests {
             .into_iter()
             .map(|d| (d.line, d.key))
             .collect()
+    }
+
+    #[test]
+    fn resource_limits_that_are_not_a_mapping_are_an_error_at_their_line() {
+        let text = "services:\n  web:\n    image: web:1\n    deploy:\n      resources:\n        limits: 2\n";
+        assert_eq!(
+            errors(text),
+            [(6, "services.web.deploy.resources.limits".to_string())]
+        );
     }
 
     #[test]

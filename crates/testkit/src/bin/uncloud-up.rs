@@ -6,6 +6,8 @@
 //! plugged into as 198.18.0.1, each running the real firstboot, stated, meshd, dnsd and apid. The
 //! first is initialised with `uc machine init`, the second added with `uc machine add`, the
 //! rest join by themselves with a ticket from `uc machine token` pre-seeded before they boot.
+//! Each machine runs its own dockerd; with `--demo FILE`, a Compose project is deployed on it
+//! once the network is up (its image made on every machine from busybox, no registry).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,7 +15,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
-use uncloud_testkit::network::{Binaries, LocalNetwork, INTERNET_PREFIX};
+use uncloud_testkit::network::{public_ip, Binaries, Boot, LocalNetwork, INTERNET_PREFIX};
 
 #[derive(Debug, Parser)]
 #[command(about = "A local Uncloud network of machines as network namespaces (needs root)")]
@@ -30,7 +32,14 @@ struct Args {
     /// A file written once the network is up (scripts wait for it).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// A Compose file to deploy once the network is up (`examples/demo/compose.yaml`); its
+    /// image, `uncloud/demo:1`, is made on every machine.
+    #[arg(long)]
+    demo: Option<PathBuf>,
 }
+
+/// What the demo image runs: a web server on port 8080 that says which container answered.
+const DEMO: &str = "mkdir -p /w && echo \"${GREETING:-hello} from $(hostname)\" > /w/index.html && exec httpd -f -p 8080 -h /w";
 
 const NAMES: [&str; 20] = [
     "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
@@ -87,7 +96,11 @@ fn run() -> Result<(), String> {
 
     let names = &NAMES[..args.machines as usize];
     step(&format!("booting {} (fresh)", names[0]));
-    let first = net.boot(names[0], None);
+    let docker = Boot {
+        docker: true,
+        ..Boot::default()
+    };
+    let first = net.boot_with(names[0], docker);
     // Forget an older context of the same name: it pointed at a network that is gone.
     let _ = uc(&bins, &["ctx", "rm", &args.context]);
     let mut init = net.machines[first].enrol("init");
@@ -97,7 +110,7 @@ fn run() -> Result<(), String> {
     let ctx = ["--context", args.context.as_str()];
     if names.len() > 1 {
         step(&format!("booting {} (fresh)", names[1]));
-        let i = net.boot(names[1], None);
+        let i = net.boot_with(names[1], docker);
         step(&format!("uc machine add {}", net.machines[i].api()));
         let mut a = net.machines[i].enrol("add");
         a.extend(ctx.map(String::from));
@@ -108,7 +121,13 @@ fn run() -> Result<(), String> {
         a.extend(ctx);
         let ticket = uc(&bins, &a)?;
         step(&format!("booting {name} with a pre-seeded ticket"));
-        net.boot(name, Some(ticket.trim()));
+        net.boot_with(
+            name,
+            Boot {
+                ticket: Some(ticket.trim()),
+                ..docker
+            },
+        );
     }
     step("waiting until every machine sees every other alive");
     let ids: Vec<String> = net.machines.iter().map(|m| m.machine_id()).collect();
@@ -120,6 +139,26 @@ fn run() -> Result<(), String> {
     let mut ls = vec!["machine", "ls"];
     ls.extend(ctx);
     print!("{}", uc(&bins, &ls)?);
+    if let Some(file) = &args.demo {
+        let entrypoint = format!(
+            "ENTRYPOINT [\"/bin/sh\", \"-c\", {}]",
+            serde_json::to_string(DEMO).expect("a string serializes")
+        );
+        for m in &net.machines {
+            if let Some(d) = &m.docker {
+                d.import_busybox_with("uncloud/demo:1", &[&entrypoint]);
+            }
+        }
+        let file = file.to_string_lossy();
+        step(&format!("uc deploy -f {file} -y"));
+        let mut deploy = vec!["deploy", "-f", &file, "-y"];
+        deploy.extend(ctx);
+        print!("{}", uc(&bins, &deploy)?);
+        step("the demo answers on port 8080 of every machine:");
+        for i in 0..net.machines.len() {
+            eprintln!("  curl http://{}:8080/", public_ip(i));
+        }
+    }
     for m in &net.machines {
         eprintln!(
             "  {:<8} {}  busctl --address={}  ip netns exec {} …",
