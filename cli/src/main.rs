@@ -13,7 +13,7 @@
 //! progress. Adding a command is a variant and a match arm.
 //!
 //! # Limitations
-//! Image push, logs, exec and ingress come with later issues.
+//! Image push, exec and ingress come with later issues.
 
 mod cert;
 mod context;

@@ -1,5 +1,5 @@
-//! `uc run`, `uc ls`, `uc ps`, `uc inspect`, `uc scale`, `uc rm`: services across the network's
-//! machines.
+//! `uc run`, `uc ls`, `uc ps`, `uc inspect`, `uc scale`, `uc rm`, `uc stop|start|restart`:
+//! services across the network's machines.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -798,10 +798,7 @@ impl Cx<'_> {
     }
 
     fn healthcheck(&mut self, k: &Key, v: &Node, path: &str) -> Option<HealthCheck> {
-        let Some(fields) = v.as_map() else {
-            self.error(k, path, "expected a mapping");
-            return None;
-        };
+        let fields = self.mapping(k, v, path)?;
         let mut h = HealthCheck::default();
         for (fk, fv) in fields {
             let fpath = format!("{path}.{}", fk.text);
@@ -856,8 +853,7 @@ impl Cx<'_> {
         spec: &mut ServiceSpec,
         update: &mut UpdateConfig,
     ) {
-        let Some(fields) = v.as_map() else {
-            self.error(k, path, "expected a mapping");
+        let Some(fields) = self.mapping(k, v, path) else {
             return;
         };
         let mut replicas = None;
@@ -924,9 +920,17 @@ impl Cx<'_> {
         }
     }
 
-    fn update_config(&mut self, k: &Key, v: &Node, path: &str, update: &mut UpdateConfig) {
-        let Some(fields) = v.as_map() else {
+    /// The entries of `v`, or an error at `k` when it is not a mapping.
+    fn mapping<'n>(&mut self, k: &Key, v: &'n Node, path: &str) -> Option<&'n [(Key, Node)]> {
+        let fields = v.as_map();
+        if fields.is_none() {
             self.error(k, path, "expected a mapping");
+        }
+        fields
+    }
+
+    fn update_config(&mut self, k: &Key, v: &Node, path: &str, update: &mut UpdateConfig) {
+        let Some(fields) = self.mapping(k, v, path) else {
             return;
         };
         for (fk, fv) in fields {
@@ -973,8 +977,7 @@ impl Cx<'_> {
     }
 
     fn resources(&mut self, k: &Key, v: &Node, path: &str, spec: &mut ServiceSpec) {
-        let Some(fields) = v.as_map() else {
-            self.error(k, path, "expected a mapping");
+        let Some(fields) = self.mapping(k, v, path) else {
             return;
         };
         for (fk, fv) in fields {
@@ -1013,8 +1016,7 @@ impl Cx<'_> {
     }
 
     fn placement(&mut self, k: &Key, v: &Node, path: &str, spec: &mut ServiceSpec) {
-        let Some(fields) = v.as_map() else {
-            self.error(k, path, "expected a mapping");
+        let Some(fields) = self.mapping(k, v, path) else {
             return;
         };
         for (fk, fv) in fields {
