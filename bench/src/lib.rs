@@ -82,16 +82,5 @@ pub fn uc<S: AsRef<str>>(
     net: &uncloud_testkit::network::LocalNetwork,
     args: &[S],
 ) -> anyhow::Result<String> {
-    let out = net.uc(args);
-    if !out.status.success() {
-        anyhow::bail!(
-            "uc {} failed: {}",
-            args.iter()
-                .map(|a| a.as_ref())
-                .collect::<Vec<_>>()
-                .join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    uncloud_testkit::network::stdout_or_error("uc", args, &net.uc(args)).map_err(anyhow::Error::msg)
 }

@@ -187,7 +187,12 @@ fn describe(s: &ComposeService) -> String {
     } else {
         format!(" on {}", s.spec.machines.join(","))
     };
-    format!("{} {count}{pins}", s.spec.image)
+    let constraints = if s.spec.constraints.is_empty() {
+        String::new()
+    } else {
+        format!(" where {}", s.spec.constraints.join(" and "))
+    };
+    format!("{} {count}{pins}{constraints}", s.spec.image)
 }
 
 /// The Compose file in this folder, by Compose's own order of names.

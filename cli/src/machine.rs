@@ -6,7 +6,8 @@ use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use rcgen::{KeyPair, PublicKeyData};
 use uncloud_api::wire::{
-    Answer, Call, InitRequest, JoinRequest, MachineChange, MachineRef, MachineRow, TicketRequest,
+    Answer, Call, DrainRequest, InitRequest, JoinRequest, MachineChange, MachineRef, MachineRow,
+    TicketRequest,
 };
 use uncloud_pki::Fingerprint;
 
@@ -78,6 +79,21 @@ pub enum Machine {
         #[arg(required = true)]
         machines: Vec<String>,
     },
+    /// Drain a machine: its services' containers move to other machines, and no new ones go
+    /// to it until `uc machine enable`.
+    ///
+    /// Each service with a container on it is rolled out again with its own spec: a
+    /// replicated container's successor starts on another machine and is ready (healthy, or
+    /// running through 5 s) before the one on the drained machine is removed; a global
+    /// service's container there is removed. Use it before maintenance or `uc machine rm`.
+    #[command(
+        after_help = "Examples:\n  uc machine drain pi-garage\n  uc machine enable pi-garage"
+    )]
+    Drain { machine: String },
+    /// Let a drained machine take containers again. Nothing moves back by itself: global
+    /// services return within a minute, replicated ones as they are scaled or updated.
+    #[command(after_help = "Example:\n  uc machine enable pi-garage")]
+    Enable { machine: String },
     /// Rename a machine: it is NEW.machine.internal from then on.
     #[command(after_help = "Example:\n  uc machine rename pi-kitchen pi-attic")]
     Rename { machine: String, new_name: String },
@@ -401,6 +417,8 @@ pub async fn run(cmd: Machine, g: &Global) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Machine::Drain { machine } => drain(&store, g, machine, true).await,
+        Machine::Enable { machine } => drain(&store, g, machine, false).await,
         Machine::Rename { machine, new_name } => {
             change(
                 &store,
@@ -460,6 +478,58 @@ pub async fn run(cmd: Machine, g: &Global) -> anyhow::Result<()> {
     }
 }
 
+/// The API version that knows `drain_machine`.
+const DRAIN_API: u32 = 8;
+
+/// `uc machine drain|enable`: says what moved, fails if anything could not.
+async fn drain(store: &Store, g: &Global, machine: String, drain: bool) -> anyhow::Result<()> {
+    let ctx = store.load(g.context.as_deref())?;
+    let (member, via) = remote::member(&ctx, g).await?;
+    remote::require_api(&member, &via, DRAIN_API).await?;
+    let spinner = drain.then(|| Spinner::start(format!("draining {machine}")));
+    let reply = answer(
+        member
+            .drain_machine(
+                uncloud_api::context(crate::service::RUN_TIMEOUT),
+                DrainRequest { machine, drain },
+            )
+            .await,
+    );
+    drop(spinner);
+    let reply = reply?;
+    if g.output == Format::Json {
+        print!("{}", output::json(&reply));
+    } else {
+        for s in &reply.services {
+            for step in &s.steps {
+                println!("{}: {step}", s.service);
+            }
+        }
+        if drain {
+            println!(
+                "{} is drained: no container of a service goes to it (`uc machine enable {}`)",
+                reply.machine, reply.machine
+            );
+        } else {
+            println!("{} takes containers again", reply.machine);
+        }
+    }
+    let failed: Vec<String> = reply
+        .services
+        .iter()
+        .filter(|s| !s.error.is_empty())
+        .map(|s| format!("{}: {}", s.service, s.error))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "some containers are still on {}: {}",
+            reply.machine,
+            failed.join("; ")
+        );
+    }
+    Ok(())
+}
+
 /// Applies `change` through a member and shows the machine as it is now.
 async fn change(store: &Store, g: &Global, change: MachineChange) -> anyhow::Result<()> {
     let ctx = store.load(g.context.as_deref())?;
@@ -479,7 +549,11 @@ fn print_rows(rows: &[MachineRow], format: Format) {
                 .map(|r| {
                     vec![
                         r.name.clone(),
-                        r.state.clone(),
+                        if r.drained {
+                            format!("{},drained", r.state)
+                        } else {
+                            r.state.clone()
+                        },
                         r.subnet.clone(),
                         r.endpoints.join(","),
                         r.roles.join(","),

@@ -8,12 +8,12 @@
 //!
 //! # Design
 //! One module per command group ([`machine`], [`host`] for a machine's insides, [`mesh`],
-//! [`service`] for `run`/`ls`/`ps`/`rm`, [`deploy`], [`update`] for rolling updates, [`cert`], [`ctx`]); [`targets`] asks the connected machine or each of `-m`; [`remote`]
+//! [`service`] for `run`/`ls`/`ps`/`rm`, [`deploy`], [`update`] for rolling updates, [`volume`] for volumes and images, [`push`] for `uc image push`, [`cert`], [`ctx`]); [`targets`] asks the connected machine or each of `-m`; [`remote`]
 //! connects and turns errors into advice; [`context`] keeps contexts on disk; [`output`] prints tables, JSON and
 //! progress. Adding a command is a variant and a match arm.
 //!
 //! # Limitations
-//! Image push, exec and ingress come with later issues.
+//! `uc exec` and ingress come with later work.
 
 mod cert;
 mod context;
@@ -25,6 +25,7 @@ mod logs;
 mod machine;
 mod mesh;
 mod output;
+mod push;
 mod remote;
 mod service;
 mod targets;

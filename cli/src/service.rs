@@ -46,6 +46,10 @@ pub struct Run {
     /// `global`: one container on every machine (of `-m`, if given).
     #[arg(long, value_parser = [MODE_REPLICATED, MODE_GLOBAL], default_value = MODE_REPLICATED)]
     pub mode: String,
+    /// Only machines that match: `node.labels.KEY==VALUE`, `node.labels.KEY!=VALUE`,
+    /// `node.hostname!=NAME` (labels: `uc machine label`). Repeatable; all must hold.
+    #[arg(long = "constraint", value_name = "node.labels.KEY==VALUE", value_parser = parse_constraint)]
+    pub constraints: Vec<String>,
     /// Environment variable `KEY=VALUE`, or `KEY` to pass this shell's value. Repeatable.
     #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
     pub env: Vec<String>,
@@ -282,6 +286,11 @@ pub async fn remove_one(member: &uncloud_api::ApiClient, service: &str) -> anyho
 }
 
 /// The request `uc run`'s flags say.
+/// A constraint in its canonical text, or why not.
+fn parse_constraint(text: &str) -> Result<String, String> {
+    uncloud_api::service::Constraint::parse(text).map(|c| c.to_string())
+}
+
 fn request(cmd: Run, machines: &[String]) -> anyhow::Result<RunRequest> {
     let mut env = BTreeMap::new();
     for e in &cmd.env {
@@ -340,6 +349,7 @@ fn request(cmd: Run, machines: &[String]) -> anyhow::Result<RunRequest> {
             } else {
                 machines.to_vec()
             },
+            constraints: cmd.constraints,
             user: cmd.user.unwrap_or_default(),
         },
     })

@@ -34,6 +34,13 @@ pub enum Image {
     /// The images of the connected machine (with `-m`, of each machine).
     #[command(after_help = "Examples:\n  uc image ls\n  uc image ls -m all -o json")]
     Ls,
+    /// Copy an image from this computer's Docker to the machines (all, or those of `-m`),
+    /// through the connected one, without a registry. Machines that have it are skipped; a
+    /// push that is interrupted loads nothing anywhere.
+    #[command(
+        after_help = "Examples:\n  uc image push app:1\n  uc image push -m alpha,beta registry.example.com/team/app:2"
+    )]
+    Push { image: String },
 }
 
 pub async fn volume(cmd: Volume, g: &Global) -> anyhow::Result<()> {
@@ -70,7 +77,9 @@ pub async fn volume(cmd: Volume, g: &Global) -> anyhow::Result<()> {
 }
 
 pub async fn image(cmd: Image, g: &Global) -> anyhow::Result<()> {
-    let Image::Ls = cmd;
+    if let Image::Push { image } = cmd {
+        return crate::push::push(image, g).await;
+    }
     let replies = targets::ask(g, Call::Images, UPDATE_API).await?;
     if g.output == Format::Json {
         print!("{}", output::json(&replies));

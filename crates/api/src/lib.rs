@@ -23,6 +23,7 @@
 
 pub mod client;
 pub mod host;
+pub mod image;
 pub mod peer;
 pub mod service;
 pub mod tls;

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use uncloud_common::constraint::Constraint;
 pub use uncloud_common::model::{HealthCheck, ServiceSpec, MODE_GLOBAL, MODE_REPLICATED};
 
 /// `uc run`: create a service and start its containers.
@@ -172,6 +173,35 @@ pub struct UpdateReply {
     pub rolled_back: bool,
     /// Containers left as they were because their machine could not be reached.
     pub skipped: Vec<MachineFailure>,
+}
+
+/// `drain_machine`: drain a machine, or enable it again. Added in API version 8.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DrainRequest {
+    /// A machine name or id.
+    pub machine: String,
+    /// `true`: drain it; `false`: enable it (`uc machine enable`).
+    pub drain: bool,
+}
+
+/// What draining did: per service that had containers on the machine, its steps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DrainReply {
+    /// The machine's name.
+    pub machine: String,
+    pub services: Vec<DrainedService>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DrainedService {
+    pub service: String,
+    /// One line per step (`started web-3c4d on beta`, `removed web-1a2b on alpha`).
+    pub steps: Vec<String>,
+    /// Why its containers could not all move; empty when they did.
+    pub error: String,
 }
 
 /// `history`: a service's revisions, oldest first, the current one last. Added in API

@@ -11,10 +11,11 @@ pub use uncloud_common::docker::{ImageInfo, LogLine, LogLinesRequest, VolumeInfo
 pub use crate::host::{
     DnsName, LogEntry, LogPage, LogRequest, MachineStatus, MeshPeer, UnitStatus,
 };
+pub use crate::image::{MachinePush, PushBegin, PushChunk, PushProgress, PushRef, PushStarted};
 pub use crate::service::{
-    ActionReply, ContainerAction, ContainerRow, HistoryReply, MachineFailure, RemoveReply,
-    RevisionRow, RunReply, RunRequest, ScaleRequest, ServiceRef, ServiceRow, UpdateReply,
-    UpdateRequest,
+    ActionReply, ContainerAction, ContainerRow, DrainReply, DrainRequest, DrainedService,
+    HistoryReply, MachineFailure, RemoveReply, RevisionRow, RunReply, RunRequest, ScaleRequest,
+    ServiceRef, ServiceRow, UpdateReply, UpdateRequest,
 };
 
 /// The TCP port apid listens on (TLS), on every address. The only public port besides
@@ -27,9 +28,11 @@ pub const PORT: u16 = 7443;
 /// 4: the call `dns_names`.
 /// 5: `run`, `scale`, `remove_service` and the call `services`.
 /// 6: `update` (rolling updates, rollback), `history`, `container_action`.
+/// 7: `push_begin`, `push_chunk`, `push_end`, `push_abort` (`uc image push`).
+/// 8: `drain_machine` (`uc machine drain|enable`), `MachineRow.drained`.
 /// An older apid closes the connection on a call it does not know; `uc` checks
 /// `info().api_version` first where that matters.
-pub const API_VERSION: u32 = 6;
+pub const API_VERSION: u32 = 8;
 
 /// Largest JSON frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -97,6 +100,20 @@ pub trait Api {
     /// Member mode, admin: stops, starts or restarts a service's containers (or one of
     /// them), each on its machine, all at once. Added in API version 6.
     async fn container_action(request: ContainerAction) -> Result<ActionReply, ApiError>;
+    /// Member mode, admin: starts an image upload to machines (`uc image push`): their
+    /// shims are asked to take a tarball. Added in API version 7.
+    async fn push_begin(request: PushBegin) -> Result<PushStarted, ApiError>;
+    /// The next chunk of an upload, passed on to every machine still taking it. Added in
+    /// API version 7.
+    async fn push_chunk(request: PushChunk) -> Result<PushProgress, ApiError>;
+    /// Ends an upload: each machine's engine loads the image. Added in API version 7.
+    async fn push_end(request: PushRef) -> Result<PushProgress, ApiError>;
+    /// Drops an upload: nothing is loaded anywhere. Added in API version 7.
+    async fn push_abort(request: PushRef) -> Result<(), ApiError>;
+    /// Member mode, admin: drains a machine (no container of a service goes to it; those on
+    /// it move to other machines, started there before they stop) or enables it again.
+    /// Added in API version 8.
+    async fn drain_machine(request: DrainRequest) -> Result<DrainReply, ApiError>;
 }
 
 /// `uc -m TARGETS …`.
@@ -413,6 +430,9 @@ pub struct MachineRow {
     /// The machine's mesh address (`10.210.X.1`).
     #[serde(default)]
     pub mesh_ip: String,
+    /// Drained (`uc machine drain`). Added in API version 8.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// Why a call failed: a kind the client acts on and a message for people.

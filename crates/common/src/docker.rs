@@ -164,10 +164,17 @@ pub struct LogLine {
     pub text: String,
 }
 
-/// Splits a line Docker wrote with `timestamps` (`2026-12-05T03:40:00.123456789Z text`, the
-/// fraction 0 to 9 digits) into its time in ns since the Unix epoch and its text.
+/// Splits a line Docker wrote with `timestamps` (`2026-12-05T03:40:00.123456789Z text`) into
+/// its time in ns since the Unix epoch and its text.
 pub fn split_log_timestamp(line: &str) -> Option<(i64, &str)> {
     let (stamp, text) = line.split_once(' ').unwrap_or((line, ""));
+    Some((rfc3339_ns(stamp)?, text))
+}
+
+/// Nanoseconds since the Unix epoch of an RFC 3339 UTC time as Docker writes it
+/// (`2026-11-25T04:38:54.430206640Z`, the fraction 0 to 9 digits); `None` for anything
+/// unreadable or out of `i64`'s range (Docker's "never", `0001-01-01T00:00:00Z`).
+pub fn rfc3339_ns(stamp: &str) -> Option<i64> {
     let stamp = stamp.strip_suffix('Z')?;
     let (date, time) = stamp.split_once('T')?;
     let mut d = date.splitn(3, '-').map(str::parse::<i64>);
@@ -195,7 +202,7 @@ pub fn split_log_timestamp(line: &str) -> Option<(i64, &str)> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400 + h * 3_600 + mi * 60 + s;
-    Some((secs.checked_mul(1_000_000_000)?.checked_add(nanos)?, text))
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! - [`conflict`]: the deterministic rules that keep machine names and subnet indices unique after
 //!   partitions merge. Pure functions, so every machine computes the same winners.
 //! - [`ports`]: a service's published ports (`x-ports` syntax), its only way to say routes.
+//! - [`constraint`]: placement constraints on machine names and labels (`node.labels.KEY == V`).
 //! - [`claims`]: which service serves a hostname and path, the same on every machine.
 //! - [`liveness`]: a machine's view of the others (alive / suspect / down).
 //! - [`dbus`]: well-known names, object paths and zbus proxies of the local D-Bus APIs.
@@ -35,6 +36,7 @@ pub mod address;
 pub mod claims;
 pub mod config;
 pub mod conflict;
+pub mod constraint;
 pub mod daemon;
 pub mod dbus;
 pub mod docker;

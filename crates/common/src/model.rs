@@ -138,6 +138,12 @@ pub struct Machine {
     pub roles: Vec<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Drained (`uc machine drain`): placement and the reconciler put no container of a
+    /// service on it; `uc machine enable` clears it. Absent in entries written before it
+    /// existed.
+    #[serde(default)]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub drained: bool,
     /// CPU architecture (`x86_64`, `aarch64`).
     #[serde(default)]
     pub arch: String,
@@ -237,6 +243,12 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
     pub machines: Vec<String>,
+    /// Placement constraints every machine must match, canonical
+    /// ([`crate::constraint::Constraint`]'s text: `node.labels.disk==ssd`). Older apids ignore
+    /// them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub constraints: Vec<String>,
     /// The user the processes run as (`uid[:gid]` or a name), instead of the image's.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
@@ -788,7 +800,7 @@ mod tests {
             ..Default::default()
         };
         let json = serde_json::to_string(&old).unwrap();
-        for key in ["mode", "machines", "user"] {
+        for key in ["mode", "machines", "constraints", "user"] {
             assert!(!json.contains(key), "{json}");
         }
         let global = ServiceSpec {

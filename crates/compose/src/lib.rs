@@ -25,7 +25,7 @@
 //!
 //! Not yet: `build` (images come from a registry), `secrets` and `configs`, relative bind
 //! mounts (the file is on this computer, the container on another machine), capabilities and
-//! sysctls, machine labels in placement constraints, `extends`, Compose's `!reset` and
+//! sysctls, `extends`, Compose's `!reset` and
 //! `!override` tags, several files with `-f a -f b`.
 
 pub mod interpolate;

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use uncloud_common::constraint::Constraint;
 use uncloud_common::model::{to_dns_label, HealthCheck, ServiceSpec, MODE_GLOBAL};
 use uncloud_common::ports::PublishedPort;
 
@@ -1026,19 +1027,13 @@ impl Cx<'_> {
                     for c in self.strings(fk, fv, &fpath) {
                         let compact: String = c.chars().filter(|c| !c.is_whitespace()).collect();
                         if let Some(host) = compact.strip_prefix("node.hostname==") {
+                            // A pin by machine, as x-machines (kept by id across renames).
                             spec.machines.push(host.to_string());
-                        } else if compact.starts_with("node.labels.") {
-                            self.error(
-                                fk,
-                                &fpath,
-                                &format!("{c:?}: machine labels are not built yet; pin machines with x-machines"),
-                            );
                         } else {
-                            self.error(
-                                fk,
-                                &fpath,
-                                &format!("{c:?}: only `node.hostname == NAME` is understood (or use x-machines)"),
-                            );
+                            match Constraint::parse(&c) {
+                                Ok(k) => spec.constraints.push(k.to_string()),
+                                Err(e) => self.error(fk, &fpath, &e),
+                            }
                         }
                     }
                 }
@@ -1472,7 +1467,7 @@ services:
       replicas: 3
       resources: {limits: {cpus: '0.5', memory: 256M}}
       restart_policy: {condition: on-failure}
-      placement: {constraints: [node.hostname == alpha]}
+      placement: {constraints: [node.hostname == alpha, node.labels.disk == ssd, 'node.hostname != gamma']}
     x-machines: [beta]
 volumes:
   data:
@@ -1503,6 +1498,10 @@ volumes:
             web.machines,
             ["alpha", "beta"],
             "constraints and x-machines add up"
+        );
+        assert_eq!(
+            web.constraints,
+            ["node.labels.disk==ssd", "node.hostname!=gamma"]
         );
     }
 

@@ -2,6 +2,7 @@
 //! socket, in a network namespace of its own so its bridges and iptables rules never touch
 //! the host. Stopped, unmounted and deleted when the handle drops.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +38,11 @@ impl Dockerd {
         };
         d.spawn();
         d
+    }
+
+    /// The engine's address for a docker CLI: `DOCKER_HOST=…`.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
     }
 
     pub fn dir(&self) -> &Path {
@@ -123,6 +129,12 @@ impl Dockerd {
     /// [`Dockerd::import_busybox`] with Dockerfile instructions applied to the image
     /// (`docker import --change`), e.g. an `ENTRYPOINT` that stands in for a real image's.
     pub fn import_busybox_with(&self, tag: &str, changes: &[&str]) {
+        self.import_busybox_padded(tag, changes, 0);
+    }
+
+    /// [`Dockerd::import_busybox_with`] plus a file `/pad` of `pad_bytes` random bytes: an
+    /// image as big as a test needs.
+    pub fn import_busybox_padded(&self, tag: &str, changes: &[&str], pad_bytes: usize) {
         let busybox = Path::new("/bin/busybox");
         assert!(
             busybox.exists(),
@@ -139,6 +151,15 @@ impl Dockerd {
             "test", "[", "nslookup",
         ] {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+        let pad = root.join("pad");
+        if pad_bytes > 0 {
+            let mut random = std::fs::File::open("/dev/urandom").unwrap();
+            let mut file = std::fs::File::create(&pad).unwrap();
+            let copied = std::io::copy(&mut (&mut random).take(pad_bytes as u64), &mut file);
+            assert_eq!(copied.unwrap(), pad_bytes as u64);
+        } else {
+            let _ = std::fs::remove_file(&pad);
         }
         let tar = self.dir.path().join("busybox.tar");
         let status = Command::new("tar")

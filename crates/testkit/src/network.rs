@@ -521,16 +521,20 @@ impl LocalNetwork {
         }
     }
 
-    /// Runs `uc ARGS` on the laptop.
-    pub fn uc<S: AsRef<str>>(&self, args: &[S]) -> Output {
-        self.laptop
-            .command(self.bins.get("uc"))
-            .args(args.iter().map(|a| a.as_ref()))
+    /// `uc ARGS` on the laptop, to run as the caller likes (more environment, in the
+    /// background).
+    pub fn uc_command<S: AsRef<str>>(&self, args: &[S]) -> Command {
+        let mut cmd = self.laptop.command(self.bins.get("uc"));
+        cmd.args(args.iter().map(|a| a.as_ref()))
             .env("UNCLOUD_CONFIG_DIR", self.uc_config.path())
             .env_remove("UNCLOUD_CONTEXT")
-            .env_remove("UNCLOUD_ENDPOINT")
-            .output()
-            .expect("uc runs")
+            .env_remove("UNCLOUD_ENDPOINT");
+        cmd
+    }
+
+    /// Runs `uc ARGS` on the laptop.
+    pub fn uc<S: AsRef<str>>(&self, args: &[S]) -> Output {
+        self.uc_command(args).output().expect("uc runs")
     }
 
     /// `uc ARGS` that must succeed; returns its stdout.
@@ -624,6 +628,22 @@ impl LocalNetwork {
 
 /// The nftables table a partition lives in.
 const PARTITION_TABLE: &str = "uncloud_test_partition";
+
+/// `program ARGS`' stdout if it succeeded, else an error naming the command with its stderr.
+pub fn stdout_or_error<S: AsRef<str>>(
+    program: &str,
+    args: &[S],
+    out: &Output,
+) -> Result<String, String> {
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {} failed: {}",
+            joined(args),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
 
 fn joined<S: AsRef<str>>(args: &[S]) -> String {
     args.iter()

@@ -824,7 +824,7 @@ impl Apid {
     }
 
     /// A machine of the state by name or id.
-    async fn find_machine(&self, which: &str) -> Result<Machine, ApiError> {
+    pub(crate) async fn find_machine(&self, which: &str) -> Result<Machine, ApiError> {
         let machines = self.read_machines().await?;
         let by_id = machines.get(which).cloned();
         by_id
@@ -1352,6 +1352,7 @@ fn row(
         labels: m.labels,
         version: m.version,
         ca_cert: m.ca_cert,
+        drained: m.drained,
     }
 }
 

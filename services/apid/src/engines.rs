@@ -5,6 +5,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
+
 use uncloud_common::dbus::DockerProxy;
 use uncloud_common::docker::LogsRequest;
 use uncloud_common::docker::{ErrorKind, OpsError};
@@ -316,4 +318,120 @@ fn from_dbus(e: zbus::Error) -> OpsError {
 
 fn rpc_error(e: tarpc::client::RpcError) -> OpsError {
     OpsError::new(ErrorKind::Unreachable, format!("the machine's shim: {e}"))
+}
+
+/// Longest one chunk of an image upload may take to reach a shim.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest an engine may take to load a whole image.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// An image tarball on its way into one machine's engine, loaded only once it is whole:
+/// another machine's shim aborts its load when the upload is dropped; this machine's reads a
+/// pipe, which a dropped upload ends with a block no tar reader accepts.
+pub enum ImageUpload {
+    Remote {
+        client: ContainerOpsClient,
+        upload: u64,
+    },
+    Local(LocalPipe),
+}
+
+pub struct LocalPipe {
+    /// `None` once the tarball is whole.
+    writer: Option<tokio::net::unix::pipe::Sender>,
+    load: tokio::task::JoinHandle<Result<Vec<String>, OpsError>>,
+}
+
+impl Drop for LocalPipe {
+    fn drop(&mut self) {
+        if let Some(writer) = &self.writer {
+            if !self.load.is_finished() {
+                // The upload ends before the tarball did: a block that is not a valid tar
+                // header (its checksum is wrong), so the engine's load fails on it rather
+                // than taking a tarball cut at an entry boundary as whole.
+                let _ = writer.try_write(&[0xff; 512]);
+            }
+        }
+    }
+}
+
+fn unreachable(what: impl std::fmt::Display) -> OpsError {
+    OpsError::new(ErrorKind::Unreachable, what.to_string())
+}
+
+impl Engine {
+    /// Starts loading an image tarball that [`ImageUpload::write`] passes in.
+    pub async fn upload_image(self) -> Result<ImageUpload, OpsError> {
+        match self {
+            Engine::Remote(client) => {
+                let upload = client
+                    .load_image_begin(uncloud_api::context(CHUNK_TIMEOUT))
+                    .await
+                    .map_err(|e| unreachable(format!("its shim: {e}")))??;
+                Ok(ImageUpload::Remote { client, upload })
+            }
+            Engine::Local(docker) => {
+                let (reader, writer) =
+                    std::io::pipe().map_err(|e| unreachable(format!("a pipe: {e}")))?;
+                let writer = tokio::net::unix::pipe::Sender::from_owned_fd(writer.into())
+                    .map_err(|e| unreachable(format!("a pipe: {e}")))?;
+                let load = tokio::spawn(async move {
+                    let fd = (zbus::Fd::from(&reader),);
+                    let call = docker.inner().call::<_, _, Vec<String>>("LoadImage", &fd);
+                    match tokio::time::timeout(LOAD_TIMEOUT, call).await {
+                        Ok(Ok(loaded)) => Ok(loaded),
+                        Ok(Err(e)) => Err(OpsError::new(
+                            ErrorKind::Engine,
+                            format!("dockerd-shim: {e}"),
+                        )),
+                        Err(_) => Err(unreachable(format!(
+                            "the engine did not load it within {} s",
+                            LOAD_TIMEOUT.as_secs()
+                        ))),
+                    }
+                });
+                Ok(ImageUpload::Local(LocalPipe {
+                    writer: Some(writer),
+                    load,
+                }))
+            }
+        }
+    }
+}
+
+impl ImageUpload {
+    /// The next bytes of the tarball.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), OpsError> {
+        match self {
+            ImageUpload::Remote { client, upload } => client
+                .load_image_chunk(uncloud_api::context(CHUNK_TIMEOUT), *upload, data.to_vec())
+                .await
+                .map_err(|e| unreachable(format!("its shim: {e}")))?,
+            ImageUpload::Local(LocalPipe {
+                writer: Some(writer),
+                ..
+            }) => match tokio::time::timeout(CHUNK_TIMEOUT, writer.write_all(data)).await {
+                Ok(r) => r.map_err(|e| unreachable(format!("dockerd-shim stopped reading: {e}"))),
+                Err(_) => Err(unreachable("dockerd-shim stopped reading")),
+            },
+            ImageUpload::Local(_) => Err(unreachable("the tarball has ended")),
+        }
+    }
+
+    /// The tarball is whole: the engine loads it; returns the `name:tag`s it loaded.
+    pub async fn finish(self) -> Result<Vec<String>, OpsError> {
+        match self {
+            ImageUpload::Remote { client, upload } => client
+                .load_image_end(uncloud_api::context(LOAD_TIMEOUT), upload)
+                .await
+                .map_err(|e| unreachable(format!("its shim: {e}")))?,
+            ImageUpload::Local(mut pipe) => {
+                // The end of the pipe is the end of the tarball.
+                drop(pipe.writer.take());
+                (&mut pipe.load)
+                    .await
+                    .map_err(|e| unreachable(format!("the load: {e}")))?
+            }
+        }
+    }
 }

@@ -30,6 +30,9 @@
 //!   monitor period); a failure rolls the previous spec back out.
 //! - [`reconcile`]: each machine, every 10 s, starts its own container of each global service
 //!   it lacks (machines that join later) and removes its containers whose service is gone.
+//! - [`drain`]: `uc machine drain|enable`: the mark in the state, then each service with
+//!   containers on the machine rolled out again elsewhere (successors ready before removal).
+//! - [`push`]: `uc image push`: a tarball in chunks to every target machine's shim at once.
 //! - [`control`]: `uc stop|start|restart`; [`engine_calls`]: `uc logs` pages, volumes and
 //!   images, answered by this machine's shim for `call` and `fan_out`.
 //! - [`change`]: what `uc machine rename|label|role` writes, checked before anything is.
@@ -55,12 +58,14 @@ pub mod connections;
 pub mod control;
 pub mod credentials;
 pub mod dbus;
+pub mod drain;
 pub mod engine_calls;
 pub mod engines;
 pub mod fanout;
 pub mod host;
 pub mod peer_server;
 pub mod placement;
+pub mod push;
 pub mod reconcile;
 pub mod redeemed;
 pub mod revocation;

@@ -82,6 +82,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    // Image uploads a `uc` left (interrupted, killed).
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            every.tick().await;
+            apid::push::sweep();
+        }
+    });
     // Global services on machines that joined later, containers whose service is gone.
     {
         let apid = apid.clone();

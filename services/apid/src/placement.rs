@@ -1,14 +1,16 @@
 //! Where a service's containers go. Pure: the caller reads the machines, their liveness and
 //! the containers from the state, this decides.
 //!
-//! A machine is eligible when this machine sees it alive and, if the spec names machines, it
-//! is one of them. Replicas go one at a time to the eligible machine with the fewest
+//! A machine is eligible when this machine sees it alive, if the spec names machines it is one
+//! of them, and it matches every constraint of the spec (`node.labels.KEY == VALUE`,
+//! `node.hostname != NAME`: [`uncloud_common::constraint`]). Replicas go one at a time to the eligible machine with the fewest
 //! containers of this service, then the fewest containers in all, then the first by name (so
 //! the same inputs always give the same plan). A global service wants one container on every
 //! eligible machine.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use uncloud_common::constraint::Constraint;
 use uncloud_common::model::{Machine, ServiceSpec};
 
 /// One machine as placement sees it.
@@ -22,6 +24,10 @@ pub struct Candidate {
     pub containers: usize,
     /// Containers of the service being placed on it.
     pub of_service: usize,
+    /// Its labels (`uc machine label`), which constraints match.
+    pub labels: BTreeMap<String, String>,
+    /// `uc machine drain`ed: never eligible.
+    pub drained: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +36,10 @@ pub enum PlacementError {
     UnknownMachine(String),
     #[error("no machine can take it: {0}")]
     NoMachine(String),
+    #[error("placement constraint {0}")]
+    BadConstraint(String),
+    #[error("{0}")]
+    NoMatch(String),
 }
 
 /// The candidates `spec` may run on, by name, or why there are none.
@@ -48,8 +58,40 @@ pub fn eligible<'a>(
             None => return Err(PlacementError::UnknownMachine(m.to_string())),
         }
     }
-    let allowed = |c: &Candidate| wanted.is_empty() || wanted.contains(c.id.as_str());
+    let constraints = spec
+        .constraints
+        .iter()
+        .map(|c| Constraint::parse(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(PlacementError::BadConstraint)?;
+    let pinned =
+        |c: &Candidate| !c.drained && (wanted.is_empty() || wanted.contains(c.id.as_str()));
+    let allowed =
+        |c: &Candidate| pinned(c) && constraints.iter().all(|k| k.matches(&c.name, &c.labels));
     let mut out: Vec<&Candidate> = candidates.iter().filter(|c| allowed(c)).collect();
+    let drained: Vec<&str> = candidates
+        .iter()
+        .filter(|c| c.drained && (wanted.is_empty() || wanted.contains(c.id.as_str())))
+        .map(|c| c.name.as_str())
+        .collect();
+    if out.is_empty() && !drained.is_empty() {
+        return Err(PlacementError::NoMachine(format!(
+            "{} {} drained (`uc machine enable NAME` takes containers again)",
+            drained.join(", "),
+            if drained.len() == 1 { "is" } else { "are" }
+        )));
+    }
+    if out.is_empty() && !constraints.is_empty() {
+        return Err(PlacementError::NoMatch(format!(
+            "no machine{} matches {} (see `uc machine ls` and `uc machine label`)",
+            if wanted.is_empty() {
+                ""
+            } else {
+                " of those named"
+            },
+            spec.constraints.join(" and ")
+        )));
+    }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     let down: Vec<&str> = out
         .iter()
@@ -170,6 +212,8 @@ pub fn candidates<'a>(
             alive: m.id == own_id || liveness.get(&m.id).is_some_and(|l| l == "alive"),
             containers: all.get(m.id.as_str()).copied().unwrap_or(0),
             of_service: mine.get(m.id.as_str()).copied().unwrap_or(0),
+            labels: m.labels.clone(),
+            drained: m.drained,
         })
         .collect()
 }
@@ -185,6 +229,8 @@ mod tests {
             alive,
             containers,
             of_service,
+            labels: BTreeMap::new(),
+            drained: false,
         }
     }
 
@@ -242,6 +288,49 @@ mod tests {
             eligible(&spec, &all).unwrap_err(),
             PlacementError::UnknownMachine("zeta".into())
         );
+    }
+
+    #[test]
+    fn constraints_keep_machines_whose_labels_and_names_match() {
+        let mut all = [c("a", true, 0, 0), c("b", true, 0, 0), c("c", true, 0, 0)];
+        all[0].labels.insert("disk".into(), "ssd".into());
+        all[1].labels.insert("disk".into(), "ssd".into());
+        let spec = ServiceSpec {
+            constraints: vec!["node.labels.disk==ssd".into(), "node.hostname!=a".into()],
+            ..Default::default()
+        };
+        let e = eligible(&spec, &all).unwrap();
+        assert_eq!(e.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["b"]);
+        let spec = ServiceSpec {
+            constraints: vec!["node.labels.gpu==yes".into()],
+            ..Default::default()
+        };
+        let err = eligible(&spec, &all).unwrap_err();
+        assert!(matches!(err, PlacementError::NoMatch(_)), "{err}");
+        assert!(err.to_string().contains("node.labels.gpu==yes"), "{err}");
+        let spec = ServiceSpec {
+            constraints: vec!["node.role==manager".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            eligible(&spec, &all).unwrap_err(),
+            PlacementError::BadConstraint(_)
+        ));
+    }
+
+    #[test]
+    fn a_drained_machine_is_never_eligible() {
+        let mut all = [c("a", true, 0, 0), c("b", true, 0, 0)];
+        all[0].drained = true;
+        let spec = ServiceSpec::default();
+        let e = eligible(&spec, &all).unwrap();
+        assert_eq!(e.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["b"]);
+        let pinned = ServiceSpec {
+            machines: vec!["a".into()],
+            ..Default::default()
+        };
+        let err = eligible(&pinned, &all).unwrap_err().to_string();
+        assert!(err.contains("a is drained"), "{err}");
     }
 
     #[test]

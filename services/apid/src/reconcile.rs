@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use uncloud_common::constraint::Constraint;
 use uncloud_common::model::{Container, Machine, Service};
 
 use crate::api::Apid;
@@ -48,11 +49,18 @@ pub fn wanted(
     let mut out = BTreeSet::new();
     for s in services.values().filter(|s| s.spec.is_global()) {
         let settled = now_ms >= s.created_at_ms.saturating_add(grace);
-        let allowed = s.spec.machines.is_empty()
+        let pinned = s.spec.machines.is_empty()
             || s.spec
                 .machines
                 .iter()
                 .any(|m| m.trim() == own.id || m.trim() == own.name);
+        // A constraint that does not parse matches nothing (apid refused it when written).
+        let constrained = s
+            .spec
+            .constraints
+            .iter()
+            .all(|c| Constraint::parse(c).is_ok_and(|c| c.matches(&own.name, &own.labels)));
+        let allowed = pinned && constrained && !own.drained;
         let has = mine.iter().any(|c| c.service_id == s.id);
         if settled && allowed && !has {
             out.insert(Action::Start {
@@ -248,6 +256,19 @@ mod tests {
                 revision: 0
             }])
         );
+        // A drained machine starts none; one without the label a constraint asks for neither.
+        let drained = Machine {
+            drained: true,
+            ..machine("m1")
+        };
+        assert!(wanted(&drained, &services, &containers, NOW).is_empty());
+        let (id, mut ssd) = service("ssd", true, &[], old);
+        ssd.spec.constraints = vec!["node.labels.disk==ssd".into()];
+        let services = BTreeMap::from([(id, ssd)]);
+        assert!(wanted(&machine("m1"), &services, &containers, NOW).is_empty());
+        let mut labelled = machine("m1");
+        labelled.labels.insert("disk".into(), "ssd".into());
+        assert_eq!(wanted(&labelled, &services, &containers, NOW).len(), 1);
     }
 
     #[test]

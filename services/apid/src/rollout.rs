@@ -373,6 +373,8 @@ mod tests {
             alive,
             containers: 0,
             of_service: 0,
+            labels: Default::default(),
+            drained: false,
         }
     }
 

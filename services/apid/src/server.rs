@@ -20,6 +20,8 @@ use uncloud_api::wire::{
     RenewRequest, RunReply, RunRequest, ScaleRequest, ServiceRef, TargetReply, TicketReply,
     TicketRequest, UpdateReply, UpdateRequest,
 };
+use uncloud_api::wire::{DrainReply, DrainRequest};
+use uncloud_api::wire::{PushBegin, PushChunk, PushProgress, PushRef, PushStarted};
 
 use crate::api::{Apid, Caller};
 
@@ -284,5 +286,45 @@ impl Api for Connection {
         request: ContainerAction,
     ) -> Result<ActionReply, ApiError> {
         self.apid.container_action(&self.caller, request).await
+    }
+
+    async fn push_begin(
+        self,
+        _: tarpc::context::Context,
+        request: PushBegin,
+    ) -> Result<PushStarted, ApiError> {
+        self.apid.push_begin(&self.caller, request).await
+    }
+
+    async fn push_chunk(
+        self,
+        _: tarpc::context::Context,
+        request: PushChunk,
+    ) -> Result<PushProgress, ApiError> {
+        self.apid.push_chunk(&self.caller, request).await
+    }
+
+    async fn push_end(
+        self,
+        _: tarpc::context::Context,
+        request: PushRef,
+    ) -> Result<PushProgress, ApiError> {
+        self.apid.push_end(&self.caller, request).await
+    }
+
+    async fn push_abort(
+        self,
+        _: tarpc::context::Context,
+        request: PushRef,
+    ) -> Result<(), ApiError> {
+        self.apid.push_abort(&self.caller, request).await
+    }
+
+    async fn drain_machine(
+        self,
+        _: tarpc::context::Context,
+        request: DrainRequest,
+    ) -> Result<DrainReply, ApiError> {
+        self.apid.drain_machine(&self.caller, request).await
     }
 }

@@ -105,6 +105,8 @@ pub(crate) fn placement_error(e: PlacementError) -> ApiError {
     match e {
         PlacementError::UnknownMachine(_) => ApiError::new(ErrorKind::NotFound, e.to_string()),
         PlacementError::NoMachine(_) => ApiError::new(ErrorKind::Unreachable, e.to_string()),
+        PlacementError::BadConstraint(_) => ApiError::new(ErrorKind::Invalid, e.to_string()),
+        PlacementError::NoMatch(_) => ApiError::new(ErrorKind::NotFound, e.to_string()),
     }
 }
 
@@ -183,8 +185,19 @@ impl Apid {
         if pull == Pull::Always {
             engine.pull(&service.spec.image).await?;
         }
-        let name = container_name(service);
-        let id = match engine.run(service, &name).await {
+        let mut name = container_name(service);
+        let mut run = engine.run(service, &name).await;
+        // Two random suffixes met on one engine (1 in 65,536 per pair): another name.
+        for _ in 0..3 {
+            match &run {
+                Err(e) if e.kind == OpsKind::Conflict => {
+                    name = container_name(service);
+                    run = engine.run(service, &name).await;
+                }
+                _ => break,
+            }
+        }
+        let id = match run {
             Err(e) if e.kind == OpsKind::NoImage && pull == Pull::Missing => {
                 tracing::info!(machine = %m.name, image = %service.spec.image, "pulling");
                 engine.pull(&service.spec.image).await.map_err(|p| {

@@ -170,6 +170,36 @@ impl Apid {
         Ok(reply)
     }
 
+    /// Rolls `service`'s own spec out again, as placement sees the machines now: containers
+    /// on machines it may no longer use (drained, without the label) are started elsewhere
+    /// first, then removed. Returns the steps and why it stopped, if it did.
+    pub(crate) async fn reroll(
+        &self,
+        member: &Member,
+        service: &Service,
+    ) -> Result<(Vec<String>, String), ApiError> {
+        let _under_way = UnderWay::claim(&service.id)?;
+        let order = rollout::order("", &service.spec).unwrap_or(Order::StopFirst);
+        let outcome = self
+            .roll(
+                member,
+                service,
+                order,
+                Pull::Missing,
+                DEFAULT_MONITOR,
+                &HashSet::new(),
+            )
+            .await;
+        self.wait_for_records(&outcome.started).await;
+        let mut error = outcome.failure.map(|f| f.reason).unwrap_or_default();
+        if error.is_empty() {
+            if let Some(s) = outcome.skipped.first() {
+                error = format!("{}: {}", s.machine, s.error);
+            }
+        }
+        Ok((outcome.steps, error))
+    }
+
     /// Writes `spec` as `service`'s (a new revision, the old spec kept in the history) unless
     /// it is its spec already; returns the service as stated has it now.
     async fn write_spec(&self, service: &Service, spec: ServiceSpec) -> Result<Service, ApiError> {

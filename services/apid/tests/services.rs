@@ -5,7 +5,11 @@
 //! back), a machine that joins later gets the global services, and `uc rm` leaves nothing
 //! behind, even when a machine was cut off at first.
 
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::process::Stdio;
+
 use uncloud_testkit::network::{Binaries, Boot, LocalNetwork};
+use uncloud_testkit::Dockerd;
 
 /// A web server that answers its container's hostname on port 8080.
 const ECHO: &str = "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 8080 -h /w";
@@ -655,6 +659,125 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
     let images = net.uc_ok(&["image", "ls", "-m", "all"]);
     assert_eq!(images.matches("busybox:uc").count(), 3, "{images}");
 
+    // `uc image push`: an image in the laptop's Docker reaches the machines without a
+    // registry. An interrupted push loads nothing; machines that have the image are skipped.
+    let laptop = Dockerd::start();
+    laptop.import_busybox_padded("big:1", &["CMD [\"sleep\", \"3600\"]"], 50 << 20);
+    let big_id = laptop.docker_ok(&["image", "inspect", "-f", "{{.Id}}", "big:1"]);
+    let mut push = net
+        .uc_command(&["image", "push", "big:1", "-m", "alpha,beta"])
+        .env("DOCKER_HOST", laptop.host())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut progress = BufReader::new(push.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains(" MB") {
+        line.clear();
+        assert!(
+            progress.read_line(&mut line).unwrap() > 0,
+            "uc image push ended early"
+        );
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(push.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    progress.read_to_string(&mut rest).unwrap();
+    assert!(!push.wait().unwrap().success(), "{rest}");
+    assert!(rest.contains("nothing was loaded anywhere"), "{rest}");
+    for i in [alpha, beta] {
+        let engine = net.machines[i].docker.as_ref().unwrap();
+        assert!(!engine
+            .docker(&["image", "inspect", "big:1"])
+            .status
+            .success());
+    }
+
+    // The whole image to every machine at once (this one's engine through D-Bus, the others'
+    // over the mesh), then again: nothing to send.
+    let t0 = std::time::Instant::now();
+    let out = net
+        .uc_command(&["image", "push", "big:1"])
+        .env("DOCKER_HOST", laptop.host())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}{}", net.logs());
+    eprintln!(
+        "pushed 52 MB to three machines in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    for name in ["alpha", "beta", "gamma"] {
+        let row = stdout.lines().find(|l| l.starts_with(name));
+        assert!(row.is_some_and(|r| r.ends_with("loaded big:1")), "{stdout}");
+    }
+    for i in [alpha, beta, gamma] {
+        let engine = net.machines[i].docker.as_ref().unwrap();
+        assert_eq!(
+            engine.docker_ok(&["image", "inspect", "-f", "{{.Id}}", "big:1"]),
+            big_id
+        );
+    }
+    let out = net
+        .uc_command(&["image", "push", "big:1"])
+        .env("DOCKER_HOST", laptop.host())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("every machine has big:1 already"),
+        "{stderr}"
+    );
+    let images = net.uc_ok(&["image", "ls", "-m", "all"]);
+    assert_eq!(images.matches("big:1").count(), 3, "{images}");
+    drop(laptop);
+
+    // Placement by machine labels: only gamma has disk=ssd, so both replicas go there; a
+    // constraint no machine matches is refused before anything starts.
+    net.uc_ok(&["machine", "label", "gamma", "disk=ssd"]);
+    net.wait_until("alpha's state has gamma's label", 30, || {
+        net.uc_ok(&["machine", "ls", "-o", "json", "--endpoint", &at_alpha])
+            .contains("ssd")
+    });
+    net.uc_ok(&[
+        "run",
+        "--name",
+        "fast",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.labels.disk == ssd",
+        "busybox:uc",
+        "sleep",
+        "3600",
+    ]);
+    net.wait_until("both replicas of fast are on gamma", 30, || {
+        count(&ps(&net, &at_alpha), "fast", "gamma") == 2
+    });
+    let err = net.uc_fails(&[
+        "run",
+        "--name",
+        "gpu",
+        "--constraint",
+        "node.labels.gpu==yes",
+        "busybox:uc",
+        "sleep",
+        "3600",
+    ]);
+    assert!(
+        err.contains("no machine matches node.labels.gpu==yes"),
+        "{err}"
+    );
+    net.uc_ok(&["rm", "fast"]);
+
     // Real Compose projects (crates/compose/tests/samples, from awesome-compose). Each image
     // they name is a busybox standing in for the real one: it serves its hostname over HTTP on
     // the ports the samples use, so a service reaching another by its Compose name shows whose
@@ -916,6 +1039,92 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         on_delta.len() == 1 && on_delta[0].starts_with("agent-"),
         "{on_delta:?}"
     );
+
+    // Draining delta: the replicated service's container there is started again elsewhere
+    // before it goes, the global ones' go; nothing new lands on delta until it is enabled.
+    for args in [
+        &[
+            "run",
+            "--name",
+            "spread",
+            "--replicas",
+            "4",
+            "busybox:uc",
+            "sleep",
+            "3600",
+        ][..],
+        &[
+            "run",
+            "--name",
+            "everywhere",
+            "--mode",
+            "global",
+            "busybox:uc",
+            "sleep",
+            "3600",
+        ][..],
+    ] {
+        // `--endpoint` before the image: what follows it is the container's command.
+        let mut all = vec![args[0], "--endpoint", &at_alpha];
+        all.extend(&args[1..]);
+        net.uc_ok(&all);
+    }
+    net.wait_until("spread and everywhere run on delta", 30, || {
+        let rows = ps(&net, &at_alpha);
+        count(&rows, "spread", "delta") == 1 && count(&rows, "everywhere", "delta") == 1
+    });
+    let drained = net.uc(&["machine", "drain", "delta", "--endpoint", &at_alpha]);
+    if !drained.status.success() {
+        for i in [alpha, beta, gamma, delta] {
+            let engine = net.machines[i].docker.as_ref().unwrap();
+            let all = engine.docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+            eprintln!("engine {i}:\n{all}");
+            for name in all.lines().filter_map(|l| l.split_whitespace().next()) {
+                if name.starts_with("spread-") {
+                    let logs = engine.docker(&["logs", "--tail", "5", name]);
+                    eprintln!(
+                        "{name}: {}{}",
+                        String::from_utf8_lossy(&logs.stdout),
+                        String::from_utf8_lossy(&logs.stderr)
+                    );
+                    eprintln!("{}", engine.docker_ok(&["inspect", "-f", "{{json .State}} {{json .Config.Cmd}} {{json .HostConfig.RestartPolicy}}", name]));
+                }
+            }
+        }
+        panic!("drain failed: {}", String::from_utf8_lossy(&drained.stderr));
+    }
+    let out = String::from_utf8_lossy(&drained.stdout).into_owned();
+    assert!(out.contains("spread: started"), "{out}");
+    assert!(out.contains("everywhere: removed"), "{out}");
+    assert!(out.contains("agent: removed"), "{out}");
+    net.wait_until("nothing of a service on delta", 30, || {
+        let rows = ps(&net, &at_alpha);
+        let on = |m: &str| count(&rows, "spread", m);
+        on("delta") == 0
+            && on("alpha") + on("beta") + on("gamma") == 4
+            && !rows.iter().any(|r| r.1 == "delta")
+    });
+    assert_eq!(engine_containers(&net, delta), Vec::<String>::new());
+    let ls = net.uc_ok(&["machine", "ls", "--endpoint", &at_alpha]);
+    assert!(ls.contains("drained"), "{ls}");
+    let err = net.uc_fails(&[
+        "run",
+        "--endpoint",
+        &at_alpha,
+        "--name",
+        "later",
+        "-m",
+        "delta",
+        "busybox:uc",
+        "true",
+    ]);
+    assert!(err.contains("delta is drained"), "{err}");
+    net.uc_ok(&["machine", "enable", "delta", "--endpoint", &at_alpha]);
+    net.uc_ok(&["scale", "spread", "5", "--endpoint", &at_alpha]);
+    net.wait_until("the fifth replica goes to delta, the emptiest", 30, || {
+        count(&ps(&net, &at_alpha), "spread", "delta") == 1
+    });
+    net.uc_ok(&["rm", "--endpoint", &at_alpha, "spread", "everywhere"]);
 
     net.uc_ok(&["rm", "--endpoint", &at_alpha, "agent", "db.shop", "late"]);
     for i in [alpha, beta, gamma, delta] {

@@ -235,27 +235,8 @@ pub fn to_model(i: &ContainerInspectResponse, machine_id: &str, network: &str) -
 /// (`2026-11-25T04:38:54.430206640Z`); `None` for Docker's "never" (`0001-01-01T00:00:00Z`)
 /// or anything unreadable.
 pub fn rfc3339_ms(s: &str) -> Option<u64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    if y < 1970 || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let yy = if m <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let millis: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
-    let total = ((days * 24 + hh) * 60 + mm) * 60 + ss;
-    u64::try_from(total * 1000 + millis).ok()
+    let ns = uncloud_common::docker::rfc3339_ns(s)?;
+    u64::try_from(ns / 1_000_000).ok()
 }
 
 #[cfg(test)]

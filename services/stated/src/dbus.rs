@@ -240,6 +240,17 @@ impl State1 {
         .await
     }
 
+    /// Drains a machine (no container of a service goes to it) or enables it again, leaving
+    /// its other fields.
+    async fn set_machine_drained(&self, id: &str, drained: bool) -> Result<(), StateError> {
+        self.update_machine(MachineUpdate {
+            machine_id: id.into(),
+            drained: Some(drained),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Removes a machine for good: a tombstone (its id never comes back), its entry and its
     /// containers' records deleted everywhere; members refuse its sync from then on.
     async fn remove_machine(&self, id: &str) -> Result<(), StateError> {

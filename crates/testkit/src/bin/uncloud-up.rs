@@ -51,17 +51,7 @@ fn uc<S: AsRef<str>>(bins: &Binaries, args: &[S]) -> Result<String, String> {
         .args(args.iter().map(|a| a.as_ref()))
         .output()
         .map_err(|e| format!("cannot run uc: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "uc {} failed: {}",
-            args.iter()
-                .map(|a| a.as_ref())
-                .collect::<Vec<_>>()
-                .join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    uncloud_testkit::network::stdout_or_error("uc", args, &out)
 }
 
 fn main() {
