@@ -22,7 +22,7 @@ use autosurgeon::{hydrate_prop, reconcile_prop, Hydrate};
 use serde::Serialize;
 use uncloud_common::model::{
     ClientCert, Container, ContainerState, Kind, Machine, NetworkState, Removal, Service,
-    ServiceRevision, SERVICE_HISTORY_LEN,
+    ServiceRevision, ServiceSpec, SERVICE_HISTORY_LEN,
 };
 use uncloud_common::{service_doc, vips};
 
@@ -130,6 +130,7 @@ pub struct MachineUpdate {
     pub mesh: Option<MeshFields>,
     pub roles: Option<Vec<String>>,
     pub labels: Option<BTreeMap<String, String>>,
+    pub drained: Option<bool>,
     pub version: Option<String>,
     /// The machine's CA certificate (PEM); only the machine itself sets it.
     pub ca_cert: Option<String>,
@@ -156,6 +157,9 @@ impl MachineUpdate {
         }
         if let Some(labels) = &self.labels {
             machine.labels = labels.clone();
+        }
+        if let Some(drained) = self.drained {
+            machine.drained = drained;
         }
         if let Some(version) = &self.version {
             machine.version = version.clone();
@@ -424,8 +428,10 @@ impl StateDoc {
         free
     }
 
-    /// The services among `ids` whose spec holds concurrent values (a merge of two deploys
-    /// that [`Mutation::SettleService`] has not settled yet).
+    /// The services among `ids` whose spec holds concurrent values of different specs (a merge
+    /// of two deploys that [`Mutation::SettleService`] has not settled yet). Concurrent values
+    /// of one spec (machines that settled at once, under revisions that may differ) are
+    /// settled: every machine reads the same one of them.
     pub fn unsettled_services<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> Vec<String> {
         let Ok(services) = self.kind_obj(Kind::Services) else {
             return Vec::new();
@@ -435,9 +441,11 @@ impl StateDoc {
                 let Ok(Some((_, obj))) = self.doc.get(&services, id.as_str()) else {
                     return false;
                 };
-                self.doc
-                    .get_all(&obj, "current")
-                    .is_ok_and(|values| values.len() > 1)
+                let Ok(values) = self.doc.get_all(&obj, "current") else {
+                    return false;
+                };
+                let specs: Vec<_> = values.iter().map(|(v, _)| current_spec(v)).collect();
+                specs.iter().any(|s| *s != specs[0])
             })
             .cloned()
             .collect()
@@ -447,8 +455,10 @@ impl StateDoc {
     /// history (keyed, so machines that settle at once write the same entries). The winner is
     /// written again under a revision above all of them, which ends the conflict and gives the
     /// containers rolled out from now on a number no other spec has (the concurrent deploys
-    /// shared theirs). Machines that settle at once write the same value; settling that
-    /// leftover conflict of equal values writes it as it is.
+    /// shared theirs). Machines that settle at once write the same spec (under the same
+    /// revision if they merged the same deploys, else not), and that leftover conflict of one
+    /// spec is left alone: settling it again from every machine that merged it made a new one
+    /// each time under a higher revision, and 20 machines never stopped writing.
     fn settle_service(&mut self, id: &str) -> Result<bool, DocError> {
         let services = self.kind_obj(Kind::Services)?;
         let Some((_, obj)) = self.doc.get(&services, id)? else {
@@ -464,24 +474,25 @@ impl StateDoc {
             .get(&obj, "current")?
             .and_then(|(v, _)| text(&v))
             .ok_or_else(|| DocError::NotAState(format!("service {id:?} has no readable spec")))?;
+        let won = service_doc::parse_current(&winner).map_err(|e| {
+            DocError::NotAState(format!("service {id:?} has an unreadable spec: {e}"))
+        })?;
         let mut losers: Vec<ServiceRevision> = values
             .iter()
             .filter_map(|(v, _)| text(v))
-            .filter(|t| *t != winner)
             .filter_map(|t| service_doc::parse_current(&t).ok())
+            .filter(|r| r.spec != won.spec)
             .collect();
         losers.dedup();
-        let winner = if losers.is_empty() {
-            winner
-        } else {
+        if losers.is_empty() {
+            return Ok(false);
+        }
+        let winner = {
             let all = values
                 .iter()
                 .filter_map(|(v, _)| text(v))
                 .filter_map(|t| service_doc::parse_current(&t).ok());
             let top = all.map(|r| r.revision).max().unwrap_or(0);
-            let won = service_doc::parse_current(&winner).map_err(|e| {
-                DocError::NotAState(format!("service {id:?} has an unreadable spec: {e}"))
-            })?;
             service_doc::current_json(top + 1, &won.spec)
         };
         let history = match self.doc.get(&obj, "history")? {
@@ -807,6 +818,15 @@ impl StateDoc {
     }
 }
 
+/// The spec in a service's `current` value; `Err` with the text when it is not one (compared
+/// as text, so an unreadable value still counts as different from a readable one).
+fn current_spec(value: &automerge::Value<'_>) -> Result<ServiceSpec, String> {
+    let text = value.as_str().unwrap_or_default();
+    service_doc::parse_current(text)
+        .map(|r| r.spec)
+        .map_err(|_| text.to_string())
+}
+
 /// Resets a sync conversation for a new session, keeping only what both sides are known to
 /// share (automerge's recommended way to reconnect).
 pub fn reset_sync_state(state: &sync::State) -> sync::State {
@@ -937,6 +957,71 @@ mod tests {
     }
 
     #[test]
+    fn machines_settling_at_once_leave_nothing_to_settle() {
+        let svc = |image: &str| {
+            Box::new(Service {
+                id: "web".into(),
+                name: "web".into(),
+                spec: uncloud_common::model::ServiceSpec {
+                    image: image.into(),
+                    replicas: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+        };
+        let mut a = StateDoc::new(genesis("n"));
+        let mut b = StateDoc::new(genesis("n"));
+        a.apply(&Mutation::UpsertService(svc("web:1"))).unwrap();
+        sync_pair(&mut a, &mut b);
+        a.apply(&Mutation::UpsertService(svc("web:2a"))).unwrap();
+        b.apply(&Mutation::UpsertService(svc("web:2b"))).unwrap();
+        sync_pair(&mut a, &mut b);
+        // Both merged the same conflict and settle it at once: the same winner, revision.
+        assert!(a.apply(&Mutation::SettleService("web".into())).unwrap());
+        assert!(b.apply(&Mutation::SettleService("web".into())).unwrap());
+        sync_pair(&mut a, &mut b);
+        // Their two equal writes conflict again, but there is nothing to choose: settling it
+        // would write once more on every machine that merged it, for ever.
+        let web = ["web".to_string()];
+        assert!(a.unsettled_services(web.iter()).is_empty());
+        let heads = a.heads();
+        assert!(!a.apply(&Mutation::SettleService("web".into())).unwrap());
+        assert_eq!(a.heads(), heads);
+        assert_eq!(a.state(), b.state());
+
+        // Machines that merged different sets of deploys settle under different revisions,
+        // possibly on one spec: that is no conflict either (else each settle of it wrote a
+        // higher revision and made a new one, without end).
+        a.apply(&Mutation::UpsertService(svc("web:4"))).unwrap();
+        b.apply(&Mutation::UpsertService(svc("web:4b"))).unwrap();
+        b.apply(&Mutation::UpsertService(svc("web:4"))).unwrap();
+        sync_pair(&mut a, &mut b);
+        let services = a.kind_obj(Kind::Services).unwrap();
+        let (_, obj) = a.doc.get(&services, "web").unwrap().unwrap();
+        let revisions: BTreeSet<u64> = a
+            .doc
+            .get_all(&obj, "current")
+            .unwrap()
+            .iter()
+            .map(|(v, _)| {
+                service_doc::parse_current(v.as_str().unwrap())
+                    .unwrap()
+                    .revision
+            })
+            .collect();
+        assert_eq!(
+            revisions.len(),
+            2,
+            "one spec under two revisions: {revisions:?}"
+        );
+        assert!(a.unsettled_services(web.iter()).is_empty());
+        assert!(!a.apply(&Mutation::SettleService("web".into())).unwrap());
+        assert_eq!(a.state().services["web"].spec.image, "web:4");
+        assert_eq!(a.state(), b.state());
+    }
+
+    #[test]
     fn removing_a_missing_entity_is_not_found_and_changes_nothing() {
         let mut d = StateDoc::new(genesis("n"));
         let heads = d.heads();
@@ -980,6 +1065,13 @@ mod tests {
                 ..Default::default()
             }))
             .unwrap());
+        assert!(a
+            .apply(&Mutation::UpdateMachine(MachineUpdate {
+                machine_id: "m1".into(),
+                drained: Some(true),
+                ..Default::default()
+            }))
+            .unwrap());
         sync_pair(&mut a, &mut b);
         let m = b.machine("m1").unwrap();
         assert_eq!(
@@ -990,6 +1082,7 @@ mod tests {
         assert_eq!(m.endpoints, fields.endpoints);
         assert_eq!(m.observed_endpoints, fields.observed);
         assert_eq!(m.roles, vec!["ingress".to_string()]);
+        assert!(m.drained);
         // Updating a machine not in the state is NotFound.
         let missing = MachineUpdate {
             machine_id: "nope".into(),
