@@ -41,11 +41,11 @@ pub struct Logs {
 
 /// One container being read.
 #[derive(Debug, Clone)]
-struct Source {
+pub(crate) struct Source {
     service: String,
-    name: String,
-    id: String,
-    machine_id: String,
+    pub name: String,
+    pub id: String,
+    pub machine_id: String,
     machine: String,
     /// The time of the last line printed.
     after_ns: i64,
@@ -53,7 +53,7 @@ struct Source {
 
 /// The containers `targets` name in `rows`: `SERVICE` (by id, or by a name one service has)
 /// or `SERVICE/CONTAINER` (by name, id, or a prefix naming one). Pure.
-fn sources(rows: &[ServiceRow], targets: &[String]) -> anyhow::Result<Vec<Source>> {
+pub(crate) fn sources(rows: &[ServiceRow], targets: &[String]) -> anyhow::Result<Vec<Source>> {
     let mut out: Vec<Source> = Vec::new();
     for t in targets {
         let (service, container) = t.split_once('/').unwrap_or((t, ""));

@@ -8,18 +8,19 @@
 //!
 //! # Design
 //! One module per command group ([`machine`], [`host`] for a machine's insides, [`mesh`],
-//! [`service`] for `run`/`ls`/`ps`/`rm`, [`deploy`], [`update`] for rolling updates, [`volume`] for volumes and images, [`push`] for `uc image push`, [`cert`], [`ctx`]); [`targets`] asks the connected machine or each of `-m`; [`remote`]
+//! [`service`] for `run`/`ls`/`ps`/`rm`, [`deploy`], [`update`] for rolling updates, [`volume`] for volumes and images, [`push`] for `uc image push`, [`exec`] for `uc exec`, [`cert`], [`ctx`]); [`targets`] asks the connected machine or each of `-m`; [`remote`]
 //! connects and turns errors into advice; [`context`] keeps contexts on disk; [`output`] prints tables, JSON and
 //! progress. Adding a command is a variant and a match arm.
 //!
 //! # Limitations
-//! `uc exec` and ingress come with later work.
+//! Ingress comes with later work.
 
 mod cert;
 mod context;
 mod ctx;
 mod deploy;
 mod dns;
+mod exec;
 mod host;
 mod logs;
 mod machine;
@@ -121,6 +122,16 @@ Examples:
   uc logs web/web-1a2b --since 10m # one container, the last ten minutes
   uc logs -n all -t web            # everything, with times")]
     Logs(logs::Logs),
+    /// Run a command in one of a service's containers, on whichever machine runs it, with
+    /// this terminal's input and output; exits with the command's exit code.
+    #[command(after_help = "\
+Examples:
+  uc exec web                        # an interactive shell in a running container of web
+  uc exec web cat /etc/hosts         # one command, its output here
+  uc exec -it db.shop psql -U app    # a terminal program
+  uc exec web/web-1a2b -- ls -l /    # one container; `--` before a command with dashes
+  tar c site | uc exec -i web tar x -C /srv   # this computer's input to the command")]
+    Exec(exec::Exec),
     /// Stop a service's containers (or one of them), each on its machine; they stay the
     /// service's, stopped, until `uc start`.
     #[command(
@@ -246,6 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Service(_)
         | Command::Stop(_)
         | Command::Logs(_)
+        | Command::Exec(_)
         | Command::Volume(_)
         | Command::Image(_)
         | Command::Start(_)
@@ -270,6 +282,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(r) => update::rollback(r, &cli.global).await,
         Command::Stop(a) => service::act(a, "stop", &cli.global).await,
         Command::Logs(l) => logs::logs(l, &cli.global).await,
+        Command::Exec(e) => {
+            let code = exec::exec(e, &cli.global).await?;
+            // Exiting here, not through the runtime: a read of this terminal that is still
+            // waiting would hold its shutdown.
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            std::process::exit(code.clamp(0, 255));
+        }
         Command::Volume(v) => volume::volume(v, &cli.global).await,
         Command::Image(i) => volume::image(i, &cli.global).await,
         Command::Start(a) => service::act(a, "start", &cli.global).await,

@@ -309,9 +309,17 @@ fn request(cmd: Run, machines: &[String]) -> anyhow::Result<RunRequest> {
             .with_context(|| format!("--label {l:?}: expected KEY=VALUE"))?;
         labels.insert(k.to_string(), v.to_string());
     }
-    // Host ports name two port numbers (`8080:80`); everything else goes through ingress.
-    let (publish, ports): (Vec<String>, Vec<String>) =
-        cmd.publish.into_iter().partition(|p| is_host_port(p));
+    // Host ports end in `@host` or name two port numbers (`8080:80`, Docker's form);
+    // everything else goes through ingress.
+    let mut publish = Vec::new();
+    let mut ports = Vec::new();
+    for p in cmd.publish {
+        match uncloud_api::service::host_mode(&p) {
+            Some(docker) => publish.push(docker.map_err(|e| anyhow::anyhow!("-p {e}"))?),
+            None if is_host_port(&p) => publish.push(p),
+            None => ports.push(p),
+        }
+    }
     let healthcheck = cmd.health_cmd.map(|c| HealthCheck {
         test: vec!["CMD-SHELL".into(), c],
         interval_ms: cmd.health_interval.unwrap_or(0),
@@ -580,6 +588,21 @@ mod tests {
         let r = parse(&["--mode", "global", "busybox"]);
         assert_eq!(r.spec.mode, "global");
         assert_eq!(r.spec.replicas, 0);
+    }
+
+    #[test]
+    fn host_mode_ports_are_bound_on_the_machine() {
+        let r = parse(&[
+            "-p",
+            "53/udp@host",
+            "-p",
+            "8080:80",
+            "-p",
+            "app.example.com:80/https",
+            "busybox",
+        ]);
+        assert_eq!(r.spec.publish, ["53:53/udp", "8080:80"]);
+        assert_eq!(r.spec.ports, ["app.example.com:80/https"]);
     }
 
     #[test]

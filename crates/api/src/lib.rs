@@ -16,12 +16,14 @@
 //! - [`peer`]: apid to apid over the mesh, for calls `uc` sends to other machines (`-m`).
 //! - [`service`]: services and their containers (`uc run|ls|ps|rm`); the spec is the shared
 //!   model's.
+//! - [`image`] and [`exec`]: `uc image push` and `uc exec`, bytes in chunks through apid.
 //!
 //! # Limitations
 //! - A call an older apid does not know fails the connection rather than returning a typed
 //!   "unsupported" error (tarpc reads the method name as an enum tag).
 
 pub mod client;
+pub mod exec;
 pub mod host;
 pub mod image;
 pub mod peer;

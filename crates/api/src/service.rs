@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 pub use uncloud_common::constraint::Constraint;
 pub use uncloud_common::model::{HealthCheck, ServiceSpec, MODE_GLOBAL, MODE_REPLICATED};
+pub use uncloud_common::ports::host_mode;
 
 /// `uc run`: create a service and start its containers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 pub use uncloud_common::docker::{ImageInfo, LogLine, LogLinesRequest, VolumeInfo};
 
+pub use crate::exec::{
+    ExecBegin, ExecEnd, ExecOutput, ExecRead, ExecRef, ExecResize, ExecStarted, ExecWrite,
+};
 pub use crate::host::{
     DnsName, LogEntry, LogPage, LogRequest, MachineStatus, MeshPeer, UnitStatus,
 };
@@ -30,9 +33,10 @@ pub const PORT: u16 = 7443;
 /// 6: `update` (rolling updates, rollback), `history`, `container_action`.
 /// 7: `push_begin`, `push_chunk`, `push_end`, `push_abort` (`uc image push`).
 /// 8: `drain_machine` (`uc machine drain|enable`), `MachineRow.drained`.
+/// 9: `exec_begin`, `exec_read`, `exec_write`, `exec_resize`, `exec_end` (`uc exec`).
 /// An older apid closes the connection on a call it does not know; `uc` checks
 /// `info().api_version` first where that matters.
-pub const API_VERSION: u32 = 8;
+pub const API_VERSION: u32 = 9;
 
 /// Largest JSON frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -114,6 +118,19 @@ pub trait Api {
     /// it move to other machines, started there before they stop) or enables it again.
     /// Added in API version 8.
     async fn drain_machine(request: DrainRequest) -> Result<DrainReply, ApiError>;
+    /// Member mode, admin: runs a command in a container on any machine (by that machine's
+    /// shim) and opens a session for its input and output on this machine. Added in API
+    /// version 9.
+    async fn exec_begin(request: ExecBegin) -> Result<ExecStarted, ApiError>;
+    /// The session's output since the last read, waiting a while for some. Added in API
+    /// version 9.
+    async fn exec_read(request: ExecRead) -> Result<ExecOutput, ApiError>;
+    /// Input for the session's command. Added in API version 9.
+    async fn exec_write(request: ExecWrite) -> Result<(), ApiError>;
+    /// The session's terminal size. Added in API version 9.
+    async fn exec_resize(request: ExecResize) -> Result<(), ApiError>;
+    /// Ends a session. Added in API version 9.
+    async fn exec_end(request: ExecRef) -> Result<(), ApiError>;
 }
 
 /// `uc -m TARGETS …`.

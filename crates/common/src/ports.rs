@@ -55,6 +55,37 @@ pub enum PortError {
     Path(String),
     #[error("a path prefix needs a hostname: <hostname>/<path>:<port>")]
     PathWithoutHost,
+    #[error("{0:?} is not a host port: expected [ip:][host_port:]container_port[/tcp|udp]@host")]
+    HostMode(String),
+}
+
+/// Uncloud's host mode, in `x-ports` and `uc run -p`: `[ip:][host:]container[/tcp|udp]@host`
+/// binds the port on each machine that runs a container of the service instead of serving it
+/// through ingress (`80@host` is `80:80`). Returns the Docker form the shim takes
+/// (`[ip:]host:container[/tcp|udp]`, `ServiceSpec::publish`), or `None` when `s` does not end
+/// in `@host`.
+pub fn host_mode(s: &str) -> Option<Result<String, PortError>> {
+    let rest = s.trim().strip_suffix("@host")?;
+    let bad = || PortError::HostMode(s.trim().to_string());
+    let (ports, protocol) = match rest.rsplit_once('/') {
+        Some((p, proto @ ("tcp" | "udp"))) => (p, Some(proto)),
+        Some(_) => return Some(Err(bad())),
+        None => (rest, None),
+    };
+    let port_ok = |p: &str| p.parse::<u16>().is_ok_and(|n| n != 0);
+    let parts: Vec<&str> = ports.split(':').collect();
+    let ports = match parts.as_slice() {
+        [c] if port_ok(c) => format!("{c}:{c}"),
+        [h, c] if port_ok(h) && port_ok(c) => format!("{h}:{c}"),
+        [ip, h, c] if ip.parse::<std::net::Ipv4Addr>().is_ok() && port_ok(h) && port_ok(c) => {
+            format!("{ip}:{h}:{c}")
+        }
+        _ => return Some(Err(bad())),
+    };
+    Some(Ok(match protocol {
+        Some(p) => format!("{ports}/{p}"),
+        None => ports,
+    }))
 }
 
 const MAX_LEN: usize = 512;
@@ -179,6 +210,34 @@ mod tests {
             path: path.into(),
             container_port: port,
             protocol,
+        }
+    }
+
+    #[test]
+    fn host_mode_is_the_docker_form_and_other_entries_are_not_it() {
+        for (given, docker) in [
+            ("80@host", "80:80"),
+            ("8080:80@host", "8080:80"),
+            ("53/udp@host", "53:53/udp"),
+            ("127.0.0.1:8080:80/tcp@host", "127.0.0.1:8080:80/tcp"),
+        ] {
+            assert_eq!(host_mode(given), Some(Ok(docker.to_string())), "{given}");
+        }
+        for bad in [
+            "@host",
+            "0@host",
+            "80/http@host",
+            "a:80:80@host",
+            "1:2:3:4@host",
+            "x@host",
+        ] {
+            assert!(
+                matches!(host_mode(bad), Some(Err(PortError::HostMode(_)))),
+                "{bad}"
+            );
+        }
+        for ingress in ["80", "app.example.com:80/https", "8080:80"] {
+            assert_eq!(host_mode(ingress), None, "{ingress}");
         }
     }
 

@@ -640,9 +640,14 @@ impl Cx<'_> {
                 }
                 "x-ports" => {
                     for p in self.strings(k, v, &path) {
-                        match PublishedPort::parse(&p) {
-                            Ok(_) => spec.ports.push(p),
-                            Err(e) => self.error(k, &path, &format!("{p:?}: {e}")),
+                        // `…@host` binds the port on the machine (Uncloud's host mode).
+                        match uncloud_common::ports::host_mode(&p) {
+                            Some(Ok(docker)) => spec.publish.push(docker),
+                            Some(Err(e)) => self.error(k, &path, &e.to_string()),
+                            None => match PublishedPort::parse(&p) {
+                                Ok(_) => spec.ports.push(p),
+                                Err(e) => self.error(k, &path, &format!("{p:?}: {e}")),
+                            },
                         }
                     }
                 }
@@ -1411,6 +1416,16 @@ mod tests {
             .into_iter()
             .map(|d| (d.line, d.key))
             .collect()
+    }
+
+    #[test]
+    fn x_ports_in_host_mode_bind_on_the_machine_and_bad_ones_name_their_line() {
+        let text = "services:\n  dns:\n    image: dns:1\n    x-ports:\n      - 53/udp@host\n      - dns.example.com:8080/https\n";
+        let p = load(text, &Variables::default()).unwrap();
+        assert_eq!(spec(&p, "dns").publish, ["53:53/udp"]);
+        assert_eq!(spec(&p, "dns").ports, ["dns.example.com:8080/https"]);
+        let bad = "services:\n  dns:\n    image: dns:1\n    x-ports:\n      - 53/http@host\n";
+        assert_eq!(errors(bad), [(4, "services.dns.x-ports".to_string())]);
     }
 
     #[test]

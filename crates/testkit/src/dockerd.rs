@@ -20,7 +20,13 @@ impl Dockerd {
     /// Starts dockerd in a namespace of its own and waits until it answers. Panics (never
     /// skips) if docker.io is not installed: the README's test command installs it.
     pub fn start() -> Dockerd {
-        Dockerd::start_in(Netns::new("docker"))
+        let ns = Netns::new("docker");
+        // A new namespace starts with the host's ip_forward (devconf_inherit_init_net 0);
+        // where something on the host turned it on, dockerd would leave FORWARD open. As on a
+        // fresh machine, then: Docker turns it on itself and sets FORWARD's policy to DROP.
+        let out = ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"]);
+        assert!(out.status.success(), "sysctl in {}: {out:?}", ns.name());
+        Dockerd::start_in(ns)
     }
 
     /// Starts dockerd in `ns` (a machine's namespace: [`Netns::share`]).

@@ -435,3 +435,251 @@ impl ImageUpload {
         }
     }
 }
+
+/// Input for a running exec ([`Engine::exec`]).
+#[derive(Debug)]
+pub enum ExecInput {
+    Data(Vec<u8>),
+    /// The command's stdin ends.
+    Close,
+    /// The terminal's new size (rows, columns).
+    Resize(u16, u16),
+}
+
+/// What a running exec produces, in order; [`ExecEvent::End`] last.
+#[derive(Debug)]
+pub enum ExecEvent {
+    Output {
+        stderr: bool,
+        data: Vec<u8>,
+    },
+    /// The exit code, or why the engine could not tell it.
+    End(Result<i64, String>),
+}
+
+/// A running exec: input goes in, output comes out. Dropping it ends the session: a remote
+/// shim closes its stream, this machine's shim sees its pipes close.
+pub struct ExecIo {
+    pub input: tokio::sync::mpsc::Sender<ExecInput>,
+    pub output: tokio::sync::mpsc::Receiver<ExecEvent>,
+}
+
+/// Bytes one read of an exec's output takes at most.
+const EXEC_CHUNK: usize = 32 * 1024;
+
+impl Engine {
+    /// Starts `req` in `container`, with the terminal `size` (rows, columns; 0 leaves it).
+    pub async fn exec(
+        self,
+        container: &str,
+        req: &uncloud_common::docker::ExecRequest,
+        size: (u16, u16),
+    ) -> Result<ExecIo, OpsError> {
+        use tokio::sync::mpsc;
+        let (in_tx, in_rx) = mpsc::channel::<ExecInput>(16);
+        let (out_tx, out_rx) = mpsc::channel::<ExecEvent>(64);
+        match self {
+            Engine::Remote(c) => {
+                let stream = c
+                    .exec(
+                        uncloud_api::context(LOOK_TIMEOUT),
+                        container.to_string(),
+                        req.clone(),
+                    )
+                    .await
+                    .map_err(rpc_error)??;
+                if req.tty && size.0 > 0 && size.1 > 0 {
+                    let _ = c
+                        .exec_resize(uncloud_api::context(LOOK_TIMEOUT), stream, size.0, size.1)
+                        .await;
+                }
+                tokio::spawn(remote_exec_output(c.clone(), stream, out_tx));
+                tokio::spawn(remote_exec_input(c, stream, in_rx));
+            }
+            Engine::Local(p) => {
+                let pipe = || {
+                    std::io::pipe().map_err(|e| {
+                        OpsError::new(ErrorKind::Engine, format!("a pipe for the exec: {e}"))
+                    })
+                };
+                let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?, pipe()?);
+                let json = serde_json::to_string(req).expect("requests serialize");
+                let fds = (
+                    zbus::Fd::from(&in_r),
+                    zbus::Fd::from(&out_w),
+                    zbus::Fd::from(&err_w),
+                );
+                let id: String = bounded(LOOK_TIMEOUT, async {
+                    p.inner()
+                        .call_method(
+                            "StartExec",
+                            &(container, json.as_str(), fds.0, fds.1, fds.2),
+                        )
+                        .await
+                        .map_err(from_dbus)?
+                        .body()
+                        .deserialize()
+                        .map_err(|e| OpsError::new(ErrorKind::Engine, format!("dockerd-shim: {e}")))
+                })
+                .await?;
+                // The shim holds its own copies now; ours would keep the pipes open.
+                drop((in_r, out_w, err_w));
+                if req.tty && size.0 > 0 && size.1 > 0 {
+                    let _ = p.resize_exec(&id, size.0, size.1).await;
+                }
+                let receiver = |r: std::io::PipeReader| {
+                    tokio::net::unix::pipe::Receiver::from_owned_fd(r.into()).map_err(|e| {
+                        OpsError::new(ErrorKind::Engine, format!("the exec's output: {e}"))
+                    })
+                };
+                let (out, err) = (receiver(out_r)?, receiver(err_r)?);
+                let input =
+                    tokio::net::unix::pipe::Sender::from_owned_fd(in_w.into()).map_err(|e| {
+                        OpsError::new(ErrorKind::Engine, format!("the exec's input: {e}"))
+                    })?;
+                tokio::spawn(local_exec_output(p.clone(), id.clone(), out, err, out_tx));
+                tokio::spawn(local_exec_input(p, id, input, req.stdin, in_rx));
+            }
+        }
+        Ok(ExecIo {
+            input: in_tx,
+            output: out_rx,
+        })
+    }
+}
+
+/// Another machine's exec output, read until it ends or nobody reads it any more.
+async fn remote_exec_output(
+    c: ContainerOpsClient,
+    stream: u64,
+    out: tokio::sync::mpsc::Sender<ExecEvent>,
+) {
+    loop {
+        let read = tokio::select! {
+            _ = out.closed() => break,
+            r = c.stream_read(uncloud_api::context(Duration::from_secs(8)), stream, 2_000) => r,
+        };
+        let got = match read.map_err(rpc_error).and_then(|r| r) {
+            Ok(got) => got,
+            Err(e) => {
+                let _ = out.send(ExecEvent::End(Err(e.message))).await;
+                break;
+            }
+        };
+        for (kind, data) in got.chunks {
+            let stderr = kind == uncloud_common::docker::StreamKind::Stderr;
+            if out.send(ExecEvent::Output { stderr, data }).await.is_err() {
+                break;
+            }
+        }
+        if let Some(end) = got.end {
+            let end = match (end.exit_code, end.error) {
+                (Some(code), _) => Ok(code),
+                (None, Some(e)) => Err(e.message),
+                (None, None) => Err("the engine did not say how the command ended".into()),
+            };
+            let _ = out.send(ExecEvent::End(end)).await;
+            break;
+        }
+    }
+    let _ = c
+        .stream_close(uncloud_api::context(Duration::from_secs(5)), stream)
+        .await;
+}
+
+/// Input for another machine's exec, until the session ends.
+async fn remote_exec_input(
+    c: ContainerOpsClient,
+    stream: u64,
+    mut input: tokio::sync::mpsc::Receiver<ExecInput>,
+) {
+    while let Some(i) = input.recv().await {
+        let ctx = uncloud_api::context(Duration::from_secs(10));
+        let result = match i {
+            ExecInput::Data(data) => c.stream_write(ctx, stream, data, false).await,
+            ExecInput::Close => c.stream_write(ctx, stream, Vec::new(), true).await,
+            ExecInput::Resize(h, w) => c.exec_resize(ctx, stream, h, w).await,
+        };
+        if let Err(e) = result.map_err(rpc_error).and_then(|r| r) {
+            tracing::debug!(stream, error = %e.message, "exec input not taken");
+        }
+    }
+}
+
+/// This machine's exec output, from the pipes the shim writes, then its exit code.
+async fn local_exec_output(
+    p: DockerProxy<'static>,
+    id: String,
+    mut stdout: tokio::net::unix::pipe::Receiver,
+    mut stderr: tokio::net::unix::pipe::Receiver,
+    out: tokio::sync::mpsc::Sender<ExecEvent>,
+) {
+    use tokio::io::AsyncReadExt;
+    let (mut out_open, mut err_open) = (true, true);
+    let (mut a, mut b) = (vec![0u8; EXEC_CHUNK], vec![0u8; EXEC_CHUNK]);
+    while out_open || err_open {
+        let (stderr_side, n) = tokio::select! {
+            _ = out.closed() => return,
+            n = stdout.read(&mut a), if out_open => (false, n),
+            n = stderr.read(&mut b), if err_open => (true, n),
+        };
+        match n {
+            Ok(0) | Err(_) if stderr_side => err_open = false,
+            Ok(0) | Err(_) => out_open = false,
+            Ok(n) => {
+                let data = if stderr_side { &b[..n] } else { &a[..n] };
+                let event = ExecEvent::Output {
+                    stderr: stderr_side,
+                    data: data.to_vec(),
+                };
+                if out.send(event).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    // The output ends when the command does; the engine may take a moment to record its code.
+    let mut end = Err("the engine did not say how the command ended".to_string());
+    for _ in 0..50 {
+        match p.exec_exit_code(&id).await {
+            Ok(-1) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(code) => {
+                end = Ok(code);
+                break;
+            }
+            Err(e) => {
+                end = Err(from_dbus(e).message);
+                break;
+            }
+        }
+    }
+    let _ = out.send(ExecEvent::End(end)).await;
+}
+
+/// Input for this machine's exec, written to the pipe the shim reads.
+async fn local_exec_input(
+    p: DockerProxy<'static>,
+    id: String,
+    pipe: tokio::net::unix::pipe::Sender,
+    stdin: bool,
+    mut input: tokio::sync::mpsc::Receiver<ExecInput>,
+) {
+    use tokio::io::AsyncWriteExt;
+    // Without stdin the command sees end of file at once.
+    let mut pipe = stdin.then_some(pipe);
+    while let Some(i) = input.recv().await {
+        match i {
+            ExecInput::Data(data) => {
+                if let Some(w) = pipe.as_mut() {
+                    if w.write_all(&data).await.is_err() {
+                        pipe = None;
+                    }
+                }
+            }
+            ExecInput::Close => pipe = None,
+            ExecInput::Resize(h, w) => {
+                let _ = p.resize_exec(&id, h, w).await;
+            }
+        }
+    }
+}

@@ -33,6 +33,8 @@
 //! - [`drain`]: `uc machine drain|enable`: the mark in the state, then each service with
 //!   containers on the machine rolled out again elsewhere (successors ready before removal).
 //! - [`push`]: `uc image push`: a tarball in chunks to every target machine's shim at once.
+//! - [`exec`]: `uc exec`: a command in a container on any machine, its input, output and
+//!   terminal size relayed by this machine (sessions long-polled by the client).
 //! - [`control`]: `uc stop|start|restart`; [`engine_calls`]: `uc logs` pages, volumes and
 //!   images, answered by this machine's shim for `call` and `fan_out`.
 //! - [`change`]: what `uc machine rename|label|role` writes, checked before anything is.
@@ -61,6 +63,7 @@ pub mod dbus;
 pub mod drain;
 pub mod engine_calls;
 pub mod engines;
+pub mod exec;
 pub mod fanout;
 pub mod host;
 pub mod peer_server;

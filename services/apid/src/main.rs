@@ -88,6 +88,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         loop {
             every.tick().await;
             apid::push::sweep();
+            apid::exec::sweep();
         }
     });
     // Global services on machines that joined later, containers whose service is gone.

@@ -21,6 +21,9 @@ use uncloud_api::wire::{
     TicketRequest, UpdateReply, UpdateRequest,
 };
 use uncloud_api::wire::{DrainReply, DrainRequest};
+use uncloud_api::wire::{
+    ExecBegin, ExecOutput, ExecRead, ExecRef, ExecResize, ExecStarted, ExecWrite,
+};
 use uncloud_api::wire::{PushBegin, PushChunk, PushProgress, PushRef, PushStarted};
 
 use crate::api::{Apid, Caller};
@@ -326,5 +329,41 @@ impl Api for Connection {
         request: DrainRequest,
     ) -> Result<DrainReply, ApiError> {
         self.apid.drain_machine(&self.caller, request).await
+    }
+
+    async fn exec_begin(
+        self,
+        _: tarpc::context::Context,
+        request: ExecBegin,
+    ) -> Result<ExecStarted, ApiError> {
+        self.apid.exec_begin(&self.caller, request).await
+    }
+
+    async fn exec_read(
+        self,
+        _: tarpc::context::Context,
+        request: ExecRead,
+    ) -> Result<ExecOutput, ApiError> {
+        self.apid.exec_read(&self.caller, request).await
+    }
+
+    async fn exec_write(
+        self,
+        _: tarpc::context::Context,
+        request: ExecWrite,
+    ) -> Result<(), ApiError> {
+        self.apid.exec_write(&self.caller, request).await
+    }
+
+    async fn exec_resize(
+        self,
+        _: tarpc::context::Context,
+        request: ExecResize,
+    ) -> Result<(), ApiError> {
+        self.apid.exec_resize(&self.caller, request).await
+    }
+
+    async fn exec_end(self, _: tarpc::context::Context, request: ExecRef) -> Result<(), ApiError> {
+        self.apid.exec_end(&self.caller, request).await
     }
 }

@@ -55,6 +55,23 @@ fn engine_containers(net: &LocalNetwork, i: usize) -> Vec<String> {
     names
 }
 
+/// The name of a running container of `service` on `machine`, from `uc ps`.
+fn container_on(net: &LocalNetwork, endpoint: &str, service: &str, machine: &str) -> String {
+    let out = net.uc_ok(&["ps", "-o", "json", "--endpoint", endpoint]);
+    let replies: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for s in replies[0]["answer"]["services"].as_array().unwrap() {
+        if s["name"] != service {
+            continue;
+        }
+        for c in s["containers"].as_array().unwrap() {
+            if c["machine"] == machine && c["state"] == "running" {
+                return c["name"].as_str().unwrap().to_string();
+            }
+        }
+    }
+    panic!("no running container of {service} on {machine}: {out}")
+}
+
 fn count(rows: &[(String, String, String, String, String)], service: &str, machine: &str) -> usize {
     rows.iter()
         .filter(|r| r.0 == service && r.1 == machine && r.2 == "running")
@@ -113,6 +130,99 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
     });
     let ls = net.uc_ok(&["ls", "--endpoint", &at_alpha]);
     assert!(ls.contains("web") && ls.contains("3/3"), "{ls}");
+
+    // `uc exec` through alpha: in the container on beta (over the mesh) and in alpha's own
+    // (over D-Bus), stdout and stderr apart, the exit code returned, input passed with -i.
+    for (i, machine) in [(beta, "beta"), (alpha, "alpha")] {
+        let name = container_on(&net, &at_alpha, "web", machine);
+        let target = format!("web/{name}");
+        let out = net
+            .uc_command(&["exec", "--endpoint", &at_alpha, &target, "sh", "-c"])
+            .arg("hostname; echo oops >&2; exit 3")
+            .output()
+            .unwrap();
+        let engine = net.machines[i].docker.as_ref().unwrap();
+        let hostname = engine.docker_ok(&["exec", &name, "hostname"]);
+        assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            ),
+            (Some(3), hostname.trim()),
+            "uc exec on {machine}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "oops");
+        let mut child = net
+            .uc_command(&[
+                "exec",
+                "-i",
+                "--endpoint",
+                &at_alpha,
+                &target,
+                "busybox",
+                "wc",
+                "-c",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = vec![b'x'; 300_000];
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        assert!(
+            out.status.success(),
+            "uc exec -i on {machine}: {:?} {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "300000");
+    }
+    // A terminal (`script` gives uc one, of 30 rows and 100 columns): the command gets one of
+    // that size (set right after it starts, as `docker exec -t` does with engines before API
+    // 1.42, hence the pause).
+    let name = container_on(&net, &at_alpha, "web", "gamma");
+    let uc = net.uc_command(&[
+        "exec",
+        "-t",
+        "--endpoint",
+        &at_alpha,
+        &format!("web/{name}"),
+    ]);
+    let line = std::iter::once(uc.get_program())
+        .chain(uc.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "stty rows 30 cols 100; {line} sh -c 'busybox tty; sleep 1; busybox stty size'"
+            ),
+            "/dev/null",
+        ])
+        .env("UNCLOUD_CONFIG_DIR", net.uc_config.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/") && text.contains("30 100"),
+        "uc exec -t: {text}"
+    );
+    // A command the container does not have: 126, as with Docker, and the engine's reason.
+    let out = net.uc(&["exec", "--endpoint", &at_alpha, "web", "nosuchcommand"]);
+    assert_eq!(out.status.code(), Some(126));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nosuchcommand"));
+    // Without a running container of the service, it says so.
+    let err = net.uc_fails(&["exec", "--endpoint", &at_alpha, "nope", "true"]);
+    assert!(err.contains("no service named"), "{err}");
 
     // The containers answer under the service's name, from any machine.
     let ips: Vec<String> = ps(&net, &at_alpha).into_iter().map(|r| r.4).collect();

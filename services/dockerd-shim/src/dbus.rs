@@ -247,6 +247,35 @@ impl Docker1 {
         Ok(id)
     }
 
+    /// `Exec` with the whole request: `request` is JSON `{"cmd", "tty", "stdin", "env",
+    /// "user", "working_dir"}`; without `stdin` the command's input is closed at once.
+    async fn start_exec(
+        &self,
+        container: &str,
+        request: &str,
+        stdin: zbus::OwnedFd,
+        stdout: zbus::OwnedFd,
+        stderr: zbus::OwnedFd,
+    ) -> Result<String, DockerError> {
+        let req: exec::ExecRequest = serde_json::from_str(request)
+            .map_err(|e| DockerError::InvalidArgument(format!("the request: {e}")))?;
+        let id = exec::create(&self.local.docker, container, &req).await?;
+        let file = |fd: zbus::OwnedFd| {
+            let fd: std::os::fd::OwnedFd = fd.into();
+            tokio::fs::File::from_std(std::fs::File::from(fd))
+        };
+        let input = req.stdin.then(|| file(stdin));
+        let (o, e) = (file(stdout), file(stderr));
+        let docker = self.local.docker.clone();
+        let (container, exec_id, tty) = (container.to_string(), id.clone(), req.tty);
+        tokio::spawn(async move {
+            if let Err(err) = exec::run(&docker, &container, &exec_id, tty, input, o, e).await {
+                tracing::warn!(container, error = %err, "exec ended with an error");
+            }
+        });
+        Ok(id)
+    }
+
     /// Sets the terminal size of a running exec started with `tty`.
     async fn resize_exec(&self, exec_id: &str, height: u16, width: u16) -> Result<(), DockerError> {
         Ok(exec::resize(&self.local.docker, exec_id, height, width).await?)
