@@ -239,7 +239,7 @@ pub async fn deploy(cmd: Deploy, g: &Global) -> anyhow::Result<()> {
     let (member, via) = remote::member(&ctx, g).await?;
     remote::require_api(&member, &via, SERVICES_API).await?;
     let rolling = answer(member.info(remote::ctx()).await)?.api_version >= UPDATE_API;
-    let running = services(&member).await?;
+    let running = remote::services(&member).await?;
     let machine_ids = match answer(member.call(remote::ctx(), Call::Machines).await)? {
         Answer::Machines(rows) => rows.into_iter().map(|m| (m.name, m.id)).collect(),
         _ => BTreeMap::new(),
@@ -329,7 +329,7 @@ pub async fn deploy(cmd: Deploy, g: &Global) -> anyhow::Result<()> {
             }
         }
     }
-    let rows: Vec<ServiceRow> = services(&member)
+    let rows: Vec<ServiceRow> = remote::services(&member)
         .await?
         .into_iter()
         .filter(|r| r.project == project.name)
@@ -337,13 +337,6 @@ pub async fn deploy(cmd: Deploy, g: &Global) -> anyhow::Result<()> {
     print!("{}", containers_table(&rows));
     eprintln!("deployed in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
-}
-
-async fn services(member: &ApiClient) -> anyhow::Result<Vec<ServiceRow>> {
-    match answer(member.call(remote::ctx(), Call::Services).await)? {
-        Answer::Services(rows) => Ok(rows),
-        _ => bail!("the machine answered something else than its services"),
-    }
 }
 
 async fn remove(member: &ApiClient, id: &str) -> anyhow::Result<()> {
@@ -360,7 +353,7 @@ async fn wait_healthy(member: &ApiClient, id: &str) -> anyhow::Result<()> {
     let spinner = Spinner::start(format!("waiting for {id} to be healthy"));
     let deadline = Instant::now() + HEALTHY_TIMEOUT;
     loop {
-        let rows = services(member).await?;
+        let rows = remote::services(member).await?;
         let row = rows.iter().find(|r| r.display_name() == id);
         if let Some(row) = row {
             if !row.containers.is_empty()

@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _};
 use base64::Engine as _;
 use uncloud_api::exec::{ExecBegin, ExecRead, ExecRef, ExecResize, ExecWrite, EXEC_WRITE_BYTES};
 use uncloud_api::service::ServiceRow;
-use uncloud_api::wire::{Answer, Call};
+
 use uncloud_api::ApiClient;
 
 use crate::context::Store;
@@ -139,10 +139,7 @@ pub async fn exec(cmd: Exec, g: &Global) -> anyhow::Result<i32> {
     let ctx = store.load(g.context.as_deref())?;
     let (member, via) = remote::member(&ctx, g).await?;
     remote::require_api(&member, &via, EXEC_API).await?;
-    let rows = match answer(member.call(remote::ctx(), Call::Services).await)? {
-        Answer::Services(rows) => rows,
-        _ => bail!("{via} answered something else than its services"),
-    };
+    let rows = remote::services(&member).await?;
     let (machine, container, name) = pick(&rows, &cmd.target)?;
     let (height, width) = if tty {
         terminal_size().unwrap_or((0, 0))

@@ -247,10 +247,7 @@ pub async fn logs(cmd: Logs, g: &Global) -> anyhow::Result<()> {
     let ctx = store.load(g.context.as_deref())?;
     let (member, via) = remote::member(&ctx, g).await?;
     remote::require_api(&member, &via, UPDATE_API).await?;
-    let rows = match answer(member.call(remote::ctx(), Call::Services).await)? {
-        Answer::Services(rows) => rows,
-        _ => bail!("{via} answered something else than its services"),
-    };
+    let rows = remote::services(&member).await?;
     let mut sources = sources(&rows, &cmd.services)?;
     for s in &mut sources {
         s.after_ns = start_ns;

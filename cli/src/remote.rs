@@ -174,3 +174,12 @@ pub fn answer<T>(
 pub fn ctx() -> tarpc::context::Context {
     context(CALL_TIMEOUT)
 }
+
+/// Every service and its containers, as the connected machine's state has them.
+pub async fn services(member: &ApiClient) -> anyhow::Result<Vec<uncloud_api::service::ServiceRow>> {
+    use uncloud_api::wire::{Answer, Call};
+    match answer(member.call(ctx(), Call::Services).await)? {
+        Answer::Services(rows) => Ok(rows),
+        _ => anyhow::bail!("the machine answered something else than its services"),
+    }
+}

@@ -913,28 +913,36 @@ mod tests {
         assert_eq!(a.machines().len(), 2);
     }
 
-    #[test]
-    fn concurrent_deploys_settle_to_one_spec_under_a_new_revision() {
-        let svc = |image: &str| {
-            Box::new(Service {
-                id: "web".into(),
-                name: "web".into(),
-                spec: uncloud_common::model::ServiceSpec {
-                    image: image.into(),
-                    replicas: 1,
-                    ..Default::default()
-                },
+    /// Service `web` of `image`.
+    fn web_of(image: &str) -> Box<Service> {
+        Box::new(Service {
+            id: "web".into(),
+            name: "web".into(),
+            spec: ServiceSpec {
+                image: image.into(),
+                replicas: 1,
                 ..Default::default()
-            })
-        };
+            },
+            ..Default::default()
+        })
+    }
+
+    /// Two machines that shared `web:1`, then both deployed (revision 2 each: `web:2a`,
+    /// `web:2b`) and merged.
+    fn deployed_on_both_sides() -> (StateDoc, StateDoc) {
         let mut a = StateDoc::new(genesis("n"));
         let mut b = StateDoc::new(genesis("n"));
-        a.apply(&Mutation::UpsertService(svc("web:1"))).unwrap();
+        a.apply(&Mutation::UpsertService(web_of("web:1"))).unwrap();
         sync_pair(&mut a, &mut b);
-        // Both sides of a partition deploy: both write revision 2.
-        a.apply(&Mutation::UpsertService(svc("web:2a"))).unwrap();
-        b.apply(&Mutation::UpsertService(svc("web:2b"))).unwrap();
+        a.apply(&Mutation::UpsertService(web_of("web:2a"))).unwrap();
+        b.apply(&Mutation::UpsertService(web_of("web:2b"))).unwrap();
         sync_pair(&mut a, &mut b);
+        (a, b)
+    }
+
+    #[test]
+    fn concurrent_deploys_settle_to_one_spec_under_a_new_revision() {
+        let (mut a, mut b) = deployed_on_both_sides();
         let web = ["web".to_string()];
         assert_eq!(a.unsettled_services(web.iter()), ["web"]);
         assert!(a.apply(&Mutation::SettleService("web".into())).unwrap());
@@ -958,25 +966,7 @@ mod tests {
 
     #[test]
     fn machines_settling_at_once_leave_nothing_to_settle() {
-        let svc = |image: &str| {
-            Box::new(Service {
-                id: "web".into(),
-                name: "web".into(),
-                spec: uncloud_common::model::ServiceSpec {
-                    image: image.into(),
-                    replicas: 1,
-                    ..Default::default()
-                },
-                ..Default::default()
-            })
-        };
-        let mut a = StateDoc::new(genesis("n"));
-        let mut b = StateDoc::new(genesis("n"));
-        a.apply(&Mutation::UpsertService(svc("web:1"))).unwrap();
-        sync_pair(&mut a, &mut b);
-        a.apply(&Mutation::UpsertService(svc("web:2a"))).unwrap();
-        b.apply(&Mutation::UpsertService(svc("web:2b"))).unwrap();
-        sync_pair(&mut a, &mut b);
+        let (mut a, mut b) = deployed_on_both_sides();
         // Both merged the same conflict and settle it at once: the same winner, revision.
         assert!(a.apply(&Mutation::SettleService("web".into())).unwrap());
         assert!(b.apply(&Mutation::SettleService("web".into())).unwrap());
@@ -993,9 +983,9 @@ mod tests {
         // Machines that merged different sets of deploys settle under different revisions,
         // possibly on one spec: that is no conflict either (else each settle of it wrote a
         // higher revision and made a new one, without end).
-        a.apply(&Mutation::UpsertService(svc("web:4"))).unwrap();
-        b.apply(&Mutation::UpsertService(svc("web:4b"))).unwrap();
-        b.apply(&Mutation::UpsertService(svc("web:4"))).unwrap();
+        a.apply(&Mutation::UpsertService(web_of("web:4"))).unwrap();
+        b.apply(&Mutation::UpsertService(web_of("web:4b"))).unwrap();
+        b.apply(&Mutation::UpsertService(web_of("web:4"))).unwrap();
         sync_pair(&mut a, &mut b);
         let services = a.kind_obj(Kind::Services).unwrap();
         let (_, obj) = a.doc.get(&services, "web").unwrap().unwrap();
