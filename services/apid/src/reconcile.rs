@@ -139,11 +139,17 @@ impl Apid {
                 match &action {
                     Action::Start { service, .. } => {
                         let s = &services[service];
-                        self.start_on(&member, &cidr, own, s, Pull::Missing)
-                        .await
-                        .map(|(_, name)| {
-                            tracing::info!(service = %s.id, container = %name, "reconciler: started this machine's container of a global service");
-                        })
+                        match self.start_on(&member, &cidr, own, s, Pull::Missing).await {
+                            Ok((id, name)) => {
+                                tracing::info!(service = %s.id, container = %name, "reconciler: started this machine's container of a global service");
+                                self.unless_removed_meanwhile(
+                                    &member, &cidr, own, &s.id, &id, &name,
+                                )
+                                .await;
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        }
                     }
                     Action::Remove { container, name } => {
                         match self.engine(&member, &cidr, own).await {
@@ -167,6 +173,38 @@ impl Apid {
             }
         }
         Ok(())
+    }
+
+    /// `uc rm` may have removed the service while its container started here (too late for
+    /// it to see the container): then the container goes now, not a grace period later.
+    async fn unless_removed_meanwhile(
+        &self,
+        member: &crate::api::Member,
+        cidr: &uncloud_common::address::MeshCidr,
+        own: &Machine,
+        service: &str,
+        container: &str,
+        name: &str,
+    ) {
+        let gone = self
+            .read_services()
+            .await
+            .is_ok_and(|now| !now.contains_key(service));
+        if !gone {
+            return;
+        }
+        let removed = match self.engine(member, cidr, own).await {
+            Ok(engine) => engine.remove(container).await,
+            Err(e) => Err(e),
+        };
+        match removed {
+            Ok(()) => {
+                tracing::info!(container = %name, "reconciler: removed the container it started: its service was removed meanwhile")
+            }
+            Err(e) => {
+                tracing::warn!(container = %name, error = %e.message, "reconciler: its service was removed while it started; removed with the orphans later")
+            }
+        }
     }
 }
 
