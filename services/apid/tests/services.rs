@@ -203,7 +203,8 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         .args([
             "-qec",
             &format!(
-                "stty rows 30 cols 100; {line} sh -c 'busybox tty; sleep 1; busybox stty size'"
+                "stty rows 30 cols 100; (sleep 4; stty rows 40 cols 120 </dev/tty) & \
+                 {line} sh -c 'busybox tty; sleep 1; busybox stty size; sleep 6; busybox stty size'"
             ),
             "/dev/null",
         ])
@@ -212,8 +213,9 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
+    // Then this terminal grows (the kernel tells uc with SIGWINCH): so does the command's.
     assert!(
-        text.contains("/dev/pts/") && text.contains("30 100"),
+        text.contains("/dev/pts/") && text.contains("30 100") && text.contains("40 120"),
         "uc exec -t: {text}"
     );
     // A command the container does not have: 126, as with Docker, and the engine's reason.
