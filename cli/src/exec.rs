@@ -212,15 +212,13 @@ async fn relay_output(
         )?;
         for (stderr, data) in out.chunks {
             let bytes = b64.decode(data).context("output that is not base64")?;
-            if stderr {
-                let mut e = std::io::stderr().lock();
-                let _ = e.write_all(&bytes);
-                let _ = e.flush();
+            // At once: a prompt without an end of line must show.
+            let mut to: Box<dyn Write> = if stderr {
+                Box::new(std::io::stderr().lock())
             } else {
-                let mut o = std::io::stdout().lock();
-                let _ = o.write_all(&bytes);
-                let _ = o.flush();
-            }
+                Box::new(std::io::stdout().lock())
+            };
+            let _ = to.write_all(&bytes).and_then(|()| to.flush());
         }
         if let Some(end) = out.end {
             return Ok(end);

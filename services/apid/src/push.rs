@@ -225,7 +225,6 @@ impl Apid {
                 ),
             ));
         }
-        u.touched = Instant::now();
         let data = &data;
         join_all(u.targets.iter_mut().map(|t| async move {
             let Some(sink) = &mut t.sink else { return };
