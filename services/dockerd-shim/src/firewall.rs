@@ -2,7 +2,9 @@
 //!
 //! Docker's masquerade is off on the `uncloud` network (containers must keep their mesh
 //! addresses across the mesh), and Docker's `FORWARD` chain drops new connections into a
-//! bridge from anywhere but its published ports. So the shim adds:
+//! bridge from anywhere but its published ports, but only while its policy is `DROP`: Docker
+//! sets that policy only when it turns `ip_forward` on itself, and meshd turns it on first on
+//! most boots. So the shim adds:
 //!
 //! - in Docker's own `DOCKER-USER` chain (which Docker keeps across restarts and jumps to
 //!   first): accept from the mesh device into the bridge, so other machines and their
@@ -11,6 +13,9 @@
 //!   - masquerade for container traffic leaving the mesh (the internet sees the machine);
 //!   - drop anything from the bridge whose source is not this machine's subnet, so a container
 //!     cannot speak with another machine's or container's address;
+//!   - drop new connections forwarded into the bridge from anywhere but the mesh, the bridge
+//!     itself and Docker's published ports (DNAT), whatever Docker's `FORWARD` policy is: the
+//!     internet (and the provider's private network) never reach a container directly;
 //!   - drop anything forwarded to the cloud provider's metadata service (169.254.169.254), from
 //!     containers on any bridge: its user-data can hold the machine's setup token or join
 //!     ticket. The machine itself (cloud-init) still reaches it: its own traffic is not
@@ -47,9 +52,9 @@ pub struct Rules {
 pub fn ruleset(r: &Rules) -> String {
     let Rules {
         bridge,
+        mesh_interface,
         subnet,
         mesh,
-        ..
     } = r;
     let head = nft::replace_table("ip", TABLE);
     format!(
@@ -62,6 +67,10 @@ pub fn ruleset(r: &Rules) -> String {
     type filter hook forward priority filter; policy accept;
     iifname "{bridge}" ip saddr != {subnet} drop comment "containers speak only from their own addresses"
     ip daddr {METADATA_ADDRESS} drop comment "containers do not read the provider's metadata"
+    oifname "{bridge}" ct state established,related accept
+    oifname "{bridge}" iifname {{ "{mesh_interface}", "{bridge}" }} accept
+    oifname "{bridge}" ct status dnat accept comment "published ports"
+    oifname "{bridge}" drop comment "only the mesh and published ports reach containers"
   }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
@@ -138,6 +147,12 @@ mod tests {
             forward.contains("ip daddr 169.254.169.254 drop"),
             "{forward}"
         );
+        // Into the bridge: the mesh, replies and published ports, then nothing else, and the
+        // catch-all drop comes last.
+        assert!(forward.contains(r#"oifname "uncloud0" iifname { "uncloud", "uncloud0" } accept"#));
+        assert!(forward.contains(r#"oifname "uncloud0" ct status dnat accept"#));
+        let drop_all = forward.find(r#"oifname "uncloud0" drop"#).expect(forward);
+        assert!(forward.rfind("accept").unwrap() < drop_all, "{forward}");
         let rule = docker_user_rule(&r).join(" ");
         assert!(rule.starts_with("-i uncloud -o uncloud0 "), "{rule}");
         assert!(rule.ends_with("-j ACCEPT"));

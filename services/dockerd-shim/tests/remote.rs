@@ -63,6 +63,17 @@ fn remote_machine(docker_ns: &Netns) -> Netns {
     r
 }
 
+/// The internet beyond machine `d`'s uplink: 192.0.2.2, with a route to the machine's
+/// containers through it (as a neighbour on a provider's LAN could have).
+fn internet_of(d: &Netns) -> Netns {
+    let internet = Netns::new("inet");
+    d.veth("uplink", &internet, "eth0");
+    d.addr("uplink", "192.0.2.1/24");
+    internet.addr("eth0", "192.0.2.2/24");
+    internet.ip(&["route", "add", "10.210.0.0/16", "via", "192.0.2.1"]);
+    internet
+}
+
 /// A TCP connection from `ns`, from source address `from`, to `to`.
 async fn connect_from(
     ns: &Netns,
@@ -337,10 +348,7 @@ async fn containers_reach_the_mesh_directly_and_the_internet_masqueraded_but_not
     let (engine, docker) = support::engine(1).await;
     let d = &engine.ns;
     let r = remote_machine(d);
-    let internet = Netns::new("inet");
-    d.veth("uplink", &internet, "eth0");
-    d.addr("uplink", "192.0.2.1/24");
-    internet.addr("eth0", "192.0.2.2/24");
+    let internet = internet_of(d);
     let local = support::local(docker, 1);
     local
         .run_service(&service("box", &["sleep", "300"]), "box-1")
@@ -421,5 +429,77 @@ async fn containers_reach_the_mesh_directly_and_the_internet_masqueraded_but_not
             .await
             .is_err(),
         "a container reached the metadata service"
+    );
+}
+
+/// meshd turns `ip_forward` on, usually before dockerd starts; Docker then leaves `FORWARD`'s
+/// policy at ACCEPT, and only the shim's rules keep the internet out of the container bridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_mesh_and_published_ports_reach_containers_when_forwarding_was_on_before_docker() {
+    init_tracing();
+    let ns = Netns::new("docker");
+    ns.sysctl("ipv4/ip_forward", "1");
+    let engine = uncloud_testkit::Dockerd::start_in(ns);
+    engine.import_busybox(IMAGE);
+    let docker = dockerd_shim::engine::connect(&engine.socket).await.unwrap();
+    dockerd_shim::network::ensure(&docker, &support::desired(1))
+        .await
+        .unwrap();
+    let d = &engine.ns;
+    let r = remote_machine(d);
+    let internet = internet_of(d);
+    let local = support::local(docker, 1);
+    let mut web = service("web", &["httpd", "-f", "-p", "8080"]);
+    web.spec.publish = vec!["8081:8080".into()];
+    local.run_service(&web, "web-1").await.unwrap();
+    let ip = local.inspect("web-1").await.unwrap().ip;
+    let direct: SocketAddr = format!("{ip}:8080").parse().unwrap();
+    let published: SocketAddr = "192.0.2.1:8081".parse().unwrap();
+    let policy = String::from_utf8(d.exec("iptables", &["-S", "FORWARD"]).stdout).unwrap();
+    assert!(policy.contains("-P FORWARD ACCEPT"), "{policy}");
+    assert!(
+        connect_from(&internet, "192.0.2.2", direct).await.is_ok(),
+        "without the shim's rules the internet reaches a container: the case this test is about"
+    );
+
+    let rules = firewall::Rules {
+        bridge: "uncloud0".into(),
+        mesh_interface: "ucmesh".into(),
+        subnet: "10.210.1.0/24".into(),
+        mesh: MeshCidr::default(),
+    };
+    d.enter(|| firewall::apply(&rules)).unwrap();
+    let refused = connect_from(&internet, "192.0.2.2", direct).await;
+    assert!(
+        refused.is_err(),
+        "the internet reached a container directly"
+    );
+    assert!(!internet.ping(&ip, 1), "the internet pinged a container");
+    connect_from(&r, "10.210.2.1", direct)
+        .await
+        .expect("the mesh reaches the container");
+    connect_from(&internet, "192.0.2.2", published)
+        .await
+        .expect("the internet reaches the published port");
+    // Replies to what containers start still come back in.
+    let internet_server = listen_in(&internet, "192.0.2.2:9002");
+    let accepted = tokio::spawn(async move {
+        let (mut s, _) = internet_server.accept().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"pong\n")
+            .await
+            .unwrap();
+    });
+    let out = engine.docker(&[
+        "exec",
+        "web-1",
+        "sh",
+        "-c",
+        "nc -w 3 192.0.2.2 9002 </dev/null",
+    ]);
+    accepted.await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pong",
+        "{out:?}"
     );
 }
