@@ -97,6 +97,21 @@ pub struct Run {
     /// When to pull the image on each machine.
     #[arg(long, value_parser = ["missing", "always", "never"], default_value = "missing")]
     pub pull: String,
+    /// Add a Linux capability (`NET_ADMIN`). Repeatable.
+    #[arg(long = "cap-add", value_name = "CAPABILITY")]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability (`ALL` drops every one). Repeatable.
+    #[arg(long = "cap-drop", value_name = "CAPABILITY")]
+    pub cap_drop: Vec<String>,
+    /// A namespaced kernel parameter `NAME=VALUE` (`net.core.somaxconn=1024`). Repeatable.
+    #[arg(long = "sysctl", value_name = "NAME=VALUE")]
+    pub sysctls: Vec<String>,
+    /// The signal that stops the containers (default: the image's, else SIGTERM).
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    /// How long a stop waits for the containers before killing them (`30s`; default 10 s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    pub stop_timeout: Option<u64>,
 }
 
 /// Which service: `web`, or `web.shop` for `web` of project `shop`.
@@ -309,6 +324,13 @@ fn request(cmd: Run, machines: &[String]) -> anyhow::Result<RunRequest> {
             .with_context(|| format!("--label {l:?}: expected KEY=VALUE"))?;
         labels.insert(k.to_string(), v.to_string());
     }
+    let mut sysctls = BTreeMap::new();
+    for l in &cmd.sysctls {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--sysctl {l:?}: expected NAME=VALUE"))?;
+        sysctls.insert(k.to_string(), v.to_string());
+    }
     // Host ports end in `@host` or name two port numbers (`8080:80`, Docker's form);
     // everything else goes through ingress.
     let mut publish = Vec::new();
@@ -359,6 +381,11 @@ fn request(cmd: Run, machines: &[String]) -> anyhow::Result<RunRequest> {
             },
             constraints: cmd.constraints,
             user: cmd.user.unwrap_or_default(),
+            cap_add: cmd.cap_add,
+            cap_drop: cmd.cap_drop,
+            sysctls,
+            stop_signal: cmd.stop_signal.unwrap_or_default(),
+            stop_grace_ms: cmd.stop_timeout.unwrap_or(0),
         },
     })
 }

@@ -253,6 +253,33 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
     pub user: String,
+    /// Linux capabilities added to Docker's default set (`NET_ADMIN`, …). Older shims ignore
+    /// this and the fields below.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub cap_add: Vec<String>,
+    /// Linux capabilities dropped from Docker's default set (`ALL` drops every one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub cap_drop: Vec<String>,
+    /// Namespaced kernel parameters set in the container (`net.core.somaxconn` → `1024`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub sysctls: BTreeMap<String, String>,
+    /// The signal `uc stop` sends first (`SIGQUIT`, `QUIT`, `3`); empty: the image's, else
+    /// SIGTERM.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub stop_signal: String,
+    /// How long `uc stop` waits before SIGKILL, in milliseconds (whole seconds reach Docker,
+    /// rounded up); 0: Docker's 10 s.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub stop_grace_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 pub const MODE_REPLICATED: &str = "replicated";
@@ -800,7 +827,15 @@ mod tests {
             ..Default::default()
         };
         let json = serde_json::to_string(&old).unwrap();
-        for key in ["mode", "machines", "constraints", "user"] {
+        for key in [
+            "mode",
+            "machines",
+            "constraints",
+            "user",
+            "cap_",
+            "sysctls",
+            "stop_",
+        ] {
             assert!(!json.contains(key), "{json}");
         }
         let global = ServiceSpec {

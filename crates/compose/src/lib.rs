@@ -24,8 +24,8 @@
 //! # Limitations
 //!
 //! Not yet: `build` (images come from a registry), `secrets` and `configs`, relative bind
-//! mounts (the file is on this computer, the container on another machine), capabilities and
-//! sysctls, `extends`, Compose's `!reset` and
+//! mounts (the file is on this computer, the container on another machine), `privileged`,
+//! `devices`, `extends`, Compose's `!reset` and
 //! `!override` tags, several files with `-f a -f b`.
 
 pub mod interpolate;

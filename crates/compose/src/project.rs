@@ -712,11 +712,31 @@ impl Cx<'_> {
                 "hostname" | "domainname" => {
                     self.warn(k, &path, "ignored: the container's name is its host name")
                 }
-                "stop_signal" | "stop_grace_period" => self.warn(
-                    k,
-                    &path,
-                    "not honoured yet: containers stop with Docker's default (SIGTERM, 10 s)",
-                ),
+                "stop_signal" => spec.stop_signal = self.string(k, v, &path).unwrap_or_default(),
+                "stop_grace_period" => {
+                    if let Some(text) = self.string(k, v, &path) {
+                        match parse_duration_ms(&text) {
+                            Ok(ms) => spec.stop_grace_ms = ms,
+                            Err(m) => self.error(k, &path, &m),
+                        }
+                    }
+                }
+                "cap_add" => spec.cap_add = self.strings(k, v, &path),
+                "cap_drop" => spec.cap_drop = self.strings(k, v, &path),
+                "sysctls" => {
+                    for (sk, sv, line) in self.key_values(k, v, &path) {
+                        match sv {
+                            Some(sv) => {
+                                spec.sysctls.insert(sk, sv);
+                            }
+                            None => self.error_at(
+                                line,
+                                &path,
+                                format!("{sk}: a sysctl needs a value (NAME=VALUE)"),
+                            ),
+                        }
+                    }
+                }
                 "logging" => self.warn(
                     k,
                     &path,
@@ -731,14 +751,12 @@ impl Cx<'_> {
                     "not supported: containers live on the mesh network (use `ports:` to publish \
                      on the machine's own address)",
                 ),
-                "privileged" | "cap_add" | "cap_drop" | "devices" | "sysctls" | "security_opt" => {
-                    self.error(
-                        k,
-                        &path,
-                        "not supported yet: it would change what the container may do; run the \
+                "privileged" | "devices" | "security_opt" => self.error(
+                    k,
+                    &path,
+                    "not supported yet: it would change what the container may do; run the \
                      container with docker on the machine meanwhile",
-                    )
-                }
+                ),
                 "secrets" | "configs" => self.error(
                     k,
                     &path,
@@ -1484,6 +1502,14 @@ services:
       restart_policy: {condition: on-failure}
       placement: {constraints: [node.hostname == alpha, node.labels.disk == ssd, 'node.hostname != gamma']}
     x-machines: [beta]
+    cap_add: [NET_ADMIN]
+    cap_drop: [MKNOD]
+    sysctls: {net.core.somaxconn: 1024}
+    stop_signal: SIGQUIT
+    stop_grace_period: 1m30s
+  worker:
+    image: x
+    sysctls: [net.ipv4.tcp_syncookies=0]
 volumes:
   data:
   shared: {external: True}
@@ -1518,6 +1544,12 @@ volumes:
             web.constraints,
             ["node.labels.disk==ssd", "node.hostname!=gamma"]
         );
+        assert_eq!(web.cap_add, ["NET_ADMIN"]);
+        assert_eq!(web.cap_drop, ["MKNOD"]);
+        assert_eq!(web.sysctls["net.core.somaxconn"], "1024");
+        assert_eq!(web.stop_signal, "SIGQUIT");
+        assert_eq!(web.stop_grace_ms, 90_000);
+        assert_eq!(spec(&p, "worker").sysctls["net.ipv4.tcp_syncookies"], "0");
     }
 
     #[test]
@@ -1571,6 +1603,11 @@ services:
     ports: ['80-90:80']
   c:
     command: run
+  d:
+    image: x
+    sysctls: [net.core.somaxconn]
+    stop_grace_period: soon
+    privileged: true
 ";
         assert_eq!(
             errors(text),
@@ -1582,6 +1619,9 @@ services:
                 (10, "services.b.command".to_string()),
                 (11, "services.b.ports".to_string()),
                 (12, "services.c".to_string()),
+                (16, "services.d.sysctls".to_string()),
+                (17, "services.d.stop_grace_period".to_string()),
+                (18, "services.d.privileged".to_string()),
             ]
         );
         let e = errors("services:\n  a:\n    image: ${IMAGE:?set IMAGE}\n");

@@ -99,13 +99,14 @@ pub async fn run(
     Ok(created.id)
 }
 
-/// Stops a container, SIGKILL after `grace_secs`.
+/// Stops a container, SIGKILL after `grace_secs`; negative: after the container's own grace
+/// period (its spec's `stop_grace_ms`, else Docker's 10 s).
 pub async fn stop(docker: &Docker, id: &str, grace_secs: i32) -> Result<(), ContainerError> {
     docker
         .stop_container(
             id,
             Some(StopContainerOptions {
-                t: Some(grace_secs),
+                t: (grace_secs >= 0).then_some(grace_secs),
                 ..Default::default()
             }),
         )
@@ -126,12 +127,13 @@ pub async fn start(docker: &Docker, id: &str) -> Result<(), ContainerError> {
         })
 }
 
+/// Restarts a container; `grace_secs` as for [`stop`].
 pub async fn restart(docker: &Docker, id: &str, grace_secs: i32) -> Result<(), ContainerError> {
     docker
         .restart_container(
             id,
             Some(RestartContainerOptions {
-                t: Some(grace_secs),
+                t: (grace_secs >= 0).then_some(grace_secs),
                 ..Default::default()
             }),
         )

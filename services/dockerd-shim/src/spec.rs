@@ -159,6 +159,36 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
             }
         }
     }
+    let word = |w: &str, extra: &[char]| {
+        !w.is_empty()
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c))
+    };
+    for c in spec.cap_add.iter().chain(&spec.cap_drop) {
+        if !word(c, &[]) {
+            return Err(bad(
+                "capability",
+                c,
+                "expected a name such as NET_ADMIN or ALL",
+            ));
+        }
+    }
+    for k in spec.sysctls.keys() {
+        if !word(k, &['.', '-', '/']) {
+            return Err(bad(
+                "sysctl",
+                k,
+                "expected a name such as net.core.somaxconn",
+            ));
+        }
+    }
+    if !spec.stop_signal.is_empty() && !word(&spec.stop_signal, &[]) {
+        return Err(bad(
+            "stop signal",
+            &spec.stop_signal,
+            "expected a name such as SIGQUIT or a number",
+        ));
+    }
     for k in spec.env.keys() {
         if k.is_empty() || k.contains('=') {
             return Err(bad(
@@ -233,6 +263,14 @@ pub fn create_body(
         memory: (spec.memory_bytes > 0).then_some(spec.memory_bytes as i64),
         dns: Some(vec![dns.to_string()]),
         dns_search: Some(vec!["internal".into()]),
+        cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+        cap_drop: (!spec.cap_drop.is_empty()).then(|| spec.cap_drop.clone()),
+        sysctls: (!spec.sysctls.is_empty()).then(|| {
+            spec.sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        }),
         ..Default::default()
     };
     Ok(ContainerCreateBody {
@@ -240,6 +278,9 @@ pub fn create_body(
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
         entrypoint: (!spec.entrypoint.is_empty()).then(|| spec.entrypoint.clone()),
         user: (!spec.user.is_empty()).then(|| spec.user.clone()),
+        stop_signal: (!spec.stop_signal.is_empty()).then(|| spec.stop_signal.clone()),
+        // Whole seconds, rounded up: a grace period is a promise of at least that long.
+        stop_timeout: (spec.stop_grace_ms > 0).then(|| spec.stop_grace_ms.div_ceil(1000) as i64),
         env: (!spec.env.is_empty())
             .then(|| spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
@@ -341,11 +382,21 @@ mod tests {
             }),
             labels: [("team".to_string(), "a".to_string())].into(),
             user: "1000:1000".into(),
+            cap_add: vec!["NET_ADMIN".into()],
+            cap_drop: vec!["MKNOD".into()],
+            sysctls: [("net.core.somaxconn".to_string(), "1024".to_string())].into(),
+            stop_signal: "SIGQUIT".into(),
+            stop_grace_ms: 2500,
             ..Default::default()
         };
         let body = create_body(&service(spec), "uncloud", "10.210.3.1".parse().unwrap()).unwrap();
         assert_eq!(body.user.as_deref(), Some("1000:1000"));
+        assert_eq!(body.stop_signal.as_deref(), Some("SIGQUIT"));
+        assert_eq!(body.stop_timeout, Some(3));
         let hc = body.host_config.as_ref().unwrap();
+        assert_eq!(hc.cap_add, Some(vec!["NET_ADMIN".to_string()]));
+        assert_eq!(hc.cap_drop, Some(vec!["MKNOD".to_string()]));
+        assert_eq!(hc.sysctls.as_ref().unwrap()["net.core.somaxconn"], "1024");
         assert_eq!(hc.nano_cpus, Some(500_000_000));
         assert_eq!(hc.memory, Some(64 << 20));
         assert_eq!(hc.dns, Some(vec!["10.210.3.1".to_string()]));
@@ -414,6 +465,30 @@ mod tests {
                     ..Default::default()
                 },
                 "environment variable name",
+            ),
+            (
+                ServiceSpec {
+                    image: "x".into(),
+                    cap_add: vec!["NET ADMIN".into()],
+                    ..Default::default()
+                },
+                "capability",
+            ),
+            (
+                ServiceSpec {
+                    image: "x".into(),
+                    sysctls: [("net core;".to_string(), "1".to_string())].into(),
+                    ..Default::default()
+                },
+                "sysctl",
+            ),
+            (
+                ServiceSpec {
+                    image: "x".into(),
+                    stop_signal: "-9".into(),
+                    ..Default::default()
+                },
+                "stop signal",
             ),
             (
                 ServiceSpec {

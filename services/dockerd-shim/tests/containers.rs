@@ -104,6 +104,50 @@ async fn the_whole_lifecycle() {
     assert!(all_containers(&engine).is_empty());
 }
 
+/// Capabilities, sysctls and the stop signal and grace period reach the container.
+#[tokio::test]
+async fn capabilities_sysctls_and_the_stop_signal_take_effect() {
+    let (engine, docker) = engine().await;
+    // PID 1 ignores SIGTERM (no handler) but exits 0 on SIGUSR1.
+    let spec = ServiceSpec {
+        image: IMAGE.into(),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "trap 'exit 0' USR1; while true; do sleep 1; done".into(),
+        ],
+        cap_add: vec!["NET_ADMIN".into()],
+        cap_drop: vec!["MKNOD".into()],
+        sysctls: [("net.core.somaxconn".to_string(), "1234".to_string())].into(),
+        stop_signal: "SIGUSR1".into(),
+        stop_grace_ms: 60_000,
+        ..Default::default()
+    };
+    let id = containers::run(&docker, &service("s2", spec), "tuned-1", "uncloud", GATEWAY)
+        .await
+        .unwrap();
+    let somaxconn = engine.docker_ok(&["exec", "tuned-1", "cat", "/proc/sys/net/core/somaxconn"]);
+    assert_eq!(somaxconn, "1234");
+    // Changing a link needs CAP_NET_ADMIN.
+    engine.docker_ok(&["exec", "tuned-1", "ip", "link", "set", "lo", "mtu", "1300"]);
+    let caps = engine.docker_ok(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.CapDrop}} {{.Config.StopSignal}} {{.Config.StopTimeout}}",
+        "tuned-1",
+    ]);
+    assert_eq!(caps, "[MKNOD] SIGUSR1 60");
+
+    // A stop with the container's own grace period sends SIGUSR1: a clean exit at once, not
+    // SIGKILL after 60 s.
+    let started = std::time::Instant::now();
+    containers::stop(&docker, &id, -1).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let code = engine.docker_ok(&["inspect", "--format", "{{.State.ExitCode}}", "tuned-1"]);
+    assert_eq!(code, "0", "the stop signal was not SIGUSR1");
+    containers::remove(&docker, &id).await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_requests_are_clear_errors_and_leave_nothing_behind() {
     let (engine, docker) = engine().await;
