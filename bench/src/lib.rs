@@ -18,6 +18,9 @@
 //! - [`dnsd`]: DNS against dnsmasq and unbound with dnsperf (binary `dnsd-bench`).
 //! - `apid-bench` (a binary only): joins with `uc machine add` in a local network of
 //!   namespaces, `uc machine ls` beside `busctl`, apid's memory.
+//! - `services-bench` (a binary only): `uc deploy`, `uc run`, `uc image push` and a rolling
+//!   update under a client in a local network of namespaces with their own dockerds, beside
+//!   docker-compose and the docker CLI.
 
 pub mod dnsd;
 pub mod image;
