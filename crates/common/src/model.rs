@@ -416,6 +416,16 @@ pub struct Container {
     pub started_at_ms: u64,
     #[serde(default)]
     pub finished_at_ms: u64,
+    /// About to be removed: no longer among its service's addresses (names, virtual address,
+    /// ingress), while requests already made to it finish. Set by its machine's shim before
+    /// it removes a running container. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub draining: bool,
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 fn default_true() -> bool {

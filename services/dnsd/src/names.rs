@@ -104,7 +104,8 @@ impl From<Container> for ContainerEntry {
         ContainerEntry {
             ip: c.ip.parse().ok(),
             running: c.state == ContainerState::Running,
-            healthy: c.healthy,
+            // A draining container is about to go: new connections go elsewhere.
+            healthy: c.healthy && !c.draining,
             machine_id: c.machine_id,
             name: c.name,
             service_id: c.service_id,
@@ -693,6 +694,22 @@ mod tests {
         v.containers.get_mut("shop-web-2").unwrap().running = false;
         let n = Names::build(&v);
         assert_eq!(n.resolve("web.shop.internal", None), ips(&[]));
+    }
+
+    #[test]
+    fn a_draining_container_leaves_its_service_but_keeps_its_own_name() {
+        let c = uncloud_common::model::Container {
+            id: "c1".into(),
+            machine_id: "m1".into(),
+            name: "web-1".into(),
+            ip: "10.210.1.3".into(),
+            state: uncloud_common::model::ContainerState::Running,
+            healthy: true,
+            draining: true,
+            ..Default::default()
+        };
+        let entry = ContainerEntry::from(c);
+        assert!(entry.running && !entry.healthy, "{entry:?}");
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub struct Config {
     /// Keep the forwarding and masquerade rules containers need (see the `firewall` module).
     /// Default true; turn off only if the host's own firewall provides the same.
     pub manage_firewall: bool,
+    /// How long a running container is drained (out of its service's addresses on every
+    /// machine, requests already made to it finishing) before it is removed, in ms. Default
+    /// 2000: the state reaches every machine of a healthy network in well under that; 0
+    /// removes at once.
+    pub drain_ms: u64,
 }
 
 impl Default for Config {
@@ -48,6 +53,7 @@ impl Default for Config {
             rpc_address: None,
             rpc_port: uncloud_common::rpc::CONTAINER_OPS_PORT,
             manage_firewall: true,
+            drain_ms: 2000,
         }
     }
 }

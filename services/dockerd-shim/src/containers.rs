@@ -230,6 +230,8 @@ pub fn to_model(i: &ContainerInspectResponse, machine_id: &str, network: &str) -
             .and_then(|s| s.finished_at.as_deref())
             .and_then(rfc3339_ms)
             .unwrap_or(0),
+        // The engine does not know; the mirror adds the shim's mark (`crate::drain`).
+        draining: false,
     }
 }
 

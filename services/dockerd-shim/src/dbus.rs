@@ -98,7 +98,7 @@ impl Docker1 {
 
     /// Removes a container, stopping it first.
     async fn remove(&self, container: &str) -> Result<(), DockerError> {
-        Ok(containers::remove(&self.local.docker, container).await?)
+        Ok(self.local.remove(container).await?)
     }
 
     /// Loads a `docker save` tarball read from the passed file descriptor (a file or a pipe),

@@ -2,12 +2,14 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::time::Duration;
 
 use bollard::Docker;
 use uncloud_common::docker::{ErrorKind, OpsError};
-use uncloud_common::model::{Container, Service};
+use uncloud_common::model::{Container, ContainerState, Service};
 
 use crate::containers;
+use crate::drain::Draining;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach the Docker engine at {socket}: {reason}")]
@@ -44,6 +46,10 @@ pub struct Local {
     pub network: String,
     /// DNS server for containers: the machine's mesh address.
     pub dns: Ipv4Addr,
+    /// Containers being drained (shared with the mirror).
+    pub draining: Draining,
+    /// How long a running container drains before it is removed; zero removes at once.
+    pub drain: Duration,
 }
 
 impl Local {
@@ -58,5 +64,20 @@ impl Local {
     /// The container as the shared model describes it.
     pub async fn inspect(&self, container: &str) -> Result<Container, OpsError> {
         Ok(containers::inspect(&self.docker, container, &self.machine_id, &self.network).await?)
+    }
+
+    /// Removes a container; a running one drains first (see [`crate::drain`]).
+    pub async fn remove(&self, container: &str) -> Result<(), OpsError> {
+        if !self.drain.is_zero() {
+            if let Ok(c) = self.inspect(container).await {
+                if c.state == ContainerState::Running {
+                    let _drain = self.draining.start(&c.id);
+                    tracing::info!(container = %c.name, drain_ms = self.drain.as_millis() as u64, "draining before removal");
+                    tokio::time::sleep(self.drain).await;
+                    return Ok(containers::remove(&self.docker, &c.id).await?);
+                }
+            }
+        }
+        Ok(containers::remove(&self.docker, container).await?)
     }
 }

@@ -18,6 +18,8 @@
 //! - [`logs`]: a container's logs, both streams, to two writers (file descriptors on D-Bus);
 //!   or a page of lines with their times (`LogLines`, what `uc logs` reads through apid).
 //! - [`mirror`]: engine events and periodic resyncs written into the replicated state.
+//! - [`drain`]: a running container leaves its service's addresses for a while before it is
+//!   removed.
 //! - [`stats`]: a container's CPU, memory and network use.
 //! - [`volumes`]: named volumes: create, list, inspect, remove (never while in use).
 //! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
@@ -41,6 +43,7 @@
 pub mod config;
 pub mod containers;
 pub mod dbus;
+pub mod drain;
 pub mod engine;
 pub mod exec;
 pub mod firewall;

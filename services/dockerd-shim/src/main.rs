@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use dockerd_shim::config::{Config, DEFAULT_PATH};
 use dockerd_shim::dbus::Docker1;
+use dockerd_shim::drain::Draining;
 use dockerd_shim::engine::Local;
 use dockerd_shim::firewall;
 use dockerd_shim::mirror::Mirror;
@@ -119,11 +120,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         })
     });
     let machine_id = state.machine_id().await?;
+    let draining = Draining::default();
     let local = Local {
         docker: docker.clone(),
         machine_id: machine_id.clone(),
         network: config.network.clone(),
         dns: desired.gateway,
+        draining: draining.clone(),
+        drain: Duration::from_millis(config.drain_ms),
     };
     // The bridge holds the mesh address (its gateway) from here on, so binding works even
     // before meshd is up.
@@ -156,6 +160,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         state,
         machine_id,
         network: config.network.clone(),
+        draining,
     };
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,

@@ -18,6 +18,7 @@ use uncloud_common::dbus::StateProxy;
 use uncloud_common::model::{Container, NetworkState};
 
 use crate::containers::{self, ContainerError};
+use crate::drain::Draining;
 use crate::network::MANAGED_LABEL;
 
 /// How often the whole list is compared even when events flow.
@@ -63,6 +64,8 @@ pub struct Mirror<'a> {
     pub state: StateProxy<'a>,
     pub machine_id: String,
     pub network: String,
+    /// Containers being drained: their records say so.
+    pub draining: Draining,
 }
 
 fn managed_filter() -> HashMap<String, Vec<String>> {
@@ -84,7 +87,7 @@ impl Mirror<'_> {
         let mut out = Vec::new();
         for summary in list {
             let Some(id) = summary.id else { continue };
-            match containers::inspect(&self.docker, &id, &self.machine_id, &self.network).await {
+            match self.inspect(&id).await {
                 Ok(c) => out.push(c),
                 // Removed between the list and the inspect: simply not there.
                 Err(ContainerError::NotFound(_)) => {}
@@ -133,9 +136,16 @@ impl Mirror<'_> {
         Ok(writes)
     }
 
+    /// A container as its record should say, draining mark included.
+    async fn inspect(&self, id: &str) -> Result<Container, ContainerError> {
+        let mut c = containers::inspect(&self.docker, id, &self.machine_id, &self.network).await?;
+        c.draining = self.draining.contains(&c.id);
+        Ok(c)
+    }
+
     /// Reflects one container's current state (after an event).
     async fn refresh(&self, id: &str) -> Result<(), MirrorError> {
-        match containers::inspect(&self.docker, id, &self.machine_id, &self.network).await {
+        match self.inspect(id).await {
             Ok(c) => self.write(&c).await,
             Err(ContainerError::NotFound(_)) => {
                 let _ = self.state.remove_container(id).await;
@@ -184,6 +194,13 @@ impl Mirror<'_> {
                             break;
                         }
                     },
+                    _ = self.draining.started() => {
+                        for id in self.draining.ids() {
+                            if let Err(e) = self.refresh(&id).await {
+                                tracing::warn!(id, error = %e, "cannot mark a container draining");
+                            }
+                        }
+                    }
                     _ = resync.tick() => {
                         if let Err(e) = self.resync().await {
                             tracing::warn!(error = %e, "periodic resync failed");

@@ -236,7 +236,7 @@ impl ContainerOps for Conn {
     }
 
     async fn remove(self, _: context::Context, c: String) -> Result<(), OpsError> {
-        Ok(containers::remove(&self.local()?.docker, &c).await?)
+        self.local()?.remove(&c).await
     }
 
     async fn inspect(self, _: context::Context, c: String) -> Result<Container, OpsError> {

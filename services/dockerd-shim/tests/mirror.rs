@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dockerd_shim::containers;
+use dockerd_shim::drain::Draining;
+use dockerd_shim::engine::Local;
 use dockerd_shim::mirror::{records_of, Mirror};
 use support::IMAGE;
 use uncloud_common::dbus::StateProxy;
@@ -22,6 +24,7 @@ struct Setup {
     engine: Dockerd,
     docker: bollard::Docker,
     mirror: tokio::task::JoinHandle<()>,
+    draining: Draining,
     _bus: PrivateBus,
     _dbus: Option<(zbus::Connection, tokio::task::JoinHandle<()>)>,
 }
@@ -54,12 +57,15 @@ async fn setup() -> Setup {
     let conn = bus.connect().await;
     let machine_id = cluster.ids[0].clone();
     let docker2 = docker.clone();
+    let draining = Draining::default();
+    let draining2 = draining.clone();
     let mirror = tokio::spawn(async move {
         let m = Mirror {
             docker: docker2,
             state: StateProxy::new(&conn).await.unwrap(),
             machine_id,
             network: "uncloud".into(),
+            draining: draining2,
         };
         m.run().await
     });
@@ -68,6 +74,7 @@ async fn setup() -> Setup {
         engine,
         docker,
         mirror,
+        draining,
         _bus: bus,
         _dbus: dbus,
     }
@@ -122,6 +129,42 @@ async fn the_state_follows_the_engine() {
         .docker_ok(&["run", "-d", "--name", "foreign", IMAGE, "sleep", "300"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(s.records().is_empty(), "{:?}", s.records());
+}
+
+/// A running container's record says `draining` (dnsd stops naming it, ingress routing to
+/// it) for the drain period while it still runs; then it is removed, record and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_container_drains_before_it_is_removed() {
+    let s = Arc::new(setup().await);
+    let id = containers::run(&s.docker, &service("s4", None), "web-4", "uncloud", GATEWAY)
+        .await
+        .unwrap();
+    wait_for("the running container in the state", DEADLINE, || {
+        s.record(&id)
+            .is_some_and(|c| c.state == ContainerState::Running && !c.draining)
+    })
+    .await;
+    let local = Local {
+        docker: s.docker.clone(),
+        machine_id: s.machine(),
+        network: "uncloud".into(),
+        dns: GATEWAY,
+        draining: s.draining.clone(),
+        drain: Duration::from_secs(3),
+    };
+    let removal = tokio::spawn(async move { local.remove("web-4").await });
+    wait_for("the record marked draining", DEADLINE, || {
+        s.record(&id)
+            .is_some_and(|c| c.draining && c.state == ContainerState::Running)
+    })
+    .await;
+    assert!(!removal.is_finished(), "removed before it drained");
+    removal.await.unwrap().unwrap();
+    wait_for("the removed container's record gone", DEADLINE, || {
+        s.record(&id).is_none()
+    })
+    .await;
+    assert!(s.draining.ids().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,5 +87,7 @@ pub fn local(docker: bollard::Docker, x: u8) -> dockerd_shim::engine::Local {
         machine_id: "m".into(),
         network: "uncloud".into(),
         dns: gateway(x),
+        draining: Default::default(),
+        drain: std::time::Duration::ZERO,
     }
 }
