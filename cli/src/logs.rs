@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use uncloud_api::service::ServiceRow;
-use uncloud_api::wire::{Answer, Call, ContainerLogRequest, FanOut, LogLine, LogLinesRequest};
+use uncloud_api::wire::{
+    Answer, Call, ContainerLogRequest, FanOut, LogLine, LogLinesRequest, LOG_PAGE_LINES,
+};
 use uncloud_api::ApiClient;
 
 use crate::context::Store;
@@ -49,6 +51,8 @@ pub(crate) struct Source {
     machine: String,
     /// The time of the last line printed.
     after_ns: i64,
+    /// The last read filled a page: there may be more lines after it.
+    full: bool,
 }
 
 /// The containers `targets` name in `rows`: `SERVICE` (by id, or by a name one service has)
@@ -124,6 +128,7 @@ pub(crate) fn sources(rows: &[ServiceRow], targets: &[String]) -> anyhow::Result
                     machine_id: c.machine_id.clone(),
                     machine: c.machine.clone(),
                     after_ns: 0,
+                    full: false,
                 });
             }
         }
@@ -210,6 +215,7 @@ async fn read_all(
                 match (r.answer, r.error) {
                     (Some(Answer::ContainerLogs(lines)), _) => {
                         warned.remove(&s.id);
+                        s.full = lines.len() >= LOG_PAGE_LINES as usize;
                         if let Some(last) = lines.last() {
                             s.after_ns = last.time_ns;
                         }
@@ -271,6 +277,17 @@ pub async fn logs(cmd: Logs, g: &Global) -> anyhow::Result<()> {
     let width = sources.iter().map(|s| s.name.len()).max().unwrap_or(0);
     let mut warned = BTreeMap::new();
     let mut lines = read_all(&member, &mut sources, tail, &mut warned).await;
+    // Every line: a machine answers a page at a time, so read on after each full page (all
+    // of them before printing, to merge them by time).
+    while tail.is_none() && !cmd.follow && sources.iter().any(|s| s.full) {
+        let mut more: Vec<Source> = sources.iter().filter(|s| s.full).cloned().collect();
+        lines.extend(read_all(&member, &mut more, None, &mut warned).await);
+        for m in more {
+            if let Some(s) = sources.iter_mut().find(|s| s.id == m.id) {
+                *s = m;
+            }
+        }
+    }
     print!("{}", render(&mut lines, width, cmd.timestamps));
     if !cmd.follow {
         if warned.len() == sources.len() {

@@ -6,7 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use uncloud_common::docker::{ImageInfo, LogLine, LogLinesRequest, VolumeInfo};
+pub use uncloud_common::docker::{
+    ImageInfo, LogLine, LogLinesRequest, VolumeInfo, MAX_LOG_LINES as LOG_PAGE_LINES,
+};
 
 pub use crate::exec::{
     ExecBegin, ExecEnd, ExecOutput, ExecRead, ExecRef, ExecResize, ExecStarted, ExecWrite,

@@ -685,7 +685,9 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         "busybox:uc",
         "sh",
         "-c",
-        "i=0; while true; do echo \"line $i from $(hostname)\"; i=$((i+1)); sleep 0.3; done",
+        // More than a page (5,000 lines) at once first, for `uc logs -n all`.
+        "i=0; while [ $i -lt 6000 ]; do echo \"burst $i\"; i=$((i+1)); done; i=0; \
+         while true; do echo \"line $i from $(hostname)\"; i=$((i+1)); sleep 0.3; done",
     ]);
     let chatty: Vec<String> = ps(&net, &at_alpha)
         .iter()
@@ -704,6 +706,10 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
             .iter()
             .all(|n| out.contains(&format!("{n} | line 1 from ")))
     });
+    let every = net.uc_ok(&["logs", "-n", "all", &format!("chatty/{}", &names[0][..9])]);
+    let bursts: Vec<&str> = every.lines().filter(|l| l.contains("| burst ")).collect();
+    assert_eq!(bursts.len(), 6000, "uc logs -n all reads every page");
+    assert!(bursts[0].ends_with("| burst 0") && bursts[5999].ends_with("| burst 5999"));
     let one = net.uc_ok(&["logs", "-n", "1", &format!("chatty/{}", &names[0][..9])]);
     assert_eq!(one.lines().count(), 1, "{one}");
     assert!(one.starts_with(&format!("{} | line ", names[0])), "{one}");
