@@ -656,7 +656,7 @@ fn report(out: &Path, runs: usize, f: &Figures) -> Result<()> {
          are stopping or gone.\n\
          - `uc image push` sends the image's tarball once, through TLS and the mesh, a chunk \
          at a time to every machine at once (each chunk waits for every machine); the \
-         reference reads it three times over local sockets.\n",
+         reference loads it into one engine over local sockets.\n",
     );
     line(&mut md, "## Runs\n");
     for (name, (ours, theirs), unit, _) in &rows {
