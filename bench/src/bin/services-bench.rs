@@ -646,9 +646,10 @@ fn report(out: &Path, runs: usize, f: &Figures) -> Result<()> {
     line(&mut md, "## Reading it\n");
     line(
         &mut md,
-        "- Under `uc` the client's requests cross the mesh to two of the three machines \
+        "- Under `uc` two thirds of the client's requests cross the mesh to other machines \
          (userspace WireGuard in meshd), so it makes fewer requests per second than under \
-         docker-compose, where all of them stay on one bridge.\n\
+         docker-compose, where all of them stay on one bridge; its window is longer (the \
+         update takes longer), so it makes about as many in all.\n\
          - A request fails under `uc` when it reaches an old container after its removal, that \
          is when alpha's dnsd still balanced to it then: the drain period (the record says \
          `draining` for 2 s before the removal) is there to make that never happen. Under \
