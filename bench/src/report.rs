@@ -90,6 +90,16 @@ fn round_to(x: f64, decimals: i32) -> f64 {
 /// Metrics by name; serialized in name order.
 pub type Results = BTreeMap<String, Metric>;
 
+/// Prints every metric beside its reference as a progress line.
+pub fn print(results: &Results) {
+    for (k, v) in results {
+        crate::progress(format!(
+            "{k}: {} {} (reference {}, ratio {})",
+            v.value, v.unit, v.reference, v.ratio
+        ));
+    }
+}
+
 /// Writes `results` as pretty JSON to `path`.
 pub fn write_json(path: &Path, results: &Results) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(results)? + "\n";

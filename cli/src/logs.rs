@@ -185,7 +185,7 @@ fn render(lines: &mut [(String, LogLine)], width: usize, timestamps: bool) -> St
 /// One page of each source's lines, all at once.
 async fn read_all(
     member: &ApiClient,
-    sources: &mut [Source],
+    mut sources: Vec<&mut Source>,
     tail: Option<u32>,
     warned: &mut BTreeMap<String, String>,
 ) -> Vec<(String, LogLine)> {
@@ -276,17 +276,12 @@ pub async fn logs(cmd: Logs, g: &Global) -> anyhow::Result<()> {
     }
     let width = sources.iter().map(|s| s.name.len()).max().unwrap_or(0);
     let mut warned = BTreeMap::new();
-    let mut lines = read_all(&member, &mut sources, tail, &mut warned).await;
+    let mut lines = read_all(&member, sources.iter_mut().collect(), tail, &mut warned).await;
     // Every line: a machine answers a page at a time, so read on after each full page (all
     // of them before printing, to merge them by time).
     while tail.is_none() && !cmd.follow && sources.iter().any(|s| s.full) {
-        let mut more: Vec<Source> = sources.iter().filter(|s| s.full).cloned().collect();
-        lines.extend(read_all(&member, &mut more, None, &mut warned).await);
-        for m in more {
-            if let Some(s) = sources.iter_mut().find(|s| s.id == m.id) {
-                *s = m;
-            }
-        }
+        let full = sources.iter_mut().filter(|s| s.full).collect();
+        lines.extend(read_all(&member, full, None, &mut warned).await);
     }
     print!("{}", render(&mut lines, width, cmd.timestamps));
     if !cmd.follow {
@@ -304,7 +299,7 @@ pub async fn logs(cmd: Logs, g: &Global) -> anyhow::Result<()> {
     }
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut lines = read_all(&member, &mut sources, None, &mut warned).await;
+        let mut lines = read_all(&member, sources.iter_mut().collect(), None, &mut warned).await;
         print!("{}", render(&mut lines, width, cmd.timestamps));
         use std::io::Write as _;
         let _ = std::io::stdout().flush();

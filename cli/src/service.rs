@@ -317,20 +317,8 @@ fn request(cmd: Run, machines: &[String]) -> anyhow::Result<RunRequest> {
             ),
         };
     }
-    let mut labels = BTreeMap::new();
-    for l in &cmd.labels {
-        let (k, v) = l
-            .split_once('=')
-            .with_context(|| format!("--label {l:?}: expected KEY=VALUE"))?;
-        labels.insert(k.to_string(), v.to_string());
-    }
-    let mut sysctls = BTreeMap::new();
-    for l in &cmd.sysctls {
-        let (k, v) = l
-            .split_once('=')
-            .with_context(|| format!("--sysctl {l:?}: expected NAME=VALUE"))?;
-        sysctls.insert(k.to_string(), v.to_string());
-    }
+    let labels = pairs("--label", &cmd.labels)?;
+    let sysctls = pairs("--sysctl", &cmd.sysctls)?;
     // Host ports end in `@host` or name two port numbers (`8080:80`, Docker's form);
     // everything else goes through ingress.
     let mut publish = Vec::new();
@@ -388,6 +376,19 @@ fn request(cmd: Run, machines: &[String]) -> anyhow::Result<RunRequest> {
             stop_grace_ms: cmd.stop_timeout.unwrap_or(0),
         },
     })
+}
+
+/// Repeated `flag KEY=VALUE` values as a map.
+fn pairs(flag: &str, items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|i| {
+            let (k, v) = i
+                .split_once('=')
+                .with_context(|| format!("{flag} {i:?}: expected KEY=VALUE"))?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 /// `[ip:]host:container[/tcp|udp]`: the last two `:` parts are port numbers.

@@ -204,12 +204,7 @@ fn main() -> Result<()> {
     line(&mut md, Machine::describe(&workspace).markdown_list());
     std::fs::write(out.join("apid.md"), md)?;
     progress(format!("written to {}", out.display()));
-    for (k, v) in &results {
-        progress(format!(
-            "{k}: {} {} (reference {}, ratio {})",
-            v.value, v.unit, v.reference, v.ratio
-        ));
-    }
+    uncloud_bench::report::print(&results);
     Ok(())
 }
 

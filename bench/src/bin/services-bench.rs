@@ -680,12 +680,7 @@ fn report(out: &Path, runs: usize, f: &Figures) -> Result<()> {
     line(&mut md, Machine::describe(&workspace).markdown_list());
     std::fs::write(out.join("services.md"), md)?;
     progress(format!("written to {}", out.display()));
-    for (k, v) in &results {
-        progress(format!(
-            "{k}: {} {} (reference {}, ratio {})",
-            v.value, v.unit, v.reference, v.ratio
-        ));
-    }
+    uncloud_bench::report::print(&results);
     Ok(())
 }
 

@@ -290,6 +290,13 @@ impl ServiceSpec {
     pub fn is_global(&self) -> bool {
         self.mode == MODE_GLOBAL
     }
+
+    /// The stop grace period in whole seconds, rounded up (a grace period promises at least
+    /// that long), as Docker takes it; `None` for Docker's default.
+    pub fn stop_grace_secs(&self) -> Option<u32> {
+        (self.stop_grace_ms > 0)
+            .then(|| self.stop_grace_ms.div_ceil(1000).min(u32::MAX as u64) as u32)
+    }
 }
 
 /// A container health check, as in a Dockerfile's `HEALTHCHECK`.

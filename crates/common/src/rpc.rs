@@ -237,7 +237,8 @@ pub trait ContainerOps {
     async fn stop(container: String, grace_secs: i32) -> Result<(), OpsError>;
     async fn start(container: String) -> Result<(), OpsError>;
     async fn restart(container: String, grace_secs: i32) -> Result<(), OpsError>;
-    /// Removes a container, stopping it first.
+    /// Removes a container; a running one first drains (leaves its service's addresses for the
+    /// shim's `drain_ms`).
     async fn remove(container: String) -> Result<(), OpsError>;
     async fn inspect(container: String) -> Result<Container, OpsError>;
     async fn stats(container: String) -> Result<StatsSummary, OpsError>;

@@ -93,16 +93,12 @@ impl Apid {
         let targets = pick(&of_service, &req.container, &service.id)?;
         let machines = self.read_machines().await?;
         let cidr = self.mesh_cidr().await?;
-        // Asked for, else the service's `stop_grace_period` (always a number on the wire:
-        // shims before it existed sent whatever they got to Docker).
-        let spec_grace = service.spec.stop_grace_ms.div_ceil(1000) as u32;
+        // Asked for, else the service's `stop_grace_period`; always a number on the wire (older
+        // shims pass it to Docker as it is).
         let grace = req
             .grace_secs
-            .unwrap_or(if spec_grace > 0 {
-                spec_grace
-            } else {
-                DEFAULT_GRACE_SECS
-            })
+            .or(service.spec.stop_grace_secs())
+            .unwrap_or(DEFAULT_GRACE_SECS)
             .min(3600) as i32;
         let results = join_all(targets.iter().map(|c| {
             let (member, machines, cidr) = (&member, &machines, &cidr);

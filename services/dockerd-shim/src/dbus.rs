@@ -96,7 +96,8 @@ impl Docker1 {
         Ok(containers::restart(&self.local.docker, container, grace_secs).await?)
     }
 
-    /// Removes a container, stopping it first.
+    /// Removes a container; a running one first drains (leaves its service's addresses for the
+    /// shim's `drain_ms`).
     async fn remove(&self, container: &str) -> Result<(), DockerError> {
         Ok(self.local.remove(container).await?)
     }

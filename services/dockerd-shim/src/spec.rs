@@ -279,8 +279,7 @@ pub fn create_body(
         entrypoint: (!spec.entrypoint.is_empty()).then(|| spec.entrypoint.clone()),
         user: (!spec.user.is_empty()).then(|| spec.user.clone()),
         stop_signal: (!spec.stop_signal.is_empty()).then(|| spec.stop_signal.clone()),
-        // Whole seconds, rounded up: a grace period is a promise of at least that long.
-        stop_timeout: (spec.stop_grace_ms > 0).then(|| spec.stop_grace_ms.div_ceil(1000) as i64),
+        stop_timeout: spec.stop_grace_secs().map(i64::from),
         env: (!spec.env.is_empty())
             .then(|| spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),

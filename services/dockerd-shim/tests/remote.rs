@@ -74,6 +74,16 @@ fn internet_of(d: &Netns) -> Netns {
     internet
 }
 
+/// The shim's firewall rules for machine 1 with the veth standing in for the mesh.
+fn machine_rules() -> firewall::Rules {
+    firewall::Rules {
+        bridge: "uncloud0".into(),
+        mesh_interface: "ucmesh".into(),
+        subnet: "10.210.1.0/24".into(),
+        mesh: MeshCidr::default(),
+    }
+}
+
 /// A TCP connection from `ns`, from source address `from`, to `to`.
 async fn connect_from(
     ns: &Netns,
@@ -361,12 +371,7 @@ async fn containers_reach_the_mesh_directly_and_the_internet_masqueraded_but_not
         !r.ping(&ip, 1),
         "the mesh reached a container without the rule"
     );
-    let rules = firewall::Rules {
-        bridge: "uncloud0".into(),
-        mesh_interface: "ucmesh".into(),
-        subnet: "10.210.1.0/24".into(),
-        mesh: MeshCidr::default(),
-    };
+    let rules = machine_rules();
     d.enter(|| firewall::apply(&rules)).unwrap();
     d.enter(|| firewall::apply(&rules)).unwrap();
     let user = String::from_utf8(d.exec("iptables", &["-S", "DOCKER-USER"]).stdout).unwrap();
@@ -439,12 +444,7 @@ async fn only_the_mesh_and_published_ports_reach_containers_when_forwarding_was_
     init_tracing();
     let ns = Netns::new("docker");
     ns.sysctl("ipv4/ip_forward", "1");
-    let engine = uncloud_testkit::Dockerd::start_in(ns);
-    engine.import_busybox(IMAGE);
-    let docker = dockerd_shim::engine::connect(&engine.socket).await.unwrap();
-    dockerd_shim::network::ensure(&docker, &support::desired(1))
-        .await
-        .unwrap();
+    let (engine, docker) = support::engine_in(ns, 1).await;
     let d = &engine.ns;
     let r = remote_machine(d);
     let internet = internet_of(d);
@@ -462,12 +462,7 @@ async fn only_the_mesh_and_published_ports_reach_containers_when_forwarding_was_
         "without the shim's rules the internet reaches a container: the case this test is about"
     );
 
-    let rules = firewall::Rules {
-        bridge: "uncloud0".into(),
-        mesh_interface: "ucmesh".into(),
-        subnet: "10.210.1.0/24".into(),
-        mesh: MeshCidr::default(),
-    };
+    let rules = machine_rules();
     d.enter(|| firewall::apply(&rules)).unwrap();
     let refused = connect_from(&internet, "192.0.2.2", direct).await;
     assert!(

@@ -25,7 +25,15 @@ pub const fn gateway(x: u8) -> Ipv4Addr {
 
 /// Starts dockerd, imports [`IMAGE`], connects and ensures machine `x`'s network.
 pub async fn engine(x: u8) -> (Dockerd, bollard::Docker) {
-    let engine = Dockerd::start();
+    ready(Dockerd::start(), x).await
+}
+
+/// [`engine`] in a namespace the test prepared.
+pub async fn engine_in(ns: uncloud_testkit::Netns, x: u8) -> (Dockerd, bollard::Docker) {
+    ready(Dockerd::start_in(ns), x).await
+}
+
+async fn ready(engine: Dockerd, x: u8) -> (Dockerd, bollard::Docker) {
     engine.import_busybox(IMAGE);
     let docker = dockerd_shim::engine::connect(&engine.socket).await.unwrap();
     network::ensure(&docker, &desired(x)).await.unwrap();
