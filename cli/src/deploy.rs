@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use uncloud_api::service::{RunRequest, ServiceRow, ServiceSpec, UpdateRequest};
+use uncloud_api::service::{PutFiles, RunRequest, ServiceRow, ServiceSpec, UpdateRequest};
 use uncloud_api::wire::{Answer, Call};
 use uncloud_api::ApiClient;
 use uncloud_compose::{ComposeService, Options, Project};
@@ -20,6 +20,9 @@ use crate::remote::{self, answer};
 use crate::service::{containers_table, remove_one, RUN_TIMEOUT, SERVICES_API};
 use crate::update::UPDATE_API;
 use crate::Global;
+
+/// The API version that stores secrets and configs (`put_files`).
+pub const FILES_API: u32 = 10;
 
 /// `uc deploy [-f FILE] [SERVICE…]`.
 #[derive(Debug, clap::Args)]
@@ -263,6 +266,24 @@ pub async fn deploy(cmd: Deploy, g: &Global) -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
+    if !project.files.is_empty() {
+        // The specs name their secrets and configs by digest: the contents go first.
+        remote::require_api(&member, &via, FILES_API).await?;
+        let reply = answer(
+            member
+                .put_files(
+                    remote::ctx(),
+                    PutFiles {
+                        files: project.files.clone(),
+                    },
+                )
+                .await,
+        )
+        .context("the secrets and configs were not stored")?;
+        if reply.stored > 0 {
+            eprintln!("{} secret and config file(s) stored", reply.stored);
+        }
+    }
     for (name, step) in &plan.steps {
         let id = format!("{name}.{}", project.name);
         match step {
@@ -417,6 +438,7 @@ mod tests {
                 .collect(),
             inactive: vec!["debug".into()],
             warnings: Vec::new(),
+            files: Vec::new(),
         }
     }
 

@@ -374,6 +374,8 @@ fn request(cmd: Run, machines: &[String]) -> anyhow::Result<RunRequest> {
             sysctls,
             stop_signal: cmd.stop_signal.unwrap_or_default(),
             stop_grace_ms: cmd.stop_timeout.unwrap_or(0),
+            // Secrets and configs come from a Compose file (`uc deploy`).
+            files: Vec::new(),
         },
     })
 }

@@ -5,8 +5,24 @@
 use serde::{Deserialize, Serialize};
 
 pub use uncloud_common::constraint::Constraint;
-pub use uncloud_common::model::{HealthCheck, ServiceSpec, MODE_GLOBAL, MODE_REPLICATED};
+pub use uncloud_common::model::{
+    FileMount, HealthCheck, ServiceSpec, StoredFile, MODE_GLOBAL, MODE_REPLICATED,
+};
 pub use uncloud_common::ports::host_mode;
+
+/// `uc deploy`: the contents of the files its services mount (`ServiceSpec::files` names
+/// them by digest). Their debug form never shows a content.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PutFiles {
+    pub files: Vec<StoredFile>,
+}
+
+/// What `put_files` did: how many contents were new, how many the state had already.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PutFilesReply {
+    pub stored: u32,
+    pub present: u32,
+}
 
 /// `uc run`: create a service and start its containers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

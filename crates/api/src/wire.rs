@@ -19,8 +19,8 @@ pub use crate::host::{
 pub use crate::image::{MachinePush, PushBegin, PushChunk, PushProgress, PushRef, PushStarted};
 pub use crate::service::{
     ActionReply, ContainerAction, ContainerRow, DrainReply, DrainRequest, DrainedService,
-    HistoryReply, MachineFailure, RemoveReply, RevisionRow, RunReply, RunRequest, ScaleRequest,
-    ServiceRef, ServiceRow, UpdateReply, UpdateRequest,
+    HistoryReply, MachineFailure, PutFiles, PutFilesReply, RemoveReply, RevisionRow, RunReply,
+    RunRequest, ScaleRequest, ServiceRef, ServiceRow, UpdateReply, UpdateRequest,
 };
 
 /// The TCP port apid listens on (TLS), on every address. The only public port besides
@@ -38,7 +38,7 @@ pub const PORT: u16 = 7443;
 /// 9: `exec_begin`, `exec_read`, `exec_write`, `exec_resize`, `exec_end` (`uc exec`).
 /// An older apid closes the connection on a call it does not know; `uc` checks
 /// `info().api_version` first where that matters.
-pub const API_VERSION: u32 = 9;
+pub const API_VERSION: u32 = 10;
 
 /// Largest JSON frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -133,6 +133,10 @@ pub trait Api {
     async fn exec_resize(request: ExecResize) -> Result<(), ApiError>;
     /// Ends a session. Added in API version 9.
     async fn exec_end(request: ExecRef) -> Result<(), ApiError>;
+    /// Member mode, admin: stores the contents of files services mount (Compose secrets and
+    /// configs) in the state, each under its digest, before the specs that name them are
+    /// deployed. Added in API version 10.
+    async fn put_files(request: PutFiles) -> Result<PutFilesReply, ApiError>;
 }
 
 /// `uc -m TARGETS …`.

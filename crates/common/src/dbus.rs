@@ -72,6 +72,10 @@ pub trait State {
     fn upsert_client(&self, json: &str) -> zbus::Result<()>;
     fn upsert_service(&self, json: &str) -> zbus::Result<()>;
     fn remove_service(&self, id: &str) -> zbus::Result<()>;
+    /// Stores the content of a file services mount (a `StoredFile`, JSON, content base64);
+    /// refused unless its digest matches.
+    fn upsert_file(&self, json: &str) -> zbus::Result<()>;
+    fn remove_file(&self, digest: &str) -> zbus::Result<()>;
     fn upsert_container(&self, json: &str) -> zbus::Result<()>;
     fn remove_container(&self, id: &str) -> zbus::Result<()>;
     /// One field of a container its machine runs: `running`, `exited`, …

@@ -12,6 +12,7 @@
 //! - [`conflict`]: the deterministic rules that keep machine names and subnet indices unique after
 //!   partitions merge. Pure functions, so every machine computes the same winners.
 //! - [`ports`]: a service's published ports (`x-ports` syntax), its only way to say routes.
+//! - [`files`]: files services mount (Compose secrets and configs): digests, checks, clean-up.
 //! - [`constraint`]: placement constraints on machine names and labels (`node.labels.KEY == V`).
 //! - [`claims`]: which service serves a hostname and path, the same on every machine.
 //! - [`liveness`]: a machine's view of the others (alive / suspect / down).
@@ -42,6 +43,7 @@ pub mod dbus;
 pub mod docker;
 pub mod durable;
 pub mod fail_fast;
+pub mod files;
 pub mod identity;
 pub mod liveness;
 pub mod logging;

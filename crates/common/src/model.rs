@@ -43,6 +43,47 @@ pub struct NetworkState {
     /// Client certificates the machines issued, by serial; revoked ones stay, marked.
     #[serde(default)]
     pub clients: BTreeMap<String, ClientCert>,
+    /// Contents of the files services mount (Compose secrets and configs), by digest.
+    #[serde(default)]
+    pub files: BTreeMap<String, StoredFile>,
+}
+
+/// The content of a file some service mounts ([`FileMount`]), stored once under its digest
+/// ([`crate::files::digest`]). Content-addressed, so it never changes: two machines storing
+/// one content write the same entry. Written by the apid that took the deploy; removed by any
+/// apid once no spec (nor a spec in a history) names it for a while
+/// ([`crate::files::unreferenced`]).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct StoredFile {
+    /// `sha256-<hex>` of the content: the key in [`NetworkState::files`].
+    pub digest: String,
+    /// The content, base64 (standard alphabet, padded).
+    pub content: String,
+    /// When it was stored (ms since the Unix epoch).
+    #[serde(default)]
+    pub stored_at_ms: u64,
+}
+
+/// Contents may be secrets: never printed, not even in debug logs.
+impl std::fmt::Debug for StoredFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredFile")
+            .field("digest", &self.digest)
+            .field(
+                "content",
+                &format_args!("<{} base64 chars>", self.content.len()),
+            )
+            .field("stored_at_ms", &self.stored_at_ms)
+            .finish()
+    }
+}
+
+impl StoredFile {
+    /// Checks that the content decodes, fits and has the digest it claims.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        crate::files::decode(&self.content, &self.digest).map(|_| ())
+    }
 }
 
 /// A client certificate an apid issued, and whether it was revoked. Written by the issuing
@@ -276,6 +317,46 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "is_zero")]
     #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
     pub stop_grace_ms: u64,
+    /// Files mounted read-only into every container (Compose `secrets` and `configs`); their
+    /// contents live in [`NetworkState::files`]. Older shims ignore this.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub files: Vec<FileMount>,
+}
+
+/// A file in a service's containers: a Compose secret (`/run/secrets/<name>`) or config. The
+/// spec names the content by digest, so new content is a new spec: a rolling update.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct FileMount {
+    /// Its name in the Compose file (`db_password`).
+    pub name: String,
+    /// Absolute path in the container.
+    pub target: String,
+    /// [`crate::files::digest`] of the content: its key in [`NetworkState::files`].
+    pub digest: String,
+    /// Permission bits; 0 means 0444 (Compose's default).
+    #[serde(default)]
+    pub mode: u32,
+    /// Owner inside the container (numeric); root when absent.
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    /// A secret (`uc inspect` shows its digest, never its content) rather than a config.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+impl FileMount {
+    /// The permission bits the file gets.
+    pub fn mode_or_default(&self) -> u32 {
+        if self.mode == 0 {
+            0o444
+        } else {
+            self.mode & 0o7777
+        }
+    }
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -449,16 +530,18 @@ pub enum Kind {
     Containers,
     Removed,
     Clients,
+    Files,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Network,
         Kind::Machines,
         Kind::Services,
         Kind::Containers,
         Kind::Removed,
         Kind::Clients,
+        Kind::Files,
     ];
 
     /// The key of this part at the root of the state (and in JSON).
@@ -470,6 +553,7 @@ impl Kind {
             Kind::Containers => "containers",
             Kind::Removed => "removed",
             Kind::Clients => "clients",
+            Kind::Files => "files",
         }
     }
 
@@ -679,6 +763,7 @@ impl Service {
                 what: "machine name in the placement",
             });
         }
+        crate::files::validate_mounts(&self.spec.files)?;
         let spec_len = serde_json::to_string(&self.spec).map_or(0, |s| s.len());
         if spec_len > MAX_FIELD_BYTES {
             return Err(ModelError::TooLarge {

@@ -17,13 +17,15 @@
 //! - [`interpolate`]: `${VAR}` in all its forms and `.env` / `env_file` parsing.
 //! - [`project`]: the Compose keys to [`uncloud_common::model::ServiceSpec`]s, the project
 //!   name, named volumes under the project's name, services ordered by `depends_on`.
+//! - `secrets:` and `configs:` (in `project`'s `files` module): contents read from their
+//!   files or variables here and named in the spec by digest ([`Project::files`]).
 //! - [`units`]: CPU, size and duration values, shared with `uc run`'s flags.
 //!
 //! Pure: reading the file and its `.env` is the only I/O; nothing here talks to a network.
 //!
 //! # Limitations
 //!
-//! Not yet: `build` (images come from a registry), `secrets` and `configs`, relative bind
+//! Not yet: `build` (images come from a registry), `external` secrets and configs, relative bind
 //! mounts (the file is on this computer, the container on another machine), `privileged`,
 //! `devices`, `extends`, Compose's `!reset` and
 //! `!override` tags, several files with `-f a -f b`.

@@ -14,6 +14,10 @@ use crate::interpolate::{interpolate, parse_env_file, Problem, Variables};
 use crate::units::{parse_bytes, parse_cpus, parse_duration_ms};
 use crate::yaml::{self, Key, Node, Value};
 
+#[path = "files.rs"]
+mod files;
+use files::{FileDefs, FileKind};
+
 /// What `uc deploy` was given besides the file.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -34,6 +38,9 @@ pub struct Project {
     /// Services left out because none of their profiles is active.
     pub inactive: Vec<String>,
     pub warnings: Vec<Diagnostic>,
+    /// The contents of the secrets and configs its services mount, to be stored in the
+    /// network before they are deployed (their specs name them by digest).
+    pub files: Vec<uncloud_common::model::StoredFile>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -190,6 +197,7 @@ pub fn parse(
 
     let mut services_node = None;
     let mut volumes = BTreeMap::new();
+    let mut file_defs = FileDefsByKind::default();
     let mut name_key = None;
     for (k, v) in top {
         match k.text.as_str() {
@@ -203,12 +211,8 @@ pub fn parse(
                 "ignored: every container of an Uncloud network reaches every other over the mesh, \
                  and names resolve per project (docs/services.md)",
             ),
-            "secrets" | "configs" => cx.error(
-                k,
-                &k.text,
-                "not supported yet: put the file in the image, or bind-mount it from an absolute path \
-                 on machines pinned with x-machines",
-            ),
+            "secrets" => file_defs.secrets = cx.top_files(v, FileKind::Secret),
+            "configs" => file_defs.configs = cx.top_files(v, FileKind::Config),
             t if t.starts_with("x-") => {}
             t => cx.error(k, t, "not a top-level key of the Compose spec"),
         }
@@ -254,8 +258,15 @@ pub fn parse(
             ),
             Some(entries) => {
                 for (key, node) in entries {
-                    if let Some(s) = cx.service(key, node, &name, &volumes, options, &mut inactive)
-                    {
+                    if let Some(s) = cx.service(
+                        key,
+                        node,
+                        &name,
+                        &volumes,
+                        &file_defs,
+                        options,
+                        &mut inactive,
+                    ) {
                         services.push(s);
                     }
                 }
@@ -267,12 +278,42 @@ pub fn parse(
         cx.errors.sort_by_key(|d| d.line);
         return Err(cx.errors);
     }
+    let files = file_defs.stored(&services);
     Ok(Project {
         name,
         services,
         inactive,
         warnings: cx.warnings,
+        files,
     })
+}
+
+/// The file's top-level `secrets:` and `configs:`.
+#[derive(Default)]
+struct FileDefsByKind {
+    secrets: FileDefs,
+    configs: FileDefs,
+}
+
+impl FileDefsByKind {
+    /// The contents `services` mount, each once.
+    fn stored(&self, services: &[ComposeService]) -> Vec<uncloud_common::model::StoredFile> {
+        let by_digest: BTreeMap<String, &Vec<u8>> = self
+            .secrets
+            .values()
+            .chain(self.configs.values())
+            .map(|c| (uncloud_common::files::digest(c), c))
+            .collect();
+        let wanted: BTreeSet<&str> = services
+            .iter()
+            .flat_map(|s| s.spec.files.iter().map(|f| f.digest.as_str()))
+            .collect();
+        wanted
+            .into_iter()
+            .filter_map(|d| by_digest.get(d))
+            .map(|c| uncloud_common::files::stored(c, 0))
+            .collect()
+    }
 }
 
 /// A named volume of the file: what Docker calls it.
@@ -496,6 +537,7 @@ impl Cx<'_> {
         node: &Node,
         project: &str,
         volumes: &BTreeMap<String, VolumeDef>,
+        file_defs: &FileDefsByKind,
         options: &Options,
         inactive: &mut Vec<String>,
     ) -> Option<ComposeService> {
@@ -757,11 +799,21 @@ impl Cx<'_> {
                     "not supported yet: it would change what the container may do; run the \
                      container with docker on the machine meanwhile",
                 ),
-                "secrets" | "configs" => self.error(
+                "secrets" => self.service_files(
                     k,
+                    v,
                     &path,
-                    "not supported yet: put the file in the image, or bind-mount it from an \
-                     absolute path on machines pinned with x-machines",
+                    FileKind::Secret,
+                    &file_defs.secrets,
+                    &mut spec.files,
+                ),
+                "configs" => self.service_files(
+                    k,
+                    v,
+                    &path,
+                    FileKind::Config,
+                    &file_defs.configs,
+                    &mut spec.files,
                 ),
                 "extends" => self.error(
                     k,
@@ -778,6 +830,9 @@ impl Cx<'_> {
         }
         if !has_image && !entries.iter().any(|(k, _)| k.text == "build") {
             self.error(key, &base, "no `image:`");
+        }
+        if let Err(e) = uncloud_common::files::validate_mounts(&spec.files) {
+            self.error(key, &base, &format!("secrets and configs: {e}"));
         }
         // Compose's precedence: `environment` over `env_file`, later files over earlier.
         for (file, required, line) in env_files {
@@ -1434,6 +1489,110 @@ mod tests {
             .into_iter()
             .map(|d| (d.line, d.key))
             .collect()
+    }
+
+    #[test]
+    fn secrets_and_configs_are_read_here_and_mounted_by_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("db_password.txt"), "hunter2\n").unwrap();
+        let text = "\
+services:
+  db:
+    image: db:1
+    secrets:
+      - db_password
+      - source: api_key
+        target: key
+        uid: '999'
+        mode: 0400
+    configs:
+      - app
+      - source: inline
+        target: /etc/inline.conf
+secrets:
+  db_password:
+    file: ./db_password.txt
+  api_key:
+    environment: API_KEY
+configs:
+  app:
+    file: db_password.txt
+  inline:
+    content: |
+      port = ${PORT:-8080}
+";
+        let p = parse(
+            text,
+            dir.path(),
+            "folder",
+            &vars(&[("API_KEY", "k-123")], &[]),
+            &Options::default(),
+        )
+        .unwrap();
+        let files = &spec(&p, "db").files;
+        let at: Vec<(&str, &str, u32, u32, bool)> = files
+            .iter()
+            .map(|f| (f.name.as_str(), f.target.as_str(), f.mode, f.uid, f.secret))
+            .collect();
+        assert_eq!(
+            at,
+            [
+                ("db_password", "/run/secrets/db_password", 0, 0, true),
+                ("api_key", "/run/secrets/key", 0o400, 999, true),
+                ("app", "/app", 0, 0, false),
+                ("inline", "/etc/inline.conf", 0, 0, false),
+            ]
+        );
+        assert_eq!(files[1].digest, uncloud_common::files::digest(b"k-123"));
+        assert_eq!(
+            files[3].digest,
+            uncloud_common::files::digest(b"port = 8080\n")
+        );
+        // One content for the secret and the config made of the same file.
+        assert_eq!(files[0].digest, files[2].digest);
+        assert_eq!(p.files.len(), 3);
+        for f in &p.files {
+            f.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn secrets_that_cannot_be_honoured_are_errors_at_their_line() {
+        let text = "\
+services:
+  db:
+    image: db:1
+    secrets:
+      - nope
+      - source: s
+        mode: rw
+secrets:
+  s:
+    external: true
+  t:
+    file: /does/not/exist
+  u:
+    content: x
+";
+        assert_eq!(
+            errors(text),
+            [
+                (5, "services.db.secrets".to_string()),
+                // `s` has no content (external is refused): using it is an error too.
+                (6, "services.db.secrets".to_string()),
+                (7, "services.db.secrets.mode".to_string()),
+                (10, "secrets.s.external".to_string()),
+                (12, "secrets.t.file".to_string()),
+                (14, "secrets.u.content".to_string()),
+            ]
+        );
+        let clash = "services:\n  db:\n    image: db:1\n    secrets:\n      - a\n      - source: b\n        target: a\nsecrets:\n  a:\n    environment: HOME\n  b:\n    environment: HOME\n";
+        let e = load(clash, &vars(&[("HOME", "/root")], &[])).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|d| d.line == 2 && d.message.contains("two files mounted at one path")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -154,7 +154,7 @@ impl Dockerd {
         for applet in [
             "sh", "sleep", "echo", "cat", "ls", "nc", "wget", "true", "false", "hostname", "id",
             "ps", "kill", "env", "ip", "ping", "httpd", "yes", "head", "touch", "mkdir", "rm",
-            "test", "[", "nslookup",
+            "test", "[", "nslookup", "stat",
         ] {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }

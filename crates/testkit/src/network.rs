@@ -353,10 +353,14 @@ impl LocalMachine {
         let Some(docker) = &self.docker else {
             return;
         };
+        // Its own place for containers' files: a shim removes the ones it has no container for.
         let config = format!(
-            "docker_socket = \"{}\"\nbus = \"{}\"\n",
+            "docker_socket = \"{}\"\nbus = \"{}\"\nfiles_dir = \"{}\"\n",
             docker.socket.display(),
-            self.bus.address
+            self.bus.address,
+            self.root()
+                .join("var/lib/uncloud/dockerd-shim/files")
+                .display()
         );
         self.shim = Some(self.spawn("dockerd-shim", &config));
     }

@@ -32,6 +32,9 @@
 //!   it lacks (machines that join later) and removes its containers whose service is gone.
 //! - [`drain`]: `uc machine drain|enable`: the mark in the state, then each service with
 //!   containers on the machine rolled out again elsewhere (successors ready before removal).
+//! - [`files`]: contents of Compose secrets and configs, stored in the state by digest before
+//!   the specs that name them; a run or update naming a content not there is refused; the
+//!   reconciler removes contents no spec has named for an hour.
 //! - [`push`]: `uc image push`: a tarball in chunks to every target machine's shim at once.
 //! - [`exec`]: `uc exec`: a command in a container on any machine, its input, output and
 //!   terminal size relayed by this machine (sessions long-polled by the client).
@@ -65,6 +68,7 @@ pub mod engine_calls;
 pub mod engines;
 pub mod exec;
 pub mod fanout;
+pub mod files;
 pub mod host;
 pub mod peer_server;
 pub mod placement;

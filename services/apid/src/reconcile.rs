@@ -24,6 +24,9 @@ pub const GRACE: Duration = Duration::from_secs(60);
 /// Time between passes.
 pub const EVERY: Duration = Duration::from_secs(10);
 
+/// How often a pass also removes file contents no spec names (it reads every content).
+const FILES_EVERY_PASSES: u64 = 60;
+
 /// What this machine should do about itself.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {
@@ -104,10 +107,18 @@ impl Apid {
         let mut errors: HashMap<Action, String> = HashMap::new();
         let mut every = tokio::time::interval(EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for pass in 1u64.. {
             every.tick().await;
             if let Err(e) = self.reconcile_pass(&mut debounce, &mut errors).await {
                 tracing::debug!(error = %e, "reconciler: state not readable this pass");
+            }
+            if pass % FILES_EVERY_PASSES == 0 && self.member().is_some() {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                if let Err(e) = self.forget_unreferenced_files(now_ms).await {
+                    tracing::debug!(error = %e, "reconciler: file contents not cleaned up this pass");
+                }
             }
         }
     }

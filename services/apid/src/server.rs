@@ -20,7 +20,7 @@ use uncloud_api::wire::{
     RenewRequest, RunReply, RunRequest, ScaleRequest, ServiceRef, TargetReply, TicketReply,
     TicketRequest, UpdateReply, UpdateRequest,
 };
-use uncloud_api::wire::{DrainReply, DrainRequest};
+use uncloud_api::wire::{DrainReply, DrainRequest, PutFiles, PutFilesReply};
 use uncloud_api::wire::{
     ExecBegin, ExecOutput, ExecRead, ExecRef, ExecResize, ExecStarted, ExecWrite,
 };
@@ -365,5 +365,13 @@ impl Api for Connection {
 
     async fn exec_end(self, _: tarpc::context::Context, request: ExecRef) -> Result<(), ApiError> {
         self.apid.exec_end(&self.caller, request).await
+    }
+
+    async fn put_files(
+        self,
+        _: tarpc::context::Context,
+        request: PutFiles,
+    ) -> Result<PutFilesReply, ApiError> {
+        self.apid.put_files(&self.caller, request).await
     }
 }

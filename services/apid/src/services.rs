@@ -258,6 +258,7 @@ impl Apid {
         candidate
             .validate()
             .map_err(|e| ApiError::new(ErrorKind::Invalid, e.to_string()))?;
+        self.require_files(&candidate.spec).await?;
         if self.read_services().await?.contains_key(&candidate.id) {
             return Err(ApiError::new(
                 ErrorKind::Conflict,

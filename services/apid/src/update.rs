@@ -117,6 +117,7 @@ impl Apid {
         let mut check = before.clone();
         check.spec = target.clone();
         check.validate().map_err(|e| invalid(e.to_string()))?;
+        self.require_files(&target).await?;
         let order = rollout::order(&req.order, &target).map_err(invalid)?;
         let monitor = match req.monitor_ms {
             0 => DEFAULT_MONITOR,

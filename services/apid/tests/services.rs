@@ -356,15 +356,18 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
     let compose = |with_web: bool| {
         let web = "  web:\n    image: busybox:uc\n    command: [\"sleep\", \"3600\"]\n    \
                    deploy:\n      replicas: 2\n    environment:\n      GREETING: ${GREETING:-hello}\n    \
-                   depends_on:\n      db:\n        condition: service_healthy\n    networks: [front]\n";
+                   depends_on:\n      db:\n        condition: service_healthy\n    networks: [front]\n    \
+                   secrets:\n      - token\n    configs:\n      - source: motd\n        target: /etc/motd\n        mode: 0440\n";
         let db = "  db:\n    image: busybox:uc\n    command: sleep 3600\n    x-machines: beta\n    \
                   healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: 1s\n      retries: 1\n";
         format!(
-            "name: store\nservices:\n{}{db}networks:\n  front:\n",
+            "name: store\nservices:\n{}{db}networks:\n  front:\nsecrets:\n  token:\n    file: ./token.txt\n\
+             configs:\n  motd:\n    content: welcome\n",
             if with_web { web } else { "" }
         )
     };
     std::fs::write(&file, compose(true)).unwrap();
+    std::fs::write(project.path().join("token.txt"), "t0ken-1\n").unwrap();
     std::fs::write(project.path().join(".env"), "GREETING=hi\n").unwrap();
     let f = file.to_str().unwrap();
     let dry = net.uc(&["deploy", "-f", f, "--dry-run"]);
@@ -414,6 +417,42 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
     let inspect: serde_json::Value =
         serde_json::from_str(&net.uc_ok(&["inspect", "web.store"])).unwrap();
     assert_eq!(inspect["spec"]["env"]["GREETING"], "hi", "{inspect}");
+    // Secrets and configs: files in every container, wherever it runs; `uc inspect` shows
+    // where and which digest, never the content.
+    let files = |net: &LocalNetwork| -> Vec<String> {
+        let mut seen = Vec::new();
+        for i in [alpha, beta, gamma] {
+            let docker = net.machines[i].docker.as_ref().unwrap();
+            for name in engine_containers(net, i) {
+                if name.starts_with("store-web-") {
+                    seen.push(docker.docker_ok(&[
+                        "exec",
+                        &name,
+                        "sh",
+                        "-c",
+                        "cat /run/secrets/token /etc/motd; stat -c %a /etc/motd",
+                    ]));
+                }
+            }
+        }
+        seen
+    };
+    let seen = files(&net);
+    assert!(
+        seen.len() == 2 && seen.iter().all(|f| f == "t0ken-1\nwelcome440"), // (a plain `content:` has no newline)
+        "{seen:?}"
+    );
+    assert_eq!(
+        net.uc_ok(&["exec", "web.store", "cat", "/run/secrets/token"]),
+        "t0ken-1\n"
+    );
+    let shown = inspect["spec"]["files"].to_string();
+    assert!(
+        shown.contains("/run/secrets/token")
+            && shown.contains("sha256-")
+            && !shown.contains("t0ken"),
+        "{shown}"
+    );
     assert_eq!(
         inspect["containers"].as_array().unwrap().len(),
         2,
@@ -424,10 +463,16 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
     let again = net.uc_ok(&["deploy", "-f", f, "-y"]);
     assert!(again.contains("nothing to change"), "{again}");
     std::fs::write(project.path().join(".env"), "GREETING=hey\n").unwrap();
+    std::fs::write(project.path().join("token.txt"), "t0ken-2\n").unwrap();
     let out = net.uc_ok(&["deploy", "-f", f, "-y"]);
     assert!(
-        out.contains("~ update  web") && out.contains("(changed: env)"),
+        out.contains("~ update  web") && out.contains("(changed: env, files)"),
         "{out}"
+    );
+    let seen = files(&net);
+    assert!(
+        seen.len() == 2 && seen.iter().all(|f| f.starts_with("t0ken-2\n")),
+        "a new secret is a rolling update: {seen:?}"
     );
     assert!(out.contains("= same    db"), "{out}");
     let envs = web_env(&net);

@@ -39,6 +39,9 @@ pub struct Config {
     /// 2000: the state reaches every machine of a healthy network in well under that; 0
     /// removes at once.
     pub drain_ms: u64,
+    /// Where the files services mount (Compose secrets and configs) are written, a directory
+    /// per container, root's only. Default `/var/lib/uncloud/dockerd-shim/files`.
+    pub files_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -54,12 +57,16 @@ impl Default for Config {
             rpc_port: uncloud_common::rpc::CONTAINER_OPS_PORT,
             manage_firewall: true,
             drain_ms: 2000,
+            files_dir: PathBuf::from("/var/lib/uncloud/dockerd-shim/files"),
         }
     }
 }
 
 impl DaemonConfig for Config {
     fn validate(&self) -> Result<(), ConfigInvalid> {
+        if !self.files_dir.is_absolute() {
+            return invalid("files_dir", "must be an absolute path");
+        }
         if self.network.is_empty() {
             return invalid("network", "must not be empty");
         }

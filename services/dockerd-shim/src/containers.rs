@@ -16,7 +16,7 @@ use uncloud_common::docker::{ErrorKind, OpsError};
 use uncloud_common::model::{Container, ContainerState, Service};
 
 use crate::refusal::{reason, status};
-use crate::spec::{self, SpecError, LABEL_REVISION, LABEL_SERVICE_ID};
+use crate::spec::{self, FileBind, SpecError, LABEL_REVISION, LABEL_SERVICE_ID};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -62,7 +62,7 @@ pub(crate) fn engine(what: &'static str, name: &str, e: bollard::errors::Error) 
 }
 
 /// Creates container `name` from `service` on `network` (DNS at `dns`) and starts it.
-/// Returns the container id.
+/// Returns the container id. A spec that mounts files needs [`run_with_files`].
 pub async fn run(
     docker: &Docker,
     service: &Service,
@@ -70,7 +70,19 @@ pub async fn run(
     network: &str,
     dns: Ipv4Addr,
 ) -> Result<String, ContainerError> {
-    let body = spec::create_body(service, network, dns)?;
+    run_with_files(docker, service, name, network, dns, &[]).await
+}
+
+/// [`run`], with the spec's files as written for this container (`crate::files`).
+pub async fn run_with_files(
+    docker: &Docker,
+    service: &Service,
+    name: &str,
+    network: &str,
+    dns: Ipv4Addr,
+    files: &[FileBind],
+) -> Result<String, ContainerError> {
+    let body = spec::create_body(service, network, dns, files)?;
     let created = docker
         .create_container(
             Some(CreateContainerOptions {

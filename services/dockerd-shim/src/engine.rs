@@ -10,6 +10,7 @@ use uncloud_common::model::{Container, ContainerState, Service};
 
 use crate::containers;
 use crate::drain::Draining;
+use crate::files::FileStore;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach the Docker engine at {socket}: {reason}")]
@@ -50,6 +51,9 @@ pub struct Local {
     pub draining: Draining,
     /// How long a running container drains before it is removed; zero removes at once.
     pub drain: Duration,
+    /// Where the files services mount are written; `None`: a spec that mounts files is
+    /// refused.
+    pub files: Option<FileStore>,
 }
 
 impl Local {
@@ -58,7 +62,38 @@ impl Local {
         service
             .validate()
             .map_err(|e| OpsError::new(ErrorKind::InvalidArgument, e.to_string()))?;
-        Ok(containers::run(&self.docker, service, name, &self.network, self.dns).await?)
+        if service.spec.files.is_empty() {
+            return Ok(
+                containers::run(&self.docker, service, name, &self.network, self.dns).await?,
+            );
+        }
+        let store = self.files.as_ref().ok_or_else(|| {
+            OpsError::new(
+                ErrorKind::InvalidArgument,
+                "this shim has no state to read mounted files from",
+            )
+        })?;
+        // The files' directory is the container's name: never touch another container's.
+        if containers::inspect(&self.docker, name, &self.machine_id, &self.network)
+            .await
+            .is_ok()
+        {
+            return Err(containers::ContainerError::NameTaken(name.to_string()).into());
+        }
+        let binds = store.write(name, &service.spec.files).await?;
+        let run = containers::run_with_files(
+            &self.docker,
+            service,
+            name,
+            &self.network,
+            self.dns,
+            &binds,
+        )
+        .await;
+        if run.is_err() {
+            store.remove(name);
+        }
+        Ok(run?)
     }
 
     /// The container as the shared model describes it.
@@ -66,18 +101,25 @@ impl Local {
         Ok(containers::inspect(&self.docker, container, &self.machine_id, &self.network).await?)
     }
 
-    /// Removes a container; a running one drains first (see [`crate::drain`]).
+    /// Removes a container, and the files written for it; a running one drains first (see
+    /// [`crate::drain`]).
     pub async fn remove(&self, container: &str) -> Result<(), OpsError> {
-        if !self.drain.is_zero() {
-            if let Ok(c) = self.inspect(container).await {
-                if c.state == ContainerState::Running {
-                    let _drain = self.draining.start(&c.id);
-                    tracing::info!(container = %c.name, drain_ms = self.drain.as_millis() as u64, "draining before removal");
-                    tokio::time::sleep(self.drain).await;
-                    return Ok(containers::remove(&self.docker, &c.id).await?);
-                }
+        let found = self.inspect(container).await.ok();
+        if let Some(c) = found
+            .as_ref()
+            .filter(|c| c.state == ContainerState::Running)
+        {
+            if !self.drain.is_zero() {
+                let _drain = self.draining.start(&c.id);
+                tracing::info!(container = %c.name, drain_ms = self.drain.as_millis() as u64, "draining before removal");
+                tokio::time::sleep(self.drain).await;
             }
         }
-        Ok(containers::remove(&self.docker, container).await?)
+        let target = found.as_ref().map_or(container, |c| c.id.as_str());
+        containers::remove(&self.docker, target).await?;
+        if let (Some(store), Some(c)) = (&self.files, &found) {
+            store.remove(&c.name);
+        }
+        Ok(())
     }
 }

@@ -20,6 +20,8 @@
 //! - [`mirror`]: engine events and periodic resyncs written into the replicated state.
 //! - [`drain`]: a running container leaves its service's addresses for a while before it is
 //!   removed.
+//! - [`files`]: the files a service mounts (Compose secrets and configs), read from the state
+//!   by digest, written for each container and bind-mounted read-only.
 //! - [`stats`]: a container's CPU, memory and network use.
 //! - [`volumes`]: named volumes: create, list, inspect, remove (never while in use).
 //! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
@@ -46,6 +48,7 @@ pub mod dbus;
 pub mod drain;
 pub mod engine;
 pub mod exec;
+pub mod files;
 pub mod firewall;
 pub mod images;
 pub mod logs;

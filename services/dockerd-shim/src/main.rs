@@ -11,6 +11,7 @@ use dockerd_shim::config::{Config, DEFAULT_PATH};
 use dockerd_shim::dbus::Docker1;
 use dockerd_shim::drain::Draining;
 use dockerd_shim::engine::Local;
+use dockerd_shim::files::FileStore;
 use dockerd_shim::firewall;
 use dockerd_shim::mirror::Mirror;
 use dockerd_shim::network::{self, Desired};
@@ -70,6 +71,10 @@ async fn own_subnet(state: &StateProxy<'_>) -> (MeshCidr, u32) {
     }
 }
 
+/// How long a file content a spec names may take to reach this machine's state (the machine
+/// that took the deploy stored it a moment before it asked for the container).
+const FILES_WAIT: Duration = Duration::from_secs(15);
+
 /// How often the container firewall rules are re-applied.
 const FIREWALL_REFRESH: Duration = Duration::from_secs(30);
 
@@ -121,6 +126,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let machine_id = state.machine_id().await?;
     let draining = Draining::default();
+    let files = FileStore::new(
+        config.files_dir.clone(),
+        StateProxy::new(&conn).await?,
+        FILES_WAIT,
+    );
     let local = Local {
         docker: docker.clone(),
         machine_id: machine_id.clone(),
@@ -128,6 +138,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         dns: desired.gateway,
         draining: draining.clone(),
         drain: Duration::from_millis(config.drain_ms),
+        files: Some(files.clone()),
     };
     // The bridge holds the mesh address (its gateway) from here on, so binding works even
     // before meshd is up.
@@ -161,6 +172,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         machine_id,
         network: config.network.clone(),
         draining,
+        files: Some(files),
     };
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,

@@ -19,6 +19,7 @@ use uncloud_common::model::{Container, NetworkState};
 
 use crate::containers::{self, ContainerError};
 use crate::drain::Draining;
+use crate::files::FileStore;
 use crate::network::MANAGED_LABEL;
 
 /// How often the whole list is compared even when events flow.
@@ -66,6 +67,8 @@ pub struct Mirror<'a> {
     pub network: String,
     /// Containers being drained: their records say so.
     pub draining: Draining,
+    /// The files written for containers; a resync removes those of containers gone.
+    pub files: Option<FileStore>,
 }
 
 fn managed_filter() -> HashMap<String, Vec<String>> {
@@ -113,9 +116,13 @@ impl Mirror<'_> {
         Ok(())
     }
 
-    /// Makes the state's records equal the engine's containers.
+    /// Makes the state's records equal the engine's containers (and removes the files of
+    /// containers that are gone).
     pub async fn resync(&self) -> Result<Writes, MirrorError> {
         let engine = self.engine_containers().await?;
+        if let Some(files) = &self.files {
+            files.sweep(&engine.iter().map(|c| c.name.clone()).collect());
+        }
         let writes = plan(&engine, &self.recorded().await?);
         for c in &writes.upserts {
             self.write(c).await?;

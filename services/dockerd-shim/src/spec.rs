@@ -35,6 +35,13 @@ fn bad(field: &'static str, value: &str, why: &'static str) -> SpecError {
     }
 }
 
+/// A file written for a container on the host (see `crate::files`), bind-mounted read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileBind {
+    pub source: std::path::PathBuf,
+    pub target: String,
+}
+
 /// One `-p` entry: `[ip:]host:container[/proto]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
@@ -203,13 +210,22 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
 
 /// The create request for one container of `service` on network `network` with DNS at
 /// `dns` (the machine's mesh address) and search domain `internal`.
+/// `files` are the spec's files as written for this container, one for each.
 pub fn create_body(
     service: &Service,
     network: &str,
     dns: Ipv4Addr,
+    files: &[FileBind],
 ) -> Result<ContainerCreateBody, SpecError> {
     let spec = &service.spec;
     validate(spec)?;
+    if files.len() != spec.files.len() {
+        return Err(bad(
+            "files",
+            &format!("{} of {}", files.len(), spec.files.len()),
+            "the spec mounts files the shim did not write",
+        ));
+    }
     let mut labels: HashMap<String, String> = spec
         .labels
         .iter()
@@ -237,11 +253,18 @@ pub fn create_body(
                 host_port: Some(p.host_port.to_string()),
             });
     }
-    let mounts = spec
+    let mut mounts = spec
         .volumes
         .iter()
         .map(|v| parse_volume(v))
         .collect::<Result<Vec<_>, _>>()?;
+    mounts.extend(files.iter().map(|f| Mount {
+        target: Some(f.target.clone()),
+        source: Some(f.source.display().to_string()),
+        typ: Some(MountType::BIND),
+        read_only: Some(true),
+        ..Default::default()
+    }));
     let healthcheck = spec.healthcheck.as_ref().map(|h| HealthConfig {
         test: Some(h.test.clone()),
         interval: ms_to_ns(h.interval_ms),
@@ -388,7 +411,13 @@ mod tests {
             stop_grace_ms: 2500,
             ..Default::default()
         };
-        let body = create_body(&service(spec), "uncloud", "10.210.3.1".parse().unwrap()).unwrap();
+        let body = create_body(
+            &service(spec),
+            "uncloud",
+            "10.210.3.1".parse().unwrap(),
+            &[],
+        )
+        .unwrap();
         assert_eq!(body.user.as_deref(), Some("1000:1000"));
         assert_eq!(body.stop_signal.as_deref(), Some("SIGQUIT"));
         assert_eq!(body.stop_timeout, Some(3));
@@ -502,7 +531,7 @@ mod tests {
             ),
         ];
         for (spec, field) in cases {
-            let e = create_body(&service(spec), "uncloud", Ipv4Addr::LOCALHOST).unwrap_err();
+            let e = create_body(&service(spec), "uncloud", Ipv4Addr::LOCALHOST, &[]).unwrap_err();
             assert_eq!(e.field, field, "{e}");
         }
     }

@@ -25,7 +25,7 @@ struct Setup {
     docker: bollard::Docker,
     mirror: tokio::task::JoinHandle<()>,
     draining: Draining,
-    _bus: PrivateBus,
+    bus: PrivateBus,
     _dbus: Option<(zbus::Connection, tokio::task::JoinHandle<()>)>,
 }
 
@@ -66,6 +66,7 @@ async fn setup() -> Setup {
             machine_id,
             network: "uncloud".into(),
             draining: draining2,
+            files: None,
         };
         m.run().await
     });
@@ -75,7 +76,7 @@ async fn setup() -> Setup {
         docker,
         mirror,
         draining,
-        _bus: bus,
+        bus,
         _dbus: dbus,
     }
 }
@@ -151,6 +152,7 @@ async fn a_running_container_drains_before_it_is_removed() {
         dns: GATEWAY,
         draining: s.draining.clone(),
         drain: Duration::from_secs(3),
+        files: None,
     };
     let removal = tokio::spawn(async move { local.remove("web-4").await });
     wait_for("the record marked draining", DEADLINE, || {
@@ -227,4 +229,111 @@ async fn a_dockerd_restart_is_survived_and_resynced() {
     )
     .await;
     assert!(!s.mirror.is_finished());
+}
+
+/// Compose secrets and configs: contents from the state (checked against their digests),
+/// written for the container and mounted read-only with the mode and owner asked; a content
+/// the state lacks is a clear error that leaves nothing behind; removal takes the files too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounted_files_come_from_the_state_read_only_and_go_with_their_container() {
+    use dockerd_shim::files::FileStore;
+    use uncloud_common::model::FileMount;
+
+    let s = setup().await;
+    let state = StateProxy::new(&s.bus.connect().await).await.unwrap();
+    let (secret, config) = (b"hunter2\n".as_slice(), b"port = 8080\n".as_slice());
+    for content in [secret, config] {
+        let f = uncloud_common::files::stored(content, 0);
+        state
+            .upsert_file(&serde_json::to_string(&f).unwrap())
+            .await
+            .unwrap();
+    }
+    // A content whose digest does not match is refused by stated.
+    let mut forged = uncloud_common::files::stored(b"x", 0);
+    forged.digest = uncloud_common::files::digest(b"y");
+    assert!(state
+        .upsert_file(&serde_json::to_string(&forged).unwrap())
+        .await
+        .is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let local = Local {
+        files: Some(FileStore::new(
+            dir.path().to_path_buf(),
+            state.clone(),
+            Duration::from_secs(2),
+        )),
+        ..support::local(s.docker.clone(), 3)
+    };
+    let mut svc = service("s5", None);
+    svc.id = svc.name.clone();
+    svc.spec.files = vec![
+        FileMount {
+            name: "db_password".into(),
+            target: "/run/secrets/db_password".into(),
+            digest: uncloud_common::files::digest(secret),
+            mode: 0o400,
+            uid: 1000,
+            gid: 1000,
+            secret: true,
+        },
+        FileMount {
+            name: "app".into(),
+            target: "/etc/app.conf".into(),
+            digest: uncloud_common::files::digest(config),
+            ..Default::default()
+        },
+    ];
+    local.run_service(&svc, "files-1").await.unwrap();
+    assert_eq!(
+        s.engine
+            .docker_ok(&["exec", "files-1", "cat", "/run/secrets/db_password"]),
+        "hunter2" // (docker_ok trims the output)
+    );
+    assert_eq!(
+        s.engine.docker_ok(&[
+            "exec",
+            "files-1",
+            "stat",
+            "-c",
+            "%a %u %g",
+            "/run/secrets/db_password",
+            "/etc/app.conf"
+        ]),
+        "400 1000 1000\n444 0 0"
+    );
+    let write = s
+        .engine
+        .docker(&["exec", "files-1", "sh", "-c", "echo x > /etc/app.conf"]);
+    assert!(!write.status.success(), "the mount is read-only");
+    // Docker's own restart keeps them.
+    s.engine.docker_ok(&["restart", "-t", "0", "files-1"]);
+    assert_eq!(
+        s.engine
+            .docker_ok(&["exec", "files-1", "cat", "/etc/app.conf"]),
+        "port = 8080"
+    );
+
+    // A content the state does not have: refused after the wait, nothing left behind.
+    let mut missing = service("s6", None);
+    missing.id = missing.name.clone();
+    missing.spec.files = vec![FileMount {
+        name: "api_key".into(),
+        target: "/run/secrets/api_key".into(),
+        digest: uncloud_common::files::digest(b"never stored"),
+        ..Default::default()
+    }];
+    let e = local.run_service(&missing, "files-2").await.unwrap_err();
+    assert!(
+        e.message.contains("api_key") && e.message.contains("has not reached"),
+        "{e}"
+    );
+    assert!(!s.engine.docker(&["inspect", "files-2"]).status.success());
+    assert!(!dir.path().join("files-2").exists());
+
+    // Removal takes the files with the container.
+    assert!(dir.path().join("files-1").exists());
+    local.remove("files-1").await.unwrap();
+    assert!(!dir.path().join("files-1").exists());
 }

@@ -21,7 +21,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::task::JoinHandle;
 use uncloud_common::dbus::{STATE_NAME, STATE_PATH};
-use uncloud_common::model::{ClientCert, Container, ContainerState, Kind, Service};
+use uncloud_common::model::{ClientCert, Container, ContainerState, Kind, Service, StoredFile};
+use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{interface, Connection};
 
@@ -53,6 +54,8 @@ pub enum StateError {
     AlreadyMember(String),
     /// The machine is already in the state.
     Exists(String),
+    /// Only root may (read the contents of files services mount).
+    AccessDenied(String),
 }
 
 impl From<MembershipError> for StateError {
@@ -90,10 +93,43 @@ fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, StateError> {
 fn parse_kind(kind: &str) -> Result<Kind, StateError> {
     Kind::parse(kind).ok_or_else(|| {
         StateError::InvalidArgument(format!(
-            "unknown kind {kind:?}; expected network, machines, services, containers, removed \
-             or clients"
+            "unknown kind {kind:?}; expected network, machines, services, containers, removed, \
+             clients or files"
         ))
     })
+}
+
+/// Whether a caller running as `uid` may read `kind`: the contents of files are secrets, for
+/// root only (the daemons that start containers); everything else is for group `uncloud`
+/// too, as the bus policy says.
+pub fn may_read(kind: Kind, uid: u32) -> bool {
+    kind != Kind::Files || uid == 0
+}
+
+async fn require_root_for(
+    kind: Kind,
+    conn: &Connection,
+    header: &Header<'_>,
+) -> Result<(), StateError> {
+    if may_read(kind, u32::MAX) {
+        return Ok(()); // anyone the bus lets in
+    }
+    let denied = |why: String| StateError::AccessDenied(format!("{kind}: {why}"));
+    let sender = header
+        .sender()
+        .ok_or_else(|| denied("the caller is unknown".into()))?
+        .to_owned();
+    let uid = zbus::fdo::DBusProxy::new(conn)
+        .await
+        .map_err(|e| denied(e.to_string()))?
+        .get_connection_unix_user(sender.into())
+        .await
+        .map_err(|e| denied(e.to_string()))?;
+    if may_read(kind, uid) {
+        Ok(())
+    } else {
+        Err(denied(format!("only root reads them (caller uid {uid})")))
+    }
 }
 
 /// The D-Bus object; a thin layer over [`Membership`] and, once a member, [`Shared`].
@@ -166,16 +202,28 @@ impl State1 {
         Ok(self.member()?.save_document())
     }
 
-    /// The whole state as JSON.
+    /// The whole state as JSON, without the contents of files (secrets): `Get("files")`
+    /// has them, for root.
     fn get_state(&self) -> Result<String, StateError> {
-        Ok(serde_json::to_string(&self.member()?.state()).expect("the model serializes"))
+        let mut state = self.member()?.state();
+        for f in state.files.values_mut() {
+            f.content.clear();
+        }
+        Ok(serde_json::to_string(&state).expect("the model serializes"))
     }
 
     /// One part of the state (`network`, `machines`, `services`, `containers`, `removed`,
-    /// `clients`) as JSON,
-    /// or one entity of it when `id` is not empty.
-    fn get(&self, kind: &str, id: &str) -> Result<String, StateError> {
+    /// `clients`, `files`) as JSON, or one entity of it when `id` is not empty. `files` (their
+    /// contents are secrets) only for root; the rest for group `uncloud` too.
+    async fn get(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        kind: &str,
+        id: &str,
+    ) -> Result<String, StateError> {
         let kind = parse_kind(kind)?;
+        require_root_for(kind, conn, &header).await?;
         let id = (!id.is_empty()).then_some(id);
         match self.member()?.part_json(kind, id) {
             Ok(v) => Ok(v.to_string()),
@@ -187,9 +235,16 @@ impl State1 {
     /// Several entities of one part as a JSON object keyed by id: the ones a `Changed` signal
     /// named. An id that is absent was removed. Reads only those entities, so a consumer never
     /// re-reads the whole state for a change (`network` has no ids: the whole object).
-    fn get_many(&self, kind: &str, ids: Vec<String>) -> Result<String, StateError> {
+    async fn get_many(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        kind: &str,
+        ids: Vec<String>,
+    ) -> Result<String, StateError> {
         const MAX_IDS: usize = 10_000;
         let kind = parse_kind(kind)?;
+        require_root_for(kind, conn, &header).await?;
         if ids.len() > MAX_IDS {
             return Err(StateError::InvalidArgument(format!(
                 "{} ids asked for; at most {MAX_IDS} at a time",
@@ -316,6 +371,23 @@ impl State1 {
         Ok(self
             .member()?
             .mutate(Mutation::UpsertService(Box::new(s)))
+            .await?)
+    }
+
+    /// Stores the content of a file services mount (`{"digest","content"}`, content in
+    /// base64; `stored_at_ms` is set here): refused unless the digest matches. Storing a
+    /// content already there changes nothing. The content is never logged.
+    async fn upsert_file(&self, json: &str) -> Result<(), StateError> {
+        let mut f: StoredFile = parse("file", json)?;
+        f.stored_at_ms = now_ms();
+        Ok(self.member()?.mutate(Mutation::UpsertFile(f)).await?)
+    }
+
+    /// Removes a stored file content (by digest); one not there is no error.
+    async fn remove_file(&self, digest: &str) -> Result<(), StateError> {
+        Ok(self
+            .member()?
+            .mutate(Mutation::RemoveFile(digest.into()))
             .await?)
     }
 
@@ -527,6 +599,15 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_root_reads_file_contents() {
+        assert!(may_read(Kind::Files, 0));
+        assert!(!may_read(Kind::Files, 998));
+        for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Files) {
+            assert!(may_read(kind, 998), "{kind}");
+        }
+    }
 
     #[tokio::test]
     async fn a_forwarder_that_fell_behind_says_resync_then_carries_on() {

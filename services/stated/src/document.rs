@@ -2,11 +2,14 @@
 //!
 //! Callers read and write [`NetworkState`] entities; the string paths inside the document live
 //! only here. Layout: `{network: {id, mesh_cidr}, machines: {<id>: Machine}, services: {…},
-//! containers: {}, removed: {…}, clients: {…}}`, one automerge map per entity so concurrent
+//! containers: {}, removed: {…}, clients: {…}, routes: {<digest>: StoredFile}}`, one automerge map per entity so concurrent
 //! writers of different entities (or different fields) never conflict. `containers` stays
 //! empty: it is part of the genesis change, but containers live in per-machine tables
 //! (`crate::tables`, decision 0014). A service's spec is
 //! the exception: one value (`uncloud_common::service_doc`), so concurrent deploys never mix.
+//! The files services mount ([`Kind::Files`]) live in the genesis's `routes` map, unused
+//! since routes became part of specs (decision 0013): a root map that is not in the genesis
+//! would be created by several machines concurrently, and one would hide the others.
 //!
 //! Every machine starts from the same **genesis** change, built deterministically from the
 //! network id (fixed actor, fixed time), so its hash is identical everywhere. Without it two
@@ -22,7 +25,7 @@ use autosurgeon::{hydrate_prop, reconcile_prop, Hydrate};
 use serde::Serialize;
 use uncloud_common::model::{
     ClientCert, Container, ContainerState, Kind, Machine, NetworkState, Removal, Service,
-    ServiceRevision, ServiceSpec, SERVICE_HISTORY_LEN,
+    ServiceRevision, ServiceSpec, StoredFile, SERVICE_HISTORY_LEN,
 };
 use uncloud_common::{service_doc, vips};
 
@@ -75,6 +78,11 @@ pub enum Mutation {
     /// Records an issued client certificate, or its revocation (`revoked_at_ms` set; a
     /// revocation already recorded is kept).
     UpsertClient(ClientCert),
+    /// Stores the content of a file services mount, under its digest (checked by the caller).
+    /// Content-addressed: storing it again changes nothing.
+    UpsertFile(StoredFile),
+    /// Removes a stored file content no spec names any more.
+    RemoveFile(String),
     /// Sets the mesh CIDR; written once by the first machine.
     SetMeshCidr(String),
     /// Sets some fields of a machine and nothing else, so writers of different fields (meshd
@@ -185,6 +193,8 @@ impl Mutation {
             Mutation::UpdateContainer(u) => (Kind::Containers, &u.id),
             Mutation::RemoveContainer(id) => (Kind::Containers, id),
             Mutation::UpsertClient(c) => (Kind::Clients, &c.serial),
+            Mutation::UpsertFile(f) => (Kind::Files, &f.digest),
+            Mutation::RemoveFile(digest) => (Kind::Files, digest),
             Mutation::SetMeshCidr(_) => (Kind::Network, "mesh_cidr"),
             Mutation::UpdateMachine(u) => (Kind::Machines, &u.machine_id),
         }
@@ -202,13 +212,13 @@ pub fn genesis(network_id: &str) -> Automerge {
         .expect("putting into a fresh map cannot fail");
     tx.put(&network, "mesh_cidr", "")
         .expect("putting into a fresh map cannot fail");
-    // "routes" is no longer read (decision 0013) but stays in the genesis: its hash is what
-    // every machine of a network shares.
+    // "routes" (unused since decision 0013) now holds the files services mount; it stays
+    // named so: the genesis's hash is what every machine of a network shares.
     for key in [
         Kind::Machines.as_str(),
         Kind::Services.as_str(),
         Kind::Containers.as_str(),
-        "routes",
+        root_key(Kind::Files),
         Kind::Removed.as_str(),
         Kind::Clients.as_str(),
     ] {
@@ -310,7 +320,7 @@ impl StateDoc {
     }
 
     fn kind_obj(&self, kind: Kind) -> Result<ObjId, DocError> {
-        match self.doc.get(ROOT, kind.as_str()) {
+        match self.doc.get(ROOT, root_key(kind)) {
             Ok(Some((automerge::Value::Object(ObjType::Map), id))) => Ok(id),
             _ => Err(DocError::MissingRoot(kind)),
         }
@@ -537,6 +547,7 @@ impl StateDoc {
             containers: BTreeMap::new(),
             removed: self.entities(Kind::Removed),
             clients: self.entities(Kind::Clients),
+            files: self.entities(Kind::Files),
         }
     }
 
@@ -575,6 +586,7 @@ impl StateDoc {
             Kind::Containers => Err(DocError::NotInDocument(kind)),
             Kind::Removed => pick(self.entities::<Removal>(kind), kind, id),
             Kind::Clients => pick(self.entities::<ClientCert>(kind), kind, id),
+            Kind::Files => pick(self.entities::<StoredFile>(kind), kind, id),
         }
     }
 
@@ -592,6 +604,7 @@ impl StateDoc {
             Kind::Containers => serde_json::json!({}),
             Kind::Removed => json(self.entities_by_id::<Removal>(kind, ids)),
             Kind::Clients => json(self.entities_by_id::<ClientCert>(kind, ids)),
+            Kind::Files => json(self.entities_by_id::<StoredFile>(kind, ids)),
         }
     }
 
@@ -730,6 +743,15 @@ impl StateDoc {
                 }
                 reconcile_prop(&mut tx, &obj, id, &v)
             }
+            Mutation::UpsertFile(f) => {
+                // Content-addressed: an entry already there is this content (its first
+                // `stored_at_ms` stays).
+                if tx.get(&obj, id)?.is_some() {
+                    tx.rollback();
+                    return Ok(false);
+                }
+                reconcile_prop(&mut tx, &obj, id, f)
+            }
             Mutation::SetMeshCidr(cidr) => reconcile_prop(&mut tx, &obj, "mesh_cidr", cidr),
             Mutation::UpdateMachine(_) => {
                 let m = updated.as_ref().expect("read above for this mutation");
@@ -742,6 +764,14 @@ impl StateDoc {
             | Mutation::UpdateContainer(_)
             | Mutation::RemoveContainer(_) => {
                 unreachable!("handled before the transaction")
+            }
+            Mutation::RemoveFile(_) => {
+                if tx.get(&obj, id)?.is_none() {
+                    tx.rollback();
+                    return Ok(false);
+                }
+                tx.delete(&obj, id)?;
+                Ok(())
             }
             Mutation::RemoveService(_) => {
                 if tx.get(&obj, id)?.is_none() {
@@ -787,7 +817,7 @@ impl StateDoc {
                 (Some(Prop::Map(kind)), Some(Prop::Map(id))) => (Some(kind), Some(id)),
                 _ => (None, None),
             };
-            let Some(kind) = kind_name.as_deref().and_then(Kind::parse) else {
+            let Some(kind) = kind_name.as_deref().and_then(kind_of_root_key) else {
                 continue;
             };
             let ids = out.entry(kind).or_default();
@@ -815,6 +845,23 @@ impl StateDoc {
         self.doc
             .receive_sync_message(state, message)
             .map_err(|e| DocError::MalformedSync(e.to_string()))
+    }
+}
+
+/// The key of a part of the state at the document's root. Files use the genesis's `routes`
+/// map (see the module docs).
+fn root_key(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Files => "routes",
+        kind => kind.as_str(),
+    }
+}
+
+fn kind_of_root_key(key: &str) -> Option<Kind> {
+    match key {
+        "routes" => Some(Kind::Files),
+        "files" => None,
+        key => Kind::parse(key),
     }
 }
 
@@ -1080,6 +1127,40 @@ mod tests {
         };
         let err = a.apply(&Mutation::UpdateMachine(missing)).unwrap_err();
         assert!(matches!(err, DocError::NotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn file_contents_are_stored_once_by_digest_replicate_and_go() {
+        let (mut a, mut b) = (StateDoc::new(genesis("n")), StateDoc::new(genesis("n")));
+        let f = uncloud_common::files::stored(b"s3cret", 7);
+        let before = a.heads();
+        assert!(a.apply(&Mutation::UpsertFile(f.clone())).unwrap());
+        // The same content again (from another deploy) changes nothing, not even the time.
+        let again = StoredFile {
+            stored_at_ms: 99,
+            ..f.clone()
+        };
+        assert!(!a.apply(&Mutation::UpsertFile(again)).unwrap());
+        let changed = a.changed_between(&before, &a.heads());
+        assert_eq!(
+            changed
+                .get(&Kind::Files)
+                .map(|ids| ids.iter().cloned().collect::<Vec<_>>()),
+            Some(vec![f.digest.clone()])
+        );
+        // Stored concurrently on two machines: one entry after the merge.
+        assert!(b.apply(&Mutation::UpsertFile(f.clone())).unwrap());
+        sync_pair(&mut a, &mut b);
+        assert_eq!(b.state().files.get(&f.digest), Some(&f));
+        assert_eq!(a.state().files.len(), 1);
+        assert_eq!(
+            a.part_json_many(Kind::Files, std::slice::from_ref(&f.digest))[&f.digest]["content"],
+            f.content
+        );
+        assert!(b.apply(&Mutation::RemoveFile(f.digest.clone())).unwrap());
+        assert!(!b.apply(&Mutation::RemoveFile(f.digest.clone())).unwrap());
+        sync_pair(&mut a, &mut b);
+        assert!(a.state().files.is_empty());
     }
 
     #[test]

@@ -443,6 +443,7 @@ impl Shared {
                 }
             }
             Mutation::UpsertClient(c) => c.validate()?,
+            Mutation::UpsertFile(f) => f.validate()?,
             Mutation::SetMeshCidr(cidr) => {
                 if conflict::subnet_capacity(cidr).is_none() {
                     return Err(ModelError::Invalid {
@@ -469,7 +470,8 @@ impl Shared {
             Mutation::SweepRemoved => {}
             Mutation::RemoveService(id)
             | Mutation::SettleService(id)
-            | Mutation::RemoveContainer(id) => uncloud_common::model::validate_id("id", id)?,
+            | Mutation::RemoveContainer(id)
+            | Mutation::RemoveFile(id) => uncloud_common::model::validate_id("id", id)?,
         }
         Ok(())
     }

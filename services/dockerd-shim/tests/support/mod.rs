@@ -97,5 +97,6 @@ pub fn local(docker: bollard::Docker, x: u8) -> dockerd_shim::engine::Local {
         dns: gateway(x),
         draining: Default::default(),
         drain: std::time::Duration::ZERO,
+        files: None,
     }
 }
