@@ -95,11 +95,11 @@ pub fn validate_mounts(mounts: &[FileMount]) -> Result<(), ModelError> {
             value: value.chars().take(200).collect(),
             why,
         };
-        if m.name.is_empty() || m.name.len() > 128 || m.name.contains(['/', '\0']) {
+        if m.name.is_empty() || m.name.len() > 1024 || m.name.contains('\0') {
             return Err(invalid(
                 "mounted file name",
                 &m.name,
-                "1 to 128 characters, no '/'",
+                "1 to 1024 characters",
             ));
         }
         if !is_digest(&m.digest) {

@@ -242,6 +242,144 @@ impl Cx<'_> {
     }
 }
 
+/// Most bytes one relative bind uploads: every machine keeps them.
+pub(super) const MAX_UPLOAD_BYTES: u64 = 1024 * 1024;
+
+impl Cx<'_> {
+    /// A relative bind (`./conf:/etc/app`): the file, or every file under the folder, becomes
+    /// a read-only file in the container (the folder's layout kept under the target), its
+    /// content uploaded with the deploy like a config's.
+    pub(super) fn upload_bind(
+        &mut self,
+        line: usize,
+        path: &str,
+        source: &str,
+        target: &str,
+        read_only: bool,
+        out: &mut Vec<FileMount>,
+    ) {
+        let root = self.dir.join(source);
+        let mut found = Vec::new();
+        if let Err(e) = walk(&root, "", &mut found) {
+            self.error_at(line, path, format!("{source:?}: {e}"));
+            return;
+        }
+        if found.is_empty() {
+            self.error_at(
+                line,
+                path,
+                format!("{source:?} holds no file: nothing to upload"),
+            );
+            return;
+        }
+        let total: u64 = found.iter().map(|(_, c, _)| c.len() as u64).sum();
+        if total > MAX_UPLOAD_BYTES || found.len() > uncloud_common::files::MAX_MOUNTS {
+            self.error_at(
+                line,
+                path,
+                format!(
+                    "{source:?} is {total} bytes in {} files; a relative bind uploads at most \
+                     {MAX_UPLOAD_BYTES} bytes in {} files (every machine keeps them): build them \
+                     into the image, or use a volume",
+                    found.len(),
+                    uncloud_common::files::MAX_MOUNTS
+                ),
+            );
+            return;
+        }
+        if !read_only {
+            self.warnings.push(crate::project::Diagnostic {
+                line,
+                key: path.to_string(),
+                message: format!(
+                    "{source:?} is uploaded as a read-only copy: the container cannot change it, \
+                     and a change here reaches it with the next `uc deploy`"
+                ),
+            });
+        }
+        for (relative, content, mode) in found {
+            let digest = digest(&content);
+            let name = if relative.is_empty() {
+                source.trim_start_matches("./").to_string()
+            } else {
+                format!(
+                    "{}/{relative}",
+                    source.trim_start_matches("./").trim_end_matches('/')
+                )
+            };
+            out.push(FileMount {
+                name,
+                target: if relative.is_empty() {
+                    target.to_string()
+                } else {
+                    format!("{}/{relative}", target.trim_end_matches('/'))
+                },
+                digest: digest.clone(),
+                // Root owns it in the container: readable (and executable, if it is here) by
+                // every user there; never writable.
+                mode: if mode & 0o111 != 0 { 0o555 } else { 0o444 },
+                uid: 0,
+                gid: 0,
+                secret: false,
+            });
+            self.uploaded.insert(digest, content);
+        }
+    }
+}
+
+/// Every file under `path` (itself when it is a file), in name order: (path below the
+/// root, content, permission bits).
+fn walk(
+    path: &std::path::Path,
+    relative: &str,
+    out: &mut Vec<(String, Vec<u8>, u32)>,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.is_file() {
+        if meta.len() > MAX_FILE_BYTES as u64 {
+            return Err(format!(
+                "{} is {} bytes, more than the {MAX_FILE_BYTES} an uploaded file may have",
+                path.display(),
+                meta.len()
+            ));
+        }
+        let content =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        out.push((
+            relative.to_string(),
+            content,
+            meta.permissions().mode() & 0o777,
+        ));
+        return Ok(());
+    }
+    if !meta.is_dir() {
+        return Err(format!("{} is neither a file nor a folder", path.display()));
+    }
+    if relative.split('/').count() > 16 {
+        return Err(format!("{} is nested too deep", path.display()));
+    }
+    let mut names: Vec<String> = std::fs::read_dir(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let below = if relative.is_empty() {
+            name.clone()
+        } else {
+            format!("{relative}/{name}")
+        };
+        walk(&path.join(&name), &below, out)?;
+        if out.len() > uncloud_common::files::MAX_MOUNTS {
+            break; // the caller says why
+        }
+    }
+    Ok(())
+}
+
 fn truth(node: &Node) -> Option<bool> {
     super::truth(node)
 }

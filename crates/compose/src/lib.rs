@@ -25,8 +25,11 @@
 //!
 //! # Limitations
 //!
-//! Not yet: `build` (images come from a registry), `external` secrets and configs, relative bind
-//! mounts (the file is on this computer, the container on another machine), `privileged`,
+//! Relative binds are uploaded as read-only files (the folder is on this computer, the
+//! container on another machine), so a container cannot write to them.
+//!
+//! Not yet: `build` (images come from a registry), `external` secrets and configs,
+//! `privileged`,
 //! `devices`, `extends`, Compose's `!reset` and
 //! `!override` tags, several files with `-f a -f b`.
 

@@ -175,6 +175,7 @@ pub fn parse(
         warnings: Vec::new(),
         dir: dir.to_owned(),
         vars,
+        uploaded: BTreeMap::new(),
     };
     let mut root = yaml::parse(text).map_err(|e| {
         vec![Diagnostic {
@@ -278,7 +279,12 @@ pub fn parse(
         cx.errors.sort_by_key(|d| d.line);
         return Err(cx.errors);
     }
-    let files = file_defs.stored(&services);
+    let mut files = file_defs.stored(&services);
+    for (digest, content) in std::mem::take(&mut cx.uploaded) {
+        if !files.iter().any(|f| f.digest == digest) {
+            files.push(uncloud_common::files::stored(&content, 0));
+        }
+    }
     Ok(Project {
         name,
         services,
@@ -329,6 +335,8 @@ struct Cx<'a> {
     warnings: Vec<Diagnostic>,
     dir: PathBuf,
     vars: &'a Variables,
+    /// Contents of files under relative binds, by digest (`files::upload_bind`).
+    uploaded: BTreeMap<String, Vec<u8>>,
 }
 
 impl Cx<'_> {
@@ -698,7 +706,19 @@ impl Cx<'_> {
                     if let Value::Seq(items) = &v.value {
                         for i in items {
                             match volume(i, project, volumes) {
-                                Ok(m) => spec.volumes.push(m),
+                                Ok(VolumeEntry::Mount(m)) => spec.volumes.push(m),
+                                Ok(VolumeEntry::Upload {
+                                    source,
+                                    target,
+                                    read_only,
+                                }) => self.upload_bind(
+                                    i.line,
+                                    &path,
+                                    &source,
+                                    &target,
+                                    read_only,
+                                    &mut spec.files,
+                                ),
                                 Err(m) => self.error_at(i.line, &path, m),
                             }
                         }
@@ -1305,12 +1325,26 @@ fn port(node: &Node) -> Result<String, String> {
     })
 }
 
-/// A `volumes:` entry to `source:target[:ro]`, named volumes under the project's name.
+/// What a `volumes:` entry becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum VolumeEntry {
+    /// `source:target[:ro]` for Docker: a named volume (under the project's name) or an
+    /// absolute bind.
+    Mount(String),
+    /// A path relative to the Compose file: its files are uploaded (`files::upload_bind`).
+    Upload {
+        source: String,
+        target: String,
+        read_only: bool,
+    },
+}
+
+/// A `volumes:` entry.
 fn volume(
     node: &Node,
     project: &str,
     volumes: &BTreeMap<String, VolumeDef>,
-) -> Result<String, String> {
+) -> Result<VolumeEntry, String> {
     let (source, target, read_only) = match &node.value {
         Value::Scalar { text, .. } => {
             let parts: Vec<&str> = text.split(':').collect();
@@ -1365,11 +1399,17 @@ fn volume(
     }
     let source = if source.starts_with('/') {
         source
-    } else if source.starts_with('.') || source.starts_with('~') {
+    } else if source.starts_with('.') {
+        return Ok(VolumeEntry::Upload {
+            source,
+            target,
+            read_only,
+        });
+    } else if source.starts_with('~') {
         return Err(format!(
-            "{source:?} is a folder on this computer, but the container runs on a machine of the \
-             network: copy it there and give its absolute path (pin the service with x-machines), \
-             or build it into the image"
+            "{source:?} is in a home folder of this computer: give it relative to the Compose \
+             file (its files are then uploaded), or copy it to the machines and give the \
+             absolute path there"
         ));
     } else {
         match volumes.get(&source) {
@@ -1384,11 +1424,11 @@ fn volume(
             Some(VolumeDef { docker_name: None }) => format!("{project}_{source}"),
         }
     };
-    Ok(if read_only {
+    Ok(VolumeEntry::Mount(if read_only {
         format!("{source}:{target}:ro")
     } else {
         format!("{source}:{target}")
-    })
+    }))
 }
 
 /// Splits a command line as a POSIX shell would, without expanding anything: Compose's
@@ -1554,6 +1594,59 @@ configs:
         for f in &p.files {
             f.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn relative_binds_upload_their_files_read_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("conf");
+        std::fs::create_dir_all(conf.join("sub")).unwrap();
+        std::fs::write(conf.join("b.conf"), "b").unwrap();
+        std::fs::write(conf.join("sub/a.sh"), "echo a").unwrap();
+        std::fs::set_permissions(
+            conf.join("sub/a.sh"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("one.txt"), "1").unwrap();
+        let text = "services:\n  app:\n    image: app:1\n    volumes:\n      - ./conf:/etc/app\n      - ./one.txt:/one.txt:ro\n";
+        let p = parse(
+            text,
+            dir.path(),
+            "f",
+            &Variables::default(),
+            &Options::default(),
+        )
+        .unwrap();
+        let files: Vec<(&str, &str, u32)> = spec(&p, "app")
+            .files
+            .iter()
+            .map(|f| (f.name.as_str(), f.target.as_str(), f.mode))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("conf/b.conf", "/etc/app/b.conf", 0o444),
+                ("conf/sub/a.sh", "/etc/app/sub/a.sh", 0o555),
+                ("one.txt", "/one.txt", 0o444),
+            ]
+        );
+        assert!(spec(&p, "app").volumes.is_empty());
+        assert_eq!(p.files.len(), 3);
+        // Only the writable one is warned about.
+        let warned: Vec<usize> = p.warnings.iter().map(|w| w.line).collect();
+        assert_eq!(warned, [5]);
+        let missing = "services:\n  app:\n    image: app:1\n    volumes:\n      - ./nope:/x\n      - ~/x:/y\n";
+        let e = parse(
+            missing,
+            dir.path(),
+            "f",
+            &Variables::default(),
+            &Options::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.iter().map(|d| d.line).collect::<Vec<_>>(), [5, 6]);
     }
 
     #[test]

@@ -186,7 +186,16 @@ fn write_all(
     let mut written = Vec::new();
     for (i, (m, content)) in mounts.iter().zip(contents).enumerate() {
         // The index keeps two files of one name (a secret and a config) apart.
-        let path = dir.join(format!("{i}-{}", m.name.replace(['/', '\0'], "_")));
+        let short: String = m
+            .name
+            .chars()
+            .rev()
+            .take(100)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let path = dir.join(format!("{i}-{}", short.replace(['/', '\0'], "_")));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
