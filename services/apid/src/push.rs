@@ -2,13 +2,16 @@
 //!
 //! `push_begin` asks each target's dockerd-shim to take an upload
 //! ([`crate::engines::ImageUpload`]: another machine's over the mesh, this machine's over
-//! D-Bus, either loading nothing unless the tarball is whole). Each `push_chunk` goes to every target still taking it, all
-//! at once; a target that fails is dropped from the upload (it loads nothing) and the others
-//! go on. `push_end` closes the uploads: each engine loads the whole tarball, or nothing.
+//! D-Bus, either loading nothing unless the tarball is whole) and starts a writer task per
+//! target. Each `push_chunk` is queued for every target still taking it (a few chunks deep,
+//! [`QUEUED_CHUNKS`]), so the client sends the next chunk while the machines take earlier
+//! ones; a full queue makes `push_chunk` wait (the slowest machine sets the pace). A target
+//! that fails is dropped from the upload (it loads nothing) and the others go on. `push_end` closes the uploads: each engine loads the whole tarball, or nothing.
 //! An upload nobody writes for [`IDLE`] is dropped, as the shims drop theirs, so a `uc` that
 //! was interrupted leaves nothing half-loaded.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,13 +32,34 @@ use crate::engines::ImageUpload;
 pub const IDLE: Duration = Duration::from_secs(60);
 /// Uploads through one machine at once.
 const MAX_UPLOADS: usize = 8;
+/// Chunks queued for a machine beyond the one it is taking.
+pub const QUEUED_CHUNKS: usize = 4;
+
+/// What a writer task hands back: the upload, to finish, or why the machine stopped.
+type Written = Result<ImageUpload, String>;
 
 struct Target {
     machine: String,
-    sink: Option<ImageUpload>,
-    bytes: u64,
+    /// Chunks for the writer task; `None` once the machine failed or the tarball ended.
+    queue: Option<tokio::sync::mpsc::Sender<Arc<Vec<u8>>>>,
+    writer: Option<tokio::task::JoinHandle<Written>>,
+    /// Bytes the machine has taken.
+    taken: Arc<AtomicU64>,
     loaded: Vec<String>,
     error: String,
+}
+
+/// Writes the queued chunks to one machine, in order, until the queue closes.
+async fn write_chunks(
+    mut sink: ImageUpload,
+    mut queue: tokio::sync::mpsc::Receiver<Arc<Vec<u8>>>,
+    taken: Arc<AtomicU64>,
+) -> Written {
+    while let Some(chunk) = queue.recv().await {
+        sink.write(&chunk).await.map_err(|e| e.message)?;
+        taken.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    Ok(sink)
 }
 
 struct Upload {
@@ -84,10 +108,45 @@ fn find(upload: u64) -> Result<Arc<tokio::sync::Mutex<Upload>>, ApiError> {
 }
 
 impl Target {
+    fn new(machine: String, sink: ImageUpload) -> Target {
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUED_CHUNKS);
+        let taken = Arc::new(AtomicU64::new(0));
+        Target {
+            machine,
+            queue: Some(tx),
+            writer: Some(tokio::spawn(write_chunks(sink, rx, taken.clone()))),
+            taken,
+            loaded: Vec::new(),
+            error: String::new(),
+        }
+    }
+
+    /// Queues a chunk; a machine whose writer stopped is marked failed with its reason.
+    async fn send(&mut self, chunk: &Arc<Vec<u8>>) {
+        let Some(queue) = &self.queue else { return };
+        let sent = queue.send(chunk.clone()).await.is_ok();
+        if !sent || self.writer.as_ref().is_some_and(|w| w.is_finished()) {
+            if let Err(why) = self.close().await {
+                self.fail(why);
+            }
+        }
+    }
+
+    /// Closes the queue and waits until the writer has written everything queued.
+    async fn close(&mut self) -> Written {
+        self.queue = None;
+        match self.writer.take() {
+            Some(w) => w
+                .await
+                .unwrap_or_else(|e| Err(format!("the writer stopped: {e}"))),
+            None => Err(std::mem::take(&mut self.error)),
+        }
+    }
+
     fn row(&self) -> MachinePush {
         MachinePush {
             machine: self.machine.clone(),
-            bytes: self.bytes,
+            bytes: self.taken.load(Ordering::Relaxed),
             loaded: self.loaded.clone(),
             error: self.error.clone(),
         }
@@ -96,7 +155,10 @@ impl Target {
     fn fail(&mut self, why: String) {
         tracing::warn!(machine = %self.machine, error = %why, "image upload to a machine failed");
         self.error = why;
-        self.sink = None;
+        self.queue = None;
+        if let Some(w) = self.writer.take() {
+            w.abort();
+        }
     }
 }
 
@@ -155,13 +217,7 @@ impl Apid {
             match sink {
                 Ok(sink) => {
                     started.machines.push(m.name.clone());
-                    targets.push(Target {
-                        machine: m.name.clone(),
-                        sink: Some(sink),
-                        bytes: 0,
-                        loaded: Vec::new(),
-                        error: String::new(),
-                    });
+                    targets.push(Target::new(m.name.clone(), sink));
                 }
                 Err(why) => started.failed.push(MachineFailure {
                     machine: m.name.clone(),
@@ -225,19 +281,12 @@ impl Apid {
                 ),
             ));
         }
-        let data = &data;
-        join_all(u.targets.iter_mut().map(|t| async move {
-            let Some(sink) = &mut t.sink else { return };
-            let result = sink.write(data).await.map_err(|e| e.message);
-            match result {
-                Ok(()) => t.bytes += data.len() as u64,
-                Err(why) => t.fail(why),
-            }
-        }))
-        .await;
-        u.offset += data.len() as u64;
+        let len = data.len() as u64;
+        let chunk = Arc::new(data);
+        join_all(u.targets.iter_mut().map(|t| t.send(&chunk))).await;
+        u.offset += len;
         u.touched = Instant::now();
-        if u.targets.iter().all(|t| t.sink.is_none()) {
+        if u.targets.iter().all(|t| t.queue.is_none()) {
             let p = progress(&u);
             drop(u);
             uploads()
@@ -268,8 +317,13 @@ impl Apid {
             .remove(&req.upload);
         let mut u = upload.lock().await;
         join_all(u.targets.iter_mut().map(|t| async move {
-            let Some(sink) = t.sink.take() else { return };
-            let result = sink.finish().await.map_err(|e| e.message);
+            if t.queue.is_none() {
+                return; // failed before
+            }
+            let result = match t.close().await {
+                Ok(sink) => sink.finish().await.map_err(|e| e.message),
+                Err(why) => Err(why),
+            };
             match result {
                 Ok(loaded) => t.loaded = loaded,
                 Err(why) => t.fail(why),
@@ -291,7 +345,10 @@ impl Apid {
             // A pipe closed short fails this machine's load; other machines' shims drop
             // their uploads when nothing more comes.
             for t in &mut u.targets {
-                t.sink = None;
+                t.queue = None;
+                if let Some(w) = t.writer.take() {
+                    w.abort();
+                }
             }
             tracing::info!(upload = req.upload, image = %u.image, "image upload aborted");
         }
