@@ -105,16 +105,17 @@ impl Local {
     /// [`crate::drain`]).
     pub async fn remove(&self, container: &str) -> Result<(), OpsError> {
         let found = self.inspect(container).await.ok();
-        if let Some(c) = found
-            .as_ref()
-            .filter(|c| c.state == ContainerState::Running)
-        {
-            if !self.drain.is_zero() {
-                let _drain = self.draining.start(&c.id);
+        // Marked draining until it is gone: its record must not go back into its service's
+        // addresses between the drain and the removal.
+        let _drain = match found.as_ref() {
+            Some(c) if c.state == ContainerState::Running && !self.drain.is_zero() => {
+                let guard = self.draining.start(&c.id);
                 tracing::info!(container = %c.name, drain_ms = self.drain.as_millis() as u64, "draining before removal");
                 tokio::time::sleep(self.drain).await;
+                Some(guard)
             }
-        }
+            _ => None,
+        };
         let target = found.as_ref().map_or(container, |c| c.id.as_str());
         containers::remove(&self.docker, target).await?;
         if let (Some(store), Some(c)) = (&self.files, &found) {

@@ -161,11 +161,15 @@ async fn a_running_container_drains_before_it_is_removed() {
     })
     .await;
     assert!(!removal.is_finished(), "removed before it drained");
+    // From the mark until the record is gone it never says "not draining" again: it must not
+    // go back into its service's addresses between the drain and the removal.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while let Some(c) = s.record(&id) {
+        assert!(c.draining, "the record went back to not draining: {c:?}");
+        assert!(std::time::Instant::now() < deadline, "never removed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     removal.await.unwrap().unwrap();
-    wait_for("the removed container's record gone", DEADLINE, || {
-        s.record(&id).is_none()
-    })
-    .await;
     assert!(s.draining.ids().is_empty());
 }
 
