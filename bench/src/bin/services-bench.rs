@@ -656,8 +656,10 @@ fn report(out: &Path, runs: usize, f: &Figures) -> Result<()> {
          docker-compose requests fail while Docker's DNS still answers with containers that \
          are stopping or gone.\n\
          - `uc image push` sends the image's tarball once, through TLS and the mesh, a chunk \
-         at a time to every machine at once (each chunk waits for every machine); the \
-         reference loads it into one engine over local sockets.\n",
+         at a time to every machine at once (apid queues up to 4 chunks per machine, so the \
+         slowest machine sets the pace; 8.6 s before the queues, 7.2 s with them); the \
+         reference loads it into one engine over local sockets, and three engines loading at \
+         once share the same 2 CPUs with the daemons.\n",
     );
     line(&mut md, "## Runs\n");
     for (name, (ours, theirs), unit, _) in &rows {
