@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use uncloud_api::service::{PutFiles, RunRequest, ServiceRow, ServiceSpec, UpdateRequest};
+use uncloud_api::service::{
+    PutFiles, RunRequest, ServiceRow, ServiceSpec, StoredFile, UpdateRequest,
+};
 use uncloud_api::wire::{Answer, Call};
 use uncloud_api::ApiClient;
 use uncloud_compose::{ComposeService, Options, Project};
@@ -23,6 +25,32 @@ use crate::Global;
 
 /// The API version that stores secrets and configs (`put_files`).
 pub const FILES_API: u32 = 10;
+
+/// Raw bytes of contents in one `put_files` call: base64 of it and the JSON around it stay
+/// well inside a frame.
+const PUT_FILES_BYTES: usize = 2 * 1024 * 1024;
+/// Contents in one `put_files` call (apid's limit).
+const PUT_FILES_COUNT: usize = 64;
+
+/// The contents in calls that each fit.
+fn batches(files: &[StoredFile]) -> Vec<Vec<StoredFile>> {
+    let mut out: Vec<Vec<StoredFile>> = Vec::new();
+    let mut bytes = 0;
+    for f in files {
+        let size = f.content.len() / 4 * 3;
+        match out.last_mut() {
+            Some(last) if last.len() < PUT_FILES_COUNT && bytes + size <= PUT_FILES_BYTES => {
+                bytes += size;
+                last.push(f.clone());
+            }
+            _ => {
+                bytes = size;
+                out.push(vec![f.clone()]);
+            }
+        }
+    }
+    out
+}
 
 /// `uc deploy [-f FILE] [SERVICE…]`.
 #[derive(Debug, clap::Args)]
@@ -269,19 +297,14 @@ pub async fn deploy(cmd: Deploy, g: &Global) -> anyhow::Result<()> {
     if !project.files.is_empty() {
         // The specs name their secrets and configs by digest: the contents go first.
         remote::require_api(&member, &via, FILES_API).await?;
-        let reply = answer(
-            member
-                .put_files(
-                    remote::ctx(),
-                    PutFiles {
-                        files: project.files.clone(),
-                    },
-                )
-                .await,
-        )
-        .context("the secrets and configs were not stored")?;
-        if reply.stored > 0 {
-            eprintln!("{} secret and config file(s) stored", reply.stored);
+        let mut stored = 0;
+        for files in batches(&project.files) {
+            let reply = answer(member.put_files(remote::ctx(), PutFiles { files }).await)
+                .context("the secrets and configs were not stored")?;
+            stored += reply.stored;
+        }
+        if stored > 0 {
+            eprintln!("{stored} secret, config and uploaded file(s) stored");
         }
     }
     for (name, step) in &plan.steps {
@@ -416,6 +439,29 @@ fn confirm(changes: usize) -> anyhow::Result<bool> {
 mod tests {
     use super::*;
     use uncloud_compose::Dependency;
+
+    #[test]
+    fn contents_go_in_calls_that_fit() {
+        // Only the content's length matters here: base64 of n bytes.
+        let file = |n: usize, i: usize| StoredFile {
+            digest: format!("d{i}"),
+            content: "A".repeat(n.div_ceil(3) * 4),
+            stored_at_ms: 0,
+        };
+        // 100 small ones: 64 + 36.
+        let small: Vec<StoredFile> = (0..100).map(|i| file(10, i)).collect();
+        let b = batches(&small);
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [64, 36]);
+        // 40 of 64 KiB: two calls, each within the bytes, none lost.
+        let big: Vec<StoredFile> = (0..40).map(|i| file(64 * 1024, i)).collect();
+        let b = batches(&big);
+        assert_eq!(b.len(), 2);
+        for call in &b {
+            let raw: usize = call.iter().map(|f| f.content.len() / 4 * 3).sum();
+            assert!(raw <= PUT_FILES_BYTES, "{raw}");
+        }
+        assert_eq!(b.concat().len(), 40);
+    }
 
     fn project(services: &[(&str, &str)]) -> Project {
         Project {

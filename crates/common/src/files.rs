@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
 
-use crate::model::{FileMount, ModelError, NetworkState, Service, StoredFile};
+use crate::model::{FileMount, ModelError, NetworkState, Service, ServiceSpec, StoredFile};
 
 /// Largest content of one file. Every machine holds every file, and the state keeps what it
 /// once held in its history; a bigger file belongs in the image or a volume.
@@ -18,10 +18,13 @@ pub const MAX_FILE_BYTES: usize = 64 * 1024;
 /// Most files one service may mount.
 pub const MAX_MOUNTS: usize = 64;
 
-/// How long a stored content no spec names is kept before it is removed: long enough that a
-/// deploy which stored it has written its specs, and that a rollback right after a change
-/// finds the old one in the history.
-pub const UNREFERENCED_GRACE_MS: u64 = 60 * 60 * 1000;
+/// How long a stored content must stay unnamed by every spec before it is removed: long
+/// enough that a deploy which stored it has written its specs.
+pub const UNREFERENCED_GRACE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// What a secret's digest reads as for those who may not see it (the reader role): an
+/// unsalted digest of a weak password can be guessed offline.
+pub const HIDDEN_DIGEST: &str = "hidden";
 
 /// The digest that keys a content: `sha256-<64 hex digits>`.
 pub fn digest(content: &[u8]) -> String {
@@ -170,17 +173,50 @@ pub fn referenced(services: &BTreeMap<String, Service>) -> BTreeSet<String> {
         .collect()
 }
 
-/// Stored contents no spec names that were stored more than [`UNREFERENCED_GRACE_MS`] ago:
-/// what may be removed now.
-pub fn unreferenced(state: &NetworkState, now_ms: u64) -> Vec<String> {
+/// Stored contents no spec (nor a spec in a history) names.
+pub fn unreferenced(state: &NetworkState) -> BTreeSet<String> {
     let named = referenced(&state.services);
     state
         .files
-        .values()
-        .filter(|f| !named.contains(&f.digest))
-        .filter(|f| now_ms.saturating_sub(f.stored_at_ms) > UNREFERENCED_GRACE_MS)
-        .map(|f| f.digest.clone())
+        .keys()
+        .filter(|d| !named.contains(*d))
+        .cloned()
         .collect()
+}
+
+/// The contents one machine has seen unnamed, and since when, by its own monotonic clock (so
+/// machines whose wall clocks disagree never make a content look old).
+#[derive(Debug, Default)]
+pub struct Forgetting {
+    since: BTreeMap<String, std::time::Instant>,
+}
+
+impl Forgetting {
+    /// Takes this pass's [`unreferenced`] contents; returns those unnamed in every pass for at
+    /// least `grace`: what may be removed now. A content named again starts over.
+    pub fn due(
+        &mut self,
+        unreferenced: &BTreeSet<String>,
+        now: std::time::Instant,
+        grace: std::time::Duration,
+    ) -> Vec<String> {
+        self.since.retain(|d, _| unreferenced.contains(d));
+        for d in unreferenced {
+            self.since.entry(d.clone()).or_insert(now);
+        }
+        self.since
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= grace)
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+}
+
+/// Hides the digests of a spec's secrets (for the reader role).
+pub fn hide_secret_digests(spec: &mut ServiceSpec) {
+    for f in spec.files.iter_mut().filter(|f| f.secret) {
+        f.digest = HIDDEN_DIGEST.to_string();
+    }
 }
 
 #[cfg(test)]
@@ -238,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn a_content_goes_only_when_no_spec_or_history_names_it_after_the_grace() {
+    fn a_content_goes_only_when_no_spec_or_history_names_it_for_the_whole_grace() {
         let (old, current, orphan) = (stored(b"v1", 0), stored(b"v2", 0), stored(b"x", 0));
         let spec = |f: &StoredFile| ServiceSpec {
             files: vec![FileMount {
@@ -261,12 +297,49 @@ mod tests {
         for f in [&old, &current, &orphan] {
             state.files.insert(f.digest.clone(), f.clone());
         }
-        assert!(unreferenced(&state, UNREFERENCED_GRACE_MS).is_empty());
+        let grace = std::time::Duration::from_secs(3600);
+        let t0 = std::time::Instant::now();
+        let mut forgetting = Forgetting::default();
         assert_eq!(
-            unreferenced(&state, UNREFERENCED_GRACE_MS + 1),
+            unreferenced(&state),
+            BTreeSet::from([orphan.digest.clone()])
+        );
+        assert!(forgetting.due(&unreferenced(&state), t0, grace).is_empty());
+        assert_eq!(
+            forgetting.due(&unreferenced(&state), t0 + grace, grace),
             vec![orphan.digest.clone()]
         );
+        // Named again in between: the count starts over.
+        let mut named = state.clone();
+        named.services.get_mut("web").unwrap().spec = spec(&orphan);
+        let mut forgetting = Forgetting::default();
+        forgetting.due(&unreferenced(&state), t0, grace);
+        forgetting.due(&unreferenced(&named), t0 + grace / 2, grace);
+        assert!(forgetting
+            .due(&unreferenced(&state), t0 + grace, grace)
+            .is_empty());
         state.services.clear();
-        assert_eq!(unreferenced(&state, UNREFERENCED_GRACE_MS + 1).len(), 3);
+        assert_eq!(unreferenced(&state).len(), 3);
+    }
+
+    #[test]
+    fn readers_do_not_see_the_digests_of_secrets() {
+        let mut spec = ServiceSpec {
+            files: vec![
+                FileMount {
+                    digest: digest(b"pw"),
+                    secret: true,
+                    ..Default::default()
+                },
+                FileMount {
+                    digest: digest(b"conf"),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        hide_secret_digests(&mut spec);
+        assert_eq!(spec.files[0].digest, HIDDEN_DIGEST);
+        assert_eq!(spec.files[1].digest, digest(b"conf"));
     }
 }

@@ -51,8 +51,8 @@ pub struct NetworkState {
 /// The content of a file some service mounts ([`FileMount`]), stored once under its digest
 /// ([`crate::files::digest`]). Content-addressed, so it never changes: two machines storing
 /// one content write the same entry. Written by the apid that took the deploy; removed by any
-/// apid once no spec (nor a spec in a history) names it for a while
-/// ([`crate::files::unreferenced`]).
+/// apid that saw no spec (nor a spec in a history) name it for an hour
+/// ([`crate::files::Forgetting`]).
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
 pub struct StoredFile {

@@ -1128,7 +1128,13 @@ impl Apid {
             }
             Call::Services => {
                 self.require(caller, Role::Reader)?;
-                Answer::Services(self.service_rows().await?)
+                let mut rows = self.service_rows().await?;
+                if caller.is_reader() {
+                    for spec in rows.iter_mut().filter_map(|r| r.spec.as_mut()) {
+                        uncloud_common::files::hide_secret_digests(spec);
+                    }
+                }
+                Answer::Services(rows)
             }
             Call::ContainerLogs(_)
             | Call::Volumes

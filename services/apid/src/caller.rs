@@ -18,3 +18,10 @@ pub enum Caller {
         serial: String,
     },
 }
+
+impl Caller {
+    /// A client with the reader role: it sees services but not the digests of their secrets.
+    pub fn is_reader(&self) -> bool {
+        matches!(self, Caller::Client { role, .. } if *role == Role::Reader)
+    }
+}

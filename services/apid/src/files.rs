@@ -2,13 +2,14 @@
 //! with [`put_files`](Apid::put_files) before it deploys the specs that name them by digest;
 //! [`require_files`](Apid::require_files) refuses a spec whose contents are not in the state
 //! (the shim on the target machine reads them from its own state); the reconciler removes
-//! contents nothing has named for a while ([`uncloud_common::files::unreferenced`]).
+//! contents it has seen no spec name for an hour ([`uncloud_common::files::Forgetting`]).
 //!
 //! Contents are secrets: they are never logged, and no answer of the API carries one.
 
 use std::collections::BTreeMap;
 
 use uncloud_api::wire::{ApiError, ErrorKind, PutFiles, PutFilesReply};
+use uncloud_common::files::Forgetting;
 use uncloud_common::model::{ServiceSpec, StoredFile};
 use uncloud_pki::Role;
 
@@ -43,7 +44,8 @@ impl Apid {
         let there = self.stored_files(&digests).await?;
         let mut reply = PutFilesReply::default();
         for f in &req.files {
-            if there.contains_key(&f.digest) {
+            // One already there is kept, unless it is damaged (then stated rewrites it).
+            if there.get(&f.digest).is_some_and(|t| t.validate().is_ok()) {
                 reply.present += 1;
                 continue;
             }
@@ -83,16 +85,25 @@ impl Apid {
         }
     }
 
-    /// Removes the contents no spec or history has named for
-    /// [`uncloud_common::files::UNREFERENCED_GRACE_MS`]. Every machine's reconciler does; a
+    /// Removes the contents this machine has seen no spec or history name for
+    /// [`uncloud_common::files::UNREFERENCED_GRACE`]. Every machine's reconciler does; a
     /// removal is the same wherever it is made.
-    pub(crate) async fn forget_unreferenced_files(&self, now_ms: u64) -> Result<(), ApiError> {
+    pub(crate) async fn forget_unreferenced_files(
+        &self,
+        forgetting: &mut Forgetting,
+    ) -> Result<(), ApiError> {
         let state = uncloud_common::model::NetworkState {
             services: self.read_services().await?,
             files: self.read_all("files").await?,
             ..Default::default()
         };
-        for digest in uncloud_common::files::unreferenced(&state, now_ms) {
+        let unreferenced = uncloud_common::files::unreferenced(&state);
+        let due = forgetting.due(
+            &unreferenced,
+            std::time::Instant::now(),
+            uncloud_common::files::UNREFERENCED_GRACE,
+        );
+        for digest in due {
             self.state()
                 .remove_file(&digest)
                 .await

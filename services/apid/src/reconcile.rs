@@ -105,6 +105,7 @@ impl Apid {
         let mut debounce = Debounce::default();
         // The last error per action, so a failure that repeats is logged once.
         let mut errors: HashMap<Action, String> = HashMap::new();
+        let mut forgetting = uncloud_common::files::Forgetting::default();
         let mut every = tokio::time::interval(EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for pass in 1u64.. {
@@ -113,10 +114,7 @@ impl Apid {
                 tracing::debug!(error = %e, "reconciler: state not readable this pass");
             }
             if pass % FILES_EVERY_PASSES == 0 && self.member().is_some() {
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                if let Err(e) = self.forget_unreferenced_files(now_ms).await {
+                if let Err(e) = self.forget_unreferenced_files(&mut forgetting).await {
                     tracing::debug!(error = %e, "reconciler: file contents not cleaned up this pass");
                 }
             }

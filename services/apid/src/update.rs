@@ -468,6 +468,11 @@ impl Apid {
             current: true,
             containers: count(service.revision),
         });
+        if caller.is_reader() {
+            for r in &mut revisions {
+                uncloud_common::files::hide_secret_digests(&mut r.spec);
+            }
+        }
         Ok(HistoryReply {
             service: service.id,
             revisions,

@@ -453,6 +453,25 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
             && !shown.contains("t0ken"),
         "{shown}"
     );
+    // A reader sees where a secret goes but not its digest (a weak secret's digest can be
+    // guessed offline); a config's digest stays.
+    let viewer = net.uc_config.path().join("viewer.uccontext");
+    let viewer = viewer.to_str().unwrap();
+    net.uc_ok(&[
+        "cert", "issue", "viewer", "--role", "reader", "--out", viewer,
+    ]);
+    net.uc_ok(&["ctx", "import", viewer, "--name", "viewer"]);
+    let seen: serde_json::Value =
+        serde_json::from_str(&net.uc_ok(&["--context", "viewer", "inspect", "web.store"])).unwrap();
+    let mounts = seen["spec"]["files"].as_array().unwrap();
+    let digest_at = |target: &str| {
+        mounts.iter().find(|f| f["target"] == target).unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(digest_at("/run/secrets/token"), "hidden", "{seen}");
+    assert!(digest_at("/etc/motd").starts_with("sha256-"), "{seen}");
     assert_eq!(
         inspect["containers"].as_array().unwrap().len(),
         2,

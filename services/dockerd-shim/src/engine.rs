@@ -67,6 +67,12 @@ impl Local {
                 containers::run(&self.docker, service, name, &self.network, self.dns).await?,
             );
         }
+        if !crate::files::is_container_name(name) {
+            return Err(OpsError::new(
+                ErrorKind::InvalidArgument,
+                format!("{name:?} is not a container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"),
+            ));
+        }
         let store = self.files.as_ref().ok_or_else(|| {
             OpsError::new(
                 ErrorKind::InvalidArgument,

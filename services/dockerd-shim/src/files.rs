@@ -22,6 +22,15 @@ use uncloud_common::model::{FileMount, StoredFile};
 
 use crate::spec::FileBind;
 
+/// Docker's container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 128 characters. Checked
+/// before a name becomes a directory here (`..` is not one).
+pub fn is_container_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 128
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
 /// Why a container's files could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -76,7 +85,7 @@ impl FileStore {
     }
 
     fn container_dir(&self, container: &str) -> PathBuf {
-        // Container names are Docker names ([a-zA-Z0-9][a-zA-Z0-9_.-]*): safe as one component.
+        // A Docker name ([`is_container_name`]): one safe path component.
         self.dir.join(container.trim_start_matches('/'))
     }
 
@@ -96,6 +105,9 @@ impl FileStore {
 
     /// Removes the files of `container`; nothing there is no error.
     pub fn remove(&self, container: &str) {
+        if !is_container_name(container.trim_start_matches('/')) {
+            return;
+        }
         let dir = self.container_dir(container);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -186,16 +198,19 @@ fn write_all(
     let mut written = Vec::new();
     for (i, (m, content)) in mounts.iter().zip(contents).enumerate() {
         // The index keeps two files of one name (a secret and a config) apart.
-        let short: String = m
+        // The end of its name, for people looking; ASCII only, so it always fits.
+        let tail: String = m
             .name
             .chars()
-            .rev()
-            .take(100)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
-        let path = dir.join(format!("{i}-{}", short.replace(['/', '\0'], "_")));
+        let path = dir.join(format!("{i}-{}", &tail[tail.len().saturating_sub(100)..]));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -223,6 +238,16 @@ fn write_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_docker_names_become_directories() {
+        for ok in ["web-1", "store-web-3f2a", "a.b_c"] {
+            assert!(is_container_name(ok), "{ok}");
+        }
+        for bad in ["", "..", "../x", "a/b", "-x", ".x", &"a".repeat(129)] {
+            assert!(!is_container_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn files_get_their_content_mode_and_owner_and_replace_older_ones() {

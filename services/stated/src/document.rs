@@ -745,8 +745,10 @@ impl StateDoc {
             }
             Mutation::UpsertFile(f) => {
                 // Content-addressed: an entry already there is this content (its first
-                // `stored_at_ms` stays).
-                if tx.get(&obj, id)?.is_some() {
+                // `stored_at_ms` stays), unless it is damaged (merged from a faulty peer):
+                // then it is written again.
+                let had: Option<StoredFile> = hydrate_prop(&tx, &obj, id).ok().flatten();
+                if had.is_some_and(|h| h.validate().is_ok()) {
                     tx.rollback();
                     return Ok(false);
                 }
