@@ -60,7 +60,8 @@ pub struct StoredFile {
     pub digest: String,
     /// The content, base64 (standard alphabet, padded).
     pub content: String,
-    /// When it was stored (ms since the Unix epoch).
+    /// When it was first stored (ms since the Unix epoch), for people reading the state;
+    /// clean-up does not use it (machines' wall clocks may disagree).
     #[serde(default)]
     pub stored_at_ms: u64,
 }

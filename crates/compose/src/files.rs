@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use uncloud_common::files::{digest, MAX_FILE_BYTES};
 use uncloud_common::model::FileMount;
 
-use super::Cx;
+use super::{truth, Cx};
 use crate::yaml::{Key, Node, Value};
 
 /// Secrets or configs: the two differ in where they go by default and in `content:`.
@@ -378,10 +378,6 @@ fn walk(
         }
     }
     Ok(())
-}
-
-fn truth(node: &Node) -> Option<bool> {
-    super::truth(node)
 }
 
 /// `0440`, `0o440` (octal, as Compose files write modes) or `288` (decimal).

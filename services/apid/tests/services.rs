@@ -397,18 +397,25 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
         2,
         "{rows:?}"
     );
-    let web_env = |net: &LocalNetwork| -> Vec<String> {
-        let mut envs = Vec::new();
+    // `docker ARGS… <container>…` on each of web's containers, wherever it runs (the name
+    // goes where `{}` is).
+    let on_web = |net: &LocalNetwork, args: &[&str]| -> Vec<String> {
+        let mut out = Vec::new();
         for i in [alpha, beta, gamma] {
             let docker = net.machines[i].docker.as_ref().unwrap();
             for name in engine_containers(net, i) {
                 if name.starts_with("store-web-") {
-                    envs.push(docker.docker_ok(&["inspect", "-f", "{{.Config.Env}}", &name]));
+                    let args: Vec<&str> = args
+                        .iter()
+                        .map(|a| if *a == "{}" { name.as_str() } else { a })
+                        .collect();
+                    out.push(docker.docker_ok(&args));
                 }
             }
         }
-        envs
+        out
     };
+    let web_env = |net: &LocalNetwork| on_web(net, &["inspect", "-f", "{{.Config.Env}}", "{}"]);
     let envs = web_env(&net);
     assert!(
         envs.len() == 2 && envs.iter().all(|e| e.contains("GREETING=hi")),
@@ -419,23 +426,17 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
     assert_eq!(inspect["spec"]["env"]["GREETING"], "hi", "{inspect}");
     // Secrets and configs: files in every container, wherever it runs; `uc inspect` shows
     // where and which digest, never the content.
-    let files = |net: &LocalNetwork| -> Vec<String> {
-        let mut seen = Vec::new();
-        for i in [alpha, beta, gamma] {
-            let docker = net.machines[i].docker.as_ref().unwrap();
-            for name in engine_containers(net, i) {
-                if name.starts_with("store-web-") {
-                    seen.push(docker.docker_ok(&[
-                        "exec",
-                        &name,
-                        "sh",
-                        "-c",
-                        "cat /run/secrets/token /etc/motd; stat -c %a /etc/motd",
-                    ]));
-                }
-            }
-        }
-        seen
+    let files = |net: &LocalNetwork| {
+        on_web(
+            net,
+            &[
+                "exec",
+                "{}",
+                "sh",
+                "-c",
+                "cat /run/secrets/token /etc/motd; stat -c %a /etc/motd",
+            ],
+        )
     };
     let seen = files(&net);
     assert!(
@@ -770,11 +771,19 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
             .iter()
             .all(|n| out.contains(&format!("{n} | line 1 from ")))
     });
-    let every = net.uc_ok(&["logs", "-n", "all", &format!("chatty/{}", &names[0][..9])]);
+    // A prefix of the first container's name that the other does not share (their random
+    // suffixes may start alike): `uc logs SERVICE/PREFIX` names one container.
+    let shared = names[0]
+        .bytes()
+        .zip(names[1].bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let first = format!("chatty/{}", &names[0][..(shared + 1).max(9)]);
+    let every = net.uc_ok(&["logs", "-n", "all", &first]);
     let bursts: Vec<&str> = every.lines().filter(|l| l.contains("| burst ")).collect();
     assert_eq!(bursts.len(), 6000, "uc logs -n all reads every page");
     assert!(bursts[0].ends_with("| burst 0") && bursts[5999].ends_with("| burst 5999"));
-    let one = net.uc_ok(&["logs", "-n", "1", &format!("chatty/{}", &names[0][..9])]);
+    let one = net.uc_ok(&["logs", "-n", "1", &first]);
     assert_eq!(one.lines().count(), 1, "{one}");
     assert!(one.starts_with(&format!("{} | line ", names[0])), "{one}");
     let mut follow = net
