@@ -76,6 +76,8 @@ pub trait State {
     /// refused unless its digest matches.
     fn upsert_file(&self, json: &str) -> zbus::Result<()>;
     fn remove_file(&self, digest: &str) -> zbus::Result<()>;
+    fn upsert_certificate(&self, json: &str) -> zbus::Result<()>;
+    fn remove_certificate(&self, hostname: &str) -> zbus::Result<()>;
     fn upsert_container(&self, json: &str) -> zbus::Result<()>;
     fn remove_container(&self, id: &str) -> zbus::Result<()>;
     /// One field of a container its machine runs: `running`, `exited`, …

@@ -46,6 +46,114 @@ pub struct NetworkState {
     /// Contents of the files services mount (Compose secrets and configs), by digest.
     #[serde(default)]
     pub files: BTreeMap<String, StoredFile>,
+    /// TLS certificates of the hostnames ingress serves, by hostname.
+    #[serde(default)]
+    pub certificates: BTreeMap<String, Certificate>,
+}
+
+/// The TLS certificate of one hostname that ingress serves over HTTPS: ordered from an ACME
+/// directory by one ingress machine (the one holding the claim), then served by every ingress
+/// machine (`ingressd`). Keyed by hostname.
+///
+/// Each secret is one string value, so a merge of two machines' writes (two sides of a
+/// partition that both ordered) keeps one whole certificate with its own key, never a mix:
+/// the last writer wins field by field, and the fields are whole.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "automerge", derive(Reconcile, Hydrate))]
+pub struct Certificate {
+    /// Lowercase DNS name: the key in [`NetworkState::certificates`].
+    pub hostname: String,
+    /// The ACME directory URL it is ordered from.
+    #[serde(default)]
+    pub directory: String,
+    /// The ACME account's private key (PKCS#8, base64). Secret. Any ingress machine answers
+    /// HTTP-01 challenges with it (the key authorization needs only its public half) and the
+    /// next orderer reuses it.
+    #[serde(default)]
+    pub account_key: String,
+    /// PEM: the chain, leaf first, then the certificate's private key. Secret. Empty until the
+    /// first certificate is issued.
+    #[serde(default)]
+    pub bundle: String,
+    /// The machine that ordered the current bundle, and when (ms since the Unix epoch).
+    #[serde(default)]
+    pub issued_by: String,
+    #[serde(default)]
+    pub issued_at_ms: u64,
+    /// The machine ordering it now; empty when nobody is. Others do not order while the claim
+    /// holds (until `claim_until_ms`), so a leader change never orders twice.
+    #[serde(default)]
+    pub claim_by: String,
+    #[serde(default)]
+    pub claim_until_ms: u64,
+    /// Failed orders in a row since the last success, the last failure's reason, and when the
+    /// next try may start (back-off).
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default)]
+    pub last_error: String,
+    #[serde(default)]
+    pub retry_after_ms: u64,
+}
+
+/// Keys are secrets: never printed, not even in debug logs.
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("hostname", &self.hostname)
+            .field("directory", &self.directory)
+            .field(
+                "account_key",
+                &format_args!("<{} chars>", self.account_key.len()),
+            )
+            .field("bundle", &format_args!("<{} chars>", self.bundle.len()))
+            .field("issued_by", &self.issued_by)
+            .field("issued_at_ms", &self.issued_at_ms)
+            .field("claim_by", &self.claim_by)
+            .field("claim_until_ms", &self.claim_until_ms)
+            .field("failures", &self.failures)
+            .field("last_error", &self.last_error)
+            .field("retry_after_ms", &self.retry_after_ms)
+            .finish()
+    }
+}
+
+impl Certificate {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if crate::ports::hostname(&self.hostname).is_err() {
+            return Err(ModelError::Invalid {
+                what: "certificate hostname",
+                value: self.hostname.chars().take(64).collect(),
+                why: "DNS labels of lowercase letters, digits and '-', joined by dots",
+            });
+        }
+        for (what, v) in [
+            ("certificate directory", &self.directory),
+            ("certificate account key", &self.account_key),
+            ("certificate bundle", &self.bundle),
+            ("certificate error", &self.last_error),
+        ] {
+            validate_size(what, v)?;
+        }
+        for (what, id) in [
+            ("issuing machine id", &self.issued_by),
+            ("claiming machine id", &self.claim_by),
+        ] {
+            if !id.is_empty() {
+                validate_id(what, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy without the secrets (for `GetState` and people).
+    pub fn without_secrets(&self) -> Certificate {
+        Certificate {
+            account_key: String::new(),
+            bundle: String::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// The content of a file some service mounts ([`FileMount`]), stored once under its digest
@@ -532,10 +640,11 @@ pub enum Kind {
     Removed,
     Clients,
     Files,
+    Certificates,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Network,
         Kind::Machines,
         Kind::Services,
@@ -543,6 +652,7 @@ impl Kind {
         Kind::Removed,
         Kind::Clients,
         Kind::Files,
+        Kind::Certificates,
     ];
 
     /// The key of this part at the root of the state (and in JSON).
@@ -555,6 +665,7 @@ impl Kind {
             Kind::Removed => "removed",
             Kind::Clients => "clients",
             Kind::Files => "files",
+            Kind::Certificates => "certificates",
         }
     }
 

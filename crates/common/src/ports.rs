@@ -143,6 +143,11 @@ impl PublishedPort {
     }
 }
 
+/// Checks a hostname as a published port names it; returns it in lowercase.
+pub fn hostname(host: &str) -> Result<String, PortError> {
+    parse_hostname(host)
+}
+
 fn parse_hostname(host: &str) -> Result<String, PortError> {
     let host = host.to_ascii_lowercase();
     let bad = || PortError::Hostname(host.clone());

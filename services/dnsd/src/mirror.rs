@@ -144,7 +144,7 @@ pub async fn apply(
                     view.cidr = cidr_of(&network(proxy).await?);
                     true
                 }
-                Kind::Removed | Kind::Clients | Kind::Files => false,
+                Kind::Removed | Kind::Clients | Kind::Files | Kind::Certificates => false,
             };
         }
     }

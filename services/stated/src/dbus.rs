@@ -21,7 +21,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::task::JoinHandle;
 use uncloud_common::dbus::{STATE_NAME, STATE_PATH};
-use uncloud_common::model::{ClientCert, Container, ContainerState, Kind, Service, StoredFile};
+use uncloud_common::model::{
+    Certificate, ClientCert, Container, ContainerState, Kind, Service, StoredFile,
+};
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{interface, Connection};
@@ -94,7 +96,7 @@ fn parse_kind(kind: &str) -> Result<Kind, StateError> {
     Kind::parse(kind).ok_or_else(|| {
         StateError::InvalidArgument(format!(
             "unknown kind {kind:?}; expected network, machines, services, containers, removed, \
-             clients or files"
+             clients, files or certificates"
         ))
     })
 }
@@ -103,7 +105,7 @@ fn parse_kind(kind: &str) -> Result<Kind, StateError> {
 /// root only (the daemons that start containers); everything else is for group `uncloud`
 /// too, as the bus policy says.
 pub fn may_read(kind: Kind, uid: u32) -> bool {
-    kind != Kind::Files || uid == 0
+    !matches!(kind, Kind::Files | Kind::Certificates) || uid == 0
 }
 
 async fn require_root_for(
@@ -208,6 +210,9 @@ impl State1 {
         let mut state = self.member()?.state();
         for f in state.files.values_mut() {
             f.content.clear();
+        }
+        for c in state.certificates.values_mut() {
+            *c = c.without_secrets();
         }
         Ok(serde_json::to_string(&state).expect("the model serializes"))
     }
@@ -381,6 +386,24 @@ impl State1 {
         let mut f: StoredFile = parse("file", json)?;
         f.stored_at_ms = now_ms();
         Ok(self.member()?.mutate(Mutation::UpsertFile(f)).await?)
+    }
+
+    /// Writes a hostname's ingress certificate entry (JSON `Certificate`: the claim, the
+    /// bundle, failures), only the fields that differ. Secrets are never logged.
+    async fn upsert_certificate(&self, json: &str) -> Result<(), StateError> {
+        let c: Certificate = parse("certificate", json)?;
+        Ok(self
+            .member()?
+            .mutate(Mutation::UpsertCertificate(c))
+            .await?)
+    }
+
+    /// Removes a hostname's certificate entry; one not there is no error.
+    async fn remove_certificate(&self, hostname: &str) -> Result<(), StateError> {
+        Ok(self
+            .member()?
+            .mutate(Mutation::RemoveCertificate(hostname.into()))
+            .await?)
     }
 
     /// Removes a stored file content (by digest); one not there is no error.
@@ -604,7 +627,10 @@ mod tests {
     fn only_root_reads_file_contents() {
         assert!(may_read(Kind::Files, 0));
         assert!(!may_read(Kind::Files, 998));
-        for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Files) {
+        assert!(may_read(Kind::Certificates, 0));
+        assert!(!may_read(Kind::Certificates, 998));
+        let public = |k: &Kind| !matches!(k, Kind::Files | Kind::Certificates);
+        for kind in Kind::ALL.into_iter().filter(public) {
             assert!(may_read(kind, 998), "{kind}");
         }
     }

@@ -2,14 +2,17 @@
 //!
 //! Callers read and write [`NetworkState`] entities; the string paths inside the document live
 //! only here. Layout: `{network: {id, mesh_cidr}, machines: {<id>: Machine}, services: {…},
-//! containers: {}, removed: {…}, clients: {…}, routes: {<digest>: StoredFile}}`, one automerge map per entity so concurrent
-//! writers of different entities (or different fields) never conflict. `containers` stays
-//! empty: it is part of the genesis change, but containers live in per-machine tables
-//! (`crate::tables`, decision 0014). A service's spec is
-//! the exception: one value (`uncloud_common::service_doc`), so concurrent deploys never mix.
-//! The files services mount ([`Kind::Files`]) live in the genesis's `routes` map, unused
-//! since routes became part of specs (decision 0013): a root map that is not in the genesis
-//! would be created by several machines concurrently, and one would hide the others.
+//! containers: {<hostname>: Certificate}, removed: {…}, clients: {…}, routes: {<digest>:
+//! StoredFile}}`, one automerge map per entity so concurrent writers of different entities (or
+//! different fields) never conflict. A service's spec is the exception: one value
+//! (`uncloud_common::service_doc`), so concurrent deploys never mix.
+//!
+//! Two genesis maps hold something other than their name says, because a root map that is not
+//! in the genesis would be created by several machines concurrently, and one would hide the
+//! others: the files services mount ([`Kind::Files`]) live in `routes`, unused since routes
+//! became part of specs (decision 0013), and ingress certificates ([`Kind::Certificates`]) in
+//! `containers`, unused since containers moved to per-machine tables (`crate::tables`,
+//! decision 0014).
 //!
 //! Every machine starts from the same **genesis** change, built deterministically from the
 //! network id (fixed actor, fixed time), so its hash is identical everywhere. Without it two
@@ -24,8 +27,8 @@ use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, R
 use autosurgeon::{hydrate_prop, reconcile_prop, Hydrate};
 use serde::Serialize;
 use uncloud_common::model::{
-    ClientCert, Container, ContainerState, Kind, Machine, NetworkState, Removal, Service,
-    ServiceRevision, ServiceSpec, StoredFile, SERVICE_HISTORY_LEN,
+    Certificate, ClientCert, Container, ContainerState, Kind, Machine, NetworkState, Removal,
+    Service, ServiceRevision, ServiceSpec, StoredFile, SERVICE_HISTORY_LEN,
 };
 use uncloud_common::{service_doc, vips};
 
@@ -83,6 +86,11 @@ pub enum Mutation {
     UpsertFile(StoredFile),
     /// Removes a stored file content no spec names any more.
     RemoveFile(String),
+    /// Writes a hostname's certificate entry (claim, bundle, failures): only the fields that
+    /// differ, each secret whole.
+    UpsertCertificate(Certificate),
+    /// Removes a hostname's certificate entry.
+    RemoveCertificate(String),
     /// Sets the mesh CIDR; written once by the first machine.
     SetMeshCidr(String),
     /// Sets some fields of a machine and nothing else, so writers of different fields (meshd
@@ -195,6 +203,8 @@ impl Mutation {
             Mutation::UpsertClient(c) => (Kind::Clients, &c.serial),
             Mutation::UpsertFile(f) => (Kind::Files, &f.digest),
             Mutation::RemoveFile(digest) => (Kind::Files, digest),
+            Mutation::UpsertCertificate(c) => (Kind::Certificates, &c.hostname),
+            Mutation::RemoveCertificate(h) => (Kind::Certificates, h),
             Mutation::SetMeshCidr(_) => (Kind::Network, "mesh_cidr"),
             Mutation::UpdateMachine(u) => (Kind::Machines, &u.machine_id),
         }
@@ -548,6 +558,7 @@ impl StateDoc {
             removed: self.entities(Kind::Removed),
             clients: self.entities(Kind::Clients),
             files: self.entities(Kind::Files),
+            certificates: self.entities(Kind::Certificates),
         }
     }
 
@@ -587,6 +598,7 @@ impl StateDoc {
             Kind::Removed => pick(self.entities::<Removal>(kind), kind, id),
             Kind::Clients => pick(self.entities::<ClientCert>(kind), kind, id),
             Kind::Files => pick(self.entities::<StoredFile>(kind), kind, id),
+            Kind::Certificates => pick(self.entities::<Certificate>(kind), kind, id),
         }
     }
 
@@ -605,6 +617,7 @@ impl StateDoc {
             Kind::Removed => json(self.entities_by_id::<Removal>(kind, ids)),
             Kind::Clients => json(self.entities_by_id::<ClientCert>(kind, ids)),
             Kind::Files => json(self.entities_by_id::<StoredFile>(kind, ids)),
+            Kind::Certificates => json(self.entities_by_id::<Certificate>(kind, ids)),
         }
     }
 
@@ -754,6 +767,7 @@ impl StateDoc {
                 }
                 reconcile_prop(&mut tx, &obj, id, f)
             }
+            Mutation::UpsertCertificate(c) => reconcile_prop(&mut tx, &obj, id, c),
             Mutation::SetMeshCidr(cidr) => reconcile_prop(&mut tx, &obj, "mesh_cidr", cidr),
             Mutation::UpdateMachine(_) => {
                 let m = updated.as_ref().expect("read above for this mutation");
@@ -767,7 +781,7 @@ impl StateDoc {
             | Mutation::RemoveContainer(_) => {
                 unreachable!("handled before the transaction")
             }
-            Mutation::RemoveFile(_) => {
+            Mutation::RemoveFile(_) | Mutation::RemoveCertificate(_) => {
                 if tx.get(&obj, id)?.is_none() {
                     tx.rollback();
                     return Ok(false);
@@ -855,6 +869,7 @@ impl StateDoc {
 fn root_key(kind: Kind) -> &'static str {
     match kind {
         Kind::Files => "routes",
+        Kind::Certificates => "containers",
         kind => kind.as_str(),
     }
 }
@@ -862,7 +877,8 @@ fn root_key(kind: Kind) -> &'static str {
 fn kind_of_root_key(key: &str) -> Option<Kind> {
     match key {
         "routes" => Some(Kind::Files),
-        "files" => None,
+        "containers" => Some(Kind::Certificates),
+        "files" | "certificates" => None,
         key => Kind::parse(key),
     }
 }
@@ -1163,6 +1179,47 @@ mod tests {
         assert!(!b.apply(&Mutation::RemoveFile(f.digest.clone())).unwrap());
         sync_pair(&mut a, &mut b);
         assert!(a.state().files.is_empty());
+    }
+
+    #[test]
+    fn certificates_live_in_the_genesis_containers_map_and_merge_whole() {
+        let (mut a, mut b) = (StateDoc::new(genesis("n")), StateDoc::new(genesis("n")));
+        let cert = |bundle: &str, by: &str| Certificate {
+            hostname: "app.example.com".into(),
+            directory: "https://acme.test/dir".into(),
+            account_key: format!("key-{by}"),
+            bundle: bundle.into(),
+            issued_by: by.into(),
+            ..Default::default()
+        };
+        let before = a.heads();
+        assert!(a
+            .apply(&Mutation::UpsertCertificate(cert("A", "ma")))
+            .unwrap());
+        let changed = a.changed_between(&before, &a.heads());
+        assert_eq!(
+            changed.get(&Kind::Certificates).map(|ids| ids.len()),
+            Some(1),
+            "{changed:?}"
+        );
+        assert!(!changed.contains_key(&Kind::Containers));
+        // Both sides of a partition ordered: after the merge one whole entry, the same on both.
+        assert!(b
+            .apply(&Mutation::UpsertCertificate(cert("B", "mb")))
+            .unwrap());
+        sync_pair(&mut a, &mut b);
+        let (ca, cb) = (a.state().certificates, b.state().certificates);
+        assert_eq!(ca, cb);
+        let c = &ca["app.example.com"];
+        assert!(
+            *c == cert("A", "ma") || *c == cert("B", "mb"),
+            "one writer's fields: {c:?}"
+        );
+        assert!(a
+            .apply(&Mutation::RemoveCertificate("app.example.com".into()))
+            .unwrap());
+        sync_pair(&mut a, &mut b);
+        assert!(b.state().certificates.is_empty());
     }
 
     #[test]

@@ -444,6 +444,17 @@ impl Shared {
             }
             Mutation::UpsertClient(c) => c.validate()?,
             Mutation::UpsertFile(f) => f.validate()?,
+            Mutation::UpsertCertificate(c) => c.validate()?,
+            Mutation::RemoveCertificate(h) => {
+                if uncloud_common::ports::hostname(h).is_err() {
+                    return Err(ModelError::Invalid {
+                        what: "certificate hostname",
+                        value: h.chars().take(64).collect(),
+                        why: "not a DNS name",
+                    }
+                    .into());
+                }
+            }
             Mutation::SetMeshCidr(cidr) => {
                 if conflict::subnet_capacity(cidr).is_none() {
                     return Err(ModelError::Invalid {
