@@ -183,6 +183,81 @@ pub trait Dns {
     fn upstreams(&self) -> zbus::Result<Vec<String>>;
 }
 
+/// Well-known name and object path of `ingressd`.
+pub const INGRESS_NAME: &str = "org.uncloud.Ingress1";
+pub const INGRESS_PATH: &str = "/org/uncloud/Ingress1";
+
+/// One route as `org.uncloud.Ingress1.Routes` returns it (a JSON array of these).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IngressRoute {
+    pub hostname: String,
+    pub path: String,
+    /// `http` or `https`.
+    pub protocol: String,
+    /// `name` or `name.project`.
+    pub service: String,
+    pub upstreams: Vec<IngressUpstream>,
+}
+
+/// One upstream of a route, as this ingress machine sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IngressUpstream {
+    /// `ip:port` on the mesh.
+    pub address: String,
+    /// Skipped for now after a failed connection (passive health).
+    pub down: bool,
+    /// Requests in flight.
+    pub active: u64,
+    /// Failed connections since the last success.
+    pub failures: u64,
+}
+
+/// One hostname's certificate as `org.uncloud.Ingress1.Certificates` returns it (a JSON
+/// array of these). No secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IngressCertificate {
+    pub hostname: String,
+    /// `issued`, `self-signed`, `ordering`, `failed`, `unusable` or `none`.
+    pub status: String,
+    #[serde(default)]
+    pub serial: String,
+    #[serde(default)]
+    pub issuer: String,
+    /// ms since the Unix epoch; 0 when there is none.
+    #[serde(default)]
+    pub not_after_ms: u64,
+    /// When it will be renewed (ms since the Unix epoch).
+    #[serde(default)]
+    pub renew_at_ms: u64,
+    #[serde(default)]
+    pub issued_by: String,
+    /// The machine ordering it now, if any.
+    #[serde(default)]
+    pub claim_by: String,
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default)]
+    pub last_error: String,
+    #[serde(default)]
+    pub directory: String,
+}
+
+/// Client side of `org.uncloud.Ingress1`; see `services/ingressd` for the server and docs.
+#[zbus::proxy(
+    interface = "org.uncloud.Ingress1",
+    default_service = "org.uncloud.Ingress1",
+    default_path = "/org/uncloud/Ingress1"
+)]
+pub trait Ingress {
+    /// JSON array of [`IngressRoute`].
+    fn routes(&self) -> zbus::Result<String>;
+    /// JSON array of [`IngressCertificate`].
+    fn certificates(&self) -> zbus::Result<String>;
+    fn counters(&self) -> zbus::Result<std::collections::HashMap<String, u64>>;
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn listening(&self) -> zbus::Result<Vec<String>>;
+}
+
 /// Well-known name and object path of `apid`.
 pub const API_NAME: &str = "org.uncloud.Api1";
 pub const API_PATH: &str = "/org/uncloud/Api1";

@@ -1,0 +1,229 @@
+//! Choosing an upstream: round-robin or least connections among a route's containers,
+//! skipping those that recently refused or timed out (passive health).
+//!
+//! No probes: an upstream is marked down when a connection to it fails, and tried again
+//! after `down_for`. When every upstream is marked down the least recently marked one is
+//! tried anyway (the marks may be stale; a 502 without trying helps nobody). Pure apart from
+//! atomics: time is passed in.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::Balance;
+use crate::routes::Route;
+
+/// What ingressd knows of one upstream address.
+#[derive(Debug, Default)]
+pub struct Upstream {
+    /// Requests in flight to it.
+    pub active: AtomicUsize,
+    /// Until when it is skipped (ms since the health registry's start); 0: it is not.
+    down_until_ms: AtomicU64,
+    /// Failures since the last success (for `uc ingress ls`).
+    pub failures: AtomicU64,
+}
+
+/// Every upstream's health, shared by all connections.
+#[derive(Debug)]
+pub struct Health {
+    start: Instant,
+    down_for: Duration,
+    upstreams: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
+}
+
+impl Health {
+    pub fn new(down_for: Duration) -> Health {
+        Health {
+            start: Instant::now(),
+            down_for,
+            upstreams: Mutex::default(),
+        }
+    }
+
+    pub fn get(&self, addr: SocketAddr) -> Arc<Upstream> {
+        self.upstreams
+            .lock()
+            .unwrap()
+            .entry(addr)
+            .or_default()
+            .clone()
+    }
+
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_millis() as u64 + 1
+    }
+
+    /// A connection to `addr` failed: skip it for a while.
+    pub fn failed(&self, addr: SocketAddr, now: Instant) {
+        let u = self.get(addr);
+        u.failures.fetch_add(1, Ordering::Relaxed);
+        u.down_until_ms.store(
+            self.ms(now) + self.down_for.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// `addr` answered.
+    pub fn succeeded(&self, addr: SocketAddr) {
+        let u = self.get(addr);
+        if u.down_until_ms.load(Ordering::Relaxed) != 0 {
+            u.down_until_ms.store(0, Ordering::Relaxed);
+        }
+        u.failures.store(0, Ordering::Relaxed);
+    }
+
+    pub fn is_down(&self, addr: SocketAddr, now: Instant) -> bool {
+        self.get(addr).down_until_ms.load(Ordering::Relaxed) > self.ms(now)
+    }
+
+    /// Forgets upstreams no route has any more.
+    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        self.upstreams.lock().unwrap().retain(|a, _| keep(a));
+    }
+
+    /// Chooses an upstream of `route` other than those in `tried`.
+    pub fn pick(
+        &self,
+        route: &Route,
+        policy: Balance,
+        tried: &[SocketAddr],
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let candidates: Vec<(SocketAddr, Arc<Upstream>)> = route
+            .upstreams
+            .iter()
+            .filter(|a| !tried.contains(a))
+            .map(|a| (*a, self.get(*a)))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let now_ms = self.ms(now);
+        let up: Vec<&(SocketAddr, Arc<Upstream>)> = candidates
+            .iter()
+            .filter(|(_, u)| u.down_until_ms.load(Ordering::Relaxed) <= now_ms)
+            .collect();
+        if up.is_empty() {
+            // All marked down: the one whose mark ends first.
+            return candidates
+                .iter()
+                .min_by_key(|(_, u)| u.down_until_ms.load(Ordering::Relaxed))
+                .map(|(a, _)| *a);
+        }
+        let turn = route.next.fetch_add(1, Ordering::Relaxed);
+        match policy {
+            Balance::RoundRobin => Some(up[turn % up.len()].0),
+            Balance::LeastConnections => {
+                let least = up
+                    .iter()
+                    .map(|(_, u)| u.active.load(Ordering::Relaxed))
+                    .min()
+                    .expect("not empty");
+                let tied: Vec<_> = up
+                    .iter()
+                    .filter(|(_, u)| u.active.load(Ordering::Relaxed) == least)
+                    .collect();
+                Some(tied[turn % tied.len()].0)
+            }
+        }
+    }
+}
+
+/// Counts a request in flight to an upstream for as long as it lives.
+pub struct InFlight(Arc<Upstream>);
+
+impl InFlight {
+    pub fn new(u: Arc<Upstream>) -> InFlight {
+        u.active.fetch_add(1, Ordering::Relaxed);
+        InFlight(u)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uncloud_common::ports::Protocol;
+
+    fn route(n: usize) -> Route {
+        Route {
+            hostname: "a.com".into(),
+            path: "/".into(),
+            service_id: "s".into(),
+            service: "s".into(),
+            protocol: Protocol::Http,
+            upstreams: (0..n)
+                .map(|i| SocketAddr::from(([10, 210, 1, 2 + i as u8], 80)))
+                .collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn round_robin_visits_every_upstream_and_skips_one_that_failed_until_its_time_is_up() {
+        let h = Health::new(Duration::from_secs(10));
+        let r = route(3);
+        let now = Instant::now();
+        let picks: Vec<_> = (0..6)
+            .map(|_| h.pick(&r, Balance::RoundRobin, &[], now).unwrap())
+            .collect();
+        for a in &r.upstreams {
+            assert_eq!(picks.iter().filter(|p| *p == a).count(), 2);
+        }
+        h.failed(r.upstreams[1], now);
+        for _ in 0..6 {
+            assert_ne!(
+                h.pick(&r, Balance::RoundRobin, &[], now),
+                Some(r.upstreams[1])
+            );
+        }
+        let later = now + Duration::from_secs(11);
+        assert!(!h.is_down(r.upstreams[1], later));
+        assert!((0..3).any(|_| h.pick(&r, Balance::RoundRobin, &[], later) == Some(r.upstreams[1])));
+    }
+
+    #[test]
+    fn a_retry_goes_elsewhere_and_all_down_still_tries_one() {
+        let h = Health::new(Duration::from_secs(10));
+        let r = route(2);
+        let now = Instant::now();
+        let first = h.pick(&r, Balance::RoundRobin, &[], now).unwrap();
+        let second = h.pick(&r, Balance::RoundRobin, &[first], now).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(h.pick(&r, Balance::RoundRobin, &[first, second], now), None);
+        h.failed(r.upstreams[0], now);
+        h.failed(r.upstreams[1], now + Duration::from_secs(1));
+        assert_eq!(
+            h.pick(&r, Balance::RoundRobin, &[], now),
+            Some(r.upstreams[0]),
+            "every upstream is down: the one whose mark ends first"
+        );
+        h.succeeded(r.upstreams[0]);
+        assert!(!h.is_down(r.upstreams[0], now));
+        assert_eq!(h.pick(&route(0), Balance::RoundRobin, &[], now), None);
+    }
+
+    #[test]
+    fn least_connections_prefers_the_idle_upstream() {
+        let h = Health::new(Duration::from_secs(10));
+        let r = route(2);
+        let now = Instant::now();
+        let _busy = InFlight::new(h.get(r.upstreams[0]));
+        for _ in 0..4 {
+            assert_eq!(
+                h.pick(&r, Balance::LeastConnections, &[], now),
+                Some(r.upstreams[1])
+            );
+        }
+        drop(_busy);
+        assert_eq!(h.get(r.upstreams[0]).active.load(Ordering::Relaxed), 0);
+    }
+}

@@ -1,0 +1,128 @@
+//! Connections to upstreams, kept open for reuse (HTTP/1.1 keep-alive).
+//!
+//! ingressd's own small pool rather than hyper-util's client: a request that could not be
+//! sent (the connection failed, or one kept idle turned out closed) comes back whole, so it
+//! is retried on another upstream, bodies included. An idle connection is kept for
+//! `idle_for`, below upstreams' own idle timeouts, so one an upstream is closing is rarely
+//! handed out (and when it is, the request comes back and goes again).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+use crate::proxy::Body;
+
+/// Idle connections kept per upstream at most.
+const MAX_IDLE_PER_UPSTREAM: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {0}: timed out")]
+    Timeout(SocketAddr),
+    #[error("connecting to {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP/1.1 handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// Keep-alive connections by upstream address.
+pub struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle_for: Duration,
+    connect_timeout: Duration,
+}
+
+/// A connection checked out of the pool.
+pub struct Conn {
+    pub sender: http1::SendRequest<Body>,
+    /// It was used before (so a failure to send may just mean the upstream closed it).
+    pub reused: bool,
+}
+
+impl Pool {
+    pub fn new(idle_for: Duration, connect_timeout: Duration) -> Arc<Pool> {
+        Arc::new(Pool {
+            idle: Mutex::default(),
+            idle_for,
+            connect_timeout,
+        })
+    }
+
+    /// An idle connection to `addr` that can take a request, or a new one.
+    pub async fn checkout(&self, addr: SocketAddr) -> Result<Conn, ConnectError> {
+        {
+            let mut idle = self.idle.lock().unwrap();
+            if let Some(list) = idle.get_mut(&addr) {
+                while let Some(c) = list.pop() {
+                    if c.since.elapsed() < self.idle_for && c.sender.is_ready() {
+                        return Ok(Conn {
+                            sender: c.sender,
+                            reused: true,
+                        });
+                    }
+                }
+            }
+        }
+        let stream =
+            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| ConnectError::Timeout(addr))?
+                .map_err(|source| ConnectError::Io { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            // Ends when either side closes; upgrades (WebSocket) take the connection over.
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(Conn {
+            sender,
+            reused: false,
+        })
+    }
+
+    /// Gives a connection back once its response is read to the end.
+    pub fn checkin(self: &Arc<Self>, addr: SocketAddr, mut sender: http1::SendRequest<Body>) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let mut idle = pool.idle.lock().unwrap();
+            let list = idle.entry(addr).or_default();
+            list.retain(|c| c.since.elapsed() < pool.idle_for && !c.sender.is_closed());
+            if list.len() < MAX_IDLE_PER_UPSTREAM {
+                list.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+
+    /// Drops idle connections to upstreams no route has any more, and stale ones.
+    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        let mut idle = self.idle.lock().unwrap();
+        idle.retain(|a, _| keep(a));
+        for list in idle.values_mut() {
+            list.retain(|c| c.since.elapsed() < self.idle_for && !c.sender.is_closed());
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! One request: find its route, answer what ingress answers itself (ACME challenges, the
+//! redirect to HTTPS, 404 for unknown hosts), else forward it to an upstream container.
+//!
+//! Forwarding follows what Caddy and nginx do: `Host` kept; `X-Forwarded-For/Proto/Host`
+//! set; hop-by-hop headers dropped (and `Upgrade` re-added for WebSocket and other
+//! upgrades, whose bytes are then copied both ways); bodies streamed both ways; HTTP/1.1 to
+//! the upstream whatever the client spoke. A request that could not be sent (connection
+//! refused, timed out, or a kept-alive connection that had closed) is tried on another
+//! upstream, body included, since nothing of it left; once any of it was sent it is not
+//! retried.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+
+use crate::balance::{Health, InFlight};
+use crate::certs::Store;
+use crate::config::Balance;
+use crate::pool::Pool;
+use crate::routes::{normalize_host, Table};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every body ingressd sends or forwards.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Counts for `org.uncloud.Ingress1`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    /// Answered by ingressd with 502/503/504 (no upstream could answer).
+    pub upstream_failures: AtomicU64,
+    /// Retried on another upstream after a failed connection.
+    pub retries: AtomicU64,
+    pub not_found: AtomicU64,
+    pub upgrades: AtomicU64,
+    pub challenges: AtomicU64,
+}
+
+/// What every connection shares.
+pub struct Shared {
+    pub table: RwLock<Arc<Table>>,
+    pub certs: Arc<Store>,
+    pub health: Health,
+    pub pool: Arc<Pool>,
+    pub balance: Balance,
+    pub response_timeout: Duration,
+    pub counters: Counters,
+}
+
+impl Shared {
+    pub fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap().clone()
+    }
+}
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct Via {
+    pub tls: bool,
+    pub peer: SocketAddr,
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(full(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// The hostname a request is for: `Host` (HTTP/1.1) or the URI's authority (HTTP/2).
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })?;
+    normalize_host(&raw)
+}
+
+/// Answers one request.
+pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, via: Via) -> Response<Body> {
+    shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let Some(host) = request_host(&req) else {
+        shared.counters.not_found.fetch_add(1, Ordering::Relaxed);
+        return text(
+            StatusCode::NOT_FOUND,
+            "no service is published at this address\n",
+        );
+    };
+    let path = req.uri().path().to_string();
+    if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
+        if !via.tls {
+            shared.counters.challenges.fetch_add(1, Ordering::Relaxed);
+            return match shared.certs.key_authorization(&host, token) {
+                Some(answer) => {
+                    tracing::info!(%host, peer = %via.peer, "answered an ACME HTTP-01 challenge");
+                    let mut r = text(StatusCode::OK, answer);
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                    r
+                }
+                None => text(StatusCode::NOT_FOUND, "no such challenge\n"),
+            };
+        }
+    }
+    let table = shared.table();
+    let Some(route) = table.lookup(&host, &path).cloned() else {
+        shared.counters.not_found.fetch_add(1, Ordering::Relaxed);
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no service is published at {host}{path}\n"),
+        );
+    };
+    drop(table);
+    if !via.tls && route.protocol == uncloud_common::ports::Protocol::Https {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let location = format!("https://{host}{pq}");
+        let mut r = text(StatusCode::PERMANENT_REDIRECT, format!("{location}\n"));
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return r;
+    }
+
+    let upgrade = upgrade_protocol(req.headers(), req.version());
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let mut out = match prepare(req, &host, via, upgrade.as_ref()) {
+        Ok(r) => r,
+        Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    loop {
+        let Some(addr) = shared
+            .health
+            .pick(&route, shared.balance, &tried, Instant::now())
+        else {
+            shared
+                .counters
+                .upstream_failures
+                .fetch_add(1, Ordering::Relaxed);
+            let (status, why) = if route.upstreams.is_empty() {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "service {} has no healthy container right now",
+                        route.service
+                    ),
+                )
+            } else {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("no container of service {} could be reached", route.service),
+                )
+            };
+            return text(status, format!("{why}\n"));
+        };
+        let mut conn = match shared.pool.checkout(addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream refused; trying another");
+                shared.health.failed(addr, Instant::now());
+                shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+                tried.push(addr);
+                continue;
+            }
+        };
+        let guard = InFlight::new(shared.health.get(addr));
+        let sent =
+            tokio::time::timeout(shared.response_timeout, conn.sender.try_send_request(out)).await;
+        let response = match sent {
+            Err(_) => {
+                shared.health.failed(addr, Instant::now());
+                shared
+                    .counters
+                    .upstream_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                return text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("service {} did not answer in time\n", route.service),
+                );
+            }
+            Ok(Ok(r)) => r,
+            Ok(Err(mut e)) => match e.take_message() {
+                // Nothing of it was sent: try again, elsewhere unless the connection was a
+                // kept-alive one that had closed.
+                Some(back) => {
+                    out = back;
+                    if !conn.reused {
+                        shared.health.failed(addr, Instant::now());
+                        tried.push(addr);
+                    }
+                    shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                None => {
+                    tracing::debug!(error = %e.error(), upstream = %addr, "upstream failed mid-request");
+                    shared
+                        .counters
+                        .upstream_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("service {} failed to answer\n", route.service),
+                    );
+                }
+            },
+        };
+        shared.health.succeeded(addr);
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return switch(shared, response, client_upgrade, guard);
+        }
+        shared.pool.checkin(addr, conn.sender);
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = Guarded {
+            inner: body.map_err(BoxError::from).boxed(),
+            _guard: guard,
+        };
+        return Response::from_parts(parts, body.boxed());
+    }
+}
+
+/// The protocol a request asks to upgrade to (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
+fn upgrade_protocol(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    wants
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Headers that belong to one connection, not to the message (RFC 9110 §7.6.1), plus those
+/// the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(n);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// The request as the upstream gets it.
+fn prepare(
+    req: Request<Incoming>,
+    host: &str,
+    via: Via,
+    upgrade: Option<&HeaderValue>,
+) -> Result<Request<Body>, &'static str> {
+    let (mut parts, body) = req.into_parts();
+    let authority = parts.uri.authority().map(|a| a.as_str().to_string());
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    parts.uri = pq
+        .parse::<Uri>()
+        .map_err(|_| "the request target is not valid")?;
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key(header::HOST) {
+        let h = authority.unwrap_or_else(|| host.to_string());
+        let v = HeaderValue::from_str(&h).map_err(|_| "the host is not valid")?;
+        parts.headers.insert(header::HOST, v);
+    }
+    let client = via.peer.ip().to_string();
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prior) => format!("{prior}, {client}"),
+        None => client,
+    };
+    let set = |headers: &mut HeaderMap, name: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            headers.insert(name, v);
+        }
+    };
+    set(&mut parts.headers, "x-forwarded-for", &xff);
+    set(
+        &mut parts.headers,
+        "x-forwarded-proto",
+        if via.tls { "https" } else { "http" },
+    );
+    set(&mut parts.headers, "x-forwarded-host", host);
+    if let Some(proto) = upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, proto.clone());
+    }
+    Ok(Request::from_parts(
+        parts,
+        body.map_err(BoxError::from).boxed(),
+    ))
+}
+
+/// The upstream agreed to switch protocols: answer 101 and copy bytes both ways.
+fn switch(
+    shared: Arc<Shared>,
+    mut response: Response<Incoming>,
+    client: Option<hyper::upgrade::OnUpgrade>,
+    guard: InFlight,
+) -> Response<Body> {
+    let Some(client) = client else {
+        return text(
+            StatusCode::BAD_GATEWAY,
+            "the upstream switched protocols unasked\n",
+        );
+    };
+    shared.counters.upgrades.fetch_add(1, Ordering::Relaxed);
+    let upstream = hyper::upgrade::on(&mut response);
+    tokio::spawn(async move {
+        let _guard = guard;
+        match tokio::try_join!(client, upstream) {
+            Ok((c, u)) => {
+                let mut c = TokioIo::new(c);
+                let mut u = TokioIo::new(u);
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "an upgrade did not complete"),
+        }
+    });
+    let (parts, _) = response.into_parts();
+    Response::from_parts(parts, full(Bytes::new()))
+}
+
+/// A response body that counts its upstream as busy until it is done.
+struct Guarded {
+    inner: Body,
+    _guard: InFlight,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn only_an_http11_request_with_connection_upgrade_asks_for_one() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(upgrade_protocol(&h, Version::HTTP_11), None);
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert_eq!(
+            upgrade_protocol(&h, Version::HTTP_11),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        assert_eq!(upgrade_protocol(&h, Version::HTTP_2), None);
+    }
+}

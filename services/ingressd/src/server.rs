@@ -1,0 +1,309 @@
+//! The listeners: plain HTTP and HTTPS (HTTP/2 or HTTP/1.1 by ALPN), with the limits that
+//! keep a public listener standing: a cap on connections served at once, on a request
+//! head's size (431 past it) and on the time to send it (slow clients are cut off), and an
+//! idle timeout on every connection. Malformed requests get hyper's 400.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
+
+use crate::proxy::{handle, Shared, Via};
+
+/// The limits every connection is served with.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+}
+
+/// Running listeners; dropping or [`Listeners::stop`]ping them ends them.
+pub struct Listeners {
+    pub addrs: Vec<String>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Listeners {
+    /// Binds every address (all or nothing) and serves them.
+    pub async fn bind(
+        shared: Arc<Shared>,
+        tls: Arc<rustls::ServerConfig>,
+        http: &[SocketAddr],
+        https: &[SocketAddr],
+        limits: Limits,
+    ) -> io::Result<Listeners> {
+        let mut bound = Vec::new();
+        for (addr, secure) in http
+            .iter()
+            .map(|a| (a, false))
+            .chain(https.iter().map(|a| (a, true)))
+        {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+            bound.push((l, secure));
+        }
+        let (stop, _) = watch::channel(false);
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let mut tasks = JoinSet::new();
+        let mut addrs = Vec::new();
+        for (l, secure) in bound {
+            let local = l.local_addr()?;
+            addrs.push(format!(
+                "{}://{local}",
+                if secure { "https" } else { "http" }
+            ));
+            let acceptor = secure.then(|| tokio_rustls::TlsAcceptor::from(tls.clone()));
+            tasks.spawn(accept_loop(
+                l,
+                acceptor,
+                shared.clone(),
+                limits,
+                slots.clone(),
+                stop.subscribe(),
+            ));
+        }
+        Ok(Listeners { addrs, stop, tasks })
+    }
+
+    /// Stops accepting; connections finish their requests (for at most `grace`).
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.tasks.abort_all();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        // Past the cap, new connections wait in the kernel's queue.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (shared, tls, stop) = (shared.clone(), tls.clone(), stop.clone());
+        conns.spawn(async move {
+            let _permit = permit;
+            serve(stream, peer, tls, shared, limits, stop).await;
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+) {
+    let stream = Idle::new(stream, limits.idle_timeout);
+    match tls {
+        None => {
+            let via = Via { tls: false, peer };
+            http1(TokioIo::new(stream), shared, via, limits, stop).await
+        }
+        Some(acceptor) => {
+            let accepted =
+                tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await;
+            let tls = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let via = Via { tls: true, peer };
+            if h2 {
+                http2(TokioIo::new(tls), shared, via, limits, stop).await
+            } else {
+                http1(TokioIo::new(tls), shared, via, limits, stop).await
+            }
+        }
+    }
+}
+
+async fn http1<I>(io: I, shared: Arc<Shared>, via: Via, limits: Limits, stop: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(shared, req, via).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
+}
+
+async fn http2<I>(io: I, shared: Arc<Shared>, via: Via, limits: Limits, stop: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(shared, req, via).await) }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .serve_connection(io, svc);
+    until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
+}
+
+/// Serves `conn` to its end; when told to stop, lets it finish what is in flight.
+async fn until_stopped<C, E>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    graceful: impl FnOnce(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = stop.changed() => {}
+    }
+    graceful(conn.as_mut());
+    let _ = conn.await;
+}
+
+/// A stream that fails with `TimedOut` once no byte moved either way for `timeout`.
+struct Idle<S> {
+    inner: S,
+    timeout: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<S> Idle<S> {
+    fn new(inner: S, timeout: Duration) -> Idle<S> {
+        Idle {
+            inner,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    fn moved(&mut self) {
+        self.deadline.as_mut().reset(Instant::now() + self.timeout);
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "idle for too long")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if self.expired(cx) {
+                    Poll::Ready(Err(timed_out()))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.expired(cx) {
+                    Poll::Ready(Err(timed_out()))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
