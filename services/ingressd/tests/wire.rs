@@ -1,0 +1,465 @@
+//! ingressd's listeners over real sockets on loopback, with real HTTP upstreams and `curl`:
+//! routing, 404, the redirect, forwarded headers, retries past a dead upstream, HTTP/2 over
+//! TLS, WebSocket-style upgrades, and the limits that keep a public listener standing (slow
+//! clients, oversized heads, malformed requests).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use ingressd::balance::Health;
+use ingressd::certs::{self, Store};
+use ingressd::config::Balance;
+use ingressd::pool::Pool;
+use ingressd::proxy::{Counters, Shared};
+use ingressd::routes::Table;
+use ingressd::server::{Limits, Listeners};
+use ingressd::view::View;
+use uncloud_common::model::{Container, ContainerState, Machine, Service, ServiceSpec};
+
+/// An upstream that answers with what it saw (`name`, host, path, forwarded headers), and
+/// for `Upgrade: echo` switches protocols and echoes bytes back.
+async fn upstream(addr: SocketAddr, name: &'static str) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| async move {
+                    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let up = on.await.unwrap();
+                            let mut io = TokioIo::new(up);
+                            let (mut r, mut w) = tokio::io::split(&mut io);
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        });
+                        let mut r = Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                        r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+                        r.headers_mut()
+                            .insert("connection", "upgrade".parse().unwrap());
+                        return Ok::<_, hyper::Error>(r);
+                    }
+                    let h = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    let seen = serde_json::json!({
+                        "upstream": name,
+                        "host": h("host"),
+                        "path": req.uri().to_string(),
+                        "xff": h("x-forwarded-for"),
+                        "proto": h("x-forwarded-proto"),
+                        "xhost": h("x-forwarded-host"),
+                        "version": format!("{:?}", req.version()),
+                    });
+                    let body = req.into_body().collect().await?.to_bytes();
+                    let mut seen = seen;
+                    seen["body_len"] = body.len().into();
+                    Ok(Response::new(Full::new(Bytes::from(seen.to_string()))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    })
+}
+
+fn service(id: &str, ports: &[&str]) -> Service {
+    Service {
+        id: id.into(),
+        name: id.into(),
+        created_at_ms: 1,
+        spec: ServiceSpec {
+            image: "img".into(),
+            ports: ports.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn container(id: &str, service: &str, ip: &str) -> Container {
+    Container {
+        id: id.into(),
+        name: id.into(),
+        machine_id: "me".into(),
+        service_id: service.into(),
+        ip: ip.into(),
+        state: ContainerState::Running,
+        healthy: true,
+        ..Default::default()
+    }
+}
+
+struct Proxy {
+    http: SocketAddr,
+    https: SocketAddr,
+    shared: Arc<Shared>,
+    _listeners: Listeners,
+}
+
+/// Each test its own upstream port (tests run in parallel).
+fn next_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(18_080);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The proxy under test, with routes to upstreams on 127.0.0.2-5 (`port`); 127.0.0.5 has
+/// nothing listening (a container that died).
+async fn proxy(limits: Limits, port: u16) -> Proxy {
+    let mut view = View {
+        me: "me".into(),
+        ..Default::default()
+    };
+    view.machines.insert(
+        "me".into(),
+        Machine {
+            id: "me".into(),
+            roles: vec!["ingress".into()],
+            ..Default::default()
+        },
+    );
+    for s in [
+        service("web", &[&format!("app.example.com:{port}/https")]),
+        service("plain", &[&format!("plain.example.com:{port}/http")]),
+        service("api", &[&format!("plain.example.com/api:{port}/http")]),
+    ] {
+        view.services.insert(s.id.clone(), s);
+    }
+    for c in [
+        container("w1", "web", "127.0.0.2"),
+        container("p1", "plain", "127.0.0.3"),
+        container("p2", "plain", "127.0.0.5"),
+        container("a1", "api", "127.0.0.4"),
+    ] {
+        view.containers.insert(c.id.clone(), c);
+    }
+    let store = Arc::new(Store::default());
+    store.update(&BTreeMap::new(), &["app.example.com".to_string()]);
+    let shared = Arc::new(Shared {
+        table: RwLock::new(Arc::new(Table::build(&view))),
+        certs: store.clone(),
+        health: Health::new(Duration::from_secs(10)),
+        pool: Pool::new(Duration::from_secs(30), Duration::from_secs(1)),
+        balance: Balance::RoundRobin,
+        response_timeout: Duration::from_secs(5),
+        counters: Counters::default(),
+    });
+    let l = Listeners::bind(
+        shared.clone(),
+        certs::server_config(store),
+        &["127.0.0.1:0".parse().unwrap()],
+        &["127.0.0.1:0".parse().unwrap()],
+        limits,
+    )
+    .await
+    .unwrap();
+    let addr = |scheme: &str| -> SocketAddr {
+        l.addrs
+            .iter()
+            .find_map(|a| a.strip_prefix(&format!("{scheme}://")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    Proxy {
+        http: addr("http"),
+        https: addr("https"),
+        shared,
+        _listeners: l,
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        header_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(5),
+        max_header_bytes: 16 * 1024,
+        max_connections: 64,
+    }
+}
+
+/// `curl` with `args`; returns (status line code, headers, body).
+async fn curl(args: Vec<String>) -> (u16, String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-D", "-"])
+        .args(&args)
+        .output()
+        .await
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, head.to_string(), body.to_string())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+async fn upstreams(port: u16) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        upstream(SocketAddr::from(([127, 0, 0, 2], port)), "web").await,
+        upstream(SocketAddr::from(([127, 0, 0, 3], port)), "plain").await,
+        upstream(SocketAddr::from(([127, 0, 0, 4], port)), "api").await,
+    ]
+}
+
+/// Raw bytes to the HTTP listener; returns what came back until the proxy closed or 3 s.
+fn raw(addr: SocketAddr, chunks: &[(&[u8], Duration)]) -> (String, Duration) {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    for (bytes, pause) in chunks {
+        if s.write_all(bytes).is_err() {
+            break;
+        }
+        std::thread::sleep(*pause);
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (String::from_utf8_lossy(&out).to_string(), start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_redirects_forwards_and_retries_past_a_dead_upstream() {
+    let port = next_port();
+    let _u = upstreams(port).await;
+    let p = proxy(limits(), port).await;
+    let http = p.http.to_string();
+
+    // A published http route: the upstream sees Host kept and the forwarded headers.
+    let (code, _, body) = curl(vec![
+        "-H".into(),
+        "Host: plain.example.com".into(),
+        format!("http://{http}/x?y=1"),
+    ])
+    .await;
+    assert_eq!(code, 200);
+    let seen = json(&body);
+    assert_eq!(seen["upstream"], "plain");
+    assert_eq!(seen["host"], "plain.example.com");
+    assert_eq!(seen["path"], "/x?y=1");
+    assert_eq!(seen["xff"], "127.0.0.1");
+    assert_eq!(seen["proto"], "http");
+    assert_eq!(seen["xhost"], "plain.example.com");
+
+    // Longest prefix on whole segments.
+    for (path, who) in [("/api", "api"), ("/api/v1", "api"), ("/apis", "plain")] {
+        let (_, _, body) = curl(vec![
+            "-H".into(),
+            "Host: plain.example.com".into(),
+            format!("http://{http}{path}"),
+        ])
+        .await;
+        assert_eq!(json(&body)["upstream"], who, "{path}");
+    }
+
+    // 127.0.0.5 refuses: every request still gets an answer from 127.0.0.3, and the dead one
+    // is marked down after its first refusal.
+    for _ in 0..10 {
+        let (code, _, body) = curl(vec![
+            "-H".into(),
+            "Host: plain.example.com".into(),
+            "--data-binary".into(),
+            "0123456789".into(),
+            format!("http://{http}/post"),
+        ])
+        .await;
+        assert_eq!(code, 200);
+        assert_eq!(
+            json(&body)["body_len"],
+            10,
+            "the body went along on the retry"
+        );
+    }
+    let dead: SocketAddr = SocketAddr::from(([127, 0, 0, 5], port));
+    assert!(p.shared.health.is_down(dead, Instant::now()));
+    assert!(
+        p.shared
+            .counters
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+
+    // An https route over plain HTTP: 308 to https, path and query kept.
+    let (code, head, _) = curl(vec![
+        "-H".into(),
+        "Host: app.example.com".into(),
+        format!("http://{http}/a/b?c=d"),
+    ])
+    .await;
+    assert_eq!(code, 308);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("location: https://app.example.com/a/b?c=d"),
+        "{head}"
+    );
+
+    // Unknown hosts and bare addresses: 404, never an open proxy.
+    for host in ["evil.example.com", "127.0.0.1", "10.210.1.2:80"] {
+        let (code, _, _) = curl(vec![
+            "-H".into(),
+            format!("Host: {host}"),
+            format!("http://{http}/"),
+        ])
+        .await;
+        assert_eq!(code, 404, "{host}");
+    }
+    let (code, _, _) = curl(vec![
+        "-x".into(),
+        format!("http://{http}"),
+        "http://evil.example.com/".into(),
+    ])
+    .await;
+    assert_eq!(code, 404, "an absolute-form request for another host");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_http2_and_http11_by_alpn() {
+    let port = next_port();
+    let _u = upstreams(port).await;
+    let p = proxy(limits(), port).await;
+    let resolve = format!("app.example.com:{}:127.0.0.1", p.https.port());
+    let url = format!("https://app.example.com:{}/h", p.https.port());
+    let (code, head, body) = curl(vec![
+        "-k".into(),
+        "--http2".into(),
+        "--resolve".into(),
+        resolve.clone(),
+        url.clone(),
+    ])
+    .await;
+    assert_eq!(code, 200);
+    assert!(head.starts_with("HTTP/2"), "{head}");
+    let seen = json(&body);
+    assert_eq!(seen["upstream"], "web");
+    assert_eq!(seen["proto"], "https");
+    assert_eq!(seen["host"], format!("app.example.com:{}", p.https.port()));
+    assert_eq!(
+        seen["version"], "HTTP/1.1",
+        "upstreams are spoken to in HTTP/1.1"
+    );
+    let (code, head, _) = curl(vec![
+        "-k".into(),
+        "--http1.1".into(),
+        "--resolve".into(),
+        resolve,
+        url,
+    ])
+    .await;
+    assert_eq!(code, 200);
+    assert!(head.starts_with("HTTP/1.1"), "{head}");
+    // A name without a certificate: the handshake fails (no default certificate leaks).
+    let out = tokio::process::Command::new("curl")
+        .args(["-sk", "--max-time", "5", "--resolve"])
+        .arg(format!("other.example.com:{}:127.0.0.1", p.https.port()))
+        .arg(format!("https://other.example.com:{}/", p.https.port()))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_copied_both_ways() {
+    let port = next_port();
+    let _u = upstreams(port).await;
+    let p = proxy(limits(), port).await;
+    let addr = p.http;
+    let got = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: plain.example.com\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        s.write_all(b"hello through the proxy").unwrap();
+        let mut echoed = vec![0u8; 23];
+        s.read_exact(&mut echoed).unwrap();
+        (head, String::from_utf8(echoed).unwrap())
+    })
+    .await
+    .unwrap();
+    assert!(got.0.starts_with("HTTP/1.1 101"), "{}", got.0);
+    assert!(
+        got.0.to_ascii_lowercase().contains("upgrade: echo"),
+        "{}",
+        got.0
+    );
+    assert_eq!(got.1, "hello through the proxy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_oversized_and_malformed_requests_are_cut_off_cleanly() {
+    let port = next_port();
+    let _u = upstreams(port).await;
+    let p = proxy(limits(), port).await;
+    let addr = p.http;
+    tokio::task::spawn_blocking(move || {
+        // Slowloris: a header line every 400 ms never finishes the head; cut off at 1 s.
+        let drip: Vec<(&[u8], Duration)> = std::iter::once((
+            &b"GET / HTTP/1.1\r\nHost: plain.example.com\r\n"[..],
+            Duration::from_millis(400),
+        ))
+        .chain(std::iter::repeat_n(
+            (&b"X-a: b\r\n"[..], Duration::from_millis(400)),
+            10,
+        ))
+        .collect();
+        let (out, took) = raw(addr, &drip);
+        assert!(!out.contains("200 OK"), "{out}");
+        assert!(took < Duration::from_secs(4), "cut off after {took:?}");
+
+        // A head past the limit: 431.
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: plain.example.com\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(40 * 1024)
+        );
+        let (out, _) = raw(addr, &[(big.as_bytes(), Duration::ZERO)]);
+        assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+
+        // Garbage: 400.
+        for junk in [
+            &b"\x16\x03\x01\x02\x00garbage\r\n\r\n"[..],
+            b"GET / HTTP/9.9\r\n\r\n",
+            b"GET\r\n\r\n",
+        ] {
+            let (out, _) = raw(addr, &[(junk, Duration::ZERO)]);
+            assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        }
+    })
+    .await
+    .unwrap();
+    // Still serving after all that.
+    let (code, _, _) = curl(vec![
+        "-H".into(),
+        "Host: plain.example.com".into(),
+        format!("http://{}/", p.http),
+    ])
+    .await;
+    assert_eq!(code, 200);
+}
