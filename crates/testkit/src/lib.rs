@@ -12,6 +12,7 @@
 //! - [`dockerd`]: a real Docker engine per test, in its own namespace and directories.
 //! - [`cluster`], [`simnet`]: many `stated` nodes in one process on loopback, through a
 //!   network whose links a test cuts and heals (stated's convergence tests, the benchmark).
+//! - [`pebble`]: a test ACME CA (pebble and its DNS) on the test internet, for ingress.
 //! - [`network`]: a local Uncloud network of machines as namespaces running the real
 //!   daemons, and a laptop namespace running `uc` (the harness of every multi-machine test
 //!   and of `./scripts/up`).
@@ -25,6 +26,7 @@ pub mod cluster;
 pub mod dockerd;
 pub mod netns;
 pub mod network;
+pub mod pebble;
 pub mod process;
 pub mod simnet;
 

@@ -55,6 +55,7 @@ pub fn public_ip(i: usize) -> Ipv4Addr {
 /// One machine. Field order is drop order: daemons stop before the bus and the namespace go.
 pub struct LocalMachine {
     pub apid: Option<Daemon>,
+    pub ingressd: Option<Daemon>,
     pub dnsd: Option<Daemon>,
     pub shim: Option<Daemon>,
     pub docker: Option<Dockerd>,
@@ -66,6 +67,8 @@ pub struct LocalMachine {
     pub name: String,
     pub public_ip: Ipv4Addr,
     bins: Binaries,
+    /// Lines added to ingressd's config (the ACME directory a test gives).
+    ingressd_extra: String,
     /// libfaketime's timestamp file when this machine's clock is off (see
     /// [`LocalNetwork::boot_with_clock`]).
     clock: Option<PathBuf>,
@@ -246,6 +249,7 @@ impl LocalMachine {
             "meshd",
             "apid",
             "dnsd",
+            "ingressd",
             "dockerd-shim",
             "firstboot",
         ] {
@@ -334,7 +338,32 @@ impl LocalMachine {
                  extra_listen = [\"127.0.0.1:53\"]\nresolved_link = \"\"\n"
             ),
         ));
+        self.start_ingressd();
         self.start_shim();
+    }
+
+    /// Starts ingressd: it listens on :80 and :443 of the namespace once the machine has the
+    /// ingress role.
+    fn start_ingressd(&mut self) {
+        let config = format!(
+            "bus = \"{}\"\nheader_timeout_ms = 3000\n{}",
+            self.bus.address, self.ingressd_extra
+        );
+        self.ingressd = Some(self.spawn("ingressd", &config));
+    }
+
+    /// Replaces the lines added to this machine's ingressd config; [`Self::restart_ingressd`]
+    /// applies them.
+    pub fn set_ingressd_extra(&mut self, extra: &str) {
+        self.ingressd_extra = extra.to_string();
+    }
+
+    /// Stops ingressd (SIGTERM) and starts it again with its config.
+    pub fn restart_ingressd(&mut self) {
+        if let Some(mut d) = self.ingressd.take() {
+            d.stop(Duration::from_secs(15));
+        }
+        self.start_ingressd();
     }
 
     /// Restarts dnsd with the config it had (it reads the machine's `etc/resolv.conf` again:
@@ -374,6 +403,7 @@ impl LocalMachine {
     pub fn stop(&mut self) {
         for d in [
             &mut self.apid,
+            &mut self.ingressd,
             &mut self.dnsd,
             &mut self.shim,
             &mut self.meshd,
@@ -407,6 +437,9 @@ pub struct LocalNetwork {
     /// `uc`'s contexts (`UNCLOUD_CONFIG_DIR`).
     pub uc_config: tempfile::TempDir,
     pub bins: Binaries,
+    /// Lines added to every machine's ingressd config from the next boot on (for example
+    /// the ACME directory of a [`crate::pebble::Pebble`]).
+    pub ingressd_config: String,
 }
 
 impl LocalNetwork {
@@ -420,6 +453,7 @@ impl LocalNetwork {
             internet,
             uc_config: tempfile::tempdir().unwrap(),
             bins,
+            ingressd_config: String::new(),
         }
     }
 
@@ -485,6 +519,7 @@ impl LocalNetwork {
         let docker = docker.then(|| Dockerd::start_in(ns.share()));
         let mut m = LocalMachine {
             apid: None,
+            ingressd: None,
             dnsd: None,
             shim: None,
             docker,
@@ -496,6 +531,7 @@ impl LocalNetwork {
             name: name.to_string(),
             public_ip: ip,
             bins: self.bins.clone(),
+            ingressd_extra: self.ingressd_config.clone(),
             clock,
         };
         m.start();
