@@ -22,6 +22,7 @@ const UNITS: &[&str] = &[
     "stated.service",
     "meshd.service",
     "dnsd.service",
+    "ingressd.service",
     "dockerd-shim.service",
     "docker.service",
 ];

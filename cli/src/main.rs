@@ -22,6 +22,7 @@ mod deploy;
 mod dns;
 mod exec;
 mod host;
+mod ingress;
 mod logs;
 mod machine;
 mod mesh;
@@ -192,6 +193,9 @@ but should not have.")]
     /// Service discovery: the names each machine's DNS answers.
     #[command(subcommand)]
     Dns(dns::Dns),
+    /// Ingress: the routes and certificates the ingress machines serve.
+    #[command(subcommand)]
+    Ingress(ingress::Ingress),
     /// Client certificates: issue, list, revoke, renew.
     #[command(subcommand)]
     Cert(cert::Cert),
@@ -228,6 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Machine(M::Ls | M::Status | M::Logs { .. } | M::Reboot)
             | Command::Mesh(_)
             | Command::Dns(_)
+            | Command::Ingress(_)
             | Command::Run(_)
             | Command::Ls
             | Command::Ps
@@ -237,7 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if !cli.global.targets.is_empty() && !takes_machines {
         anyhow::bail!(
             "-m does not apply to this command (it acts on the network, not on one machine's \
-             view); it applies to: uc machine ls|status|logs|reboot, uc mesh peers, uc dns ls, \
+             view); it applies to: uc machine ls|status|logs|reboot, uc mesh peers, uc dns ls, uc ingress, \
              uc ls, uc ps, uc volume, uc image ls, and uc run (where the containers may go)"
         );
     }
@@ -246,6 +251,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Machine(m) => !matches!(m, machine::Machine::Init { .. }),
         Command::Mesh(_)
         | Command::Dns(_)
+        | Command::Ingress(_)
         | Command::Run(_)
         | Command::Ls
         | Command::Ps
@@ -272,6 +278,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Machine(m) => machine::run(m, &cli.global).await,
         Command::Mesh(m) => mesh::run(m, &cli.global).await,
         Command::Dns(d) => dns::run(d, &cli.global).await,
+        Command::Ingress(i) => ingress::run(i, &cli.global).await,
         Command::Run(r) => service::run(*r, &cli.global).await,
         Command::Ls => service::list(&cli.global, false).await,
         Command::Ps => service::list(&cli.global, true).await,

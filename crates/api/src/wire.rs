@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use uncloud_common::dbus::{IngressCertificate, IngressRoute, IngressUpstream};
 pub use uncloud_common::docker::{
     ImageInfo, LogLine, LogLinesRequest, VolumeInfo, MAX_LOG_LINES as LOG_PAGE_LINES,
 };
@@ -36,9 +37,11 @@ pub const PORT: u16 = 7443;
 /// 7: `push_begin`, `push_chunk`, `push_end`, `push_abort` (`uc image push`).
 /// 8: `drain_machine` (`uc machine drain|enable`), `MachineRow.drained`.
 /// 9: `exec_begin`, `exec_read`, `exec_write`, `exec_resize`, `exec_end` (`uc exec`).
+/// 10: `put_files` (Compose secrets and configs).
+/// 11: the calls `ingress_routes` and `ingress_certificates` (`uc ingress ls|certs`).
 /// An older apid closes the connection on a call it does not know; `uc` checks
 /// `info().api_version` first where that matters.
-pub const API_VERSION: u32 = 10;
+pub const API_VERSION: u32 = 11;
 
 /// Largest JSON frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -186,6 +189,12 @@ pub enum Call {
     RemoveVolume(String),
     /// The machine's images (`uc image ls`). API version 6.
     Images,
+    /// The routes this machine's ingressd serves, with its upstreams' health (`uc ingress
+    /// ls`). API version 11.
+    IngressRoutes,
+    /// The HTTPS hostnames' certificates as this machine's ingressd sees them (`uc ingress
+    /// certs`). API version 11.
+    IngressCertificates,
 }
 
 /// [`Call::ContainerLogs`]: which container and which of its lines.
@@ -217,6 +226,8 @@ pub enum Answer {
     /// What was removed (`RemoveVolume`).
     Removed(String),
     Images(Vec<ImageInfo>),
+    IngressRoutes(Vec<IngressRoute>),
+    IngressCertificates(Vec<IngressCertificate>),
 }
 
 /// One target's outcome: an answer or an error.

@@ -16,7 +16,7 @@ use uncloud_api::wire::{
     TicketRequest, API_VERSION,
 };
 use uncloud_common::address::MeshCidr;
-use uncloud_common::dbus::{DnsProxy, MeshProxy, StateProxy};
+use uncloud_common::dbus::{DnsProxy, IngressProxy, MeshProxy, StateProxy};
 use uncloud_common::durable;
 use uncloud_common::identity::IdentityPaths;
 use uncloud_common::model::{ClientCert, Machine, NetworkInfo};
@@ -1126,6 +1126,10 @@ impl Apid {
                 self.require(caller, Role::Reader)?;
                 Answer::DnsNames(self.dns_names().await?)
             }
+            Call::IngressRoutes | Call::IngressCertificates => {
+                self.require(caller, Role::Reader)?;
+                self.ingress(&call).await?
+            }
             Call::Services => {
                 self.require(caller, Role::Reader)?;
                 let mut rows = self.service_rows().await?;
@@ -1167,6 +1171,25 @@ impl Apid {
             .collect();
         names.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(names)
+    }
+
+    /// What this machine's ingressd serves: its routes or its certificates.
+    async fn ingress(&self, call: &Call) -> Result<Answer, ApiError> {
+        let ingress = IngressProxy::new(self.state.inner().connection())
+            .await
+            .map_err(|e| internal("ingressd", e))?;
+        let unreachable = |e| internal("ingressd does not answer", e);
+        let bad = |e| internal("ingressd's answer does not parse", e);
+        Ok(match call {
+            Call::IngressRoutes => {
+                let json = ingress.routes().await.map_err(unreachable)?;
+                Answer::IngressRoutes(serde_json::from_str(&json).map_err(bad)?)
+            }
+            _ => {
+                let json = ingress.certificates().await.map_err(unreachable)?;
+                Answer::IngressCertificates(serde_json::from_str(&json).map_err(bad)?)
+            }
+        })
     }
 
     /// The mesh as this machine's meshd sees it.

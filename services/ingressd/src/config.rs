@@ -193,6 +193,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_config_is_the_default() {
+        uncloud_common::config::check_shipped_config::<Config>(include_str!(
+            "../dist/ingressd.toml"
+        ))
+        .unwrap();
+    }
+
+    #[test]
     fn an_empty_file_is_the_defaults_and_they_are_valid() {
         let c: Config = toml::from_str("").unwrap();
         assert_eq!(c, Config::default());

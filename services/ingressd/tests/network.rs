@@ -316,6 +316,22 @@ fn ingress_serves_one_certificate_routes_and_drains_across_the_network() {
         );
         assert!(body.trim().ends_with(" 1"), "{body}");
     }
+    // What `uc` shows: the routes with their upstreams, the certificate with its issuer.
+    let ls = net.uc_ok(&["ingress", "ls"]);
+    for want in [
+        "https://app.example.com/api",
+        "api.shop",
+        "http://plain.example.com",
+        "site.shop",
+    ] {
+        assert!(ls.contains(want), "{want}: {ls}");
+    }
+    let certs = net.uc_ok(&["ingress", "certs"]);
+    assert!(
+        certs.contains("app.example.com") && certs.contains("issued"),
+        "{certs}"
+    );
+    assert!(certs.contains("Pebble"), "the issuer: {certs}");
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
         pebble.issued(),
