@@ -24,6 +24,7 @@
 
 pub mod dnsd;
 pub mod image;
+pub mod ingressd;
 pub mod logs;
 pub mod meshd;
 pub mod report;

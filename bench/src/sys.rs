@@ -156,10 +156,11 @@ pub fn profile() -> String {
 
 /// The packages `image/build-debs` builds, in one cargo invocation: built together, their
 /// dependencies get the same features as in the images.
-const IMAGE_PACKAGES: [&str; 6] = [
+const IMAGE_PACKAGES: [&str; 7] = [
     "stated",
     "apid",
     "dnsd",
+    "ingressd",
     "dockerd-shim",
     "uncloud-firstboot",
     "meshd",

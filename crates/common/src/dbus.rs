@@ -58,6 +58,7 @@ pub trait State {
     fn set_machine_roles(&self, id: &str, roles: &[&str]) -> zbus::Result<()>;
     fn set_machine_labels(&self, id: &str, labels: HashMap<&str, &str>) -> zbus::Result<()>;
     fn set_machine_drained(&self, id: &str, drained: bool) -> zbus::Result<()>;
+    fn set_ingress_released(&self, ids: &[&str]) -> zbus::Result<()>;
     fn remove_machine(&self, id: &str) -> zbus::Result<()>;
     /// Sets this machine's WireGuard public key, advertised endpoints and observed peer
     /// endpoints (peer id -> `ip:port`), leaving its other fields alone. Used by meshd.

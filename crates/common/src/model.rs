@@ -306,6 +306,13 @@ pub struct Machine {
     #[serde(default)]
     #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
     pub ca_cert: String,
+    /// On an ingress machine: the draining containers (ids) it sends no request to any more,
+    /// none in flight either. Written by the machine's ingressd only; the machine that runs a
+    /// draining container removes it once every ingress machine it reaches lists it (or its
+    /// drain times out). Absent in entries written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "automerge", autosurgeon(missing = "Default::default"))]
+    pub ingress_released: Vec<String>,
 }
 
 /// A service: a named group of containers built from one spec.

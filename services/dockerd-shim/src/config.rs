@@ -39,6 +39,10 @@ pub struct Config {
     /// 2000: the state reaches every machine of a healthy network in well under that; 0
     /// removes at once.
     pub drain_ms: u64,
+    /// After the drain period, how long to wait at most for every ingress machine to say it
+    /// sends nothing to the container any more (requests in flight through ingress finish),
+    /// in ms. Default 30000; 0: no wait.
+    pub drain_timeout_ms: u64,
     /// Where the files services mount (Compose secrets and configs) are written, a directory
     /// per container, root's only. Default `/var/lib/uncloud/dockerd-shim/files`.
     pub files_dir: PathBuf,
@@ -57,6 +61,7 @@ impl Default for Config {
             rpc_port: uncloud_common::rpc::CONTAINER_OPS_PORT,
             manage_firewall: true,
             drain_ms: 2000,
+            drain_timeout_ms: 30_000,
             files_dir: PathBuf::from("/var/lib/uncloud/dockerd-shim/files"),
         }
     }

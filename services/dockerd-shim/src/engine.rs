@@ -51,6 +51,8 @@ pub struct Local {
     pub draining: Draining,
     /// How long a running container drains before it is removed; zero removes at once.
     pub drain: Duration,
+    /// After the drain period, waiting for the ingress machines to let go; `None`: no wait.
+    pub ingress: Option<crate::drain::IngressWait>,
     /// Where the files services mount are written; `None`: a spec that mounts files is
     /// refused.
     pub files: Option<FileStore>,
@@ -118,6 +120,9 @@ impl Local {
                 let guard = self.draining.start(&c.id);
                 tracing::info!(container = %c.name, drain_ms = self.drain.as_millis() as u64, "draining before removal");
                 tokio::time::sleep(self.drain).await;
+                if let Some(wait) = &self.ingress {
+                    wait.until_released(&self.machine_id, &c.id, &c.name).await;
+                }
                 Some(guard)
             }
             _ => None,

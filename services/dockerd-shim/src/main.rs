@@ -138,6 +138,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         dns: desired.gateway,
         draining: draining.clone(),
         drain: Duration::from_millis(config.drain_ms),
+        ingress: if config.drain_timeout_ms == 0 {
+            None
+        } else {
+            Some(dockerd_shim::drain::IngressWait {
+                state: StateProxy::new(&conn).await?,
+                timeout: Duration::from_millis(config.drain_timeout_ms),
+            })
+        },
         files: Some(files.clone()),
     };
     // The bridge holds the mesh address (its gateway) from here on, so binding works even

@@ -152,6 +152,7 @@ async fn a_running_container_drains_before_it_is_removed() {
         dns: GATEWAY,
         draining: s.draining.clone(),
         drain: Duration::from_secs(3),
+        ingress: None,
         files: None,
     };
     let removal = tokio::spawn(async move { local.remove("web-4").await });

@@ -79,9 +79,21 @@ impl Health {
         self.get(addr).down_until_ms.load(Ordering::Relaxed) > self.ms(now)
     }
 
-    /// Forgets upstreams no route has any more.
+    /// Whether a request to any port of `ip` is in flight.
+    pub fn busy(&self, ip: std::net::IpAddr) -> bool {
+        self.upstreams
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(a, u)| a.ip() == ip && u.active.load(Ordering::Relaxed) > 0)
+    }
+
+    /// Forgets upstreams no route has any more (and no request is in flight to).
     pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
-        self.upstreams.lock().unwrap().retain(|a, _| keep(a));
+        self.upstreams
+            .lock()
+            .unwrap()
+            .retain(|a, u| keep(a) || u.active.load(Ordering::Relaxed) > 0);
     }
 
     /// Chooses an upstream of `route` other than those in `tried`.

@@ -8,9 +8,9 @@
 //! rebuilds the routes and the certificates; every few seconds the orderer looks for
 //! certificates due ([`crate::ordering`]) and orders one at a time in the background.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use tokio::signal::unix::{signal, SignalKind};
@@ -52,6 +52,8 @@ const MAX_BATCH: usize = 4096;
 const TICK: Duration = Duration::from_secs(2);
 /// A loop that has not gone round for this long is stuck: systemd restarts ingressd.
 const STALLED_AFTER: Duration = Duration::from_secs(45);
+/// How often a held draining container is looked at again.
+const RELEASE_CHECK: Duration = Duration::from_millis(100);
 /// How long requests in flight may take to finish when the listeners stop.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -89,7 +91,15 @@ struct Ingress {
     ordering: Option<JoinHandle<()>>,
     /// The last bind error, logged once until it changes.
     bind_error: Option<String>,
+    /// The draining containers this machine last said it let go of.
+    released: Vec<String>,
+    /// Hostnames this machine finished ordering, and when: not ordered again until the state
+    /// it wrote has come back through the mirror (a tick may run between the two).
+    recent: Arc<Mutex<HashMap<String, Instant>>>,
 }
+
+/// How long a hostname just ordered is left alone.
+const RECENTLY_ORDERED: Duration = Duration::from_secs(30);
 
 impl Ingress {
     /// Rebuilds the routes and certificates from `view`.
@@ -164,6 +174,34 @@ impl Ingress {
         }
     }
 
+    /// Says (in the state) which draining containers this machine sends nothing to any
+    /// more, when that changed. Returns whether some draining container is still held.
+    async fn release(&mut self, view: &View, state: &StateProxy<'_>) -> bool {
+        let now = if view.serves() {
+            crate::release::released(view, |ip| self.shared.health.busy(ip))
+        } else {
+            Vec::new()
+        };
+        let held = view.serves()
+            && view
+                .containers
+                .values()
+                .any(|c| c.draining && !now.contains(&c.id));
+        if now != self.released {
+            let ids: Vec<&str> = now.iter().map(String::as_str).collect();
+            match state.set_ingress_released(&ids).await {
+                Ok(()) => {
+                    tracing::debug!(released = ?now, "draining containers let go of");
+                    self.released = now;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the draining containers let go of")
+                }
+            }
+        }
+        held
+    }
+
     /// Starts ordering what is due, unless an order is under way.
     fn order_due(&mut self, view: &View) {
         let Some(client) = self.acme_client.clone() else {
@@ -184,6 +222,12 @@ impl Ingress {
                 .map(|f| (f.not_before_ms, f.not_after_ms));
             Some((entry, validity))
         };
+        let recent: BTreeSet<String> = {
+            let mut r = self.recent.lock().unwrap();
+            r.retain(|_, at| at.elapsed() < RECENTLY_ORDERED);
+            r.keys().cloned().collect()
+        };
+        let hostnames: BTreeSet<String> = hostnames.difference(&recent).cloned().collect();
         let due = ordering::due(&Situation {
             me: &view.me,
             now_ms: now_ms(),
@@ -197,6 +241,7 @@ impl Ingress {
         }
         let (config, conn, me) = (self.config.clone(), self.conn.clone(), view.me.clone());
         let mut entries = view.certificates.clone();
+        let recent = self.recent.clone();
         self.ordering = Some(tokio::spawn(async move {
             let state = match StateProxy::new(&conn).await {
                 Ok(s) => s,
@@ -209,6 +254,7 @@ impl Ingress {
                 tracing::debug!(%host, ?why, "certificate due");
                 // Errors are recorded in the state (with the back-off) and logged there.
                 let _ = acme::order(&config, &client, &state, &me, &host, &entries).await;
+                recent.lock().unwrap().insert(host.clone(), Instant::now());
                 // A later hostname reuses the account this one made.
                 if let Ok(fresh) = uncloud_common::state_follow::fetch::<Certificate>(
                     &state,
@@ -354,6 +400,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         cert_rows: Arc::default(),
         ordering: None,
         bind_error: None,
+        released: view
+            .machines
+            .get(&view.me)
+            .map(|m| m.ingress_released.clone())
+            .unwrap_or_default(),
+        recent: Arc::default(),
     };
     ingress.rebuild(&view);
     crate::dbus::serve(
@@ -379,6 +431,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     ingress.order_due(&view);
 
     let mut tick = tokio::time::interval(TICK);
+    // While a draining container is still held, whether it was let go of is checked often:
+    // its machine waits for that to remove it.
+    let mut release_tick = tokio::time::interval(RELEASE_CHECK);
+    let mut holding = ingress.release(&view, &proxy).await;
     let mut stale = false;
     loop {
         let changed = tokio::select! {
@@ -451,6 +507,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 }
                 changed
             }
+            _ = release_tick.tick(), if holding => {
+                holding = ingress.release(&view, &proxy).await;
+                false
+            }
             _ = term.recv() => break,
         };
         heartbeat.beat();
@@ -459,6 +519,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
         ingress.rebuild(&view);
         ingress.sync_listeners(&view).await;
+        holding = ingress.release(&view, &proxy).await;
         ingress.order_due(&view);
     }
     if let Some(l) = ingress.listeners.take() {

@@ -19,6 +19,8 @@
 //! - [`certs`] serves certificates by SNI and answers HTTP-01 from the state's entries;
 //!   [`bundle`] reads and makes them; [`ordering`] (pure) decides who orders what and when;
 //!   [`acme`] orders with rustls-acme's account and order calls.
+//! - [`release`] (pure) says which draining containers this machine has let go of, so the
+//!   machine that runs one removes it only after ingress stopped sending to it.
 //! - [`view`] and [`mirror`] keep this machine's copy of the state; [`dbus`] shows what is
 //!   served (`org.uncloud.Ingress1`); [`daemon`] wires it all.
 //!
@@ -39,6 +41,7 @@ pub mod mirror;
 pub mod ordering;
 pub mod pool;
 pub mod proxy;
+pub mod release;
 pub mod routes;
 pub mod server;
 pub mod view;

@@ -271,6 +271,20 @@ mod tests {
         assert_eq!(t.lookup("app.example.com", "/").unwrap().upstreams.len(), 1);
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends as host and path, looking it up never panics, and a hit is
+        /// a route of that (normalised) host whose prefix covers the path.
+        #[test]
+        fn any_host_and_path_is_looked_up_safely(host in "\\PC{0,80}", path in "\\PC{0,80}") {
+            let t = Table::build(&view());
+            if let Some(r) = t.lookup(&host, &path) {
+                proptest::prop_assert_eq!(Some(r.hostname.clone()), normalize_host(&host));
+                proptest::prop_assert!(prefix_matches(&r.path, &path));
+            }
+            let _ = t.is_https(&host);
+        }
+    }
+
     #[test]
     fn the_older_service_keeps_a_contested_hostname() {
         let t = Table::build(&view());

@@ -381,6 +381,16 @@ fn ingress_serves_one_certificate_routes_and_drains_across_the_network() {
     });
     let (ok, failed, errors) = load.finish();
     assert_eq!(failed, 0, "{ok} succeeded; failures: {errors:?}");
+    // Each replaced container was removed once both ingress machines had let go of it, not
+    // after the shim's timeout.
+    for i in [alpha, beta, gamma] {
+        let log = std::fs::read_to_string(net.machines[i].root().join("dockerd-shim.log")).unwrap();
+        assert!(
+            !log.contains("did not let go in time"),
+            "{}: {log}",
+            net.machines[i].name
+        );
+    }
     let (_, body) = https(&net, beta, "/", roots, &[]);
     assert!(
         body.trim().ends_with(" 2"),
@@ -453,4 +463,32 @@ fn ingress_serves_one_certificate_routes_and_drains_across_the_network() {
         60,
         || served(&net, orderer, "app.example.com").is_some_and(|(s, _)| s != serial),
     );
+
+    // Without the role a machine stops listening; the other ingress machine still serves.
+    let orderer_name = net.machines[orderer].name.clone();
+    net.uc_ok(&["machine", "role", "rm", &orderer_name, "ingress"]);
+    net.wait_until(
+        "the machine without the role refuses connections",
+        30,
+        || {
+            let (code, _) = curl(
+                &net,
+                &[
+                    "-H",
+                    "Host: plain.example.com",
+                    &format!("http://{}/", public_ip(orderer)),
+                ],
+            );
+            code == 0
+        },
+    );
+    let (code, _) = curl(
+        &net,
+        &[
+            "-H",
+            "Host: plain.example.com",
+            &format!("http://{}/", public_ip(other)),
+        ],
+    );
+    assert_eq!(code, 200);
 }

@@ -360,6 +360,26 @@ impl State1 {
         .await
     }
 
+    /// Says which draining containers this machine's ingress sends no request to any more
+    /// (ingressd calls this; see `Machine::ingress_released`), leaving its other fields alone.
+    async fn set_ingress_released(&self, ids: Vec<String>) -> Result<(), StateError> {
+        if ids.len() > 10_000 {
+            return Err(StateError::InvalidArgument(
+                "at most 10000 released containers".into(),
+            ));
+        }
+        for id in &ids {
+            uncloud_common::model::validate_id("container id", id)
+                .map_err(|e| StateError::InvalidArgument(e.to_string()))?;
+        }
+        self.update_machine(MachineUpdate {
+            machine_id: self.membership.machine_id().to_string(),
+            ingress_released: Some(ids),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Records a client certificate apid issued, or its revocation (`revoked_at_ms` set).
     /// A revocation, once recorded, stays.
     async fn upsert_client(&self, json: &str) -> Result<(), StateError> {

@@ -150,6 +150,8 @@ pub struct MachineUpdate {
     pub version: Option<String>,
     /// The machine's CA certificate (PEM); only the machine itself sets it.
     pub ca_cert: Option<String>,
+    /// The draining containers its ingress has let go of; only the machine itself sets it.
+    pub ingress_released: Option<Vec<String>>,
 }
 
 impl MachineUpdate {
@@ -182,6 +184,9 @@ impl MachineUpdate {
         }
         if let Some(ca) = &self.ca_cert {
             machine.ca_cert = ca.clone();
+        }
+        if let Some(ids) = &self.ingress_released {
+            machine.ingress_released = ids.clone();
         }
         machine
     }

@@ -8,6 +8,9 @@
 //! rest join by themselves with a ticket from `uc machine token` pre-seeded before they boot.
 //! Each machine runs its own dockerd; with `--demo FILE`, a Compose project is deployed on it
 //! once the network is up (its image made on every machine from busybox, no registry).
+//! The first machine has the `ingress` role, and a test ACME CA (pebble, on the same internet as
+//! 198.18.0.3) stands in for Let's Encrypt: the demo's hostname `demo.uncloud.test` gets a
+//! certificate from it, and its root is written where `--ca-file` says, for `curl --cacert`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,6 +19,7 @@ use std::time::Instant;
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use uncloud_testkit::network::{public_ip, Binaries, Boot, LocalNetwork, INTERNET_PREFIX};
+use uncloud_testkit::pebble::Pebble;
 
 #[derive(Debug, Parser)]
 #[command(about = "A local Uncloud network of machines as network namespaces (needs root)")]
@@ -36,7 +40,13 @@ struct Args {
     /// image, `uncloud/demo:1`, is made on every machine.
     #[arg(long)]
     demo: Option<PathBuf>,
+    /// Where to write the test CA's root (PEM) once the demo's certificate is issued.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
+
+/// The hostname the demo project publishes through ingress.
+const DEMO_HOST: &str = "demo.uncloud.test";
 
 /// What the demo image runs: a web server on port 8080 that says which container answered.
 const DEMO: &str = "mkdir -p /w && echo \"${GREETING:-hello} from $(hostname)\" > /w/index.html && exec httpd -f -p 8080 -h /w";
@@ -83,6 +93,13 @@ fn run() -> Result<(), String> {
     net.internet
         .attach_host("uncloud-up0", &format!("{INTERNET_PREFIX}.1/24"));
     let step = |what: &str| eprintln!("[{:>5.1}s] {what}", started.elapsed().as_secs_f64());
+    step("starting a test ACME CA (pebble) for ingress certificates");
+    let pebble = Pebble::start(&net.internet);
+    net.ingressd_config = format!(
+        "acme_directory = \"{}\"\nacme_roots = \"{}\"\nchallenge_delay_secs = 1\nretry_min_secs = 2\nretry_max_secs = 30\n",
+        pebble.directory(),
+        pebble.roots().display()
+    );
 
     let names = &NAMES[..args.machines as usize];
     step(&format!("booting {} (fresh)", names[0]));
@@ -126,6 +143,11 @@ fn run() -> Result<(), String> {
             .iter()
             .all(|m| ids.iter().all(|id| m.sees_alive(id)))
     });
+    let mut role = vec!["machine", "role", "add", names[0], "ingress"];
+    role.extend(ctx);
+    step(&format!("uc machine role add {} ingress", names[0]));
+    uc(&bins, &role)?;
+    pebble.resolve(DEMO_HOST, &[public_ip(first)]);
     let mut ls = vec!["machine", "ls"];
     ls.extend(ctx);
     print!("{}", uc(&bins, &ls)?);
@@ -148,6 +170,44 @@ fn run() -> Result<(), String> {
         for i in 0..net.machines.len() {
             eprintln!("  curl http://{}:8080/", public_ip(i));
         }
+        step(&format!(
+            "waiting for {DEMO_HOST}'s certificate from the test CA"
+        ));
+        let issued = || {
+            let (ok, out, _) = net.machines[first].busctl(&[
+                "call",
+                "org.uncloud.Ingress1",
+                "/org/uncloud/Ingress1",
+                "org.uncloud.Ingress1",
+                "Certificates",
+            ]);
+            ok && out.contains("\\\"status\\\":\\\"issued\\\"")
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(90);
+        while !issued() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        if !issued() {
+            return Err(format!(
+                "{DEMO_HOST} got no certificate within 90 s\n{}\n{}",
+                pebble.logs(),
+                net.machines[first].logs()
+            ));
+        }
+        let ca = args
+            .ca_file
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("uncloud-up-ca.pem"));
+        std::fs::write(&ca, pebble.issuing_root()).map_err(|e| format!("{}: {e}", ca.display()))?;
+        step(&format!(
+            "and over HTTPS through the ingress machine {}:",
+            names[0]
+        ));
+        eprintln!(
+            "  curl --cacert {} --resolve {DEMO_HOST}:443:{} https://{DEMO_HOST}/",
+            ca.display(),
+            public_ip(first)
+        );
     }
     for m in &net.machines {
         eprintln!(
@@ -168,6 +228,7 @@ fn run() -> Result<(), String> {
     let _ = stop.wait();
     eprintln!("stopping the local network");
     drop(net);
+    drop(pebble);
     if let Some(f) = &args.ready_file {
         let _ = std::fs::remove_file(f);
     }

@@ -97,6 +97,7 @@ pub fn local(docker: bollard::Docker, x: u8) -> dockerd_shim::engine::Local {
         dns: gateway(x),
         draining: Default::default(),
         drain: std::time::Duration::ZERO,
+        ingress: None,
         files: None,
     }
 }
