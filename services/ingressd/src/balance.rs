@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::Balance;
@@ -31,7 +31,7 @@ pub struct Upstream {
 pub struct Health {
     start: Instant,
     down_for: Duration,
-    upstreams: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
+    upstreams: RwLock<HashMap<SocketAddr, Arc<Upstream>>>,
 }
 
 impl Health {
@@ -39,13 +39,16 @@ impl Health {
         Health {
             start: Instant::now(),
             down_for,
-            upstreams: Mutex::default(),
+            upstreams: RwLock::default(),
         }
     }
 
     pub fn get(&self, addr: SocketAddr) -> Arc<Upstream> {
+        if let Some(u) = self.upstreams.read().unwrap().get(&addr) {
+            return u.clone();
+        }
         self.upstreams
-            .lock()
+            .write()
             .unwrap()
             .entry(addr)
             .or_default()
@@ -72,7 +75,9 @@ impl Health {
         if u.down_until_ms.load(Ordering::Relaxed) != 0 {
             u.down_until_ms.store(0, Ordering::Relaxed);
         }
-        u.failures.store(0, Ordering::Relaxed);
+        if u.failures.load(Ordering::Relaxed) != 0 {
+            u.failures.store(0, Ordering::Relaxed);
+        }
     }
 
     pub fn is_down(&self, addr: SocketAddr, now: Instant) -> bool {
@@ -82,7 +87,7 @@ impl Health {
     /// Whether a request to any port of `ip` is in flight.
     pub fn busy(&self, ip: std::net::IpAddr) -> bool {
         self.upstreams
-            .lock()
+            .read()
             .unwrap()
             .iter()
             .any(|(a, u)| a.ip() == ip && u.active.load(Ordering::Relaxed) > 0)
@@ -91,7 +96,7 @@ impl Health {
     /// Forgets upstreams no route has any more (and no request is in flight to).
     pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
         self.upstreams
-            .lock()
+            .write()
             .unwrap()
             .retain(|a, u| keep(a) || u.active.load(Ordering::Relaxed) > 0);
     }

@@ -65,17 +65,25 @@ impl Pool {
 
     /// An idle connection to `addr` that can take a request, or a new one.
     pub async fn checkout(&self, addr: SocketAddr) -> Result<Conn, ConnectError> {
-        {
-            let mut idle = self.idle.lock().unwrap();
-            if let Some(list) = idle.get_mut(&addr) {
-                while let Some(c) = list.pop() {
-                    if c.since.elapsed() < self.idle_for && c.sender.is_ready() {
-                        return Ok(Conn {
-                            sender: c.sender,
-                            reused: true,
-                        });
-                    }
+        loop {
+            let found = {
+                let mut idle = self.idle.lock().unwrap();
+                match idle.get_mut(&addr) {
+                    Some(list) => list.pop(),
+                    None => None,
                 }
+            };
+            let Some(mut c) = found else { break };
+            if c.since.elapsed() >= self.idle_for || c.sender.is_closed() {
+                continue;
+            }
+            // Given back as its response ended: its connection may need a moment to be
+            // ready for the next request (it always is, unless the upstream closed it).
+            if c.sender.is_ready() || c.sender.ready().await.is_ok() {
+                return Ok(Conn {
+                    sender: c.sender,
+                    reused: true,
+                });
             }
         }
         let stream =
@@ -98,23 +106,22 @@ impl Pool {
         })
     }
 
-    /// Gives a connection back once its response is read to the end.
-    pub fn checkin(self: &Arc<Self>, addr: SocketAddr, mut sender: http1::SendRequest<Body>) {
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            let mut idle = pool.idle.lock().unwrap();
-            let list = idle.entry(addr).or_default();
-            list.retain(|c| c.since.elapsed() < pool.idle_for && !c.sender.is_closed());
-            if list.len() < MAX_IDLE_PER_UPSTREAM {
-                list.push(Idle {
-                    sender,
-                    since: Instant::now(),
-                });
-            }
-        });
+    /// Gives a connection back: its response was read to the end.
+    pub fn checkin(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.entry(addr).or_default();
+        if list.len() >= MAX_IDLE_PER_UPSTREAM {
+            list.retain(|c| c.since.elapsed() < self.idle_for && !c.sender.is_closed());
+        }
+        if list.len() < MAX_IDLE_PER_UPSTREAM {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
     }
 
     /// Drops idle connections to upstreams no route has any more, and stale ones.

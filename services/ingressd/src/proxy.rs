@@ -241,12 +241,12 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, via: Via) -
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return switch(shared, response, client_upgrade, guard);
         }
-        shared.pool.checkin(addr, conn.sender);
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let body = Guarded {
-            inner: body.map_err(BoxError::from).boxed(),
+            inner: body,
             _guard: guard,
+            reuse: Some((shared.pool.clone(), addr, conn.sender)),
         };
         return Response::from_parts(parts, body.boxed());
     }
@@ -383,10 +383,16 @@ fn switch(
     Response::from_parts(parts, full(Bytes::new()))
 }
 
-/// A response body that counts its upstream as busy until it is done.
+/// A response body that counts its upstream as busy until it is done, and gives the
+/// upstream connection back to the pool once it was read to the end.
 struct Guarded {
-    inner: Body,
+    inner: Incoming,
     _guard: InFlight,
+    reuse: Option<(
+        Arc<Pool>,
+        SocketAddr,
+        hyper::client::conn::http1::SendRequest<Body>,
+    )>,
 }
 
 impl hyper::body::Body for Guarded {
@@ -397,7 +403,14 @@ impl hyper::body::Body for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
+            Poll::Ready(Some(Err(_))) => self.reuse = None,
+            _ => {}
+        }
+        polled.map_err(BoxError::from)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -406,6 +419,14 @@ impl hyper::body::Body for Guarded {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Guarded {
+    fn give_back(&mut self) {
+        if let Some((pool, addr, sender)) = self.reuse.take() {
+            pool.checkin(addr, sender);
+        }
     }
 }
 

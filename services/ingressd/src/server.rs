@@ -222,9 +222,13 @@ async fn until_stopped<C, E>(
 }
 
 /// A stream that fails with `TimedOut` once no byte moved either way for `timeout`.
+///
+/// Progress only notes the time; the timer is moved when it fires early (a busy connection
+/// costs a clock read per read or write, not a timer update).
 struct Idle<S> {
     inner: S,
     timeout: Duration,
+    last: Instant,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -233,16 +237,26 @@ impl<S> Idle<S> {
         Idle {
             inner,
             timeout,
+            last: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(timeout)),
         }
     }
 
     fn moved(&mut self) {
-        self.deadline.as_mut().reset(Instant::now() + self.timeout);
+        self.last = Instant::now();
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.last + self.timeout;
+            if Instant::now() >= due {
+                return true;
+            }
+            self.deadline.as_mut().reset(due);
+        }
     }
 }
 
