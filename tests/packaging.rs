@@ -81,3 +81,23 @@ fn daemons_are_notify_units_that_restart_and_start_after_first_boot() {
         }
     }
 }
+
+#[test]
+fn uc_machine_status_and_logs_cover_every_daemon() {
+    for svc in services() {
+        let name = svc.file_name().unwrap().to_string_lossy().into_owned();
+        let unit = if name == "firstboot" {
+            "uncloud-firstboot.service".to_string()
+        } else {
+            format!("{name}.service")
+        };
+        assert!(
+            uncloud_api::host::UNITS.contains(&unit.as_str()),
+            "{unit} is not in uncloud_api::host::UNITS: `uc machine status` would not show it"
+        );
+        assert!(
+            uncloud_api::host::LOG_UNITS.contains(&unit.as_str()),
+            "{unit} is not in uncloud_api::host::LOG_UNITS: `uc machine logs` would leave it out"
+        );
+    }
+}

@@ -11,6 +11,7 @@ pub const UNITS: &[&str] = &[
     "meshd.service",
     "dnsd.service",
     "apid.service",
+    "ingressd.service",
     "docker.service",
     "dockerd-shim.service",
 ];
@@ -22,6 +23,7 @@ pub const LOG_UNITS: &[&str] = &[
     "meshd.service",
     "dnsd.service",
     "apid.service",
+    "ingressd.service",
     "dockerd-shim.service",
 ];
 
