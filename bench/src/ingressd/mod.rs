@@ -86,9 +86,27 @@ struct Proxy {
 struct Server(Child);
 
 impl Drop for Server {
+    /// SIGTERM, so nginx's master stops its worker (a SIGKILL would orphan it), then SIGKILL
+    /// after 3 s, and any child still there.
     fn drop(&mut self) {
+        let pid = self.0.id();
+        let kids = children(pid);
+        // SAFETY: signalling a child process this benchmark started.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+        for k in kids {
+            // SAFETY: as above; a pid gone already gets ESRCH.
+            unsafe {
+                libc::kill(k as i32, libc::SIGKILL);
+            }
+        }
     }
 }
 
