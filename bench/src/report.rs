@@ -158,6 +158,33 @@ pub fn line(s: &mut String, text: impl AsRef<str>) {
     s.push('\n');
 }
 
+/// Appends the table of `results` whose figures are medians with min and max beside them
+/// (`Metric::spread`), `who` naming the value column.
+pub fn spread_table(s: &mut String, who: &str, results: &Results) {
+    line(
+        s,
+        format!("| metric | {who} | min | max | reference | ref min | ref max | ratio | unit |"),
+    );
+    line(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let opt = |x: Option<f64>| x.map_or(String::new(), fmt_num);
+    for (k, m) in results {
+        line(
+            s,
+            format!(
+                "| `{k}` | {} | {} | {} | {} | {} | {} | {} | {} |",
+                fmt_num(m.value),
+                opt(m.min),
+                opt(m.max),
+                fmt_num(m.reference),
+                opt(m.reference_min),
+                opt(m.reference_max),
+                fmt_num(m.ratio),
+                m.unit
+            ),
+        );
+    }
+}
+
 /// Formats a number for a table: integers without decimals, figures below 1 with three,
 /// others with one.
 pub fn fmt_num(x: f64) -> String {

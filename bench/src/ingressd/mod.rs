@@ -739,28 +739,7 @@ fn markdown(plan: &Plan, r: &Results, f: &[Figures], command: &str) -> String {
     line(&mut s, Machine::describe(&workspace).markdown_list());
     line(&mut s, "## Results\n");
     line(&mut s, "`ratio` = ingressd / reference; the reference is Caddy 2.6, or nginx 1.22 for the `_vs_nginx` rows (and for `healthy_to_routed_*`: nginx's reload). Each figure is the median of the runs, min and max beside it.\n");
-    line(
-        &mut s,
-        "| metric | ingressd | min | max | reference | ref min | ref max | ratio | unit |",
-    );
-    line(&mut s, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
-    let opt = |x: Option<f64>| x.map_or(String::new(), fmt_num);
-    for (k, m) in r {
-        line(
-            &mut s,
-            format!(
-                "| `{k}` | {} | {} | {} | {} | {} | {} | {} | {} |",
-                fmt_num(m.value),
-                opt(m.min),
-                opt(m.max),
-                fmt_num(m.reference),
-                opt(m.reference_min),
-                opt(m.reference_max),
-                fmt_num(m.ratio),
-                m.unit
-            ),
-        );
-    }
+    crate::report::spread_table(&mut s, "ingressd", r);
     line(&mut s, "\n## Targets (issue 16)\n");
     for (what, ok) in verdicts(r) {
         line(

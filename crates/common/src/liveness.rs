@@ -26,6 +26,16 @@ impl Liveness {
         }
     }
 
+    /// A liveness as stated's `Liveness` and `LivenessChanged` name it; anything unknown
+    /// counts as down.
+    pub fn from_state(s: &str) -> Liveness {
+        match s {
+            "alive" => Liveness::Alive,
+            "suspect" => Liveness::Suspect,
+            _ => Liveness::Down,
+        }
+    }
+
     /// Whether traffic should still be sent there.
     pub fn is_reachable(self) -> bool {
         !matches!(self, Liveness::Down)

@@ -56,6 +56,51 @@ pub async fn follow(conn: &zbus::Connection) -> zbus::Result<BoxStream<'static, 
     Ok(futures::stream::select_all([changed.boxed(), resync.boxed(), owner.boxed()]).boxed())
 }
 
+/// Waits until this machine belongs to a network (stated's mode is no longer `fresh`) and
+/// returns its machine id, beating `heartbeat` meanwhile; says once, to the log and to
+/// systemd, that it waits.
+pub async fn wait_for_member(
+    state: &StateProxy<'_>,
+    heartbeat: &crate::watchdog::Heartbeat,
+) -> String {
+    let mut told = false;
+    loop {
+        heartbeat.beat();
+        if let Ok(id) = state.machine_id().await {
+            match state.mode().await {
+                Ok(m) if m != "fresh" => return id,
+                Ok(_) if !told => {
+                    tracing::info!(
+                        "this machine belongs to no network yet; waiting until it joins one"
+                    );
+                    crate::daemon::notify_waiting_for_membership();
+                    told = true;
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Puts what [`fetch`] returned for `ids` into `map`: an id it did not return was removed.
+pub fn replace<T, E: From<T>>(
+    map: &mut BTreeMap<String, E>,
+    ids: &[String],
+    mut fresh: BTreeMap<String, T>,
+) {
+    for id in ids {
+        match fresh.remove(id) {
+            Some(v) => {
+                map.insert(id.clone(), E::from(v));
+            }
+            None => {
+                map.remove(id);
+            }
+        }
+    }
+}
+
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {

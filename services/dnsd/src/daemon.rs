@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use uncloud_common::config::DaemonConfig;
 use uncloud_common::dbus::StateProxy;
+use uncloud_common::liveness::Liveness;
 use uncloud_common::state_follow::Update;
 use uncloud_common::watchdog::{self, Heartbeat};
 
@@ -22,7 +23,7 @@ use crate::answer::Zone;
 use crate::config::{Config, ConfigInvalid};
 use crate::dbus::Dns1;
 use crate::forward::Forwarder;
-use crate::mirror::{self, parse_liveness};
+use crate::mirror;
 use crate::names::{Names, View};
 use crate::server::{self, Counters, Handler, Running, Served};
 use crate::vip;
@@ -87,27 +88,6 @@ fn listen_addrs(view: &View, config: &Config) -> Vec<SocketAddr> {
         .collect();
     out.extend(config.extra_listen.iter().copied());
     out
-}
-
-async fn wait_for_member(state: &StateProxy<'_>, heartbeat: &Heartbeat) -> String {
-    let mut told = false;
-    loop {
-        heartbeat.beat();
-        if let Ok(id) = state.machine_id().await {
-            match state.mode().await {
-                Ok(m) if m != "fresh" => return id,
-                Ok(_) if !told => {
-                    tracing::info!(
-                        "this machine belongs to no network yet; waiting until it joins one"
-                    );
-                    uncloud_common::daemon::notify_waiting_for_membership();
-                    told = true;
-                }
-                _ => {}
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 /// Binds `addrs`, retrying while an address is not on any interface yet (meshd puts the
@@ -227,7 +207,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
 
-    let me = wait_for_member(&proxy, &heartbeat).await;
+    let me = uncloud_common::state_follow::wait_for_member(&proxy, &heartbeat).await;
     // Subscribe first, then read: a change in between shows up in the streams.
     let mut updates = uncloud_common::state_follow::follow(&conn)
         .await
@@ -342,7 +322,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             signal = liveness.next() => match signal {
                 Some(signal) => match signal.args() {
                     Ok(a) => {
-                        let l = parse_liveness(a.liveness());
+                        let l = Liveness::from_state(a.liveness());
                         view.liveness.insert(a.machine_id().to_string(), l) != Some(l)
                     }
                     Err(_) => false,

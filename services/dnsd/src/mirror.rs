@@ -10,18 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use uncloud_common::dbus::StateProxy;
 use uncloud_common::liveness::Liveness;
 use uncloud_common::model::{Container, Kind, Machine, NetworkInfo, Service};
-use uncloud_common::state_follow::{fetch, fetch_all, FetchError, Update};
+use uncloud_common::state_follow::{fetch, fetch_all, replace, FetchError, Update};
 
 use crate::names::View;
-
-/// A liveness as stated names it; anything unknown counts as down.
-pub fn parse_liveness(s: &str) -> Liveness {
-    match s {
-        "alive" => Liveness::Alive,
-        "suspect" => Liveness::Suspect,
-        _ => Liveness::Down,
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -51,7 +42,7 @@ pub async fn load(proxy: &StateProxy<'_>, me: &str) -> Result<View, MirrorError>
         .await
         .map_err(MirrorError::Liveness)?
         .into_iter()
-        .map(|(k, v)| (k, parse_liveness(&v)))
+        .map(|(k, v)| (k, Liveness::from_state(&v)))
         .collect();
     Ok(View {
         me: me.to_string(),
@@ -79,23 +70,6 @@ fn cidr_of(info: &NetworkInfo) -> Option<uncloud_common::address::MeshCidr> {
 /// Converts what stated holds into what names need.
 fn entries<T, E: From<T>>(map: BTreeMap<String, T>) -> BTreeMap<String, E> {
     map.into_iter().map(|(k, v)| (k, E::from(v))).collect()
-}
-
-fn replace<T, E: From<T>>(
-    map: &mut BTreeMap<String, E>,
-    ids: &[String],
-    mut fresh: BTreeMap<String, T>,
-) {
-    for id in ids {
-        match fresh.remove(id) {
-            Some(v) => {
-                map.insert(id.clone(), E::from(v));
-            }
-            None => {
-                map.remove(id);
-            }
-        }
-    }
 }
 
 /// stated's `GetMany` takes at most this many ids per call.

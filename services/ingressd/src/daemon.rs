@@ -17,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use uncloud_common::config::DaemonConfig;
 use uncloud_common::dbus::{IngressCertificate, StateProxy};
+use uncloud_common::liveness::Liveness;
 use uncloud_common::model::Certificate;
 use uncloud_common::state_follow::Update;
 use uncloud_common::watchdog::{self, Heartbeat};
@@ -26,7 +27,7 @@ use crate::balance::Health;
 use crate::certs::{self, Store};
 use crate::config::{Config, ConfigInvalid};
 use crate::dbus::Ingress1;
-use crate::mirror::{self, parse_liveness};
+use crate::mirror;
 use crate::ordering::{self, Situation};
 use crate::pool::Pool;
 use crate::proxy::{Counters, Shared};
@@ -56,27 +57,6 @@ const STALLED_AFTER: Duration = Duration::from_secs(45);
 const RELEASE_CHECK: Duration = Duration::from_millis(100);
 /// How long requests in flight may take to finish when the listeners stop.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-
-async fn wait_for_member(state: &StateProxy<'_>, heartbeat: &Heartbeat) -> String {
-    let mut told = false;
-    loop {
-        heartbeat.beat();
-        if let Ok(id) = state.machine_id().await {
-            match state.mode().await {
-                Ok(m) if m != "fresh" => return id,
-                Ok(_) if !told => {
-                    tracing::info!(
-                        "this machine belongs to no network yet; waiting until it joins one"
-                    );
-                    uncloud_common::daemon::notify_waiting_for_membership();
-                    told = true;
-                }
-                _ => {}
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
 
 /// Everything the loop keeps between events.
 struct Ingress {
@@ -349,7 +329,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
 
-    let me = wait_for_member(&proxy, &heartbeat).await;
+    let me = uncloud_common::state_follow::wait_for_member(&proxy, &heartbeat).await;
     let mut updates = uncloud_common::state_follow::follow(&conn)
         .await
         .map_err(bus_err)?;
@@ -472,7 +452,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             signal = liveness.next() => match signal {
                 Some(signal) => match signal.args() {
                     Ok(a) => {
-                        let l = parse_liveness(a.liveness());
+                        let l = Liveness::from_state(a.liveness());
                         view.liveness.insert(a.machine_id().to_string(), l) != Some(l)
                     }
                     Err(_) => false,

@@ -7,18 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use uncloud_common::dbus::StateProxy;
 use uncloud_common::liveness::Liveness;
 use uncloud_common::model::{Certificate, Container, Kind, Machine, Service};
-use uncloud_common::state_follow::{fetch, fetch_all, FetchError, Update};
+use uncloud_common::state_follow::{fetch, fetch_all, replace, FetchError, Update};
 
 use crate::view::View;
-
-/// A liveness as stated names it; anything unknown counts as down.
-pub fn parse_liveness(s: &str) -> Liveness {
-    match s {
-        "alive" => Liveness::Alive,
-        "suspect" => Liveness::Suspect,
-        _ => Liveness::Down,
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -35,7 +26,7 @@ pub async fn load(proxy: &StateProxy<'_>, me: &str) -> Result<View, MirrorError>
         .await
         .map_err(MirrorError::Liveness)?
         .into_iter()
-        .map(|(k, v)| (k, parse_liveness(&v)))
+        .map(|(k, v)| (k, Liveness::from_state(&v)))
         .collect();
     Ok(View {
         me: me.to_string(),
@@ -45,19 +36,6 @@ pub async fn load(proxy: &StateProxy<'_>, me: &str) -> Result<View, MirrorError>
         certificates: fetch_all(proxy, Kind::Certificates).await?,
         liveness,
     })
-}
-
-fn replace<T>(map: &mut BTreeMap<String, T>, ids: &[String], mut fresh: BTreeMap<String, T>) {
-    for id in ids {
-        match fresh.remove(id) {
-            Some(v) => {
-                map.insert(id.clone(), v);
-            }
-            None => {
-                map.remove(id);
-            }
-        }
-    }
 }
 
 /// stated's `GetMany` takes at most this many ids per call.
