@@ -22,6 +22,11 @@ struct Args {
     /// --quick).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Set up and start every proxy, print where they listen, then wait until stdin closes
+    /// instead of measuring (to profile one by hand, e.g. with `perf record -p PID` while wrk
+    /// runs in the printed namespace).
+    #[arg(long)]
+    hold: bool,
 }
 
 fn main() -> Result<()> {
@@ -32,10 +37,17 @@ fn main() -> Result<()> {
     } else {
         Plan::full()
     };
+    let plan = Plan {
+        hold: args.hold,
+        ..plan
+    };
     let out = uncloud_bench::out_dir(args.out.clone(), args.quick);
     let command = uncloud_bench::command_line("ingressd-bench");
     progress(format!("plan: {plan:?}"));
     let results = run(&plan, &out, &command)?;
+    if plan.hold {
+        return Ok(());
+    }
     if plan.quick {
         progress("quick smoke run: figures are not judged against the targets");
     } else {

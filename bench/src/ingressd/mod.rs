@@ -40,6 +40,9 @@ pub struct Plan {
     pub latency_secs: u32,
     /// Routes timed from container to routed.
     pub route_samples: usize,
+    /// Stop after the setup and keep every proxy running until stdin closes (for profiling
+    /// by hand: the namespace, ports and pids are printed).
+    pub hold: bool,
 }
 
 impl Plan {
@@ -52,6 +55,7 @@ impl Plan {
             fixed_rps: 1000,
             latency_secs: 5,
             route_samples: 20,
+            hold: false,
         }
     }
 
@@ -64,6 +68,7 @@ impl Plan {
             fixed_rps: 200,
             latency_secs: 1,
             route_samples: 3,
+            hold: false,
         }
     }
 }
@@ -558,6 +563,23 @@ pub fn run(plan: &Plan, out: &Path, command: &str) -> Result<Results> {
                 net.logs()
             )
         })?;
+    }
+
+    if plan.hold {
+        for p in &proxies {
+            progress(format!(
+                "{}: pid {}, http 127.0.0.1:{}, https 127.0.0.1:{} in namespace {}",
+                p.name,
+                p.pid,
+                p.http,
+                p.https,
+                net.machines[m].ns.name()
+            ));
+        }
+        progress("holding until stdin closes (hosts: plain.example.com, bench.example.com)");
+        std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+        drop((ingressd, caddy, nginx, setup));
+        return Ok(Results::default());
     }
 
     let mut figures = vec![Figures::default(); proxies.len()];

@@ -69,17 +69,6 @@ impl Health {
         );
     }
 
-    /// `addr` answered.
-    pub fn succeeded(&self, addr: SocketAddr) {
-        let u = self.get(addr);
-        if u.down_until_ms.load(Ordering::Relaxed) != 0 {
-            u.down_until_ms.store(0, Ordering::Relaxed);
-        }
-        if u.failures.load(Ordering::Relaxed) != 0 {
-            u.failures.store(0, Ordering::Relaxed);
-        }
-    }
-
     pub fn is_down(&self, addr: SocketAddr, now: Instant) -> bool {
         self.get(addr).down_until_ms.load(Ordering::Relaxed) > self.ms(now)
     }
@@ -101,50 +90,72 @@ impl Health {
             .retain(|a, u| keep(a) || u.active.load(Ordering::Relaxed) > 0);
     }
 
-    /// Chooses an upstream of `route` other than those in `tried`.
+    /// Chooses an upstream of `route` other than those in `tried`, with its health entry.
     pub fn pick(
         &self,
         route: &Route,
         policy: Balance,
         tried: &[SocketAddr],
         now: Instant,
-    ) -> Option<SocketAddr> {
+    ) -> Option<(SocketAddr, Arc<Upstream>)> {
+        // One container (the common case): it, whatever its marks say.
+        if let [only] = route.upstreams[..] {
+            return (!tried.contains(&only)).then(|| (only, self.get(only)));
+        }
         let candidates: Vec<(SocketAddr, Arc<Upstream>)> = route
             .upstreams
             .iter()
             .filter(|a| !tried.contains(a))
             .map(|a| (*a, self.get(*a)))
             .collect();
-        if candidates.is_empty() {
-            return None;
-        }
         let now_ms = self.ms(now);
-        let up: Vec<&(SocketAddr, Arc<Upstream>)> = candidates
-            .iter()
-            .filter(|(_, u)| u.down_until_ms.load(Ordering::Relaxed) <= now_ms)
-            .collect();
-        if up.is_empty() {
-            // All marked down: the one whose mark ends first.
-            return candidates
-                .iter()
-                .min_by_key(|(_, u)| u.down_until_ms.load(Ordering::Relaxed))
-                .map(|(a, _)| *a);
-        }
+        let up = |(_, u): &&(SocketAddr, Arc<Upstream>)| {
+            u.down_until_ms.load(Ordering::Relaxed) <= now_ms
+        };
         let turn = route.next.fetch_add(1, Ordering::Relaxed);
-        match policy {
-            Balance::RoundRobin => Some(up[turn % up.len()].0),
-            Balance::LeastConnections => {
-                let least = up
-                    .iter()
-                    .map(|(_, u)| u.active.load(Ordering::Relaxed))
-                    .min()
-                    .expect("not empty");
-                let tied: Vec<_> = up
-                    .iter()
-                    .filter(|(_, u)| u.active.load(Ordering::Relaxed) == least)
-                    .collect();
-                Some(tied[turn % tied.len()].0)
+        let chosen = match policy {
+            Balance::RoundRobin => {
+                let n = candidates.iter().filter(up).count();
+                (n > 0)
+                    .then(|| candidates.iter().filter(up).nth(turn % n))
+                    .flatten()
             }
+            Balance::LeastConnections => {
+                let active =
+                    |(_, u): &&(SocketAddr, Arc<Upstream>)| u.active.load(Ordering::Relaxed);
+                candidates
+                    .iter()
+                    .filter(up)
+                    .map(|c| active(&c))
+                    .min()
+                    .and_then(|least| {
+                        let tied = |c: &&(SocketAddr, Arc<Upstream>)| up(c) && active(c) == least;
+                        let n = candidates.iter().filter(tied).count();
+                        (n > 0)
+                            .then(|| candidates.iter().filter(tied).nth(turn % n))
+                            .flatten()
+                    })
+            }
+        };
+        // All marked down: the one whose mark ends first.
+        chosen
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .min_by_key(|(_, u)| u.down_until_ms.load(Ordering::Relaxed))
+            })
+            .cloned()
+    }
+}
+
+impl Upstream {
+    /// It answered.
+    pub fn succeeded(&self) {
+        if self.down_until_ms.load(Ordering::Relaxed) != 0 {
+            self.down_until_ms.store(0, Ordering::Relaxed);
+        }
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -156,6 +167,10 @@ impl InFlight {
     pub fn new(u: Arc<Upstream>) -> InFlight {
         u.active.fetch_add(1, Ordering::Relaxed);
         InFlight(u)
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.0
     }
 }
 
@@ -169,6 +184,16 @@ impl Drop for InFlight {
 mod tests {
     use super::*;
     use uncloud_common::ports::Protocol;
+
+    fn pick(
+        h: &Health,
+        r: &Route,
+        policy: Balance,
+        tried: &[SocketAddr],
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        h.pick(r, policy, tried, now).map(|(a, _)| a)
+    }
 
     fn route(n: usize) -> Route {
         Route {
@@ -190,7 +215,7 @@ mod tests {
         let r = route(3);
         let now = Instant::now();
         let picks: Vec<_> = (0..6)
-            .map(|_| h.pick(&r, Balance::RoundRobin, &[], now).unwrap())
+            .map(|_| pick(&h, &r, Balance::RoundRobin, &[], now).unwrap())
             .collect();
         for a in &r.upstreams {
             assert_eq!(picks.iter().filter(|p| *p == a).count(), 2);
@@ -198,13 +223,15 @@ mod tests {
         h.failed(r.upstreams[1], now);
         for _ in 0..6 {
             assert_ne!(
-                h.pick(&r, Balance::RoundRobin, &[], now),
+                pick(&h, &r, Balance::RoundRobin, &[], now),
                 Some(r.upstreams[1])
             );
         }
         let later = now + Duration::from_secs(11);
         assert!(!h.is_down(r.upstreams[1], later));
-        assert!((0..3).any(|_| h.pick(&r, Balance::RoundRobin, &[], later) == Some(r.upstreams[1])));
+        assert!(
+            (0..3).any(|_| pick(&h, &r, Balance::RoundRobin, &[], later) == Some(r.upstreams[1]))
+        );
     }
 
     #[test]
@@ -212,20 +239,23 @@ mod tests {
         let h = Health::new(Duration::from_secs(10));
         let r = route(2);
         let now = Instant::now();
-        let first = h.pick(&r, Balance::RoundRobin, &[], now).unwrap();
-        let second = h.pick(&r, Balance::RoundRobin, &[first], now).unwrap();
+        let first = pick(&h, &r, Balance::RoundRobin, &[], now).unwrap();
+        let second = pick(&h, &r, Balance::RoundRobin, &[first], now).unwrap();
         assert_ne!(first, second);
-        assert_eq!(h.pick(&r, Balance::RoundRobin, &[first, second], now), None);
+        assert_eq!(
+            pick(&h, &r, Balance::RoundRobin, &[first, second], now),
+            None
+        );
         h.failed(r.upstreams[0], now);
         h.failed(r.upstreams[1], now + Duration::from_secs(1));
         assert_eq!(
-            h.pick(&r, Balance::RoundRobin, &[], now),
+            pick(&h, &r, Balance::RoundRobin, &[], now),
             Some(r.upstreams[0]),
             "every upstream is down: the one whose mark ends first"
         );
-        h.succeeded(r.upstreams[0]);
+        h.get(r.upstreams[0]).succeeded();
         assert!(!h.is_down(r.upstreams[0], now));
-        assert_eq!(h.pick(&route(0), Balance::RoundRobin, &[], now), None);
+        assert_eq!(pick(&h, &route(0), Balance::RoundRobin, &[], now), None);
     }
 
     #[test]
@@ -236,7 +266,7 @@ mod tests {
         let _busy = InFlight::new(h.get(r.upstreams[0]));
         for _ in 0..4 {
             assert_eq!(
-                h.pick(&r, Balance::LeastConnections, &[], now),
+                pick(&h, &r, Balance::LeastConnections, &[], now),
                 Some(r.upstreams[1])
             );
         }

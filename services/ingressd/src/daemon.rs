@@ -29,7 +29,7 @@ use crate::config::{Config, ConfigInvalid};
 use crate::dbus::Ingress1;
 use crate::mirror;
 use crate::ordering::{self, Situation};
-use crate::pool::Pool;
+use crate::pool::{Pool, Timeouts};
 use crate::proxy::{Counters, Shared};
 use crate::routes::Table;
 use crate::server::{Limits, Listeners};
@@ -350,12 +350,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         table: RwLock::new(Arc::new(Table::default())),
         certs: store.clone(),
         health: Health::new(Config::ms(config.upstream_down_ms)),
-        pool: Pool::new(
-            Config::ms(config.upstream_idle_ms),
-            Config::ms(config.connect_timeout_ms),
-        ),
+        pool: Pool::new(Timeouts {
+            connect: Config::ms(config.connect_timeout_ms),
+            kept: Config::ms(config.upstream_idle_ms),
+            response: Config::ms(config.response_timeout_ms),
+            upgraded: Config::ms(config.idle_timeout_ms),
+        }),
         balance: config.balance,
-        response_timeout: Config::ms(config.response_timeout_ms),
         counters: Counters::default(),
     });
     let acme_client = if config.acme {

@@ -37,6 +37,7 @@ pub mod certs;
 pub mod config;
 pub mod daemon;
 pub mod dbus;
+pub mod idle;
 pub mod mirror;
 pub mod ordering;
 pub mod pool;

@@ -3,8 +3,12 @@
 //! ingressd's own small pool rather than hyper-util's client: a request that could not be
 //! sent (the connection failed, or one kept idle turned out closed) comes back whole, so it
 //! is retried on another upstream, bodies included. An idle connection is kept for
-//! `idle_for`, below upstreams' own idle timeouts, so one an upstream is closing is rarely
+//! `kept`, below upstreams' own idle timeouts, so one an upstream is closing is rarely
 //! handed out (and when it is, the request comes back and goes again).
+//!
+//! The response timeout lives on the connection ([`Idle`]), not on each request: an upstream
+//! that sends nothing for `response` while it has a request fails the connection, so the
+//! request gets a 504 without a timer set and cleared per request.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +18,7 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
+use crate::idle::Idle;
 use crate::proxy::Body;
 
 /// Idle connections kept per upstream at most.
@@ -35,16 +40,27 @@ pub enum ConnectError {
     },
 }
 
-struct Idle {
+struct Kept {
     sender: http1::SendRequest<Body>,
     since: Instant,
 }
 
+/// How long an upstream connection may take, in each of its phases.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// An idle connection is kept this long for reuse.
+    pub kept: Duration,
+    /// Silence from an upstream that has a request (then 504).
+    pub response: Duration,
+    /// Silence both ways on an upgraded (WebSocket) connection.
+    pub upgraded: Duration,
+}
+
 /// Keep-alive connections by upstream address.
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    idle_for: Duration,
-    connect_timeout: Duration,
+    idle: Mutex<HashMap<SocketAddr, Vec<Kept>>>,
+    timeouts: Timeouts,
 }
 
 /// A connection checked out of the pool.
@@ -55,11 +71,10 @@ pub struct Conn {
 }
 
 impl Pool {
-    pub fn new(idle_for: Duration, connect_timeout: Duration) -> Arc<Pool> {
+    pub fn new(timeouts: Timeouts) -> Arc<Pool> {
         Arc::new(Pool {
             idle: Mutex::default(),
-            idle_for,
-            connect_timeout,
+            timeouts,
         })
     }
 
@@ -74,7 +89,7 @@ impl Pool {
                 }
             };
             let Some(mut c) = found else { break };
-            if c.since.elapsed() >= self.idle_for || c.sender.is_closed() {
+            if c.since.elapsed() >= self.timeouts.kept || c.sender.is_closed() {
                 continue;
             }
             // Given back as its response ended: its connection may need a moment to be
@@ -86,14 +101,24 @@ impl Pool {
                 });
             }
         }
+        self.connect(addr, self.timeouts.response).await
+    }
+
+    /// A new connection, not from the pool, for a request that asks to upgrade: once
+    /// upgraded it may stay silent as long as a client connection may.
+    pub async fn connect_for_upgrade(&self, addr: SocketAddr) -> Result<Conn, ConnectError> {
+        self.connect(addr, self.timeouts.upgraded).await
+    }
+
+    async fn connect(&self, addr: SocketAddr, silent: Duration) -> Result<Conn, ConnectError> {
         let stream =
-            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+            tokio::time::timeout(self.timeouts.connect, tokio::net::TcpStream::connect(addr))
                 .await
                 .map_err(|_| ConnectError::Timeout(addr))?
                 .map_err(|source| ConnectError::Io { addr, source })?;
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(Idle::new(stream, silent)))
             .await
             .map_err(|source| ConnectError::Handshake { addr, source })?;
         tokio::spawn(async move {
@@ -114,10 +139,10 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap();
         let list = idle.entry(addr).or_default();
         if list.len() >= MAX_IDLE_PER_UPSTREAM {
-            list.retain(|c| c.since.elapsed() < self.idle_for && !c.sender.is_closed());
+            list.retain(|c| c.since.elapsed() < self.timeouts.kept && !c.sender.is_closed());
         }
         if list.len() < MAX_IDLE_PER_UPSTREAM {
-            list.push(Idle {
+            list.push(Kept {
                 sender,
                 since: Instant::now(),
             });
@@ -129,7 +154,7 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap();
         idle.retain(|a, _| keep(a));
         for list in idle.values_mut() {
-            list.retain(|c| c.since.elapsed() < self.idle_for && !c.sender.is_closed());
+            list.retain(|c| c.since.elapsed() < self.timeouts.kept && !c.sender.is_closed());
         }
     }
 }

@@ -14,14 +14,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 
 use crate::balance::{Health, InFlight};
@@ -31,8 +29,53 @@ use crate::pool::Pool;
 use crate::routes::{normalize_host, Table};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Every body ingressd sends or forwards.
-pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Every body ingressd sends or forwards. One type rather than a boxed trait object, so
+/// forwarding a request and its response allocates no body.
+pub enum Body {
+    /// A whole body ingressd wrote itself (empty once sent).
+    Full(Option<Bytes>),
+    /// A client's request body, on its way to an upstream.
+    Client(Incoming),
+    /// An upstream's response body, on its way to the client.
+    Upstream(Guarded),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+            Body::Client(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Body::Upstream(b) => b.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+            Body::Client(b) => b.is_end_stream(),
+            Body::Upstream(b) => b.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Client(b) => b.size_hint(),
+            Body::Upstream(b) => b.inner.size_hint(),
+        }
+    }
+}
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
@@ -56,7 +99,6 @@ pub struct Shared {
     pub health: Health,
     pub pool: Arc<Pool>,
     pub balance: Balance,
-    pub response_timeout: Duration,
     pub counters: Counters,
 }
 
@@ -66,12 +108,28 @@ impl Shared {
     }
 }
 
-/// Which listener a request came in on.
-#[derive(Debug, Clone, Copy)]
+/// Which listener a request came in on, and from whom.
+#[derive(Debug, Clone)]
 pub struct Via {
     pub tls: bool,
     pub peer: SocketAddr,
+    /// The peer's address as a header value, made once per connection.
+    client: HeaderValue,
 }
+
+impl Via {
+    pub fn new(tls: bool, peer: SocketAddr) -> Via {
+        let client = HeaderValue::try_from(peer.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Via { tls, peer, client }
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(full(body.into()));
@@ -84,22 +142,16 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
 }
 
 pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|e| match e {}).boxed()
+    Body::Full(Some(b.into()))
 }
 
 /// The hostname a request is for: `Host` (HTTP/1.1) or the URI's authority (HTTP/2).
 fn request_host(req: &Request<Incoming>) -> Option<String> {
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })?;
-    normalize_host(&raw)
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    normalize_host(raw)
 }
 
 /// Answers one request.
@@ -112,7 +164,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, via: Via) -
             "no service is published at this address\n",
         );
     };
-    let path = req.uri().path().to_string();
+    let path = req.uri().path();
     if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
         if !via.tls {
             shared.counters.challenges.fetch_add(1, Ordering::Relaxed);
@@ -130,15 +182,13 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, via: Via) -
             };
         }
     }
-    let table = shared.table();
-    let Some(route) = table.lookup(&host, &path).cloned() else {
+    let Some(route) = shared.table().lookup_normalized(&host, path).cloned() else {
         shared.counters.not_found.fetch_add(1, Ordering::Relaxed);
         return text(
             StatusCode::NOT_FOUND,
             format!("no service is published at {host}{path}\n"),
         );
     };
-    drop(table);
     if !via.tls && route.protocol == uncloud_common::ports::Protocol::Https {
         let pq = req
             .uri()
@@ -155,16 +205,17 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, via: Via) -
 
     let upgrade = upgrade_protocol(req.headers(), req.version());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let mut out = match prepare(req, &host, via, upgrade.as_ref()) {
+    let mut out = match prepare(req, host, &via, upgrade.as_ref()) {
         Ok(r) => r,
         Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
     };
 
     let mut tried: Vec<SocketAddr> = Vec::new();
     loop {
-        let Some(addr) = shared
-            .health
-            .pick(&route, shared.balance, &tried, Instant::now())
+        let Some((addr, upstream)) =
+            shared
+                .health
+                .pick(&route, shared.balance, &tried, Instant::now())
         else {
             shared
                 .counters
@@ -186,7 +237,12 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, via: Via) -
             };
             return text(status, format!("{why}\n"));
         };
-        let mut conn = match shared.pool.checkout(addr).await {
+        let conn = if upgrade.is_some() {
+            shared.pool.connect_for_upgrade(addr).await
+        } else {
+            shared.pool.checkout(addr).await
+        };
+        let mut conn = match conn {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "upstream refused; trying another");
@@ -196,23 +252,10 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, via: Via) -
                 continue;
             }
         };
-        let guard = InFlight::new(shared.health.get(addr));
-        let sent =
-            tokio::time::timeout(shared.response_timeout, conn.sender.try_send_request(out)).await;
-        let response = match sent {
-            Err(_) => {
-                shared.health.failed(addr, Instant::now());
-                shared
-                    .counters
-                    .upstream_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                return text(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("service {} did not answer in time\n", route.service),
-                );
-            }
-            Ok(Ok(r)) => r,
-            Ok(Err(mut e)) => match e.take_message() {
+        let guard = InFlight::new(upstream);
+        let response = match conn.sender.try_send_request(out).await {
+            Ok(r) => r,
+            Err(mut e) => match e.take_message() {
                 // Nothing of it was sent: try again, elsewhere unless the connection was a
                 // kept-alive one that had closed.
                 Some(back) => {
@@ -225,11 +268,19 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, via: Via) -
                     continue;
                 }
                 None => {
-                    tracing::debug!(error = %e.error(), upstream = %addr, "upstream failed mid-request");
                     shared
                         .counters
                         .upstream_failures
                         .fetch_add(1, Ordering::Relaxed);
+                    // The connection's response timeout ([`crate::idle`]).
+                    if crate::idle::is_timeout(e.error()) {
+                        shared.health.failed(addr, Instant::now());
+                        return text(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            format!("service {} did not answer in time\n", route.service),
+                        );
+                    }
+                    tracing::debug!(error = %e.error(), upstream = %addr, "upstream failed mid-request");
                     return text(
                         StatusCode::BAD_GATEWAY,
                         format!("service {} failed to answer\n", route.service),
@@ -237,18 +288,18 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, via: Via) -
                 }
             },
         };
-        shared.health.succeeded(addr);
+        guard.upstream().succeeded();
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return switch(shared, response, client_upgrade, guard);
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = Guarded {
+        let body = Body::Upstream(Guarded {
             inner: body,
             _guard: guard,
             reuse: Some((shared.pool.clone(), addr, conn.sender)),
-        };
-        return Response::from_parts(parts, body.boxed());
+        });
+        return Response::from_parts(parts, body);
     }
 }
 
@@ -292,65 +343,62 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(n);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
 }
 
 /// The request as the upstream gets it.
 fn prepare(
     req: Request<Incoming>,
-    host: &str,
-    via: Via,
+    host: String,
+    via: &Via,
     upgrade: Option<&HeaderValue>,
 ) -> Result<Request<Body>, &'static str> {
     let (mut parts, body) = req.into_parts();
-    let authority = parts.uri.authority().map(|a| a.as_str().to_string());
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    parts.uri = pq
-        .parse::<Uri>()
-        .map_err(|_| "the request target is not valid")?;
+    // HTTP/2 (and an absolute-form HTTP/1.1 target) carry the authority in the URI; the
+    // upstream gets the origin form and the authority as `Host`.
+    let authority = parts.uri.authority().cloned();
+    if authority.is_some() || parts.uri.scheme().is_some() {
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = None;
+        uri.authority = None;
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        parts.uri = Uri::from_parts(uri).map_err(|_| "the request target is not valid")?;
+    }
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key(header::HOST) {
-        let h = authority.unwrap_or_else(|| host.to_string());
-        let v = HeaderValue::from_str(&h).map_err(|_| "the host is not valid")?;
+        let h = authority.as_ref().map_or(host.as_str(), |a| a.as_str());
+        let v = HeaderValue::from_str(h).map_err(|_| "the host is not valid")?;
         parts.headers.insert(header::HOST, v);
     }
-    let client = via.peer.ip().to_string();
     let xff = match parts
         .headers
-        .get("x-forwarded-for")
+        .get(X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(prior) => format!("{prior}, {client}"),
-        None => client,
+        Some(prior) => HeaderValue::try_from(format!("{prior}, {}", via.peer.ip())).ok(),
+        None => Some(via.client.clone()),
     };
-    let set = |headers: &mut HeaderMap, name: &'static str, v: &str| {
-        if let Ok(v) = HeaderValue::from_str(v) {
-            headers.insert(name, v);
-        }
-    };
-    set(&mut parts.headers, "x-forwarded-for", &xff);
-    set(
-        &mut parts.headers,
-        "x-forwarded-proto",
-        if via.tls { "https" } else { "http" },
+    if let Some(xff) = xff {
+        parts.headers.insert(X_FORWARDED_FOR, xff);
+    }
+    parts.headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if via.tls { "https" } else { "http" }),
     );
-    set(&mut parts.headers, "x-forwarded-host", host);
+    if let Ok(v) = HeaderValue::try_from(host) {
+        parts.headers.insert(X_FORWARDED_HOST, v);
+    }
     if let Some(proto) = upgrade {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, proto.clone());
     }
-    Ok(Request::from_parts(
-        parts,
-        body.map_err(BoxError::from).boxed(),
-    ))
+    Ok(Request::from_parts(parts, Body::Client(body)))
 }
 
 /// The upstream agreed to switch protocols: answer 101 and copy bytes both ways.
@@ -385,7 +433,7 @@ fn switch(
 
 /// A response body that counts its upstream as busy until it is done, and gives the
 /// upstream connection back to the pool once it was read to the end.
-struct Guarded {
+pub struct Guarded {
     inner: Incoming,
     _guard: InFlight,
     reuse: Option<(
@@ -395,14 +443,8 @@ struct Guarded {
     )>,
 }
 
-impl hyper::body::Body for Guarded {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+impl Guarded {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.give_back(),
@@ -413,16 +455,6 @@ impl hyper::body::Body for Guarded {
         polled.map_err(BoxError::from)
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Guarded {
     fn give_back(&mut self) {
         if let Some((pool, addr, sender)) = self.reuse.take() {
             pool.checkin(addr, sender);

@@ -85,9 +85,13 @@ impl Table {
     /// The route for a request to `host` (as the client sent it: any case, maybe with a port
     /// or a trailing dot) and `path`: the longest prefix that matches whole segments.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
-        let host = normalize_host(host)?;
+        self.lookup_normalized(&normalize_host(host)?, path)
+    }
+
+    /// [`Table::lookup`] for a host already passed through [`normalize_host`].
+    pub fn lookup_normalized(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
         self.hosts
-            .get(&host)?
+            .get(host)?
             .iter()
             .find(|r| prefix_matches(&r.path, path))
     }

@@ -8,17 +8,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, Sleep};
 
+use crate::idle::Idle;
 use crate::proxy::{handle, Shared, Via};
 
 /// The limits every connection is served with.
@@ -140,7 +138,7 @@ async fn serve(
     let stream = Idle::new(stream, limits.idle_timeout);
     match tls {
         None => {
-            let via = Via { tls: false, peer };
+            let via = Via::new(false, peer);
             http1(TokioIo::new(stream), shared, via, limits, stop).await
         }
         Some(acceptor) => {
@@ -155,7 +153,7 @@ async fn serve(
                 Err(_) => return,
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let via = Via { tls: true, peer };
+            let via = Via::new(true, peer);
             if h2 {
                 http2(TokioIo::new(tls), shared, via, limits, stop).await
             } else {
@@ -170,7 +168,7 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| {
-        let shared = shared.clone();
+        let (shared, via) = (shared.clone(), via.clone());
         async move { Ok::<_, std::convert::Infallible>(handle(shared, req, via).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -187,7 +185,7 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| {
-        let shared = shared.clone();
+        let (shared, via) = (shared.clone(), via.clone());
         async move { Ok::<_, std::convert::Infallible>(handle(shared, req, via).await) }
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -219,105 +217,4 @@ async fn until_stopped<C, E>(
     }
     graceful(conn.as_mut());
     let _ = conn.await;
-}
-
-/// A stream that fails with `TimedOut` once no byte moved either way for `timeout`.
-///
-/// Progress only notes the time; the timer is moved when it fires early (a busy connection
-/// costs a clock read per read or write, not a timer update).
-struct Idle<S> {
-    inner: S,
-    timeout: Duration,
-    last: Instant,
-    deadline: Pin<Box<Sleep>>,
-}
-
-impl<S> Idle<S> {
-    fn new(inner: S, timeout: Duration) -> Idle<S> {
-        Idle {
-            inner,
-            timeout,
-            last: Instant::now(),
-            deadline: Box::pin(tokio::time::sleep(timeout)),
-        }
-    }
-
-    fn moved(&mut self) {
-        self.last = Instant::now();
-    }
-
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            if self.deadline.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            let due = self.last + self.timeout;
-            if Instant::now() >= due {
-                return true;
-            }
-            self.deadline.as_mut().reset(due);
-        }
-    }
-}
-
-fn timed_out() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "idle for too long")
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    self.moved();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                if self.expired(cx) {
-                    Poll::Ready(Err(timed_out()))
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.moved();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                if self.expired(cx) {
-                    Poll::Ready(Err(timed_out()))
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use ingressd::balance::Health;
 use ingressd::certs::{self, Store};
 use ingressd::config::Balance;
-use ingressd::pool::Pool;
+use ingressd::pool::{Pool, Timeouts};
 use ingressd::proxy::{Counters, Shared};
 use ingressd::routes::Table;
 use ingressd::server::{Limits, Listeners};
@@ -205,6 +205,7 @@ async fn proxy(limits: Limits, port: u16) -> Proxy {
         service("web", &[&format!("app.example.com:{port}/https")]),
         service("plain", &[&format!("plain.example.com:{port}/http")]),
         service("api", &[&format!("plain.example.com/api:{port}/http")]),
+        service("slow", &[&format!("slow.example.com:{port}/http")]),
     ] {
         view.services.insert(s.id.clone(), s);
     }
@@ -213,6 +214,7 @@ async fn proxy(limits: Limits, port: u16) -> Proxy {
         container("p1", "plain", "127.0.0.3"),
         container("p2", "plain", "127.0.0.5"),
         container("a1", "api", "127.0.0.4"),
+        container("s1", "slow", "127.0.0.6"),
     ] {
         view.containers.insert(c.id.clone(), c);
     }
@@ -222,9 +224,13 @@ async fn proxy(limits: Limits, port: u16) -> Proxy {
         table: RwLock::new(Arc::new(Table::build(&view))),
         certs: store.clone(),
         health: Health::new(Duration::from_secs(10)),
-        pool: Pool::new(Duration::from_secs(30), Duration::from_secs(1)),
+        pool: Pool::new(Timeouts {
+            connect: Duration::from_secs(1),
+            kept: Duration::from_secs(30),
+            response: RESPONSE_TIMEOUT,
+            upgraded: Duration::from_secs(5),
+        }),
         balance: Balance::RoundRobin,
-        response_timeout: Duration::from_secs(5),
         counters: Counters::default(),
     });
     let l = Listeners::bind(
@@ -251,6 +257,9 @@ async fn proxy(limits: Limits, port: u16) -> Proxy {
         _listeners: l,
     }
 }
+
+/// How long an upstream may stay silent while it has a request.
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 fn limits() -> Limits {
     Limits {
@@ -588,4 +597,75 @@ async fn slow_oversized_and_malformed_requests_are_cut_off_cleanly() {
     ])
     .await;
     assert_eq!(code, 200);
+}
+
+/// An upstream on 127.0.0.6 that reads a request, then for `/silent` says nothing, and for
+/// `/trickle` answers with a chunk every 0.5 s for 3 s (twice the response timeout, but never
+/// silent that long).
+async fn slow_upstream(port: u16) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 6], port)))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if head.starts_with(b"GET /silent ") {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                for _ in 0..6 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let _ = s.write_all(b"2\r\nok\r\n").await;
+                }
+                let _ = s.write_all(b"0\r\n\r\n").await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_gets_504_and_a_slow_but_steady_one_streams_to_the_end() {
+    let port = next_port();
+    let _u = slow_upstream(port).await;
+    let p = proxy(limits(), port).await;
+    let http = p.http.to_string();
+
+    let start = Instant::now();
+    let (code, _, body) = curl(vec![
+        "-H".into(),
+        "Host: slow.example.com".into(),
+        format!("http://{http}/silent"),
+    ])
+    .await;
+    let waited = start.elapsed();
+    assert_eq!(code, 504, "{body}");
+    assert!(body.contains("did not answer in time"), "{body}");
+    assert!(
+        waited >= RESPONSE_TIMEOUT && waited < RESPONSE_TIMEOUT * 3,
+        "answered after {waited:?}"
+    );
+
+    // Not a cap on the whole response: 3 s of chunks, never 1.5 s apart, arrive whole.
+    let (code, _, body) = curl(vec![
+        "-H".into(),
+        "Host: slow.example.com".into(),
+        format!("http://{http}/trickle"),
+    ])
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(body, "ok".repeat(6));
 }
