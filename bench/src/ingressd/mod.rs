@@ -77,6 +77,9 @@ const PROXY_CPU: &str = "0";
 const CLIENT_CPU: &str = "1";
 const UPSTREAM_IP: &str = "10.210.200.1";
 const BODY: &str = "hello from the upstream\n";
+/// nginx sets the forwarded headers ingressd and Caddy set, so every proxy does the same work.
+const FORWARDED: &str = " proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; \
+    proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host;";
 
 /// One proxy under test.
 #[derive(Debug, Clone)]
@@ -412,10 +415,10 @@ fn write_configs(net: &LocalNetwork) -> Result<Setup> {
              events {{ worker_connections 4096; }}\nhttp {{ access_log off; keepalive_requests 1000000;\n\
              upstream up {{ server {UPSTREAM_IP}:80; keepalive 64; keepalive_requests 1000000; }}\n\
              server {{ listen 127.0.0.1:8083; server_name plain.example.com;\n\
-               location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }} }}\n\
+               location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host;{FORWARDED} }} }}\n\
              server {{ listen 127.0.0.1:8443 ssl http2; server_name bench.example.com;\n\
                ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
-               location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }} }}\n\
+               location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host;{FORWARDED} }} }}\n\
              include {d}/nginx-extra*.conf;\n}}\n",
             d = dir.path().display()
         ),
@@ -770,7 +773,7 @@ fn markdown(plan: &Plan, r: &Results, f: &[Figures], command: &str) -> String {
         );
     }
     line(&mut s, "\n## How each figure is measured\n");
-    line(&mut s, "- **Setup**: one machine of a local network (a network namespace running the real `uncloud-firstboot`, `stated`, `meshd`, `apid` and `ingressd`, initialised with `uc machine init`, given the `ingress` role with `uc machine role add`). A service publishing `plain.example.com:80/http` and `bench.example.com:80/https` and its one healthy container are written to the state through stated's D-Bus API, as dockerd-shim writes them; the container is an nginx (1 worker, CPU 1) answering a 24-byte body on 10.210.200.1:80, an address on the namespace's loopback. Caddy 2.6 (`auto_https off`, `admin off`, no access log, `GOMAXPROCS=1`, `reverse_proxy`, whose upstream keep-alive is on by default) and nginx 1.22 (`worker_processes 1`, `keepalive_requests` raised from 1,000 so connections are not closed mid-run, `upstream` with `keepalive 64`, `proxy_http_version 1.1`, `Connection \"\"`, `access_log off`, `http2` on its TLS listener) proxy the same two hostnames to the same upstream. TLS: ingressd its self-signed fallback (ECDSA P-256), Caddy and nginx one ECDSA P-256 certificate made by `openssl`. Every proxy is started pinned to CPU 0 (`taskset`), so it sizes its threads to one CPU; the clients and the upstream run on CPU 1.");
+    line(&mut s, "- **Setup**: one machine of a local network (a network namespace running the real `uncloud-firstboot`, `stated`, `meshd`, `apid` and `ingressd`, initialised with `uc machine init`, given the `ingress` role with `uc machine role add`). A service publishing `plain.example.com:80/http` and `bench.example.com:80/https` and its one healthy container are written to the state through stated's D-Bus API, as dockerd-shim writes them; the container is an nginx (1 worker, CPU 1) answering a 24-byte body on 10.210.200.1:80, an address on the namespace's loopback. Caddy 2.6 (`auto_https off`, `admin off`, no access log, `GOMAXPROCS=1`, `reverse_proxy`, whose upstream keep-alive is on by default) and nginx 1.22 (`worker_processes 1`, `keepalive_requests` raised from 1,000 so connections are not closed mid-run, `upstream` with `keepalive 64`, `proxy_http_version 1.1`, `Connection \"\"`, `X-Forwarded-For/Proto/Host` set as ingressd and Caddy set them, `access_log off`, `http2` on its TLS listener) proxy the same two hostnames to the same upstream. TLS: ingressd its self-signed fallback (ECDSA P-256), Caddy and nginx one ECDSA P-256 certificate made by `openssl`. Every proxy is started pinned to CPU 0 (`taskset`), so it sizes its threads to one CPU; the clients and the upstream run on CPU 1.");
     line(&mut s, format!("- **Throughput** (`http_rps`, `https_rps`): `wrk -t1 -c{} -d{}s` over HTTP/1.1 keep-alive, plain and TLS (SNI `bench.example.com`). `h2_rps`: `h2load -c 10 -m 10 -n {}` over TLS with HTTP/2. A run with any non-2xx answer or socket error fails the benchmark. {} run(s) per proxy, alternating proxies.", plan.connections, plan.secs, plan.secs * 10_000, plan.runs));
     line(&mut s, format!("- **Latency** (`p50_ms`, `p99_ms`): {} requests/s over 10 HTTP/1.1 keep-alive connections for {} s from CPU 1, each request's latency measured from when it was due (open loop, so queueing shows), nearest-rank percentiles per run, the median of the runs.", plan.fixed_rps, plan.latency_secs));
     line(&mut s, "- **CPU** (`cpu_ms_per_1000`): the proxy's user + system CPU seconds (all its threads, and nginx's worker, `/proc/PID/stat`) during the HTTP/1.1 wrk run, per 1,000 requests it served.");

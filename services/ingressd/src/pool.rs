@@ -101,13 +101,14 @@ impl Pool {
                 });
             }
         }
-        self.connect(addr, self.timeouts.response).await
+        // Boxed: rare, and a large future that would otherwise be part of every request's.
+        Box::pin(self.connect(addr, self.timeouts.response)).await
     }
 
     /// A new connection, not from the pool, for a request that asks to upgrade: once
     /// upgraded it may stay silent as long as a client connection may.
     pub async fn connect_for_upgrade(&self, addr: SocketAddr) -> Result<Conn, ConnectError> {
-        self.connect(addr, self.timeouts.upgraded).await
+        Box::pin(self.connect(addr, self.timeouts.upgraded)).await
     }
 
     async fn connect(&self, addr: SocketAddr, silent: Duration) -> Result<Conn, ConnectError> {
