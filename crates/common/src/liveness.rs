@@ -47,3 +47,19 @@ impl std::fmt::Display for Liveness {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stated_names_parse_and_anything_else_counts_as_down() {
+        assert_eq!(Liveness::from_state("alive"), Liveness::Alive);
+        assert_eq!(Liveness::from_state("suspect"), Liveness::Suspect);
+        assert_eq!(Liveness::from_state("down"), Liveness::Down);
+        assert_eq!(Liveness::from_state("Alive"), Liveness::Down);
+        assert_eq!(Liveness::from_state(""), Liveness::Down);
+        assert!(Liveness::from_state("suspect").is_reachable());
+        assert!(!Liveness::from_state("gone").is_reachable());
+    }
+}

@@ -114,30 +114,17 @@ impl Health {
         };
         let turn = route.next.fetch_add(1, Ordering::Relaxed);
         let chosen = match policy {
-            Balance::RoundRobin => {
-                let n = candidates.iter().filter(up).count();
-                (n > 0)
-                    .then(|| candidates.iter().filter(up).nth(turn % n))
-                    .flatten()
-            }
+            Balance::RoundRobin => nth_cyclic(&candidates, up, turn),
             Balance::LeastConnections => {
                 let active =
                     |(_, u): &&(SocketAddr, Arc<Upstream>)| u.active.load(Ordering::Relaxed);
-                candidates
-                    .iter()
-                    .filter(up)
-                    .map(|c| active(&c))
-                    .min()
-                    .and_then(|least| {
-                        let tied = |c: &&(SocketAddr, Arc<Upstream>)| up(c) && active(c) == least;
-                        let n = candidates.iter().filter(tied).count();
-                        (n > 0)
-                            .then(|| candidates.iter().filter(tied).nth(turn % n))
-                            .flatten()
-                    })
+                let least = candidates.iter().filter(up).map(|c| active(&c)).min();
+                least.and_then(|least| {
+                    nth_cyclic(&candidates, |c| up(c) && active(c) == least, turn)
+                })
             }
         };
-        // All marked down: the one whose mark ends first.
+        // None up (or the counts moved between the passes): the one whose mark ends first.
         chosen
             .or_else(|| {
                 candidates
@@ -146,6 +133,14 @@ impl Health {
             })
             .cloned()
     }
+}
+
+/// The `turn`-th, counting round, of the `items` that `keep` keeps; none if it keeps none.
+fn nth_cyclic<T>(items: &[T], keep: impl Fn(&&T) -> bool, turn: usize) -> Option<&T> {
+    let n = items.iter().filter(&keep).count();
+    (n > 0)
+        .then(|| items.iter().filter(&keep).nth(turn % n))
+        .flatten()
 }
 
 impl Upstream {

@@ -61,7 +61,7 @@ impl<S> Idle<S> {
     }
 }
 
-/// Whether `e` (or what caused it) is an [`Idle`] timeout.
+/// Whether `e` (or what caused it) is a timeout: an [`Idle`] one, or the kernel's.
 pub fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
     while let Some(e) = cause {

@@ -15,7 +15,8 @@
 //! - [`proxy`] answers one request (ACME challenge, redirect to HTTPS, 404, or forward with
 //!   `X-Forwarded-*`, upgrades, streaming, retry when nothing was sent) through [`pool`]'s
 //!   kept-alive upstream connections; [`server`] runs the HTTP and HTTPS listeners (HTTP/2 by
-//!   ALPN) with their limits.
+//!   ALPN) with their limits; [`idle`] times connections out on silence (clients' idle
+//!   timeout, upstreams' response timeout) with one timer per connection.
 //! - [`certs`] serves certificates by SNI and answers HTTP-01 from the state's entries;
 //!   [`bundle`] reads and makes them; [`ordering`] (pure) decides who orders what and when;
 //!   [`acme`] orders with rustls-acme's account and order calls.

@@ -297,7 +297,11 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, via: Via) -
         let body = Body::Upstream(Guarded {
             inner: body,
             _guard: guard,
-            reuse: Some((shared.pool.clone(), addr, conn.sender)),
+            // A connection made for an upgrade the upstream declined keeps its long silence
+            // limit: not for the pool.
+            reuse: upgrade
+                .is_none()
+                .then(|| (shared.pool.clone(), addr, conn.sender)),
         });
         return Response::from_parts(parts, body);
     }

@@ -289,6 +289,11 @@ async fn curl(args: Vec<String>) -> (u16, String, String) {
     (code, head.to_string(), body.to_string())
 }
 
+/// `curl` of `url` with `Host: host`.
+async fn get(host: &str, url: String) -> (u16, String, String) {
+    curl(vec!["-H".into(), format!("Host: {host}"), url]).await
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -325,12 +330,7 @@ async fn routes_redirects_forwards_and_retries_past_a_dead_upstream() {
     let http = p.http.to_string();
 
     // A published http route: the upstream sees Host kept and the forwarded headers.
-    let (code, _, body) = curl(vec![
-        "-H".into(),
-        "Host: plain.example.com".into(),
-        format!("http://{http}/x?y=1"),
-    ])
-    .await;
+    let (code, _, body) = get("plain.example.com", format!("http://{http}/x?y=1")).await;
     assert_eq!(code, 200);
     let seen = json(&body);
     assert_eq!(seen["upstream"], "plain");
@@ -342,12 +342,7 @@ async fn routes_redirects_forwards_and_retries_past_a_dead_upstream() {
 
     // Longest prefix on whole segments.
     for (path, who) in [("/api", "api"), ("/api/v1", "api"), ("/apis", "plain")] {
-        let (_, _, body) = curl(vec![
-            "-H".into(),
-            "Host: plain.example.com".into(),
-            format!("http://{http}{path}"),
-        ])
-        .await;
+        let (_, _, body) = get("plain.example.com", format!("http://{http}{path}")).await;
         assert_eq!(json(&body)["upstream"], who, "{path}");
     }
 
@@ -380,12 +375,7 @@ async fn routes_redirects_forwards_and_retries_past_a_dead_upstream() {
     );
 
     // An https route over plain HTTP: 308 to https, path and query kept.
-    let (code, head, _) = curl(vec![
-        "-H".into(),
-        "Host: app.example.com".into(),
-        format!("http://{http}/a/b?c=d"),
-    ])
-    .await;
+    let (code, head, _) = get("app.example.com", format!("http://{http}/a/b?c=d")).await;
     assert_eq!(code, 308);
     assert!(
         head.to_ascii_lowercase()
@@ -395,12 +385,7 @@ async fn routes_redirects_forwards_and_retries_past_a_dead_upstream() {
 
     // Unknown hosts and bare addresses: 404, never an open proxy.
     for host in ["evil.example.com", "127.0.0.1", "10.210.1.2:80"] {
-        let (code, _, _) = curl(vec![
-            "-H".into(),
-            format!("Host: {host}"),
-            format!("http://{http}/"),
-        ])
-        .await;
+        let (code, _, _) = get(host, format!("http://{http}/")).await;
         assert_eq!(code, 404, "{host}");
     }
     let (code, _, _) = curl(vec![
@@ -590,12 +575,7 @@ async fn slow_oversized_and_malformed_requests_are_cut_off_cleanly() {
     .await
     .unwrap();
     // Still serving after all that.
-    let (code, _, _) = curl(vec![
-        "-H".into(),
-        "Host: plain.example.com".into(),
-        format!("http://{}/", p.http),
-    ])
-    .await;
+    let (code, _, _) = get("plain.example.com", format!("http://{}/", p.http)).await;
     assert_eq!(code, 200);
 }
 
@@ -645,12 +625,7 @@ async fn a_silent_upstream_gets_504_and_a_slow_but_steady_one_streams_to_the_end
     let http = p.http.to_string();
 
     let start = Instant::now();
-    let (code, _, body) = curl(vec![
-        "-H".into(),
-        "Host: slow.example.com".into(),
-        format!("http://{http}/silent"),
-    ])
-    .await;
+    let (code, _, body) = get("slow.example.com", format!("http://{http}/silent")).await;
     let waited = start.elapsed();
     assert_eq!(code, 504, "{body}");
     assert!(body.contains("did not answer in time"), "{body}");
@@ -660,12 +635,7 @@ async fn a_silent_upstream_gets_504_and_a_slow_but_steady_one_streams_to_the_end
     );
 
     // Not a cap on the whole response: 3 s of chunks, never 1.5 s apart, arrive whole.
-    let (code, _, body) = curl(vec![
-        "-H".into(),
-        "Host: slow.example.com".into(),
-        format!("http://{http}/trickle"),
-    ])
-    .await;
+    let (code, _, body) = get("slow.example.com", format!("http://{http}/trickle")).await;
     assert_eq!(code, 200);
     assert_eq!(body, "ok".repeat(6));
 }
