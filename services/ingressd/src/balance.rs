@@ -91,12 +91,13 @@ impl Health {
     }
 
     /// Chooses an upstream of `route` other than those in `tried`, with its health entry.
+    /// `now` is read only when there is a choice to make (not for a route with one upstream).
     pub fn pick(
         &self,
         route: &Route,
         policy: Balance,
         tried: &[SocketAddr],
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> Option<(SocketAddr, Arc<Upstream>)> {
         // One container (the common case): it, whatever its marks say.
         if let [only] = route.upstreams[..] {
@@ -108,7 +109,7 @@ impl Health {
             .filter(|a| !tried.contains(a))
             .map(|a| (*a, self.get(*a)))
             .collect();
-        let now_ms = self.ms(now);
+        let now_ms = self.ms(now());
         let up = |(_, u): &&(SocketAddr, Arc<Upstream>)| {
             u.down_until_ms.load(Ordering::Relaxed) <= now_ms
         };
@@ -187,7 +188,7 @@ mod tests {
         tried: &[SocketAddr],
         now: Instant,
     ) -> Option<SocketAddr> {
-        h.pick(r, policy, tried, now).map(|(a, _)| a)
+        h.pick(r, policy, tried, || now).map(|(a, _)| a)
     }
 
     fn route(n: usize) -> Route {

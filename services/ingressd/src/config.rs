@@ -70,7 +70,8 @@ pub struct Config {
     /// Connecting to an upstream may take this long, in ms; then the next one is tried.
     /// Default 3000.
     pub connect_timeout_ms: u64,
-    /// An upstream's response headers may take this long, in ms; then 504. Default 60000.
+    /// An upstream may send nothing for this long while it has a request, in ms; then 504
+    /// (or the response is cut off if it had begun). Default 60000.
     pub response_timeout_ms: u64,
     /// A client must send a request's headers within this, in ms (slow clients are cut off).
     /// Default 10000.

@@ -2,8 +2,10 @@
 //! timeout of client connections, and the response timeout of upstream connections (an
 //! upstream that sends nothing for that long while a request is out gets a 504).
 //!
-//! One timer per connection, not per request: progress only notes the time, and the timer is
-//! moved when it fires early, so a busy connection costs a clock read per read or write.
+//! One timer per connection, not per request, and no clock read on each read or write:
+//! progress only sets a flag, and the timer ticks four times per timeout. A connection is
+//! timed out after four ticks in a row with nothing moved, so silence is noticed between
+//! one and one and a quarter timeouts after the last byte.
 
 use std::future::Future;
 use std::io;
@@ -14,11 +16,18 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// Ticks of the timer per timeout.
+const TICKS: u32 = 4;
+
 /// A stream that fails with `TimedOut` once no byte moved either way for `timeout`.
 pub struct Idle<S> {
     inner: S,
-    timeout: Duration,
-    last: Instant,
+    /// A quarter of the timeout: how far apart the ticks are.
+    tick: Duration,
+    /// A byte moved since the last tick.
+    moved: bool,
+    /// Ticks in a row with nothing moved.
+    quiet: u32,
     deadline: Pin<Box<Sleep>>,
     /// The task the timer wakes (so a connection polled by one task, as nearly all are,
     /// registers with the timer once, not on every read that has to wait).
@@ -27,17 +36,30 @@ pub struct Idle<S> {
 
 impl<S> Idle<S> {
     pub fn new(inner: S, timeout: Duration) -> Idle<S> {
+        let tick = timeout / TICKS;
         Idle {
             inner,
-            timeout,
-            last: Instant::now(),
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            tick,
+            moved: false,
+            quiet: 0,
+            deadline: Box::pin(tokio::time::sleep(tick)),
             waker: None,
         }
     }
 
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Starts the silence over: a connection that sat unused in a pool is not yet silent
+    /// when its next request goes out.
+    pub fn touch(&mut self) {
+        self.moved = true;
+        self.quiet = 0;
+    }
+
     fn moved(&mut self) {
-        self.last = Instant::now();
+        self.moved = true;
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
@@ -52,11 +74,15 @@ impl<S> Idle<S> {
                 }
                 return false;
             }
-            let due = self.last + self.timeout;
-            if Instant::now() >= due {
-                return true;
+            if std::mem::take(&mut self.moved) {
+                self.quiet = 0;
+            } else {
+                self.quiet += 1;
+                if self.quiet >= TICKS {
+                    return true;
+                }
             }
-            self.deadline.as_mut().reset(due);
+            self.deadline.as_mut().reset(Instant::now() + self.tick);
         }
     }
 }

@@ -14,7 +14,8 @@
 //!   ones that recently failed (passive health).
 //! - [`proxy`] answers one request (ACME challenge, redirect to HTTPS, 404, or forward with
 //!   `X-Forwarded-*`, upgrades, streaming, retry when nothing was sent) through [`pool`]'s
-//!   kept-alive upstream connections; [`server`] runs the HTTP and HTTPS listeners (HTTP/2 by
+//!   kept-alive upstream connections, spoken to by [`upstream`] on the request's own task
+//!   (requests without a body) or by hyper's client; [`server`] runs the HTTP and HTTPS listeners (HTTP/2 by
 //!   ALPN) with their limits; [`idle`] times connections out on silence (clients' idle
 //!   timeout, upstreams' response timeout) with one timer per connection.
 //! - [`certs`] serves certificates by SNI and answers HTTP-01 from the state's entries;
@@ -46,4 +47,5 @@ pub mod proxy;
 pub mod release;
 pub mod routes;
 pub mod server;
+pub mod upstream;
 pub mod view;

@@ -6,6 +6,12 @@
 //! `kept`, below upstreams' own idle timeouts, so one an upstream is closing is rarely
 //! handed out (and when it is, the request comes back and goes again).
 //!
+//! Two kinds of connection are kept, on two shelves: those [`crate::upstream`] drives on the
+//! request's own task (requests without a body), and hyper's client connections (requests
+//! with a body). A kept [`upstream::Conn`] has no task watching it, so before one is handed
+//! out it is checked, without a system call in the usual case, for having been closed or
+//! sent bytes unasked ([`upstream::Conn::is_reusable`]).
+//!
 //! The response timeout lives on the connection ([`Idle`]), not on each request: an upstream
 //! that sends nothing for `response` while it has a request fails the connection, so the
 //! request gets a 504 without a timer set and cleared per request.
@@ -18,8 +24,11 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
+use tokio::net::TcpStream;
+
 use crate::idle::Idle;
 use crate::proxy::Body;
+use crate::upstream;
 
 /// Idle connections kept per upstream at most.
 const MAX_IDLE_PER_UPSTREAM: usize = 256;
@@ -40,9 +49,55 @@ pub enum ConnectError {
     },
 }
 
-struct Kept {
-    sender: http1::SendRequest<Body>,
-    since: Instant,
+/// Idle connections of one kind, newest last, by upstream.
+struct Shelf<C> {
+    idle: Mutex<HashMap<SocketAddr, Vec<(C, Instant)>>>,
+}
+
+impl<C> Default for Shelf<C> {
+    fn default() -> Self {
+        Shelf {
+            idle: Mutex::default(),
+        }
+    }
+}
+
+impl<C> Shelf<C> {
+    /// The newest connection to `addr` kept less than `kept` (older ones are dropped).
+    fn take(&self, addr: SocketAddr, kept: Duration) -> Option<C> {
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.get_mut(&addr)?;
+        while let Some((c, since)) = list.pop() {
+            if since.elapsed() < kept {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, c: C, kept: Duration) {
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.entry(addr).or_default();
+        if list.len() >= MAX_IDLE_PER_UPSTREAM {
+            list.retain(|(_, since)| since.elapsed() < kept);
+        }
+        if list.len() < MAX_IDLE_PER_UPSTREAM {
+            list.push((c, Instant::now()));
+        }
+    }
+
+    fn retain(
+        &self,
+        keep: &impl Fn(&SocketAddr) -> bool,
+        mut alive: impl FnMut(&mut C) -> bool,
+        kept: Duration,
+    ) {
+        let mut idle = self.idle.lock().unwrap();
+        idle.retain(|a, _| keep(a));
+        for list in idle.values_mut() {
+            list.retain_mut(|(c, since)| since.elapsed() < kept && alive(c));
+        }
+    }
 }
 
 /// How long an upstream connection may take, in each of its phases.
@@ -59,7 +114,10 @@ pub struct Timeouts {
 
 /// Keep-alive connections by upstream address.
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Kept>>>,
+    /// hyper's client connections (requests with a body).
+    senders: Shelf<http1::SendRequest<Body>>,
+    /// Connections driven by the request itself ([`crate::upstream`]).
+    conns: Shelf<upstream::Conn>,
     timeouts: Timeouts,
 }
 
@@ -73,30 +131,23 @@ pub struct Conn {
 impl Pool {
     pub fn new(timeouts: Timeouts) -> Arc<Pool> {
         Arc::new(Pool {
-            idle: Mutex::default(),
+            senders: Shelf::default(),
+            conns: Shelf::default(),
             timeouts,
         })
     }
 
     /// An idle connection to `addr` that can take a request, or a new one.
     pub async fn checkout(&self, addr: SocketAddr) -> Result<Conn, ConnectError> {
-        loop {
-            let found = {
-                let mut idle = self.idle.lock().unwrap();
-                match idle.get_mut(&addr) {
-                    Some(list) => list.pop(),
-                    None => None,
-                }
-            };
-            let Some(mut c) = found else { break };
-            if c.since.elapsed() >= self.timeouts.kept || c.sender.is_closed() {
+        while let Some(mut sender) = self.senders.take(addr, self.timeouts.kept) {
+            if sender.is_closed() {
                 continue;
             }
             // Given back as its response ended: its connection may need a moment to be
             // ready for the next request (it always is, unless the upstream closed it).
-            if c.sender.is_ready() || c.sender.ready().await.is_ok() {
+            if sender.is_ready() || sender.ready().await.is_ok() {
                 return Ok(Conn {
-                    sender: c.sender,
+                    sender,
                     reused: true,
                 });
             }
@@ -105,19 +156,43 @@ impl Pool {
         Box::pin(self.connect(addr, self.timeouts.response)).await
     }
 
+    /// An idle connection to `addr` for a request without a body, or a new one; and
+    /// whether it was used before.
+    pub async fn checkout_direct(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(upstream::Conn, bool), ConnectError> {
+        while let Some(mut c) = self.conns.take(addr, self.timeouts.kept) {
+            if c.is_reusable() {
+                return Ok((c, true));
+            }
+        }
+        let stream = Box::pin(self.dial(addr)).await?;
+        Ok((upstream::Conn::new(stream, self.timeouts.response), false))
+    }
+
+    /// Gives a connection back: its response was read to the end.
+    pub fn checkin_direct(&self, addr: SocketAddr, c: upstream::Conn) {
+        self.conns.put(addr, c, self.timeouts.kept);
+    }
+
     /// A new connection, not from the pool, for a request that asks to upgrade: once
     /// upgraded it may stay silent as long as a client connection may.
     pub async fn connect_for_upgrade(&self, addr: SocketAddr) -> Result<Conn, ConnectError> {
         Box::pin(self.connect(addr, self.timeouts.upgraded)).await
     }
 
-    async fn connect(&self, addr: SocketAddr, silent: Duration) -> Result<Conn, ConnectError> {
-        let stream =
-            tokio::time::timeout(self.timeouts.connect, tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| ConnectError::Timeout(addr))?
-                .map_err(|source| ConnectError::Io { addr, source })?;
+    async fn dial(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+        let stream = tokio::time::timeout(self.timeouts.connect, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ConnectError::Timeout(addr))?
+            .map_err(|source| ConnectError::Io { addr, source })?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect(&self, addr: SocketAddr, silent: Duration) -> Result<Conn, ConnectError> {
+        let stream = self.dial(addr).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(Idle::new(stream, silent)))
             .await
@@ -134,28 +209,16 @@ impl Pool {
 
     /// Gives a connection back: its response was read to the end.
     pub fn checkin(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap();
-        let list = idle.entry(addr).or_default();
-        if list.len() >= MAX_IDLE_PER_UPSTREAM {
-            list.retain(|c| c.since.elapsed() < self.timeouts.kept && !c.sender.is_closed());
-        }
-        if list.len() < MAX_IDLE_PER_UPSTREAM {
-            list.push(Kept {
-                sender,
-                since: Instant::now(),
-            });
+        if !sender.is_closed() {
+            self.senders.put(addr, sender, self.timeouts.kept);
         }
     }
 
     /// Drops idle connections to upstreams no route has any more, and stale ones.
     pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
-        let mut idle = self.idle.lock().unwrap();
-        idle.retain(|a, _| keep(a));
-        for list in idle.values_mut() {
-            list.retain(|c| c.since.elapsed() < self.timeouts.kept && !c.sender.is_closed());
-        }
+        let kept = self.timeouts.kept;
+        self.senders.retain(&keep, |s| !s.is_closed(), kept);
+        // Those the upstream closed go now, not when next handed out.
+        self.conns.retain(&keep, |c| c.is_reusable(), kept);
     }
 }

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -167,9 +168,10 @@ async fn http1<I>(io: I, shared: Arc<Shared>, via: Via, limits: Limits, stop: wa
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    // `map`, not an `async` block around `handle`: that would keep the request beside the
+    // future made from it.
     let svc = service_fn(move |req| {
-        let (shared, via) = (shared.clone(), via.clone());
-        async move { Ok::<_, std::convert::Infallible>(handle(shared, req, via).await) }
+        handle(shared.clone(), req, via.clone()).map(Ok::<_, std::convert::Infallible>)
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -184,9 +186,10 @@ async fn http2<I>(io: I, shared: Arc<Shared>, via: Via, limits: Limits, stop: wa
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    // `map`, not an `async` block around `handle`: that would keep the request beside the
+    // future made from it.
     let svc = service_fn(move |req| {
-        let (shared, via) = (shared.clone(), via.clone());
-        async move { Ok::<_, std::convert::Infallible>(handle(shared, req, via).await) }
+        handle(shared.clone(), req, via.clone()).map(Ok::<_, std::convert::Infallible>)
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

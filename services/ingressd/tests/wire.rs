@@ -186,7 +186,7 @@ fn next_port() -> u16 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The proxy under test, with routes to upstreams on 127.0.0.2-5 (`port`); 127.0.0.5 has
+/// The proxy under test, with routes to upstreams on 127.0.0.2-7 (`port`); 127.0.0.5 has
 /// nothing listening (a container that died).
 async fn proxy(limits: Limits, port: u16) -> Proxy {
     let mut view = View {
@@ -206,6 +206,7 @@ async fn proxy(limits: Limits, port: u16) -> Proxy {
         service("plain", &[&format!("plain.example.com:{port}/http")]),
         service("api", &[&format!("plain.example.com/api:{port}/http")]),
         service("slow", &[&format!("slow.example.com:{port}/http")]),
+        service("raw", &[&format!("raw.example.com:{port}/http")]),
     ] {
         view.services.insert(s.id.clone(), s);
     }
@@ -215,6 +216,7 @@ async fn proxy(limits: Limits, port: u16) -> Proxy {
         container("p2", "plain", "127.0.0.5"),
         container("a1", "api", "127.0.0.4"),
         container("s1", "slow", "127.0.0.6"),
+        container("r1", "raw", "127.0.0.7"),
     ] {
         view.containers.insert(c.id.clone(), c);
     }
@@ -459,6 +461,8 @@ async fn upgrades_are_copied_both_ways() {
         let mut buf = [0u8; 1024];
         let n = s.read(&mut buf).unwrap();
         let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        // Quiet past the header timeout (1 s): an upgraded connection waits for no head.
+        std::thread::sleep(Duration::from_millis(2500));
         s.write_all(b"hello through the proxy").unwrap();
         let mut echoed = vec![0u8; 23];
         s.read_exact(&mut echoed).unwrap();
@@ -554,6 +558,18 @@ async fn slow_oversized_and_malformed_requests_are_cut_off_cleanly() {
         assert!(!out.contains("200 OK"), "{out}");
         assert!(took < Duration::from_secs(4), "cut off after {took:?}");
 
+        // The same on a kept-alive connection: one request answered, then the next head
+        // dripped; the deadline counts from the end of the first response.
+        let kept: Vec<(&[u8], Duration)> = std::iter::once((
+            &b"GET / HTTP/1.1\r\nHost: plain.example.com\r\n\r\n"[..],
+            Duration::from_millis(400),
+        ))
+        .chain(drip.iter().copied())
+        .collect();
+        let (out, took) = raw(addr, &kept);
+        assert_eq!(out.matches("200 OK").count(), 1, "{out}");
+        assert!(took < Duration::from_secs(4), "cut off after {took:?}");
+
         // A head past the limit: 431.
         let big = format!(
             "GET / HTTP/1.1\r\nHost: plain.example.com\r\nX-Big: {}\r\n\r\n",
@@ -638,4 +654,223 @@ async fn a_silent_upstream_gets_504_and_a_slow_but_steady_one_streams_to_the_end
     let (code, _, body) = get("slow.example.com", format!("http://{http}/trickle")).await;
     assert_eq!(code, 200);
     assert_eq!(body, "ok".repeat(6));
+}
+
+/// An upstream on 127.0.0.7 that answers each request on a connection with bytes written by
+/// hand, by path: every way RFC 9112 lets a response end, and some it does not. Each answer
+/// says which connection (`x-conn`) and which request on it carried it.
+async fn raw_upstream(port: u16) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 7], port)))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        for conn in 0.. {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for i in 0.. {
+                    let head = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buf.drain(..end + 4).collect();
+                            break String::from_utf8(head).unwrap();
+                        }
+                        let mut more = [0u8; 4096];
+                        match s.read(&mut more).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&more[..n]),
+                        }
+                    };
+                    let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let id = format!("x-conn: {conn}\r\nx-request: {i}\r\n");
+                    let answer: Vec<u8> = match target.as_str() {
+                        "/chunked" => {
+                            // In pieces, with an extension, a trailer and a chunk split
+                            // across writes.
+                            let first = format!(
+                                "HTTP/1.1 200 OK\r\n{id}Transfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel"
+                            );
+                            let parts: [&[u8]; 5] = [
+                                first.as_bytes(),
+                                b"lo\r\n",
+                                b"6\r\n world\r\n",
+                                b"0\r\nX-Trailer: t\r\n",
+                                b"\r\n",
+                            ];
+                            for p in parts {
+                                if s.write_all(p).await.is_err() {
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            continue;
+                        }
+                        "/head" => format!("HTTP/1.1 200 OK\r\n{id}Content-Length: 5\r\n\r\n").into(),
+                        "/no-content" => format!("HTTP/1.1 204 No Content\r\n{id}\r\n").into(),
+                        "/not-modified" => {
+                            format!("HTTP/1.1 304 Not Modified\r\n{id}Content-Length: 10\r\n\r\n").into()
+                        }
+                        "/until-close" => {
+                            let _ = s
+                                .write_all(format!("HTTP/1.1 200 OK\r\n{id}Connection: close\r\n\r\nuntil ").as_bytes())
+                                .await;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let _ = s.write_all(b"closed").await;
+                            return;
+                        }
+                        "/http10" => format!("HTTP/1.0 200 OK\r\n{id}Content-Length: 4\r\n\r\n1.0!").into(),
+                        "/interim" => format!(
+                            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\n{id}Content-Length: 5\r\n\r\nfinal"
+                        )
+                        .into(),
+                        "/big" => {
+                            let body = "0123456789".repeat(20_000);
+                            let head = format!("HTTP/1.1 200 OK\r\n{id}Content-Length: {}\r\n\r\n", body.len());
+                            let _ = s.write_all(head.as_bytes()).await;
+                            for piece in body.as_bytes().chunks(30_000) {
+                                let _ = s.write_all(piece).await;
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                            continue;
+                        }
+                        "/both" => format!(
+                            "HTTP/1.1 200 OK\r\n{id}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                        )
+                        .into(),
+                        "/bad-chunk" => format!(
+                            "HTTP/1.1 200 OK\r\n{id}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+                        )
+                        .into(),
+                        "/extra" => format!("HTTP/1.1 200 OK\r\n{id}Content-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n").into(),
+                        // The second request on a connection is read and dropped unanswered
+                        // (an upstream closing a kept-alive connection as a request arrives).
+                        "/drop" if i > 0 => return,
+                        _ => format!("HTTP/1.1 200 OK\r\n{id}Content-Length: 2\r\n\r\nok").into(),
+                    };
+                    if s.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                    if target == "/http10" {
+                        return;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// A header's value in a `curl -D -` head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_a_response_can_end_reaches_the_client_and_keeps_the_connection_in_step() {
+    let port = next_port();
+    let _u = raw_upstream(port).await;
+    let p = proxy(limits(), port).await;
+    let http = p.http.to_string();
+    let url = |path: &str| format!("http://{http}{path}");
+    let get = |path: &'static str| get("raw.example.com", url(path));
+
+    let (code, first, body) = get("/a").await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    let conn = header(&first, "x-conn").unwrap().to_string();
+
+    // Chunked in pieces, with an extension and a trailer: decoded whole.
+    let (code, head, body) = get("/chunked").await;
+    assert_eq!((code, body.as_str()), (200, "hello world"));
+    assert_eq!(header(&head, "x-conn"), Some(conn.as_str()), "kept alive");
+
+    // HEAD: a length but no body; the connection stays in step for the next request.
+    let (code, head, _) = curl(vec![
+        "-I".into(),
+        "-H".into(),
+        "Host: raw.example.com".into(),
+        url("/head"),
+    ])
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(header(&head, "content-length"), Some("5"));
+    for (path, status) in [("/no-content", 204), ("/not-modified", 304)] {
+        let (code, head, body) = get(path).await;
+        assert_eq!((code, body.as_str()), (status, ""), "{path}");
+        assert_eq!(
+            header(&head, "x-conn"),
+            Some(conn.as_str()),
+            "{path}: kept alive"
+        );
+    }
+    let (code, head, body) = get("/b").await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    assert_eq!(
+        header(&head, "x-conn"),
+        Some(conn.as_str()),
+        "still in step"
+    );
+    assert_eq!(header(&head, "x-request"), Some("5"));
+
+    // Interim responses are dropped; the final one is forwarded.
+    let (code, _, body) = get("/interim").await;
+    assert_eq!((code, body.as_str()), (200, "final"));
+
+    // A body that ends when the upstream closes; an HTTP/1.0 answer, which closes too.
+    let (code, _, body) = get("/until-close").await;
+    assert_eq!((code, body.as_str()), (200, "until closed"));
+    let (code, _, body) = get("/http10").await;
+    assert_eq!((code, body.as_str()), (200, "1.0!"));
+
+    // A large body, streamed as it arrives.
+    let (code, head, body) = get("/big").await;
+    assert_eq!((code, body.len()), (200, 200_000));
+    assert_eq!(body, "0123456789".repeat(20_000));
+    let big = header(&head, "x-conn").unwrap().to_string();
+
+    // Framing that could be read two ways (on the connection `/big` left in the pool): 502,
+    // and that connection is not used again.
+    let (code, _, body) = get("/both").await;
+    assert_eq!(code, 502, "{body}");
+    let (code, head, _) = get("/c").await;
+    assert_eq!(code, 200);
+    let after_both = header(&head, "x-conn").unwrap().to_string();
+    assert_ne!(after_both, big);
+
+    // Bytes past the end of a response: it is forwarded, the connection is not reused.
+    let (code, _, body) = get("/extra").await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    let (_, head, body) = get("/d").await;
+    assert_eq!(body, "ok");
+    assert_ne!(header(&head, "x-conn"), Some(after_both.as_str()));
+
+    // A malformed chunk after the head was sent: the client's response is cut short (curl
+    // fails) rather than completed with made-up bytes.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-H", "Host: raw.example.com"])
+        .arg(url("/bad-chunk"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+
+    // A kept-alive connection dropped as a GET arrives: sent again on a new one.
+    let retries = p
+        .shared
+        .counters
+        .retries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let (_, head, _) = get("/e").await;
+    let before = header(&head, "x-conn").unwrap().to_string();
+    let (code, head, body) = get("/drop").await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    assert_ne!(header(&head, "x-conn"), Some(before.as_str()));
+    assert_eq!(
+        p.shared
+            .counters
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed),
+        retries + 1
+    );
 }
