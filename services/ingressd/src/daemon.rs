@@ -480,6 +480,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                     }
                 }
                 if !changed {
+                    // Idle upstream connections past their time, or closed by the upstream,
+                    // go: those driven by requests have no task of their own to notice.
+                    ingress.shared.pool.retain(|_| true);
                     ingress.sync_listeners(&view).await;
                     ingress.order_due(&view);
                     // Claims lapse and orders finish between changes.

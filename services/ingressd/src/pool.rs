@@ -156,13 +156,17 @@ impl Pool {
         Box::pin(self.connect(addr, self.timeouts.response)).await
     }
 
-    /// An idle connection to `addr` for a request without a body, or a new one; and
-    /// whether it was used before.
+    /// An idle connection to `addr` for a request without a body (unless `fresh`), or a
+    /// new one; and whether it was used before.
     pub async fn checkout_direct(
         &self,
         addr: SocketAddr,
+        fresh: bool,
     ) -> Result<(upstream::Conn, bool), ConnectError> {
-        while let Some(mut c) = self.conns.take(addr, self.timeouts.kept) {
+        while let Some(mut c) = (!fresh)
+            .then(|| self.conns.take(addr, self.timeouts.kept))
+            .flatten()
+        {
             if c.is_reusable() {
                 return Ok((c, true));
             }

@@ -363,6 +363,8 @@ fn forward_direct(
     async move {
         let (shared, route, req) = (&shared, &*route, &req);
         let mut tried: Vec<SocketAddr> = Vec::new();
+        // After a kept-alive connection failed, the next goes on a new one.
+        let mut fresh = false;
         loop {
             let Some((addr, upstream)) =
                 shared
@@ -371,7 +373,7 @@ fn forward_direct(
             else {
                 return unavailable(shared, route);
             };
-            let (mut conn, reused) = match shared.pool.checkout_direct(addr).await {
+            let (mut conn, reused) = match shared.pool.checkout_direct(addr, fresh).await {
                 Ok(c) => c,
                 Err(e) => {
                     refused(shared, addr, &mut tried, e);
@@ -381,10 +383,20 @@ fn forward_direct(
             let guard = InFlight::new(upstream);
             let (head, framing, keep) = match conn.exchange(req).await {
                 Ok(answer) => answer,
-                // A kept-alive connection the upstream closed as the request went out: nothing
-                // came back, so a request that may be repeated goes again.
-                Err(ExchangeError::Unanswered(_)) if reused && req.method.is_idempotent() => {
+                // A kept-alive connection that failed before the request was written (any
+                // request), or before a byte of the answer came back (a request that may be
+                // repeated): most likely the upstream closed it as the request went out. It
+                // goes again, once, on a new connection.
+                Err(ExchangeError::Unsent(_)) if reused && !fresh => {
                     shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    fresh = true;
+                    continue;
+                }
+                Err(ExchangeError::Unanswered(_))
+                    if reused && !fresh && req.method.is_idempotent() =>
+                {
+                    shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    fresh = true;
                     continue;
                 }
                 Err(e) => {

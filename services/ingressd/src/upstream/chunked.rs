@@ -119,7 +119,10 @@ impl Decoder {
                 Size(v << 4 | d, digits + 1)
             }
             (Size(_, 0), _) => return Err(ChunkedError::Size),
-            (Size(v, _) | SizeSpace(v), b' ' | b'\t') => SizeSpace(v),
+            (Size(v, _) | SizeSpace(v), b' ' | b'\t') => {
+                self.more_extra()?;
+                SizeSpace(v)
+            }
             (Size(v, _) | SizeSpace(v), b';') => {
                 self.more_extra()?;
                 Extension(v)

@@ -12,13 +12,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{request, Method, StatusCode};
+use http::{header, request, Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::chunked::{ChunkedError, Decoder, Step};
 use super::framing::{keeps_alive, response_framing, Framing, FramingError};
-use super::head::{parse_response, write_request, HeadError, ResponseHead};
+use super::head::{parse_response, write_request, HeadError, ResponseHead, MAX_HEAD_BYTES};
 use crate::idle::Idle;
 
 /// Read buffer room made before each read.
@@ -28,6 +28,9 @@ const COPY_AT_MOST: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
+    /// Not a byte of the request was written.
+    #[error("the connection failed before the request was written: {0}")]
+    Unsent(io::Error),
     /// No byte of a response came back: the connection failed or closed as the request went
     /// out (a kept-alive connection the upstream had just closed, most often).
     #[error("the connection closed before any answer: {0}")]
@@ -111,22 +114,33 @@ impl Conn {
     ) -> Result<(ResponseHead, Framing, bool), ExchangeError> {
         self.io.touch();
         write_request(req, &mut self.write);
-        if let Err(e) = self.io.write_all(&self.write).await {
-            return Err(if crate::idle::is_timeout(&e) {
-                ExchangeError::TimedOut
-            } else {
-                ExchangeError::Unanswered(e)
-            });
+        let mut written = 0;
+        while written < self.write.len() {
+            match self.io.write(&self.write[written..]).await {
+                Ok(0) => return Err(ExchangeError::Unanswered(closed())),
+                Ok(n) => written += n,
+                Err(e) if crate::idle::is_timeout(&e) => return Err(ExchangeError::TimedOut),
+                Err(e) if written == 0 => return Err(ExchangeError::Unsent(e)),
+                Err(e) => return Err(ExchangeError::Unanswered(e)),
+            }
         }
         let mut answered = false;
+        // Interim responses count toward the head's limit: an upstream sending them forever
+        // does not hold the request forever.
+        let mut interim = 0;
         let head = loop {
             if !self.read.is_empty() {
+                let before = self.read.len();
                 if let Some(head) = parse_response(&mut self.read)? {
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {
                         return Err(ExchangeError::Switched);
                     }
                     // 100 Continue, 103 Early Hints: interim, dropped (as hyper's client does).
                     if head.status.is_informational() {
+                        interim += before - self.read.len();
+                        if interim > MAX_HEAD_BYTES {
+                            return Err(HeadError::TooLarge.into());
+                        }
                         continue;
                     }
                     break head;
@@ -143,8 +157,18 @@ impl Conn {
             }
         };
         let to_head = req.method == Method::HEAD;
-        let framing = response_framing(to_head, head.status, head.version, &head.headers)?;
-        let keep = keeps_alive(head.version, &head.headers);
+        let mut head = head;
+        let framing = response_framing(to_head, head.status, head.version, &mut head.headers)?;
+        // A response without a body that announces one (to HEAD, 204, 304) is not followed
+        // by another on its connection: an upstream that sent the body anyway, late, would
+        // have it read as the next client's response.
+        let announced = framing == Framing::Empty
+            && (head.headers.contains_key(header::TRANSFER_ENCODING)
+                || head
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() != b"0"));
+        let keep = !announced && keeps_alive(head.version, &head.headers);
         Ok((head, framing, keep))
     }
 

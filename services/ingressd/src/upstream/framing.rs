@@ -7,7 +7,7 @@
 //! response one way while the upstream meant another would hand the rest of it to the next
 //! client of the connection.
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{StatusCode, Version};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,12 +33,14 @@ pub enum FramingError {
     CodingInHttp10,
 }
 
-/// How the body of a response with `status` and `headers` is framed.
+/// How the body of a response with `status` and `headers` is framed. A `Content-Length`
+/// sent as a list of one number (`24, 24`, or the header twice) becomes that number, as
+/// RFC 9110 §8.6 asks of a proxy.
 pub fn response_framing(
     to_head: bool,
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    headers: &mut HeaderMap,
 ) -> Result<Framing, FramingError> {
     if to_head
         || status.is_informational()
@@ -60,14 +62,21 @@ pub fn response_framing(
                 _ => Err(FramingError::Coding),
             }
         }
-        (false, Some(n)) => Ok(Framing::Length(n)),
+        (false, Some((n, items))) => {
+            if items > 1 {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            Ok(Framing::Length(n))
+        }
         (false, None) => Ok(Framing::UntilClose),
     }
 }
 
-/// The `Content-Length`, if any: every value (and list item) must be the same number.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, FramingError> {
+/// The `Content-Length`, if any, and how many values and list items gave it: every one must
+/// be the same number.
+fn content_length(headers: &HeaderMap) -> Result<Option<(u64, usize)>, FramingError> {
     let mut found = None;
+    let mut items = 0;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for item in v.as_bytes().split(|&b| b == b',') {
             let item = item.trim_ascii();
@@ -82,9 +91,10 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, FramingError> {
                 return Err(FramingError::Length);
             }
             found = Some(n);
+            items += 1;
         }
     }
-    Ok(found)
+    Ok(found.map(|n| (n, items)))
 }
 
 /// Whether the upstream keeps the connection open after this response: HTTP/1.1 unless it
@@ -233,15 +243,20 @@ mod tests {
         ];
         for (to_head, status, h, want) in cases {
             let status = StatusCode::from_u16(*status).unwrap();
-            let got = response_framing(*to_head, status, v11, &headers(h));
+            let mut map = headers(h);
+            let got = response_framing(*to_head, status, v11, &mut map);
             assert_eq!(&got, want, "{to_head} {status} {h:?}");
+            if let Ok(Length(n)) = got {
+                let values: Vec<_> = map.get_all(header::CONTENT_LENGTH).iter().collect();
+                assert_eq!(values, [n.to_string().as_str()], "one length is forwarded");
+            }
         }
         assert_eq!(
             response_framing(
                 false,
                 ok,
                 Version::HTTP_10,
-                &headers(&[("transfer-encoding", "chunked")])
+                &mut headers(&[("transfer-encoding", "chunked")])
             ),
             Err(FramingError::CodingInHttp10)
         );
