@@ -163,12 +163,11 @@ impl Pool {
         addr: SocketAddr,
         fresh: bool,
     ) -> Result<(upstream::Conn, bool), ConnectError> {
-        while let Some(mut c) = (!fresh)
-            .then(|| self.conns.take(addr, self.timeouts.kept))
-            .flatten()
-        {
-            if c.is_reusable() {
-                return Ok((c, true));
+        if !fresh {
+            while let Some(mut c) = self.conns.take(addr, self.timeouts.kept) {
+                if c.is_reusable() {
+                    return Ok((c, true));
+                }
             }
         }
         let stream = Box::pin(self.dial(addr)).await?;

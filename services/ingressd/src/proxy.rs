@@ -383,18 +383,9 @@ fn forward_direct(
             let guard = InFlight::new(upstream);
             let (head, framing, keep) = match conn.exchange(req).await {
                 Ok(answer) => answer,
-                // A kept-alive connection that failed before the request was written (any
-                // request), or before a byte of the answer came back (a request that may be
-                // repeated): most likely the upstream closed it as the request went out. It
-                // goes again, once, on a new connection.
-                Err(ExchangeError::Unsent(_)) if reused && !fresh => {
-                    shared.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    fresh = true;
-                    continue;
-                }
-                Err(ExchangeError::Unanswered(_))
-                    if reused && !fresh && req.method.is_idempotent() =>
-                {
+                // Most likely the upstream closed the kept-alive connection as the request
+                // went out: it goes again, once, on a new connection (`fresh` is never reused).
+                Err(e) if reused && e.may_send_again(&req.method) => {
                     shared.counters.retries.fetch_add(1, Ordering::Relaxed);
                     fresh = true;
                     continue;

@@ -76,10 +76,6 @@ impl Default for Decoder {
 }
 
 impl Decoder {
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-
     /// Decodes from the front of `buf`, taking what it used.
     pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, ChunkedError> {
         loop {

@@ -47,6 +47,18 @@ pub enum ExchangeError {
     Switched,
 }
 
+impl ExchangeError {
+    /// Whether the request may be sent again: not a byte of it was written, or not a byte
+    /// of the answer came back and `method` may be repeated.
+    pub fn may_send_again(&self, method: &Method) -> bool {
+        match self {
+            ExchangeError::Unsent(_) => true,
+            ExchangeError::Unanswered(_) => method.is_idempotent(),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("the upstream sent nothing for too long")]
