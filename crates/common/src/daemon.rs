@@ -16,6 +16,49 @@ where
     F: FnOnce(C) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    main_on(Scheduler::PerCpu, name, config_path, check_config, serve)
+}
+
+/// The tokio scheduler a daemon's tasks run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    /// The multi-thread scheduler, one worker per CPU this process may use; the daemon's
+    /// main future runs on the main thread beside them.
+    PerCpu,
+    /// The current-thread scheduler (every task on the main thread) when this process may use
+    /// one CPU (a one-vCPU VPS, or pinned with `taskset`), else [`Scheduler::PerCpu`]. On one
+    /// CPU a worker thread only adds cross-thread wake-ups and queue atomics: ingressd spent
+    /// about 7 % less user CPU per proxied request on it. Only for a daemon whose main future
+    /// never blocks its thread, since it then also runs every spawned task.
+    OneThreadOnOneCpu,
+}
+
+impl Scheduler {
+    fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
+        let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+        if self == Scheduler::OneThreadOnOneCpu && one_cpu {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Runtime::new()
+        }
+    }
+}
+
+/// [`main`] on the given [`Scheduler`].
+pub fn main_on<C, F, Fut>(
+    scheduler: Scheduler,
+    name: &str,
+    config_path: &Path,
+    check_config: bool,
+    serve: F,
+) -> ExitCode
+where
+    C: DaemonConfig,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     crate::logging::init();
     crate::fail_fast::install();
     let run = || -> anyhow::Result<()> {
@@ -25,7 +68,7 @@ where
             println!("{config:#?}");
             return Ok(());
         }
-        tokio::runtime::Runtime::new()?.block_on(serve(config))
+        scheduler.runtime()?.block_on(serve(config))
     };
     match run() {
         Ok(()) => ExitCode::SUCCESS,

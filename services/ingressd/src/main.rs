@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ingressd::config::{Config, DEFAULT_PATH};
+use uncloud_common::daemon::Scheduler;
 
 /// Ingress of an Uncloud network: on machines with the `ingress` role, serves every
 /// service's published hostnames on :80 and :443, forwarding to its containers anywhere on the
@@ -34,7 +35,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    uncloud_common::daemon::main(
+    // One thread on one CPU, as nginx's one worker: the proxy's hot path is all async I/O.
+    uncloud_common::daemon::main_on(
+        Scheduler::OneThreadOnOneCpu,
         "ingressd",
         &args.config,
         args.check_config,
