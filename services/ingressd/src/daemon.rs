@@ -27,12 +27,13 @@ use crate::balance::Health;
 use crate::certs::{self, Store};
 use crate::config::{Config, ConfigInvalid};
 use crate::dbus::Ingress1;
+use crate::limits::Limits;
 use crate::mirror;
 use crate::ordering::{self, Situation};
 use crate::pool::{Pool, Timeouts};
 use crate::proxy::{Counters, Shared};
 use crate::routes::Table;
-use crate::server::{Limits, Listeners};
+use crate::server::Listeners;
 use crate::view::View;
 
 #[derive(Debug, thiserror::Error)]

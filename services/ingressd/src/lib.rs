@@ -15,9 +15,12 @@
 //! - [`proxy`] answers one request (ACME challenge, redirect to HTTPS, 404, or forward with
 //!   `X-Forwarded-*`, upgrades, streaming, retry when nothing was sent) through [`pool`]'s
 //!   kept-alive upstream connections, spoken to by [`upstream`] on the request's own task
-//!   (requests without a body) or by hyper's client; [`server`] runs the HTTP and HTTPS listeners (HTTP/2 by
-//!   ALPN) with their limits; [`idle`] times connections out on silence (clients' idle
-//!   timeout, upstreams' response timeout) with one timer per connection.
+//!   (requests without a body) or by hyper's client; [`server`] runs the HTTP and HTTPS
+//!   listeners with their [`limits`]: HTTP/1.1 connections start in [`front`], which reads,
+//!   forwards and answers plain requests itself and hands a connection to hyper's server
+//!   ([`hyper_conn`]) at its first other request; HTTP/2 (by ALPN) goes to hyper's server;
+//!   [`idle`] times connections out on silence (clients' idle timeout, upstreams' response
+//!   timeout) with one timer per connection.
 //! - [`certs`] serves certificates by SNI and answers HTTP-01 from the state's entries;
 //!   [`bundle`] reads and makes them; [`ordering`] (pure) decides who orders what and when;
 //!   [`acme`] orders with rustls-acme's account and order calls.
@@ -39,7 +42,10 @@ pub mod certs;
 pub mod config;
 pub mod daemon;
 pub mod dbus;
+pub mod front;
+pub mod hyper_conn;
 pub mod idle;
+pub mod limits;
 pub mod mirror;
 pub mod ordering;
 pub mod pool;

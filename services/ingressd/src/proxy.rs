@@ -11,7 +11,9 @@
 //!
 //! A request without a body (nearly all) is exchanged with its upstream on the task that
 //! serves the client ([`crate::upstream`]); one with a body, or asking to upgrade, goes
-//! through hyper's client.
+//! through hyper's client. Plain HTTP/1.1 requests reach [`forward_direct`] from
+//! [`crate::front`] with their upstream head already written; the rest come through hyper's
+//! server to [`handle`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ use crate::certs::Store;
 use crate::config::Balance;
 use crate::pool::{ConnectError, Pool};
 use crate::routes::{normalize_host, Route, Table};
+use crate::upstream::head::write_request;
 use crate::upstream::{ExchangeError, Got, Reader};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -140,6 +143,11 @@ impl Via {
             .expect("an IP address is a valid header value");
         Via { tls, peer, client }
     }
+
+    /// The peer's address as text.
+    pub fn client_ip(&self) -> &[u8] {
+        self.client.as_bytes()
+    }
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -188,7 +196,14 @@ pub fn handle(
     match decide(&shared, req, &via) {
         Next::Answer(r) => Either::Left(future::ready(r)),
         Next::Direct(route, parts) => {
-            Either::Right(Either::Left(forward_direct(shared, route, parts)))
+            let mut head = Vec::with_capacity(256);
+            write_request(&parts, &mut head);
+            Either::Right(Either::Left(forward_direct(
+                shared,
+                route,
+                parts.method,
+                head,
+            )))
         }
         // Boxed: a larger future, and the rarer path.
         Next::Hyper(h) => Either::Right(Either::Right(Box::pin(forward(shared, *h)))),
@@ -223,8 +238,9 @@ fn decide(shared: &Shared, mut req: Request<Incoming>, via: &Via) -> Next {
         ));
     };
     let path = req.uri().path();
-    if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
-        if !via.tls {
+    let route = match routed(&shared.table(), &host, path, via.tls) {
+        Routed::Forward(route) => route,
+        Routed::Challenge(token) => {
             shared.counters.challenges.fetch_add(1, Ordering::Relaxed);
             return Next::Answer(match shared.certs.key_authorization(&host, token) {
                 Some(answer) => {
@@ -239,27 +255,27 @@ fn decide(shared: &Shared, mut req: Request<Incoming>, via: &Via) -> Next {
                 None => text(StatusCode::NOT_FOUND, "no such challenge\n"),
             });
         }
-    }
-    let Some(route) = shared.table().lookup_normalized(&host, path).cloned() else {
-        shared.counters.not_found.fetch_add(1, Ordering::Relaxed);
-        return Next::Answer(text(
-            StatusCode::NOT_FOUND,
-            format!("no service is published at {host}{path}\n"),
-        ));
-    };
-    if !via.tls && route.protocol == uncloud_common::ports::Protocol::Https {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let location = format!("https://{host}{pq}");
-        let mut r = text(StatusCode::PERMANENT_REDIRECT, format!("{location}\n"));
-        if let Ok(v) = HeaderValue::from_str(&location) {
-            r.headers_mut().insert(header::LOCATION, v);
+        Routed::NotFound => {
+            shared.counters.not_found.fetch_add(1, Ordering::Relaxed);
+            return Next::Answer(text(
+                StatusCode::NOT_FOUND,
+                format!("no service is published at {host}{path}\n"),
+            ));
         }
-        return Next::Answer(r);
-    }
+        Routed::ToHttps => {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let location = format!("https://{host}{pq}");
+            let mut r = text(StatusCode::PERMANENT_REDIRECT, format!("{location}\n"));
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return Next::Answer(r);
+        }
+    };
 
     let upgrade = upgrade_protocol(req.headers(), req.version());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -279,6 +295,32 @@ fn decide(shared: &Shared, mut req: Request<Incoming>, via: &Via) -> Next {
             upgrade,
             client_upgrade,
         }))
+    }
+}
+
+/// Where a request to `host` (normalised) and `path` goes: the one routing decision, made for
+/// requests read by hyper's server ([`decide`]) and by [`crate::front`].
+pub(crate) enum Routed<'p> {
+    /// Forwarded to the route's upstreams.
+    Forward(Arc<Route>),
+    /// An ACME HTTP-01 challenge (plain HTTP only), with its token.
+    Challenge(&'p str),
+    /// No route: 404.
+    NotFound,
+    /// An HTTPS route asked for over plain HTTP: 308 to HTTPS.
+    ToHttps,
+}
+
+pub(crate) fn routed<'p>(table: &Table, host: &str, path: &'p str, tls: bool) -> Routed<'p> {
+    if !tls {
+        if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
+            return Routed::Challenge(token);
+        }
+    }
+    match table.lookup_normalized(host, path) {
+        None => Routed::NotFound,
+        Some(r) if !tls && r.protocol == uncloud_common::ports::Protocol::Https => Routed::ToHttps,
+        Some(r) => Routed::Forward(r.clone()),
     }
 }
 
@@ -352,16 +394,18 @@ async fn forward(shared: Arc<Shared>, h: Hyper) -> Response<Body> {
     }
 }
 
-/// Forwards a request without a body over a connection driven by this task. (A function
-/// returning an `async` block, for the reason [`handle`] is one.)
+/// Forwards a request without a body, whose head as the upstream gets it is `head`, over a
+/// connection driven by this task. (A function returning an `async` block, for the reason
+/// [`handle`] is one.)
 #[allow(clippy::manual_async_fn)]
-fn forward_direct(
+pub(crate) fn forward_direct<H: AsRef<[u8]> + Send>(
     shared: Arc<Shared>,
     route: Arc<Route>,
-    req: request::Parts,
+    method: Method,
+    head: H,
 ) -> impl Future<Output = Response<Body>> + Send {
     async move {
-        let (shared, route, req) = (&shared, &*route, &req);
+        let (shared, route, head) = (&shared, &*route, head.as_ref());
         let mut tried: Vec<SocketAddr> = Vec::new();
         // After a kept-alive connection failed, the next goes on a new one.
         let mut fresh = false;
@@ -381,11 +425,11 @@ fn forward_direct(
                 }
             };
             let guard = InFlight::new(upstream);
-            let (head, framing, keep) = match conn.exchange(req).await {
+            let (answer, framing, keep) = match conn.exchange(&method, head).await {
                 Ok(answer) => answer,
                 // Most likely the upstream closed the kept-alive connection as the request
                 // went out: it goes again, once, on a new connection (`fresh` is never reused).
-                Err(e) if reused && e.may_send_again(&req.method) => {
+                Err(e) if reused && e.may_send_again(&method) => {
                     shared.counters.retries.fetch_add(1, Ordering::Relaxed);
                     fresh = true;
                     continue;
@@ -411,8 +455,8 @@ fn forward_direct(
                 })),
             };
             let mut r = Response::new(body);
-            *r.status_mut() = head.status;
-            *r.headers_mut() = head.headers;
+            *r.status_mut() = answer.status;
+            *r.headers_mut() = answer.headers;
             strip_hop_by_hop(r.headers_mut());
             return r;
         }
@@ -552,37 +596,46 @@ fn prepare(
         parts.uri = Uri::from_parts(uri).map_err(|_| "the request target is not valid")?;
     }
     parts.version = Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
-    if !parts.headers.contains_key(header::HOST) {
-        let h = authority.as_ref().map_or(host.as_str(), |a| a.as_str());
+    let authority = authority.as_ref().map(|a| a.as_str());
+    forward_headers(&mut parts.headers, authority, host, via, upgrade)?;
+    Ok(Request::from_parts(parts, Body::Client(body)))
+}
+
+/// The headers of a request as the upstream gets them: hop-by-hop ones dropped, `Host` kept
+/// (or made from `authority`, else `host`), `X-Forwarded-*` set, and the upgrade asked for
+/// re-added.
+pub(crate) fn forward_headers(
+    headers: &mut HeaderMap,
+    authority: Option<&str>,
+    host: String,
+    via: &Via,
+    upgrade: Option<&HeaderValue>,
+) -> Result<(), &'static str> {
+    strip_hop_by_hop(headers);
+    if !headers.contains_key(header::HOST) {
+        let h = authority.unwrap_or(host.as_str());
         let v = HeaderValue::from_str(h).map_err(|_| "the host is not valid")?;
-        parts.headers.insert(header::HOST, v);
+        headers.insert(header::HOST, v);
     }
-    let xff = match parts
-        .headers
-        .get(X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => HeaderValue::try_from(format!("{prior}, {}", via.peer.ip())).ok(),
         None => Some(via.client.clone()),
     };
     if let Some(xff) = xff {
-        parts.headers.insert(X_FORWARDED_FOR, xff);
+        headers.insert(X_FORWARDED_FOR, xff);
     }
-    parts.headers.insert(
+    headers.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if via.tls { "https" } else { "http" }),
     );
     if let Ok(v) = HeaderValue::try_from(host) {
-        parts.headers.insert(X_FORWARDED_HOST, v);
+        headers.insert(X_FORWARDED_HOST, v);
     }
     if let Some(proto) = upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, proto.clone());
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto.clone());
     }
-    Ok(Request::from_parts(parts, Body::Client(body)))
+    Ok(())
 }
 
 /// The upstream agreed to switch protocols: answer 101 and copy bytes both ways.

@@ -1,33 +1,24 @@
 //! The listeners: plain HTTP and HTTPS (HTTP/2 or HTTP/1.1 by ALPN), with the limits that
 //! keep a public listener standing: a cap on connections served at once, on a request
 //! head's size (431 past it) and on the time to send it (slow clients are cut off), and an
-//! idle timeout on every connection. Malformed requests get hyper's 400.
+//! idle timeout on every connection. HTTP/1.1 connections go to [`crate::front`], HTTP/2
+//! ones to hyper's server ([`crate::hyper_conn`]).
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::idle::Idle;
-use crate::proxy::{handle, Shared, Via};
+use crate::proxy::{Shared, Via};
+use crate::{front, hyper_conn};
 
-/// The limits every connection is served with.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub header_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub max_connections: usize,
-}
+use crate::limits::Limits;
 
 /// Running listeners; dropping or [`Listeners::stop`]ping them ends them.
 pub struct Listeners {
@@ -140,7 +131,7 @@ async fn serve(
     match tls {
         None => {
             let via = Via::new(false, peer);
-            http1(TokioIo::new(stream), shared, via, limits, stop).await
+            front::serve(stream, shared, via, limits, stop).await
         }
         Some(acceptor) => {
             let accepted =
@@ -156,68 +147,10 @@ async fn serve(
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let via = Via::new(true, peer);
             if h2 {
-                http2(TokioIo::new(tls), shared, via, limits, stop).await
+                hyper_conn::http2(TokioIo::new(tls), shared, via, limits, stop).await
             } else {
-                http1(TokioIo::new(tls), shared, via, limits, stop).await
+                front::serve(tls, shared, via, limits, stop).await
             }
         }
     }
-}
-
-async fn http1<I>(io: I, shared: Arc<Shared>, via: Via, limits: Limits, stop: watch::Receiver<bool>)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    // `map`, not an `async` block around `handle`: that would keep the request beside the
-    // future made from it.
-    let svc = service_fn(move |req| {
-        handle(shared.clone(), req, via.clone()).map(Ok::<_, std::convert::Infallible>)
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .serve_connection(io, svc)
-        .with_upgrades();
-    until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
-}
-
-async fn http2<I>(io: I, shared: Arc<Shared>, via: Via, limits: Limits, stop: watch::Receiver<bool>)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    // `map`, not an `async` block around `handle`: that would keep the request beside the
-    // future made from it.
-    let svc = service_fn(move |req| {
-        handle(shared.clone(), req, via.clone()).map(Ok::<_, std::convert::Infallible>)
-    });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(256)
-        .serve_connection(io, svc);
-    until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
-}
-
-/// Serves `conn` to its end; when told to stop, lets it finish what is in flight.
-async fn until_stopped<C, E>(
-    conn: C,
-    mut stop: watch::Receiver<bool>,
-    graceful: impl FnOnce(Pin<&mut C>),
-) where
-    C: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            return;
-        }
-        _ = stop.changed() => {}
-    }
-    graceful(conn.as_mut());
-    let _ = conn.await;
 }

@@ -17,10 +17,11 @@ use hyper_util::rt::TokioIo;
 use ingressd::balance::Health;
 use ingressd::certs::{self, Store};
 use ingressd::config::Balance;
+use ingressd::limits::Limits;
 use ingressd::pool::{Pool, Timeouts};
 use ingressd::proxy::{Counters, Shared};
 use ingressd::routes::Table;
-use ingressd::server::{Limits, Listeners};
+use ingressd::server::Listeners;
 use ingressd::view::View;
 use uncloud_common::model::{Container, ContainerState, Machine, Service, ServiceSpec};
 
@@ -640,6 +641,42 @@ async fn a_silent_upstream_gets_504_and_a_slow_but_steady_one_streams_to_the_end
     let p = proxy(limits(), port).await;
     let http = p.http.to_string();
 
+    // A client that hangs up while the upstream works has its exchange dropped then, not
+    // when the upstream answers or times out: the upstream is no longer counted busy.
+    let busy = p
+        .shared
+        .health
+        .get(SocketAddr::from(([127, 0, 0, 6], port)));
+    let active = || busy.active.load(std::sync::atomic::Ordering::Relaxed);
+    let mut client = tokio::net::TcpStream::connect(p.http).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut client,
+        b"GET /silent HTTP/1.1\r\nHost: slow.example.com\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let sent = Instant::now();
+    while active() == 0 && sent.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(active(), 1, "the request reached the upstream");
+    drop(client);
+    let gone = Instant::now();
+    while active() > 0 && gone.elapsed() < RESPONSE_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        active(),
+        0,
+        "still busy {:?} after the client left",
+        gone.elapsed()
+    );
+    assert!(
+        gone.elapsed() < RESPONSE_TIMEOUT / 2,
+        "{:?}",
+        gone.elapsed()
+    );
+
     let start = Instant::now();
     let (code, _, body) = get("slow.example.com", format!("http://{http}/silent")).await;
     let waited = start.elapsed();
@@ -802,8 +839,10 @@ async fn every_way_a_response_can_end_reaches_the_client_and_keeps_the_connectio
     assert_eq!((code, body.as_str()), (204, ""));
     let after_head = header(&head, "x-conn").unwrap().to_string();
     assert_ne!(after_head, conn, "not reused after a HEAD");
+    assert_eq!(header(&head, "content-length"), None, "never on a 204");
     let (code, head, body) = get("/not-modified").await;
     assert_eq!((code, body.as_str()), (304, ""));
+    assert_eq!(header(&head, "content-length"), None, "nor on a 304");
     assert_eq!(
         header(&head, "x-conn"),
         Some(after_head.as_str()),
@@ -878,4 +917,88 @@ async fn every_way_a_response_can_end_reaches_the_client_and_keeps_the_connectio
             .load(std::sync::atomic::Ordering::Relaxed),
         retries + 1
     );
+}
+
+/// The answers in a raw exchange: (status, body) of each response, in order.
+fn answers(raw: &str) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while let Some((head, after)) = rest.split_once("\r\n\r\n") {
+        let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let len: usize = header(head, "content-length")
+            .map(|v| v.parse().unwrap())
+            .expect("these answers have a length");
+        out.push((code, after[..len].to_string()));
+        rest = &after[len..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_requests_and_the_rest_are_answered_in_order_on_one_connection() {
+    let port = next_port();
+    let _u = upstreams(port).await;
+    let p = proxy(limits(), port).await;
+    let addr = p.http;
+    tokio::task::spawn_blocking(move || {
+        // Pipelined in one write: plain GETs (read by ingressd's own front), then a 404 (from
+        // which hyper's server reads the rest, starting with the bytes already read), a plain
+        // GET, a POST with a body, and a last GET asking to close.
+        let burst = b"GET /api/one HTTP/1.1\r\nHost: plain.example.com\r\n\r\n\
+            GET /api/two?x=1 HTTP/1.1\r\nHost: plain.example.com\r\nX-Forwarded-For: 192.0.2.9\r\n\r\n\
+            GET / HTTP/1.1\r\nHost: nowhere.example.com\r\n\r\n\
+            GET /api/three HTTP/1.1\r\nHost: plain.example.com\r\n\r\n\
+            POST /api/four HTTP/1.1\r\nHost: plain.example.com\r\nContent-Length: 5\r\n\r\nhello\
+            GET /api/five HTTP/1.1\r\nHost: plain.example.com\r\nConnection: close\r\n\r\n";
+        let (out, took) = raw(addr, &[(&burst[..], Duration::ZERO)]);
+        assert!(took < Duration::from_secs(3), "closed after the last: {took:?}");
+        let got = answers(&out);
+        let codes: Vec<u16> = got.iter().map(|(c, _)| *c).collect();
+        assert_eq!(codes, [200, 200, 404, 200, 200, 200], "{out}");
+        let seen: Vec<serde_json::Value> = got
+            .iter()
+            .filter(|(c, _)| *c == 200)
+            .map(|(_, b)| json(b))
+            .collect();
+        let paths: Vec<&str> = seen.iter().map(|j| j["path"].as_str().unwrap()).collect();
+        assert_eq!(
+            paths,
+            ["/api/one", "/api/two?x=1", "/api/three", "/api/four", "/api/five"]
+        );
+        for j in &seen {
+            assert_eq!(j["upstream"], "api");
+            assert_eq!(j["host"], "plain.example.com");
+            assert_eq!(j["proto"], "http");
+            assert_eq!(j["xhost"], "plain.example.com");
+            assert_eq!(j["version"], "HTTP/1.1");
+        }
+        assert_eq!(seen[0]["xff"], "127.0.0.1");
+        assert_eq!(seen[1]["xff"], "192.0.2.9, 127.0.0.1");
+        assert_eq!(seen[3]["body_len"], 5);
+        assert!(out.contains("connection: close"), "{out}");
+
+        // A plain request asking to close: answered, and nothing after it.
+        let (out, _) = raw(
+            addr,
+            &[(
+                &b"GET /api/a HTTP/1.1\r\nHost: plain.example.com\r\nConnection: close\r\n\r\n\
+                   GET /api/b HTTP/1.1\r\nHost: plain.example.com\r\n\r\n"[..],
+                Duration::ZERO,
+            )],
+        );
+        assert_eq!(answers(&out).len(), 1, "{out}");
+
+        // A head dripped a byte at a time is still read (its end found in the new bytes).
+        let head = b"GET /api/drip HTTP/1.1\r\nHost: plain.example.com\r\nConnection: close\r\n\r\n";
+        let drip: Vec<(&[u8], Duration)> = head
+            .chunks(1)
+            .map(|b| (b, Duration::from_millis(2)))
+            .collect();
+        let (out, _) = raw(addr, &drip);
+        let got = answers(&out);
+        assert_eq!(got.len(), 1, "{out}");
+        assert_eq!(json(&got[0].1)["path"], "/api/drip");
+    })
+    .await
+    .unwrap();
 }

@@ -12,13 +12,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, request, Method, StatusCode};
+use http::{header, Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::chunked::{ChunkedError, Decoder, Step};
 use super::framing::{keeps_alive, response_framing, Framing, FramingError};
-use super::head::{parse_response, write_request, HeadError, ResponseHead, MAX_HEAD_BYTES};
+use super::head::{parse_response, HeadError, ResponseHead, MAX_HEAD_BYTES};
 use crate::idle::Idle;
 
 /// Read buffer room made before each read.
@@ -77,7 +77,6 @@ fn closed() -> io::Error {
 pub struct Conn {
     io: Idle<TcpStream>,
     read: BytesMut,
-    write: Vec<u8>,
 }
 
 /// A response's body.
@@ -94,7 +93,6 @@ impl Conn {
         Conn {
             io: Idle::new(stream, silence),
             read: BytesMut::new(),
-            write: Vec::new(),
         }
     }
 
@@ -117,18 +115,19 @@ impl Conn {
         }
     }
 
-    /// Sends a request without a body and reads the response head (and the body, when it
-    /// came with the head). Takes the connection by reference and the request's head by
-    /// reference: this future is part of every request's, and what it owns it carries.
+    /// Sends a request without a body, `head` (written by [`super::head::write_request`] or
+    /// the client side's own writer), and reads the response head. Takes the connection and
+    /// the head by reference: this future is part of every request's, and what it owns it
+    /// carries.
     pub async fn exchange(
         &mut self,
-        req: &request::Parts,
+        method: &Method,
+        head: &[u8],
     ) -> Result<(ResponseHead, Framing, bool), ExchangeError> {
         self.io.touch();
-        write_request(req, &mut self.write);
         let mut written = 0;
-        while written < self.write.len() {
-            match self.io.write(&self.write[written..]).await {
+        while written < head.len() {
+            match self.io.write(&head[written..]).await {
                 Ok(0) => return Err(ExchangeError::Unanswered(closed())),
                 Ok(n) => written += n,
                 Err(e) if crate::idle::is_timeout(&e) => return Err(ExchangeError::TimedOut),
@@ -168,7 +167,7 @@ impl Conn {
                 Err(e) => return Err(ExchangeError::Unanswered(e)),
             }
         };
-        let to_head = req.method == Method::HEAD;
+        let to_head = *method == Method::HEAD;
         let mut head = head;
         let framing = response_framing(to_head, head.status, head.version, &mut head.headers)?;
         // A response without a body that announces one (to HEAD, 204, 304) is not followed
