@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use uncloud_e2e::uc::{free_port, Uc};
-use uncloud_e2e::{image, is_status_line, Banner};
+use uncloud_e2e::{image, is_status_line, write_raw_image, Banner};
 use uncloud_qemu::seed::write_uncloud_file;
 use uncloud_qemu::{rpi, Arch, Boot, Hetzner, Machine, SeedDisk, Vm};
 
@@ -353,7 +353,7 @@ fn rpi_boot_partition_has_what_the_firmware_needs() {
     let scratch = tempfile_dir();
     let dir = scratch.path();
     let img = dir.join("rpi.img");
-    decompress(&image("-arm64-rpi.img.xz"), &img);
+    write_raw_image("-arm64-rpi.img", &img);
     // MBR: partition 1 FAT32 (LBA) from 4 MiB, partition 2 Linux.
     let table = run("sfdisk", &["--dump", img.to_str().unwrap()]);
     assert!(table.contains("label: dos"), "{table}");
@@ -417,7 +417,7 @@ fn rpi_image_boots_on_qemus_raspberry_pi_and_takes_its_setup_file() {
     let scratch = tempfile_dir();
     let dir = scratch.path();
     let img = dir.join("rpi-boot.img");
-    decompress(&image("-arm64-rpi.img.xz"), &img);
+    write_raw_image("-arm64-rpi.img", &img);
     // What the user does on a laptop before the first boot.
     let token = "e2e-pi-token-0123456789";
     let setup = dir.join("uncloud-setup.toml");
@@ -537,17 +537,6 @@ fn tempfile_dir() -> tempfile::TempDir {
         .prefix("uncloud-e2e-")
         .tempdir()
         .unwrap()
-}
-
-fn decompress(xz: &Path, to: &Path) {
-    let out = std::fs::File::create(to).unwrap();
-    let status = Command::new("xz")
-        .args(["-dc"])
-        .arg(xz)
-        .stdout(out)
-        .status()
-        .expect("xz");
-    assert!(status.success(), "xz -dc {}", xz.display());
 }
 
 fn run(program: &str, args: &[&str]) -> String {

@@ -28,6 +28,17 @@ pub fn images_dir() -> PathBuf {
 
 /// The one image in [`images_dir`] whose name ends with `suffix` (such as `-amd64.qcow2`).
 pub fn image(suffix: &str) -> PathBuf {
+    image_matching(suffix, &[suffix])
+}
+
+/// Writes the raw disk `*{suffix}` (such as `-arm64-rpi.img`) to `to`: the sparse file of an
+/// `image/build --no-compress`, or its `.xz` of a release build.
+pub fn write_raw_image(suffix: &str, to: &std::path::Path) {
+    let image = image_matching(suffix, &[suffix, &format!("{suffix}.xz")]);
+    uncloud_qemu::tool::write_raw_disk(&image, to).unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn image_matching(suffix: &str, endings: &[&str]) -> PathBuf {
     let dir = images_dir();
     let found: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| {
@@ -39,7 +50,7 @@ pub fn image(suffix: &str) -> PathBuf {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name()
-                .is_some_and(|n| n.to_string_lossy().ends_with(suffix))
+                .is_some_and(|n| endings.iter().any(|e| n.to_string_lossy().ends_with(e)))
         })
         .collect();
     match found.as_slice() {
