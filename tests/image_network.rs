@@ -1,136 +1,24 @@
-//! Three VMs from the real amd64 image form a network, driven with `uc` as a user would.
+//! A network of VMs from the real amd64 image, driven with `uc` as a user would, through a
+//! partition, daemons killed, a power cut and a removal (`uncloud_e2e::network` has the words).
 //!
-//! The VMs share one Ethernet segment: each has a tap device on the bridge of the test's
-//! "internet" (the namespace harness's, `uncloud_testkit::Internet`, 198.18.0.0/24) and a
-//! static address from its NoCloud `network-config`. `uc` runs in the "laptop" namespace on
-//! the same bridge. The story: `uc machine init` on alpha with the values its console shows,
-//! `uc machine add` for bravo, charlie joining by itself with a ticket in its user-data; all
-//! three alive through each of them, every pair's WireGuard up; and from the laptop, a scan of
-//! every TCP port finds only apid's open.
+//! The story: `uc machine init` on alpha with the values its console shows, `uc machine add`
+//! for bravo, charlie joining by itself with a ticket in its user-data; all three alive
+//! through each of them, every pair's WireGuard up, every machine named in every dnsd; from
+//! the laptop, a scan of every TCP port finds only apid's open. Then alpha is cut off from
+//! bravo and charlie: each side still answers `uc` and takes a write, and once the links
+//! are back both writes are everywhere. Each of bravo's daemons is killed (SIGKILL) in turn:
+//! systemd starts it again and nothing is lost. Charlie's power is cut in the middle of a
+//! stream of writes through it: every write it acknowledged is there after it boots again,
+//! and it is back in the mesh. Last, charlie is removed: gone from every machine's view.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use uncloud_e2e::uc::Uc;
-use uncloud_e2e::{image, is_status_line, Banner};
+use uncloud_e2e::network::{wait_until, Lan, Node};
+use uncloud_e2e::Banner;
 use uncloud_qemu::seed::write_uncloud_file;
-use uncloud_qemu::{Arch, Boot, Machine, SeedDisk, Vm};
-use uncloud_testkit::{Internet, Netns};
-
-/// Bounds a hung boot (three VMs share two cores under TCG), not a slow one.
-const READY_TIMEOUT: Duration = Duration::from_secs(900);
-
-/// One VM of the network.
-struct Node {
-    name: &'static str,
-    address: Ipv4Addr,
-    vm: Vm,
-}
-
-/// The test's segment: the bridge, the laptop, and `uc` on the laptop.
-struct Lan {
-    internet: Internet,
-    laptop: Netns,
-    uc: Uc,
-}
-
-impl Lan {
-    fn new() -> Lan {
-        let internet = Internet::new();
-        let laptop = Netns::new("laptop");
-        internet.attach(&laptop, "eth0", "198.18.0.2/24");
-        let uc = Uc::in_netns(laptop.name());
-        Lan {
-            internet,
-            laptop,
-            uc,
-        }
-    }
-
-    /// A tap device on the bridge for a VM (QEMU runs in the bridge's namespace).
-    fn tap(&self, name: &str) -> String {
-        let tap = format!("tap-{name}");
-        self.internet
-            .ns
-            .ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
-        self.internet
-            .ns
-            .ip(&["link", "set", &tap, "master", "br0", "up"]);
-        tap
-    }
-
-    /// Boots `name` from the image at `address`, with `user_data` (cloud-config).
-    fn boot(&self, name: &'static str, address: Ipv4Addr, user_data: &str) -> Node {
-        let mut machine = Machine::new(name, Arch::Amd64, Boot::Uefi);
-        machine.tap = Some(self.tap(name));
-        machine.netns = Some(self.internet.ns.name().to_string());
-        let network = format!(
-            "version: 2\nethernets:\n  lan:\n    match:\n      macaddress: \"{}\"\n    \
-             addresses: [{address}/24]\n",
-            machine.mac
-        );
-        let seed = SeedDisk::nocloud(
-            &format!("iid-{name}"),
-            &format!("hostname: {name}\n{user_data}"),
-        )
-        .with_network_config(&network);
-        let vm = Vm::start(&machine, &image("-amd64.qcow2"), Some(&seed))
-            .unwrap_or_else(|e| panic!("{e}"));
-        Node { name, address, vm }
-    }
-
-    /// The TCP ports of `ip` that accept a connection from the laptop, all 65535 tried.
-    fn open_tcp_ports(&self, ip: Ipv4Addr) -> Vec<u16> {
-        self.laptop.enter(|| {
-            let ports: Vec<u16> = (1..=u16::MAX).collect();
-            let mut open: Vec<u16> = std::thread::scope(|s| {
-                let workers: Vec<_> = ports
-                    .chunks(u16::MAX as usize / 32 + 1)
-                    .map(|chunk| {
-                        s.spawn(move || {
-                            chunk
-                                .iter()
-                                .copied()
-                                .filter(|&p| {
-                                    let addr = SocketAddr::from((ip, p));
-                                    TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-                                        .is_ok()
-                                })
-                                .collect::<Vec<u16>>()
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .flat_map(|w| w.join().unwrap())
-                    .collect()
-            });
-            open.sort();
-            open
-        })
-    }
-}
-
-/// Waits for `node`'s console banner and returns it, ready.
-fn banner(node: &mut Node) -> Banner {
-    node.vm
-        .wait_for_line(
-            &format!("{}'s console banner", node.name),
-            READY_TIMEOUT,
-            is_status_line,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(Duration::from_secs(2));
-    let _ = node.vm.save_console(&uncloud_qemu::vm::logs_dir());
-    let banner = Banner::parse_last(&node.vm.console()).expect("a banner");
-    eprintln!(
-        "{}: banner after {:.0?}: {banner:?}",
-        node.name,
-        node.vm.elapsed()
-    );
-    assert!(banner.ready, "{}: {}", node.name, banner.status);
-    banner
-}
 
 /// The banner's command line for `verb`, as words to hand to `uc` (without `uc`).
 fn command_of(banner: &Banner, verb: &str) -> Vec<String> {
@@ -145,18 +33,54 @@ fn command_of(banner: &Banner, verb: &str) -> Vec<String> {
     line.split_whitespace().skip(1).map(String::from).collect()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    eprintln!("{what}: after {:.0?}", start.elapsed());
+/// The machines as `node` sees them (`uc machine ls` through its apid); `None` when it does
+/// not answer.
+fn machines_seen_by(lan: &Lan, node: &Node) -> Option<Vec<serde_json::Value>> {
+    lan.uc
+        .try_json(&["machine", "ls", "--endpoint", &node.endpoint()])
+        .and_then(|rows| rows.as_array().cloned())
+}
+
+/// Whether `rows` (one view) has exactly `names`, all alive.
+fn all_alive(rows: &[serde_json::Value], names: &[&str]) -> bool {
+    rows.len() == names.len()
+        && names.iter().all(|n| {
+            rows.iter()
+                .any(|r| r["name"] == *n && r["state"] == "alive")
+        })
+}
+
+/// Machine `name`'s label `key` in one view.
+fn label<'a>(rows: &'a [serde_json::Value], name: &str, key: &str) -> Option<&'a str> {
+    rows.iter()
+        .find(|r| r["name"] == name)
+        .and_then(|r| r["labels"][key].as_str())
+}
+
+/// Every machine's WireGuard peers (`uc mesh peers -m all`): `count` each, up, with traffic.
+fn mesh_up(lan: &Lan, machines: usize) -> bool {
+    lan.uc
+        .try_json(&["mesh", "peers", "-m", "all"])
+        .and_then(|r| r.as_array().cloned())
+        .is_some_and(|replies| {
+            replies.len() == machines
+                && replies.iter().all(|r| {
+                    r["answer"]["mesh_peers"].as_array().is_some_and(|peers| {
+                        peers.len() == machines - 1
+                            && peers.iter().all(|p| {
+                                p["status"] == "up"
+                                    && p["path"] == "direct"
+                                    && p["rx_bytes"].as_u64() > Some(0)
+                                    && p["tx_bytes"].as_u64() > Some(0)
+                            })
+                    })
+                })
+        })
 }
 
 #[test]
 #[ignore = "boots three amd64 VMs in QEMU: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
-fn three_vms_form_a_network_with_init_add_and_a_ticket_in_user_data() {
+fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cut() {
     let lan = Lan::new();
     let token = |name: &str| format!("{name}-token-0123456789");
     let with_token = |name: &str| write_uncloud_file("setup-token", &token(name));
@@ -165,7 +89,8 @@ fn three_vms_form_a_network_with_init_add_and_a_ticket_in_user_data() {
     let mut bravo = lan.boot("bravo", Ipv4Addr::new(198, 18, 0, 22), &with_token("bravo"));
 
     // init on alpha, with the command its console shows (its address on the segment).
-    let alpha_banner = banner(&mut alpha);
+    let alpha_banner = alpha.wait_for_banner();
+    alpha.wait_for_unit("stated.service");
     let init = command_of(&alpha_banner, "init");
     assert_eq!(init[2], alpha.address.to_string(), "{init:?}");
     lan.uc
@@ -180,59 +105,38 @@ fn three_vms_form_a_network_with_init_add_and_a_ticket_in_user_data() {
         Ipv4Addr::new(198, 18, 0, 23),
         &write_uncloud_file("join-ticket", ticket.trim()),
     );
+    let charlie_started = Instant::now();
 
     // add bravo.
-    let bravo_banner = banner(&mut bravo);
+    let bravo_banner = bravo.wait_for_banner();
     let add = command_of(&bravo_banner, "add");
     lan.uc
         .ok(&add.iter().map(String::as_str).collect::<Vec<_>>());
 
-    banner(&mut charlie);
+    charlie.wait_for_banner();
 
     // All three alive, as each of them sees it (through each one's own apid).
-    let nodes = [&alpha, &bravo, &charlie];
-    for node in nodes {
-        let endpoint = format!("{}:7443", node.address);
+    let names = ["alpha", "bravo", "charlie"];
+    for node in [&alpha, &bravo, &charlie] {
         wait_until(
             &format!("{} sees three machines alive", node.name),
             Duration::from_secs(300),
-            || {
-                lan.uc
-                    .try_json(&["machine", "ls", "--endpoint", &endpoint])
-                    .and_then(|rows| rows.as_array().cloned())
-                    .is_some_and(|rows| {
-                        rows.len() == 3 && rows.iter().all(|r| r["state"] == "alive")
-                    })
-            },
+            || machines_seen_by(&lan, node).is_some_and(|rows| all_alive(&rows, &names)),
         );
     }
+    eprintln!(
+        "charlie: from power on to a member seen alive by all, with a ticket in its user-data: {:.0?}",
+        charlie_started.elapsed()
+    );
     // Every pair's WireGuard is up, direct, with traffic both ways; and asking every machine
     // through one goes over that mesh.
     wait_until(
         "every machine has both peers up",
         Duration::from_secs(120),
-        || {
-            lan.uc
-                .try_json(&["mesh", "peers", "-m", "all"])
-                .and_then(|r| r.as_array().cloned())
-                .is_some_and(|replies| {
-                    replies.len() == 3
-                        && replies.iter().all(|r| {
-                            r["answer"]["mesh_peers"].as_array().is_some_and(|peers| {
-                                peers.len() == 2
-                                    && peers.iter().all(|p| {
-                                        p["status"] == "up"
-                                            && p["path"] == "direct"
-                                            && p["rx_bytes"].as_u64() > Some(0)
-                                            && p["tx_bytes"].as_u64() > Some(0)
-                                    })
-                            })
-                        })
-                })
-        },
+        || mesh_up(&lan, 3),
     );
     // Every machine's dnsd names every machine, and told systemd-resolved to send
-    // `*.internal` to it (the machine itself resolves the names).
+    // `*.internal` to it: the machine itself resolves the names.
     wait_until(
         "every machine's dnsd names all three machines",
         Duration::from_secs(120),
@@ -243,10 +147,10 @@ fn three_vms_form_a_network_with_init_add_and_a_ticket_in_user_data() {
                 .is_some_and(|replies| {
                     replies.len() == 3
                         && replies.iter().all(|r| {
-                            r["answer"]["dns_names"].as_array().is_some_and(|names| {
-                                nodes.iter().all(|n| {
-                                    names.iter().any(|d| {
-                                        d["name"] == format!("{}.machine.internal", n.name)
+                            r["answer"]["dns_names"].as_array().is_some_and(|dns| {
+                                names.iter().all(|n| {
+                                    dns.iter().any(|d| {
+                                        d["name"] == format!("{n}.machine.internal")
                                             && d["addresses"]
                                                 .as_array()
                                                 .is_some_and(|a| a.len() == 1)
@@ -257,6 +161,18 @@ fn three_vms_form_a_network_with_init_add_and_a_ticket_in_user_data() {
                 })
         },
     );
+    let bravo_mesh_ip = machines_seen_by(&lan, &alpha)
+        .and_then(|rows| {
+            rows.iter()
+                .find(|r| r["name"] == "bravo")
+                .and_then(|r| r["mesh_ip"].as_str().map(String::from))
+        })
+        .expect("bravo's mesh address");
+    let resolved = alpha.succeed("resolvectl query --legend=no bravo.machine.internal");
+    assert!(
+        resolved.split_whitespace().any(|w| w == bravo_mesh_ip),
+        "alpha resolves bravo to its mesh address {bravo_mesh_ip}: {resolved}"
+    );
     let log = lan.uc.ok(&[
         "machine",
         "logs",
@@ -265,21 +181,267 @@ fn three_vms_form_a_network_with_init_add_and_a_ticket_in_user_data() {
         "-n",
         "200",
         "--endpoint",
-        &format!("{}:7443", alpha.address),
+        &alpha.endpoint(),
     ]);
     assert!(
         log.contains("systemd-resolved sends *.internal here"),
         "dnsd on the image registers with systemd-resolved:\n{log}"
     );
-    let views = lan.uc.json(&["machine", "ls", "-m", "all"]);
-    for view in views.as_array().unwrap() {
-        let rows = view["answer"]["machines"].as_array().expect("rows");
-        assert_eq!(rows.len(), 3, "{view}");
-    }
 
     // From the internet side, nothing but apid's TLS port answers TCP on any machine.
-    for node in nodes {
-        let open = lan.open_tcp_ports(node.address);
-        assert_eq!(open, [7443], "{} has TCP ports open: {open:?}", node.name);
+    std::thread::scope(|s| {
+        for node in [&alpha, &bravo, &charlie] {
+            let lan = &lan;
+            s.spawn(move || {
+                let open = lan.open_tcp_ports(node.address);
+                assert_eq!(open, [7443], "{} has TCP ports open: {open:?}", node.name);
+            });
+        }
+    });
+
+    // A partition: alpha alone | bravo and charlie. Each side notices the other gone, still
+    // answers, and takes a write.
+    lan.partition(&[&alpha], &[&bravo, &charlie]);
+    wait_until(
+        "alpha sees bravo and charlie gone, bravo sees alpha gone",
+        Duration::from_secs(180),
+        || {
+            let a = machines_seen_by(&lan, &alpha).unwrap_or_default();
+            let b = machines_seen_by(&lan, &bravo).unwrap_or_default();
+            let state = |rows: &[serde_json::Value], n: &str| {
+                rows.iter()
+                    .find(|r| r["name"] == n)
+                    .map(|r| r["state"].as_str().unwrap_or_default().to_owned())
+            };
+            state(&a, "bravo").is_some_and(|s| s != "alive")
+                && state(&a, "charlie").is_some_and(|s| s != "alive")
+                && state(&b, "alpha").is_some_and(|s| s != "alive")
+                && state(&b, "charlie").as_deref() == Some("alive")
+        },
+    );
+    lan.uc.ok(&[
+        "machine",
+        "label",
+        "alpha",
+        "side=one",
+        "--endpoint",
+        &alpha.endpoint(),
+    ]);
+    lan.uc.ok(&[
+        "machine",
+        "label",
+        "bravo",
+        "side=two",
+        "--endpoint",
+        &bravo.endpoint(),
+    ]);
+    wait_until(
+        "charlie has bravo's write from its side",
+        Duration::from_secs(60),
+        || {
+            machines_seen_by(&lan, &charlie)
+                .is_some_and(|rows| label(&rows, "bravo", "side") == Some("two"))
+        },
+    );
+    let b = machines_seen_by(&lan, &bravo).expect("bravo answers during the partition");
+    assert_eq!(
+        label(&b, "alpha", "side"),
+        None,
+        "the partition leaked: {b:?}"
+    );
+
+    // Healed: one state everywhere, both writes in it.
+    lan.heal();
+    let converged = wait_until(
+        "after the partition heals, every machine has both writes and all three alive",
+        Duration::from_secs(300),
+        || {
+            [&alpha, &bravo, &charlie].iter().all(|node| {
+                machines_seen_by(&lan, node).is_some_and(|rows| {
+                    all_alive(&rows, &names)
+                        && label(&rows, "alpha", "side") == Some("one")
+                        && label(&rows, "bravo", "side") == Some("two")
+                })
+            })
+        },
+    );
+    eprintln!("converged {converged:.0?} after the partition healed");
+    wait_until("the mesh is whole again", Duration::from_secs(120), || {
+        mesh_up(&lan, 3)
+    });
+
+    // Each of bravo's daemons killed in turn: systemd starts it again.
+    for unit in [
+        "stated",
+        "meshd",
+        "dnsd",
+        "apid",
+        "dockerd-shim",
+        "ingressd",
+    ] {
+        let restarts = |node: &mut Node| -> u32 {
+            node.succeed(&format!("systemctl show -P NRestarts {unit}.service"))
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("NRestarts of {unit}: {e}"))
+        };
+        let before = restarts(&mut bravo);
+        bravo.succeed(&format!("systemctl kill --signal=KILL {unit}.service"));
+        bravo.wait_until_succeeds(
+            &format!(
+                "test \"$(systemctl show -P NRestarts {unit}.service)\" -gt {before} && \
+                 systemctl is-active --quiet {unit}.service"
+            ),
+            Duration::from_secs(120),
+        );
+        eprintln!("bravo: {unit} killed and started again by systemd");
     }
+    // Nothing was lost, and the network has bravo back: alive everywhere, mesh up.
+    for node in [&alpha, &bravo, &charlie] {
+        wait_until(
+            &format!(
+                "after the kills, {} sees all three alive with both writes",
+                node.name
+            ),
+            Duration::from_secs(300),
+            || {
+                machines_seen_by(&lan, node).is_some_and(|rows| {
+                    all_alive(&rows, &names)
+                        && label(&rows, "alpha", "side") == Some("one")
+                        && label(&rows, "bravo", "side") == Some("two")
+                })
+            },
+        );
+    }
+    wait_until(
+        "the mesh is whole after the kills",
+        Duration::from_secs(180),
+        || mesh_up(&lan, 3),
+    );
+
+    // A power cut in the middle of a stream of writes through charlie: every write it
+    // acknowledged is there when it is back.
+    let charlie_endpoint = charlie.endpoint();
+    let acknowledged = Mutex::new(Vec::<u32>::new());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Stops the writer however this scope ends: a failed wait below must not leave the
+        // scope waiting for it forever.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop_on_drop = StopOnDrop(&stop);
+        let writer = s.spawn(|| {
+            for n in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let out = lan.uc.run(&[
+                    "machine",
+                    "label",
+                    "charlie",
+                    &format!("w{n}={n}"),
+                    "--endpoint",
+                    &charlie_endpoint,
+                ]);
+                if out.status.success() {
+                    acknowledged.lock().unwrap().push(n);
+                } else {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        });
+        wait_until(
+            "charlie acknowledged 3 writes",
+            Duration::from_secs(120),
+            || acknowledged.lock().unwrap().len() >= 3,
+        );
+        charlie.crash();
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+    eprintln!("charlie acknowledged writes {acknowledged:?} before its power was cut");
+    assert!(acknowledged.len() >= 3, "{acknowledged:?}");
+    // Back on cut off from its peers: what it shows then is what its own disk kept, not
+    // what they would give it again.
+    lan.partition(&[&charlie], &[&alpha, &bravo]);
+    charlie.power_on();
+    let lost = |rows: &[serde_json::Value]| -> Vec<u32> {
+        acknowledged
+            .iter()
+            .copied()
+            .filter(|n| label(rows, "charlie", &format!("w{n}")) != Some(&n.to_string()))
+            .collect()
+    };
+    let mut after = Vec::new();
+    wait_until(
+        "charlie answers after its power came back",
+        Duration::from_secs(120),
+        || {
+            machines_seen_by(&lan, &charlie)
+                .map(|rows| after = rows)
+                .is_some()
+        },
+    );
+    assert_eq!(
+        lost(&after),
+        Vec::<u32>::new(),
+        "acknowledged writes lost in charlie's power cut: {after:?}"
+    );
+    lan.heal();
+    for node in [&alpha, &bravo, &charlie] {
+        wait_until(
+            &format!(
+                "after the power cut, {} sees all three alive and charlie's writes",
+                node.name
+            ),
+            Duration::from_secs(300),
+            || {
+                machines_seen_by(&lan, node)
+                    .is_some_and(|rows| all_alive(&rows, &names) && lost(&rows).is_empty())
+            },
+        );
+    }
+    wait_until(
+        "the mesh is whole after the power cut",
+        Duration::from_secs(180),
+        || mesh_up(&lan, 3),
+    );
+
+    // charlie removed through alpha: gone from every remaining machine's view and names.
+    lan.uc
+        .ok(&["machine", "rm", "charlie", "--endpoint", &alpha.endpoint()]);
+    for node in [&alpha, &bravo] {
+        wait_until(
+            &format!("{} no longer lists charlie", node.name),
+            Duration::from_secs(120),
+            || {
+                machines_seen_by(&lan, node)
+                    .is_some_and(|rows| all_alive(&rows, &["alpha", "bravo"]))
+            },
+        );
+    }
+    wait_until(
+        "no dnsd names charlie any more",
+        Duration::from_secs(120),
+        || {
+            lan.uc
+                .try_json(&["dns", "ls", "-m", "all"])
+                .and_then(|r| r.as_array().cloned())
+                .is_some_and(|replies| {
+                    replies.len() == 2
+                        && replies.iter().all(|r| {
+                            r["answer"]["dns_names"].as_array().is_some_and(|dns| {
+                                !dns.iter().any(|d| d["name"] == "charlie.machine.internal")
+                            })
+                        })
+                })
+        },
+    );
+    alpha.fail("resolvectl query --legend=no charlie.machine.internal");
 }

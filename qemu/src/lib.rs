@@ -13,23 +13,28 @@
 //!   datasources read them, made with mtools, so no loop device or mount is needed.
 //! - [`metadata`]: a provider's metadata service at 169.254.169.254 (Hetzner's), served
 //!   through QEMU's user network, with the provider's DMI strings.
-//! - [`vm`]: a running VM; killed when its handle drops, its console kept on failure.
+//! - [`vm`]: a running VM; killed when its handle drops, its console kept on failure; its
+//!   power cut ([`Vm::crash`]) and put back on ([`Vm::power_on`]) with the same disk.
+//! - [`shell`]: a root shell in the guest over a virtio serial port, for tests that ask for
+//!   one in the VM's user-data (the image itself has none).
 //! - [`tool`]: running mtools and dosfstools with errors naming the command.
 //! - [`rpi`]: the Raspberry Pi SD image booted the way its firmware would, for `raspi3b`.
 //!
 //! # Limitations
-//! The tests see a VM only through its serial console: the image has no login and no SSH.
-//! What a test must observe, the image prints there (the Uncloud console banner).
+//! The image has no login and no SSH: a test sees a VM through its serial console (the
+//! Uncloud console banner), through `uc`, and through the test shell its user-data starts.
 
 pub mod console;
 pub mod machine;
 pub mod metadata;
 pub mod rpi;
 pub mod seed;
+pub mod shell;
 pub mod tool;
 pub mod vm;
 
 pub use machine::{Arch, Boot, Machine, VmFiles};
 pub use metadata::{Hetzner, MetadataService};
 pub use seed::SeedDisk;
+pub use shell::Shell;
 pub use vm::{Vm, VmError};

@@ -60,7 +60,13 @@ pub struct Machine {
     pub tap: Option<String>,
     /// The network namespace QEMU runs in (where [`Machine::tap`] is).
     pub netns: Option<String>,
+    /// A virtio serial port named [`SHELL_PORT`] whose host side is a Unix socket: the test
+    /// shell's (see [`crate::shell`]). The guest serves it only if its user-data says so.
+    pub shell_port: bool,
 }
+
+/// The name of the test shell's port: `/dev/virtio-ports/<this>` in the guest.
+pub const SHELL_PORT: &str = "org.uncloud.test-shell";
 
 /// Where a VM's files are, for its command line.
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +82,8 @@ pub struct VmFiles<'a> {
     pub seed: Option<&'a Path>,
     /// The directory [`Machine::metadata`]'s routes were written to.
     pub metadata_routes: Option<&'a Path>,
+    /// The Unix socket QEMU listens on for [`Machine::shell_port`].
+    pub shell: Option<&'a Path>,
 }
 
 impl Machine {
@@ -103,6 +111,7 @@ impl Machine {
             host_forwards: Vec::new(),
             tap: None,
             netns: None,
+            shell_port: false,
         }
     }
 
@@ -155,6 +164,7 @@ impl Machine {
             vars,
             seed,
             metadata_routes,
+            shell,
         } = *files;
         let machine = self.machine_type.clone().unwrap_or_else(|| {
             match (self.arch, &self.boot) {
@@ -183,7 +193,13 @@ impl Machine {
             // GPIO 14/15 is the mini UART, QEMU's second (ttyS1 in the guest).
             a.extend(["-serial".into(), "null".into()]);
         }
-        a.extend(["-serial".into(), format!("file:{}", console.display())]);
+        // Appended to, not truncated: a VM powered on again keeps one console log.
+        a.extend([
+            "-chardev".into(),
+            format!("file,id=console,path={},append=on", console.display()),
+            "-serial".into(),
+            "chardev:console".into(),
+        ]);
         match &self.boot {
             Boot::Uefi => {
                 let (code, _) = self.uefi_firmware();
@@ -224,8 +240,12 @@ impl Machine {
         } else {
             a.extend([
                 "-drive".into(),
+                // `writeback` (QEMU's default): what the guest flushes is written to the host
+                // file, so killing QEMU keeps every flushed write, as a power cut does
+                // (`unsafe` would drop flushes). It loses the guest's page cache, as a power
+                // cut does, though writes QEMU passed on unflushed survive in the host's.
                 format!(
-                    "file={},if=virtio,format={disk_format},cache=unsafe",
+                    "file={},if=virtio,format={disk_format},cache=writeback",
                     disk.display()
                 ),
                 "-device".into(),
@@ -240,6 +260,19 @@ impl Machine {
                 a.extend([
                     "-drive".into(),
                     format!("file={},if=virtio,format=raw,readonly=on", seed.display()),
+                ]);
+            }
+            if let (true, Some(shell)) = (self.shell_port, shell) {
+                a.extend([
+                    "-device".into(),
+                    "virtio-serial-pci".into(),
+                    "-chardev".into(),
+                    format!(
+                        "socket,id=shell,path={},server=on,wait=off",
+                        shell.display()
+                    ),
+                    "-device".into(),
+                    format!("virtserialport,chardev=shell,name={SHELL_PORT}"),
                 ]);
             }
         }
@@ -274,6 +307,7 @@ mod tests {
             vars,
             seed,
             metadata_routes: Some(Path::new("/routes")),
+            shell: Some(Path::new("/shell.sock")),
         }
     }
 
@@ -294,7 +328,15 @@ mod tests {
             args.contains("if=pflash,format=raw,file=/vars.fd"),
             "{args}"
         );
-        assert!(args.contains("-serial file:/c.log"), "{args}");
+        assert!(
+            args.contains("-chardev file,id=console,path=/c.log,append=on -serial chardev:console"),
+            "{args}"
+        );
+        assert!(args.contains("cache=writeback"), "{args}");
+        assert!(
+            !args.contains("virtserialport"),
+            "no shell unless asked: {args}"
+        );
         assert!(args.contains("virtio-rng-pci"), "{args}");
         assert!(
             args.contains("file=/seed.img,if=virtio,format=raw,readonly=on"),
@@ -345,7 +387,9 @@ mod tests {
         assert!(joined.contains("file=/sd.img,if=sd,format=raw"), "{joined}");
         assert!(joined.contains("usb-net"), "{joined}");
         assert!(
-            joined.contains("-serial null -serial file:/c"),
+            joined.contains(
+                "-serial null -chardev file,id=console,path=/c,append=on -serial chardev:console"
+            ),
             "the console is the mini UART: {joined}"
         );
         assert!(!joined.contains("-m "), "{joined}");
@@ -413,6 +457,20 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains("user,id=n0"), "{line}");
+    }
+
+    #[test]
+    fn a_shell_port_is_a_named_virtio_serial_port_on_a_unix_socket() {
+        let mut m = Machine::new("s", Arch::Amd64, Boot::Uefi);
+        m.shell_port = true;
+        let line = joined(&m, None);
+        assert!(
+            line.contains(
+                "-device virtio-serial-pci -chardev socket,id=shell,path=/shell.sock,server=on,wait=off \
+                 -device virtserialport,chardev=shell,name=org.uncloud.test-shell"
+            ),
+            "{line}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::console;
 use crate::machine::{Boot, Machine, VmFiles};
 use crate::seed::{SeedDisk, SeedError};
+use crate::shell::{Shell, ShellError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -18,6 +19,10 @@ pub enum VmError {
     },
     #[error("{0}")]
     Seed(#[from] SeedError),
+    #[error("{vm}: {source}")]
+    Shell { vm: String, source: ShellError },
+    #[error("{vm} has no test shell port (Machine::shell_port)")]
+    NoShell { vm: String },
     #[error("qemu-img could not make an overlay of {image}: {reason}")]
     Overlay { image: PathBuf, reason: String },
     #[error("{vm}: no {what} after {secs} s; the console ends with:\n{tail}")]
@@ -45,9 +50,15 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
 /// A booting or booted VM.
 pub struct Vm {
     name: String,
+    /// QEMU's program, arguments and namespace: what [`Vm::power_on`] starts again.
+    program: String,
+    args: Vec<String>,
+    netns: Option<String>,
     child: Child,
     dir: tempfile::TempDir,
     console_path: PathBuf,
+    shell_path: Option<PathBuf>,
+    shell: Option<Shell>,
     started: Instant,
 }
 
@@ -115,6 +126,7 @@ impl Vm {
         };
         let console_path = dir.path().join("console.log");
         std::fs::write(&console_path, b"").map_err(io("cannot create the console log"))?;
+        let shell_path = machine.shell_port.then(|| dir.path().join("shell.sock"));
         let args = machine.args(&VmFiles {
             disk: &disk,
             disk_format: "qcow2",
@@ -122,36 +134,97 @@ impl Vm {
             vars: vars.as_deref(),
             seed: seed_path.as_deref(),
             metadata_routes: routes.as_deref(),
+            shell: shell_path.as_deref(),
         });
-        let stderr = std::fs::File::create(dir.path().join("qemu.stderr"))
-            .map_err(io("cannot create QEMU's stderr log"))?;
-        // In a namespace (where its tap is): nsenter, which keeps the host's mounts.
-        let mut qemu = match &machine.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}"))
-                    .arg(machine.program());
-                c
-            }
-            None => Command::new(machine.program()),
-        };
-        let child = qemu
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(io(format!(
-                "cannot start {} (packages qemu-system-x86, qemu-system-arm)",
-                machine.program()
-            )))?;
-        Ok(Vm {
+        let program = machine.program().to_owned();
+        let child = spawn(&program, &args, machine.netns.as_deref(), dir.path())?;
+        let mut vm = Vm {
             name: machine.name.clone(),
+            program,
+            args,
+            netns: machine.netns.clone(),
             child,
             dir,
             console_path,
+            shell_path,
+            shell: None,
             started: Instant::now(),
-        })
+        };
+        vm.connect_shell()?;
+        Ok(vm)
+    }
+
+    /// Connects to the test shell's socket (there as soon as QEMU runs): with the host side
+    /// connected, the guest's shell waits for commands instead of reading end-of-file and
+    /// being restarted every second while the guest boots.
+    fn connect_shell(&mut self) -> Result<(), VmError> {
+        if let Some(path) = &self.shell_path {
+            let shell =
+                Shell::connect(path, Duration::from_secs(10)).map_err(|source| VmError::Shell {
+                    vm: self.name.clone(),
+                    source,
+                })?;
+            self.shell = Some(shell);
+        }
+        Ok(())
+    }
+
+    /// Cuts the VM's power: QEMU is killed (SIGKILL) with the guest running. What the guest
+    /// had flushed is in its disk (cache mode `writeback`), the rest is lost, as in a power
+    /// cut of a real machine.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.shell = None;
+    }
+
+    /// Whether QEMU still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Powers the VM on again after [`Vm::crash`] (or after the guest powered off): the same
+    /// machine, disk, UEFI variables and seed; its console goes on in the same log (use
+    /// [`Vm::mark`] before, to wait for what the new boot prints).
+    pub fn power_on(&mut self) -> Result<(), VmError> {
+        if self.is_running() {
+            self.crash();
+        }
+        self.shell = None;
+        if let Some(path) = &self.shell_path {
+            let _ = std::fs::remove_file(path);
+        }
+        self.child = spawn(
+            &self.program,
+            &self.args,
+            self.netns.as_deref(),
+            self.dir.path(),
+        )?;
+        self.started = Instant::now();
+        self.connect_shell()
+    }
+
+    /// Runs `command` in the guest's test shell (see [`crate::shell`]): its exit status and
+    /// output. Waits up to `timeout`, also for the shell to start while the guest boots.
+    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String), VmError> {
+        let vm = self.name.clone();
+        let shell_err = |source| VmError::Shell {
+            vm: vm.clone(),
+            source,
+        };
+        if self.shell.is_none() {
+            let path = self.shell_path.as_ref().ok_or_else(|| VmError::NoShell {
+                vm: self.name.clone(),
+            })?;
+            self.shell = Some(Shell::connect(path, Duration::from_secs(10)).map_err(shell_err)?);
+        }
+        let shell = self.shell.as_mut().expect("connected above");
+        let result = shell.run(command, timeout);
+        if result.is_err() {
+            // A timed-out or broken session may still deliver the old command's output.
+            self.shell = None;
+        }
+        result.map_err(shell_err)
     }
 
     /// Time since QEMU was started.
@@ -257,6 +330,37 @@ impl Vm {
         std::fs::write(&path, self.console())?;
         Ok(path)
     }
+}
+
+/// Starts QEMU with `args` (in `netns`, if any), its stderr appended to `dir/qemu.stderr`.
+fn spawn(
+    program: &str,
+    args: &[String],
+    netns: Option<&str>,
+    dir: &Path,
+) -> Result<Child, VmError> {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("qemu.stderr"))
+        .map_err(io("cannot create QEMU's stderr log"))?;
+    // In a namespace (where its tap is): nsenter, which keeps the host's mounts.
+    let mut qemu = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    qemu.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .map_err(io(format!(
+            "cannot start {program} (packages qemu-system-x86, qemu-system-arm)"
+        )))
 }
 
 /// Where consoles are kept: `$UNCLOUD_VM_LOGS`, else `uncloud-vm-logs` in the temporary

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+pub mod network;
 pub mod uc;
 
 /// The workspace this test runs from. Read at run time (cargo sets it for tests): a test

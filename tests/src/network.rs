@@ -1,0 +1,322 @@
+//! A network of VMs from the real image, and the words its tests are told in: boot machines,
+//! wait for units, run commands in them, cut and heal links, cut a machine's power.
+//!
+//! The VMs share one Ethernet segment: each has a tap device on the bridge of the test's
+//! "internet" (the namespace harness's `uncloud_testkit::Internet`, 198.18.0.0/24) and a
+//! static address from its NoCloud `network-config`. `uc` runs in the "laptop" namespace on
+//! the same bridge, as a user's laptop on the internet would. Links are cut at the bridge
+//! (nftables' bridge family, by tap device), so a cut is what a broken internet does to the
+//! machines: frames between them dropped, the laptop still reaching every one.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use uncloud_qemu::{Arch, Boot, Machine, SeedDisk, Vm};
+use uncloud_testkit::{Internet, Netns};
+
+use crate::uc::Uc;
+use crate::{image, is_status_line, Banner};
+
+/// Bounds a hung boot (several VMs share two cores under TCG), not a slow one.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The nftables table (bridge family, in the internet's namespace) cut links live in.
+const CUTS_TABLE: &str = "uncloud_e2e_cuts";
+
+/// The test's segment: the bridge, the laptop, and `uc` on the laptop.
+pub struct Lan {
+    pub internet: Internet,
+    pub laptop: Netns,
+    pub uc: Uc,
+    /// Links cut, as (from tap, to tap): frames from the first to the second are dropped.
+    cuts: Mutex<BTreeSet<(String, String)>>,
+}
+
+/// One VM of the network.
+pub struct Node {
+    pub name: &'static str,
+    pub address: Ipv4Addr,
+    pub vm: Vm,
+    tap: String,
+}
+
+impl Default for Lan {
+    fn default() -> Lan {
+        Lan::new()
+    }
+}
+
+impl Lan {
+    pub fn new() -> Lan {
+        let internet = Internet::new();
+        let laptop = Netns::new("laptop");
+        internet.attach(&laptop, "eth0", "198.18.0.2/24");
+        let uc = Uc::in_netns(laptop.name());
+        Lan {
+            internet,
+            laptop,
+            uc,
+            cuts: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// A tap device on the bridge for a VM (QEMU runs in the bridge's namespace).
+    fn tap(&self, name: &str) -> String {
+        let tap = format!("tap-{name}");
+        self.internet
+            .ns
+            .ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+        self.internet
+            .ns
+            .ip(&["link", "set", &tap, "master", "br0", "up"]);
+        tap
+    }
+
+    /// Starts `name` from the amd64 image at `address`, with `user_data` (cloud-config lines)
+    /// and the test shell. Returns at once: VMs started one after another boot in parallel.
+    pub fn boot(&self, name: &'static str, address: Ipv4Addr, user_data: &str) -> Node {
+        let mut machine = Machine::new(name, Arch::Amd64, Boot::Uefi);
+        // One vCPU each: several two-vCPU guests on two host cores spin on each other's
+        // locks under TCG.
+        machine.cpus = 1;
+        machine.shell_port = true;
+        let tap = self.tap(name);
+        machine.tap = Some(tap.clone());
+        machine.netns = Some(self.internet.ns.name().to_string());
+        let network = format!(
+            "version: 2\nethernets:\n  lan:\n    match:\n      macaddress: \"{}\"\n    \
+             addresses: [{address}/24]\n",
+            machine.mac
+        );
+        let seed = SeedDisk::nocloud(
+            &format!("iid-{name}"),
+            &format!(
+                "hostname: {name}\n{user_data}{}",
+                uncloud_qemu::shell::user_data()
+            ),
+        )
+        .with_network_config(&network);
+        let vm = Vm::start(&machine, &image("-amd64.qcow2"), Some(&seed))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Node {
+            name,
+            address,
+            vm,
+            tap,
+        }
+    }
+
+    /// Cuts the link between `a` and `b`, both ways.
+    pub fn block(&self, a: &Node, b: &Node) {
+        self.block_one_way(a, b);
+        self.block_one_way(b, a);
+    }
+
+    /// Drops what `from` sends to `to`; what `to` sends to `from` still arrives.
+    pub fn block_one_way(&self, from: &Node, to: &Node) {
+        eprintln!("-- cut {} -> {}", from.name, to.name);
+        self.cuts
+            .lock()
+            .unwrap()
+            .insert((from.tap.clone(), to.tap.clone()));
+        self.apply_cuts();
+    }
+
+    /// Splits the machines into two sides that cannot reach each other.
+    pub fn partition(&self, a: &[&Node], b: &[&Node]) {
+        for x in a {
+            for y in b {
+                self.block(x, y);
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        eprintln!("-- every link restored");
+        self.cuts.lock().unwrap().clear();
+        self.apply_cuts();
+    }
+
+    fn apply_cuts(&self) {
+        let rules: String = self
+            .cuts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(from, to)| format!("    iifname \"{from}\" oifname \"{to}\" drop\n"))
+            .collect();
+        // `add` then `flush`: one transaction that works whether the table exists or not.
+        let script = format!(
+            "add table bridge {CUTS_TABLE}\nflush table bridge {CUTS_TABLE}\n\
+             table bridge {CUTS_TABLE} {{\n  chain forward {{\n    \
+             type filter hook forward priority -10; policy accept;\n{rules}  }}\n}}\n"
+        );
+        let mut child = self
+            .internet
+            .ns
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft runs (package nftables)");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "nft -f:\n{script}");
+    }
+
+    /// The TCP ports of `ip` that accept a connection from the laptop, all 65535 tried.
+    pub fn open_tcp_ports(&self, ip: Ipv4Addr) -> Vec<u16> {
+        self.laptop.enter(|| {
+            let ports: Vec<u16> = (1..=u16::MAX).collect();
+            let mut open: Vec<u16> = std::thread::scope(|s| {
+                let workers: Vec<_> = ports
+                    .chunks(u16::MAX as usize / 32 + 1)
+                    .map(|chunk| {
+                        s.spawn(move || {
+                            chunk
+                                .iter()
+                                .copied()
+                                .filter(|&p| {
+                                    let addr = SocketAddr::from((ip, p));
+                                    TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                                        .is_ok()
+                                })
+                                .collect::<Vec<u16>>()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().unwrap())
+                    .collect()
+            });
+            open.sort();
+            open
+        })
+    }
+}
+
+impl Node {
+    /// `HOST:PORT` of this machine's apid, for `uc --endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("{}:7443", self.address)
+    }
+
+    /// Waits for the console banner (printed once every Uncloud unit and Docker started)
+    /// and returns it; it must say ready.
+    pub fn wait_for_banner(&mut self) -> Banner {
+        self.wait_for_banner_since(0)
+    }
+
+    /// [`Node::wait_for_banner`], for a banner printed after console position `mark`.
+    pub fn wait_for_banner_since(&mut self, mark: usize) -> Banner {
+        self.vm
+            .wait_for_line_since(
+                mark,
+                &format!("{}'s console banner", self.name),
+                READY_TIMEOUT,
+                is_status_line,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = self.vm.save_console(&uncloud_qemu::vm::logs_dir());
+        let console = self.vm.console();
+        let banner = Banner::parse_last(console.get(mark..).unwrap_or(&console)).expect("a banner");
+        eprintln!(
+            "{}: banner after {:.0?}: {banner:?}",
+            self.name,
+            self.vm.elapsed()
+        );
+        assert!(banner.ready, "{}: {}", self.name, banner.status);
+        banner
+    }
+
+    /// Runs `command` as root in the machine (its test shell): exit status and output.
+    pub fn execute(&mut self, command: &str) -> (i32, String) {
+        self.vm
+            .run(command, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs `command`, which must succeed; its output.
+    pub fn succeed(&mut self, command: &str) -> String {
+        let (status, out) = self.execute(command);
+        assert_eq!(
+            status, 0,
+            "{}: `{command}` failed ({status}):\n{out}",
+            self.name
+        );
+        out
+    }
+
+    /// Runs `command`, which must fail; its output.
+    pub fn fail(&mut self, command: &str) -> String {
+        let (status, out) = self.execute(command);
+        assert_ne!(
+            status, 0,
+            "{}: `{command}` succeeded, expected to fail:\n{out}",
+            self.name
+        );
+        out
+    }
+
+    /// Runs `command` every 2 s until it succeeds; its output then.
+    pub fn wait_until_succeeds(&mut self, command: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let out = match self.vm.run(command, Duration::from_secs(60).min(timeout)) {
+                Ok((0, out)) => return out,
+                Ok((status, out)) => format!("exit status {status}:\n{out}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                start.elapsed() < timeout,
+                "{}: `{command}` did not succeed within {timeout:?}; last:\n{out}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// Waits until systemd says `unit` is active.
+    pub fn wait_for_unit(&mut self, unit: &str) {
+        self.wait_until_succeeds(
+            &format!("systemctl is-active --quiet {unit}"),
+            Duration::from_secs(300),
+        );
+    }
+
+    /// Cuts the machine's power (QEMU killed with the guest running).
+    pub fn crash(&mut self) {
+        eprintln!("-- power cut: {}", self.name);
+        self.vm.crash();
+    }
+
+    /// Powers the machine on again, and waits for its banner.
+    pub fn power_on(&mut self) -> Banner {
+        eprintln!("-- power on: {}", self.name);
+        let mark = self.vm.mark();
+        self.vm.power_on().unwrap_or_else(|e| panic!("{e}"));
+        self.wait_for_banner_since(mark)
+    }
+}
+
+/// Polls `check` every 2 s until it holds, or fails the test after `timeout`; says how long
+/// it took.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    eprintln!("{what}: after {:.0?}", start.elapsed());
+    start.elapsed()
+}
