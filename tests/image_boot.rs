@@ -2,13 +2,13 @@
 //!
 //! Each test boots one image with its real firmware and waits for the console banner that
 //! `uncloud-banner.service` prints once every Uncloud unit and Docker have started. They
-//! need the images (`image/build`) and are run by `scripts/test` with `--ignored`.
+//! need the images (`image/build`) and are run by `scripts/test` with `--ignored`. The amd64
+//! UEFI boot run with `uc` is the first machine of the network story (`image_network.rs`).
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use uncloud_e2e::uc::{free_port, Uc};
 use uncloud_e2e::{image, is_status_line, write_raw_image, Banner};
 use uncloud_qemu::seed::write_uncloud_file;
 use uncloud_qemu::{rpi, Arch, Boot, Hetzner, Machine, SeedDisk, Vm};
@@ -99,191 +99,6 @@ fn is_generated_token(token: &str) -> bool {
                 && g.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         })
-}
-
-fn seed(hostname: &str, token: &str) -> SeedDisk {
-    SeedDisk::nocloud(
-        &format!("iid-{hostname}"),
-        &format!(
-            "hostname: {hostname}\n{}",
-            write_uncloud_file("setup-token", token)
-        ),
-    )
-}
-
-#[test]
-#[ignore = "boots the amd64 image in QEMU: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
-fn amd64_uefi_boots_ready_honours_cloud_init_user_data_and_is_run_with_uc() {
-    let mut machine = Machine::new("amd64-uefi", Arch::Amd64, Boot::Uefi);
-    // Larger than the image: the root partition grows on first boot.
-    machine.disk_size_bytes = Some(4 << 30);
-    // The host reaches apid as a user's laptop would reach a VPS: here through QEMU.
-    let api_port = free_port();
-    machine.host_forwards = vec![(api_port, 7443)];
-    let token = "e2e-uefi-token-0123456789";
-    let (mut vm, banner) = boot_until_ready(
-        &machine,
-        &image("-amd64.qcow2"),
-        Some(&seed("e2e-uefi", token)),
-    );
-    assert_eq!(banner.hostname, "e2e-uefi", "cloud-init set the hostname");
-    assert_eq!(
-        banner.setup_token.as_deref(),
-        Some(token),
-        "cloud-init's token is the one shown"
-    );
-    // The key fingerprint `uc` pins, and the exact command to copy, with this machine's
-    // address and token.
-    let fp = banner.fingerprint.clone().unwrap_or_default();
-    assert!(
-        fp.parse::<uncloud_pki::Fingerprint>().is_ok() && fp.starts_with("sha256:"),
-        "{banner:?}"
-    );
-    assert_eq!(
-        banner.init_command.as_deref(),
-        Some(
-            format!(
-                "uc machine init {} --fingerprint {fp} --token {token}",
-                machine.guest_address().split('/').next().unwrap()
-            )
-            .as_str()
-        ),
-        "{banner:?}"
-    );
-    assert!(
-        banner
-            .mode
-            .as_deref()
-            .is_some_and(|m| m.starts_with("maintenance")),
-        "{banner:?}"
-    );
-    let console = vm.console();
-    assert!(
-        console.lines().any(|l| l.contains("growroot: CHANGED")),
-        "the root partition grew to the 4 GiB disk"
-    );
-
-    // From the host, with uc, as its user would: a network of one with the banner's values.
-    let endpoint = format!("127.0.0.1:{api_port}");
-    let uc = Uc::new(&endpoint);
-    uc.ok(&[
-        "machine",
-        "init",
-        &endpoint,
-        "--fingerprint",
-        &fp,
-        "--token",
-        token,
-    ]);
-    let rows = uc.json(&["machine", "ls"]);
-    assert_eq!(rows[0]["name"], "e2e-uefi", "{rows}");
-    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
-
-    // Its insides through the API (the appliance has no shell): every unit active...
-    let replies = uc.json(&["machine", "status"]);
-    let status = &replies[0]["answer"]["status"];
-    assert_eq!(status["machine"], "e2e-uefi", "{replies}");
-    for unit in UNITS.iter().chain(&["apid.service"]) {
-        let u = status["units"]
-            .as_array()
-            .and_then(|us| us.iter().find(|u| u["name"] == *unit))
-            .unwrap_or_else(|| panic!("{unit} missing: {status}"));
-        assert_eq!(
-            (u["active"].as_str(), u["sub"].as_str()),
-            (Some("active"), Some("running")),
-            "{u}"
-        );
-    }
-    let out = uc.ok(&["machine", "logs", "-u", "meshd", "-n", "500"]);
-    assert!(out.contains("systemd watchdog on"), "{out}");
-    assert!(
-        status["disk_total_bytes"].as_u64() > Some(3 << 30),
-        "the grown disk: {status}"
-    );
-    assert!(
-        status["os"]
-            .as_str()
-            .is_some_and(|os| os.contains("Debian")),
-        "{status}"
-    );
-    // ...and the journal: stated's own lines, as many as asked.
-    let out = uc.ok(&["machine", "logs", "-u", "stated", "-n", "5", "-o", "json"]);
-    let entries: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
-    assert!(!entries.is_empty() && entries.len() <= 5, "{out}");
-    assert!(
-        entries.iter().all(|e| e["unit"] == "stated.service"),
-        "{out}"
-    );
-    // Without -u, every Uncloud daemon's journal (all of it since boot: under 5000 entries).
-    let table = uc.ok(&["machine", "logs", "-n", "5000"]);
-    for daemon in ["stated", "meshd", "apid"] {
-        assert!(
-            table.contains(&format!(" {daemon}: ")),
-            "{daemon}'s lines among Uncloud's: {table}"
-        );
-    }
-    let peers = uc.json(&["mesh", "peers"]);
-    assert_eq!(
-        peers[0]["answer"]["mesh_peers"],
-        serde_json::json!([]),
-        "alone: {peers}"
-    );
-
-    // Every daemon runs under systemd's watchdog (WatchdogSec=60), fed by its own probe: once
-    // the machine has been up well past that, none has been restarted.
-    let watched = loop {
-        let replies = uc.json(&["machine", "status"]);
-        let now = replies[0]["answer"]["status"].clone();
-        if now["uptime_secs"].as_u64() > Some(90) {
-            break now;
-        }
-        std::thread::sleep(Duration::from_secs(5));
-    };
-    for unit in UNITS.iter().chain(&["apid.service"]) {
-        let u = watched["units"]
-            .as_array()
-            .and_then(|us| us.iter().find(|u| u["name"] == *unit))
-            .unwrap_or_else(|| panic!("{unit} missing: {watched}"));
-        assert_eq!(
-            (u["restarts"].as_u64(), u["sub"].as_str()),
-            (Some(0), Some("running")),
-            "{unit} after {} s: {u}",
-            watched["uptime_secs"]
-        );
-    }
-
-    // A reboot through the API: the machine comes back, still a member of its network.
-    let boot_id = status["boot_id"].as_str().unwrap_or_default().to_string();
-    assert_eq!(boot_id.len(), 36, "a boot id: {status}");
-    let mark = vm.mark();
-    uc.ok(&["machine", "reboot"]);
-    vm.wait_for_line_since(mark, "the kernel starting again", READY_TIMEOUT, |l| {
-        l.contains("Linux version")
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let mark = vm.mark();
-    vm.wait_for_line_since(
-        mark,
-        "the banner after the reboot",
-        READY_TIMEOUT,
-        is_status_line,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let replies = uc.json(&["machine", "status"]);
-    let again = replies[0]["answer"]["status"]["boot_id"].as_str();
-    assert!(
-        again.is_some_and(|b| b.len() == 36 && b != boot_id),
-        "another boot: {again:?}, was {boot_id}"
-    );
-    let rows = uc.json(&["machine", "ls"]);
-    assert_eq!(
-        (rows[0]["name"].as_str(), rows[0]["state"].as_str()),
-        (Some("e2e-uefi"), Some("alive")),
-        "{rows}"
-    );
 }
 
 /// A VPS with a config drive (OpenStack's layout, which several providers use): the hostname

@@ -57,6 +57,141 @@ fn label<'a>(rows: &'a [serde_json::Value], name: &str, key: &str) -> Option<&'a
         .and_then(|r| r["labels"][key].as_str())
 }
 
+/// A network of one, alpha, through the API as an administrator sees it: every unit
+/// active, the grown disk, its journal, no peers.
+fn check_insides(lan: &Lan, alpha: &Node) {
+    let ep = alpha.endpoint();
+    let rows = lan.uc.json(&["machine", "ls", "--endpoint", &ep]);
+    assert_eq!(rows[0]["name"], "alpha", "{rows}");
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    let replies = lan.uc.json(&["machine", "status", "--endpoint", &ep]);
+    let status = &replies[0]["answer"]["status"];
+    assert_eq!(status["machine"], "alpha", "{replies}");
+    for unit in UNITS {
+        let u = status["units"]
+            .as_array()
+            .and_then(|us| us.iter().find(|u| u["name"] == *unit))
+            .unwrap_or_else(|| panic!("{unit} missing: {status}"));
+        assert_eq!(
+            (u["active"].as_str(), u["sub"].as_str()),
+            (Some("active"), Some("running")),
+            "{u}"
+        );
+    }
+    assert!(
+        status["disk_total_bytes"].as_u64() > Some(3 << 30),
+        "the grown disk: {status}"
+    );
+    assert!(
+        status["os"]
+            .as_str()
+            .is_some_and(|os| os.contains("Debian")),
+        "{status}"
+    );
+    let out = lan.uc.ok(&[
+        "machine",
+        "logs",
+        "-u",
+        "meshd",
+        "-n",
+        "500",
+        "--endpoint",
+        &ep,
+    ]);
+    assert!(out.contains("systemd watchdog on"), "{out}");
+    // stated's own lines, as many as asked.
+    let out = lan.uc.ok(&[
+        "machine",
+        "logs",
+        "-u",
+        "stated",
+        "-n",
+        "5",
+        "-o",
+        "json",
+        "--endpoint",
+        &ep,
+    ]);
+    let entries: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!entries.is_empty() && entries.len() <= 5, "{out}");
+    assert!(
+        entries.iter().all(|e| e["unit"] == "stated.service"),
+        "{out}"
+    );
+    // Without -u, every Uncloud daemon's journal (all of it since boot: under 5000 entries).
+    let table = lan
+        .uc
+        .ok(&["machine", "logs", "-n", "5000", "--endpoint", &ep]);
+    for daemon in ["stated", "meshd", "apid"] {
+        assert!(
+            table.contains(&format!(" {daemon}: ")),
+            "{daemon}'s lines among Uncloud's: {table}"
+        );
+    }
+    let peers = lan.uc.json(&["mesh", "peers", "--endpoint", &ep]);
+    assert_eq!(
+        peers[0]["answer"]["mesh_peers"],
+        serde_json::json!([]),
+        "alone: {peers}"
+    );
+}
+
+/// Every daemon runs under systemd's watchdog (WatchdogSec=60), fed by its own probe: once
+/// `node` has been up well past that, none has been restarted.
+fn check_no_restarts(lan: &Lan, node: &Node) {
+    let watched = loop {
+        let replies = lan
+            .uc
+            .json(&["machine", "status", "--endpoint", &node.endpoint()]);
+        let now = replies[0]["answer"]["status"].clone();
+        if now["uptime_secs"].as_u64() > Some(90) {
+            break now;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    };
+    for unit in UNITS {
+        let u = watched["units"]
+            .as_array()
+            .and_then(|us| us.iter().find(|u| u["name"] == *unit))
+            .unwrap_or_else(|| panic!("{unit} missing: {watched}"));
+        assert_eq!(
+            (u["restarts"].as_u64(), u["sub"].as_str()),
+            (Some(0), Some("running")),
+            "{}: {unit} after {} s: {u}",
+            node.name,
+            watched["uptime_secs"]
+        );
+    }
+}
+
+/// The resident memory of Uncloud's daemons on `node`, summed (KiB).
+fn daemons_rss_kib(node: &mut Node) -> u64 {
+    let out = node.succeed(
+        "for u in stated meshd dnsd apid dockerd-shim ingressd; do \
+         grep VmRSS /proc/$(systemctl show -P MainPID $u.service)/status; done",
+    );
+    let kib: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    assert_eq!(kib.len(), 6, "{out}");
+    kib.iter().sum()
+}
+
+/// The units of every machine, all active once it is ready.
+const UNITS: &[&str] = &[
+    "stated.service",
+    "meshd.service",
+    "dnsd.service",
+    "apid.service",
+    "ingressd.service",
+    "dockerd-shim.service",
+    "docker.service",
+];
+
 /// Every machine's WireGuard peers (`uc mesh peers -m all`): `count` each, up, with traffic.
 fn mesh_up(lan: &Lan, machines: usize) -> bool {
     lan.uc
@@ -85,16 +220,69 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
     let token = |name: &str| format!("{name}-token-0123456789");
     let with_token = |name: &str| write_uncloud_file("setup-token", &token(name));
     // alpha and bravo boot together; charlie once there is a network to join.
-    let mut alpha = lan.boot("alpha", Ipv4Addr::new(198, 18, 0, 21), &with_token("alpha"));
+    // alpha's disk is larger than the image: its root partition grows on first boot.
+    let mut alpha = lan.boot_with(
+        "alpha",
+        Ipv4Addr::new(198, 18, 0, 21),
+        &with_token("alpha"),
+        |m| m.disk_size_bytes = Some(4 << 30),
+    );
     let mut bravo = lan.boot("bravo", Ipv4Addr::new(198, 18, 0, 22), &with_token("bravo"));
 
-    // init on alpha, with the command its console shows (its address on the segment).
+    // alpha's console: cloud-init's hostname and token, the key fingerprint `uc` pins, and
+    // the exact command to copy, with its address on the segment.
     let alpha_banner = alpha.wait_for_banner();
     alpha.wait_for_unit("stated.service");
+    assert_eq!(
+        alpha_banner.hostname, "alpha",
+        "cloud-init set the hostname"
+    );
+    assert_eq!(
+        alpha_banner.setup_token.as_deref(),
+        Some(token("alpha").as_str())
+    );
+    let fp = alpha_banner.fingerprint.clone().unwrap_or_default();
+    assert!(
+        fp.parse::<uncloud_pki::Fingerprint>().is_ok() && fp.starts_with("sha256:"),
+        "{alpha_banner:?}"
+    );
+    assert_eq!(
+        alpha_banner.init_command,
+        Some(format!(
+            "uc machine init {} --fingerprint {fp} --token {}",
+            alpha.address,
+            token("alpha")
+        )),
+    );
+    assert!(
+        alpha_banner
+            .mode
+            .as_deref()
+            .is_some_and(|m| m.starts_with("maintenance")),
+        "{alpha_banner:?}"
+    );
+    let console = alpha.vm.console();
+    assert!(
+        console.lines().any(|l| l.contains("growroot: CHANGED")),
+        "the root partition grew to the 4 GiB disk"
+    );
+    // cloud-init took the user-data without complaint (it logs schema errors and ignored
+    // keys as warnings on the console).
+    let warnings: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("cloud-init[") && (l.contains("WARNING") || l.contains("ERROR")))
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "cloud-init warned:\n{}",
+        warnings.join("\n")
+    );
+
+    // init on alpha, with that command.
     let init = command_of(&alpha_banner, "init");
-    assert_eq!(init[2], alpha.address.to_string(), "{init:?}");
     lan.uc
         .ok(&init.iter().map(String::as_str).collect::<Vec<_>>());
+    check_insides(&lan, &alpha);
 
     // A ticket for charlie, in its NoCloud user-data: it joins by itself when it boots.
     let ticket = lan
@@ -198,6 +386,14 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
             });
         }
     });
+
+    for node in [&alpha, &bravo, &charlie] {
+        check_no_restarts(&lan, node);
+    }
+    eprintln!(
+        "resident memory of Uncloud's daemons on bravo, an idle member: {:.1} MiB",
+        daemons_rss_kib(&mut bravo) as f64 / 1024.0
+    );
 
     // A partition: alpha alone | bravo and charlie. Each side notices the other gone, still
     // answers, and takes a write.
@@ -444,4 +640,36 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
         },
     );
     alpha.fail("resolvectl query --legend=no charlie.machine.internal");
+
+    // A reboot of alpha through the API: it comes back (another boot), still a member, and
+    // bravo sees it alive again.
+    let boot_id = |lan: &Lan, node: &Node| -> String {
+        lan.uc
+            .json(&["machine", "status", "--endpoint", &node.endpoint()])[0]["answer"]["status"]
+            ["boot_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let before = boot_id(&lan, &alpha);
+    assert_eq!(before.len(), 36, "a boot id: {before}");
+    let mark = alpha.vm.mark();
+    lan.uc
+        .ok(&["machine", "reboot", "--endpoint", &alpha.endpoint()]);
+    alpha.wait_for_banner_since(mark);
+    let after = boot_id(&lan, &alpha);
+    assert!(
+        after.len() == 36 && after != before,
+        "another boot: {after}, was {before}"
+    );
+    wait_until(
+        "after alpha's reboot, both see both alive",
+        Duration::from_secs(300),
+        || {
+            [&alpha, &bravo].iter().all(|node| {
+                machines_seen_by(&lan, node)
+                    .is_some_and(|rows| all_alive(&rows, &["alpha", "bravo"]))
+            })
+        },
+    );
 }

@@ -77,6 +77,17 @@ impl Lan {
     /// Starts `name` from the amd64 image at `address`, with `user_data` (cloud-config lines)
     /// and the test shell. Returns at once: VMs started one after another boot in parallel.
     pub fn boot(&self, name: &'static str, address: Ipv4Addr, user_data: &str) -> Node {
+        self.boot_with(name, address, user_data, |_| {})
+    }
+
+    /// [`Lan::boot`], with `configure` changing the machine first (a larger disk, ...).
+    pub fn boot_with(
+        &self,
+        name: &'static str,
+        address: Ipv4Addr,
+        user_data: &str,
+        configure: impl FnOnce(&mut Machine),
+    ) -> Node {
         let mut machine = Machine::new(name, Arch::Amd64, Boot::Uefi);
         // One vCPU each: several two-vCPU guests on two host cores spin on each other's
         // locks under TCG.
@@ -85,6 +96,7 @@ impl Lan {
         let tap = self.tap(name);
         machine.tap = Some(tap.clone());
         machine.netns = Some(self.internet.ns.name().to_string());
+        configure(&mut machine);
         let network = format!(
             "version: 2\nethernets:\n  lan:\n    match:\n      macaddress: \"{}\"\n    \
              addresses: [{address}/24]\n",
