@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use uncloud_e2e::{image, is_status_line, write_raw_image, Banner};
+use uncloud_e2e::{cloud_init_warnings, image, is_status_line, write_raw_image, Banner};
 use uncloud_qemu::seed::write_uncloud_file;
 use uncloud_qemu::{rpi, Arch, Boot, Hetzner, Machine, SeedDisk, Vm};
 
@@ -74,10 +74,7 @@ fn check_ready(machine: &Machine, vm: &mut Vm, banner: &Banner, console: &str) {
     );
     // cloud-init (when a datasource was found) took our settings and the user-data without
     // complaint: it logs schema errors and ignored keys as warnings on the console.
-    let warnings: Vec<&str> = console
-        .lines()
-        .filter(|l| l.contains("cloud-init[") && (l.contains("WARNING") || l.contains("ERROR")))
-        .collect();
+    let warnings = cloud_init_warnings(console);
     assert!(
         warnings.is_empty(),
         "cloud-init warned:\n{}",

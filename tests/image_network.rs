@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use uncloud_e2e::network::{wait_until, Lan, Node};
-use uncloud_e2e::Banner;
+use uncloud_e2e::{cloud_init_warnings, Banner};
 use uncloud_qemu::seed::write_uncloud_file;
 
 /// The banner's command line for `verb`, as words to hand to `uc` (without `uc`).
@@ -39,6 +39,17 @@ fn machines_seen_by(lan: &Lan, node: &Node) -> Option<Vec<serde_json::Value>> {
     lan.uc
         .try_json(&["machine", "ls", "--endpoint", &node.endpoint()])
         .and_then(|rows| rows.as_array().cloned())
+}
+
+/// Each machine's dnsd names (`uc dns ls -m all`), one list per machine that answered;
+/// `None` when the call fails or a machine's answer has none.
+fn dns_views(lan: &Lan) -> Option<Vec<Vec<serde_json::Value>>> {
+    let replies = lan.uc.try_json(&["dns", "ls", "-m", "all"])?;
+    replies
+        .as_array()?
+        .iter()
+        .map(|r| r["answer"]["dns_names"].as_array().cloned())
+        .collect()
 }
 
 /// Whether `rows` (one view) has exactly `names`, all alive.
@@ -67,7 +78,7 @@ fn check_insides(lan: &Lan, alpha: &Node) {
     let replies = lan.uc.json(&["machine", "status", "--endpoint", &ep]);
     let status = &replies[0]["answer"]["status"];
     assert_eq!(status["machine"], "alpha", "{replies}");
-    for unit in UNITS {
+    for unit in running_units() {
         let u = status["units"]
             .as_array()
             .and_then(|us| us.iter().find(|u| u["name"] == *unit))
@@ -152,7 +163,7 @@ fn check_no_restarts(lan: &Lan, node: &Node) {
         }
         std::thread::sleep(Duration::from_secs(5));
     };
-    for unit in UNITS {
+    for unit in running_units() {
         let u = watched["units"]
             .as_array()
             .and_then(|us| us.iter().find(|u| u["name"] == *unit))
@@ -181,16 +192,14 @@ fn daemons_rss_kib(node: &mut Node) -> u64 {
     kib.iter().sum()
 }
 
-/// The units of every machine, all active once it is ready.
-const UNITS: &[&str] = &[
-    "stated.service",
-    "meshd.service",
-    "dnsd.service",
-    "apid.service",
-    "ingressd.service",
-    "dockerd-shim.service",
-    "docker.service",
-];
+/// The units `uc machine status` reports that keep running (all but first boot's one-shot):
+/// each must be active and running once the machine is ready.
+fn running_units() -> impl Iterator<Item = &'static str> {
+    uncloud_api::host::UNITS
+        .iter()
+        .copied()
+        .filter(|u| *u != "uncloud-firstboot.service")
+}
 
 /// Every machine's WireGuard peers (`uc mesh peers -m all`): `count` each, up, with traffic.
 fn mesh_up(lan: &Lan, machines: usize) -> bool {
@@ -268,10 +277,7 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
     );
     // cloud-init took the user-data without complaint (it logs schema errors and ignored
     // keys as warnings on the console).
-    let warnings: Vec<&str> = console
-        .lines()
-        .filter(|l| l.contains("cloud-init[") && (l.contains("WARNING") || l.contains("ERROR")))
-        .collect();
+    let warnings = cloud_init_warnings(&console);
     assert!(
         warnings.is_empty(),
         "cloud-init warned:\n{}",
@@ -329,24 +335,17 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
         "every machine's dnsd names all three machines",
         Duration::from_secs(120),
         || {
-            lan.uc
-                .try_json(&["dns", "ls", "-m", "all"])
-                .and_then(|r| r.as_array().cloned())
-                .is_some_and(|replies| {
-                    replies.len() == 3
-                        && replies.iter().all(|r| {
-                            r["answer"]["dns_names"].as_array().is_some_and(|dns| {
-                                names.iter().all(|n| {
-                                    dns.iter().any(|d| {
-                                        d["name"] == format!("{n}.machine.internal")
-                                            && d["addresses"]
-                                                .as_array()
-                                                .is_some_and(|a| a.len() == 1)
-                                    })
-                                })
+            dns_views(&lan).is_some_and(|views| {
+                views.len() == 3
+                    && views.iter().all(|dns| {
+                        names.iter().all(|n| {
+                            dns.iter().any(|d| {
+                                d["name"] == format!("{n}.machine.internal")
+                                    && d["addresses"].as_array().is_some_and(|a| a.len() == 1)
                             })
                         })
-                })
+                    })
+            })
         },
     );
     let bravo_mesh_ip = machines_seen_by(&lan, &alpha)
@@ -626,17 +625,12 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
         "no dnsd names charlie any more",
         Duration::from_secs(120),
         || {
-            lan.uc
-                .try_json(&["dns", "ls", "-m", "all"])
-                .and_then(|r| r.as_array().cloned())
-                .is_some_and(|replies| {
-                    replies.len() == 2
-                        && replies.iter().all(|r| {
-                            r["answer"]["dns_names"].as_array().is_some_and(|dns| {
-                                !dns.iter().any(|d| d["name"] == "charlie.machine.internal")
-                            })
-                        })
-                })
+            dns_views(&lan).is_some_and(|views| {
+                views.len() == 2
+                    && views
+                        .iter()
+                        .all(|dns| !dns.iter().any(|d| d["name"] == "charlie.machine.internal"))
+            })
         },
     );
     alpha.fail("resolvectl query --legend=no charlie.machine.internal");

@@ -152,7 +152,7 @@ pub fn run_bench(plan: &Plan, images: &Path, out: &Path, command: &str) -> Resul
         // The machine for Uncloud's boot and for the reference boot of the same image.
         let (machine, reference_machine, reference_image) = match &c.boot {
             Some(boot) => {
-                convert_to_raw(&image, &raw)?;
+                uncloud_qemu::image::write_raw_disk(&image, &raw)?;
                 // A copy whose boot entries mask the units, for the reference boot.
                 std::fs::copy(&raw, &plain)?;
                 mask_units(&plain, c.arch, &masks)?;
@@ -161,7 +161,7 @@ pub fn run_bench(plan: &Plan, images: &Path, out: &Path, command: &str) -> Resul
                 (m, r, plain.clone())
             }
             None => {
-                uncloud_qemu::tool::write_raw_disk(&image, &raw)?;
+                uncloud_qemu::image::write_raw_disk(&image, &raw)?;
                 let dir = work.path().join(c.name);
                 std::fs::create_dir_all(dir.join("plain"))?;
                 let boot = rpi::direct_boot(&raw, &dir, "")?;
@@ -260,35 +260,7 @@ fn median(xs: &mut [f64]) -> f64 {
 }
 
 fn find_image(dir: &Path, suffix: &str) -> Result<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)
-        .with_context(|| format!("images in {}: run image/build first", dir.display()))?
-    {
-        let path = entry?.path();
-        let name = path.to_string_lossy();
-        // A raw disk (`.img`) is there as it is, or as the `.xz` of a release build.
-        if name.ends_with(suffix)
-            || (suffix.ends_with(".img") && name.ends_with(&format!("{suffix}.xz")))
-        {
-            found.push(path);
-        }
-    }
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => bail!("no *{suffix} in {}: run image/build first", dir.display()),
-        _ => bail!("several *{suffix} in {}: {found:?}", dir.display()),
-    }
-}
-
-fn convert_to_raw(image: &Path, raw: &Path) -> Result<()> {
-    crate::sys::run(
-        Command::new("qemu-img")
-            .args(["convert", "-O", "raw"])
-            .arg(image)
-            .arg(raw),
-    )
-    .with_context(|| format!("converting {} to raw", image.display()))?;
-    Ok(())
+    Ok(uncloud_qemu::image::find(dir, suffix)?)
 }
 
 /// Adds `systemd.mask=` for every Uncloud and Docker unit to the image's boot entries: the

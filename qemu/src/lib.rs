@@ -18,6 +18,8 @@
 //! - [`shell`]: a root shell in the guest over a virtio serial port, for tests that ask for
 //!   one in the VM's user-data (the image itself has none).
 //! - [`tool`]: running mtools and dosfstools with errors naming the command.
+//! - [`image`]: finding a built image (a raw disk plain or as `.xz`) and writing its raw
+//!   disk.
 //! - [`rpi`]: the Raspberry Pi SD image booted the way its firmware would, for `raspi3b`.
 //!
 //! # Limitations
@@ -25,6 +27,7 @@
 //! Uncloud console banner), through `uc`, and through the test shell its user-data starts.
 
 pub mod console;
+pub mod image;
 pub mod machine;
 pub mod metadata;
 pub mod rpi;

@@ -164,16 +164,20 @@ impl Shell {
 mod tests {
     use super::*;
 
+    /// What this host's sh prints for the very line the guest's sh would read.
+    fn host_sh(line: &str) -> String {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     #[test]
     fn a_framed_command_runs_in_sh_and_reports_its_status_after_its_output() {
         let (line, marker) = framed("echo 'a b' | wc -w; exit 3", 7);
-        // Run the very line the guest's sh would read, with this host's sh.
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&line)
-            .output()
-            .unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
+        let text = host_sh(&line);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines, ["2", "", &format!("{marker} 3")], "{text}");
         assert_eq!(status_of(lines[2], &marker), Some(3));
@@ -184,12 +188,7 @@ mod tests {
     #[test]
     fn quotes_and_newlines_in_a_command_need_no_escaping() {
         let (line, _) = framed("printf '%s\\n' \"$((1+1))\" '\"'\necho done", 1);
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&line)
-            .output()
-            .unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
+        let text = host_sh(&line);
         assert!(text.starts_with("2\n\"\ndone\n"), "{text}");
     }
 

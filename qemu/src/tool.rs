@@ -24,24 +24,3 @@ pub fn run(command: &mut Command) -> Result<String, ToolError> {
         Err(e) => Err(fail(e.to_string())),
     }
 }
-
-/// Writes the raw disk of `image` to `to`: decompressed from `.xz` (a release build), a
-/// sparse copy of a `.img`/`.raw` (`image/build --no-compress`), or converted from qcow2.
-pub fn write_raw_disk(image: &std::path::Path, to: &std::path::Path) -> Result<(), ToolError> {
-    let name = image.to_string_lossy();
-    if name.ends_with(".xz") {
-        let out = std::fs::File::create(to).map_err(|e| ToolError {
-            command: format!("creating {}", to.display()),
-            reason: e.to_string(),
-        })?;
-        run(Command::new("xz").arg("-dc").arg(image).stdout(out)).map(drop)
-    } else if name.ends_with(".qcow2") {
-        run(Command::new("qemu-img")
-            .args(["convert", "-O", "raw"])
-            .arg(image)
-            .arg(to))
-        .map(drop)
-    } else {
-        run(Command::new("cp").arg("--sparse=always").arg(image).arg(to)).map(drop)
-    }
-}

@@ -207,16 +207,13 @@ impl Vm {
     /// Runs `command` in the guest's test shell (see [`crate::shell`]): its exit status and
     /// output. Waits up to `timeout`, also for the shell to start while the guest boots.
     pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String), VmError> {
-        let vm = self.name.clone();
-        let shell_err = |source| VmError::Shell {
-            vm: vm.clone(),
-            source,
-        };
-        if self.shell.is_none() {
-            let path = self.shell_path.as_ref().ok_or_else(|| VmError::NoShell {
+        if self.shell_path.is_none() {
+            return Err(VmError::NoShell {
                 vm: self.name.clone(),
-            })?;
-            self.shell = Some(Shell::connect(path, Duration::from_secs(10)).map_err(shell_err)?);
+            });
+        }
+        if self.shell.is_none() {
+            self.connect_shell()?;
         }
         let shell = self.shell.as_mut().expect("connected above");
         let result = shell.run(command, timeout);
@@ -224,7 +221,10 @@ impl Vm {
             // A timed-out or broken session may still deliver the old command's output.
             self.shell = None;
         }
-        result.map_err(shell_err)
+        result.map_err(|source| VmError::Shell {
+            vm: self.name.clone(),
+            source,
+        })
     }
 
     /// Time since QEMU was started.

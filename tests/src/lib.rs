@@ -27,41 +27,24 @@ pub fn images_dir() -> PathBuf {
         .unwrap_or_else(|| workspace().join("image/out"))
 }
 
-/// The one image in [`images_dir`] whose name ends with `suffix` (such as `-amd64.qcow2`).
+/// The one image in [`images_dir`] whose name ends with `suffix` (such as `-amd64.qcow2`; a
+/// raw disk such as `-arm64-rpi.img` also as its `.xz`).
 pub fn image(suffix: &str) -> PathBuf {
-    image_matching(suffix, &[suffix])
+    uncloud_qemu::image::find(&images_dir(), suffix).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Writes the raw disk `*{suffix}` (such as `-arm64-rpi.img`) to `to`: the sparse file of an
-/// `image/build --no-compress`, or its `.xz` of a release build.
+/// Writes the raw disk of the image `*{suffix}` (such as `-arm64-rpi.img`) to `to`.
 pub fn write_raw_image(suffix: &str, to: &std::path::Path) {
-    let image = image_matching(suffix, &[suffix, &format!("{suffix}.xz")]);
-    uncloud_qemu::tool::write_raw_disk(&image, to).unwrap_or_else(|e| panic!("{e}"));
+    uncloud_qemu::image::write_raw_disk(&image(suffix), to).unwrap_or_else(|e| panic!("{e}"));
 }
 
-fn image_matching(suffix: &str, endings: &[&str]) -> PathBuf {
-    let dir = images_dir();
-    let found: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| {
-            panic!(
-                "no images in {} ({e}): run image/build first",
-                dir.display()
-            )
-        })
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| endings.iter().any(|e| n.to_string_lossy().ends_with(e)))
-        })
-        .collect();
-    match found.as_slice() {
-        [one] => one.clone(),
-        [] => panic!(
-            "no image *{suffix} in {}: run image/build first",
-            dir.display()
-        ),
-        many => panic!("several images *{suffix} in {}: {many:?}", dir.display()),
-    }
+/// The lines in which cloud-init warned (schema errors, ignored keys) or failed, from a
+/// console.
+pub fn cloud_init_warnings(console: &str) -> Vec<&str> {
+    console
+        .lines()
+        .filter(|l| l.contains("cloud-init[") && (l.contains("WARNING") || l.contains("ERROR")))
+        .collect()
 }
 
 /// What the console banner (`uncloud-firstboot banner`) says, parsed from console text.
