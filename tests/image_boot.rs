@@ -2,16 +2,17 @@
 //!
 //! Each test boots one image with its real firmware and waits for the console banner that
 //! `uncloud-banner.service` prints once every Uncloud unit and Docker have started. They
-//! need the images (`image/build`) and are run by `scripts/test` with `--ignored`. The amd64
-//! UEFI boot run with `uc` is the first machine of the network story (`image_network.rs`).
+//! need the images (`image/build`) and are run by `scripts/test` with `--ignored`. The other
+//! boots are machines of the network story (`image_network.rs`): amd64 UEFI with a NoCloud
+//! seed (alpha, bravo, charlie, echo), amd64 BIOS with a config drive and a join ticket
+//! (delta), arm64 UEFI on Hetzner's metadata service (foxtrot).
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use uncloud_e2e::{cloud_init_warnings, image, is_status_line, write_raw_image, Banner};
-use uncloud_qemu::seed::write_uncloud_file;
-use uncloud_qemu::{rpi, Arch, Boot, Hetzner, Machine, SeedDisk, Vm};
+use uncloud_qemu::{rpi, Arch, Machine, SeedDisk, Vm};
 
 /// Under TCG on 2 cores, x86_64 is ready in about a minute and arm64 in a few; this bounds a
 /// hung boot, not a slow one.
@@ -85,77 +86,6 @@ fn check_ready(machine: &Machine, vm: &mut Vm, banner: &Banner, console: &str) {
         l.contains("Reached target") && l.contains("multi-user.target")
     })
     .unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// A generated token: 5 groups of 5 letters and digits, dashes between.
-fn is_generated_token(token: &str) -> bool {
-    let groups: Vec<&str> = token.split('-').collect();
-    groups.len() == 5
-        && groups.iter().all(|g| {
-            g.len() == 5
-                && g.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        })
-}
-
-/// A VPS with a config drive (OpenStack's layout, which several providers use): the hostname
-/// comes from its metadata, a join ticket from its user-data, and with no token given the
-/// machine makes one.
-#[test]
-#[ignore = "boots the amd64 image in QEMU: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
-fn amd64_bios_boots_ready_from_a_config_drive_with_a_join_ticket() {
-    let machine = Machine::new("amd64-bios", Arch::Amd64, Boot::Bios);
-    let ticket = "e2e-join-ticket-0123456789";
-    let drive = SeedDisk::config_drive(
-        "0b5e3d2c-9a41-4f7e-8d55-e2e0c0ffee01",
-        "e2e-bios",
-        &write_uncloud_file("join-ticket", ticket),
-    );
-    let (vm, banner) = boot_until_ready(&machine, &image("-amd64.qcow2"), Some(&drive));
-    assert_eq!(banner.hostname, "e2e-bios", "the config drive's hostname");
-    assert!(banner.join_ticket, "the ticket was taken: {banner:?}");
-    let token = banner.setup_token.clone().unwrap_or_default();
-    assert!(is_generated_token(&token), "generated token {token:?}");
-    assert!(
-        !vm.console().contains(ticket),
-        "the join ticket is a secret: it must not reach the console"
-    );
-}
-
-/// An arm64 server on Hetzner Cloud (its CAX line): cloud-init finds the provider by its DMI
-/// strings, gets an address by DHCP and reads the hostname and user-data from the metadata
-/// service at 169.254.169.254, as it would there.
-#[test]
-#[ignore = "boots the arm64 image in QEMU: run image/build, then cargo test -p uncloud-e2e -- --ignored"]
-fn arm64_uefi_boots_ready_on_hetzners_metadata_service() {
-    let mut machine = Machine::new("arm64-hetzner", Arch::Arm64, Boot::Uefi);
-    let token = "e2e-hetzner-token-0123456789";
-    let hetzner = Hetzner {
-        server_id: 52_000_042,
-        hostname: "e2e-hetzner".into(),
-        user_data: format!(
-            "#cloud-config\n{}",
-            write_uncloud_file("setup-token", token)
-        ),
-    };
-    machine.metadata =
-        Some(hetzner.service(Path::new(env!("CARGO_BIN_EXE_metadata-http")), &machine.mac));
-    let (vm, banner) = boot_until_ready(&machine, &image("-arm64.qcow2"), None);
-    assert_eq!(banner.hostname, "e2e-hetzner", "the metadata's hostname");
-    assert_eq!(
-        banner.setup_token.as_deref(),
-        Some(token),
-        "the user-data's token"
-    );
-    // Hetzner's network config names the NIC eth0 by its MAC; cloud-init renamed it.
-    assert!(
-        banner
-            .addresses
-            .as_deref()
-            .is_some_and(|a| a.contains(&format!("eth0 {}", machine.guest_address()))),
-        "{banner:?}\n{}",
-        vm.console()
-    );
 }
 
 /// The Raspberry Pi SD image's boot partition holds what the Pi firmware reads.

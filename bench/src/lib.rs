@@ -16,6 +16,8 @@
 //! - [`image`]: the images' boot to ready under QEMU against plain Debian boots of the same
 //!   images, and their size (binary `image-bench`).
 //! - [`dnsd`]: DNS against dnsmasq and unbound with dnsperf (binary `dnsd-bench`).
+//! - [`e2e`]: the network on the real image in QEMU: joining with a ticket, the daemons'
+//!   memory beside Docker's, convergence after a partition heals (binary `e2e-bench`).
 //! - `apid-bench` (a binary only): joins with `uc machine add` in a local network of
 //!   namespaces, `uc machine ls` beside `busctl`, apid's memory.
 //! - `services-bench` (a binary only): `uc deploy`, `uc run`, `uc image push` and a rolling
@@ -23,6 +25,7 @@
 //!   docker-compose and the docker CLI.
 
 pub mod dnsd;
+pub mod e2e;
 pub mod image;
 pub mod ingressd;
 pub mod logs;

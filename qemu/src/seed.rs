@@ -27,12 +27,23 @@ pub enum SeedError {
 /// Cloud-config that writes `content` to `/etc/uncloud/<file>` (`setup-token`,
 /// `join-ticket`): how image/README.md tells people to hand a machine its setup.
 pub fn write_uncloud_file(file: &str, content: &str) -> String {
-    format!(
-        "write_files:\n\
-         - path: /etc/uncloud/{file}\n\
-         \x20 permissions: '0600'\n\
-         \x20 content: {content}\n"
-    )
+    write_files(&[(&format!("/etc/uncloud/{file}"), content, "0600")])
+}
+
+/// Cloud-config that writes each `(path, content, mode)`, as ONE `write_files:` list: a
+/// second `write_files:` key in the same document is a duplicate key, which cloud-init's YAML
+/// reader takes silently, keeping only the last list. Contents go base64-encoded, so any
+/// bytes (PEM, TOML with quotes) pass unchanged.
+pub fn write_files(files: &[(&str, &str, &str)]) -> String {
+    use base64::Engine as _;
+    let mut out = String::from("write_files:\n");
+    for (path, content, mode) in files {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(content);
+        out.push_str(&format!(
+            "- path: {path}\n  permissions: '{mode}'\n  encoding: b64\n  content: {b64}\n"
+        ));
+    }
+    out
 }
 
 /// A FAT disk with a label and files (paths relative to its root, `/`-separated).
@@ -150,6 +161,26 @@ mod tests {
             .unwrap();
         assert!(out.status.success(), "{program} {args:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn files_are_one_write_files_list_with_contents_in_base64() {
+        use base64::Engine as _;
+        let doc = write_files(&[
+            ("/etc/uncloud/setup-token", "tok", "0600"),
+            ("/etc/uncloud/ingressd.toml", "a = \"b\"\n", "0644"),
+        ]);
+        assert_eq!(doc.matches("write_files:").count(), 1, "{doc}");
+        let contents: Vec<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("  content: "))
+            .map(|b| {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(b).unwrap();
+                String::from_utf8(bytes).unwrap()
+            })
+            .collect();
+        assert_eq!(contents, ["tok", "a = \"b\"\n"]);
+        assert!(doc.contains("- path: /etc/uncloud/ingressd.toml\n  permissions: '0644'"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A running VM: started from an image through a copy-on-write overlay, watched through its
 //! serial console, killed when dropped.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -353,6 +354,18 @@ fn spawn(
         }
         None => Command::new(program),
     };
+    // QEMU dies with the thread that started it: a test killed from outside (CI's timeout,
+    // Ctrl-C) leaves no VM running. Its `Vm` must then be started by a thread that lives as
+    // long as the VM (the test's own).
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        qemu.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     qemu.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 pub mod network;
+pub mod services;
 pub mod uc;
 
 /// The workspace this test runs from. Read at run time (cargo sets it for tests): a test
@@ -70,6 +71,14 @@ pub struct Banner {
 }
 
 impl Banner {
+    /// The command the banner shows for `verb` (`init`, or `add`: the same with `add`), as
+    /// words to hand to `uc` (without `uc`); `None` when it shows none (a member).
+    pub fn command(&self, verb: &str) -> Option<Vec<String>> {
+        let line = self.init_command.as_ref()?;
+        let line = line.replacen("uc machine init", &format!("uc machine {verb}"), 1);
+        Some(line.split_whitespace().skip(1).map(String::from).collect())
+    }
+
     /// The last banner printed in `console`, if any.
     pub fn parse_last(console: &str) -> Option<Banner> {
         let lines: Vec<&str> = console.lines().collect();

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use uncloud_qemu::{Arch, Boot, Machine, SeedDisk, Vm};
-use uncloud_testkit::{Internet, Netns};
+use uncloud_testkit::{Internet, Nat, Netns};
 
 use crate::uc::Uc;
 use crate::{image, is_status_line, Banner};
@@ -37,9 +37,62 @@ pub struct Lan {
 /// One VM of the network.
 pub struct Node {
     pub name: &'static str,
+    /// On the segment, or on its NAT's LAN.
     pub address: Ipv4Addr,
     pub vm: Vm,
-    tap: String,
+    /// Its tap on the segment's bridge; `None` behind a NAT.
+    segment_tap: Option<String>,
+}
+
+/// Where a VM's cloud-init finds its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datasource {
+    /// A `CIDATA` disk (what people use on their own hypervisors).
+    NoCloud,
+    /// An OpenStack config drive (several VPS providers): the hostname from its metadata.
+    ConfigDrive,
+}
+
+/// A scenario VM: the amd64 image, one vCPU, the test shell's port.
+fn vm_machine(name: &str, boot: Boot) -> Machine {
+    let mut machine = Machine::new(name, Arch::Amd64, boot);
+    // One vCPU each: several two-vCPU guests on two host cores spin on each other's
+    // locks under TCG.
+    machine.cpus = 1;
+    machine.shell_port = true;
+    machine
+}
+
+/// The cloud-config of `name`: its hostname, `user_data`, the test shell.
+fn with_shell(name: &str, user_data: &str) -> String {
+    format!(
+        "hostname: {name}\n{user_data}{}",
+        uncloud_qemu::shell::user_data()
+    )
+}
+
+/// A fixed instance uuid per name (a config drive's metadata has one).
+fn uuid_of(name: &str) -> String {
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("0b5e3d2c-9a41-4f7e-8d55-{:0>12.12}", hex)
+}
+
+/// Starts the VM.
+fn start(
+    name: &'static str,
+    address: Ipv4Addr,
+    machine: Machine,
+    seed: &SeedDisk,
+    segment_tap: Option<String>,
+) -> Node {
+    let vm =
+        Vm::start(&machine, &image("-amd64.qcow2"), Some(seed)).unwrap_or_else(|e| panic!("{e}"));
+    Node {
+        name,
+        address,
+        vm,
+        segment_tap,
+    }
 }
 
 impl Default for Lan {
@@ -88,11 +141,7 @@ impl Lan {
         user_data: &str,
         configure: impl FnOnce(&mut Machine),
     ) -> Node {
-        let mut machine = Machine::new(name, Arch::Amd64, Boot::Uefi);
-        // One vCPU each: several two-vCPU guests on two host cores spin on each other's
-        // locks under TCG.
-        machine.cpus = 1;
-        machine.shell_port = true;
+        let mut machine = vm_machine(name, Boot::Uefi);
         let tap = self.tap(name);
         machine.tap = Some(tap.clone());
         machine.netns = Some(self.internet.ns.name().to_string());
@@ -102,22 +151,85 @@ impl Lan {
              addresses: [{address}/24]\n",
             machine.mac
         );
-        let seed = SeedDisk::nocloud(
-            &format!("iid-{name}"),
-            &format!(
-                "hostname: {name}\n{user_data}{}",
-                uncloud_qemu::shell::user_data()
-            ),
-        )
-        .with_network_config(&network);
-        let vm = Vm::start(&machine, &image("-amd64.qcow2"), Some(&seed))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let seed = SeedDisk::nocloud(&format!("iid-{name}"), &with_shell(name, user_data))
+            .with_network_config(&network);
+        start(name, address, machine, &seed, Some(tap))
+    }
+
+    /// Starts `name` behind `nat` as the one machine of its LAN (`10.0.<subnet>.0/24`): a
+    /// tap in the router's namespace, the address `.2` handed out by the router's DHCP, no
+    /// network configuration in the seed (the image's default: DHCP on the first NIC). The
+    /// machine reaches the internet through the router; nothing reaches it from there, so it
+    /// has no [`Node::endpoint`] and links to it cannot be cut ([`Lan::block`]).
+    pub fn boot_behind_nat(
+        &self,
+        name: &'static str,
+        nat: &mut Nat,
+        subnet: u8,
+        boot: Boot,
+        datasource: Datasource,
+        user_data: &str,
+    ) -> Node {
+        let (gateway, address) = (
+            Ipv4Addr::new(10, 0, subnet, 1),
+            Ipv4Addr::new(10, 0, subnet, 2),
+        );
+        let mut machine = vm_machine(name, boot);
+        let tap = format!("tap-{name}");
+        nat.tap(&tap, gateway);
+        nat.dhcp(&tap, gateway, address);
+        machine.tap = Some(tap);
+        machine.netns = Some(nat.ns.name().to_string());
+        let cloud_config = with_shell(name, user_data);
+        let seed = match datasource {
+            Datasource::NoCloud => SeedDisk::nocloud(&format!("iid-{name}"), &cloud_config),
+            Datasource::ConfigDrive => SeedDisk::config_drive(&uuid_of(name), name, &cloud_config),
+        };
+        start(name, address, machine, &seed, None)
+    }
+
+    /// Starts `machine` (any architecture; a provider's metadata service, or a seed) on
+    /// QEMU's own user network, run in the laptop's namespace: the VM sits behind QEMU's NAT
+    /// and reaches the segment as the laptop does, nothing reaching it from there. Its
+    /// cloud-config must include [`uncloud_qemu::shell::user_data`] for [`Node::execute`].
+    pub fn boot_behind_qemu_nat(
+        &self,
+        name: &'static str,
+        mut machine: Machine,
+        image_suffix: &str,
+        seed: Option<&SeedDisk>,
+    ) -> Node {
+        machine.shell_port = true;
+        machine.netns = Some(self.laptop.name().to_string());
+        let address = machine
+            .guest_address()
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("QEMU's guest address");
+        let vm = Vm::start(&machine, &image(image_suffix), seed).unwrap_or_else(|e| panic!("{e}"));
         Node {
             name,
             address,
             vm,
-            tap,
+            segment_tap: None,
         }
+    }
+
+    /// The machines as `node` sees them (`uc machine ls` through its apid); `None` when it
+    /// does not answer.
+    pub fn machines_seen_by(&self, node: &Node) -> Option<Vec<serde_json::Value>> {
+        self.uc
+            .try_json(&["machine", "ls", "--endpoint", &node.endpoint()])
+            .and_then(|rows| rows.as_array().cloned())
+    }
+
+    /// Machine `name`'s mesh address as `node` sees it.
+    pub fn mesh_ip(&self, node: &Node, name: &str) -> Option<String> {
+        self.machines_seen_by(node)?
+            .iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["mesh_ip"].as_str().map(String::from))
     }
 
     /// Cuts the link between `a` and `b`, both ways.
@@ -129,10 +241,12 @@ impl Lan {
     /// Drops what `from` sends to `to`; what `to` sends to `from` still arrives.
     pub fn block_one_way(&self, from: &Node, to: &Node) {
         eprintln!("-- cut {} -> {}", from.name, to.name);
-        self.cuts
-            .lock()
-            .unwrap()
-            .insert((from.tap.clone(), to.tap.clone()));
+        let tap = |n: &Node| {
+            n.segment_tap
+                .clone()
+                .unwrap_or_else(|| panic!("{} is behind a NAT: its links are not cut", n.name))
+        };
+        self.cuts.lock().unwrap().insert((tap(from), tap(to)));
         self.apply_cuts();
     }
 
@@ -217,8 +331,41 @@ impl Lan {
 }
 
 impl Node {
+    /// The resident memory (VmRSS) of `units`' main processes, summed (KiB); `Err` with
+    /// what the machine printed when a unit has none.
+    pub fn rss_kib(&mut self, units: &[&str]) -> Result<u64, String> {
+        let script: String = units
+            .iter()
+            .map(|u| format!("grep VmRSS /proc/$(systemctl show -P MainPID {u})/status; "))
+            .collect();
+        let (status, out) = self.execute(&script);
+        let kib: Vec<u64> = out
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .collect();
+        if status != 0 || kib.len() != units.len() {
+            return Err(format!(
+                "{}: resident memory of {units:?}: {out}",
+                self.name
+            ));
+        }
+        Ok(kib.iter().sum())
+    }
+
+    /// The resident memory of Uncloud's daemons ([`uncloud_daemons`]), summed (KiB).
+    pub fn daemons_rss_kib(&mut self) -> u64 {
+        let units: Vec<&str> = uncloud_daemons().collect();
+        self.rss_kib(&units).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// `HOST:PORT` of this machine's apid, for `uc --endpoint`.
     pub fn endpoint(&self) -> String {
+        assert!(
+            self.segment_tap.is_some(),
+            "{} is behind a NAT: ask it through another machine (uc -m {})",
+            self.name,
+            self.name
+        );
         format!("{}:7443", self.address)
     }
 
@@ -319,6 +466,29 @@ impl Node {
         self.vm.power_on().unwrap_or_else(|e| panic!("{e}"));
         self.wait_for_banner_since(mark)
     }
+}
+
+/// Whether `rows` (one view, `uc machine ls`) has exactly `names`, all alive.
+pub fn all_alive(rows: &[serde_json::Value], names: &[&str]) -> bool {
+    rows.len() == names.len()
+        && names.iter().all(|n| {
+            rows.iter()
+                .any(|r| r["name"] == *n && r["state"] == "alive")
+        })
+}
+
+/// The units `uc machine status` reports that keep running (all but first boot's
+/// one-shot): each is active and running once the machine is ready.
+pub fn running_units() -> impl Iterator<Item = &'static str> {
+    uncloud_api::host::UNITS
+        .iter()
+        .copied()
+        .filter(|u| *u != "uncloud-firstboot.service")
+}
+
+/// Uncloud's own daemons: [`running_units`] but Docker.
+pub fn uncloud_daemons() -> impl Iterator<Item = &'static str> {
+    running_units().filter(|u| *u != "docker.service")
 }
 
 /// Polls `check` every 2 s until it holds, or fails the test after `timeout`; says how long

@@ -4,24 +4,25 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// The `uc` built beside this test (`target/debug/uc`), or `$UNCLOUD_UC`. Missing fails the
-/// test with what to build; it never skips.
+/// The `uc` built beside this test or benchmark (`target/debug/uc`), or `$UNCLOUD_UC`.
+/// Missing fails with what to build; it never skips.
 pub fn uc_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("UNCLOUD_UC") {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().expect("the test knows its path");
-    // target/debug/deps/image_boot-… → target/debug/uc
-    let uc = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("uc"))
-        .expect("the test runs from a target directory");
-    assert!(
-        uc.exists(),
-        "{} is missing: build it first (cargo build -p uc)",
-        uc.display()
-    );
+    let exe = std::env::current_exe().expect("the process knows its path");
+    // A benchmark: target/debug/e2e-bench → target/debug/uc; a test:
+    // target/debug/deps/image_network-… → target/debug/uc.
+    let dir = exe.parent().expect("a directory");
+    let uc = [dir.join("uc"), dir.join("../uc")]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no uc beside {}: build it first (cargo build -p uc)",
+                exe.display()
+            )
+        });
     uc
 }
 
@@ -56,8 +57,9 @@ impl Uc {
         }
     }
 
-    /// Runs `uc ARGS` with this client's contexts and endpoint.
-    pub fn run(&self, args: &[&str]) -> Output {
+    /// `uc ARGS` with this client's contexts and endpoint, to run as the caller likes (more
+    /// environment: `DOCKER_HOST` for `uc image push`).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -73,7 +75,12 @@ impl Uc {
             Some(e) => cmd.env("UNCLOUD_ENDPOINT", e),
             None => cmd.env_remove("UNCLOUD_ENDPOINT"),
         };
-        cmd.output().expect("uc runs")
+        cmd
+    }
+
+    /// Runs `uc ARGS` with this client's contexts and endpoint.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("uc runs")
     }
 
     /// `uc ARGS`, which must succeed; its stdout.

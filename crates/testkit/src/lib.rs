@@ -24,14 +24,17 @@
 pub mod bus;
 pub mod cluster;
 pub mod dockerd;
+pub mod nat;
 pub mod netns;
 pub mod network;
 pub mod pebble;
 pub mod process;
 pub mod simnet;
+pub mod up;
 
 pub use bus::PrivateBus;
 pub use dockerd::Dockerd;
+pub use nat::Nat;
 pub use netns::{Internet, Netns};
 pub use process::Daemon;
 

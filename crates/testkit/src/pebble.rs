@@ -129,6 +129,17 @@ impl Pebble {
         format!("https://{PEBBLE_IP}:14000/dir")
     }
 
+    /// ingressd's configuration for this CA: its directory, the listener's root at `roots`
+    /// (where the machine finds a copy of [`Pebble::roots`]), and short challenge and retry
+    /// delays.
+    pub fn ingressd_toml(&self, roots: &str) -> String {
+        format!(
+            "acme_directory = \"{}\"\nacme_roots = \"{roots}\"\nchallenge_delay_secs = 1\n\
+             retry_min_secs = 2\nretry_max_secs = 30\n",
+            self.directory()
+        )
+    }
+
     /// The PEM file of the root that pebble's listener is signed by (ingressd's
     /// `acme_roots`).
     pub fn roots(&self) -> PathBuf {

@@ -61,7 +61,7 @@ async fn machines_behind_nats_talk_through_a_relay_then_directly() {
     // Machine 1's NAT opens its port forward: machine 0's probes get through, and both sides
     // move to the direct path.
     let nat1 = mesh.machines[1].nat.as_ref().unwrap();
-    nat1.exec("nft", &["delete", "table", "ip", "gate"]);
+    nat1.ns.exec("nft", &["delete", "table", "ip", "gate"]);
     let row = mesh
         .wait_row(0, 1, "up directly", Duration::from_secs(60), |r| {
             r.9 == "direct" && r.5 == "up"

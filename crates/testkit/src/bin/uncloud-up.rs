@@ -17,9 +17,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use clap::Parser;
-use nix::sys::signal::{SigSet, Signal};
 use uncloud_testkit::network::{public_ip, Binaries, Boot, LocalNetwork, INTERNET_PREFIX};
 use uncloud_testkit::pebble::Pebble;
+use uncloud_testkit::up::HOST as DEMO_HOST;
 
 #[derive(Debug, Parser)]
 #[command(about = "A local Uncloud network of machines as network namespaces (needs root)")]
@@ -45,12 +45,6 @@ struct Args {
     ca_file: Option<PathBuf>,
 }
 
-/// The hostname the demo project publishes through ingress.
-const DEMO_HOST: &str = "demo.uncloud.test";
-
-/// What the demo image runs: a web server on port 8080 that says which container answered.
-const DEMO: &str = "mkdir -p /w && echo \"${GREETING:-hello} from $(hostname)\" > /w/index.html && exec httpd -f -p 8080 -h /w";
-
 const NAMES: [&str; 20] = [
     "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
     "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon",
@@ -74,18 +68,9 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let args = Args::parse();
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    if !root {
-        return Err("uncloud-up needs root (network namespaces, TUN devices)".into());
-    }
-    // Block the stop signals before any thread starts, so the wait below receives them.
-    let mut stop = SigSet::empty();
-    stop.add(Signal::SIGTERM);
-    stop.add(Signal::SIGINT);
-    stop.thread_block().expect("block signals");
+    uncloud_testkit::up::require_root("uncloud-up")?;
+    // Before any thread starts, so the wait at the end receives them.
+    let stop = uncloud_testkit::up::block_stop_signals();
 
     let started = Instant::now();
     let bins = Binaries { dir: args.bin_dir };
@@ -95,11 +80,7 @@ fn run() -> Result<(), String> {
     let step = |what: &str| eprintln!("[{:>5.1}s] {what}", started.elapsed().as_secs_f64());
     step("starting a test ACME CA (pebble) for ingress certificates");
     let pebble = Pebble::start(&net.internet);
-    net.ingressd_config = format!(
-        "acme_directory = \"{}\"\nacme_roots = \"{}\"\nchallenge_delay_secs = 1\nretry_min_secs = 2\nretry_max_secs = 30\n",
-        pebble.directory(),
-        pebble.roots().display()
-    );
+    net.ingressd_config = pebble.ingressd_toml(&pebble.roots().to_string_lossy());
 
     let names = &NAMES[..args.machines as usize];
     step(&format!("booting {} (fresh)", names[0]));
@@ -152,13 +133,10 @@ fn run() -> Result<(), String> {
     ls.extend(ctx);
     print!("{}", uc(&bins, &ls)?);
     if let Some(file) = &args.demo {
-        let entrypoint = format!(
-            "ENTRYPOINT [\"/bin/sh\", \"-c\", {}]",
-            serde_json::to_string(DEMO).expect("a string serializes")
-        );
+        let entrypoint = uncloud_testkit::up::entrypoint();
         for m in &net.machines {
             if let Some(d) = &m.docker {
-                d.import_busybox_with("uncloud/demo:1", &[&entrypoint]);
+                d.import_busybox_with(uncloud_testkit::up::IMAGE, &[&entrypoint]);
             }
         }
         let file = file.to_string_lossy();

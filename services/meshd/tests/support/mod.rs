@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use uncloud_common::dbus::MeshProxy;
 use uncloud_testkit::cluster::Cluster;
-use uncloud_testkit::{init_tracing, Daemon, Internet, Netns, PrivateBus};
+use uncloud_testkit::{init_tracing, Daemon, Internet, Nat, Netns, PrivateBus};
 
 /// One machine. Field order is drop order: meshd stops before its namespace goes.
 pub struct Machine {
@@ -20,7 +20,7 @@ pub struct Machine {
     pub bus: PrivateBus,
     pub ns: Netns,
     /// The NAT router in front of the machine, if any.
-    pub nat: Option<Netns>,
+    pub nat: Option<Nat>,
     pub dir: tempfile::TempDir,
     pub id: String,
     /// The internet address (`192.0.2.N`), the NAT's for a machine behind one.
@@ -79,45 +79,23 @@ pub enum Place {
     BehindNat { forward: bool },
 }
 
-/// Puts a NAT router namespace between `machine` and the internet; returns it and its
-/// public address.
-pub fn behind_nat(
-    internet: &Internet,
-    machine: &Netns,
-    i: usize,
-    forward: bool,
-) -> (Netns, String) {
-    let nat = Netns::new(&format!("nat{i}"));
-    let public_ip = format!("192.0.2.{}", i + 11);
-    internet.attach(&nat, "eth0", &format!("{public_ip}/24"));
-    nat.veth("lan0", machine, "eth0");
-    nat.addr("lan0", &format!("10.0.{i}.1/24"));
-    machine.addr("eth0", &format!("10.0.{i}.2/24"));
-    machine.ip(&["route", "add", "default", "via", &format!("10.0.{i}.1")]);
-    nat.sysctl("ipv4/ip_forward", "1");
-    let mut rules = String::from(
-        "table ip nat {\n\
-         chain postrouting { type nat hook postrouting priority srcnat; oifname \"eth0\" masquerade fully-random; }\n",
+/// Puts a NAT router (`uncloud_testkit::nat`: symmetric, `masquerade fully-random`) between
+/// `machine` and the internet; returns it and its public address.
+pub fn behind_nat(internet: &Internet, machine: &Netns, i: usize, forward: bool) -> (Nat, String) {
+    let public_ip = Ipv4Addr::new(192, 0, 2, i as u8 + 11);
+    let nat = Nat::new(internet, &format!("nat{i}"), public_ip);
+    nat.attach(
+        machine,
+        Ipv4Addr::new(10, 0, i as u8, 1),
+        Ipv4Addr::new(10, 0, i as u8, 2),
     );
     if forward {
-        rules += &format!(
-            "chain prerouting {{ type nat hook prerouting priority dstnat; iifname \"eth0\" udp dport 51820 dnat to 10.0.{i}.2:51820; }}\n"
-        );
+        nat.nft(&format!(
+            "table ip nat {{\n chain prerouting {{ type nat hook prerouting priority dstnat; iifname \"eth0\" udp dport 51820 dnat to 10.0.{i}.2:51820; }}\n}}\n\
+             table ip gate {{\n chain forward {{ type filter hook forward priority filter; iifname \"eth0\" ct status dnat drop; }}\n}}\n"
+        ));
     }
-    rules += "}\n";
-    if forward {
-        rules += "table ip gate {\n chain forward { type filter hook forward priority filter; iifname \"eth0\" ct status dnat drop; }\n}\n";
-    }
-    let path = std::env::temp_dir().join(format!("{}.nft", nat.name()));
-    std::fs::write(&path, rules).unwrap();
-    let out = nat.exec("nft", &["-f", path.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&path);
-    assert!(
-        out.status.success(),
-        "nft in the NAT: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (nat, public_ip)
+    (nat, public_ip.to_string())
 }
 
 /// A failing test shows every machine's log, whichever assertion failed.
