@@ -376,8 +376,8 @@ fn markdown(plan: &Plan, results: &Results, command: &str) -> String {
     line(
         &mut md,
         format!(
-            "\nTarget (issue 17): {}: **{}**. For comparison, the Uncloud project this one is \
-             named after says its daemon takes up to 150 MB.\n",
+            "\nTarget (issue 17): {}: **{}**. For comparison, the issue cites the Go project \
+             Uncloud's own claim of up to 150 MB for its daemon.\n",
             target.what,
             target.verdict(results).as_str()
         ),

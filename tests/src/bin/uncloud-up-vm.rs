@@ -160,13 +160,22 @@ fn run() -> Result<(), String> {
             let docker = Dockerd::start();
             docker.import_busybox_with(up::IMAGE, &[&up::entrypoint()]);
             let host = docker.host();
-            print!(
-                "{}",
-                uc(
-                    &["image", "push", up::IMAGE, "--context", &args.context],
-                    Some(&host)
-                )?
-            );
+            // A machine just added may still be starting its dockerd-shim (`uc` then says so
+            // and loads nothing anywhere): push again, as `uc` suggests, a few times.
+            let push = ["image", "push", up::IMAGE, "--context", &args.context];
+            let mut tries = 0;
+            let pushed = loop {
+                tries += 1;
+                match uc(&push, Some(&host)) {
+                    Ok(out) => break out,
+                    Err(e) if tries < 10 => {
+                        step(&format!("not yet ({e}); again in 5 s"));
+                        std::thread::sleep(Duration::from_secs(5));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            print!("{pushed}");
             drop(docker);
             let file = file.to_string_lossy();
             step(&format!("uc deploy -f {file} -y"));
