@@ -303,7 +303,7 @@ fn heal_cycle(
 }
 
 fn markdown(plan: &Plan, results: &Results, command: &str) -> String {
-    let host = Host::describe(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap());
+    let host = Host::describe(&crate::workspace());
     let mut md = String::new();
     line(
         &mut md,

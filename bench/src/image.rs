@@ -313,7 +313,7 @@ fn mtools(cmd: &mut Command) -> Result<String> {
 }
 
 fn markdown(plan: &Plan, images: &Path, results: &Results, command: &str) -> Result<String> {
-    let host = Host::describe(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap());
+    let host = Host::describe(&crate::workspace());
     let mut md = String::new();
     line(
         &mut md,
@@ -455,7 +455,7 @@ mod tests {
     /// Every unit the packages install is masked in the reference boot.
     #[test]
     fn the_reference_boot_masks_every_packaged_unit() {
-        let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services");
+        let services = crate::workspace().join("services");
         let mut units = Vec::new();
         for entry in std::fs::read_dir(&services).unwrap() {
             let dist = entry.unwrap().path().join("dist");

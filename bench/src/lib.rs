@@ -58,6 +58,21 @@ pub fn progress(msg: impl std::fmt::Display) {
     eprintln!("[{label} +{t:6.1}s] {msg}");
 }
 
+/// This package's folder (`bench/`): `$CARGO_MANIFEST_DIR` when cargo runs the benchmark
+/// (`cargo run`, `cargo test`), else where it was built. A binary reused by another clone of
+/// the workspace (unchanged sources are not rebuilt) must not read the folder it was built
+/// in, which may be gone.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The workspace (the parent of [`manifest_dir`]).
+pub fn workspace() -> std::path::PathBuf {
+    manifest_dir().join("..")
+}
+
 /// Where a benchmark writes its results: `--out` if given, else `bench/results` (or a temp
 /// dir for a `--quick` smoke run, whose figures must not overwrite the real ones).
 pub fn out_dir(out: Option<std::path::PathBuf>, quick: bool) -> std::path::PathBuf {
@@ -65,7 +80,7 @@ pub fn out_dir(out: Option<std::path::PathBuf>, quick: bool) -> std::path::PathB
         if quick {
             std::env::temp_dir().join("uncloud-bench-quick")
         } else {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
+            manifest_dir().join("results")
         }
     })
 }

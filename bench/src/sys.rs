@@ -271,7 +271,7 @@ mod tests {
     /// benchmarks must build that same set, or their daemons differ from what ships.
     #[test]
     fn image_packages_are_the_services_with_a_dist_folder() {
-        let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services");
+        let services = crate::workspace().join("services");
         let mut shipped = Vec::new();
         for entry in std::fs::read_dir(&services).unwrap() {
             let dir = entry.unwrap().path();

@@ -131,7 +131,7 @@ fn main() -> Result<()> {
     results.insert("apid_rss".into(), Metric::new(rss, RSS_TARGET_MIB, "MiB"));
     write_json(&out.join("apid.json"), &results)?;
 
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = uncloud_bench::workspace();
     let mut md = String::new();
     line(
         &mut md,

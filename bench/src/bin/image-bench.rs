@@ -36,7 +36,7 @@ fn main() -> Result<()> {
     };
     let images = args
         .images
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../image/out"));
+        .unwrap_or_else(|| uncloud_bench::workspace().join("image/out"));
     let images = std::fs::canonicalize(&images).unwrap_or(images);
     let out = uncloud_bench::out_dir(args.out, args.quick);
     let command = uncloud_bench::command_line("image-bench");

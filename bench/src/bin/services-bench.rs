@@ -539,7 +539,7 @@ fn report(out: &Path, runs: usize, f: &Figures) -> Result<()> {
     }
     write_json(&out.join("services.json"), &results)?;
 
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = uncloud_bench::workspace();
     let mut md = String::new();
     line(
         &mut md,

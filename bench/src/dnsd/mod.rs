@@ -650,7 +650,7 @@ fn markdown(plan: &Plan, r: &Results, f: &[Figures], command: &str) -> String {
     line(&mut s, "Command (from the workspace root, as root):\n");
     line(&mut s, format!("```\n{command}\n```\n"));
     line(&mut s, "## Machine\n");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = crate::workspace();
     line(&mut s, Machine::describe(&workspace).markdown_list());
     line(&mut s, "## Results\n");
     line(&mut s, "`ratio` = dnsd / reference; the reference is dnsmasq, or unbound for the `_vs_unbound` rows. Each figure is the median of the runs, min and max beside it.\n");

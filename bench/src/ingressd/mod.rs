@@ -760,7 +760,7 @@ fn markdown(plan: &Plan, r: &Results, f: &[Figures], command: &str) -> String {
     line(&mut s, "Command (from the workspace root, as root):\n");
     line(&mut s, format!("```\n{command}\n```\n"));
     line(&mut s, "## Machine\n");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = crate::workspace();
     line(&mut s, Machine::describe(&workspace).markdown_list());
     line(&mut s, "## Results\n");
     line(&mut s, "`ratio` = ingressd / reference; the reference is Caddy 2.6, or nginx 1.22 for the `_vs_nginx` rows (and for `healthy_to_routed_*`: nginx's reload). Each figure is the median of the runs, min and max beside it.\n");

@@ -328,7 +328,7 @@ pub async fn run_bench(plan: &Plan, out_dir: &Path, command: &str) -> Result<Res
     ] {
         need(tool, pkg)?;
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = crate::workspace();
     let machine = crate::sys::Machine::describe(&workspace);
     let bin = crate::sys::workspace_binary("meshd")?;
     let mut m = Measured {

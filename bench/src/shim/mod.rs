@@ -382,10 +382,7 @@ pub async fn run_bench(plan: &Plan, out: &Path, command: &str) -> Result<Results
     crate::sys::need("dockerd", "docker.io")?;
     crate::sys::need("busybox", "busybox-static")?;
     crate::sys::need("nsenter", "util-linux")?;
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace root")?
-        .to_path_buf();
+    let workspace = crate::workspace();
     let machine = crate::sys::Machine::describe(&workspace);
 
     progress("starting stated, dockerd and the shim");

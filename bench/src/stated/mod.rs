@@ -205,7 +205,7 @@ pub fn targets() -> Vec<Target> {
 /// Runs every scenario, stated then its reference, and writes `stated.json` and `stated.md`.
 pub async fn run(plan: &Plan, out_dir: &Path, command: &str) -> Result<Results> {
     // Described before the run: the build it measures is closer in time than the end.
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = crate::workspace();
     let machine = crate::sys::Machine::describe(&workspace);
     let mut m = Measured::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed);

@@ -2,12 +2,16 @@
 //! services or fails with errors that name the key and its line.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use uncloud_compose::{load, LoadError, Options, Project};
 
 fn sample(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // At run time (cargo sets it): a test binary reused by another clone of the workspace
+    // (unchanged sources are not rebuilt) would otherwise read the folder it was built in.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .join("tests/samples")
         .join(name)
         .join("compose.yaml")
