@@ -58,14 +58,9 @@ pub fn progress(msg: impl std::fmt::Display) {
     eprintln!("[{label} +{t:6.1}s] {msg}");
 }
 
-/// This package's folder (`bench/`): `$CARGO_MANIFEST_DIR` when cargo runs the benchmark
-/// (`cargo run`, `cargo test`), else where it was built. A binary reused by another clone of
-/// the workspace (unchanged sources are not rebuilt) must not read the folder it was built
-/// in, which may be gone.
+/// This package's folder (`bench/`), found at run time ([`uncloud_testkit::manifest_dir`]).
 pub fn manifest_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+    uncloud_testkit::manifest_dir(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The workspace (the parent of [`manifest_dir`]).

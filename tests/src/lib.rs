@@ -15,10 +15,7 @@ pub mod uc;
 /// binary reused from another checkout sharing the target directory would otherwise read
 /// the folder it was compiled in.
 pub fn workspace() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-        .join("..")
+    uncloud_testkit::manifest_dir(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// Where `image/build` wrote the images: `$UNCLOUD_IMAGE_DIR`, else `image/out`.

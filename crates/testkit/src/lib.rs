@@ -39,6 +39,17 @@ pub use netns::{Internet, Netns};
 pub use process::Daemon;
 
 /// Test logging (`RUST_LOG`, default `warn`) captured per test; call it from any test.
+/// The source folder of the package being tested or run: `$CARGO_MANIFEST_DIR` at run time
+/// (cargo sets it for `cargo test` and `cargo run`), else `built_in`, the caller's
+/// `env!("CARGO_MANIFEST_DIR")`. Files read at run time must be found this way: unchanged
+/// binaries are reused by another clone of the workspace (CI restores source times), and
+/// the folder they were built in may be gone.
+pub fn manifest_dir(built_in: &str) -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(built_in))
+}
+
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

@@ -999,11 +999,7 @@ fn services_spread_over_the_machines_and_leave_nothing_behind() {
             docker.docker_ok(&["tag", "stand-in:uc", image]);
         }
     }
-    // The manifest folder at run time (cargo sets it): a test binary reused by another clone
-    // of the workspace (unchanged sources are not rebuilt) would read the folder it was built in.
-    let samples = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+    let samples = uncloud_testkit::manifest_dir(env!("CARGO_MANIFEST_DIR"))
         .join("../../crates/compose/tests/samples");
     // The container of `<project>-<service>-…` and the machine whose engine runs it.
     let find = |net: &LocalNetwork, project: &str, service: &str| -> Option<(usize, String)> {

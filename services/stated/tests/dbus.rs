@@ -272,11 +272,10 @@ async fn busctl_writes_reads_and_gets_clear_errors() {
 fn shipped_bus_policy_lets_only_root_own_the_name() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("bus");
-    // At run time: a binary reused from another checkout would read the folder it was built in.
-    let policy = format!(
-        "{}/dist/org.uncloud.State1.conf",
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
-    );
+    let policy = uncloud_testkit::manifest_dir(env!("CARGO_MANIFEST_DIR"))
+        .join("dist/org.uncloud.State1.conf")
+        .display()
+        .to_string();
     let config = dir.path().join("bus.conf");
     // The defaults of Debian's /usr/share/dbus-1/system.conf, then our file.
     std::fs::write(
