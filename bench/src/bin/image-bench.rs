@@ -18,6 +18,13 @@ struct Args {
     /// --out is given.
     #[arg(long)]
     quick: bool,
+    /// Boots of each kind per figure (default: 5, or 1 with --quick).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Only these cases, comma-separated: amd64_uefi, amd64_uefi_cloud_init, amd64_bios,
+    /// arm64_uefi, arm64_raspi3b (image.json then holds only their figures).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Where image/build wrote the images. Default: image/out.
     #[arg(long)]
     images: Option<PathBuf>,
@@ -29,11 +36,16 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     uncloud_bench::logs::init();
-    let plan = if args.quick {
+    let mut plan = if args.quick {
         Plan::quick()
     } else {
         Plan::full()
     };
+    if let Some(runs) = args.runs {
+        anyhow::ensure!(runs > 0, "--runs must be at least 1");
+        plan.runs = runs;
+    }
+    plan.only = args.only;
     let images = args
         .images
         .unwrap_or_else(|| uncloud_bench::workspace().join("image/out"));
