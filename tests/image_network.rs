@@ -395,7 +395,6 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
             },
         );
     }
-    // scripts/test starts its other lane's VMs once this line is out (the first boots done).
     eprintln!(
         "charlie: from power on to a member seen alive by all, with a ticket in its user-data: {:.0?}",
         charlie_started.elapsed()

@@ -3,8 +3,8 @@
 //! Docker's masquerade is off on the `uncloud` network (containers must keep their mesh
 //! addresses across the mesh), and Docker's `FORWARD` chain drops new connections into a
 //! bridge from anywhere but its published ports, but only while its policy is `DROP`: Docker
-//! sets that policy only when it turns `ip_forward` on itself, and meshd turns it on first on
-//! most boots. So the shim adds:
+//! sets that policy only when it turns `ip_forward` on itself, which on the image it does on
+//! every boot (Docker starts before meshd, which would turn it on too). So the shim adds:
 //!
 //! - in Docker's own `DOCKER-USER` chain (which Docker keeps across restarts and jumps to
 //!   first): accept from the mesh device into the bridge, so other machines and their
@@ -26,7 +26,11 @@
 //!
 //! Limitations: `DOCKER-USER` exists only when dockerd manages iptables (the default); with
 //! `--iptables=false` nothing drops forwarded traffic in Docker's name and the rule is not
-//! needed, so its absence is logged, not fatal.
+//! needed, so its absence is logged, not fatal. Docker makes the chain when it sets up a
+//! network, at start for its default bridge `docker0`: with `"bridge": "none"` the networks it
+//! restores after a reboot do not make it, the chain is missing (the same log line) while the
+//! `FORWARD` policy is `DROP`, and other machines cannot reach the containers. The image keeps
+//! `docker0` for that reason.
 
 use uncloud_common::address::MeshCidr;
 use uncloud_common::nft::{self, FirewallError};
