@@ -124,12 +124,15 @@ impl Ps {
 }
 
 impl Lan {
-    /// `uc image push IMAGE` from the Docker at `docker_host` (`unix://…`), which must load
-    /// it on each of `loaded_on` (machines that have it already are skipped by `uc`).
+    /// `uc image push -m LOADED_ON IMAGE` from the Docker at `docker_host` (`unix://…`), which
+    /// must load it on each of `loaded_on`. Only those are asked: a machine that joined
+    /// seconds ago may be alive before its dockerd-shim answers (the arm64 VM in the story,
+    /// which does not run the amd64 image anyway).
     pub fn push_image(&self, docker_host: &str, image: &str, loaded_on: &[&str]) {
+        let machines = loaded_on.join(",");
         let out = self
             .uc
-            .command(&["image", "push", image])
+            .command(&["image", "push", "-m", &machines, image])
             .env("DOCKER_HOST", docker_host)
             .output()
             .expect("uc runs");
