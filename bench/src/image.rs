@@ -362,8 +362,9 @@ fn markdown(plan: &Plan, images: &Path, results: &Results, command: &str) -> Res
     line(
         &mut md,
         format!(
-            "\nTarget (issue 17): boot to ready within {ADDED_TARGET_S} s of the plain image \
-             (medians):\n"
+            "\nTarget (issue 17): boot to ready within {ADDED_TARGET_S} s of the plain image, \
+             judged on the medians above (emulated boots, several times slower than on \
+             hardware):\n"
         ),
     );
     for (name, m) in results

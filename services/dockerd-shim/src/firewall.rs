@@ -3,8 +3,9 @@
 //! Docker's masquerade is off on the `uncloud` network (containers must keep their mesh
 //! addresses across the mesh), and Docker's `FORWARD` chain drops new connections into a
 //! bridge from anywhere but its published ports, but only while its policy is `DROP`: Docker
-//! sets that policy only when it turns `ip_forward` on itself, which on the image it does on
-//! every boot (Docker starts before meshd, which would turn it on too). So the shim adds:
+//! sets that policy only when it turns `ip_forward` on itself, which on the image it usually
+//! does (Docker starts early in the boot, meshd later, and either turns it on), and the shim's
+//! rules must hold whichever came first. So the shim adds:
 //!
 //! - in Docker's own `DOCKER-USER` chain (which Docker keeps across restarts and jumps to
 //!   first): accept from the mesh device into the bridge, so other machines and their

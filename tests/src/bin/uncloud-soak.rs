@@ -4,25 +4,33 @@
 //!
 //! Each cycle is one of:
 //! - **a power cut**: a stream of writes (`uc machine label`) through one machine, whose
-//!   power is cut (QEMU killed, the disk cache mode passes the guest's flushes through) at a
-//!   random moment of the stream; it boots again cut off from the others, so what it shows is
-//!   what its own disk kept: every write it acknowledged must be there. Then the links come
-//!   back and every machine must hold those writes, all three alive.
+//!   power is cut (QEMU killed, the disk cache mode passes the guest's flushes through) 0.5 to
+//!   8 s after its first acknowledged write; it boots again cut off from the others, so what
+//!   it shows is what its own disk kept: every write of the run it acknowledged must be there.
+//!   Then the links come back and every machine must hold every acknowledged write of the run,
+//!   all three alive.
 //! - **a partition**: one machine cut off from the other two for a random 5 to 30 s while
 //!   both sides take writes; after the heal every machine must hold every acknowledged write
-//!   of both sides, all three alive.
+//!   of the run, all three alive.
+//!
+//! Every check covers every acknowledged write of the run, not only the cycle's: per label
+//! key, the last acknowledged value or a later one (a later write whose acknowledgement was
+//! lost in a power cut may have landed). A cycle with no acknowledged write (on either side
+//! of a partition) fails, so a run where nothing is written cannot pass.
 //!
 //! The choices come from `--seed` (printed, so a run can be repeated). A cycle that does not
 //! converge within 5 minutes ends the run as a failure; the VMs' consoles are kept in
-//! `$UNCLOUD_VM_LOGS` (default `/tmp/uncloud-vm-logs`). Ctrl-C or SIGTERM ends the run after
-//! the cycle under way, with the report.
+//! `$UNCLOUD_VM_LOGS` (default `/tmp/uncloud-vm-logs`). SIGTERM (`kill PID`) ends the run
+//! after the cycle under way, with the report. Ctrl-C in the terminal also reaches QEMU and
+//! `uc` (same process group), so the cycle under way then fails; use `kill`.
 //!
 //! Needs root and the images (`image/build`, or `UNCLOUD_IMAGE_DIR`); see tests/README.md.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
@@ -36,7 +44,8 @@ use uncloud_testkit::up;
              cycles survived and the acknowledged writes lost (needs root and the images)"
 )]
 struct Args {
-    /// How long to keep cutting power and links, in minutes (the cycle under way finishes).
+    /// How long to keep cutting power and links, in minutes from the network formed (the
+    /// cycle under way finishes).
     #[arg(long, default_value_t = 60)]
     minutes: u64,
     /// Seed of the random choices (which machine, when); default: from the clock.
@@ -95,13 +104,32 @@ struct Cycle {
     /// Seconds from the first acknowledged write to the cut, or of the partition.
     seconds: f64,
     acknowledged: usize,
-    /// Acknowledged writes missing on the machine itself right after its power came back.
+    /// Acknowledged writes (this cycle's or earlier) missing on the machine itself right
+    /// after its power came back, cut off from its peers.
     lost_on_reboot: Vec<String>,
-    /// Acknowledged writes missing anywhere when the cycle ended.
+    /// Acknowledged writes (this cycle's or earlier) missing in a view when the cycle
+    /// ended; each write once, whatever the number of views it is missing from.
     lost: Vec<String>,
-    /// Seconds from the heal until every machine held every write, all alive.
+    /// Seconds from the heal until every machine held every acknowledged write of the run,
+    /// all three alive.
     converged_s: Option<f64>,
     failure: Option<String>,
+}
+
+impl Cycle {
+    fn new(n: u32, kind: &'static str, machine: &'static str) -> Cycle {
+        Cycle {
+            n,
+            kind,
+            machine,
+            seconds: 0.0,
+            acknowledged: 0,
+            lost_on_reboot: Vec::new(),
+            lost: Vec::new(),
+            converged_s: None,
+            failure: None,
+        }
+    }
 }
 
 /// The whole run.
@@ -109,11 +137,14 @@ struct Cycle {
 struct Report {
     seed: u64,
     minutes_asked: u64,
+    /// From the network formed to the last cycle's end.
     minutes_run: f64,
-    cycles: usize,
+    /// Cycles that ended with every write kept and the network converged.
+    cycles_survived: usize,
     power_cuts: usize,
     partitions: usize,
     acknowledged_writes: usize,
+    /// Distinct acknowledged writes found missing at any check of the run.
     acknowledged_writes_lost: usize,
     converged_median_s: Option<f64>,
     converged_max_s: Option<f64>,
@@ -121,12 +152,12 @@ struct Report {
     cycle_log: Vec<Cycle>,
 }
 
-/// A write: machine `on`'s label `key` set to `value`, sent through `through`.
+/// A write: machine `on`'s label `key` set to `c<cycle>`.
 #[derive(Debug, Clone)]
 struct Write {
     on: &'static str,
     key: String,
-    value: String,
+    cycle: u32,
 }
 
 impl Write {
@@ -136,23 +167,44 @@ impl Write {
                 "machine",
                 "label",
                 self.on,
-                &format!("{}={}", self.key, self.value),
+                &format!("{}=c{}", self.key, self.cycle),
                 "--endpoint",
                 endpoint,
             ])
             .status
             .success()
     }
+}
 
-    fn held_in(&self, rows: &[serde_json::Value]) -> bool {
-        rows.iter()
-            .find(|r| r["name"] == self.on)
-            .and_then(|r| r["labels"][&self.key].as_str())
-            == Some(self.value.as_str())
+/// Every acknowledged write of the run: per (machine, key), the cycle of the last one
+/// acknowledged. A view keeps it if it holds that cycle's value or a later one (a later
+/// write of the key may have landed without its acknowledgement reaching us).
+#[derive(Default)]
+struct Acknowledged(BTreeMap<(&'static str, String), u32>);
+
+impl Acknowledged {
+    fn add(&mut self, writes: &[Write]) {
+        for w in writes {
+            let cycle = self.0.entry((w.on, w.key.clone())).or_insert(w.cycle);
+            *cycle = (*cycle).max(w.cycle);
+        }
     }
 
-    fn name(&self) -> String {
-        format!("{}:{}={}", self.on, self.key, self.value)
+    /// The writes `rows` (one view, `uc machine ls`) does not keep.
+    fn missing_in(&self, rows: &[serde_json::Value]) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|((on, key), cycle)| {
+                let held = rows
+                    .iter()
+                    .find(|r| r["name"] == *on)
+                    .and_then(|r| r["labels"][key.as_str()].as_str())
+                    .and_then(|v| v.strip_prefix('c'))
+                    .and_then(|v| v.parse::<u32>().ok());
+                held.is_none_or(|h| h < **cycle)
+            })
+            .map(|((on, key), cycle)| format!("{on}:{key}=c{cycle}"))
+            .collect()
     }
 }
 
@@ -170,23 +222,11 @@ fn poll(deadline: Duration, mut check: impl FnMut() -> bool) -> Option<Duration>
     }
 }
 
-/// The writes of `writes` missing from `node`'s view (all of them when it does not answer).
-fn missing(lan: &Lan, node: &Node, writes: &[Write]) -> Vec<String> {
-    match lan.machines_seen_by(node) {
-        Some(rows) => writes
-            .iter()
-            .filter(|w| !w.held_in(&rows))
-            .map(Write::name)
-            .collect(),
-        None => writes.iter().map(Write::name).collect(),
-    }
-}
-
-/// Whether every machine sees all three alive and holds every write.
-fn converged(lan: &Lan, nodes: &[Node], writes: &[Write]) -> bool {
+/// Whether every machine sees all three alive and keeps every acknowledged write.
+fn converged(lan: &Lan, nodes: &[Node], acked: &Acknowledged) -> bool {
     nodes.iter().all(|n| {
         lan.machines_seen_by(n)
-            .is_some_and(|rows| all_alive(&rows, &NAMES) && writes.iter().all(|w| w.held_in(&rows)))
+            .is_some_and(|rows| all_alive(&rows, &NAMES) && acked.missing_in(&rows).is_empty())
     })
 }
 
@@ -199,8 +239,9 @@ fn write_stream(
     prefix: &str,
     cycle: u32,
     stop: &AtomicBool,
-    acknowledged: &Mutex<Vec<Write>>,
-) {
+    count: &AtomicUsize,
+) -> Vec<Write> {
+    let mut acknowledged = Vec::new();
     for i in 0.. {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -208,159 +249,165 @@ fn write_stream(
         let w = Write {
             on,
             key: format!("{prefix}{i}"),
-            value: format!("c{cycle}"),
+            cycle,
         };
         if w.send(lan, endpoint) {
-            acknowledged.lock().unwrap().push(w);
+            acknowledged.push(w);
+            count.fetch_add(1, Ordering::Relaxed);
         } else {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+    acknowledged
+}
+
+/// Sets `stop` however a scope ends, so a writer never outlives a failed step.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A power cut of `nodes[victim]` at a random moment of a stream of writes through it.
-fn power_cut(lan: &Lan, nodes: &mut [Node], victim: usize, n: u32, rng: &mut Rng) -> Cycle {
+fn power_cut(
+    lan: &Lan,
+    nodes: &mut [Node],
+    victim: usize,
+    cycle: &mut Cycle,
+    acked: &mut Acknowledged,
+    rng: &mut Rng,
+) {
     let name = nodes[victim].name;
     let endpoint = nodes[victim].endpoint();
-    let acknowledged = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
     let writing = rng.millis(500, 8000);
-    let mut seconds = 0.0;
-    std::thread::scope(|s| {
-        let writer = s.spawn(|| write_stream(lan, name, &endpoint, "w", n, &stop, &acknowledged));
+    let n = cycle.n;
+    let count = AtomicUsize::new(0);
+    let writes = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        let writer = s.spawn(|| write_stream(lan, name, &endpoint, "w", n, &stop, &count));
         // From the first acknowledged write, so the cut lands inside the stream.
         poll(Duration::from_secs(120), || {
-            !acknowledged.lock().unwrap().is_empty()
+            count.load(Ordering::Relaxed) > 0
         });
         let first = Instant::now();
         std::thread::sleep(writing);
         nodes[victim].crash();
-        seconds = first.elapsed().as_secs_f64();
+        cycle.seconds = first.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, Ordering::Relaxed);
-        writer.join().unwrap();
+        writer.join().unwrap()
     });
-    let writes = acknowledged.into_inner().unwrap();
+    cycle.acknowledged = writes.len();
+    acked.add(&writes);
+    if writes.is_empty() {
+        cycle.failure = Some(format!("no write through {name} was acknowledged"));
+    }
     // Back on cut off from its peers: what it shows is what its own disk kept.
     {
         let (alone, others): (Vec<&Node>, Vec<&Node>) = nodes.iter().partition(|x| x.name == name);
         lan.partition(&alone, &others);
     }
     nodes[victim].power_on();
-    let answers = poll(Duration::from_secs(120), || {
-        lan.machines_seen_by(&nodes[victim]).is_some()
+    let mut own_view = None;
+    poll(Duration::from_secs(120), || {
+        own_view = lan.machines_seen_by(&nodes[victim]);
+        own_view.is_some()
     });
-    if answers.is_none() {
-        lan.heal();
-        return Cycle {
-            n,
-            kind: "power cut",
-            machine: name,
-            seconds,
-            acknowledged: writes.len(),
-            lost_on_reboot: Vec::new(),
-            lost: Vec::new(),
-            converged_s: None,
-            failure: Some(format!("{name} does not answer 2 min after its banner")),
-        };
+    match own_view {
+        Some(rows) => {
+            cycle.lost_on_reboot = acked.missing_in(&rows);
+            if !cycle.lost_on_reboot.is_empty() {
+                cycle.failure = Some(format!(
+                    "{} acknowledged writes missing on {name} when its power came back",
+                    cycle.lost_on_reboot.len()
+                ));
+            }
+        }
+        None => {
+            cycle.failure = Some(format!("{name} does not answer 2 min after its banner"));
+        }
     }
-    let lost_on_reboot = missing(lan, &nodes[victim], &writes);
     lan.heal();
-    let converged_in = poll(CONVERGE_DEADLINE, || converged(lan, nodes, &writes));
-    finish(
-        lan,
-        nodes,
-        Cycle {
-            n,
-            kind: "power cut",
-            machine: name,
-            seconds,
-            acknowledged: writes.len(),
-            lost_on_reboot,
-            lost: Vec::new(),
-            converged_s: converged_in.map(|d| d.as_secs_f64()),
-            failure: None,
-        },
-        &writes,
-    )
+    settle(lan, nodes, cycle, acked);
 }
 
 /// `nodes[alone]` cut off from the other two for a random while, both sides writing.
-fn partition(lan: &Lan, nodes: &[Node], alone: usize, n: u32, rng: &mut Rng) -> Cycle {
+fn partition(
+    lan: &Lan,
+    nodes: &[Node],
+    alone: usize,
+    cycle: &mut Cycle,
+    acked: &mut Acknowledged,
+    rng: &mut Rng,
+) {
     let name = nodes[alone].name;
     let other = (alone + 1 + rng.below(2) as usize) % nodes.len();
-    let (one, rest): (Vec<&Node>, Vec<&Node>) = nodes.iter().partition(|x| x.name == name);
-    lan.partition(&one, &rest);
+    {
+        let (one, rest): (Vec<&Node>, Vec<&Node>) = nodes.iter().partition(|x| x.name == name);
+        lan.partition(&one, &rest);
+    }
     let hold = rng.millis(5000, 30000);
     let started = Instant::now();
-    let acknowledged = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
     let (ep_alone, ep_other) = (nodes[alone].endpoint(), nodes[other].endpoint());
     let other_name = nodes[other].name;
-    std::thread::scope(|s| {
-        let a = s.spawn(|| write_stream(lan, name, &ep_alone, "pa", n, &stop, &acknowledged));
-        let b = s.spawn(|| write_stream(lan, other_name, &ep_other, "pb", n, &stop, &acknowledged));
+    let n = cycle.n;
+    let count = AtomicUsize::new(0);
+    let (a, b) = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        let a = s.spawn(|| write_stream(lan, name, &ep_alone, "pa", n, &stop, &count));
+        let b = s.spawn(|| write_stream(lan, other_name, &ep_other, "pb", n, &stop, &count));
         std::thread::sleep(hold);
         stop.store(true, Ordering::Relaxed);
-        a.join().unwrap();
-        b.join().unwrap();
+        (a.join().unwrap(), b.join().unwrap())
     });
-    let seconds = started.elapsed().as_secs_f64();
-    let writes = acknowledged.into_inner().unwrap();
+    cycle.seconds = started.elapsed().as_secs_f64();
+    cycle.acknowledged = a.len() + b.len();
+    acked.add(&a);
+    acked.add(&b);
+    if a.is_empty() || b.is_empty() {
+        cycle.failure = Some(format!(
+            "a side took no write: {} through {name}, {} through {other_name}",
+            a.len(),
+            b.len()
+        ));
+    }
     lan.heal();
-    let converged_in = poll(CONVERGE_DEADLINE, || converged(lan, nodes, &writes));
-    finish(
-        lan,
-        nodes,
-        Cycle {
-            n,
-            kind: "partition",
-            machine: name,
-            seconds,
-            acknowledged: writes.len(),
-            lost_on_reboot: Vec::new(),
-            lost: Vec::new(),
-            converged_s: converged_in.map(|d| d.as_secs_f64()),
-            failure: None,
-        },
-        &writes,
-    )
+    settle(lan, nodes, cycle, acked);
 }
 
-/// Fills in what is still missing where when the cycle did not converge.
-fn finish(lan: &Lan, nodes: &[Node], mut cycle: Cycle, writes: &[Write]) -> Cycle {
-    if cycle.converged_s.is_none() {
-        let mut lost: Vec<String> = nodes
-            .iter()
-            .flat_map(|node| {
-                missing(lan, node, writes)
-                    .into_iter()
-                    .map(move |w| format!("{w} (on {})", node.name))
-            })
-            .collect();
-        lost.sort();
-        cycle.failure = Some(format!(
-            "not converged within {CONVERGE_DEADLINE:?}: {} missing somewhere, or a machine not \
-             alive in every view",
-            lost.len()
-        ));
-        cycle.lost = lost;
+/// Waits for every machine to keep every acknowledged write of the run, all alive; says
+/// which writes are missing where it did not happen in time.
+fn settle(lan: &Lan, nodes: &[Node], cycle: &mut Cycle, acked: &Acknowledged) {
+    cycle.converged_s =
+        poll(CONVERGE_DEADLINE, || converged(lan, nodes, acked)).map(|d| d.as_secs_f64());
+    if cycle.converged_s.is_some() {
+        return;
     }
-    if cycle.lost.is_empty() && !cycle.lost_on_reboot.is_empty() {
-        cycle.failure = Some(format!(
-            "{} acknowledged writes missing on {} when its power came back",
-            cycle.lost_on_reboot.len(),
-            cycle.machine
-        ));
+    let mut lost = BTreeSet::new();
+    let mut silent = Vec::new();
+    for node in nodes {
+        match lan.machines_seen_by(node) {
+            Some(rows) => lost.extend(acked.missing_in(&rows)),
+            None => silent.push(node.name),
+        }
     }
-    cycle
+    cycle.lost = lost.into_iter().collect();
+    cycle.failure.get_or_insert(format!(
+        "not converged within {CONVERGE_DEADLINE:?}: {} acknowledged writes missing in a view, \
+         not answering: {silent:?} (or a machine not alive in every view)",
+        cycle.lost.len()
+    ));
 }
 
 fn run() -> Result<bool, String> {
     let args = Args::parse();
     up::require_root("uncloud-soak")?;
-    // Ctrl-C and SIGTERM end the run after the cycle under way (every thread started from
-    // here on has them blocked; this one waits for them).
+    // SIGTERM (and SIGINT, which in a terminal also reaches the VMs) ends the run after the
+    // cycle under way (every thread started from here on has them blocked; this one waits).
     let stop_signals = up::block_stop_signals();
     let stopping = Arc::new(AtomicBool::new(false));
     {
@@ -406,56 +453,58 @@ fn run() -> Result<bool, String> {
         lan.uc
             .ok(&words.iter().map(String::as_str).collect::<Vec<_>>());
     }
-    let formed = poll(Duration::from_secs(300), || converged(&lan, &nodes, &[]));
+    let mut acked = Acknowledged::default();
+    let formed = poll(Duration::from_secs(300), || converged(&lan, &nodes, &acked));
     if formed.is_none() {
-        return Err("the three machines did not all see each other alive within 5 min".into());
+        let logs = uncloud_qemu::vm::logs_dir();
+        for node in &nodes {
+            let _ = node.vm.save_console(&logs);
+        }
+        return Err(format!(
+            "the three machines did not all see each other alive within 5 min (consoles in {})",
+            logs.display()
+        ));
     }
     say("the network is formed: alpha, bravo, charlie");
 
     let mut log: Vec<Cycle> = Vec::new();
+    let soak_started = Instant::now();
     let deadline = Duration::from_secs(args.minutes * 60);
     let mut n = 0;
-    while started.elapsed() < deadline && !stopping.load(Ordering::Relaxed) {
+    while soak_started.elapsed() < deadline && !stopping.load(Ordering::Relaxed) {
         n += 1;
         let machine = rng.below(NAMES.len() as u64) as usize;
         let cut = rng.below(2) == 0;
-        let cycle = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut cycle = Cycle::new(
+            n,
+            if cut { "power cut" } else { "partition" },
+            NAMES[machine],
+        );
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if cut {
-                power_cut(&lan, &mut nodes, machine, n, &mut rng)
+                power_cut(&lan, &mut nodes, machine, &mut cycle, &mut acked, &mut rng)
             } else {
-                partition(&lan, &nodes, machine, n, &mut rng)
+                partition(&lan, &nodes, machine, &mut cycle, &mut acked, &mut rng)
             }
-        }))
-        .unwrap_or_else(|panic| {
+        }));
+        if let Err(panic) = ran {
             let why = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "a panic".into());
-            Cycle {
-                n,
-                kind: if cut { "power cut" } else { "partition" },
-                machine: NAMES[machine],
-                seconds: 0.0,
-                acknowledged: 0,
-                lost_on_reboot: Vec::new(),
-                lost: Vec::new(),
-                converged_s: None,
-                failure: Some(why),
-            }
-        });
+            cycle.failure = Some(why);
+        }
         say(&format!(
-            "cycle {n}: {} of {} ({:.1} s): {} acknowledged, {} lost on its own disk, {}{}",
+            "cycle {n}: {} of {} ({:.1} s): {} acknowledged, {} missing on its own disk, {}{}",
             cycle.kind,
             cycle.machine,
             cycle.seconds,
             cycle.acknowledged,
             cycle.lost_on_reboot.len(),
-            cycle
-                .converged_s
-                .map_or("not converged".to_string(), |s| format!(
-                    "converged {s:.1} s after the heal"
-                )),
+            cycle.converged_s.map_or("not converged".to_string(), |s| {
+                format!("converged {s:.1} s after the heal")
+            }),
             cycle
                 .failure
                 .as_deref()
@@ -470,18 +519,19 @@ fn run() -> Result<bool, String> {
 
     let mut converge: Vec<f64> = log.iter().filter_map(|c| c.converged_s).collect();
     converge.sort_by(f64::total_cmp);
+    let lost: BTreeSet<&String> = log
+        .iter()
+        .flat_map(|c| c.lost.iter().chain(&c.lost_on_reboot))
+        .collect();
     let report = Report {
         seed,
         minutes_asked: args.minutes,
-        minutes_run: started.elapsed().as_secs_f64() / 60.0,
-        cycles: log.iter().filter(|c| c.failure.is_none()).count(),
+        minutes_run: soak_started.elapsed().as_secs_f64() / 60.0,
+        cycles_survived: log.iter().filter(|c| c.failure.is_none()).count(),
         power_cuts: log.iter().filter(|c| c.kind == "power cut").count(),
         partitions: log.iter().filter(|c| c.kind == "partition").count(),
         acknowledged_writes: log.iter().map(|c| c.acknowledged).sum(),
-        acknowledged_writes_lost: log
-            .iter()
-            .map(|c| c.lost.len().max(c.lost_on_reboot.len()))
-            .sum(),
+        acknowledged_writes_lost: lost.len(),
         converged_median_s: converge.get(converge.len() / 2).copied(),
         converged_max_s: converge.last().copied(),
         failed: log.iter().any(|c| c.failure.is_some()),
@@ -497,9 +547,10 @@ fn run() -> Result<bool, String> {
         let _ = node.vm.save_console(&logs);
     }
     say(&format!(
-        "{} cycles survived ({} power cuts, {} partitions), {} acknowledged writes, {} lost; \
-         converged after a heal in {} s median, {} s at most{}",
-        report.cycles,
+        "{} cycles survived of {} ({} power cuts, {} partitions), {} acknowledged writes, {} \
+         lost; converged after a heal in {} s median, {} s at most{}",
+        report.cycles_survived,
+        report.cycle_log.len(),
         report.power_cuts,
         report.partitions,
         report.acknowledged_writes,
