@@ -38,7 +38,6 @@ pub use nat::Nat;
 pub use netns::{Internet, Netns};
 pub use process::Daemon;
 
-/// Test logging (`RUST_LOG`, default `warn`) captured per test; call it from any test.
 /// The source folder of the package being tested or run: `$CARGO_MANIFEST_DIR` at run time
 /// (cargo sets it for `cargo test` and `cargo run`), else `built_in`, the caller's
 /// `env!("CARGO_MANIFEST_DIR")`. Files read at run time must be found this way: unchanged
@@ -50,6 +49,7 @@ pub fn manifest_dir(built_in: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from(built_in))
 }
 
+/// Test logging (`RUST_LOG`, default `warn`) captured per test; call it from any test.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

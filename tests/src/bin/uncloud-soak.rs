@@ -34,6 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use uncloud_e2e::network::{all_alive, Lan, Node};
 use uncloud_qemu::seed::write_uncloud_file;
 use uncloud_testkit::up;
@@ -69,28 +71,6 @@ fn main() {
             eprintln!("error: {e}");
             std::process::exit(2);
         }
-    }
-}
-
-/// SplitMix64: enough randomness to pick machines and moments, repeatable from a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A duration between `lo` and `hi` milliseconds.
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo + 1))
     }
 }
 
@@ -277,12 +257,12 @@ fn power_cut(
     victim: usize,
     cycle: &mut Cycle,
     acked: &mut Acknowledged,
-    rng: &mut Rng,
+    rng: &mut StdRng,
 ) {
     let name = nodes[victim].name;
     let endpoint = nodes[victim].endpoint();
     let stop = AtomicBool::new(false);
-    let writing = rng.millis(500, 8000);
+    let writing = Duration::from_millis(rng.random_range(500..=8000));
     let n = cycle.n;
     let count = AtomicUsize::new(0);
     let writes = std::thread::scope(|s| {
@@ -341,15 +321,15 @@ fn partition(
     alone: usize,
     cycle: &mut Cycle,
     acked: &mut Acknowledged,
-    rng: &mut Rng,
+    rng: &mut StdRng,
 ) {
     let name = nodes[alone].name;
-    let other = (alone + 1 + rng.below(2) as usize) % nodes.len();
+    let other = (alone + rng.random_range(1..nodes.len())) % nodes.len();
     {
         let (one, rest): (Vec<&Node>, Vec<&Node>) = nodes.iter().partition(|x| x.name == name);
         lan.partition(&one, &rest);
     }
-    let hold = rng.millis(5000, 30000);
+    let hold = Duration::from_millis(rng.random_range(5000..=30000));
     let started = Instant::now();
     let stop = AtomicBool::new(false);
     let (ep_alone, ep_other) = (nodes[alone].endpoint(), nodes[other].endpoint());
@@ -424,7 +404,7 @@ fn run() -> Result<bool, String> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     });
-    let mut rng = Rng(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
     let say = |what: &str| eprintln!("[{:>7.1}s] {what}", started.elapsed().as_secs_f64());
     say(&format!(
@@ -473,8 +453,8 @@ fn run() -> Result<bool, String> {
     let mut n = 0;
     while soak_started.elapsed() < deadline && !stopping.load(Ordering::Relaxed) {
         n += 1;
-        let machine = rng.below(NAMES.len() as u64) as usize;
-        let cut = rng.below(2) == 0;
+        let machine = rng.random_range(0..NAMES.len());
+        let cut = rng.random_bool(0.5);
         let mut cycle = Cycle::new(
             n,
             if cut { "power cut" } else { "partition" },
@@ -568,4 +548,59 @@ fn run() -> Result<bool, String> {
         }
     ));
     Ok(!report.failed && report.acknowledged_writes_lost == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(on: &'static str, key: &str, cycle: u32) -> Write {
+        Write {
+            on,
+            key: key.into(),
+            cycle,
+        }
+    }
+
+    fn view(labels: serde_json::Value) -> Vec<serde_json::Value> {
+        vec![
+            serde_json::json!({"name": "alpha", "labels": labels}),
+            serde_json::json!({"name": "bravo", "labels": {}}),
+        ]
+    }
+
+    #[test]
+    fn a_view_keeps_a_write_with_its_value_or_a_later_one() {
+        let mut acked = Acknowledged::default();
+        acked.add(&[write("alpha", "w0", 3), write("alpha", "w1", 3)]);
+        // w1's later write (cycle 4) landed though its acknowledgement was lost.
+        assert!(acked
+            .missing_in(&view(serde_json::json!({"w0": "c3", "w1": "c4"})))
+            .is_empty());
+        // An earlier value, a missing key, or a machine missing from the view: lost.
+        assert_eq!(
+            acked.missing_in(&view(serde_json::json!({"w0": "c2"}))),
+            ["alpha:w0=c3", "alpha:w1=c3"]
+        );
+        assert_eq!(
+            acked.missing_in(&[serde_json::json!({"name": "bravo", "labels": {}})]),
+            ["alpha:w0=c3", "alpha:w1=c3"]
+        );
+    }
+
+    #[test]
+    fn the_last_acknowledged_cycle_of_a_key_is_the_one_checked() {
+        let mut acked = Acknowledged::default();
+        acked.add(&[write("alpha", "w0", 5)]);
+        acked.add(&[write("alpha", "w0", 2)]);
+        acked.add(&[write("bravo", "w0", 1)]);
+        assert_eq!(
+            acked.missing_in(&view(serde_json::json!({"w0": "c4"}))),
+            ["alpha:w0=c5", "bravo:w0=c1"]
+        );
+        assert_eq!(
+            acked.missing_in(&view(serde_json::json!({"w0": "garbage"}))),
+            ["alpha:w0=c5", "bravo:w0=c1"]
+        );
+    }
 }
