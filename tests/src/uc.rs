@@ -2,7 +2,9 @@
 //! through a port QEMU forwards on the host's loopback.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// The `uc` built beside this test or benchmark (`target/debug/uc`), or `$UNCLOUD_UC`.
 /// Missing fails with what to build; it never skips.
@@ -81,6 +83,32 @@ impl Uc {
     /// Runs `uc ARGS` with this client's contexts and endpoint.
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("uc runs")
+    }
+
+    /// `uc ARGS`, killed as soon as `stop` is set: `None` then. A write in a stream through a
+    /// machine whose power was just cut would otherwise wait out uc's call timeout (60 s)
+    /// for an answer that cannot come; killed, it counts as not acknowledged, which it was
+    /// not.
+    pub fn run_unless(&self, args: &[&str], stop: &AtomicBool) -> Option<Output> {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("uc runs");
+        // uc's output here is a line or two: the pipes cannot fill while it runs.
+        loop {
+            if child.try_wait().expect("uc can be waited for").is_some() {
+                return Some(child.wait_with_output().expect("uc's output"));
+            }
+            if stop.load(Ordering::Relaxed) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `uc ARGS`, which must succeed; its stdout.

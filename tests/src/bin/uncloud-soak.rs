@@ -141,18 +141,21 @@ struct Write {
 }
 
 impl Write {
-    fn send(&self, lan: &Lan, endpoint: &str) -> bool {
+    /// Acknowledged or not; a write still in flight when `stop` is set is not.
+    fn send(&self, lan: &Lan, endpoint: &str, stop: &AtomicBool) -> bool {
         lan.uc
-            .run(&[
-                "machine",
-                "label",
-                self.on,
-                &format!("{}=c{}", self.key, self.cycle),
-                "--endpoint",
-                endpoint,
-            ])
-            .status
-            .success()
+            .run_unless(
+                &[
+                    "machine",
+                    "label",
+                    self.on,
+                    &format!("{}=c{}", self.key, self.cycle),
+                    "--endpoint",
+                    endpoint,
+                ],
+                stop,
+            )
+            .is_some_and(|out| out.status.success())
     }
 }
 
@@ -231,7 +234,7 @@ fn write_stream(
             key: format!("{prefix}{i}"),
             cycle,
         };
-        if w.send(lan, endpoint) {
+        if w.send(lan, endpoint, stop) {
             acknowledged.push(w);
             count.fetch_add(1, Ordering::Relaxed);
         } else {
