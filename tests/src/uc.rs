@@ -151,3 +151,53 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
         .port()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A client whose "uc" is another program, to see what `run_unless` does with it.
+    fn client_running(program: &str) -> Uc {
+        Uc {
+            bin: PathBuf::from(program),
+            config: tempfile::tempdir().expect("a temporary directory"),
+            endpoint: None,
+            netns: None,
+        }
+    }
+
+    #[test]
+    fn run_unless_kills_the_call_when_stopped() {
+        let uc = client_running("sleep");
+        let stop = AtomicBool::new(false);
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                stop.store(true, Ordering::Relaxed);
+            });
+            assert!(
+                uc.run_unless(&["30"], &stop).is_none(),
+                "stopped: no output"
+            );
+        });
+        // Killed, not waited out: far less than the 30 s it would take.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn run_unless_returns_what_finished() {
+        let uc = client_running("sh");
+        let stop = AtomicBool::new(false);
+        let out = uc
+            .run_unless(&["-c", "echo ok; exit 3"], &stop)
+            .expect("not stopped");
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout, b"ok\n");
+    }
+}
