@@ -1,6 +1,7 @@
 //! `uc` as a user on the host runs it against a VM: its own config directory, the VM's apid
 //! through a port QEMU forwards on the host's loopback.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,17 +91,20 @@ impl Uc {
     /// for an answer that cannot come; killed, it counts as not acknowledged, which it was
     /// not.
     pub fn run_unless(&self, args: &[&str], stop: &AtomicBool) -> Option<Output> {
+        // Output into files, not pipes: a pipe nobody reads while uc runs could fill and
+        // hold uc until the stop.
+        let mut stdout = tempfile::tempfile().expect("a temporary file");
+        let mut stderr = tempfile::tempfile().expect("a temporary file");
         let mut child = self
             .command(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(stdout.try_clone().expect("a second handle"))
+            .stderr(stderr.try_clone().expect("a second handle"))
             .spawn()
             .expect("uc runs");
-        // uc's output here is a line or two: the pipes cannot fill while it runs.
-        loop {
-            if child.try_wait().expect("uc can be waited for").is_some() {
-                return Some(child.wait_with_output().expect("uc's output"));
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("uc can be waited for") {
+                break status;
             }
             if stop.load(Ordering::Relaxed) {
                 let _ = child.kill();
@@ -108,7 +112,19 @@ impl Uc {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
+        let read = |f: &mut std::fs::File| {
+            let mut all = Vec::new();
+            f.seek(SeekFrom::Start(0))
+                .and_then(|_| f.read_to_end(&mut all))
+                .expect("uc's output");
+            all
+        };
+        Some(Output {
+            status,
+            stdout: read(&mut stdout),
+            stderr: read(&mut stderr),
+        })
     }
 
     /// `uc ARGS`, which must succeed; its stdout.
@@ -191,13 +207,25 @@ mod tests {
     }
 
     #[test]
+    fn run_unless_takes_more_output_than_a_pipe_holds() {
+        let uc = client_running("head");
+        let stop = AtomicBool::new(false);
+        let out = uc
+            .run_unless(&["-c", "300000", "/dev/zero"], &stop)
+            .expect("not stopped");
+        assert!(out.status.success());
+        assert_eq!(out.stdout.len(), 300_000);
+    }
+
+    #[test]
     fn run_unless_returns_what_finished() {
         let uc = client_running("sh");
         let stop = AtomicBool::new(false);
         let out = uc
-            .run_unless(&["-c", "echo ok; exit 3"], &stop)
+            .run_unless(&["-c", "echo ok; echo no >&2; exit 3"], &stop)
             .expect("not stopped");
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(out.stdout, b"ok\n");
+        assert_eq!(out.stderr, b"no\n");
     }
 }
