@@ -42,6 +42,7 @@
 //!   an exec.
 //! - Only IPv4 inside the mesh, like the address plan.
 
+pub mod command;
 pub mod config;
 pub mod containers;
 pub mod dbus;

@@ -39,6 +39,7 @@ pub mod acme;
 pub mod balance;
 pub mod bundle;
 pub mod certs;
+pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod dbus;
