@@ -154,9 +154,8 @@ pub fn profile() -> String {
     }
 }
 
-/// The daemons the images ship, all in one binary (`image/daemons`, which `image/build-debs`
-/// builds): under the `image` profile a benchmark runs that binary through a link named after
-/// the daemon, as the images do.
+/// The packages `image/build-debs` builds, in one cargo invocation: built together, their
+/// dependencies get the same features as in the images.
 const IMAGE_PACKAGES: [&str; 7] = [
     "stated",
     "apid",
@@ -167,13 +166,10 @@ const IMAGE_PACKAGES: [&str; 7] = [
     "meshd",
 ];
 
-/// The images' one binary of every daemon.
-const IMAGE_DAEMONS: &str = "uncloud-daemons";
-
 /// What `cargo build` is given to build `package` with `profile` the way the rest of the
 /// project builds it, so that the build is a no-op when that already ran: `dev` as
-/// `scripts/test` builds (`--workspace --bins`), a daemon with the `image` profile as
-/// `image/build-debs` builds the images' (their one binary), anything else alone.
+/// `scripts/test` builds (`--workspace --bins`), the images' packages as `image/build-debs`
+/// builds them, anything else alone.
 fn build_args(package: &str, profile: &str) -> Vec<String> {
     let mut args = vec![
         "build".to_string(),
@@ -182,8 +178,10 @@ fn build_args(package: &str, profile: &str) -> Vec<String> {
     ];
     if profile == "dev" {
         args.extend(["--workspace".into(), "--bins".into()]);
-    } else if profile == "image" && IMAGE_PACKAGES.contains(&package) {
-        args.extend(["-p".into(), IMAGE_DAEMONS.into()]);
+    } else if IMAGE_PACKAGES.contains(&package) {
+        for p in IMAGE_PACKAGES {
+            args.extend(["-p".into(), p.into()]);
+        }
     } else {
         args.extend(["-p".into(), package.into()]);
     }
@@ -206,40 +204,14 @@ pub fn workspace_binary(package: &str) -> anyhow::Result<std::path::PathBuf> {
         }
     }
     let bin = dir.join(package);
-    if profile() == "image" && IMAGE_PACKAGES.contains(&package) {
-        link_to_image_daemons(&bin)?;
-    }
     if !bin.exists() {
         anyhow::bail!(
-            "{} is missing: run `cargo {}`, or start the benchmark with `cargo run \
-             --profile {} -p uncloud-bench --bin …`, which builds it",
-            bin.display(),
-            build_args(package, &profile()).join(" "),
-            profile()
+            "{} is missing: run `cargo build --profile image -p {package}` or start the \
+             benchmark with `cargo run --profile image -p uncloud-bench --bin …`",
+            bin.display()
         );
     }
     Ok(bin)
-}
-
-/// Makes `bin` (a daemon's name beside the images' one binary) a link to that binary, as the
-/// images' packages do; a daemon binary cargo built there before is replaced.
-fn link_to_image_daemons(bin: &std::path::Path) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let daemons = bin.with_file_name(IMAGE_DAEMONS);
-    if !daemons.exists() {
-        return Ok(()); // not built: the caller says what to run
-    }
-    if std::fs::read_link(bin).is_ok_and(|t| t == std::path::Path::new(IMAGE_DAEMONS)) {
-        return Ok(());
-    }
-    match std::fs::remove_file(bin) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("removing {}", bin.display()))
-        }
-        _ => {}
-    }
-    std::os::unix::fs::symlink(IMAGE_DAEMONS, bin)
-        .with_context(|| format!("linking {} to {IMAGE_DAEMONS}", bin.display()))
 }
 
 /// Fails with the package to install when `tool` is not on the PATH.
@@ -319,8 +291,7 @@ mod tests {
         let mut ours: Vec<String> = IMAGE_PACKAGES.iter().map(|p| p.to_string()).collect();
         ours.sort();
         assert_eq!(ours, shipped);
-        assert_eq!(build_args("dnsd", "image")[3..], ["-p", "uncloud-daemons"]);
-        assert_eq!(build_args("dnsd", "release")[3..], ["-p", "dnsd"]);
+        assert!(build_args("dnsd", "image").contains(&"uncloud-firstboot".to_string()));
         assert_eq!(build_args("uc", "release")[3..], ["-p", "uc"]);
         assert!(build_args("uc", "dev").contains(&"--workspace".to_string()));
     }

@@ -58,7 +58,6 @@
 pub mod api;
 pub mod caller;
 pub mod change;
-pub mod command;
 pub mod config;
 pub mod connections;
 pub mod control;

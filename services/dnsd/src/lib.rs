@@ -29,7 +29,6 @@
 
 pub mod answer;
 pub mod cache;
-pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod dbus;

@@ -42,7 +42,6 @@
 //!   an exec.
 //! - Only IPv4 inside the mesh, like the address plan.
 
-pub mod command;
 pub mod config;
 pub mod containers;
 pub mod dbus;

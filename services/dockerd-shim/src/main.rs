@@ -1,5 +1,212 @@
 //! The `dockerd-shim` daemon: see the crate docs and README.
 
-fn main() -> std::process::ExitCode {
-    dockerd_shim::command::main(std::env::args_os())
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use dockerd_shim::config::{Config, DEFAULT_PATH};
+use dockerd_shim::dbus::Docker1;
+use dockerd_shim::drain::Draining;
+use dockerd_shim::engine::Local;
+use dockerd_shim::files::FileStore;
+use dockerd_shim::firewall;
+use dockerd_shim::mirror::Mirror;
+use dockerd_shim::network::{self, Desired};
+use dockerd_shim::remote::Remote;
+use tokio::net::TcpListener;
+use uncloud_common::address::MeshCidr;
+use uncloud_common::dbus::StateProxy;
+use uncloud_common::model::NetworkState;
+
+/// Runs this machine's containers for the Uncloud network; the only client of the Docker engine.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    after_help = "\
+Every setting lives in the config file and has a default; see the crate README.
+Examples:
+  dockerd-shim                               # /etc/uncloud/dockerd-shim.toml, system bus
+  dockerd-shim --check-config --config x.toml"
+)]
+struct Args {
+    /// Config file (TOML). A missing file means all defaults.
+    #[arg(long, short, default_value = DEFAULT_PATH, env = "DOCKERD_SHIM_CONFIG")]
+    config: PathBuf,
+    /// Validate the config, print the effective settings and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    uncloud_common::daemon::main("dockerd-shim", &args.config, args.check_config, serve)
+}
+
+/// This machine's subnet from the state, waiting for stated and for the entry (a fresh
+/// machine has none until it creates or joins a network).
+async fn own_subnet(state: &StateProxy<'_>) -> (MeshCidr, u32) {
+    let mut told = false;
+    loop {
+        if let Ok(id) = state.machine_id().await {
+            if let Ok(json) = state.get_state().await {
+                if let Ok(s) = serde_json::from_str::<NetworkState>(&json) {
+                    let cidr = s.network.mesh_cidr.parse().unwrap_or_default();
+                    if let Some(m) = s.machines.get(&id) {
+                        return (cidr, m.subnet);
+                    }
+                }
+            }
+            if !told && state.mode().await.is_ok_and(|m| m == "fresh") {
+                tracing::info!(
+                    "this machine belongs to no network yet; waiting until it joins one"
+                );
+                uncloud_common::daemon::notify_waiting_for_membership();
+                told = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// How long a file content a spec names may take to reach this machine's state (the machine
+/// that took the deploy stored it a moment before it asked for the container).
+const FILES_WAIT: Duration = Duration::from_secs(15);
+
+/// How often the container firewall rules are re-applied.
+const FIREWALL_REFRESH: Duration = Duration::from_secs(30);
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    // From the start: while the machine waits for a network the shim already counts as started.
+    // It answers requests and follows Docker's events; the probe proves the runtime still runs
+    // tasks (restarting the shim would not mend a wedged dockerd).
+    tokio::spawn(uncloud_common::watchdog::run(|| std::future::ready(Ok(()))));
+    let conn = uncloud_common::dbus::bus_builder(&config.bus)
+        .ok_or_else(|| anyhow::anyhow!("bus = \"none\": the shim needs stated on D-Bus"))?
+        .build()
+        .await?;
+    let state = StateProxy::new(&conn).await?;
+    let (cidr, subnet) = own_subnet(&state).await;
+    let docker = dockerd_shim::engine::connect(&config.docker_socket).await?;
+    let desired = Desired {
+        name: config.network.clone(),
+        bridge: config.bridge.clone(),
+        subnet: cidr
+            .subnet(subnet)
+            .ok_or_else(|| anyhow::anyhow!("subnet {subnet} is outside {cidr}"))?,
+        gateway: cidr.machine_ip(subnet).expect("inside the mesh"),
+        mtu: config.mtu(),
+    };
+    network::ensure(&docker, &desired).await?;
+    let rules = firewall::Rules {
+        bridge: config.bridge.clone(),
+        mesh_interface: config.mesh_interface.clone(),
+        subnet: desired.subnet_cidr(),
+        mesh: cidr,
+    };
+    if config.manage_firewall {
+        firewall::apply(&rules)?;
+    }
+    let firewall = config.manage_firewall.then(|| {
+        tokio::spawn(async move {
+            // Re-applied because a host firewall reload or a dockerd restart can drop them.
+            let mut tick = tokio::time::interval(FIREWALL_REFRESH);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let rules = rules.clone();
+                let applied = tokio::task::spawn_blocking(move || firewall::apply(&rules)).await;
+                if let Ok(Err(e)) = applied {
+                    tracing::warn!(error = %e, "container firewall rules");
+                }
+            }
+        })
+    });
+    let machine_id = state.machine_id().await?;
+    let draining = Draining::default();
+    let files = FileStore::new(
+        config.files_dir.clone(),
+        StateProxy::new(&conn).await?,
+        FILES_WAIT,
+    );
+    let local = Local {
+        docker: docker.clone(),
+        machine_id: machine_id.clone(),
+        network: config.network.clone(),
+        dns: desired.gateway,
+        draining: draining.clone(),
+        drain: Duration::from_millis(config.drain_ms),
+        ingress: if config.drain_timeout_ms == 0 {
+            None
+        } else {
+            Some(dockerd_shim::drain::IngressWait {
+                state: StateProxy::new(&conn).await?,
+                timeout: Duration::from_millis(config.drain_timeout_ms),
+            })
+        },
+        files: Some(files.clone()),
+    };
+    // The bridge holds the mesh address (its gateway) from here on, so binding works even
+    // before meshd is up.
+    let rpc = if config.rpc_port == 0 {
+        None
+    } else {
+        let addr = SocketAddr::new(
+            config.rpc_address.unwrap_or(desired.gateway.into()),
+            config.rpc_port,
+        );
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for container ops on {addr}: {e}"))?;
+        let remote = Remote::new(
+            local.clone(),
+            state.network_id().await?,
+            cidr,
+            desired.gateway,
+        );
+        tracing::info!(%addr, "container ops listening");
+        Some(tokio::spawn(dockerd_shim::remote::serve(
+            listener,
+            Arc::new(remote),
+        )))
+    };
+    dockerd_shim::dbus::serve(&conn, Docker1 { local }).await?;
+    let machine_id_for_renumbering = machine_id.clone();
+    let mirror = Mirror {
+        docker,
+        state,
+        machine_id,
+        network: config.network.clone(),
+        draining,
+        files: Some(files),
+    };
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("ready"),
+    ]);
+    tracing::info!("ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let renumbering = StateProxy::new(&conn).await?;
+    let mut renumbered = None;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = mirror.run() => {}
+        new = dockerd_shim::renumbering::until_renumbered(&renumbering, &machine_id_for_renumbering, subnet) => {
+            renumbered = Some(new);
+        }
+    }
+    for task in [rpc, firewall].into_iter().flatten() {
+        task.abort();
+    }
+    if let Some(new) = renumbered {
+        // systemd (Restart=always) starts the shim again, which moves the network.
+        anyhow::bail!(
+            "this machine moved from subnet {subnet} to {new} (it lost a conflict after a \
+             partition); exiting so that the restart moves the container network"
+        );
+    }
+    Ok(())
 }

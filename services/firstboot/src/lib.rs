@@ -19,11 +19,12 @@
 //! Both are safe to run again: `init` only fills in what is missing or newly given.
 //!
 //! # Limitations
+//! - apid, which serves the setup API with this key and checks the token, does not exist yet;
+//!   the files are ready for it.
 //! - The banner is printed once per boot (and on `uncloud-firstboot banner`); it is not updated
 //!   when an address changes later.
 
 pub mod banner;
-pub mod command;
 pub mod init;
 pub mod setup_file;
 pub mod store;

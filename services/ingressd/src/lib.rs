@@ -39,7 +39,6 @@ pub mod acme;
 pub mod balance;
 pub mod bundle;
 pub mod certs;
-pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod dbus;

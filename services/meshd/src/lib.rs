@@ -30,7 +30,6 @@
 //!   through a relay unless one of them is reachable directly.
 //! - IPv4 mesh addresses only (endpoints may be IPv6).
 
-pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod dbus;

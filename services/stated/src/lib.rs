@@ -39,7 +39,6 @@
 //! - Certificates and DNS extras are not in the model yet.
 
 pub mod clock;
-pub mod command;
 pub mod config;
 pub mod dbus;
 pub mod document;
