@@ -391,3 +391,33 @@ fn markdown(plan: &Plan, results: &Results, command: &str) -> String {
     md.push_str(&host.markdown_list());
     md
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The report's table and verdict, which CI no longer reaches through a smoke run (the
+    /// network story measures the same figures with the same harness on every run).
+    #[test]
+    fn the_report_lists_every_figure_and_judges_the_memory_target() {
+        let report = |idle_mib: f64| {
+            let mut results = Results::new();
+            results.insert(
+                "daemons_rss_idle_member".into(),
+                Metric::spread(&[idle_mib, idle_mib + 1.0], &[134.8, 135.0], "MiB"),
+            );
+            results.insert(
+                "converge_after_heal".into(),
+                Metric::spread_precise(&[1.2, 1.4], &[0.4, 0.5], "s"),
+            );
+            markdown(&Plan::quick(), &results, "e2e-bench --quick")
+        };
+        let md = report(49.0);
+        assert!(md.contains("Command: `e2e-bench --quick`"), "{md}");
+        assert!(md.contains("| daemons_rss_idle_member |"), "{md}");
+        assert!(md.contains("| converge_after_heal |"), "{md}");
+        assert!(md.contains("1 joins, 1 memory samples"), "{md}");
+        assert!(md.contains("under 60 MiB: **PASS**"), "{md}");
+        assert!(report(61.0).contains("under 60 MiB: **FAIL**"));
+    }
+}
