@@ -457,9 +457,17 @@ async fn only_the_mesh_and_published_ports_reach_containers_when_forwarding_was_
     let published: SocketAddr = "192.0.2.1:8081".parse().unwrap();
     let policy = String::from_utf8(d.exec("iptables", &["-S", "FORWARD"]).stdout).unwrap();
     assert!(policy.contains("-P FORWARD ACCEPT"), "{policy}");
+    // httpd listens a moment after its container runs (later still on a busy machine).
+    let mut before = connect_from(&internet, "192.0.2.2", direct).await;
+    let waiting = std::time::Instant::now();
+    while before.is_err() && waiting.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        before = connect_from(&internet, "192.0.2.2", direct).await;
+    }
     assert!(
-        connect_from(&internet, "192.0.2.2", direct).await.is_ok(),
-        "without the shim's rules the internet reaches a container: the case this test is about"
+        before.is_ok(),
+        "without the shim's rules the internet reaches a container, the case this test is about: \
+         {before:?}"
     );
 
     let rules = machine_rules();
