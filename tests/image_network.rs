@@ -992,6 +992,10 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
         },
     );
 
+    // On a first run scripts/test may still be building the arm64 image: wait for it here,
+    // so that the three machines below power on together and their figure is theirs.
+    uncloud_e2e::image("-arm64.qcow2");
+
     // Two machines behind two NAT routers (symmetric: no hole punches between them), each
     // joining with a ticket, each getting its address from its router by DHCP. delta is a
     // VPS booted by BIOS whose config drive names it.

@@ -1,11 +1,13 @@
 //! Helpers of Uncloud's end-to-end tests: finding the built images, reading the console
 //! banner the image prints.
 //!
-//! The tests boot real images (`image/build`) in QEMU under TCG. They are `#[ignore]`d in a
-//! plain `cargo test` because they need the images and take minutes; `scripts/test` builds
-//! the images and runs them with `--ignored`. A missing image fails the test, never skips it.
+//! The tests boot real images (`image/build`) in QEMU under TCG (KVM only when asked:
+//! `UNCLOUD_QEMU_ACCEL`). They are `#[ignore]`d in a plain `cargo test` because they need the
+//! images and take minutes; `scripts/test` builds the images and runs them with `--ignored`.
+//! A missing image fails the test, never skips it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub mod network;
 pub mod services;
@@ -25,10 +27,64 @@ pub fn images_dir() -> PathBuf {
         .unwrap_or_else(|| workspace().join("image/out"))
 }
 
+/// Set by `scripts/test`, which builds the images in the background while tests run: the
+/// directory where each build leaves its exit status, `<arch>.rc`, when it ends.
+pub const IMAGE_BUILDS_ENV: &str = "UNCLOUD_IMAGE_BUILDS";
+
+/// How long [`image`] waits for a build: a first run's arm64 build (its base under
+/// emulation) ends ~45 min after the start; this bounds a hung one.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(90 * 60);
+
 /// The one image in [`images_dir`] whose name ends with `suffix` (such as `-amd64.qcow2`; a
-/// raw disk such as `-arm64-rpi.img` also as its `.xz`).
+/// raw disk such as `-arm64-rpi.img` also as its `.xz`). Under `scripts/test`
+/// ([`IMAGE_BUILDS_ENV`]) it first waits for the build of the architecture `suffix` names.
 pub fn image(suffix: &str) -> PathBuf {
+    if let Some(builds) = std::env::var_os(IMAGE_BUILDS_ENV) {
+        let arch = if suffix.contains("arm64") {
+            "arm64"
+        } else {
+            "amd64"
+        };
+        wait_for_build(Path::new(&builds), arch, BUILD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    }
     uncloud_qemu::image::find(&images_dir(), suffix).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits until `builds/<arch>.rc` says how `image/build --arch <arch>` ended: `Ok` if it
+/// succeeded, else why not.
+pub fn wait_for_build(builds: &Path, arch: &str, timeout: Duration) -> Result<(), String> {
+    let rc = builds.join(format!("{arch}.rc"));
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        // scripts/test renames the file into place, so a file read is whole.
+        if let Ok(status) = std::fs::read_to_string(&rc) {
+            if told {
+                eprintln!(
+                    "-- image/build --arch {arch} ended after {:.0?} of waiting",
+                    started.elapsed()
+                );
+            }
+            return match status.trim() {
+                "0" => Ok(()),
+                other => Err(format!(
+                    "image/build --arch {arch} failed (exit status {other}): its log is in \
+                     scripts/test's output"
+                )),
+            };
+        }
+        if started.elapsed() > timeout {
+            return Err(format!(
+                "image/build --arch {arch} did not end within {timeout:.0?} ({} never appeared)",
+                rc.display()
+            ));
+        }
+        if !told {
+            eprintln!("-- waiting for image/build --arch {arch} (running in the background)");
+            told = true;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// Writes the raw disk of the image `*{suffix}` (such as `-arm64-rpi.img`) to `to`.
@@ -133,6 +189,30 @@ pub fn is_status_line(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_build_is_waited_for_until_its_status_appears_and_a_failed_one_is_an_error() {
+        let builds = tempfile::tempdir().unwrap();
+        let dir = builds.path().to_owned();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2500));
+            std::fs::write(dir.join("arm64.rc"), "0\n").unwrap();
+        });
+        let started = Instant::now();
+        assert_eq!(
+            wait_for_build(builds.path(), "arm64", Duration::from_secs(60)),
+            Ok(())
+        );
+        assert!(started.elapsed() >= Duration::from_millis(2500));
+        writer.join().unwrap();
+
+        std::fs::write(builds.path().join("amd64.rc"), "2\n").unwrap();
+        let err = wait_for_build(builds.path(), "amd64", Duration::from_secs(60)).unwrap_err();
+        assert!(err.contains("--arch amd64 failed (exit status 2)"), "{err}");
+
+        let err = wait_for_build(builds.path(), "riscv64", Duration::ZERO).unwrap_err();
+        assert!(err.contains("did not end"), "{err}");
+    }
 
     #[test]
     fn the_last_banner_is_parsed_between_other_console_output() {
