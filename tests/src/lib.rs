@@ -32,7 +32,7 @@ pub fn images_dir() -> PathBuf {
 pub const IMAGE_BUILDS_ENV: &str = "UNCLOUD_IMAGE_BUILDS";
 
 /// How long [`image`] waits for a build: a first run's arm64 build (its base under
-/// emulation) ends ~45 min after the start; this bounds a hung one.
+/// emulation) ended 54 min after the start on Dec 7; this bounds a hung one.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(90 * 60);
 
 /// The one image in [`images_dir`] whose name ends with `suffix` (such as `-amd64.qcow2`; a
