@@ -1,4 +1,4 @@
-//! The images boot under QEMU to a ready Uncloud machine.
+//! The images boot under QEMU (TCG) to a ready Uncloud machine.
 //!
 //! Each test boots one image with its real firmware and waits for the console banner that
 //! `uncloud-banner.service` prints once every Uncloud unit and Docker have started. They

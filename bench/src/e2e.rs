@@ -312,17 +312,12 @@ fn markdown(plan: &Plan, results: &Results, command: &str) -> String {
     line(&mut md, format!("Command: `{command}`\n"));
     line(
         &mut md,
-        format!(
-            "VMs from the built amd64 image (`image/build`) under QEMU with {}, one vCPU and \
-             1.5 GiB each, on one Ethernet segment (a bridge in a network namespace), driven \
-             with `uc` from a laptop namespace on that segment: the network story's harness \
-             (`tests/src/network.rs`). alpha is initialised with the command its console shows; \
-             then machines join one after another with a ticket in their NoCloud user-data (the \
-             first, bravo, stays; the others are removed and powered off after their figure).\n",
-            uncloud_qemu::Accel::from_env(uncloud_qemu::Arch::Amd64)
-                .unwrap_or(uncloud_qemu::Accel::Tcg)
-                .describe()
-        ),
+        "VMs from the built amd64 image (`image/build`) under QEMU with TCG (no KVM here), one \
+         vCPU and 1.5 GiB each, on one Ethernet segment (a bridge in a network namespace), \
+         driven with `uc` from a laptop namespace on that segment: the network story's harness \
+         (`tests/src/network.rs`). alpha is initialised with the command its console shows; \
+         then machines join one after another with a ticket in their NoCloud user-data (the \
+         first, bravo, stays; the others are removed and powered off after their figure).\n",
     );
     line(
         &mut md,
@@ -390,8 +385,7 @@ fn markdown(plan: &Plan, results: &Results, command: &str) -> String {
     line(
         &mut md,
         "Boot to ready against a plain Debian boot of the same image is in `image.md`. Under TCG \
-         (software emulation) every time is several times what it is on real hardware or KVM; \
-         memory is not.\n",
+         every time is several times what it is on real hardware or KVM; memory is not.\n",
     );
     line(&mut md, "Machine:\n");
     md.push_str(&host.markdown_list());

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use uncloud_qemu::seed::write_uncloud_file;
-use uncloud_qemu::{rpi, Accel, Arch, Boot, Machine, SeedDisk, Vm};
+use uncloud_qemu::{rpi, Arch, Boot, Machine, SeedDisk, Vm};
 
 use crate::progress;
 use crate::report::{line, write_json, Metric, Results};
@@ -324,7 +324,7 @@ fn markdown(plan: &Plan, images: &Path, results: &Results, command: &str) -> Res
     let mut md = String::new();
     line(
         &mut md,
-        "# Image benchmark: boot to ready under QEMU, and size\n",
+        "# Image benchmark: boot to ready under QEMU TCG, and size\n",
     );
     line(
         &mut md,
@@ -335,20 +335,14 @@ fn markdown(plan: &Plan, images: &Path, results: &Results, command: &str) -> Res
     );
     line(
         &mut md,
-        format!(
-            "Each image boots from its real firmware (OVMF or SeaBIOS, AAVMF), boot loader and \
-             kernel under QEMU, {amd64} for the x86_64 images and TCG (software emulation) for \
-             the arm64 ones, 2 vCPUs and 1.5 GiB (`-cpu qemu64` on x86_64, `cortex-a72` on \
-             arm64).",
-            amd64 = Accel::from_env(Arch::Amd64)
-                .unwrap_or(Accel::Tcg)
-                .describe()
-        ) + " **value**: seconds from starting QEMU to the console banner \
+        "Each image boots from its real firmware (OVMF or SeaBIOS, AAVMF), boot loader and kernel \
+         under QEMU with TCG (no KVM here), 2 vCPUs and 1.5 GiB (`-cpu qemu64` on x86_64, \
+         `cortex-a72` on arm64). **value**: seconds from starting QEMU to the console banner \
          `uncloud: <host> ready`, printed once stated, meshd, dockerd-shim and Docker are active. \
          **reference**: the same image with those units (and the first-boot ones) masked on the \
          kernel command line, to systemd's `Reached target multi-user.target`: plain Debian 12 on \
-         the same firmware and kernel. The ratio is what Uncloud and Docker add to a boot; under \
-         TCG every figure is several times what it is on real hardware or KVM. Every boot \
+         the same firmware and kernel. The ratio is what Uncloud and Docker add to a boot under \
+         emulation; on real hardware or KVM every figure is several times smaller. Every boot \
          is a first boot (a fresh copy-on-write overlay of the image), so it includes making \
          the machine's keys and token. `arm64_raspi3b` is the Raspberry Pi SD image on QEMU's \
          `raspi3b` (4 Cortex-A53, 1 GiB, SD card, USB network), started with the kernel, initrd \

@@ -2,11 +2,9 @@
 //!
 //! # Background
 //! The appliance image is tested the way it is used: booted whole, with its real firmware
-//! (OVMF or SeaBIOS on x86_64, AAVMF on arm64), its own boot loader, kernel and units. QEMU
-//! runs them with TCG (software emulation), which is slow: every wait here is generous and
-//! measured rather than assumed. Where KVM works, `UNCLOUD_QEMU_ACCEL=kvm` runs guests of the
-//! host's architecture under it ([`machine::Accel`]); it is never chosen alone, because this
-//! project's CI machine has a `/dev/kvm` on which guests fail (nested KVM).
+//! (OVMF or SeaBIOS on x86_64, AAVMF on arm64), its own boot loader, kernel and units. These
+//! machines have no usable KVM (qemu/README.md), so QEMU runs with TCG (software emulation), which is slow: every wait
+//! here is generous and measured rather than assumed.
 //!
 //! # Design
 //! - [`machine`]: what to boot and how, turned into a QEMU command line (pure, unit-tested).
@@ -38,7 +36,7 @@ pub mod shell;
 pub mod tool;
 pub mod vm;
 
-pub use machine::{Accel, Arch, Boot, Machine, VmFiles};
+pub use machine::{Arch, Boot, Machine, VmFiles};
 pub use metadata::{Hetzner, MetadataService};
 pub use seed::SeedDisk;
 pub use shell::Shell;

@@ -28,61 +28,6 @@ pub enum Boot {
     },
 }
 
-/// How QEMU runs the guest's processor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    /// The host's KVM, for a guest of the host's architecture: asked for with [`ACCEL_ENV`].
-    Kvm,
-    /// QEMU's translator (software emulation): any guest on any host, many times slower.
-    Tcg,
-}
-
-/// `kvm` runs guests of the host's architecture under KVM; unset or `tcg`, under TCG.
-pub const ACCEL_ENV: &str = "UNCLOUD_QEMU_ACCEL";
-
-impl Accel {
-    /// What a VM of `arch` runs under: KVM only when [`ACCEL_ENV`] asks for it and the guest
-    /// is of the host's architecture. Never by default: a `/dev/kvm` that makes VMs is no
-    /// proof that guests run (on this project's CI machine, nested KVM opens and makes VMs,
-    /// then fails to emulate OVMF's, SYSLINUX's and the kernel's early instructions).
-    pub fn from_env(arch: Arch) -> Result<Accel, String> {
-        match std::env::var(ACCEL_ENV) {
-            Ok(value) => match Accel::parse(&value)? {
-                Accel::Kvm if arch == Arch::host() => Ok(Accel::Kvm),
-                _ => Ok(Accel::Tcg),
-            },
-            Err(_) => Ok(Accel::Tcg),
-        }
-    }
-
-    fn parse(value: &str) -> Result<Accel, String> {
-        match value.to_ascii_lowercase().as_str() {
-            "kvm" => Ok(Accel::Kvm),
-            "tcg" => Ok(Accel::Tcg),
-            _ => Err(format!("{ACCEL_ENV}={value:?}: expected kvm or tcg")),
-        }
-    }
-
-    /// How reports name it.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Accel::Kvm => "KVM",
-            Accel::Tcg => "TCG (software emulation)",
-        }
-    }
-}
-
-impl Arch {
-    /// The architecture this harness runs on (only x86_64 and arm64 hosts are known).
-    pub fn host() -> Arch {
-        if cfg!(target_arch = "aarch64") {
-            Arch::Arm64
-        } else {
-            Arch::Amd64
-        }
-    }
-}
-
 /// Where Debian's packages put the firmware (ovmf, qemu-efi-aarch64).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -115,8 +60,6 @@ pub struct Machine {
     pub tap: Option<String>,
     /// The network namespace QEMU runs in (where [`Machine::tap`] is).
     pub netns: Option<String>,
-    /// KVM or TCG; `None`: [`Accel::from_env`] when the VM starts.
-    pub accel: Option<Accel>,
     /// A virtio serial port named [`SHELL_PORT`] whose host side is a Unix socket: the test
     /// shell's (see [`crate::shell`]). The guest serves it only if its user-data says so.
     pub shell_port: bool,
@@ -169,7 +112,6 @@ impl Machine {
             tap: None,
             netns: None,
             shell_port: false,
-            accel: None,
         }
     }
 
@@ -233,14 +175,9 @@ impl Machine {
             .to_owned()
         });
         let mut a: Vec<String> = vec!["-machine".into(), machine];
-        let accel = match self.accel.unwrap_or(Accel::Tcg) {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg,tb-size=256",
-        };
-        a.extend(["-accel".into(), accel.into()]);
+        a.extend(["-accel".into(), "tcg,tb-size=256".into()]);
         match self.arch {
-            // Baseline x86-64: what the workspace is built for, and what every VPS has. Under
-            // KVM too (not `host`: nested KVM may refuse the host's MSRs).
+            // Baseline x86-64: what the workspace is built for, and what every VPS has.
             Arch::Amd64 => a.extend(["-cpu".into(), "qemu64".into()]),
             Arch::Arm64 if !self.is_raspi() => a.extend(["-cpu".into(), "cortex-a72".into()]),
             Arch::Arm64 => {}
@@ -405,22 +342,6 @@ mod tests {
             args.contains("file=/seed.img,if=virtio,format=raw,readonly=on"),
             "{args}"
         );
-    }
-
-    #[test]
-    fn kvm_replaces_the_translator_and_its_name_is_parsed_from_the_environment() {
-        let mut m = Machine::new("k", Arch::Amd64, Boot::Uefi);
-        m.accel = Some(Accel::Kvm);
-        let args = joined(&m, None);
-        assert!(
-            args.starts_with("-machine q35 -accel kvm -cpu qemu64 "),
-            "{args}"
-        );
-        assert!(!args.contains("tcg"), "{args}");
-        assert_eq!(Accel::parse("KVM"), Ok(Accel::Kvm));
-        assert_eq!(Accel::parse("tcg"), Ok(Accel::Tcg));
-        let err = Accel::parse("hvf").unwrap_err();
-        assert!(err.contains(ACCEL_ENV) && err.contains("hvf"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::console;
-use crate::machine::{Accel, Boot, Machine, VmFiles};
+use crate::machine::{Boot, Machine, VmFiles};
 use crate::seed::{SeedDisk, SeedError};
 use crate::shell::{Shell, ShellError};
 
@@ -24,8 +24,6 @@ pub enum VmError {
     Shell { vm: String, source: ShellError },
     #[error("{vm} has no test shell port (Machine::shell_port)")]
     NoShell { vm: String },
-    #[error("{0}")]
-    Accel(String),
     #[error("qemu-img could not make an overlay of {image}: {reason}")]
     Overlay { image: PathBuf, reason: String },
     #[error("{vm}: no {what} after {secs} s; the console ends with:\n{tail}")]
@@ -63,7 +61,6 @@ pub struct Vm {
     shell_path: Option<PathBuf>,
     shell: Option<Shell>,
     started: Instant,
-    accel: Accel,
 }
 
 impl Vm {
@@ -131,14 +128,6 @@ impl Vm {
         let console_path = dir.path().join("console.log");
         std::fs::write(&console_path, b"").map_err(io("cannot create the console log"))?;
         let shell_path = machine.shell_port.then(|| dir.path().join("shell.sock"));
-        let accel = match machine.accel {
-            Some(accel) => accel,
-            None => Accel::from_env(machine.arch).map_err(VmError::Accel)?,
-        };
-        let machine = &Machine {
-            accel: Some(accel),
-            ..machine.clone()
-        };
         let args = machine.args(&VmFiles {
             disk: &disk,
             disk_format: "qcow2",
@@ -161,7 +150,6 @@ impl Vm {
             shell_path,
             shell: None,
             started: Instant::now(),
-            accel,
         };
         vm.connect_shell()?;
         Ok(vm)
@@ -189,11 +177,6 @@ impl Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.shell = None;
-    }
-
-    /// KVM or TCG: what the guest's processor runs under.
-    pub fn accel(&self) -> Accel {
-        self.accel
     }
 
     /// Whether QEMU still runs.

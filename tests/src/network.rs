@@ -87,7 +87,6 @@ fn start(
 ) -> Node {
     let vm =
         Vm::start(&machine, &image("-amd64.qcow2"), Some(seed)).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("-- {name} boots under {}", vm.accel().describe());
     Node {
         name,
         address,
