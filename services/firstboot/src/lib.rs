@@ -19,8 +19,10 @@
 //! Both are safe to run again: `init` only fills in what is missing or newly given.
 //!
 //! # Limitations
-//! - apid, which serves the setup API with this key and checks the token, does not exist yet;
-//!   the files are ready for it.
+//! - firstboot only makes and collects the files: apid serves the setup API with the key and
+//!   checks the token, redeems a pre-seeded join ticket, and removes both once the machine is
+//!   a member. A token or ticket given again after that is stored again but claims nothing:
+//!   apid refuses a member's setup.
 //! - The banner is printed once per boot (and on `uncloud-firstboot banner`); it is not updated
 //!   when an address changes later.
 
