@@ -2,9 +2,10 @@
 //! partition, daemons killed, a power cut and a removal (`uncloud_e2e::network` has the words).
 //!
 //! The story: `uc machine init` on alpha with the values its console shows, `uc machine add`
-//! for bravo, charlie joining by itself with a ticket in its user-data; all three alive
-//! through each of them, every pair's WireGuard up, every machine named in every dnsd; from
-//! the laptop, a scan of every TCP port finds only apid's open. alpha becomes an ingress
+//! for bravo, charlie (far away: its NIC holds frames up to 40 ms) joining by itself with a
+//! ticket in its user-data; all three alive through each of them, every pair's WireGuard up,
+//! every machine named in every dnsd; from the laptop, a scan of every TCP port finds only
+//! apid's open. alpha becomes an ingress
 //! machine; an image is pushed from the laptop's Docker and a Compose project deployed (web
 //! on every machine behind https://shop.uncloud.test, db on bravo, cache on alpha and
 //! charlie): its certificate comes from a test CA (pebble) and HTTPS through alpha reaches
@@ -12,7 +13,8 @@
 //! resolve and answer. Then alpha is cut off from bravo and charlie: each side still answers
 //! `uc`, takes a write, routes and names only the containers it reaches, and deploys a
 //! change; once the links are back both writes and both changes are everywhere, and one
-//! deploy settles the containers. Each of bravo's daemons is killed (SIGKILL) in turn:
+//! deploy settles the containers. With a quarter of the frames between alpha and the others
+//! lost, a write still reaches alpha. Each of bravo's daemons is killed (SIGKILL) in turn:
 //! systemd starts it again and nothing is lost. Charlie's power is cut in the middle of a
 //! stream of writes through it: every write it acknowledged is there after it boots again,
 //! and it is back in the mesh with its containers. Then charlie is removed: gone from every
@@ -28,13 +30,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use uncloud_e2e::cloud_init_warnings;
-use uncloud_e2e::network::{all_alive, running_units, wait_until, Datasource, Lan, Node};
+use uncloud_e2e::network::{
+    all_alive, holds_for, running_units, wait_until, Datasource, Lan, Node,
+};
 use uncloud_e2e::services::Ps;
 use uncloud_qemu::seed::{write_files, write_uncloud_file};
 use uncloud_qemu::{Arch, Boot, Hetzner, Machine};
 use uncloud_testkit::pebble::Pebble;
 use uncloud_testkit::{Dockerd, Nat};
 
+/// How long charlie's NIC holds a frame at most ([`Machine::link_delay`]).
+const CHARLIE_DELAY: Duration = Duration::from_millis(40);
 /// The hostname the `shop` project publishes through ingress.
 const SHOP: &str = "shop.uncloud.test";
 
@@ -363,13 +369,16 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
     check_insides(&lan, &alpha);
 
     // A ticket for charlie, in its NoCloud user-data: it joins by itself when it boots.
+    // charlie is far away: its NIC holds every frame, both ways, for up to 40 ms (a round
+    // trip 40 to 80 ms longer), through the whole story.
     let ticket = lan
         .uc
         .ok(&["machine", "token", "--ttl", "1h", "--name", "charlie"]);
-    let mut charlie = lan.boot(
+    let mut charlie = lan.boot_with(
         "charlie",
         Ipv4Addr::new(198, 18, 0, 23),
         &write_uncloud_file("join-ticket", ticket.trim()),
+        |m| m.link_delay = Some(CHARLIE_DELAY),
     );
     let charlie_started = Instant::now();
 
@@ -398,6 +407,17 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
     eprintln!(
         "charlie: from power on to a member seen alive by all, with a ticket in its user-data: {:.0?}",
         charlie_started.elapsed()
+    );
+    // charlie is as far as it was meant to be: opening a connection to its apid takes at
+    // least most of a period more than to bravo's.
+    let (to_charlie, to_bravo) = (
+        lan.connect_time(&charlie, 7443, 5),
+        lan.connect_time(&bravo, 7443, 5),
+    );
+    eprintln!("a TCP connection from the laptop opens in {to_charlie:.0?} to charlie, {to_bravo:.0?} to bravo");
+    assert!(
+        to_charlie >= CHARLIE_DELAY * 3 / 4,
+        "charlie's link is not delayed: {to_charlie:?} (bravo: {to_bravo:?})"
     );
     // Every pair's WireGuard is up, direct, with traffic both ways; and asking every machine
     // through one goes over that mesh.
@@ -742,6 +762,45 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
                     .is_some_and(|a| a == web_answers(&ps, "2"))
         },
     );
+
+    // A bad link, not a broken one: a quarter of the frames between alpha and each of the
+    // others lost at random, each way. A write through bravo still reaches alpha (gossip and
+    // sync retry over the mesh), and for as long as the loss lasts nobody is declared gone.
+    lan.lossy(&alpha, &bravo, 25);
+    lan.lossy(&alpha, &charlie, 25);
+    holds_for(
+        "through the loss, alpha and bravo see all three alive",
+        Duration::from_secs(30),
+        || {
+            [&alpha, &bravo].iter().all(|node| {
+                lan.machines_seen_by(node)
+                    .is_some_and(|rows| all_alive(&rows, &names))
+            })
+        },
+    );
+    lan.uc.ok(&[
+        "machine",
+        "label",
+        "bravo",
+        "link=lossy",
+        "--endpoint",
+        &bravo.endpoint(),
+    ]);
+    let across = wait_until(
+        "alpha has bravo's write across the lossy links, everyone alive",
+        Duration::from_secs(180),
+        || {
+            lan.machines_seen_by(&alpha).is_some_and(|rows| {
+                all_alive(&rows, &names) && label(&rows, "bravo", "link") == Some("lossy")
+            })
+        },
+    );
+    let lost = lan.frames_lost();
+    assert!(lost > 0, "the lossy links dropped no frame");
+    eprintln!(
+        "bravo's write reached alpha across 25 % loss after {across:.0?} ({lost} frames lost)"
+    );
+    lan.heal();
 
     // Each of bravo's daemons killed in turn: systemd starts it again.
     for unit in [

@@ -1,6 +1,7 @@
 //! What to boot and how: a QEMU command line.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::metadata::{self, MetadataService};
 
@@ -63,6 +64,10 @@ pub struct Machine {
     /// A virtio serial port named [`SHELL_PORT`] whose host side is a Unix socket: the test
     /// shell's (see [`crate::shell`]). The guest serves it only if its user-data says so.
     pub shell_port: bool,
+    /// A far machine: its NIC holds every frame, both ways, until the next tick of a timer
+    /// with this period (QEMU's `filter-buffer`), as netem would delay them. A round trip
+    /// then takes between one and two periods more. `None`: frames pass at once.
+    pub link_delay: Option<Duration>,
 }
 
 /// The name of the test shell's port: `/dev/virtio-ports/<this>` in the guest.
@@ -112,6 +117,7 @@ impl Machine {
             tap: None,
             netns: None,
             shell_port: false,
+            link_delay: None,
         }
     }
 
@@ -291,6 +297,15 @@ impl Machine {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
         }
         a.extend(["-netdev".into(), netdev]);
+        if let Some(period) = self.link_delay {
+            a.extend([
+                "-object".into(),
+                format!(
+                    "filter-buffer,id=n0-delay,netdev=n0,queue=all,interval={}",
+                    period.as_micros().max(1)
+                ),
+            ]);
+        }
         a
     }
 }
@@ -457,6 +472,18 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains("user,id=n0"), "{line}");
+    }
+
+    #[test]
+    fn a_link_delay_buffers_both_ways_of_the_nic_for_its_period() {
+        let mut m = Machine::new("far", Arch::Amd64, Boot::Uefi);
+        assert!(!joined(&m, None).contains("filter-buffer"));
+        m.link_delay = Some(Duration::from_millis(40));
+        let line = joined(&m, None);
+        assert!(
+            line.ends_with("-object filter-buffer,id=n0-delay,netdev=n0,queue=all,interval=40000"),
+            "{line}"
+        );
     }
 
     #[test]

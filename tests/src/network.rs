@@ -6,9 +6,11 @@
 //! static address from its NoCloud `network-config`. `uc` runs in the "laptop" namespace on
 //! the same bridge, as a user's laptop on the internet would. Links are cut at the bridge
 //! (nftables' bridge family, by tap device), so a cut is what a broken internet does to the
-//! machines: frames between them dropped, the laptop still reaching every one.
+//! machines: frames between them dropped, the laptop still reaching every one. A lossy link
+//! drops a share of them at random there; a far machine's NIC holds its frames a while
+//! ([`uncloud_qemu::Machine::link_delay`]). This kernel has no netem: these two stand in.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,6 +34,8 @@ pub struct Lan {
     pub uc: Uc,
     /// Links cut, as (from tap, to tap): frames from the first to the second are dropped.
     cuts: Mutex<BTreeSet<(String, String)>>,
+    /// Lossy links, as (from tap, to tap) and the percentage of frames dropped.
+    losses: Mutex<BTreeMap<(String, String), u8>>,
 }
 
 /// One VM of the network.
@@ -112,6 +116,7 @@ impl Lan {
             laptop,
             uc,
             cuts: Mutex::new(BTreeSet::new()),
+            losses: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -241,13 +246,48 @@ impl Lan {
     /// Drops what `from` sends to `to`; what `to` sends to `from` still arrives.
     pub fn block_one_way(&self, from: &Node, to: &Node) {
         eprintln!("-- cut {} -> {}", from.name, to.name);
-        let tap = |n: &Node| {
-            n.segment_tap
-                .clone()
-                .unwrap_or_else(|| panic!("{} is behind a NAT: its links are not cut", n.name))
-        };
-        self.cuts.lock().unwrap().insert((tap(from), tap(to)));
+        self.cuts
+            .lock()
+            .unwrap()
+            .insert((from.segment_tap(), to.segment_tap()));
         self.apply_cuts();
+    }
+
+    /// Drops `percent` % of the frames between `a` and `b`, each way, at random: a bad link,
+    /// not a broken one, until [`Lan::heal`].
+    pub fn lossy(&self, a: &Node, b: &Node, percent: u8) {
+        assert!(percent <= 100, "{percent} %");
+        eprintln!(
+            "-- {percent} % of the frames between {} and {} lost",
+            a.name, b.name
+        );
+        let (ta, tb) = (a.segment_tap(), b.segment_tap());
+        let mut losses = self.losses.lock().unwrap();
+        losses.insert((ta.clone(), tb.clone()), percent);
+        losses.insert((tb, ta), percent);
+        drop(losses);
+        self.apply_cuts();
+    }
+
+    /// Frames the lossy links dropped since they were set (nftables' counters).
+    pub fn frames_lost(&self) -> u64 {
+        let out = self
+            .internet
+            .ns
+            .command("nft")
+            .args(["list", "table", "bridge", CUTS_TABLE])
+            .output()
+            .expect("nft runs (package nftables)");
+        assert!(out.status.success(), "nft list: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .split("counter packets ")
+            .skip(1)
+            .map(|rest| {
+                let n = rest.split_whitespace().next().unwrap_or_default();
+                n.parse::<u64>()
+                    .unwrap_or_else(|e| panic!("nft's counter {n:?}: {e}"))
+            })
+            .sum()
     }
 
     /// Splits the machines into two sides that cannot reach each other.
@@ -259,21 +299,29 @@ impl Lan {
         }
     }
 
-    /// Restores every link.
+    /// Restores every link: no cut, no loss.
     pub fn heal(&self) {
         eprintln!("-- every link restored");
         self.cuts.lock().unwrap().clear();
+        self.losses.lock().unwrap().clear();
         self.apply_cuts();
     }
 
     fn apply_cuts(&self) {
-        let rules: String = self
+        let mut rules: String = self
             .cuts
             .lock()
             .unwrap()
             .iter()
             .map(|(from, to)| format!("    iifname \"{from}\" oifname \"{to}\" drop\n"))
             .collect();
+        // Counted, so a test can tell the loss happened.
+        for ((from, to), percent) in self.losses.lock().unwrap().iter() {
+            rules.push_str(&format!(
+                "    iifname \"{from}\" oifname \"{to}\" numgen random mod 100 < {percent} \
+                 counter drop\n"
+            ));
+        }
         // `add` then `flush`: one transaction that works whether the table exists or not.
         let script = format!(
             "add table bridge {CUTS_TABLE}\nflush table bridge {CUTS_TABLE}\n\
@@ -298,13 +346,33 @@ impl Lan {
         assert!(child.wait().unwrap().success(), "nft -f:\n{script}");
     }
 
+    /// How long a TCP connection from the laptop to `node`'s `port` takes to open: the
+    /// median of `tries` (a round trip through the segment and the machine's NIC).
+    pub fn connect_time(&self, node: &Node, port: u16, tries: usize) -> Duration {
+        let (name, addr) = (node.name, SocketAddr::from((node.address, port)));
+        let mut times: Vec<Duration> = self.laptop.enter(|| {
+            (0..tries)
+                .map(|_| {
+                    let started = Instant::now();
+                    TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                        .unwrap_or_else(|e| panic!("connecting to {name} at {addr}: {e}"));
+                    started.elapsed()
+                })
+                .collect()
+        });
+        times.sort();
+        times[times.len() / 2]
+    }
+
     /// The TCP ports of `ip` that accept a connection from the laptop, all 65535 tried.
     pub fn open_tcp_ports(&self, ip: Ipv4Addr) -> Vec<u16> {
         self.laptop.enter(|| {
             let ports: Vec<u16> = (1..=u16::MAX).collect();
             let mut open: Vec<u16> = std::thread::scope(|s| {
+                // 128 at a time: a far machine answers each try a round trip of up to
+                // 80 ms later.
                 let workers: Vec<_> = ports
-                    .chunks(u16::MAX as usize / 32 + 1)
+                    .chunks(u16::MAX as usize / 128 + 1)
                     .map(|chunk| {
                         s.spawn(move || {
                             chunk
@@ -331,6 +399,13 @@ impl Lan {
 }
 
 impl Node {
+    /// Its tap on the segment's bridge, where its links are cut or made lossy.
+    fn segment_tap(&self) -> String {
+        self.segment_tap
+            .clone()
+            .unwrap_or_else(|| panic!("{} is behind a NAT: its links are not cut", self.name))
+    }
+
     /// The resident memory (VmRSS) of `units`' main processes, summed (KiB); `Err` with
     /// what the machine printed when a unit has none.
     pub fn rss_kib(&mut self, units: &[&str]) -> Result<u64, String> {
@@ -501,4 +576,21 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
     }
     eprintln!("{what}: after {:.0?}", start.elapsed());
     start.elapsed()
+}
+
+/// Polls `check` every second for `period`, failing the test the first time it does not hold:
+/// a property that must stay true, not one that becomes true.
+pub fn holds_for(what: &str, period: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let mut polls = 0;
+    while start.elapsed() < period {
+        polls += 1;
+        assert!(
+            check(),
+            "{what}: broken after {:.0?} ({polls} polls)",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!("{what}: held for {period:?} ({polls} polls)");
 }
