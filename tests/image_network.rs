@@ -5,8 +5,7 @@
 //! for bravo, charlie (far away: its NIC holds frames up to 40 ms) joining by itself with a
 //! ticket in its user-data; all three alive through each of them, every pair's WireGuard up,
 //! every machine named in every dnsd; from the laptop, a scan of every TCP port finds only
-//! apid's open. alpha becomes an ingress
-//! machine; an image is pushed from the laptop's Docker and a Compose project deployed (web
+//! apid's open. alpha becomes an ingress machine; an image is pushed from the laptop's Docker and a Compose project deployed (web
 //! on every machine behind https://shop.uncloud.test, db on bravo, cache on alpha and
 //! charlie): its certificate comes from a test CA (pebble) and HTTPS through alpha reaches
 //! every web container; inside a container, machines, services and the virtual address
@@ -398,10 +397,7 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
         wait_until(
             &format!("{} sees three machines alive", node.name),
             Duration::from_secs(300),
-            || {
-                lan.machines_seen_by(node)
-                    .is_some_and(|rows| all_alive(&rows, &names))
-            },
+            || lan.sees_alive(node, &names),
         );
     }
     eprintln!(
@@ -771,12 +767,7 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
     holds_for(
         "through the loss, alpha and bravo see all three alive",
         Duration::from_secs(30),
-        || {
-            [&alpha, &bravo].iter().all(|node| {
-                lan.machines_seen_by(node)
-                    .is_some_and(|rows| all_alive(&rows, &names))
-            })
-        },
+        || lan.sees_alive(&alpha, &names) && lan.sees_alive(&bravo, &names),
     );
     lan.uc.ok(&[
         "machine",
@@ -970,10 +961,7 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
         wait_until(
             &format!("{} no longer lists charlie", node.name),
             Duration::from_secs(120),
-            || {
-                lan.machines_seen_by(node)
-                    .is_some_and(|rows| all_alive(&rows, &["alpha", "bravo"]))
-            },
+            || lan.sees_alive(node, &["alpha", "bravo"]),
         );
     }
     wait_until(
@@ -1165,12 +1153,7 @@ fn three_vms_form_a_network_and_keep_it_through_a_partition_kills_and_a_power_cu
     wait_until(
         "alpha and bravo see delta, echo and foxtrot alive",
         Duration::from_secs(300),
-        || {
-            [&alpha, &bravo].iter().all(|node| {
-                lan.machines_seen_by(node)
-                    .is_some_and(|rows| all_alive(&rows, &five))
-            })
-        },
+        || lan.sees_alive(&alpha, &five) && lan.sees_alive(&bravo, &five),
     );
     eprintln!(
         "delta, echo, foxtrot: from power on behind their NATs to members seen alive: {:.0?}",

@@ -3,8 +3,8 @@
 //! # Background
 //! The appliance image is tested the way it is used: booted whole, with its real firmware
 //! (OVMF or SeaBIOS on x86_64, AAVMF on arm64), its own boot loader, kernel and units. These
-//! machines have no usable KVM (qemu/README.md), so QEMU runs with TCG (software emulation), which is slow: every wait
-//! here is generous and measured rather than assumed.
+//! machines have no usable KVM (qemu/README.md), so QEMU runs with TCG (software emulation),
+//! which is slow: every wait here is generous and measured rather than assumed.
 //!
 //! # Design
 //! - [`machine`]: what to boot and how, turned into a QEMU command line (pure, unit-tested).

@@ -65,8 +65,8 @@ pub struct Machine {
     /// shell's (see [`crate::shell`]). The guest serves it only if its user-data says so.
     pub shell_port: bool,
     /// A far machine: its NIC holds every frame, both ways, until the next tick of a timer
-    /// with this period (QEMU's `filter-buffer`), as netem would delay them. A round trip
-    /// then takes between one and two periods more. `None`: frames pass at once.
+    /// with this period (QEMU's `filter-buffer`: the test machines' kernel has no netem). A
+    /// round trip then takes between one and two periods more. `None`: frames pass at once.
     pub link_delay: Option<Duration>,
 }
 

@@ -1,9 +1,9 @@
 //! Helpers of Uncloud's end-to-end tests: finding the built images, reading the console
 //! banner the image prints.
 //!
-//! The tests boot real images (`image/build`) in QEMU under TCG. They are `#[ignore]`d in a plain `cargo test` because they need the
-//! images and take minutes; `scripts/test` builds the images and runs them with `--ignored`.
-//! A missing image fails the test, never skips it.
+//! The tests boot real images (`image/build`) in QEMU under TCG. They are `#[ignore]`d in a
+//! plain `cargo test` because they need the images and take minutes; `scripts/test` builds
+//! the images and runs them with `--ignored`. A missing image fails the test, never skips it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -229,6 +229,12 @@ impl Lan {
             .and_then(|rows| rows.as_array().cloned())
     }
 
+    /// Whether `node` answers and sees exactly `names`, all alive.
+    pub fn sees_alive(&self, node: &Node, names: &[&str]) -> bool {
+        self.machines_seen_by(node)
+            .is_some_and(|rows| all_alive(&rows, names))
+    }
+
     /// Machine `name`'s mesh address as `node` sees it.
     pub fn mesh_ip(&self, node: &Node, name: &str) -> Option<String> {
         self.machines_seen_by(node)?
