@@ -1,25 +1,24 @@
 //! A network of VMs from the real amd64 image, driven with `uc` as a user would, through a
 //! partition, daemons killed, a power cut and a removal (`uncloud_e2e::network` has the words).
 //!
-//! The story: `uc machine init` on alpha with the values its console shows, `uc machine add`
-//! for bravo, charlie (far away: its NIC holds frames up to 40 ms) joining by itself with a
-//! ticket in its user-data; all three alive through each of them, every pair's WireGuard up,
-//! every machine named in every dnsd; from the laptop, a scan of every TCP port finds only
-//! apid's open. alpha becomes an ingress machine; an image is pushed from the laptop's Docker and a Compose project deployed (web
-//! on every machine behind https://shop.uncloud.test, db on bravo, cache on alpha and
-//! charlie): its certificate comes from a test CA (pebble) and HTTPS through alpha reaches
-//! every web container; inside a container, machines, services and the virtual address
-//! resolve and answer. Then alpha is cut off from bravo and charlie: each side still answers
-//! `uc`, takes a write, routes and names only the containers it reaches, and deploys a
-//! change; once the links are back both writes and both changes are everywhere, and one
-//! deploy settles the containers. With a quarter of the frames between alpha and the others
-//! lost, a write still reaches alpha. Each of bravo's daemons is killed (SIGKILL) in turn:
-//! systemd starts it again and nothing is lost. Charlie's power is cut in the middle of a
-//! stream of writes through it: every write it acknowledged is there after it boots again,
-//! and it is back in the mesh with its containers. Then charlie is removed: gone from every
-//! machine's view, its containers with it; alpha reboots through the API. Last, three
-//! machines join from behind NATs (two behind routers of their own, reaching each other
-//! through a relay; one arm64 VM behind QEMU's NAT).
+//! The story: `uc machine init` on alpha with the values its console shows, `uc machine add` for
+//! bravo, charlie (far away: its NIC holds frames up to 40 ms) joining by itself with a ticket in
+//! its user-data; all three alive through each of them, every pair's WireGuard up, every machine
+//! named in every dnsd; from the laptop, a scan of every TCP port finds only apid's open. alpha
+//! becomes an ingress machine; an image is pushed from the laptop's Docker and a Compose project
+//! deployed (web on every machine behind https://shop.uncloud.test, db on bravo, cache on alpha and
+//! charlie): its certificate comes from a test CA (pebble) and HTTPS through alpha reaches every
+//! web container; inside a container, machines, services and the virtual address resolve and
+//! answer. Then alpha is cut off from bravo and charlie: each side still answers `uc`, takes a
+//! write, routes and names only the containers it reaches, and deploys a change; once the links are
+//! back both writes and both changes are everywhere, and one deploy settles the containers. With a
+//! quarter of the frames between alpha and the others lost, a write still reaches alpha. Each of
+//! bravo's daemons is killed (SIGKILL) in turn: systemd starts it again and nothing is lost.
+//! Charlie's power is cut in the middle of a stream of writes through it: every write it
+//! acknowledged is there after it boots again, and it is back in the mesh with its containers. Then
+//! charlie is removed: gone from every machine's view, its containers with it; alpha reboots
+//! through the API. Last, three machines join from behind NATs (two behind routers of their own,
+//! reaching each other through a relay; one arm64 VM behind QEMU's NAT).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
