@@ -50,6 +50,10 @@ const TICK: Duration = Duration::from_secs(5);
 const STALLED_AFTER: Duration = Duration::from_secs(45);
 /// systemd-resolved is told again every this many ticks (it forgets a link that went away).
 const RESOLVED_EVERY_TICKS: u32 = 6;
+/// The virtual addresses' table is loaded again every this many ticks (5 min), in case a
+/// host firewall reload flushed it: each load runs `nft`, which on a small machine costs more
+/// than everything else dnsd does at idle.
+const VIPS_EVERY_TICKS: u32 = 60;
 /// How long to wait between tries to bind an address not there yet.
 const BIND_RETRY: Duration = Duration::from_millis(500);
 
@@ -355,6 +359,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 }
                 if ticks.is_multiple_of(RESOLVED_EVERY_TICKS) {
                     resolved.refresh(&view).await;
+                }
+                if ticks.is_multiple_of(VIPS_EVERY_TICKS) {
                     // A host firewall reload may have flushed the table.
                     program_vips(vips.as_ref(), &view, &rx.borrow(), true);
                 }

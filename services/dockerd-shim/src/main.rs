@@ -75,8 +75,10 @@ async fn own_subnet(state: &StateProxy<'_>) -> (MeshCidr, u32) {
 /// that took the deploy stored it a moment before it asked for the container).
 const FILES_WAIT: Duration = Duration::from_secs(15);
 
-/// How often the container firewall rules are re-applied.
-const FIREWALL_REFRESH: Duration = Duration::from_secs(30);
+/// How often the container firewall rules are re-applied when nothing asked for it (a host
+/// firewall reload may have flushed them). Each apply runs `nft` and `iptables`, which on a
+/// small machine cost more than everything else the shim does at idle: not every 30 s.
+const FIREWALL_REFRESH: Duration = Duration::from_secs(300);
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     // From the start: while the machine waits for a network the shim already counts as started.
@@ -109,13 +111,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if config.manage_firewall {
         firewall::apply(&rules)?;
     }
+    // Woken by the mirror when the engine comes back after a restart, which rebuilds its
+    // iptables chains.
+    let reconnected = Arc::new(tokio::sync::Notify::new());
     let firewall = config.manage_firewall.then(|| {
+        let reconnected = reconnected.clone();
         tokio::spawn(async move {
-            // Re-applied because a host firewall reload or a dockerd restart can drop them.
             let mut tick = tokio::time::interval(FIREWALL_REFRESH);
             tick.tick().await;
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = reconnected.notified() => {
+                        tracing::info!("the engine is back; applying the container firewall rules again");
+                    }
+                }
                 let rules = rules.clone();
                 let applied = tokio::task::spawn_blocking(move || firewall::apply(&rules)).await;
                 if let Ok(Err(e)) = applied {
@@ -181,6 +191,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         network: config.network.clone(),
         draining,
         files: Some(files),
+        reconnected: Some(reconnected),
     };
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,

@@ -69,6 +69,9 @@ pub struct Mirror<'a> {
     pub draining: Draining,
     /// The files written for containers; a resync removes those of containers gone.
     pub files: Option<FileStore>,
+    /// Woken each time the engine answers again after its event stream broke (it restarted):
+    /// the firewall rules are then applied again at once.
+    pub reconnected: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 fn managed_filter() -> HashMap<String, Vec<String>> {
@@ -166,12 +169,18 @@ impl Mirror<'_> {
     /// on a broken stream (engine restart) wait, resync and follow again.
     pub async fn run(&self) {
         let mut backoff = Duration::from_millis(200);
+        let mut first = true;
         loop {
             if let Err(e) = self.resync().await {
                 tracing::warn!(error = %e, "resync failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
+            }
+            if !std::mem::take(&mut first) {
+                if let Some(n) = &self.reconnected {
+                    n.notify_one();
+                }
             }
             backoff = Duration::from_millis(200);
             let mut filters = managed_filter();

@@ -67,6 +67,7 @@ async fn setup() -> Setup {
             network: "uncloud".into(),
             draining: draining2,
             files: None,
+            reconnected: None,
         };
         m.run().await
     });

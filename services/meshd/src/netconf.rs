@@ -2,7 +2,9 @@
 //! the mesh route, the egress MTU, and which local addresses are worth advertising.
 //!
 //! Changes go through `ip` (iproute2, part of every Uncloud image), whose JSON output
-//! (`ip -j`) is parsed by pure functions tested without a network.
+//! (`ip -j`) is parsed by pure functions tested without a network. The local addresses, read
+//! every few seconds, come from getifaddrs(3) instead: a child process that often costs an
+//! idle machine more than everything else meshd does between packets.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
@@ -90,23 +92,15 @@ pub fn mtu_for_egress(egress: u16) -> u16 {
     egress.saturating_sub(WIREGUARD_OVERHEAD).max(1280)
 }
 
-#[derive(Debug, Deserialize)]
+/// One interface, as [`advertisable`] needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Link {
     pub ifname: String,
-    #[serde(default)]
-    pub flags: Vec<String>,
-    /// Set on bridge ports and bond members: such interfaces are not the machine's own uplink.
-    #[serde(default)]
-    pub master: Option<String>,
-    #[serde(default)]
-    pub addr_info: Vec<AddrInfo>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct AddrInfo {
-    pub local: IpAddr,
-    #[serde(default)]
-    pub scope: String,
+    pub up: bool,
+    pub loopback: bool,
+    /// A bridge port or bond member (it has a master): not the machine's own uplink.
+    pub port: bool,
+    pub addrs: Vec<IpAddr>,
 }
 
 /// What sysfs says about an interface (asked by [`advertisable`] through a closure so tests
@@ -125,47 +119,77 @@ pub fn link_kind(ifname: &str) -> LinkKind {
     }
 }
 
-/// The addresses worth advertising from `ip -j addr show` output: global-scope addresses of
-/// interfaces that are up and are not loopback, `own_tun`, bridges (container networks),
-/// bridge ports (container veths) or TUN devices (VPNs), and not inside the mesh itself.
+/// Whether `ip` is reachable beyond this link and host (what `ip addr` shows as scope global):
+/// not loopback, not link-local, not unspecified.
+pub fn is_global_scope(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified()),
+        IpAddr::V6(v6) => !(v6.is_loopback() || v6.is_unicast_link_local() || v6.is_unspecified()),
+    }
+}
+
+/// The addresses worth advertising among `links`: global-scope addresses of interfaces that
+/// are up and are not loopback, `own_tun`, bridges (container networks), bridge ports
+/// (container veths) or TUN devices (VPNs), and not inside the mesh itself.
 pub fn advertisable(
-    ip_addr_json: &str,
+    links: &[Link],
     own_tun: &str,
     mesh: &MeshCidr,
     kind: impl Fn(&str) -> LinkKind,
-) -> Result<Vec<IpAddr>, serde_json::Error> {
-    let links: Vec<Link> = serde_json::from_str(ip_addr_json)?;
+) -> Vec<IpAddr> {
     let mut out = Vec::new();
     for link in links {
-        if link.ifname == "lo"
-            || link.ifname == own_tun
-            || link.master.is_some()
-            || !link.flags.iter().any(|f| f == "UP")
-            || link.flags.iter().any(|f| f == "LOOPBACK")
-        {
+        if link.ifname == "lo" || link.ifname == own_tun || link.port || !link.up || link.loopback {
             continue;
         }
         let k = kind(&link.ifname);
         if k.is_bridge || k.is_tun {
             continue;
         }
-        for a in link.addr_info {
-            let in_mesh = matches!(a.local, IpAddr::V4(v4) if mesh.contains(v4));
-            if a.scope == "global" && !in_mesh && !out.contains(&a.local) {
-                out.push(a.local);
+        for &a in &link.addrs {
+            let in_mesh = matches!(a, IpAddr::V4(v4) if mesh.contains(v4));
+            if is_global_scope(a) && !in_mesh && !out.contains(&a) {
+                out.push(a);
             }
         }
     }
-    Ok(out)
+    out
 }
 
-/// This machine's advertisable addresses, read with `ip -j addr show`.
-pub fn local_addresses(own_tun: &str, mesh: &MeshCidr) -> Result<Vec<IpAddr>, IpError> {
-    let json = ip(&["-j", "addr", "show"])?;
-    advertisable(&json, own_tun, mesh, link_kind).map_err(|e| IpError {
-        args: "-j addr show".into(),
-        reason: format!("unexpected output: {e}"),
-    })
+/// This machine's interfaces and their addresses, from getifaddrs(3) and sysfs.
+pub fn links() -> nix::Result<Vec<Link>> {
+    use nix::net::if_::InterfaceFlags;
+    let mut links: Vec<Link> = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        let i = match links.iter().position(|l| l.ifname == ifa.interface_name) {
+            Some(i) => i,
+            None => {
+                let master = format!("/sys/class/net/{}/master", ifa.interface_name);
+                links.push(Link {
+                    up: ifa.flags.contains(InterfaceFlags::IFF_UP),
+                    loopback: ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK),
+                    port: std::path::Path::new(&master).exists(),
+                    ifname: ifa.interface_name.clone(),
+                    addrs: Vec::new(),
+                });
+                links.len() - 1
+            }
+        };
+        let ip = ifa.address.as_ref().and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        });
+        if let Some(ip) = ip {
+            links[i].addrs.push(ip);
+        }
+    }
+    Ok(links)
+}
+
+/// This machine's advertisable addresses ([`links`] through [`advertisable`]).
+pub fn local_addresses(own_tun: &str, mesh: &MeshCidr) -> nix::Result<Vec<IpAddr>> {
+    Ok(advertisable(&links()?, own_tun, mesh, link_kind))
 }
 
 /// Turns on IPv4 forwarding, so mesh traffic reaches the container bridge.
@@ -177,28 +201,40 @@ pub fn enable_forwarding() -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = r#"[
-      {"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"addr_info":[{"family":"inet","local":"127.0.0.1","scope":"host"}]},
-      {"ifname":"eth0","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"addr_info":[
-         {"family":"inet","local":"192.0.2.10","scope":"global"},
-         {"family":"inet6","local":"2001:db8::10","scope":"global"},
-         {"family":"inet6","local":"fe80::1","scope":"link"}]},
-      {"ifname":"eth1","flags":["BROADCAST","MULTICAST"],"addr_info":[{"family":"inet","local":"198.51.100.3","scope":"global"}]},
-      {"ifname":"uncloud","flags":["POINTOPOINT","UP"],"addr_info":[{"family":"inet","local":"10.210.1.1","scope":"global"}]},
-      {"ifname":"uncloud0","flags":["BROADCAST","UP"],"addr_info":[{"family":"inet","local":"10.210.1.1","scope":"global"}]},
-      {"ifname":"docker0","flags":["BROADCAST","UP"],"addr_info":[{"family":"inet","local":"172.17.0.1","scope":"global"}]},
-      {"ifname":"veth12","flags":["BROADCAST","UP"],"master":"docker0","addr_info":[]},
-      {"ifname":"tun9","flags":["POINTOPOINT","UP"],"addr_info":[{"family":"inet","local":"100.64.0.1","scope":"global"}]},
-      {"ifname":"wlan0","flags":["UP"],"addr_info":[{"family":"inet","local":"192.168.1.20","scope":"global"},{"family":"inet","local":"192.0.2.10","scope":"global"}]}
-    ]"#;
+    fn link(ifname: &str, up: bool, port: bool, addrs: &[&str]) -> Link {
+        Link {
+            ifname: ifname.into(),
+            up,
+            loopback: ifname == "lo",
+            port,
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
 
     #[test]
     fn only_uplink_addresses_are_advertised() {
+        let links = [
+            link("lo", true, false, &["127.0.0.1", "::1"]),
+            link(
+                "eth0",
+                true,
+                false,
+                &["192.0.2.10", "2001:db8::10", "fe80::1", "169.254.3.4"],
+            ),
+            link("eth1", false, false, &["198.51.100.3"]),
+            link("uncloud", true, false, &["10.210.1.1"]),
+            link("uncloud0", true, false, &["10.210.1.1"]),
+            link("docker0", true, false, &["172.17.0.1"]),
+            link("veth12", true, true, &["192.0.2.77"]),
+            link("tun9", true, false, &["100.64.0.1"]),
+            link("wlan0", true, false, &["192.168.1.20", "192.0.2.10"]),
+            link("wg9", true, false, &["10.210.7.1"]),
+        ];
         let kind = |name: &str| LinkKind {
             is_bridge: name == "docker0" || name == "uncloud0",
             is_tun: name == "tun9",
         };
-        let got = advertisable(SAMPLE, "uncloud", &MeshCidr::default(), kind).unwrap();
+        let got = advertisable(&links, "uncloud", &MeshCidr::default(), kind);
         let want: Vec<IpAddr> = ["192.0.2.10", "2001:db8::10", "192.168.1.20"]
             .iter()
             .map(|s| s.parse().unwrap())
@@ -207,9 +243,15 @@ mod tests {
     }
 
     #[test]
-    fn garbage_output_is_an_error_not_a_panic() {
-        let kind = |_: &str| LinkKind::default();
-        assert!(advertisable("{", "uncloud", &MeshCidr::default(), kind).is_err());
+    fn this_hosts_loopback_is_never_advertised() {
+        let got = local_addresses("uncloud", &MeshCidr::default()).unwrap();
+        assert!(got.iter().all(|ip| !ip.is_loopback()), "{got:?}");
+        let lo = links()
+            .unwrap()
+            .into_iter()
+            .find(|l| l.ifname == "lo")
+            .unwrap();
+        assert!(lo.up && lo.loopback && lo.addrs.contains(&"127.0.0.1".parse().unwrap()));
     }
 
     #[test]
