@@ -45,6 +45,8 @@
 //!   the public key the client sent (its private key never leaves the client), then consumes
 //!   the token. Until the token is consumed the same token may retry, so a crash half-way
 //!   never locks the user out.
+//! - [`cli`]: the command line and entry point, run by the binary and by the image's
+//!   multi-call executable.
 //!
 //! - [`dbus`]: `org.uncloud.Api1` on the system bus: the mode, the network, who is
 //!   connected ([`connections`]).
@@ -58,6 +60,7 @@
 pub mod api;
 pub mod caller;
 pub mod change;
+pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod control;

@@ -21,6 +21,8 @@
 //!   (`org.uncloud.Dns1`); [`resolved`] points the machine's own resolver at dnsd for
 //!   `internal`; [`vip`] balances the services' virtual addresses in nftables; [`daemon`]
 //!   wires it all.
+//! - [`cli`]: the command line and entry point, run by the binary and by the image's
+//!   multi-call executable.
 //!
 //! # Limitations
 //! - A virtual address balances new connections only: one open to a container that stops
@@ -29,6 +31,7 @@
 
 pub mod answer;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dbus;

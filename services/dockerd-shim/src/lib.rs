@@ -26,6 +26,8 @@
 //! - [`volumes`]: named volumes: create, list, inspect, remove (never while in use).
 //! - [`network`]: the `uncloud` bridge network on this machine's mesh subnet; planned by a
 //!   pure function, created or repaired.
+//! - [`cli`]: the command line and entry point, run by the binary and by the image's
+//!   multi-call executable.
 //!
 //! - [`remote`]: `ContainerOps` over tarpc on the mesh address, for other machines; with
 //!   [`streams`] (logs, exec, pull progress that outlive one call) and [`uploads`] (image
@@ -42,6 +44,7 @@
 //!   an exec.
 //! - Only IPv4 inside the mesh, like the address plan.
 
+pub mod cli;
 pub mod config;
 pub mod containers;
 pub mod dbus;

@@ -27,6 +27,7 @@
 //!   when an address changes later.
 
 pub mod banner;
+pub mod cli;
 pub mod init;
 pub mod setup_file;
 pub mod store;

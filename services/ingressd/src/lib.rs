@@ -28,6 +28,8 @@
 //!   machine that runs one removes it only after ingress stopped sending to it.
 //! - [`view`] and [`mirror`] keep this machine's copy of the state; [`dbus`] shows what is
 //!   served (`org.uncloud.Ingress1`); [`daemon`] wires it all.
+//! - [`cli`]: the command line and entry point, run by the binary and by the image's
+//!   multi-call executable.
 //!
 //! # Limitations
 //! - HTTP-01 only: a hostname must resolve to the ingress machines on port 80 (no wildcard
@@ -39,6 +41,7 @@ pub mod acme;
 pub mod balance;
 pub mod bundle;
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dbus;

@@ -24,12 +24,15 @@
 //! - [`firewall`]: the nftables table `inet uncloud_mesh`.
 //! - [`dbus`]: the D-Bus API, `org.uncloud.Mesh1`.
 //! - [`daemon`]: the wiring.
+//! - [`cli`]: the command line and entry point, run by the binary and by the image's
+//!   multi-call executable.
 //!
 //! # Limitations
 //! - No hole punching beyond what WireGuard's roaming gives: two machines behind NATs talk
 //!   through a relay unless one of them is reachable directly.
 //! - IPv4 mesh addresses only (endpoints may be IPv6).
 
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dbus;

@@ -29,6 +29,8 @@
 //! - [`errors`], [`clock`]: why a start or a write failed; the wall clock in ms.
 //! - [`dbus`]: `org.uncloud.State1`; [`links`]: the seam where tests cut the network (the
 //!   in-process harness itself lives in `uncloud_testkit::{cluster, simnet}`).
+//! - [`cli`]: the command line and entry point, run by the binary and by the image's
+//!   multi-call executable.
 //!
 //! # Limitations
 //! - Gossip and sync listen on the machine's mesh address ([`mesh_listener`]), so they work
@@ -38,6 +40,7 @@
 //!   service's spec is one such field.
 //! - Certificates and DNS extras are not in the model yet.
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dbus;
