@@ -230,11 +230,12 @@ fn manifests_list_every_daemon_and_the_hashes_of_the_files() {
     ] {
         let path = image(suffix);
         let text = std::fs::read_to_string(&path).unwrap();
-        for d in daemons
-            .iter()
-            .map(String::as_str)
-            .chain(["uncloud", "docker.io", "cloud-init"])
-        {
+        for d in daemons.iter().map(String::as_str).chain([
+            "uncloud",
+            "uncloud-daemons",
+            "docker.io",
+            "cloud-init",
+        ]) {
             assert!(
                 text.contains(&format!("\"package\": \"{d}\"")),
                 "{} does not list {d}",
