@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, DEFAULT_PATH};
 use anyhow::Context;
 use clap::Parser;
 use uncloud_common::dbus::StateProxy;
+
+use crate::config::{Config, DEFAULT_PATH};
 
 /// The management API of an Uncloud machine: TLS on one public port. A fresh machine offers
 /// only `uc machine init` (with its setup token); a member answers `uc` with client

@@ -55,7 +55,7 @@ pub async fn serve(apid: Arc<Apid>) {
         let mut connections = tokio::task::JoinSet::new();
         loop {
             while connections.try_join_next().is_some() {}
-            tokio::select! {
+            let look = tokio::select! {
                 accepted = listener.accept() => {
                     let Ok((tcp, peer)) = accepted else { continue };
                     if let Err(why) = apid.peer_machine(peer.ip()).await {
@@ -68,34 +68,42 @@ pub async fn serve(apid: Arc<Apid>) {
                     }
                     let apid = apid.clone();
                     connections.spawn(serve_peer(apid, tcp));
+                    false
                 }
-                update = changes.next() => {
-                    let relevant = match update {
-                        Some(Update::Changed { kind: Kind::Network, .. }) => true,
-                        Some(Update::Changed { kind: Kind::Machines, ids }) => apid
-                            .member()
-                            .is_none_or(|m| ids.contains(&m.machine_id)),
-                        Some(Update::Changed { .. }) => false,
-                        Some(Update::Resync) => true,
-                        // stated's signals are gone (the bus connection closed).
-                        None => {
-                            changes = futures::stream::pending().boxed();
-                            false
-                        }
-                    };
-                    if relevant && apid.own_mesh_ip().await != Some(ip) {
-                        tracing::info!(from = %ip, "mesh address changed; moving the forwarding port");
-                        break;
+                update = changes.next() => match update {
+                    Some(update) => apid
+                        .member()
+                        .is_none_or(|m| may_move_address(&update, &m.machine_id)),
+                    // stated's signals are gone (the bus connection closed): the check remains.
+                    None => {
+                        changes = futures::stream::pending().boxed();
+                        false
                     }
-                }
-                _ = check.tick() => {
-                    if apid.own_mesh_ip().await != Some(ip) {
-                        tracing::info!(from = %ip, "mesh address changed; moving the forwarding port");
-                        break;
-                    }
-                }
+                },
+                _ = check.tick() => true,
+            };
+            if look && apid.own_mesh_ip().await != Some(ip) {
+                tracing::info!(from = %ip, "mesh address changed; moving the forwarding port");
+                break;
             }
         }
+    }
+}
+
+/// Whether `update` may have moved the mesh address of machine `me`: a change of its own
+/// record or of the network's range, or signals missed.
+fn may_move_address(update: &Update, me: &str) -> bool {
+    match update {
+        Update::Changed {
+            kind: Kind::Network,
+            ..
+        }
+        | Update::Resync => true,
+        Update::Changed {
+            kind: Kind::Machines,
+            ids,
+        } => ids.iter().any(|id| id == me),
+        Update::Changed { .. } => false,
     }
 }
 
@@ -125,5 +133,27 @@ impl Peer for PeerConnection {
     ) -> Result<Answer, ApiError> {
         let caller = self.apid.forwarded_caller(caller).await?;
         self.apid.dispatch(&caller, call).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changes_that_can_renumber_this_machine_make_it_look() {
+        let changed = |kind, ids: &[&str]| Update::Changed {
+            kind,
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(may_move_address(
+            &changed(Kind::Machines, &["b", "me"]),
+            "me"
+        ));
+        assert!(!may_move_address(&changed(Kind::Machines, &["b"]), "me"));
+        assert!(may_move_address(&changed(Kind::Network, &[]), "me"));
+        assert!(may_move_address(&Update::Resync, "me"));
+        assert!(!may_move_address(&changed(Kind::Containers, &["me"]), "me"));
+        assert!(!may_move_address(&changed(Kind::Services, &[]), "me"));
     }
 }

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::{Config, DEFAULT_PATH};
 use clap::Parser;
+
+use crate::config::{Config, DEFAULT_PATH};
 
 /// DNS of an Uncloud network: answers `<machine>.machine.internal`,
 /// `<container>.<machine>.machine.internal`, `<service>[.<project>].internal` from the

@@ -8,6 +8,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::Parser;
+use tokio::net::TcpListener;
+use uncloud_common::address::MeshCidr;
+use uncloud_common::dbus::StateProxy;
+use uncloud_common::model::NetworkState;
+
 use crate::config::{Config, DEFAULT_PATH};
 use crate::dbus::Docker1;
 use crate::drain::Draining;
@@ -17,11 +23,6 @@ use crate::firewall;
 use crate::mirror::Mirror;
 use crate::network::{self, Desired};
 use crate::remote::Remote;
-use clap::Parser;
-use tokio::net::TcpListener;
-use uncloud_common::address::MeshCidr;
-use uncloud_common::dbus::StateProxy;
-use uncloud_common::model::NetworkState;
 
 /// Runs this machine's containers for the Uncloud network; the only client of the Docker engine.
 #[derive(Parser, Debug)]

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::{banner, init};
 use clap::{Parser, Subcommand};
+
+use crate::{banner, init};
 
 /// A machine's own setup at boot: its identity before the daemons start, its console banner
 /// after.

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::{Config, DEFAULT_PATH};
 use clap::Parser;
 use uncloud_common::daemon::Scheduler;
+
+use crate::config::{Config, DEFAULT_PATH};
 
 /// Ingress of an Uncloud network: on machines with the `ingress` role, serves every
 /// service's published hostnames on :80 and :443, forwarding to its containers anywhere on the

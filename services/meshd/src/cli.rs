@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::{Config, DEFAULT_PATH};
 use clap::Parser;
+
+use crate::config::{Config, DEFAULT_PATH};
 
 /// WireGuard mesh of an Uncloud network: a userspace WireGuard device (TUN `uncloud`) whose
 /// peers are every other machine in the replicated state, served on D-Bus as org.uncloud.Mesh1.

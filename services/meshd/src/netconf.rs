@@ -98,8 +98,6 @@ pub struct Link {
     pub ifname: String,
     pub up: bool,
     pub loopback: bool,
-    /// A bridge port or bond member (it has a master): not the machine's own uplink.
-    pub port: bool,
     pub addrs: Vec<IpAddr>,
 }
 
@@ -109,6 +107,8 @@ pub struct Link {
 pub struct LinkKind {
     pub is_bridge: bool,
     pub is_tun: bool,
+    /// A bridge port or bond member (it has a master): not the machine's own uplink.
+    pub is_port: bool,
 }
 
 pub fn link_kind(ifname: &str) -> LinkKind {
@@ -116,6 +116,7 @@ pub fn link_kind(ifname: &str) -> LinkKind {
     LinkKind {
         is_bridge: has("bridge"),
         is_tun: has("tun_flags"),
+        is_port: has("master"),
     }
 }
 
@@ -139,11 +140,11 @@ pub fn advertisable(
 ) -> Vec<IpAddr> {
     let mut out = Vec::new();
     for link in links {
-        if link.ifname == "lo" || link.ifname == own_tun || link.port || !link.up || link.loopback {
+        if link.ifname == "lo" || link.ifname == own_tun || !link.up || link.loopback {
             continue;
         }
         let k = kind(&link.ifname);
-        if k.is_bridge || k.is_tun {
+        if k.is_bridge || k.is_tun || k.is_port {
             continue;
         }
         for &a in &link.addrs {
@@ -156,7 +157,7 @@ pub fn advertisable(
     out
 }
 
-/// This machine's interfaces and their addresses, from getifaddrs(3) and sysfs.
+/// This machine's interfaces and their addresses, from getifaddrs(3).
 pub fn links() -> nix::Result<Vec<Link>> {
     use nix::net::if_::InterfaceFlags;
     let mut links: Vec<Link> = Vec::new();
@@ -164,11 +165,9 @@ pub fn links() -> nix::Result<Vec<Link>> {
         let i = match links.iter().position(|l| l.ifname == ifa.interface_name) {
             Some(i) => i,
             None => {
-                let master = format!("/sys/class/net/{}/master", ifa.interface_name);
                 links.push(Link {
                     up: ifa.flags.contains(InterfaceFlags::IFF_UP),
                     loopback: ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK),
-                    port: std::path::Path::new(&master).exists(),
                     ifname: ifa.interface_name.clone(),
                     addrs: Vec::new(),
                 });
@@ -201,12 +200,11 @@ pub fn enable_forwarding() -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn link(ifname: &str, up: bool, port: bool, addrs: &[&str]) -> Link {
+    fn link(ifname: &str, up: bool, addrs: &[&str]) -> Link {
         Link {
             ifname: ifname.into(),
             up,
             loopback: ifname == "lo",
-            port,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
         }
     }
@@ -214,25 +212,25 @@ mod tests {
     #[test]
     fn only_uplink_addresses_are_advertised() {
         let links = [
-            link("lo", true, false, &["127.0.0.1", "::1"]),
+            link("lo", true, &["127.0.0.1", "::1"]),
             link(
                 "eth0",
                 true,
-                false,
                 &["192.0.2.10", "2001:db8::10", "fe80::1", "169.254.3.4"],
             ),
-            link("eth1", false, false, &["198.51.100.3"]),
-            link("uncloud", true, false, &["10.210.1.1"]),
-            link("uncloud0", true, false, &["10.210.1.1"]),
-            link("docker0", true, false, &["172.17.0.1"]),
-            link("veth12", true, true, &["192.0.2.77"]),
-            link("tun9", true, false, &["100.64.0.1"]),
-            link("wlan0", true, false, &["192.168.1.20", "192.0.2.10"]),
-            link("wg9", true, false, &["10.210.7.1"]),
+            link("eth1", false, &["198.51.100.3"]),
+            link("uncloud", true, &["10.210.1.1"]),
+            link("uncloud0", true, &["10.210.1.1"]),
+            link("docker0", true, &["172.17.0.1"]),
+            link("veth12", true, &["192.0.2.77"]),
+            link("tun9", true, &["100.64.0.1"]),
+            link("wlan0", true, &["192.168.1.20", "192.0.2.10"]),
+            link("wg9", true, &["10.210.7.1"]),
         ];
         let kind = |name: &str| LinkKind {
             is_bridge: name == "docker0" || name == "uncloud0",
             is_tun: name == "tun9",
+            is_port: name == "veth12",
         };
         let got = advertisable(&links, "uncloud", &MeshCidr::default(), kind);
         let want: Vec<IpAddr> = ["192.0.2.10", "2001:db8::10", "192.168.1.20"]

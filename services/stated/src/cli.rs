@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
+
 use crate::config::{Config, DEFAULT_PATH};
 use crate::links::Links;
 use crate::Membership;
-use clap::Parser;
 
 /// Replicated state of an Uncloud network: holds the whole state on this machine, syncs it with
 /// every other machine, and serves it on D-Bus as org.uncloud.State1.
