@@ -554,6 +554,7 @@ fn print_rows(rows: &[MachineRow], format: Format) {
                         } else {
                             r.state.clone()
                         },
+                        r.arch.clone(),
                         r.subnet.clone(),
                         r.endpoints.join(","),
                         r.roles.join(","),
@@ -572,6 +573,7 @@ fn print_rows(rows: &[MachineRow], format: Format) {
                     &[
                         "NAME",
                         "STATE",
+                        "ARCH",
                         "SUBNET",
                         "ENDPOINTS",
                         "ROLES",

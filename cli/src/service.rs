@@ -47,7 +47,8 @@ pub struct Run {
     #[arg(long, value_parser = [MODE_REPLICATED, MODE_GLOBAL], default_value = MODE_REPLICATED)]
     pub mode: String,
     /// Only machines that match: `node.labels.KEY==VALUE`, `node.labels.KEY!=VALUE`,
-    /// `node.hostname!=NAME` (labels: `uc machine label`). Repeatable; all must hold.
+    /// `node.hostname!=NAME`, `node.platform.arch==x86_64` (or `aarch64`; `uc machine ls`
+    /// shows each machine's; labels: `uc machine label`). Repeatable; all must hold.
     #[arg(long = "constraint", value_name = "node.labels.KEY==VALUE", value_parser = parse_constraint)]
     pub constraints: Vec<String>,
     /// Environment variable `KEY=VALUE`, or `KEY` to pass this shell's value. Repeatable.

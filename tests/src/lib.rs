@@ -39,14 +39,30 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(90 * 60);
 /// ([`IMAGE_BUILDS_ENV`]) it first waits for the build of the architecture `suffix` names.
 pub fn image(suffix: &str) -> PathBuf {
     if let Some(builds) = std::env::var_os(IMAGE_BUILDS_ENV) {
-        let arch = if suffix.contains("arm64") {
-            "arm64"
-        } else {
-            "amd64"
-        };
-        wait_for_build(Path::new(&builds), arch, BUILD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        wait_for_build(Path::new(&builds), build_arch(suffix), BUILD_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     uncloud_qemu::image::find(&images_dir(), suffix).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Whether [`image`] would return at once: no build under way for the architecture `suffix`
+/// names (not under `scripts/test`, or its build ended). It may still end in a panic there
+/// (a failed build, no such image): this only says there is nothing to wait for.
+pub fn image_ready(suffix: &str) -> bool {
+    std::env::var_os(IMAGE_BUILDS_ENV).is_none_or(|builds| {
+        Path::new(&builds)
+            .join(format!("{}.rc", build_arch(suffix)))
+            .exists()
+    })
+}
+
+/// The architecture whose build makes the image `*{suffix}`.
+fn build_arch(suffix: &str) -> &'static str {
+    if suffix.contains("arm64") {
+        "arm64"
+    } else {
+        "amd64"
+    }
 }
 
 /// Waits until `builds/<arch>.rc` says how `image/build --arch <arch>` ended: `Ok` if it
@@ -84,6 +100,73 @@ pub fn wait_for_build(builds: &Path, arch: &str, timeout: Duration) -> Result<()
         }
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// Debian's busybox-static for arm64, an executable for containers on an arm64 VM; unpacked
+/// once into `~/.cache/uncloud/busybox-arm64` (`$XDG_CACHE_HOME` honoured) from the package
+/// `apt-get download` fetches, which needs apt to know the arm64 architecture
+/// (`image/install-deps arm64` adds it, as `scripts/test` runs it). Not installed: it would
+/// replace the amd64 one the other tests use.
+pub fn busybox_arm64() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .expect("HOME is set")
+        .join("uncloud/busybox-arm64");
+    let busybox = cache.join("bin/busybox");
+    if busybox.exists() {
+        return busybox;
+    }
+    let download = tempfile::tempdir().expect("a temporary directory");
+    let run = |what: &str, cmd: &mut std::process::Command| {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{what}: {e} (arm64 busybox for the arm64 VM)"));
+        assert!(
+            out.status.success(),
+            "{what} failed: {}{}(apt must know the arm64 architecture: image/install-deps arm64)",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        "apt-get download busybox-static:arm64",
+        std::process::Command::new("apt-get")
+            .args(["download", "-q", "busybox-static:arm64"])
+            .current_dir(download.path()),
+    );
+    let deb = std::fs::read_dir(download.path())
+        .expect("the download directory")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("apt-get download left a .deb");
+    // Unpacked beside the cache, then renamed into place: a cache that exists is whole.
+    let unpacked = download.path().join("root");
+    run(
+        "dpkg-deb -x",
+        std::process::Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(&unpacked),
+    );
+    std::fs::create_dir_all(cache.parent().expect("a parent")).expect("the cache directory");
+    let staged = cache.with_extension(format!("new-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staged);
+    run(
+        "cp -a",
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&unpacked)
+            .arg(&staged),
+    );
+    std::fs::rename(&staged, &cache).expect("the unpacked busybox moved into the cache");
+    assert!(
+        busybox.exists(),
+        "{} is not in the package",
+        busybox.display()
+    );
+    busybox
 }
 
 /// Writes the raw disk of the image `*{suffix}` (such as `-arm64-rpi.img`) to `to`.

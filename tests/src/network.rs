@@ -235,6 +235,12 @@ impl Lan {
             .is_some_and(|rows| all_alive(&rows, names))
     }
 
+    /// Whether `node` answers and sees `names` all alive, whoever else it lists.
+    pub fn sees_alive_among(&self, node: &Node, names: &[&str]) -> bool {
+        self.machines_seen_by(node)
+            .is_some_and(|rows| alive_among(&rows, names))
+    }
+
     /// Machine `name`'s mesh address as `node` sees it.
     pub fn mesh_ip(&self, node: &Node, name: &str) -> Option<String> {
         self.machines_seen_by(node)?
@@ -404,6 +410,51 @@ impl Lan {
     }
 }
 
+/// Memory of a set of processes, summed (KiB).
+///
+/// The daemons are one executable (`daemons/`), so they share its code pages: `rss` counts a
+/// shared page once in every process that maps it, `pss` divides it among them. `pss` is what
+/// the processes take from the machine; `rss` is what `ps` and `top` show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// Proportional set size: each page divided by the number of processes mapping it.
+    pub pss_kib: u64,
+    /// Resident set size (`VmRSS`).
+    pub rss_kib: u64,
+}
+
+impl Memory {
+    /// Sums `processes` processes' `Rss:` and `Pss:` lines of `smaps_rollup`; `None` unless
+    /// each process gave one of each.
+    fn parse(out: &str, processes: usize) -> Option<Memory> {
+        let (mut pss, mut rss) = (Vec::new(), Vec::new());
+        for l in out.lines() {
+            let mut words = l.split_whitespace();
+            let (key, kib) = (
+                words.next(),
+                words.next().and_then(|k| k.parse::<u64>().ok()),
+            );
+            match (key, kib) {
+                (Some("Pss:"), Some(k)) => pss.push(k),
+                (Some("Rss:"), Some(k)) => rss.push(k),
+                _ => {}
+            }
+        }
+        (pss.len() == processes && rss.len() == processes).then(|| Memory {
+            pss_kib: pss.iter().sum(),
+            rss_kib: rss.iter().sum(),
+        })
+    }
+
+    pub fn pss_mib(&self) -> f64 {
+        self.pss_kib as f64 / 1024.0
+    }
+
+    pub fn rss_mib(&self) -> f64 {
+        self.rss_kib as f64 / 1024.0
+    }
+}
+
 impl Node {
     /// Its tap on the segment's bridge, where its links are cut or made lossy.
     fn segment_tap(&self) -> String {
@@ -412,31 +463,28 @@ impl Node {
             .unwrap_or_else(|| panic!("{} is behind a NAT: its links are not cut", self.name))
     }
 
-    /// The resident memory (VmRSS) of `units`' main processes, summed (KiB); `Err` with
-    /// what the machine printed when a unit has none.
-    pub fn rss_kib(&mut self, units: &[&str]) -> Result<u64, String> {
+    /// The memory of `units`' main processes, summed, from `/proc/PID/smaps_rollup`; `Err`
+    /// with what the machine printed when a unit has no main process.
+    pub fn memory(&mut self, units: &[&str]) -> Result<Memory, String> {
         let script: String = units
             .iter()
-            .map(|u| format!("grep VmRSS /proc/$(systemctl show -P MainPID {u})/status; "))
+            .map(|u| {
+                format!(
+                    "grep -E '^(Rss|Pss):' /proc/$(systemctl show -P MainPID {u})/smaps_rollup; "
+                )
+            })
             .collect();
         let (status, out) = self.execute(&script);
-        let kib: Vec<u64> = out
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .collect();
-        if status != 0 || kib.len() != units.len() {
-            return Err(format!(
-                "{}: resident memory of {units:?}: {out}",
-                self.name
-            ));
+        match Memory::parse(&out, units.len()) {
+            Some(m) if status == 0 => Ok(m),
+            _ => Err(format!("{}: memory of {units:?}: {out}", self.name)),
         }
-        Ok(kib.iter().sum())
     }
 
-    /// The resident memory of Uncloud's daemons ([`uncloud_daemons`]), summed (KiB).
-    pub fn daemons_rss_kib(&mut self) -> u64 {
+    /// The memory of Uncloud's daemons ([`uncloud_daemons`]), summed.
+    pub fn daemons_memory(&mut self) -> Memory {
         let units: Vec<&str> = uncloud_daemons().collect();
-        self.rss_kib(&units).unwrap_or_else(|e| panic!("{e}"))
+        self.memory(&units).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `HOST:PORT` of this machine's apid, for `uc --endpoint`.
@@ -551,11 +599,15 @@ impl Node {
 
 /// Whether `rows` (one view, `uc machine ls`) has exactly `names`, all alive.
 pub fn all_alive(rows: &[serde_json::Value], names: &[&str]) -> bool {
-    rows.len() == names.len()
-        && names.iter().all(|n| {
-            rows.iter()
-                .any(|r| r["name"] == *n && r["state"] == "alive")
-        })
+    rows.len() == names.len() && alive_among(rows, names)
+}
+
+/// Whether `rows` (`uc machine ls -o json`) list each of `names` alive, whoever else.
+pub fn alive_among(rows: &[serde_json::Value], names: &[&str]) -> bool {
+    names.iter().all(|n| {
+        rows.iter()
+            .any(|r| r["name"] == *n && r["state"] == "alive")
+    })
 }
 
 /// The units `uc machine status` reports that keep running (all but first boot's
@@ -599,4 +651,30 @@ pub fn holds_for(what: &str, period: Duration, mut check: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_secs(1));
     }
     eprintln!("{what}: held for {period:?} ({polls} polls)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Memory;
+
+    #[test]
+    fn memory_sums_each_process_rollup() {
+        let out = "Rss:               12000 kB\nPss:                4000 kB\n\
+                   Rss:                 800 kB\nPss:                 300 kB\n";
+        assert_eq!(
+            Memory::parse(out, 2),
+            Some(Memory {
+                pss_kib: 4300,
+                rss_kib: 12800
+            })
+        );
+    }
+
+    #[test]
+    fn memory_of_a_process_without_rollup_is_none() {
+        // The second unit had no main process: grep printed an error, not its lines.
+        let out = "Rss:               12000 kB\nPss:                4000 kB\n\
+                   grep: /proc/0/smaps_rollup: No such file or directory\n";
+        assert_eq!(Memory::parse(out, 2), None);
+    }
 }

@@ -467,6 +467,10 @@ pub struct MachineRow {
     /// Drained (`uc machine drain`). Added in API version 8.
     #[serde(default)]
     pub drained: bool,
+    /// CPU architecture as `uname -m` names it (`x86_64`, `aarch64`), which placement's
+    /// `node.platform.arch` matches. Empty from apids older than the field.
+    #[serde(default)]
+    pub arch: String,
 }
 
 /// Why a call failed: a kind the client acts on and a message for people.

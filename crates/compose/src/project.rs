@@ -1752,7 +1752,7 @@ services:
       replicas: 3
       resources: {limits: {cpus: '0.5', memory: 256M}}
       restart_policy: {condition: on-failure}
-      placement: {constraints: [node.hostname == alpha, node.labels.disk == ssd, 'node.hostname != gamma']}
+      placement: {constraints: [node.hostname == alpha, node.labels.disk == ssd, 'node.hostname != gamma', node.platform.arch == amd64]}
     x-machines: [beta]
     cap_add: [NET_ADMIN]
     cap_drop: [MKNOD]
@@ -1794,7 +1794,11 @@ volumes:
         );
         assert_eq!(
             web.constraints,
-            ["node.labels.disk==ssd", "node.hostname!=gamma"]
+            [
+                "node.labels.disk==ssd",
+                "node.hostname!=gamma",
+                "node.platform.arch==x86_64"
+            ]
         );
         assert_eq!(web.cap_add, ["NET_ADMIN"]);
         assert_eq!(web.cap_drop, ["MKNOD"]);

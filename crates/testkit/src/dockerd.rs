@@ -146,6 +146,26 @@ impl Dockerd {
             busybox.exists(),
             "/bin/busybox is required (apt-get install busybox-static)"
         );
+        self.import_busybox_binary(tag, busybox, None, changes, pad_bytes);
+    }
+
+    /// Imports an arm64 busybox-static root filesystem as image `tag`, for an arm64 machine:
+    /// `busybox` is the arm64 executable (Debian's `busybox-static:arm64`, unpacked).
+    pub fn import_busybox_arm64(&self, tag: &str, busybox: &Path) {
+        assert!(busybox.exists(), "{} is missing", busybox.display());
+        self.import_busybox_binary(tag, busybox, Some("linux/arm64"), &[], 0);
+    }
+
+    /// A root filesystem of `busybox` and its applets as image `tag`, of `platform` (this
+    /// machine's when `None`).
+    fn import_busybox_binary(
+        &self,
+        tag: &str,
+        busybox: &Path,
+        platform: Option<&str>,
+        changes: &[&str],
+        pad_bytes: usize,
+    ) {
         let root = self.dir.path().join("busybox-root");
         std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::create_dir_all(root.join("etc")).unwrap();
@@ -180,6 +200,9 @@ impl Dockerd {
         let mut args = vec!["import"];
         for change in changes {
             args.extend(["--change", change]);
+        }
+        if let Some(platform) = platform {
+            args.extend(["--platform", platform]);
         }
         args.extend([tar.to_str().unwrap(), tag]);
         self.docker_ok(&args);

@@ -1382,6 +1382,7 @@ fn row(
         version: m.version,
         ca_cert: m.ca_cert,
         drained: m.drained,
+        arch: m.arch,
     }
 }
 

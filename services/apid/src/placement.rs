@@ -3,14 +3,15 @@
 //!
 //! A machine is eligible when this machine sees it alive, if the spec names machines it is one
 //! of them, and it matches every constraint of the spec (`node.labels.KEY == VALUE`,
-//! `node.hostname != NAME`: [`uncloud_common::constraint`]). Replicas go one at a time to the eligible machine with the fewest
+//! `node.hostname != NAME`, `node.platform.arch == ARCH`: [`uncloud_common::constraint`]).
+//! Replicas go one at a time to the eligible machine with the fewest
 //! containers of this service, then the fewest containers in all, then the first by name (so
 //! the same inputs always give the same plan). A global service wants one container on every
 //! eligible machine.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use uncloud_common::constraint::Constraint;
+use uncloud_common::constraint::{Constraint, Facts};
 use uncloud_common::model::{Machine, ServiceSpec};
 
 /// One machine as placement sees it.
@@ -24,6 +25,8 @@ pub struct Candidate {
     pub containers: usize,
     /// Containers of the service being placed on it.
     pub of_service: usize,
+    /// Its CPU architecture (`uname -m`), which `node.platform.arch` matches.
+    pub arch: String,
     /// Its labels (`uc machine label`), which constraints match.
     pub labels: BTreeMap<String, String>,
     /// `uc machine drain`ed: never eligible.
@@ -66,8 +69,7 @@ pub fn eligible<'a>(
         .map_err(PlacementError::BadConstraint)?;
     let pinned =
         |c: &Candidate| !c.drained && (wanted.is_empty() || wanted.contains(c.id.as_str()));
-    let allowed =
-        |c: &Candidate| pinned(c) && constraints.iter().all(|k| k.matches(&c.name, &c.labels));
+    let allowed = |c: &Candidate| pinned(c) && constraints.iter().all(|k| k.matches(&c.facts()));
     let mut out: Vec<&Candidate> = candidates.iter().filter(|c| allowed(c)).collect();
     let drained: Vec<&str> = candidates
         .iter()
@@ -212,10 +214,22 @@ pub fn candidates<'a>(
             alive: m.id == own_id || liveness.get(&m.id).is_some_and(|l| l == "alive"),
             containers: all.get(m.id.as_str()).copied().unwrap_or(0),
             of_service: mine.get(m.id.as_str()).copied().unwrap_or(0),
+            arch: m.arch.clone(),
             labels: m.labels.clone(),
             drained: m.drained,
         })
         .collect()
+}
+
+impl Candidate {
+    /// What constraints match.
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            name: &self.name,
+            arch: &self.arch,
+            labels: &self.labels,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +243,7 @@ mod tests {
             alive,
             containers,
             of_service,
+            arch: "x86_64".into(),
             labels: BTreeMap::new(),
             drained: false,
         }
@@ -287,6 +302,23 @@ mod tests {
         assert_eq!(
             eligible(&spec, &all).unwrap_err(),
             PlacementError::UnknownMachine("zeta".into())
+        );
+    }
+
+    #[test]
+    fn an_architecture_constraint_keeps_an_image_where_it_runs() {
+        let mut all = [c("pi", true, 0, 0), c("vps", true, 0, 0)];
+        all[0].arch = "aarch64".into();
+        let spec = ServiceSpec {
+            constraints: vec!["node.platform.arch==x86_64".into()],
+            ..Default::default()
+        };
+        assert_eq!(names(&global(&eligible(&spec, &all).unwrap())), ["vps"]);
+        all[1].arch = "aarch64".into();
+        let err = eligible(&spec, &all).unwrap_err();
+        assert!(
+            err.to_string().contains("node.platform.arch==x86_64"),
+            "{err}"
         );
     }
 

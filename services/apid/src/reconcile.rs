@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use uncloud_common::constraint::Constraint;
+use uncloud_common::constraint::{Constraint, Facts};
 use uncloud_common::model::{Container, Machine, Service};
 
 use crate::api::Apid;
@@ -50,6 +50,7 @@ pub fn wanted(
         .filter(|c| c.machine_id == own.id)
         .collect();
     let mut out = BTreeSet::new();
+    let facts = Facts::from(own);
     for s in services.values().filter(|s| s.spec.is_global()) {
         let settled = now_ms >= s.created_at_ms.saturating_add(grace);
         let pinned = s.spec.machines.is_empty()
@@ -62,7 +63,7 @@ pub fn wanted(
             .spec
             .constraints
             .iter()
-            .all(|c| Constraint::parse(c).is_ok_and(|c| c.matches(&own.name, &own.labels)));
+            .all(|c| Constraint::parse(c).is_ok_and(|c| c.matches(&facts)));
         let allowed = pinned && constrained && !own.drained;
         let has = mine.iter().any(|c| c.service_id == s.id);
         if settled && allowed && !has {
@@ -316,6 +317,20 @@ mod tests {
         let mut labelled = machine("m1");
         labelled.labels.insert("disk".into(), "ssd".into());
         assert_eq!(wanted(&labelled, &services, &containers, NOW).len(), 1);
+        // An architecture constraint: only a machine of that architecture starts one.
+        let (id, mut web) = service("web", true, &[], old);
+        web.spec.constraints = vec!["node.platform.arch==x86_64".into()];
+        let services = BTreeMap::from([(id, web)]);
+        let arm = Machine {
+            arch: "aarch64".into(),
+            ..machine("m1")
+        };
+        let amd = Machine {
+            arch: "x86_64".into(),
+            ..machine("m1")
+        };
+        assert!(wanted(&arm, &services, &containers, NOW).is_empty());
+        assert_eq!(wanted(&amd, &services, &containers, NOW).len(), 1);
     }
 
     #[test]

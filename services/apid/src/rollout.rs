@@ -373,6 +373,7 @@ mod tests {
             alive,
             containers: 0,
             of_service: 0,
+            arch: "x86_64".into(),
             labels: Default::default(),
             drained: false,
         }
