@@ -6,23 +6,22 @@
 //! its user-data; all three alive through each of them, every pair's WireGuard up, every machine
 //! named in every dnsd; from the laptop, a scan of every TCP port finds only apid's open. alpha
 //! becomes an ingress machine; an image is pushed from the laptop's Docker and a Compose project
-//! deployed (web on every x86_64 machine behind https://shop.uncloud.test, db on bravo, cache on alpha and
-//! charlie): its certificate comes from a test CA (pebble) and HTTPS through alpha reaches every
-//! web container; inside a container, machines, services and the virtual address resolve and
-//! answer. Then alpha is cut off from bravo and charlie: each side still answers `uc`, takes a
-//! write, routes and names only the containers it reaches, and deploys a change; once the links are
-//! back both writes and both changes are everywhere, and one deploy settles the containers. With a
-//! quarter of the frames between alpha and the others lost, a write still reaches alpha. Each of
-//! bravo's daemons is killed (SIGKILL) in turn: systemd starts it again and nothing is lost.
-//! Charlie's power is cut in the middle of a stream of writes through it: every write it
-//! acknowledged is there after it boots again, and it is back in the mesh with its containers. Then
-//! charlie is removed: gone from every machine's view, its containers with it; alpha reboots
-//! through the API. Then two machines join from behind NAT routers of their own and reach each
-//! other and each other's containers through a relay, while an arm64 VM joins from behind
-//! QEMU's NAT (on a first run it boots last, once scripts/test has built its image
-//! meanwhile): the amd64 web stays off it by an architecture constraint, an arm64 image
-//! pushed from the laptop runs there, placed by architecture, and alpha's web container
-//! reaches it by name.
+//! deployed (web on every x86_64 machine behind https://shop.uncloud.test, db on bravo, cache on
+//! alpha and charlie): its certificate comes from a test CA (pebble) and HTTPS through alpha
+//! reaches every web container; inside a container, machines, services and the virtual address
+//! resolve and answer. Then alpha is cut off from bravo and charlie: each side still answers `uc`,
+//! takes a write, routes and names only the containers it reaches, and deploys a change; once the
+//! links are back both writes and both changes are everywhere, and one deploy settles the
+//! containers. With a quarter of the frames between alpha and the others lost, a write still
+//! reaches alpha. Each of bravo's daemons is killed (SIGKILL) in turn: systemd starts it again and
+//! nothing is lost. Charlie's power is cut in the middle of a stream of writes through it: every
+//! write it acknowledged is there after it boots again, and it is back in the mesh with its
+//! containers. Then charlie is removed: gone from every machine's view, its containers with it;
+//! alpha reboots through the API. Then two machines join from behind NAT routers of their own and
+//! reach each other and each other's containers through a relay, while an arm64 VM joins from
+//! behind QEMU's NAT (on a first run it boots last, once scripts/test has built its image
+//! meanwhile): the amd64 web stays off it by an architecture constraint, an arm64 image pushed from
+//! the laptop runs there, placed by architecture, and alpha's web container reaches it by name.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -46,10 +45,10 @@ const CHARLIE_DELAY: Duration = Duration::from_millis(40);
 /// The hostname the `shop` project publishes through ingress.
 const SHOP: &str = "shop.uncloud.test";
 
-/// The `shop` project: `web` on every x86_64 machine (its image is an amd64 busybox; a
-/// placement constraint on the architecture each machine registered), published as https://shop.uncloud.test; `db` pinned to bravo; `cache`
-/// twice, on alpha and charlie. Each container's web server answers its hostname and its
-/// service's `VERSION` on the service's port.
+/// The `shop` project: `web` on every x86_64 machine (its image is an amd64 busybox; a placement
+/// constraint on the architecture each machine registered), published as https://shop.uncloud.test;
+/// `db` pinned to bravo; `cache` twice, on alpha and charlie. Each container's web server answers
+/// its hostname and its service's `VERSION` on the service's port.
 fn shop(web_version: &str, cache_version: &str) -> String {
     let serve = |port: u16| {
         serde_json::to_string(&format!(
