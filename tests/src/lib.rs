@@ -141,23 +141,16 @@ pub fn busybox_arm64() -> PathBuf {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .expect("apt-get download left a .deb");
-    // Unpacked beside the cache, then renamed into place: a cache that exists is whole.
-    let unpacked = download.path().join("root");
+    // Unpacked beside the cache (the same file system), then renamed into place: a cache that
+    // exists is whole.
+    std::fs::create_dir_all(cache.parent().expect("a parent")).expect("the cache directory");
+    let staged = cache.with_extension(format!("new-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staged);
     run(
         "dpkg-deb -x",
         std::process::Command::new("dpkg-deb")
             .arg("-x")
             .arg(&deb)
-            .arg(&unpacked),
-    );
-    std::fs::create_dir_all(cache.parent().expect("a parent")).expect("the cache directory");
-    let staged = cache.with_extension(format!("new-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staged);
-    run(
-        "cp -a",
-        std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&unpacked)
             .arg(&staged),
     );
     std::fs::rename(&staged, &cache).expect("the unpacked busybox moved into the cache");
